@@ -1,0 +1,342 @@
+//! `SecurityProfile`: who may call an API, from where, and how often.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::common::{SecretRef, SignatureAlgorithm, SignatureHash, SignatureStandard};
+
+/// A security profile says who may call the APIs it is assigned to (one authentication
+/// type), from which IP ranges, how often, and how hits are audited. A profile is valid only
+/// in its own namespace (environment) and may be assigned to many ApiRoutes there.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "portcullis.dev",
+    version = "v1alpha1",
+    kind = "SecurityProfile",
+    plural = "securityprofiles",
+    shortname = "sp",
+    category = "portcullis",
+    namespaced,
+    status = "SecurityProfileStatus",
+    derive = "PartialEq",
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.basic) == (self.type == 'Basic')").message("spec.basic must be set exactly when type is Basic").field_path(".basic"),
+    validation = Rule::new("has(self.apiKey) == (self.type == 'ApiKey')").message("spec.apiKey must be set exactly when type is ApiKey").field_path(".apiKey"),
+    validation = Rule::new("has(self.oauth2) == (self.type == 'OAuth2')").message("spec.oauth2 must be set exactly when type is OAuth2").field_path(".oauth2"),
+    validation = Rule::new("has(self.httpSignature) == (self.type == 'HttpSignature')").message("spec.httpSignature must be set exactly when type is HttpSignature").field_path(".httpSignature"),
+    validation = Rule::new("has(self.clientCertificate) == (self.type == 'ClientCertificate')").message("spec.clientCertificate must be set exactly when type is ClientCertificate").field_path(".clientCertificate"),
+)]
+pub struct SecurityProfileSpec {
+    /// The authentication type; exactly the block of the same name must be set (none for
+    /// Anonymous).
+    #[serde(rename = "type")]
+    pub profile_type: ProfileType,
+    /// Type Basic: one username/password pair per profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic: Option<BasicProfile>,
+    /// Type ApiKey: Mashery-style API keys, optionally with a signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<ApiKeyProfile>,
+    /// Type OAuth2: bearer tokens from an identity provider, or issued by the sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Profile>,
+    /// Type HttpSignature: consumers sign their requests (RFC 9421 or draft-cavage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_signature: Option<HttpSignatureProfile>,
+    /// Type ClientCertificate: consumers present a certificate (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<ClientCertificateProfile>,
+    /// Trust requests only from these IP ranges (IPv4 and IPv6) and block all others. Empty:
+    /// no restriction.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10000))]
+    pub trusted_ip_ranges: Vec<IpRange>,
+    /// Hits allowed through this profile per rolling minute, across all ApiRoutes that use it.
+    /// The org allowance still takes precedence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// How hits through this profile are recorded in the audit log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Audit>,
+}
+
+/// The authentication type of a profile.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+pub enum ProfileType {
+    /// Anyone may call; the identity logged is `anonymous`.
+    Anonymous,
+    /// HTTP Basic authentication with the profile's username and password.
+    Basic,
+    /// An API key in a query parameter or header, optionally signed (Mashery style).
+    ApiKey,
+    /// OAuth 2.0 bearer tokens.
+    OAuth2,
+    /// HTTP message signatures.
+    HttpSignature,
+    /// TLS client certificates.
+    ClientCertificate,
+}
+
+impl ProfileType {
+    /// The name used in the CRD and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Anonymous => "Anonymous",
+            Self::Basic => "Basic",
+            Self::ApiKey => "ApiKey",
+            Self::OAuth2 => "OAuth2",
+            Self::HttpSignature => "HttpSignature",
+            Self::ClientCertificate => "ClientCertificate",
+        }
+    }
+}
+
+impl std::fmt::Display for ProfileType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Basic authentication settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicProfile {
+    /// A Secret of type `kubernetes.io/basic-auth` holding `username` and `password`.
+    pub secret_ref: SecretRef,
+}
+
+/// API key settings (Mashery style).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyProfile {
+    /// A Secret whose data maps each consumer's API key to its shared secret
+    /// (`<apikey>: <secret>`), one entry per consumer.
+    pub secret_ref: SecretRef,
+    /// Query parameter carrying the key. Default `apikey`.
+    #[serde(default = "default_key_param")]
+    #[schemars(length(min = 1, max = 128))]
+    pub key_param: String,
+    /// Optional header carrying the key, as an alternative to the query parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"), length(max = 128))]
+    pub key_header: Option<String>,
+    /// Require a signature of the key: `hex(HASH(apikey + secret + unixSeconds))`. Omit to
+    /// accept the key alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<ApiKeySignature>,
+}
+
+fn default_key_param() -> String {
+    "apikey".to_owned()
+}
+
+/// The signature that accompanies an API key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeySignature {
+    /// Query parameter carrying the signature. Default `sig`.
+    #[serde(default = "default_sig_param")]
+    #[schemars(length(min = 1, max = 128))]
+    pub param: String,
+    /// Hash algorithm. Default MD5.
+    #[serde(default)]
+    pub algorithm: SignatureHash,
+    /// Clock drift allowed either side of the current time, in seconds: every timestamp in
+    /// `[now - skew, now + skew]` is tried. Default 300.
+    #[serde(default = "default_clock_skew")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub clock_skew_seconds: u32,
+}
+
+fn default_sig_param() -> String {
+    "sig".to_owned()
+}
+
+fn default_clock_skew() -> u32 {
+    300
+}
+
+/// OAuth 2.0 settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.provider != 'Builtin' || has(self.builtin)").message("oauth2.builtin is required when provider is Builtin").field_path(".builtin"),
+    validation = Rule::new("self.provider == 'Builtin' || has(self.jwksUri) || has(self.introspection)").message("oauth2 needs jwksUri or introspection unless provider is Builtin"),
+)]
+pub struct OAuth2Profile {
+    /// Identity provider. Default Generic.
+    #[serde(default)]
+    pub provider: OAuth2Provider,
+    /// Expected `iss` of JWT access tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub issuer: Option<String>,
+    /// URL of the provider's JSON Web Key Set, to verify JWT access tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"), length(max = 2048))]
+    pub jwks_uri: Option<String>,
+    /// RFC 7662 token introspection, for opaque tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection: Option<OAuth2Introspection>,
+    /// Accepted audiences (`aud`); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub audiences: Vec<String>,
+    /// Scopes every token must carry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub required_scopes: Vec<String>,
+    /// Provider Builtin: the sidecar itself issues tokens (client-credentials grant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<OAuth2Builtin>,
+}
+
+/// Who issues the OAuth 2.0 tokens a profile accepts.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+pub enum OAuth2Provider {
+    /// The sidecar is the token provider (the "OAuth accelerator").
+    Builtin,
+    /// Google as identity provider.
+    Google,
+    /// Salesforce as identity provider.
+    Salesforce,
+    /// Any OpenID Connect / OAuth 2.0 provider.
+    #[default]
+    Generic,
+}
+
+/// RFC 7662 token introspection.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuth2Introspection {
+    /// Introspection endpoint.
+    #[schemars(regex(pattern = r"^https?://"), length(max = 2048))]
+    pub url: String,
+    /// Secret with keys `clientId` and `clientSecret` used to call the endpoint.
+    pub client_secret_ref: SecretRef,
+}
+
+/// The sidecar as token provider.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuth2Builtin {
+    /// Secret whose data maps each client id to its client secret.
+    pub clients_secret_ref: SecretRef,
+    /// Lifetime of issued tokens in seconds. Default 3600.
+    #[serde(default = "default_token_ttl")]
+    #[schemars(range(min = 60, max = 86400))]
+    pub token_ttl_seconds: u32,
+}
+
+fn default_token_ttl() -> u32 {
+    3600
+}
+
+/// HTTP message signature verification settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpSignatureProfile {
+    /// Secret whose data maps each keyId to an HMAC secret or a PEM public key.
+    pub secret_ref: SecretRef,
+    /// Signature standard. Default RFC9421.
+    #[serde(default)]
+    pub standard: SignatureStandard,
+    /// Accepted algorithms; empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5), extend("x-kubernetes-list-type" = "set"))]
+    pub algorithms: Vec<SignatureAlgorithm>,
+    /// Components every signature must cover (for example `@method`, `@path`, `host`,
+    /// `date`, `content-digest`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 128)))]
+    pub required_components: Vec<String>,
+    /// Oldest accepted signature (`created` or `Date`), in seconds. Default 300.
+    #[serde(default = "default_max_age")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub max_age_seconds: u32,
+}
+
+fn default_max_age() -> u32 {
+    300
+}
+
+/// Client-certificate (mutual TLS) settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertificateProfile {
+    /// Secret with the CA bundle (key `ca.crt`) that client certificates must chain to.
+    pub ca_secret_ref: SecretRef,
+    /// Accepted subjects (for example `CN=partner-a`); SAN DNS names are also accepted.
+    /// Empty: any certificate issued by the CA.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 1024)))]
+    pub allowed_subjects: Vec<String>,
+}
+
+/// One trusted IP range: either a CIDR block or an inclusive from/to pair of addresses of
+/// the same family.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.cidr) != (has(self.from) || has(self.to))").message("a trusted IP range has either cidr, or from and to"),
+    validation = Rule::new("has(self.from) == has(self.to)").message("from and to go together"),
+    validation = Rule::new("!has(self.cidr) || isCIDR(self.cidr)").message("cidr must be a CIDR block such as 10.0.0.0/8").field_path(".cidr"),
+    validation = Rule::new("!has(self.from) || (isIP(self.from) && isIP(self.to) && ip(self.from).family() == ip(self.to).family())").message("from and to must be IP addresses of the same family"),
+    validation = Rule::new("!has(self.from) || !isIP(self.from) || !isIP(self.to) || ip(self.from).family() != 4 || ip(self.to).family() != 4 || int(self.from.split('.')[0]) * 16777216 + int(self.from.split('.')[1]) * 65536 + int(self.from.split('.')[2]) * 256 + int(self.from.split('.')[3]) <= int(self.to.split('.')[0]) * 16777216 + int(self.to.split('.')[1]) * 65536 + int(self.to.split('.')[2]) * 256 + int(self.to.split('.')[3])").message("from must not be greater than to"),
+)]
+pub struct IpRange {
+    /// A CIDR block, IPv4 or IPv6 (`10.20.0.0/16`, `2001:db8::/32`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub cidr: Option<String>,
+    /// First address of the range (inclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 45))]
+    pub from: Option<String>,
+    /// Last address of the range (inclusive), not lower than `from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 45))]
+    pub to: Option<String>,
+}
+
+/// A per-profile rate limit.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Hits per rolling minute across every ApiRoute using this profile.
+    #[schemars(range(min = 1, max = 100000000))]
+    pub requests_per_minute: u32,
+}
+
+/// Audit settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Audit {
+    /// Log this request header's value as the identity instead of the username, key or
+    /// subject (useful when one application key is shared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"), length(max = 128))]
+    pub identity_header: Option<String>,
+}
+
+/// Observed state of a SecurityProfile.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityProfileStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Standard conditions: `Accepted` and `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// ApiRoutes that use this profile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+}

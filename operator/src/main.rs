@@ -1,0 +1,5 @@
+fn main() {
+    for crd in portcullis_api::crds() {
+        println!("---\n{}", serde_yaml::to_string(&crd).unwrap());
+    }
+}

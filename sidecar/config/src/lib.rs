@@ -1,0 +1,596 @@
+//! The compiled sidecar configuration: the contract between the operator, which writes it,
+//! and the sidecar, which enforces it.
+//!
+//! A sidecar's configuration directory holds two files:
+//! - [`CONFIG_FILE`] (`config.json`), a [`SidecarConfig`]: routes, profiles, limits. No
+//!   secret ever appears here; the operator publishes it in a ConfigMap.
+//! - [`SECRETS_FILE`] (`secrets.json`), a [`SecretMaterial`]: passwords, keys, certificates,
+//!   by profile and route name. The operator publishes it in a Secret.
+//!
+//! Both are plain serde data (no kube, no tokio) so that the operator can produce them
+//! without depending on the proxy, and the sidecar can read them without depending on kube.
+//! [`SidecarConfig::check`] verifies that the two agree; the sidecar refuses a pair that
+//! does not and keeps serving its last good configuration.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+mod secret;
+pub use secret::Sensitive;
+
+/// Name of the non-secret configuration file in a configuration directory.
+pub const CONFIG_FILE: &str = "config.json";
+/// Name of the secret material file in a configuration directory.
+pub const SECRETS_FILE: &str = "secrets.json";
+/// Version of the format in this crate. A sidecar refuses a configuration of another version.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Everything a sidecar enforces, minus secrets.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarConfig {
+    /// Format version, [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Content hash of this configuration and its secret material: the generation the
+    /// sidecar reports it enforces.
+    pub generation: String,
+    /// Namespace (environment) the configuration was compiled for.
+    pub namespace: String,
+    /// Hits per rolling minute across all routes; takes precedence over every profile limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_allowance: Option<u32>,
+    /// Peers whose `X-Forwarded-For` is believed for the client address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Profiles used by at least one route, by name.
+    #[serde(default)]
+    pub profiles: Vec<Profile>,
+    /// Routes served, in the order the operator compiled them (by name).
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// A compiled security profile.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Profile {
+    /// Name of the SecurityProfile.
+    pub name: String,
+    /// How callers authenticate.
+    pub auth: ProfileAuth,
+    /// Inclusive address ranges callers must come from; empty: anywhere. Sorted and merged
+    /// by the compiler.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_ip_ranges: Vec<IpRange>,
+    /// Hits per rolling minute through this profile, across all its routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_minute: Option<u32>,
+    /// Header whose value is logged as the identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_header: Option<String>,
+}
+
+/// An inclusive range of addresses of one family.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields)]
+pub struct IpRange {
+    pub from: IpAddr,
+    pub to: IpAddr,
+}
+
+/// Hash for Mashery-style signatures.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureHash {
+    MD5,
+    SHA256,
+}
+
+/// HTTP message signature standards.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureStandard {
+    RFC9421,
+    Cavage,
+}
+
+/// HTTP message signature algorithms (names as on the wire).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SignatureAlgorithm {
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+    #[serde(rename = "rsa-v1_5-sha256")]
+    RsaV15Sha256,
+    #[serde(rename = "rsa-pss-sha512")]
+    RsaPssSha512,
+    #[serde(rename = "ecdsa-p256-sha256")]
+    EcdsaP256Sha256,
+    #[serde(rename = "ed25519")]
+    Ed25519,
+}
+
+/// How a profile authenticates callers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum ProfileAuth {
+    /// Anyone; identity `anonymous`.
+    Anonymous,
+    /// HTTP Basic; the credentials are in [`ProfileSecrets::basic`].
+    Basic,
+    /// API keys (Mashery style); the keys are in [`ProfileSecrets::api_keys`].
+    ApiKey {
+        key_param: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_header: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<ApiKeySignature>,
+    },
+    /// OAuth 2.0 bearer tokens.
+    OAuth2 {
+        provider: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        issuer: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jwks_uri: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        introspection_url: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        audiences: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        required_scopes: Vec<String>,
+        /// Set when the sidecar issues tokens itself (provider Builtin).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        builtin_token_ttl_seconds: Option<u32>,
+    },
+    /// HTTP message signatures; keys in [`ProfileSecrets::signature_keys`].
+    HttpSignature {
+        standard: SignatureStandard,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        algorithms: Vec<SignatureAlgorithm>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        required_components: Vec<String>,
+        max_age_seconds: u32,
+    },
+    /// TLS client certificates; the CA bundle is in [`ProfileSecrets::client_ca_pem`].
+    ClientCertificate {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        allowed_subjects: Vec<String>,
+    },
+}
+
+impl ProfileAuth {
+    /// The profile type name, as in the CRD.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Anonymous => "Anonymous",
+            Self::Basic => "Basic",
+            Self::ApiKey { .. } => "ApiKey",
+            Self::OAuth2 { .. } => "OAuth2",
+            Self::HttpSignature { .. } => "HttpSignature",
+            Self::ClientCertificate { .. } => "ClientCertificate",
+        }
+    }
+}
+
+/// The signature that must accompany an API key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiKeySignature {
+    pub param: String,
+    pub algorithm: SignatureHash,
+    pub clock_skew_seconds: u32,
+}
+
+/// A compiled route.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    /// Name of the ApiRoute.
+    pub name: String,
+    /// Hosts (lower case; `*.` prefix for a wildcard); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Path prefix, starting with `/`.
+    pub path_prefix: String,
+    /// Methods (upper case); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Names of the profiles that may admit a call, in order; empty: anonymous.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
+    /// Plain-HTTP requests are redirected to https.
+    #[serde(default)]
+    pub ssl_only: bool,
+    /// The route has a client-facing certificate in [`RouteSecrets::tls`].
+    #[serde(default)]
+    pub tls: bool,
+    /// Where calls go.
+    pub backend: Backend,
+    /// Served on the egress listener rather than inbound.
+    #[serde(default)]
+    pub egress: bool,
+}
+
+/// Where a route's calls go.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum Backend {
+    /// The app in the same pod at `127.0.0.1:port`.
+    Local { port: u16 },
+    /// A remote origin.
+    Origin {
+        url: String,
+        tls_mode: OriginTlsMode,
+        /// A custom CA bundle is in [`RouteSecrets::origin_ca_pem`] (else: system roots).
+        #[serde(default)]
+        custom_ca: bool,
+        /// A client certificate is in [`RouteSecrets::origin_client`].
+        #[serde(default)]
+        client_certificate: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auth: Option<OriginAuth>,
+    },
+}
+
+/// TLS toward an origin.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OriginTlsMode {
+    None,
+    Verify,
+    Mutual,
+}
+
+/// Credentials added toward an origin; the secret parts are in [`RouteSecrets::origin_auth`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum OriginAuth {
+    Basic,
+    SharedSecret {
+        algorithm: SignatureHash,
+        key_param: String,
+        sig_param: String,
+    },
+    HttpSignature {
+        key_id: String,
+        algorithm: SignatureAlgorithm,
+        standard: SignatureStandard,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        components: Vec<String>,
+    },
+    OAuth2ClientCredentials {
+        token_url: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        scopes: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audience: Option<String>,
+    },
+}
+
+/// The secret half of a configuration, by profile and route name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretMaterial {
+    /// Format version, [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Must equal [`SidecarConfig::generation`]: the two files belong together.
+    pub generation: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub profiles: BTreeMap<String, ProfileSecrets>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routes: BTreeMap<String, RouteSecrets>,
+}
+
+/// Secrets of one profile.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProfileSecrets {
+    /// Basic: the one username/password pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic: Option<UserPassword>,
+    /// ApiKey: API key to shared secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub api_keys: BTreeMap<String, Sensitive>,
+    /// OAuth2 introspection client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection_client: Option<ClientCredentials>,
+    /// OAuth2 Builtin: client id to client secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub oauth2_clients: BTreeMap<String, Sensitive>,
+    /// HttpSignature: keyId to HMAC secret or PEM public key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub signature_keys: BTreeMap<String, Sensitive>,
+    /// ClientCertificate: the CA bundle (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_pem: Option<String>,
+}
+
+/// Secrets of one route.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteSecrets {
+    /// Client-facing certificate chain and key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsMaterial>,
+    /// CA bundle to verify the origin (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_ca_pem: Option<String>,
+    /// Client certificate toward the origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_client: Option<TlsMaterial>,
+    /// Credentials toward the origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_auth: Option<OriginAuthSecrets>,
+}
+
+/// A username and password.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UserPassword {
+    pub username: String,
+    pub password: Sensitive,
+}
+
+/// An OAuth 2.0 client id and secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub client_secret: Sensitive,
+}
+
+/// A certificate chain and its private key, PEM.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsMaterial {
+    pub cert_chain_pem: String,
+    pub key_pem: Sensitive,
+}
+
+/// The secret half of origin credentials.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(tag = "type", rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum OriginAuthSecrets {
+    Basic {
+        username: String,
+        password: Sensitive,
+    },
+    SharedSecret {
+        apikey: String,
+        secret: Sensitive,
+    },
+    HttpSignature {
+        key: Sensitive,
+    },
+    OAuth2ClientCredentials {
+        client_id: String,
+        client_secret: Sensitive,
+    },
+}
+
+/// Why a configuration directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file} is not a valid configuration: {message}")]
+    Parse { file: &'static str, message: String },
+    #[error("{file} has schemaVersion {found}, this sidecar reads {expected}")]
+    Version {
+        file: &'static str,
+        found: u32,
+        expected: u32,
+    },
+    #[error("{CONFIG_FILE} (generation {config}) and {SECRETS_FILE} (generation {secrets}) do not belong together")]
+    GenerationMismatch { config: String, secrets: String },
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+impl SidecarConfig {
+    /// An empty configuration: no routes, every request answered 404.
+    pub fn empty(namespace: impl Into<String>) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            generation: String::new(),
+            namespace: namespace.into(),
+            org_allowance: None,
+            trusted_proxies: Vec::new(),
+            profiles: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// The profile of this name.
+    pub fn profile(&self, name: &str) -> Option<&Profile> {
+        self.profiles.iter().find(|p| p.name == name)
+    }
+
+    /// Verifies that the configuration is internally consistent and that `secrets` holds
+    /// every secret it needs. Never mentions a secret value in its error.
+    pub fn check(&self, secrets: &SecretMaterial) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Inconsistent(m));
+        for (file, v) in [
+            (CONFIG_FILE, self.schema_version),
+            (SECRETS_FILE, secrets.schema_version),
+        ] {
+            if v != SCHEMA_VERSION {
+                return Err(ConfigError::Version {
+                    file,
+                    found: v,
+                    expected: SCHEMA_VERSION,
+                });
+            }
+        }
+        if self.generation != secrets.generation {
+            return Err(ConfigError::GenerationMismatch {
+                config: self.generation.clone(),
+                secrets: secrets.generation.clone(),
+            });
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for p in &self.profiles {
+            if !names.insert(p.name.as_str()) {
+                return bad(format!("profile {} appears twice", p.name));
+            }
+            for r in &p.trusted_ip_ranges {
+                if r.from.is_ipv4() != r.to.is_ipv4() || r.from > r.to {
+                    return bad(format!(
+                        "profile {}: trusted IP range {}-{} is not a valid range",
+                        p.name, r.from, r.to
+                    ));
+                }
+            }
+            let s = secrets.profiles.get(&p.name);
+            let missing = match &p.auth {
+                ProfileAuth::Basic => s.and_then(|s| s.basic.as_ref()).is_none(),
+                ProfileAuth::ApiKey { .. } => s.is_none_or(|s| s.api_keys.is_empty()),
+                ProfileAuth::HttpSignature { .. } => s.is_none_or(|s| s.signature_keys.is_empty()),
+                ProfileAuth::ClientCertificate { .. } => s.and_then(|s| s.client_ca_pem.as_ref()).is_none(),
+                ProfileAuth::OAuth2 {
+                    builtin_token_ttl_seconds: Some(_),
+                    ..
+                } => s.is_none_or(|s| s.oauth2_clients.is_empty()),
+                ProfileAuth::OAuth2 {
+                    introspection_url: Some(_),
+                    ..
+                } => s.and_then(|s| s.introspection_client.as_ref()).is_none(),
+                _ => false,
+            };
+            if missing {
+                return bad(format!(
+                    "profile {} ({}) has no credentials in {SECRETS_FILE}",
+                    p.name,
+                    p.auth.type_name()
+                ));
+            }
+        }
+        let mut route_names = std::collections::BTreeSet::new();
+        for r in &self.routes {
+            if !route_names.insert(r.name.as_str()) {
+                return bad(format!("route {} appears twice", r.name));
+            }
+            if !r.path_prefix.starts_with('/') {
+                return bad(format!("route {}: pathPrefix must start with /", r.name));
+            }
+            for p in &r.profiles {
+                if self.profile(p).is_none() {
+                    return bad(format!("route {}: profile {p} is not in the configuration", r.name));
+                }
+            }
+            let s = secrets.routes.get(&r.name);
+            if r.tls && s.and_then(|s| s.tls.as_ref()).is_none() {
+                return bad(format!("route {}: tls certificate missing from {SECRETS_FILE}", r.name));
+            }
+            if let Backend::Origin {
+                custom_ca,
+                client_certificate,
+                auth,
+                ..
+            } = &r.backend
+            {
+                if *custom_ca && s.and_then(|s| s.origin_ca_pem.as_ref()).is_none() {
+                    return bad(format!("route {}: origin CA missing from {SECRETS_FILE}", r.name));
+                }
+                if *client_certificate && s.and_then(|s| s.origin_client.as_ref()).is_none() {
+                    return bad(format!(
+                        "route {}: origin client certificate missing from {SECRETS_FILE}",
+                        r.name
+                    ));
+                }
+                if auth.is_some() && s.and_then(|s| s.origin_auth.as_ref()).is_none() {
+                    return bad(format!(
+                        "route {}: origin credentials missing from {SECRETS_FILE}",
+                        r.name
+                    ));
+                }
+            } else if r.egress {
+                return bad(format!("route {}: egress routes need an origin backend", r.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A configuration and its secrets, read from a directory and checked.
+#[derive(Clone, PartialEq)]
+pub struct Loaded {
+    pub config: SidecarConfig,
+    pub secrets: SecretMaterial,
+}
+
+impl fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loaded")
+            .field("generation", &self.config.generation)
+            .field("routes", &self.config.routes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads `config.json` and `secrets.json` from `dir` and checks them. A missing
+/// `secrets.json` is read as empty material (a configuration that needs no secret).
+pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let config: SidecarConfig = serde_json::from_slice(&read(CONFIG_FILE)?).map_err(|e| ConfigError::Parse {
+        file: CONFIG_FILE,
+        message: e.to_string(),
+    })?;
+    let secrets = match read(SECRETS_FILE) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ConfigError::Parse {
+            file: SECRETS_FILE,
+            // serde_json's messages name the position and the expected type, never the value.
+            message: e.to_string(),
+        })?,
+        Err(ConfigError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => SecretMaterial {
+            schema_version: SCHEMA_VERSION,
+            generation: config.generation.clone(),
+            ..Default::default()
+        },
+        Err(e) => return Err(e),
+    };
+    config.check(&secrets)?;
+    Ok(Loaded { config, secrets })
+}
+
+impl Loaded {
+    /// Writes both files into `dir` (each written to a temporary file, then renamed).
+    pub fn write_dir(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let write = |name: &str, bytes: Vec<u8>| {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, dir.join(name))
+        };
+        write(CONFIG_FILE, self.config_json())?;
+        write(SECRETS_FILE, self.secrets_json())
+    }
+
+    /// The `config.json` bytes.
+    pub fn config_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(&self.config).expect("config serializes");
+        v.push(b'\n');
+        v
+    }
+
+    /// The `secrets.json` bytes (reveals the secrets: only for a Secret or a file).
+    pub fn secrets_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(&self.secrets).expect("secrets serialize");
+        v.push(b'\n');
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,109 @@
+use super::*;
+
+fn basic_config() -> (SidecarConfig, SecretMaterial) {
+    let mut config = SidecarConfig::empty("prod");
+    config.generation = "g1".into();
+    config.profiles.push(Profile {
+        name: "accounting".into(),
+        auth: ProfileAuth::Basic,
+        trusted_ip_ranges: vec![IpRange {
+            from: "10.0.0.0".parse().unwrap(),
+            to: "10.0.255.255".parse().unwrap(),
+        }],
+        rate_limit_per_minute: Some(5),
+        identity_header: None,
+    });
+    config.routes.push(Route {
+        name: "finance".into(),
+        hosts: vec![],
+        path_prefix: "/finance".into(),
+        methods: vec![],
+        profiles: vec!["accounting".into()],
+        ssl_only: false,
+        tls: false,
+        backend: Backend::Local { port: 8080 },
+        egress: false,
+    });
+    let mut secrets = SecretMaterial {
+        schema_version: SCHEMA_VERSION,
+        generation: "g1".into(),
+        ..Default::default()
+    };
+    secrets.profiles.insert(
+        "accounting".into(),
+        ProfileSecrets {
+            basic: Some(UserPassword {
+                username: "alice".into(),
+                password: Sensitive::new("s3cret-pw"),
+            }),
+            ..Default::default()
+        },
+    );
+    (config, secrets)
+}
+
+#[test]
+fn round_trips_through_a_directory() {
+    let (config, secrets) = basic_config();
+    let loaded = Loaded { config, secrets };
+    let dir = std::env::temp_dir().join(format!("portcullis-config-test-{}", std::process::id()));
+    loaded.write_dir(&dir).unwrap();
+    let back = load_dir(&dir).unwrap();
+    assert_eq!(back, loaded);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn secrets_never_print() {
+    let (_, secrets) = basic_config();
+    let debug = format!("{secrets:?}");
+    assert!(!debug.contains("s3cret-pw"), "{debug}");
+    assert!(debug.contains("<redacted>"));
+}
+
+#[test]
+fn check_refuses_missing_credentials() {
+    let (config, mut secrets) = basic_config();
+    secrets.profiles.clear();
+    let err = config.check(&secrets).unwrap_err().to_string();
+    assert!(err.contains("profile accounting (Basic) has no credentials"), "{err}");
+}
+
+#[test]
+fn check_refuses_unknown_profile_and_mismatched_generation() {
+    let (mut config, secrets) = basic_config();
+    config.routes[0].profiles.push("ghost".into());
+    let err = config.check(&secrets).unwrap_err().to_string();
+    assert!(err.contains("route finance: profile ghost"), "{err}");
+
+    let (mut config, secrets) = basic_config();
+    config.generation = "g2".into();
+    assert!(matches!(
+        config.check(&secrets),
+        Err(ConfigError::GenerationMismatch { .. })
+    ));
+}
+
+#[test]
+fn check_refuses_reversed_range() {
+    let (mut config, secrets) = basic_config();
+    config.profiles[0].trusted_ip_ranges[0] = IpRange {
+        from: "10.0.0.9".parse().unwrap(),
+        to: "10.0.0.1".parse().unwrap(),
+    };
+    assert!(
+        config
+            .check(&secrets)
+            .unwrap_err()
+            .to_string()
+            .contains("not a valid range")
+    );
+}
+
+#[test]
+fn unknown_fields_are_refused() {
+    let err =
+        serde_json::from_str::<SidecarConfig>(r#"{"schemaVersion":1,"generation":"g","namespace":"n","routez":[]}"#)
+            .unwrap_err();
+    assert!(err.to_string().contains("routez"), "{err}");
+}

@@ -1,0 +1,1 @@
+//! The pure Portcullis policy engine (being built).
