@@ -19,6 +19,7 @@ use crate::common::{SecretRef, SignatureAlgorithm, SignatureHash, SignatureStand
     namespaced,
     status = "ApiRouteStatus",
     derive = "PartialEq",
+    doc = "An ApiRoute is one API: the hosts and path consumers call, the profiles that admit them, and the backend.",
     printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hosts"}"#,
     printcolumn = r#"{"name":"Path","type":"string","jsonPath":".spec.pathPrefix"}"#,
     printcolumn = r#"{"name":"Profiles","type":"string","jsonPath":".spec.profiles[*].name"}"#,

@@ -20,6 +20,7 @@ use crate::common::{SecretRef, SignatureAlgorithm, SignatureHash, SignatureStand
     namespaced,
     status = "SecurityProfileStatus",
     derive = "PartialEq",
+    doc = "A SecurityProfile says who may call the ApiRoutes it is assigned to, from where, and how often.",
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#

@@ -1,0 +1,247 @@
+//! The compiler: a pure function from one namespace's SecurityProfiles, ApiRoutes and
+//! Secrets (plus the org allowance and, optionally, a pod's labels) to
+//! - the non-secret sidecar configuration (a ConfigMap's `config.json`),
+//! - the secret material (a Secret's `secrets.json`),
+//! - a verdict per object, which the controller turns into conditions and `render` into
+//!   its exit status.
+//!
+//! An invalid profile or route is left out of the output with a verdict naming the field;
+//! the valid ones are still compiled, so one bad object never stops the others from being
+//! served. No secret value ever reaches the configuration or a message.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use portcullis_api::{ApiRoute, SecurityProfile};
+use portcullis_config::{Loaded, SCHEMA_VERSION, SecretMaterial, SidecarConfig};
+use sha2::{Digest, Sha256};
+
+mod profile;
+mod route;
+mod secrets;
+mod selector;
+
+pub use selector::{check_selector, selector_matches};
+
+/// Condition reasons, one per kind of problem (`Accepted=False` carries one of these).
+pub mod reason {
+    pub const ACCEPTED: &str = "Accepted";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const WRONG_SECRET_TYPE: &str = "WrongSecretType";
+    pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
+    pub const INVALID_SECRET: &str = "InvalidSecret";
+    pub const INVALID_IP_RANGE: &str = "InvalidIpRange";
+    pub const PROFILE_NOT_FOUND: &str = "ProfileNotFound";
+    pub const PROFILE_INVALID: &str = "ProfileInvalid";
+    pub const PROFILE_MIX: &str = "ProfileMix";
+    pub const DUPLICATE_PROFILE: &str = "DuplicateProfile";
+    pub const TOO_MANY_OAUTH2: &str = "TooManyOAuth2";
+    pub const TOO_MANY_ANONYMOUS: &str = "TooManyAnonymous";
+    pub const INVALID_BACKEND: &str = "InvalidBackend";
+    pub const CERTIFICATE_PENDING: &str = "CertificatePending";
+}
+
+/// What the compiler reads: everything in one namespace.
+#[derive(Clone, Copy, Debug)]
+pub struct Inputs<'a> {
+    pub namespace: &'a str,
+    pub profiles: &'a [SecurityProfile],
+    pub routes: &'a [ApiRoute],
+    pub secrets: &'a [Secret],
+    /// Hits per minute across every route (operator setting `orgAllowance.requestsPerMinute`).
+    pub org_allowance: Option<u32>,
+    /// Peers whose `X-Forwarded-For` the sidecars believe.
+    pub trusted_proxies: &'a [ipnet::IpNet],
+    /// `Some(labels)`: compile only the routes whose `workloadSelector` selects a pod with
+    /// these labels. `None`: every route.
+    pub workload_labels: Option<&'a BTreeMap<String, String>>,
+}
+
+/// The verdict on one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    Rejected {
+        /// A `reason` constant, for the condition.
+        reason: &'static str,
+        /// The field at fault, as a path from the object (`spec.profiles[1].name`).
+        field: String,
+        /// What is wrong; starts with the field. Never holds a secret.
+        message: String,
+    },
+}
+
+impl Verdict {
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, Self::Accepted)
+    }
+}
+
+/// What the compiler produces.
+#[derive(Clone, Debug)]
+pub struct Output {
+    /// The configuration and secrets for the selected, valid routes and the profiles they use.
+    pub loaded: Loaded,
+    /// A verdict for every profile in the namespace.
+    pub profiles: BTreeMap<String, Verdict>,
+    /// A verdict for every route in the namespace, selected or not.
+    pub routes: BTreeMap<String, Verdict>,
+    /// For every profile, the routes that list it (sorted).
+    pub profile_routes: BTreeMap<String, Vec<String>>,
+}
+
+impl Output {
+    /// Every rejection, as `Kind namespace/name: message`, profiles first.
+    pub fn errors(&self, namespace: &str) -> Vec<String> {
+        let kinds = [("SecurityProfile", &self.profiles), ("ApiRoute", &self.routes)];
+        kinds
+            .into_iter()
+            .flat_map(|(kind, verdicts)| {
+                verdicts.iter().filter_map(move |(name, v)| match v {
+                    Verdict::Accepted => None,
+                    Verdict::Rejected { message, .. } => Some(format!("{kind} {namespace}/{name}: {message}")),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A problem found in one field of one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Problem {
+    reason: &'static str,
+    field: String,
+    detail: String,
+}
+
+impl Problem {
+    pub(crate) fn new(reason: &'static str, field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            field: field.into(),
+            detail: detail.into(),
+        }
+    }
+
+    fn into_verdict(self) -> Verdict {
+        Verdict::Rejected {
+            message: format!("{}: {}", self.field, self.detail),
+            reason: self.reason,
+            field: self.field,
+        }
+    }
+}
+
+/// Compiles one namespace. Pure: the same inputs always give the same output, generation
+/// included.
+pub fn compile(inputs: &Inputs) -> Output {
+    let secrets = secrets::SecretIndex::new(inputs.namespace, inputs.secrets);
+
+    let mut profiles = BTreeMap::new();
+    let mut profile_verdicts = BTreeMap::new();
+    for sp in inputs.profiles {
+        let name = sp.metadata.name.clone().unwrap_or_default();
+        match profile::compile(&name, &sp.spec, &secrets) {
+            Ok(compiled) => {
+                profile_verdicts.insert(name.clone(), Verdict::Accepted);
+                profiles.insert(name, compiled);
+            }
+            Err(problem) => {
+                profile_verdicts.insert(name, problem.into_verdict());
+            }
+        }
+    }
+
+    let mut routes: Vec<&ApiRoute> = inputs.routes.iter().collect();
+    routes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+
+    let mut config = SidecarConfig::empty(inputs.namespace);
+    config.org_allowance = inputs.org_allowance;
+    config.trusted_proxies = inputs.trusted_proxies.to_vec();
+    let mut material = SecretMaterial {
+        schema_version: SCHEMA_VERSION,
+        ..Default::default()
+    };
+    let mut route_verdicts = BTreeMap::new();
+    let mut profile_routes: BTreeMap<String, Vec<String>> =
+        profile_verdicts.keys().map(|name| (name.clone(), Vec::new())).collect();
+    let mut used_profiles = BTreeSet::new();
+
+    for ar in routes {
+        let name = ar.metadata.name.clone().unwrap_or_default();
+        for p in &ar.spec.profiles {
+            if let Some(list) = profile_routes.get_mut(&p.name) {
+                if !list.contains(&name) {
+                    list.push(name.clone());
+                }
+            }
+        }
+        let compiled = route::compile(&name, &ar.spec, &profiles, &profile_verdicts, &secrets);
+        match compiled {
+            Err(problem) => {
+                route_verdicts.insert(name, problem.into_verdict());
+            }
+            Ok((route, route_secrets)) => {
+                route_verdicts.insert(name.clone(), Verdict::Accepted);
+                let selected = inputs
+                    .workload_labels
+                    .is_none_or(|labels| selector_matches(&ar.spec.workload_selector, labels));
+                if selected {
+                    used_profiles.extend(route.profiles.iter().cloned());
+                    if route_secrets != Default::default() {
+                        material.routes.insert(name, route_secrets);
+                    }
+                    config.routes.push(route);
+                }
+            }
+        }
+    }
+
+    for (name, compiled) in profiles {
+        if used_profiles.contains(&name) {
+            if compiled.secrets != Default::default() {
+                material.profiles.insert(name.clone(), compiled.secrets);
+            }
+            config.profiles.push(compiled.profile);
+        }
+    }
+
+    let generation = generation(&config, &material);
+    config.generation = generation.clone();
+    material.generation = generation;
+
+    Output {
+        loaded: Loaded {
+            config,
+            secrets: material,
+        },
+        profiles: profile_verdicts,
+        routes: route_verdicts,
+        profile_routes,
+    }
+}
+
+/// The content hash of a configuration and its secrets (before the generation is set): the
+/// first 16 hex digits of SHA-256. Changes exactly when what the sidecar enforces changes.
+fn generation(config: &SidecarConfig, material: &SecretMaterial) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(serde_json::to_vec(config).expect("config serializes"));
+    hasher.update([0]);
+    hasher.update(serde_json::to_vec(material).expect("secrets serialize"));
+    hex::encode(&hasher.finalize()[..8])
+}
+
+/// Whether a route selects a pod with `labels` (re-exported for the controllers).
+pub fn route_selects(route: &ApiRoute, labels: &BTreeMap<String, String>) -> bool {
+    selector_matches(&route.spec.workload_selector, labels)
+}
+
+/// The selector of a route, for grouping.
+pub fn workload_selector(route: &ApiRoute) -> &LabelSelector {
+    &route.spec.workload_selector
+}
+
+#[cfg(test)]
+mod tests;

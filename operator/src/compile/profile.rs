@@ -1,0 +1,326 @@
+//! Compiling one SecurityProfile.
+
+use std::net::IpAddr;
+
+use portcullis_api as api;
+use portcullis_config as cfg;
+
+use super::secrets::{self, SecretIndex};
+use super::{Problem, reason};
+
+/// A valid profile: its configuration and its secrets.
+#[derive(Clone, Debug)]
+pub(crate) struct CompiledProfile {
+    pub profile: cfg::Profile,
+    pub secrets: cfg::ProfileSecrets,
+}
+
+pub(crate) fn compile(
+    name: &str,
+    spec: &api::SecurityProfileSpec,
+    secrets: &SecretIndex<'_>,
+) -> Result<CompiledProfile, Problem> {
+    let api::SecurityProfileSpec {
+        profile_type,
+        basic,
+        api_key,
+        oauth2,
+        http_signature,
+        client_certificate,
+        trusted_ip_ranges,
+        rate_limit,
+        audit,
+    } = spec;
+
+    check_blocks(spec)?;
+    let mut out = cfg::ProfileSecrets::default();
+    let auth = match profile_type {
+        api::ProfileType::Anonymous => cfg::ProfileAuth::Anonymous,
+        api::ProfileType::Basic => {
+            let basic = basic.as_ref().expect("checked by check_blocks");
+            let data = secrets.get(
+                "spec.basic.secretRef.name",
+                &basic.secret_ref.name,
+                Some(secrets::BASIC_AUTH),
+            )?;
+            let username = data.required("username")?.expose().to_owned();
+            if username.contains(':') {
+                return Err(Problem::new(
+                    reason::INVALID_SECRET,
+                    "spec.basic.secretRef.name",
+                    format!(
+                        "Secret {:?}: a Basic username cannot contain ':'",
+                        basic.secret_ref.name
+                    ),
+                ));
+            }
+            out.basic = Some(cfg::UserPassword {
+                username,
+                password: data.required("password")?,
+            });
+            cfg::ProfileAuth::Basic
+        }
+        api::ProfileType::ApiKey => {
+            let key = api_key.as_ref().expect("checked by check_blocks");
+            let data = secrets.get("spec.apiKey.secretRef.name", &key.secret_ref.name, None)?;
+            out.api_keys = data.all()?;
+            cfg::ProfileAuth::ApiKey {
+                key_param: key.key_param.clone(),
+                key_header: key.key_header.clone(),
+                signature: key.signature.as_ref().map(|s| cfg::ApiKeySignature {
+                    param: s.param.clone(),
+                    algorithm: hash(s.algorithm),
+                    clock_skew_seconds: s.clock_skew_seconds,
+                }),
+            }
+        }
+        api::ProfileType::OAuth2 => {
+            let o = oauth2.as_ref().expect("checked by check_blocks");
+            let builtin = matches!(o.provider, api::OAuth2Provider::Builtin);
+            if builtin {
+                let b = o.builtin.as_ref().ok_or_else(|| {
+                    Problem::new(
+                        reason::INVALID_SPEC,
+                        "spec.oauth2.builtin",
+                        "is required when provider is Builtin",
+                    )
+                })?;
+                let data = secrets.get(
+                    "spec.oauth2.builtin.clientsSecretRef.name",
+                    &b.clients_secret_ref.name,
+                    None,
+                )?;
+                out.oauth2_clients = data.all()?;
+            } else if o.jwks_uri.is_none() && o.introspection.is_none() {
+                return Err(Problem::new(
+                    reason::INVALID_SPEC,
+                    "spec.oauth2.jwksUri",
+                    "jwksUri or introspection is required unless provider is Builtin",
+                ));
+            }
+            if let Some(i) = &o.introspection {
+                check_url("spec.oauth2.introspection.url", &i.url)?;
+                let data = secrets.get(
+                    "spec.oauth2.introspection.clientSecretRef.name",
+                    &i.client_secret_ref.name,
+                    None,
+                )?;
+                out.introspection_client = Some(cfg::ClientCredentials {
+                    client_id: data.required("clientId")?.expose().to_owned(),
+                    client_secret: data.required("clientSecret")?,
+                });
+            }
+            if let Some(uri) = &o.jwks_uri {
+                check_url("spec.oauth2.jwksUri", uri)?;
+            }
+            cfg::ProfileAuth::OAuth2 {
+                provider: format!("{:?}", o.provider),
+                issuer: o.issuer.clone(),
+                jwks_uri: o.jwks_uri.clone(),
+                introspection_url: o.introspection.as_ref().map(|i| i.url.clone()),
+                audiences: o.audiences.clone(),
+                required_scopes: o.required_scopes.clone(),
+                builtin_token_ttl_seconds: o.builtin.as_ref().filter(|_| builtin).map(|b| b.token_ttl_seconds),
+            }
+        }
+        api::ProfileType::HttpSignature => {
+            let h = http_signature.as_ref().expect("checked by check_blocks");
+            let data = secrets.get("spec.httpSignature.secretRef.name", &h.secret_ref.name, None)?;
+            out.signature_keys = data.all()?;
+            if h.max_age_seconds == 0 {
+                return Err(Problem::new(
+                    reason::INVALID_SPEC,
+                    "spec.httpSignature.maxAgeSeconds",
+                    "must be at least 1",
+                ));
+            }
+            cfg::ProfileAuth::HttpSignature {
+                standard: standard(h.standard),
+                algorithms: h.algorithms.iter().map(|a| algorithm(*a)).collect(),
+                required_components: h.required_components.clone(),
+                max_age_seconds: h.max_age_seconds,
+            }
+        }
+        api::ProfileType::ClientCertificate => {
+            let c = client_certificate.as_ref().expect("checked by check_blocks");
+            let data = secrets.get("spec.clientCertificate.caSecretRef.name", &c.ca_secret_ref.name, None)?;
+            out.client_ca_pem = Some(data.pem("ca.crt", "CERTIFICATE")?);
+            cfg::ProfileAuth::ClientCertificate {
+                allowed_subjects: c.allowed_subjects.clone(),
+            }
+        }
+    };
+
+    if let Some(limit) = rate_limit {
+        if limit.requests_per_minute == 0 {
+            return Err(Problem::new(
+                reason::INVALID_SPEC,
+                "spec.rateLimit.requestsPerMinute",
+                "must be at least 1",
+            ));
+        }
+    }
+
+    Ok(CompiledProfile {
+        profile: cfg::Profile {
+            name: name.to_owned(),
+            auth,
+            trusted_ip_ranges: ip_ranges(trusted_ip_ranges)?,
+            rate_limit_per_minute: rate_limit.as_ref().map(|l| l.requests_per_minute),
+            identity_header: audit.as_ref().and_then(|a| a.identity_header.clone()),
+        },
+        secrets: out,
+    })
+}
+
+/// The block named by `type` must be set, and no other.
+fn check_blocks(spec: &api::SecurityProfileSpec) -> Result<(), Problem> {
+    let blocks = [
+        ("basic", api::ProfileType::Basic, spec.basic.is_some()),
+        ("apiKey", api::ProfileType::ApiKey, spec.api_key.is_some()),
+        ("oauth2", api::ProfileType::OAuth2, spec.oauth2.is_some()),
+        (
+            "httpSignature",
+            api::ProfileType::HttpSignature,
+            spec.http_signature.is_some(),
+        ),
+        (
+            "clientCertificate",
+            api::ProfileType::ClientCertificate,
+            spec.client_certificate.is_some(),
+        ),
+    ];
+    for (field, ty, present) in blocks {
+        if ty == spec.profile_type && !present {
+            return Err(Problem::new(
+                reason::INVALID_SPEC,
+                format!("spec.{field}"),
+                format!("is required when type is {ty}"),
+            ));
+        }
+        if ty != spec.profile_type && present {
+            return Err(Problem::new(
+                reason::INVALID_SPEC,
+                format!("spec.{field}"),
+                format!("must not be set when type is {}", spec.profile_type),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses, normalizes (CIDR to from/to), sorts and merges the trusted ranges.
+fn ip_ranges(ranges: &[api::IpRange]) -> Result<Vec<cfg::IpRange>, Problem> {
+    let mut out = Vec::with_capacity(ranges.len());
+    for (i, r) in ranges.iter().enumerate() {
+        let field = |f: &str| format!("spec.trustedIpRanges[{i}].{f}");
+        let bad = |f: &str, detail: String| Err(Problem::new(reason::INVALID_IP_RANGE, field(f), detail));
+        match (&r.cidr, &r.from, &r.to) {
+            (Some(cidr), None, None) => {
+                let net: ipnet::IpNet = match cidr.trim().parse() {
+                    Ok(net) => net,
+                    Err(_) => return bad("cidr", format!("{cidr:?} is not a CIDR block (like 10.0.0.0/8)")),
+                };
+                out.push(cfg::IpRange {
+                    from: net.network(),
+                    to: net.broadcast(),
+                });
+            }
+            (None, Some(from), Some(to)) => {
+                let Ok(from_ip) = from.trim().parse::<IpAddr>() else {
+                    return bad("from", format!("{from:?} is not an IP address"));
+                };
+                let Ok(to_ip) = to.trim().parse::<IpAddr>() else {
+                    return bad("to", format!("{to:?} is not an IP address"));
+                };
+                if from_ip.is_ipv4() != to_ip.is_ipv4() {
+                    return bad("to", format!("{to} is not of the same address family as {from}"));
+                }
+                if from_ip > to_ip {
+                    return bad("from", format!("{from} is greater than to ({to})"));
+                }
+                out.push(cfg::IpRange {
+                    from: from_ip,
+                    to: to_ip,
+                });
+            }
+            (None, None, None) => return bad("cidr", "a range needs cidr, or from and to".into()),
+            (Some(_), _, _) => return bad("cidr", "set either cidr or from/to, not both".into()),
+            (None, Some(_), None) => return bad("to", "is required with from".into()),
+            (None, None, Some(_)) => return bad("from", "is required with to".into()),
+        }
+    }
+    Ok(merge(out))
+}
+
+/// Sorts ranges and merges overlapping or adjacent ones of the same family.
+fn merge(mut ranges: Vec<cfg::IpRange>) -> Vec<cfg::IpRange> {
+    fn key(ip: IpAddr) -> (u8, u128) {
+        match ip {
+            IpAddr::V4(v4) => (4, u32::from(v4) as u128),
+            IpAddr::V6(v6) => (6, u128::from(v6)),
+        }
+    }
+    ranges.sort_by_key(|r| (key(r.from), key(r.to)));
+    let mut merged: Vec<cfg::IpRange> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        if let Some(last) = merged.last_mut() {
+            let (lf, lt) = key(last.to);
+            let (rf, rs) = key(r.from);
+            if lf == rf && rs <= lt.saturating_add(1) {
+                if key(r.to) > key(last.to) {
+                    last.to = r.to;
+                }
+                continue;
+            }
+        }
+        merged.push(r);
+    }
+    merged
+}
+
+pub(crate) fn check_url(field: &str, url: &str) -> Result<(), Problem> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| {
+            Problem::new(
+                reason::INVALID_SPEC,
+                field,
+                format!("{url:?} must start with http:// or https://"),
+            )
+        })?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() || rest.contains(char::is_whitespace) {
+        return Err(Problem::new(
+            reason::INVALID_SPEC,
+            field,
+            format!("{url:?} is not a valid URL"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn hash(h: api::SignatureHash) -> cfg::SignatureHash {
+    match h {
+        api::SignatureHash::MD5 => cfg::SignatureHash::MD5,
+        api::SignatureHash::SHA256 => cfg::SignatureHash::SHA256,
+    }
+}
+
+pub(crate) fn standard(s: api::SignatureStandard) -> cfg::SignatureStandard {
+    match s {
+        api::SignatureStandard::RFC9421 => cfg::SignatureStandard::RFC9421,
+        api::SignatureStandard::Cavage => cfg::SignatureStandard::Cavage,
+    }
+}
+
+pub(crate) fn algorithm(a: api::SignatureAlgorithm) -> cfg::SignatureAlgorithm {
+    match a {
+        api::SignatureAlgorithm::HmacSha256 => cfg::SignatureAlgorithm::HmacSha256,
+        api::SignatureAlgorithm::RsaV15Sha256 => cfg::SignatureAlgorithm::RsaV15Sha256,
+        api::SignatureAlgorithm::RsaPssSha512 => cfg::SignatureAlgorithm::RsaPssSha512,
+        api::SignatureAlgorithm::EcdsaP256Sha256 => cfg::SignatureAlgorithm::EcdsaP256Sha256,
+        api::SignatureAlgorithm::Ed25519 => cfg::SignatureAlgorithm::Ed25519,
+    }
+}

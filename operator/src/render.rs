@@ -1,0 +1,257 @@
+//! `portcullis-operator render`: the compiler over YAML files, with exactly the code the
+//! controllers use. Reads SecurityProfiles, ApiRoutes and Secrets (multi-document files,
+//! `kind: List`, or directories of `*.yaml`/`*.yml`), compiles them, and writes the files a
+//! sidecar would have mounted. On any invalid input it names the object and the field, exits
+//! non-zero and leaves the output directory as it was.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Secret;
+use portcullis_api::{ApiRoute, SecurityProfile};
+use serde::de::DeserializeOwned;
+
+use crate::compile::{self, Inputs};
+
+/// Objects read from files, by namespace.
+#[derive(Default, Debug)]
+pub struct Objects {
+    pub profiles: Vec<SecurityProfile>,
+    pub routes: Vec<ApiRoute>,
+    pub secrets: Vec<Secret>,
+}
+
+/// Why `render` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: document {doc}: {message}")]
+    Yaml { path: String, doc: usize, message: String },
+    #[error("{path}: {kind} {name}: {message}")]
+    Object {
+        path: String,
+        kind: String,
+        name: String,
+        message: String,
+    },
+    #[error("no SecurityProfile, ApiRoute or Secret found in the input")]
+    Empty,
+    #[error("the input spans namespaces {0}; a sidecar serves one namespace, pick one with --namespace")]
+    Namespaces(String),
+    #[error("invalid --workload-labels {0:?}: expected k=v,k2=v2")]
+    Labels(String),
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What `render` was asked to do.
+#[derive(Clone, Debug, Default)]
+pub struct Request {
+    pub inputs: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub workload_labels: Option<BTreeMap<String, String>>,
+    pub org_allowance: Option<u32>,
+    pub namespace: Option<String>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// What `render` wrote.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    pub namespace: String,
+    pub generation: String,
+    pub routes: Vec<String>,
+    pub profiles: Vec<String>,
+}
+
+/// Parses `k=v,k2=v2`.
+pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, RenderError> {
+    s.split(',')
+        .filter(|kv| !kv.trim().is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+            _ => Err(RenderError::Labels(s.to_owned())),
+        })
+        .collect()
+}
+
+/// Reads, compiles and writes. The output directory is only touched when everything is valid.
+pub fn render(req: &Request) -> Result<Rendered, RenderError> {
+    let mut by_ns: BTreeMap<String, Objects> = BTreeMap::new();
+    for path in &req.inputs {
+        for file in yaml_files(path)? {
+            read_file(&file, &mut by_ns)?;
+        }
+    }
+    if let Some(ns) = &req.namespace {
+        by_ns.retain(|k, _| k == ns);
+    }
+    let (namespace, objects) = match by_ns.len() {
+        0 => return Err(RenderError::Empty),
+        1 => by_ns.into_iter().next().expect("one namespace"),
+        _ => {
+            return Err(RenderError::Namespaces(
+                by_ns.keys().cloned().collect::<Vec<_>>().join(", "),
+            ));
+        }
+    };
+    let output = compile::compile(&Inputs {
+        namespace: &namespace,
+        profiles: &objects.profiles,
+        routes: &objects.routes,
+        secrets: &objects.secrets,
+        org_allowance: req.org_allowance,
+        trusted_proxies: &req.trusted_proxies,
+        workload_labels: req.workload_labels.as_ref(),
+    });
+    let errors = output.errors(&namespace);
+    if !errors.is_empty() {
+        return Err(RenderError::Invalid(errors));
+    }
+    output.loaded.write_dir(&req.out).map_err(|source| RenderError::Write {
+        path: req.out.display().to_string(),
+        source,
+    })?;
+    Ok(Rendered {
+        namespace,
+        generation: output.loaded.config.generation.clone(),
+        routes: output.loaded.config.routes.iter().map(|r| r.name.clone()).collect(),
+        profiles: output.loaded.config.profiles.iter().map(|p| p.name.clone()).collect(),
+    })
+}
+
+fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, RenderError> {
+    let read_err = |source| RenderError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    if !path.is_dir() {
+        std::fs::metadata(path).map_err(read_err)?;
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(read_err)? {
+        let p = entry.map_err(read_err)?.path();
+        if p.is_dir() {
+            files.extend(yaml_files(&p)?);
+        } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn read_file(path: &Path, by_ns: &mut BTreeMap<String, Objects>) -> Result<(), RenderError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| RenderError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    for (doc, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let value: serde_yaml::Value = serde::Deserialize::deserialize(de).map_err(|e| RenderError::Yaml {
+            path: shown.clone(),
+            doc: doc + 1,
+            message: e.to_string(),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        add_object(&shown, doc + 1, value, by_ns)?;
+    }
+    Ok(())
+}
+
+fn add_object(
+    path: &str,
+    doc: usize,
+    value: serde_yaml::Value,
+    by_ns: &mut BTreeMap<String, Objects>,
+) -> Result<(), RenderError> {
+    let str_at = |v: &serde_yaml::Value, keys: &[&str]| -> Option<String> {
+        keys.iter()
+            .try_fold(v, |v, k| v.get(k))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    let kind = str_at(&value, &["kind"]).ok_or_else(|| RenderError::Yaml {
+        path: path.to_owned(),
+        doc,
+        message: "not a Kubernetes object (no kind)".into(),
+    })?;
+    if kind == "List" {
+        if let Some(items) = value.get("items").and_then(|i| i.as_sequence()) {
+            for item in items.clone() {
+                add_object(path, doc, item, by_ns)?;
+            }
+        }
+        return Ok(());
+    }
+    let api_version = str_at(&value, &["apiVersion"]).unwrap_or_default();
+    let name = str_at(&value, &["metadata", "name"]).unwrap_or_default();
+    let namespace = str_at(&value, &["metadata", "namespace"]).unwrap_or_else(|| "default".to_owned());
+    let object_err = |message: String| RenderError::Object {
+        path: path.to_owned(),
+        kind: kind.clone(),
+        name: format!("{namespace}/{name}"),
+        message,
+    };
+    if name.is_empty() {
+        return Err(object_err("metadata.name: is required".into()));
+    }
+    let expect_portcullis = || {
+        if api_version == format!("{}/{}", portcullis_api::GROUP, portcullis_api::VERSION) {
+            Ok(())
+        } else {
+            Err(object_err(format!(
+                "apiVersion: {api_version:?} is not {}/{}",
+                portcullis_api::GROUP,
+                portcullis_api::VERSION
+            )))
+        }
+    };
+    let objects = by_ns.entry(namespace.clone()).or_default();
+    match kind.as_str() {
+        "SecurityProfile" => {
+            expect_portcullis()?;
+            let mut sp: SecurityProfile = typed(value).map_err(object_err)?;
+            sp.metadata.namespace = Some(namespace.clone());
+            objects.profiles.push(sp);
+        }
+        "ApiRoute" => {
+            expect_portcullis()?;
+            let mut ar: ApiRoute = typed(value).map_err(object_err)?;
+            ar.metadata.namespace = Some(namespace.clone());
+            objects.routes.push(ar);
+        }
+        "Secret" => {
+            let mut secret: Secret = typed(value).map_err(object_err)?;
+            secret.metadata.namespace = Some(namespace.clone());
+            objects.secrets.push(secret);
+        }
+        // Other objects (Deployments, Services...) often live in the same files: skip them.
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Deserializes with the path of the offending field in the message (`spec.type: unknown
+/// variant ...`). Secret values never appear: serde reports types and positions, not values.
+fn typed<T: DeserializeOwned>(value: serde_yaml::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." { inner } else { format!("{path}: {inner}") }
+    })
+}
