@@ -221,6 +221,10 @@ fn add_object(
             )))
         }
     };
+    if !matches!(kind.as_str(), "SecurityProfile" | "ApiRoute" | "Secret") {
+        // Other objects (Namespaces, Deployments, Services...) often share the files: skip them.
+        return Ok(());
+    }
     let objects = by_ns.entry(namespace.clone()).or_default();
     match kind.as_str() {
         "SecurityProfile" => {
@@ -240,8 +244,7 @@ fn add_object(
             secret.metadata.namespace = Some(namespace.clone());
             objects.secrets.push(secret);
         }
-        // Other objects (Deployments, Services...) often live in the same files: skip them.
-        _ => {}
+        _ => unreachable!("filtered above"),
     }
     Ok(())
 }

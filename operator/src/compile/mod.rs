@@ -172,10 +172,10 @@ pub fn compile(inputs: &Inputs) -> Output {
     for ar in routes {
         let name = ar.metadata.name.clone().unwrap_or_default();
         for p in &ar.spec.profiles {
-            if let Some(list) = profile_routes.get_mut(&p.name) {
-                if !list.contains(&name) {
-                    list.push(name.clone());
-                }
+            if let Some(list) = profile_routes.get_mut(&p.name)
+                && !list.contains(&name)
+            {
+                list.push(name.clone());
             }
         }
         let compiled = route::compile(&name, &ar.spec, &profiles, &profile_verdicts, &secrets);

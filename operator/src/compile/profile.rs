@@ -151,14 +151,14 @@ pub(crate) fn compile(
         }
     };
 
-    if let Some(limit) = rate_limit {
-        if limit.requests_per_minute == 0 {
-            return Err(Problem::new(
-                reason::INVALID_SPEC,
-                "spec.rateLimit.requestsPerMinute",
-                "must be at least 1",
-            ));
-        }
+    if let Some(limit) = rate_limit
+        && limit.requests_per_minute == 0
+    {
+        return Err(Problem::new(
+            reason::INVALID_SPEC,
+            "spec.rateLimit.requestsPerMinute",
+            "must be at least 1",
+        ));
     }
 
     Ok(CompiledProfile {

@@ -175,14 +175,14 @@ fn check_profiles(
             (Some(Verdict::Accepted), None) => unreachable!("accepted profiles are compiled"),
         }
     }
-    if let Some(&(_, _, first)) = typed.first() {
-        if let Some(&(i, other_name, other)) = typed.iter().find(|(_, _, t)| *t != first) {
-            return Err(Problem::new(
-                reason::PROFILE_MIX,
-                field(i),
-                format!("cannot mix {first} and {other} profiles on one route (profile {other_name:?} is {other})"),
-            ));
-        }
+    if let Some(&(_, _, first)) = typed.first()
+        && let Some(&(i, other_name, other)) = typed.iter().find(|(_, _, t)| *t != first)
+    {
+        return Err(Problem::new(
+            reason::PROFILE_MIX,
+            field(i),
+            format!("cannot mix {first} and {other} profiles on one route (profile {other_name:?} is {other})"),
+        ));
     }
     for (ty, why) in [
         ("OAuth2", reason::TOO_MANY_OAUTH2),

@@ -138,7 +138,7 @@ impl SecretData {
     }
 
     fn utf8(&self, key: &str, v: &[u8]) -> Result<Sensitive, Problem> {
-        std::str::from_utf8(v).map(|s| Sensitive::new(s)).map_err(|_| {
+        std::str::from_utf8(v).map(Sensitive::new).map_err(|_| {
             Problem::new(
                 reason::INVALID_SECRET,
                 &self.field,

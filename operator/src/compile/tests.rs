@@ -1,1 +1,600 @@
+//! Unit tests of the compiler: every profile rule, every bad input, and what reaches the
+//! ConfigMap and the Secret.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use portcullis_api::*;
+
+use super::*;
+
+const NS: &str = "prod";
+
+fn meta(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(NS.into()),
+        ..Default::default()
+    }
+}
+
+fn secret(name: &str, type_: &str, data: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: meta(name),
+        type_: Some(type_.into()),
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn basic_secret(name: &str, user: &str, password: &str) -> Secret {
+    secret(
+        name,
+        "kubernetes.io/basic-auth",
+        &[("username", user), ("password", password)],
+    )
+}
+
+fn spec(profile_type: ProfileType) -> SecurityProfileSpec {
+    SecurityProfileSpec {
+        profile_type,
+        basic: None,
+        api_key: None,
+        oauth2: None,
+        http_signature: None,
+        client_certificate: None,
+        trusted_ip_ranges: vec![],
+        rate_limit: None,
+        audit: None,
+    }
+}
+
+fn profile(name: &str, spec: SecurityProfileSpec) -> SecurityProfile {
+    SecurityProfile {
+        metadata: meta(name),
+        spec,
+        status: None,
+    }
+}
+
+fn anonymous(name: &str) -> SecurityProfile {
+    profile(name, spec(ProfileType::Anonymous))
+}
+
+fn basic(name: &str, secret: &str) -> SecurityProfile {
+    let mut s = spec(ProfileType::Basic);
+    s.basic = Some(BasicProfile {
+        secret_ref: SecretRef::new(secret),
+    });
+    profile(name, s)
+}
+
+fn oauth2(name: &str) -> SecurityProfile {
+    let mut s = spec(ProfileType::OAuth2);
+    s.oauth2 = Some(OAuth2Profile {
+        provider: OAuth2Provider::Generic,
+        issuer: Some("https://idp.example.com".into()),
+        jwks_uri: Some("https://idp.example.com/jwks".into()),
+        introspection: None,
+        audiences: vec![],
+        required_scopes: vec![],
+        builtin: None,
+    });
+    profile(name, s)
+}
+
+fn api_key(name: &str, secret: &str) -> SecurityProfile {
+    let mut s = spec(ProfileType::ApiKey);
+    s.api_key = Some(ApiKeyProfile {
+        secret_ref: SecretRef::new(secret),
+        key_param: "apikey".into(),
+        key_header: None,
+        signature: Some(ApiKeySignature {
+            param: "sig".into(),
+            algorithm: SignatureHash::MD5,
+            clock_skew_seconds: 300,
+        }),
+    });
+    profile(name, s)
+}
+
+fn route(name: &str, profiles: &[&str]) -> ApiRoute {
+    ApiRoute {
+        metadata: meta(name),
+        spec: ApiRouteSpec {
+            workload_selector: LabelSelector {
+                match_labels: Some([("app".to_string(), name.to_string())].into()),
+                ..Default::default()
+            },
+            hosts: vec![],
+            path_prefix: format!("/{name}"),
+            methods: vec![],
+            profiles: profiles.iter().map(|p| ProfileRef { name: p.to_string() }).collect(),
+            ssl_only: false,
+            tls: None,
+            backend: Backend {
+                port: Some(8080),
+                origin: None,
+            },
+            egress: false,
+        },
+        status: None,
+    }
+}
+
+struct World {
+    profiles: Vec<SecurityProfile>,
+    routes: Vec<ApiRoute>,
+    secrets: Vec<Secret>,
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            profiles: vec![
+                basic("finance", "finance-user"),
+                basic("accounting", "accounting-user"),
+                anonymous("public"),
+                anonymous("public-2"),
+                oauth2("sso"),
+                oauth2("sso-2"),
+                api_key("partners", "partner-keys"),
+            ],
+            routes: vec![],
+            secrets: vec![
+                basic_secret("finance-user", "fin", "fin-password-1"),
+                basic_secret("accounting-user", "acc", "acc-password-2"),
+                secret("partner-keys", "Opaque", &[("key-1", "secret-1")]),
+            ],
+        }
+    }
+
+    fn compile(&self) -> Output {
+        self.compile_for(None)
+    }
+
+    fn compile_for(&self, labels: Option<&BTreeMap<String, String>>) -> Output {
+        compile(&Inputs {
+            namespace: NS,
+            profiles: &self.profiles,
+            routes: &self.routes,
+            secrets: &self.secrets,
+            org_allowance: Some(10),
+            trusted_proxies: &[],
+            workload_labels: labels,
+        })
+    }
+}
+
+/// The verdict on route `name`, which must be a rejection: (reason, field, message).
+fn rejected(out: &Output, name: &str) -> (&'static str, String, String) {
+    match out.routes.get(name).or_else(|| out.profiles.get(name)) {
+        Some(Verdict::Rejected { reason, field, message }) => (reason, field.clone(), message.clone()),
+        other => panic!("{name}: expected a rejection, got {other:?}"),
+    }
+}
+
+fn route_verdict(profiles: &[&str]) -> (&'static str, String, String) {
+    let mut w = World::new();
+    w.routes.push(route("api", profiles));
+    rejected(&w.compile(), "api")
+}
+
+#[test]
+fn several_basic_profiles_are_allowed() {
+    let mut w = World::new();
+    w.routes.push(route("api", &["finance", "accounting"]));
+    let out = w.compile();
+    assert_eq!(out.routes["api"], Verdict::Accepted);
+    assert_eq!(out.loaded.config.routes[0].profiles, ["finance", "accounting"]);
+    assert_eq!(out.profile_routes["finance"], ["api"]);
+    out.loaded.config.check(&out.loaded.secrets).unwrap();
+}
+
+#[test]
+fn basic_and_oauth2_are_never_mixed() {
+    let (reason, field, message) = route_verdict(&["finance", "sso"]);
+    assert_eq!(reason, reason::PROFILE_MIX);
+    assert_eq!(field, "spec.profiles[1].name");
+    assert!(message.contains("cannot mix Basic and OAuth2"), "{message}");
+}
+
+#[test]
+fn basic_and_anonymous_are_never_mixed() {
+    let (reason, _, message) = route_verdict(&["finance", "public"]);
+    assert_eq!(reason, reason::PROFILE_MIX);
+    assert!(message.contains("cannot mix Basic and Anonymous"), "{message}");
+}
+
+#[test]
+fn oauth2_and_anonymous_are_never_mixed() {
+    let (reason, _, message) = route_verdict(&["sso", "public"]);
+    assert_eq!(reason, reason::PROFILE_MIX);
+    assert!(message.contains("cannot mix OAuth2 and Anonymous"), "{message}");
+}
+
+#[test]
+fn at_most_one_oauth2_profile() {
+    let (reason, field, message) = route_verdict(&["sso", "sso-2"]);
+    assert_eq!(reason, reason::TOO_MANY_OAUTH2);
+    assert_eq!(field, "spec.profiles[1].name");
+    assert!(
+        message.contains("at most one OAuth2 profile per route, found sso, sso-2"),
+        "{message}"
+    );
+}
+
+#[test]
+fn at_most_one_anonymous_profile() {
+    let (reason, _, message) = route_verdict(&["public", "public-2"]);
+    assert_eq!(reason, reason::TOO_MANY_ANONYMOUS);
+    assert!(message.contains("at most one Anonymous"), "{message}");
+}
+
+#[test]
+fn the_same_profile_never_twice() {
+    let (reason, field, message) = route_verdict(&["finance", "accounting", "finance"]);
+    assert_eq!(reason, reason::DUPLICATE_PROFILE);
+    assert_eq!(field, "spec.profiles[2].name");
+    assert!(message.contains("\"finance\" is listed more than once"), "{message}");
+}
+
+#[test]
+fn unknown_profile_names_the_route_field() {
+    let (reason, field, message) = route_verdict(&["finance", "ghost"]);
+    assert_eq!(reason, reason::PROFILE_NOT_FOUND);
+    assert_eq!(field, "spec.profiles[1].name");
+    assert!(
+        message.contains("SecurityProfile \"ghost\" not found in namespace prod"),
+        "{message}"
+    );
+    let w = World::new();
+    let mut w2 = World {
+        routes: vec![route("api", &["ghost"])],
+        ..w
+    };
+    w2.routes.push(route("good", &["finance"]));
+    let errors = w2.compile().errors(NS);
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].starts_with("ApiRoute prod/api: spec.profiles[0].name:"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn an_invalid_route_never_stops_the_valid_ones() {
+    let mut w = World::new();
+    w.routes.push(route("bad", &["ghost"]));
+    w.routes.push(route("good", &["finance"]));
+    let out = w.compile();
+    assert!(!out.routes["bad"].is_accepted());
+    assert!(out.routes["good"].is_accepted());
+    let names: Vec<_> = out.loaded.config.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["good"]);
+}
+
+#[test]
+fn missing_secret_names_profile_and_field() {
+    let mut w = World::new();
+    w.secrets.retain(|s| s.metadata.name.as_deref() != Some("finance-user"));
+    w.routes.push(route("api", &["finance"]));
+    let out = w.compile();
+    let (reason, field, message) = rejected(&out, "finance");
+    assert_eq!(reason, reason::SECRET_NOT_FOUND);
+    assert_eq!(field, "spec.basic.secretRef.name");
+    assert!(
+        message.contains("Secret \"finance-user\" not found in namespace prod"),
+        "{message}"
+    );
+    // The route that uses it is refused too, naming the profile.
+    let (reason, _, message) = rejected(&out, "api");
+    assert_eq!(reason, reason::PROFILE_INVALID);
+    assert!(message.contains("SecurityProfile \"finance\" is invalid"), "{message}");
+    let errors = out.errors(NS).join("\n");
+    assert!(
+        errors.contains("SecurityProfile prod/finance: spec.basic.secretRef.name"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn wrong_secret_type_is_refused() {
+    let mut w = World::new();
+    w.secrets
+        .push(secret("opaque-user", "Opaque", &[("username", "u"), ("password", "p")]));
+    w.profiles.push(basic("opaque", "opaque-user"));
+    let (reason, field, message) = rejected(&w.compile(), "opaque");
+    assert_eq!(reason, reason::WRONG_SECRET_TYPE);
+    assert_eq!(field, "spec.basic.secretRef.name");
+    assert!(
+        message.contains("has type Opaque, expected kubernetes.io/basic-auth"),
+        "{message}"
+    );
+}
+
+#[test]
+fn missing_secret_key_is_refused_without_revealing_values() {
+    let mut w = World::new();
+    w.secrets.push(secret(
+        "half-user",
+        "kubernetes.io/basic-auth",
+        &[("username", "carol-the-user")],
+    ));
+    w.profiles.push(basic("half", "half-user"));
+    let (reason, _, message) = rejected(&w.compile(), "half");
+    assert_eq!(reason, reason::SECRET_KEY_MISSING);
+    assert!(message.contains("has no key \"password\""), "{message}");
+    assert!(!message.contains("carol-the-user"));
+}
+
+fn profile_with_ranges(ranges: Vec<IpRange>) -> Output {
+    let mut w = World::new();
+    let mut p = spec(ProfileType::Anonymous);
+    p.trusted_ip_ranges = ranges;
+    w.profiles.push(profile("ranged", p));
+    w.routes.push(route("api", &["ranged"]));
+    w.compile()
+}
+
+fn cidr(c: &str) -> IpRange {
+    IpRange {
+        cidr: Some(c.into()),
+        from: None,
+        to: None,
+    }
+}
+
+fn from_to(from: &str, to: &str) -> IpRange {
+    IpRange {
+        cidr: None,
+        from: Some(from.into()),
+        to: Some(to.into()),
+    }
+}
+
+#[test]
+fn bad_cidr_names_the_range() {
+    let out = profile_with_ranges(vec![cidr("10.0.0.0/8"), cidr("10.300.0.0/16")]);
+    let (reason, field, message) = rejected(&out, "ranged");
+    assert_eq!(reason, reason::INVALID_IP_RANGE);
+    assert_eq!(field, "spec.trustedIpRanges[1].cidr");
+    assert!(message.contains("\"10.300.0.0/16\" is not a CIDR block"), "{message}");
+}
+
+#[test]
+fn from_greater_than_to_is_refused() {
+    let out = profile_with_ranges(vec![from_to("192.168.1.50", "192.168.1.10")]);
+    let (reason, field, message) = rejected(&out, "ranged");
+    assert_eq!(reason, reason::INVALID_IP_RANGE);
+    assert_eq!(field, "spec.trustedIpRanges[0].from");
+    assert!(
+        message.contains("192.168.1.50 is greater than to (192.168.1.10)"),
+        "{message}"
+    );
+}
+
+#[test]
+fn mixed_families_are_refused() {
+    let out = profile_with_ranges(vec![from_to("10.0.0.1", "2001:db8::1")]);
+    let (_, field, message) = rejected(&out, "ranged");
+    assert_eq!(field, "spec.trustedIpRanges[0].to");
+    assert!(message.contains("same address family"), "{message}");
+}
+
+#[test]
+fn ranges_are_normalized_sorted_and_merged() {
+    let out = profile_with_ranges(vec![
+        cidr("2001:db8::/32"),
+        from_to("10.0.1.0", "10.0.1.255"),
+        cidr("10.0.0.0/24"),
+        from_to("192.168.1.10", "192.168.1.50"),
+    ]);
+    let ranges = &out.loaded.config.profile("ranged").unwrap().trusted_ip_ranges;
+    let shown: Vec<String> = ranges.iter().map(|r| format!("{}-{}", r.from, r.to)).collect();
+    assert_eq!(
+        shown,
+        [
+            "10.0.0.0-10.0.1.255",
+            "192.168.1.10-192.168.1.50",
+            "2001:db8::-2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"
+        ]
+    );
+}
+
+#[test]
+fn type_must_match_its_block() {
+    let mut w = World::new();
+    let mut s = spec(ProfileType::Basic);
+    s.oauth2 = oauth2("x").spec.oauth2;
+    w.profiles.push(profile("confused", s));
+    let (reason, field, message) = rejected(&w.compile(), "confused");
+    assert_eq!(reason, reason::INVALID_SPEC);
+    assert_eq!(field, "spec.basic");
+    assert!(message.contains("is required when type is Basic"), "{message}");
+}
+
+#[test]
+fn no_secret_reaches_the_configmap_part() {
+    let mut w = World::new();
+    w.routes.push(route("api", &["finance", "accounting"]));
+    w.routes.push(route("partner", &["partners"]));
+    let out = w.compile();
+    let config = String::from_utf8(out.loaded.config_json()).unwrap();
+    for secret in ["fin-password-1", "acc-password-2", "secret-1"] {
+        assert!(!config.contains(secret), "{secret} leaked into config.json");
+    }
+    let secrets = String::from_utf8(out.loaded.secrets_json()).unwrap();
+    assert!(secrets.contains("fin-password-1") && secrets.contains("secret-1"));
+}
+
+#[test]
+fn a_pod_only_receives_the_routes_that_select_it() {
+    let mut w = World::new();
+    w.routes.push(route("finance", &["finance"]));
+    w.routes.push(route("accounting", &["accounting"]));
+    let labels: BTreeMap<String, String> = [("app".to_string(), "finance".to_string())].into();
+    let out = w.compile_for(Some(&labels));
+    let names: Vec<_> = out.loaded.config.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["finance"]);
+    let profiles: Vec<_> = out.loaded.config.profiles.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(profiles, ["finance"]);
+    let secrets = String::from_utf8(out.loaded.secrets_json()).unwrap();
+    assert!(
+        !secrets.contains("acc-password-2"),
+        "another route's credentials leaked"
+    );
+    // Verdicts still cover every route.
+    assert!(out.routes["accounting"].is_accepted());
+}
+
+#[test]
+fn generation_is_stable_and_follows_content() {
+    let mut w = World::new();
+    w.routes.push(route("api", &["finance"]));
+    let a = w.compile().loaded.config.generation;
+    assert_eq!(a, w.compile().loaded.config.generation);
+    w.secrets[0] = basic_secret("finance-user", "fin", "rotated-password");
+    let b = w.compile().loaded.config.generation;
+    assert_ne!(a, b, "a changed password must change the generation");
+}
+
+#[test]
+fn backend_needs_exactly_one_of_port_and_origin() {
+    let mut w = World::new();
+    let mut r = route("api", &[]);
+    r.spec.backend.port = None;
+    w.routes.push(r);
+    let (reason, field, _) = rejected(&w.compile(), "api");
+    assert_eq!(reason, reason::INVALID_BACKEND);
+    assert_eq!(field, "spec.backend");
+}
+
+#[test]
+fn origin_auth_and_tls_secrets_go_to_the_secret() {
+    let mut w = World::new();
+    w.secrets.push(basic_secret("origin-user", "gw", "origin-password-9"));
+    let mut r = route("gw", &[]);
+    r.spec.backend = Backend {
+        port: None,
+        origin: Some(Origin {
+            url: "https://backend.example.com/".into(),
+            tls: None,
+            auth: Some(OriginAuth {
+                basic: Some(OriginBasic {
+                    secret_ref: SecretRef::new("origin-user"),
+                }),
+                shared_secret: None,
+                http_signature: None,
+                oauth2_client_credentials: None,
+            }),
+        }),
+    };
+    w.routes.push(r);
+    let out = w.compile();
+    assert!(out.routes["gw"].is_accepted(), "{:?}", out.routes["gw"]);
+    let route = &out.loaded.config.routes[0];
+    match &route.backend {
+        portcullis_config::Backend::Origin {
+            url, tls_mode, auth, ..
+        } => {
+            assert_eq!(url, "https://backend.example.com");
+            assert_eq!(*tls_mode, portcullis_config::OriginTlsMode::Verify);
+            assert_eq!(*auth, Some(portcullis_config::OriginAuth::Basic));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !String::from_utf8(out.loaded.config_json())
+            .unwrap()
+            .contains("origin-password-9")
+    );
+    out.loaded.config.check(&out.loaded.secrets).unwrap();
+}
+
+#[test]
+fn ssl_only_needs_tls_and_tls_needs_a_tls_secret() {
+    let mut w = World::new();
+    let mut r = route("api", &[]);
+    r.spec.ssl_only = true;
+    w.routes.push(r);
+    let (_, field, _) = rejected(&w.compile(), "api");
+    assert_eq!(field, "spec.sslOnly");
+
+    let mut w = World::new();
+    let mut r = route("api", &[]);
+    r.spec.tls = Some(RouteTls {
+        secret_name: Some("finance-user".into()),
+        issue: None,
+    });
+    w.routes.push(r);
+    let (reason, field, message) = rejected(&w.compile(), "api");
+    assert_eq!(reason, reason::WRONG_SECRET_TYPE);
+    assert_eq!(field, "spec.tls.secretName");
+    assert!(message.contains("expected kubernetes.io/tls"), "{message}");
+}
+
+#[test]
+fn issued_certificates_are_pending_until_the_ca_writes_them() {
+    let mut w = World::new();
+    let mut r = route("api", &[]);
+    r.spec.tls = Some(RouteTls {
+        secret_name: None,
+        issue: Some(true),
+    });
+    w.routes.push(r);
+    let (reason, field, message) = rejected(&w.compile(), "api");
+    assert_eq!(reason, reason::CERTIFICATE_PENDING);
+    assert_eq!(field, "spec.tls.issue");
+    assert!(message.contains("api-portcullis-tls"), "{message}");
+}
+
+#[test]
+fn hosts_and_methods_are_checked_and_normalized() {
+    let mut w = World::new();
+    let mut r = route("api", &[]);
+    r.spec.hosts = vec!["API.Example.com".into(), "*.example.org".into()];
+    r.spec.methods = vec!["GET".into(), "GET".into(), "POST".into()];
+    w.routes.push(r);
+    let out = w.compile();
+    assert_eq!(out.loaded.config.routes[0].hosts, ["api.example.com", "*.example.org"]);
+    assert_eq!(out.loaded.config.routes[0].methods, ["GET", "POST"]);
+
+    let mut w = World::new();
+    let mut r = route("api", &[]);
+    r.spec.hosts = vec!["ok.example.com".into(), "bad host".into()];
+    w.routes.push(r);
+    let (_, field, _) = rejected(&w.compile(), "api");
+    assert_eq!(field, "spec.hosts[1]");
+
+    let mut w = World::new();
+    let mut r = route("api", &[]);
+    r.spec.methods = vec!["get".into()];
+    w.routes.push(r);
+    let (_, field, _) = rejected(&w.compile(), "api");
+    assert_eq!(field, "spec.methods[0]");
+}
+
+#[test]
+fn api_key_secrets_map_keys_to_shared_secrets() {
+    let mut w = World::new();
+    w.routes.push(route("partner", &["partners"]));
+    let out = w.compile();
+    let s = &out.loaded.secrets.profiles["partners"];
+    assert_eq!(s.api_keys["key-1"].expose(), "secret-1");
+    match &out.loaded.config.profile("partners").unwrap().auth {
+        portcullis_config::ProfileAuth::ApiKey {
+            key_param, signature, ..
+        } => {
+            assert_eq!(key_param, "apikey");
+            assert_eq!(signature.as_ref().unwrap().clock_skew_seconds, 300);
+        }
+        other => panic!("{other:?}"),
+    }
+}
