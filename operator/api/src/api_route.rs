@@ -28,7 +28,7 @@ use crate::common::{SecretRef, SignatureAlgorithm, SignatureHash, SignatureStand
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("self.profiles.all(p, self.profiles.exists_one(q, q.name == p.name))").message("a profile may be listed only once").field_path(".profiles").reason(kube::core::Reason::FieldValueDuplicate),
+    validation = Rule::new("!has(self.profiles) || self.profiles.all(p, self.profiles.exists_one(q, q.name == p.name))").message("a profile may be listed only once").field_path(".profiles").reason(kube::core::Reason::FieldValueDuplicate),
     validation = Rule::new("!self.egress || has(self.backend.origin)").message("egress routes need backend.origin").field_path(".egress"),
     validation = Rule::new("!self.sslOnly || has(self.tls)").message("sslOnly needs tls (a certificate for the hosts)").field_path(".sslOnly"),
 )]
