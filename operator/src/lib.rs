@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ca;
 pub mod compile;
 pub mod render;
 
