@@ -1,0 +1,47 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz` and `/config`.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::body::{ProxyBody, full};
+use crate::respond::json;
+use crate::state::Shared;
+
+/// Answers one admin request.
+pub fn handle(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<ProxyBody> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &serde_json::json!({"error": "method not allowed"}),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut resp = Response::new(full(shared.metrics.render()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
+        "/healthz" => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        "/readyz" => {
+            let active = shared.active.load();
+            let (status, text) = if active.ready {
+                (StatusCode::OK, "ready")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "no valid configuration loaded")
+            };
+            json(
+                status,
+                &serde_json::json!({"status": text, "generation": active.generation()}),
+            )
+        }
+        // `SidecarConfig` holds no secret by construction (they live in `SecretMaterial`,
+        // which is never serialized here).
+        "/config" => json(StatusCode::OK, &shared.active.load().config),
+        _ => json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not found"})),
+    }
+}

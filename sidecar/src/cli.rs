@@ -1,0 +1,128 @@
+//! The command line (see the contract in `docs/api.md`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// `portcullis-sidecar`: serves the routes of a compiled configuration directory.
+#[derive(Parser, Debug)]
+#[command(name = "portcullis-sidecar", version, about, subcommand_negates_reqs = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Log format of the operational log (audit lines are always JSON).
+    #[arg(long, value_enum, default_value_t = LogFormat::Json, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands besides serving.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// A tiny backend for demos: answers 200 with a JSON echo of the method, the path and the
+    /// `X-Portcullis-*` headers it received.
+    DemoBackend {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+/// Operational log format.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Options of the proxy itself.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Directory holding `config.json` and `secrets.json` (a mounted ConfigMap/Secret).
+    #[arg(long, required = true)]
+    pub config_dir: Option<PathBuf>,
+    /// Plain-HTTP inbound listener (HTTP/1.1 and h2c).
+    #[arg(long, default_value = "0.0.0.0:15080")]
+    pub inbound: SocketAddr,
+    /// TLS inbound listener. Bound, but TLS is not served yet: connections are closed.
+    #[arg(long, default_value = "0.0.0.0:15443")]
+    pub inbound_tls: SocketAddr,
+    /// Loopback listener for the app's own calls to origin routes (`egress: true`).
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    pub egress: SocketAddr,
+    /// Admin listener: `/metrics`, `/healthz`, `/readyz`, `/config`.
+    #[arg(long, default_value = "0.0.0.0:15090")]
+    pub admin: SocketAddr,
+    /// File the audit lines (one JSON object per hit) are appended to; default: stdout.
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+    /// Time allowed for a client to send a request's headers before its connection is cut.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub header_read_timeout: Duration,
+    /// Time allowed for the backend to answer with its response headers (else 504).
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub backend_timeout: Duration,
+    /// Time allowed to connect to the backend (else 502).
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub backend_connect_timeout: Duration,
+    /// Largest request head (request line and headers) accepted, in bytes (else 431).
+    #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(8192..))]
+    pub max_header_bytes: u32,
+    /// How often the configuration directory is checked for changes.
+    #[arg(long, value_parser = parse_duration, default_value = "250ms")]
+    pub reload_interval: Duration,
+}
+
+/// Parses `250ms`, `10s`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 250ms, 10s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (ms, s or m)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn contract_defaults() {
+        let cli = Cli::try_parse_from(["portcullis-sidecar", "--config-dir", "/c"]).expect("parses");
+        assert_eq!(cli.serve.inbound.to_string(), "0.0.0.0:15080");
+        assert_eq!(cli.serve.inbound_tls.to_string(), "0.0.0.0:15443");
+        assert_eq!(cli.serve.egress.to_string(), "127.0.0.1:15001");
+        assert_eq!(cli.serve.admin.to_string(), "0.0.0.0:15090");
+        assert!(
+            Cli::try_parse_from(["portcullis-sidecar"]).is_err(),
+            "--config-dir is required"
+        );
+        let demo = Cli::try_parse_from(["portcullis-sidecar", "demo-backend", "--listen", "127.0.0.1:9"]);
+        assert!(matches!(
+            demo.expect("parses").command,
+            Some(Command::DemoBackend { .. })
+        ));
+    }
+}

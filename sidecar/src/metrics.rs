@@ -1,0 +1,190 @@
+//! Prometheus metrics in a private registry, rendered by the admin listener.
+//!
+//! Labels are route and profile names, decisions, status classes and fixed kinds: all
+//! bounded by the configuration, never an identity or anything secret.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the sidecar exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    rate_limited: IntCounterVec,
+    reloads: IntCounterVec,
+    backend_errors: IntCounterVec,
+    config_info: IntGaugeVec,
+    ready: IntGauge,
+}
+
+/// Outcome of a configuration reload attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadResult {
+    Ok,
+    Error,
+}
+
+/// Why a forwarded call failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendErrorKind {
+    /// The backend refused or did not accept the connection.
+    Connect,
+    /// The backend did not answer in time.
+    Timeout,
+    /// The connection failed mid-call.
+    Protocol,
+    /// The route's backend kind is not served by this sidecar.
+    Unsupported,
+}
+
+impl BackendErrorKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Protocol => "protocol",
+            Self::Unsupported => "unsupported",
+        }
+    }
+}
+
+impl Metrics {
+    /// Creates the metrics in a new registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "portcullis_requests_total",
+                "Requests by route, profile, decision and status class.",
+            ),
+            &["route", "profile", "decision", "status_class"],
+        )
+        .expect("valid metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_request_duration_seconds",
+                "Time from the request to the response headers, by route.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["route"],
+        )
+        .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "portcullis_rate_limit_rejections_total",
+                "Hits rejected by a rate limit, by scope.",
+            ),
+            &["scope"],
+        )
+        .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new("portcullis_config_reloads_total", "Configuration loads by result."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let backend_errors = IntCounterVec::new(
+            Opts::new(
+                "portcullis_backend_errors_total",
+                "Forwarded calls that failed, by kind.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_config_info",
+                "The configuration generation enforced (value 1).",
+            ),
+            &["generation"],
+        )
+        .expect("valid metric");
+        let ready =
+            IntGauge::new("portcullis_ready", "1 once a valid configuration is enforced.").expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(reloads.clone()),
+            Box::new(backend_errors.clone()),
+            Box::new(config_info.clone()),
+            Box::new(ready.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            requests,
+            latency,
+            rate_limited,
+            reloads,
+            backend_errors,
+            config_info,
+            ready,
+        }
+    }
+
+    /// Counts one request and its latency.
+    pub fn request(&self, route: &str, profile: &str, decision: &str, status: u16, latency: Duration) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests
+            .with_label_values(&[route, profile, decision, class])
+            .inc();
+        self.latency.with_label_values(&[route]).observe(latency.as_secs_f64());
+    }
+
+    /// Counts a rate-limit rejection (`scope`: `org` or `profile`).
+    pub fn rate_limited(&self, scope: &str) {
+        self.rate_limited.with_label_values(&[scope]).inc();
+    }
+
+    /// Counts a reload attempt.
+    pub fn reload(&self, result: ReloadResult) {
+        let label = match result {
+            ReloadResult::Ok => "ok",
+            ReloadResult::Error => "error",
+        };
+        self.reloads.with_label_values(&[label]).inc();
+    }
+
+    /// Counts a failed forward.
+    pub fn backend_error(&self, kind: BackendErrorKind) {
+        self.backend_errors.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// Records the generation now enforced and whether it is a real (ready) configuration.
+    pub fn enforcing(&self, generation: &str, ready: bool) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[generation]).set(1);
+        self.ready.set(i64::from(ready));
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec only fails on invalid metric families, which `new` rules out.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,164 @@
+//! The request path: decide, then deny or forward, then audit and count.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::HOST;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::audit;
+use crate::body::ProxyBody;
+use crate::engine::{Outcome, RequestView};
+use crate::forward::{ForwardError, Verdict};
+use crate::respond::{Answer, rate_limit_headers};
+use crate::state::Shared;
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// Plain-HTTP inbound (`--inbound`).
+    Inbound,
+    /// The app's own outbound calls (`--egress`).
+    Egress,
+}
+
+/// What is known about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    pub listener: Listener,
+}
+
+/// Handles one request end to end. Never fails: every failure is an answer.
+pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming>) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let active = shared.active.load_full();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let host = req
+        .uri()
+        .host()
+        .map(str::to_owned)
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(strip_port));
+    let view = RequestView {
+        method: method.as_str(),
+        host: host.as_deref(),
+        path: &path,
+        query: req.uri().query(),
+        headers: req.headers(),
+        peer: conn.peer.ip(),
+        tls: false,
+    };
+    let outcome = active.engine.decide(&view);
+
+    let mut record = audit::Record {
+        route: "-",
+        profile: "-",
+        identity: "-",
+        client_ip: conn.peer.ip(),
+        method: method.as_str(),
+        path: &path,
+        status: 0,
+        latency: start.elapsed(),
+        decision: "no_route",
+        reason: "-",
+    };
+    let (response, decision_label) = match &outcome {
+        Outcome::NoRoute => {
+            record.reason = "no route matches";
+            (Answer::NoRoute.response(), "no_route")
+        }
+        Outcome::Redirect { route, location } => {
+            record.route = route;
+            record.decision = "redirect";
+            record.reason = "https required";
+            (Answer::Redirect { route, location }.response(), "redirect")
+        }
+        Outcome::Allow(admission) => {
+            record.route = &admission.route;
+            record.profile = &admission.profile;
+            record.identity = &admission.identity;
+            record.client_ip = admission.client_ip;
+            record.decision = "allow";
+            let verdict = Verdict {
+                route: &admission.route,
+                profile: &admission.profile,
+                identity: &admission.identity,
+            };
+            let result = match (admission.port, conn.listener) {
+                (Some(port), Listener::Inbound) => {
+                    Some(shared.forwarder.local(req, port, conn.peer.ip(), "http", verdict).await)
+                }
+                _ => None,
+            };
+            match result {
+                Some(Ok(mut resp)) => {
+                    if resp.status() == StatusCode::NOT_FOUND {
+                        // The backend does not know this URL: the hit is not counted.
+                        active.engine.refund(admission);
+                    }
+                    if let Some(rate) = admission.rate {
+                        rate_limit_headers(resp.headers_mut(), rate);
+                    }
+                    (resp, "allow")
+                }
+                Some(Err(error)) => {
+                    shared.metrics.backend_error(error.kind());
+                    tracing::warn!(route = admission.route.as_str(), %error, "forward failed");
+                    record.decision = "error";
+                    let answer = match error {
+                        ForwardError::Timeout(_) => {
+                            record.reason = "backend timeout";
+                            Answer::BackendTimeout {
+                                route: &admission.route,
+                            }
+                        }
+                        _ => {
+                            record.reason = "backend unavailable";
+                            Answer::BackendDown {
+                                route: &admission.route,
+                            }
+                        }
+                    };
+                    (answer.response(), "error")
+                }
+                None => {
+                    shared
+                        .metrics
+                        .backend_error(crate::metrics::BackendErrorKind::Unsupported);
+                    record.decision = "error";
+                    record.reason = "origin backends not supported yet";
+                    (
+                        Answer::OriginUnsupported {
+                            route: &admission.route,
+                        }
+                        .response(),
+                        "error",
+                    )
+                }
+            }
+        }
+    };
+    record.status = response.status().as_u16();
+    record.latency = start.elapsed();
+    shared.metrics.request(
+        record.route,
+        record.profile,
+        decision_label,
+        record.status,
+        record.latency,
+    );
+    record.emit();
+    response
+}
+
+/// `host:port` → `host` (an IPv6 literal keeps its brackets).
+fn strip_port(host: &str) -> String {
+    let h = match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    };
+    h.to_ascii_lowercase()
+}

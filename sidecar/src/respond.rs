@@ -1,0 +1,156 @@
+//! The one place where decisions and failures become HTTP answers: status, headers and a
+//! small JSON body `{"error": "...", "route": ...}`. Nothing here ever names a secret.
+
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, Response, StatusCode};
+use serde::Serialize;
+
+use crate::body::{ProxyBody, full};
+
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// The state of the tightest limit that applied to a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateInfo {
+    /// Hits allowed per window.
+    pub limit: u32,
+    /// Hits left in the window after this one.
+    pub remaining: u32,
+    /// Seconds until a hit is available again (or the window resets).
+    pub reset_secs: u64,
+}
+
+/// An answer the sidecar gives itself, without the backend.
+#[derive(Debug, Clone)]
+pub enum Answer<'a> {
+    /// No route matches the request.
+    NoRoute,
+    /// The route is HTTPS-only: go to `location`.
+    Redirect { route: &'a str, location: &'a str },
+    /// Credentials missing or wrong; `challenges` are `WWW-Authenticate` values.
+    Unauthorized { route: &'a str, challenges: &'a [String] },
+    /// Credentials right, but not allowed (e.g. outside the trusted IP ranges).
+    Forbidden { route: &'a str },
+    /// Over a rate limit (`scope`: `org` or `profile`).
+    RateLimited {
+        route: &'a str,
+        scope: &'a str,
+        info: RateInfo,
+    },
+    /// The backend refused the connection or failed.
+    BackendDown { route: &'a str },
+    /// The backend did not answer in time.
+    BackendTimeout { route: &'a str },
+    /// The route's backend is a remote origin, which this sidecar does not serve yet.
+    OriginUnsupported { route: &'a str },
+}
+
+impl Answer<'_> {
+    /// The response for this answer.
+    pub fn response(&self) -> Response<ProxyBody> {
+        let (status, error, route) = match self {
+            Self::NoRoute => (StatusCode::NOT_FOUND, "no route", None),
+            Self::Redirect { route, .. } => (StatusCode::PERMANENT_REDIRECT, "https required", Some(*route)),
+            Self::Unauthorized { route, .. } => (StatusCode::UNAUTHORIZED, "unauthorized", Some(*route)),
+            Self::Forbidden { route } => (StatusCode::FORBIDDEN, "forbidden", Some(*route)),
+            Self::RateLimited { route, .. } => (StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", Some(*route)),
+            Self::BackendDown { route } => (StatusCode::BAD_GATEWAY, "backend unavailable", Some(*route)),
+            Self::BackendTimeout { route } => (StatusCode::GATEWAY_TIMEOUT, "backend timeout", Some(*route)),
+            Self::OriginUnsupported { route } => (
+                StatusCode::BAD_GATEWAY,
+                "origin backends not supported yet",
+                Some(*route),
+            ),
+        };
+        let mut resp = json(status, &ErrorBody { error, route });
+        let headers = resp.headers_mut();
+        match self {
+            Self::Redirect { location, .. } => {
+                if let Ok(v) = HeaderValue::from_str(location) {
+                    headers.insert(LOCATION, v);
+                }
+            }
+            Self::Unauthorized { challenges, .. } => {
+                for c in challenges.iter() {
+                    if let Ok(v) = HeaderValue::from_str(c) {
+                        headers.append(WWW_AUTHENTICATE, v);
+                    }
+                }
+            }
+            Self::RateLimited { info, .. } => {
+                rate_limit_headers(headers, *info);
+                headers.insert(RETRY_AFTER, HeaderValue::from(info.reset_secs.max(1)));
+            }
+            _ => {}
+        }
+        resp
+    }
+
+    /// The status code of [`Self::response`].
+    pub fn status(&self) -> StatusCode {
+        self.response().status()
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    route: Option<&'a str>,
+}
+
+/// Adds `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
+pub fn rate_limit_headers(headers: &mut HeaderMap, info: RateInfo) {
+    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(info.limit));
+    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(info.remaining));
+    headers.insert(RATELIMIT_RESET, HeaderValue::from(info.reset_secs));
+}
+
+/// A JSON response.
+pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<ProxyBody> {
+    let mut body = serde_json::to_vec(value).unwrap_or_else(|_| b"{\"error\":\"internal\"}".to_vec());
+    body.push(b'\n');
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_answer_carries_every_header() {
+        let info = RateInfo {
+            limit: 5,
+            remaining: 0,
+            reset_secs: 42,
+        };
+        let r = Answer::RateLimited {
+            route: "finance",
+            scope: "profile",
+            info,
+        }
+        .response();
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after"], "42");
+        assert_eq!(r.headers()["ratelimit-limit"], "5");
+        assert_eq!(r.headers()["ratelimit-remaining"], "0");
+        assert_eq!(r.headers()["ratelimit-reset"], "42");
+    }
+
+    #[test]
+    fn unauthorized_carries_challenges() {
+        let challenges = vec!["Basic realm=\"finance\"".to_owned()];
+        let r = Answer::Unauthorized {
+            route: "finance",
+            challenges: &challenges,
+        }
+        .response();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"finance\"");
+    }
+}

@@ -1,0 +1,184 @@
+//! Listeners and connection handling: HTTP/1.1 (keep-alive) and HTTP/2 with prior knowledge
+//! on the same socket, header size and header read time bounded.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::cli::ServeArgs;
+use crate::forward::Forwarder;
+use crate::metrics::Metrics;
+use crate::proxy::{self, Connection, Listener};
+use crate::reload::{self, Snapshot};
+use crate::state::{Active, Shared};
+use crate::{admin, metrics::ReloadResult};
+
+/// Why the sidecar cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr} ({name}): {source}")]
+    Bind {
+        name: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--config-dir is required")]
+    NoConfigDir,
+}
+
+/// Binds every listener, loads the configuration and serves until the future ends (never,
+/// short of an error) or a shutdown signal arrives.
+pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
+    let dir = args.config_dir.clone().ok_or(ServeError::NoConfigDir)?;
+    let bind = |name: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { name, addr, source })
+    };
+    let inbound = bind("inbound", args.inbound).await?;
+    let inbound_tls = bind("inbound-tls", args.inbound_tls).await?;
+    let egress = bind("egress", args.egress).await?;
+    let admin_listener = bind("admin", args.admin).await?;
+
+    let metrics = Metrics::new();
+    let forwarder = Forwarder::new(args.backend_connect_timeout, args.backend_timeout);
+    let snapshot = Snapshot::read(&dir);
+    let initial = match reload::load(&dir) {
+        Ok(active) => {
+            tracing::info!(generation = active.generation(), routes = active.config.routes.len(),
+                dir = %dir.display(), "configuration loaded");
+            metrics.reload(ReloadResult::Ok);
+            active
+        }
+        Err(error) => {
+            tracing::error!(%error, dir = %dir.display(),
+                "no valid configuration yet: serving no routes, not ready; retrying on change");
+            metrics.reload(ReloadResult::Error);
+            Active::empty()
+        }
+    };
+    let shared = Shared::new(initial, metrics, forwarder);
+
+    let builder = connection_builder(&args);
+    for (listener, kind) in [(inbound, Listener::Inbound), (egress, Listener::Egress)] {
+        let shared = shared.clone();
+        log_listening(&listener, if kind == Listener::Inbound { "inbound" } else { "egress" });
+        tokio::spawn(accept_loop(listener, builder.clone(), move |peer| {
+            let shared = shared.clone();
+            let conn = Connection { peer, listener: kind };
+            service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(proxy::handle(shared, conn, req).await) }
+            })
+        }));
+    }
+    {
+        let shared = shared.clone();
+        log_listening(&admin_listener, "admin");
+        tokio::spawn(accept_loop(admin_listener, builder.clone(), move |_| {
+            let shared = shared.clone();
+            service_fn(move |req| {
+                let resp = admin::handle(&shared, &req);
+                async move { Ok::<_, Infallible>(resp) }
+            })
+        }));
+    }
+    tracing::warn!(addr = %local(&inbound_tls),
+        "inbound TLS listener bound, but TLS is not served yet: its connections are closed");
+    tokio::spawn(async move {
+        loop {
+            // Accept and drop: the port is held so that nothing else takes it.
+            if let Err(e) = inbound_tls.accept().await {
+                tracing::debug!(error = %e, "inbound-tls accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    tokio::spawn(reload::watch(shared, dir, args.reload_interval, snapshot));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+fn connection_builder(args: &ServeArgs) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(args.header_read_timeout)
+        .max_buf_size(args.max_header_bytes as usize);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(args.max_header_bytes)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
+async fn accept_loop<F, S>(listener: TcpListener, builder: auto::Builder<TokioExecutor>, make_service: F)
+where
+    F: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::body::ProxyBody>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let service = make_service(peer);
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+}
+
+fn local(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn log_listening(listener: &TcpListener, name: &'static str) {
+    tracing::info!(addr = %local(listener), listener = name, "listening");
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The active configuration and everything the request path shares.
+//!
+//! The request path reads the active configuration with one atomic load ([`ArcSwap`]); a
+//! reload compiles the new configuration aside and swaps it in whole, so a request sees
+//! either the old or the new configuration, never a mix, and never waits on a lock.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use portcullis_config::{Loaded, SidecarConfig};
+
+use crate::engine::{CompileError, Engine};
+use crate::forward::Forwarder;
+use crate::metrics::Metrics;
+
+/// One compiled configuration.
+pub struct Active {
+    /// The configuration as read (no secret in it), for `/config`.
+    pub config: SidecarConfig,
+    /// The compiled decision engine.
+    pub engine: Engine,
+    /// A valid configuration was loaded (false for the empty startup configuration).
+    pub ready: bool,
+}
+
+impl Active {
+    /// The configuration served before any valid one was loaded: no routes, not ready.
+    pub fn empty() -> Self {
+        let config = SidecarConfig::empty("");
+        let loaded = Loaded {
+            config: config.clone(),
+            secrets: Default::default(),
+        };
+        let engine = Engine::compile(&loaded).unwrap_or_else(|_| Engine::deny_all());
+        Self {
+            config,
+            engine,
+            ready: false,
+        }
+    }
+
+    /// Compiles a loaded configuration.
+    pub fn compile(loaded: &Loaded) -> Result<Self, CompileError> {
+        Ok(Self {
+            engine: Engine::compile(loaded)?,
+            config: loaded.config.clone(),
+            ready: true,
+        })
+    }
+
+    /// The generation enforced (empty before the first valid configuration).
+    pub fn generation(&self) -> &str {
+        &self.config.generation
+    }
+}
+
+/// State shared by every listener.
+pub struct Shared {
+    /// The configuration in force.
+    pub active: ArcSwap<Active>,
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// Pooled client toward the backends.
+    pub forwarder: Forwarder,
+}
+
+impl Shared {
+    /// Shared state starting from `active`.
+    pub fn new(active: Active, metrics: Metrics, forwarder: Forwarder) -> Arc<Self> {
+        metrics.enforcing(active.generation(), active.ready);
+        Arc::new(Self {
+            active: ArcSwap::from_pointee(active),
+            metrics,
+            forwarder,
+        })
+    }
+
+    /// Puts `active` in force.
+    pub fn swap(&self, active: Active) {
+        self.metrics.enforcing(active.generation(), active.ready);
+        self.active.store(Arc::new(active));
+    }
+}
