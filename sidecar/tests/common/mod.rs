@@ -1,0 +1,330 @@
+//! Shared harness of the black-box tests: the real `portcullis-sidecar` binary, a test
+//! backend that echoes what it received, configuration directories and a small client.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use portcullis_config::{Loaded, SecretMaterial, SidecarConfig};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+/// A free port on 127.0.0.1 (bound then released).
+pub fn free_addr() -> SocketAddr {
+    let l = StdListener::bind("127.0.0.1:0").expect("bind :0");
+    l.local_addr().expect("local addr")
+}
+
+/// Builds a configuration from JSON (config) and JSON (secrets) with a given generation.
+pub fn loaded(generation: &str, config: Value, secrets: Value) -> Loaded {
+    let mut c = json!({"schemaVersion": 1, "generation": generation, "namespace": "test"});
+    let mut s = json!({"schemaVersion": 1, "generation": generation});
+    merge(&mut c, config);
+    merge(&mut s, secrets);
+    Loaded {
+        config: serde_json::from_value::<SidecarConfig>(c).expect("valid test config"),
+        secrets: serde_json::from_value::<SecretMaterial>(s).expect("valid test secrets"),
+    }
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Some(into), Value::Object(from)) = (into.as_object_mut(), from) {
+        into.extend(from);
+    }
+}
+
+/// A running sidecar, killed on drop.
+pub struct Sidecar {
+    child: Child,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub audit: PathBuf,
+    pub stdout: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Sidecar {
+    /// Starts the sidecar on `dir` and waits until its admin listener answers.
+    pub async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[]).await
+    }
+
+    /// Same, with extra flags.
+    pub async fn start_with(dir: &Path, extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (inbound, admin) = (free_addr(), free_addr());
+        let audit = tmp.path().join("audit.log");
+        let stdout = tmp.path().join("stdout.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis-sidecar"))
+            .arg("--config-dir")
+            .arg(dir)
+            .args(["--inbound", &inbound.to_string()])
+            .args(["--admin", &admin.to_string()])
+            .args(["--inbound-tls", "127.0.0.1:0", "--egress", "127.0.0.1:0"])
+            .arg("--audit-log")
+            .arg(&audit)
+            .args(extra)
+            .stdout(Stdio::from(std::fs::File::create(&stdout).expect("stdout file")))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start portcullis-sidecar");
+        let sidecar = Self {
+            child,
+            inbound,
+            admin,
+            audit,
+            stdout,
+            _tmp: tmp,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while get(&sidecar.admin_url("/healthz")).await.map(|r| r.0) != Some(StatusCode::OK) {
+            assert!(Instant::now() < deadline, "sidecar did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sidecar
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.inbound, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// The generation `/readyz` reports, and whether it is ready.
+    pub async fn readiness(&self) -> (bool, String) {
+        let (status, _, body) = get(&self.admin_url("/readyz")).await.expect("readyz answers");
+        let v: Value = serde_json::from_slice(&body).expect("readyz JSON");
+        (
+            status == StatusCode::OK,
+            v["generation"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    /// Waits (bounded) until `/readyz` reports `generation`.
+    pub async fn wait_generation(&self, generation: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.readiness().await.1 == generation {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The audit lines written so far, parsed.
+    pub fn audit_lines(&self) -> Vec<Value> {
+        let Ok(file) = std::fs::File::open(&self.audit) else {
+            return Vec::new();
+        };
+        BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(&l).expect("audit line is JSON"))
+            .collect()
+    }
+
+    /// Waits (bounded) for at least `n` audit lines.
+    pub async fn wait_audit(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let lines = self.audit_lines();
+            if lines.len() >= n || Instant::now() > deadline {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Everything the sidecar logged on stdout.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let (_, _, body) = get(&self.admin_url("/metrics")).await.expect("metrics answer");
+        String::from_utf8(body.to_vec()).expect("metrics are text")
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A pooled HTTP/1.1 client.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An HTTP/2-only (prior knowledge) client.
+pub fn h2c_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+/// Sends `req`, reads the whole answer; `None` when the connection failed.
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Option<(StatusCode, http::HeaderMap, Bytes)> {
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.ok()?.to_bytes();
+    Some((parts.status, parts.headers, body))
+}
+
+/// GET `url` with a fresh client.
+pub async fn get(url: &str) -> Option<(StatusCode, http::HeaderMap, Bytes)> {
+    let req = Request::get(url).body(Full::default()).expect("request");
+    send(&client(), req).await
+}
+
+/// GET `url` with headers.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> (StatusCode, http::HeaderMap, Bytes) {
+    let mut req = Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(&client(), req.body(Full::default()).expect("request"))
+        .await
+        .expect("sidecar answers")
+}
+
+/// JSON of a body.
+pub fn json_of(body: &[u8]) -> Value {
+    serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+/// A test backend on 127.0.0.1:0. By path:
+/// - `/status/NNN`: answers NNN;
+/// - `/sleep/MS`: waits MS milliseconds, then answers 200;
+/// - `/stream/N`: streams N chunks of 64 KiB, 10 ms apart;
+/// - `/count`: answers with the number of request body bytes, read as a stream;
+/// - anything else: 200 with a JSON echo of method, path, query, version and headers.
+pub struct Backend {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type TestBody = BoxBody<Bytes, Infallible>;
+
+impl Backend {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service_fn(respond))
+                        .await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+async fn respond(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let full = |s: String| Full::new(Bytes::from(s)).boxed();
+    if let Some(code) = path.strip_prefix("/status/") {
+        let status = StatusCode::from_bytes(code.as_bytes()).unwrap_or(StatusCode::BAD_REQUEST);
+        let mut r = Response::new(full(format!("{{\"status\":{code}}}")));
+        *r.status_mut() = status;
+        return Ok(r);
+    }
+    if let Some(ms) = path.strip_prefix("/sleep/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        return Ok(Response::new(full("slept".into())));
+    }
+    if let Some(n) = path.strip_prefix("/stream/") {
+        let n: usize = n.parse().unwrap_or(1);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        tokio::spawn(async move {
+            for _ in 0..n {
+                if tx
+                    .send(Ok(Frame::data(Bytes::from(vec![b'x'; 64 * 1024]))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let mut rx = rx;
+        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))));
+    }
+    if path == "/count" {
+        let mut body = req.into_body();
+        let mut n = 0usize;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => n += f.data_ref().map_or(0, |d| d.len()),
+                Err(_) => break,
+            }
+        }
+        return Ok(Response::new(full(format!("{{\"bytes\":{n}}}"))));
+    }
+    let headers: serde_json::Map<String, Value> = req
+        .headers()
+        .keys()
+        .map(|k| {
+            let values: Vec<Value> = req
+                .headers()
+                .get_all(k)
+                .iter()
+                .map(|v| Value::from(String::from_utf8_lossy(v.as_bytes())))
+                .collect();
+            (k.as_str().to_owned(), Value::from(values))
+        })
+        .collect();
+    let echo = json!({
+        "method": req.method().as_str(),
+        "path": path,
+        "query": req.uri().query(),
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
+    });
+    Ok(Response::new(full(echo.to_string())))
+}
