@@ -34,9 +34,27 @@ pub struct Connection {
 /// Handles one request end to end. Never fails: every failure is an answer.
 pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
-    let active = shared.active.load_full();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    if head_size(&req) > shared.max_header_bytes {
+        let response = Answer::HeadersTooLarge.response();
+        let record = audit::Record {
+            route: "-",
+            profile: "-",
+            identity: "-",
+            client_ip: conn.peer.ip(),
+            method: method.as_str(),
+            path: &path,
+            status: response.status().as_u16(),
+            latency: start.elapsed(),
+            decision: "error",
+            reason: "request headers too large",
+        };
+        shared.metrics.request("-", "-", "error", record.status, record.latency);
+        record.emit();
+        return response;
+    }
+    let active = shared.active.load_full();
     let host = req
         .uri()
         .host()
@@ -152,6 +170,14 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     );
     record.emit();
     response
+}
+
+/// Bytes of the request target and headers, as on an HTTP/1.1 wire.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    req.headers()
+        .iter()
+        .fold(target, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
 /// `host:port` → `host` (an IPv6 literal keeps its brackets).

@@ -39,6 +39,8 @@ pub enum Answer<'a> {
         scope: &'a str,
         info: RateInfo,
     },
+    /// The request head is larger than allowed.
+    HeadersTooLarge,
     /// The backend refused the connection or failed.
     BackendDown { route: &'a str },
     /// The backend did not answer in time.
@@ -52,6 +54,11 @@ impl Answer<'_> {
     pub fn response(&self) -> Response<ProxyBody> {
         let (status, error, route) = match self {
             Self::NoRoute => (StatusCode::NOT_FOUND, "no route", None),
+            Self::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request headers too large",
+                None,
+            ),
             Self::Redirect { route, .. } => (StatusCode::PERMANENT_REDIRECT, "https required", Some(*route)),
             Self::Unauthorized { route, .. } => (StatusCode::UNAUTHORIZED, "unauthorized", Some(*route)),
             Self::Forbidden { route } => (StatusCode::FORBIDDEN, "forbidden", Some(*route)),

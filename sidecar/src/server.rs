@@ -63,7 +63,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             Active::empty()
         }
     };
-    let shared = Shared::new(initial, metrics, forwarder);
+    let shared = Shared::new(initial, metrics, forwarder, args.max_header_bytes as usize);
 
     let builder = connection_builder(&args);
     for (listener, kind) in [(inbound, Listener::Inbound), (egress, Listener::Egress)] {
@@ -114,11 +114,13 @@ fn connection_builder(args: &ServeArgs) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(args.header_read_timeout)
-        .max_buf_size(args.max_header_bytes as usize);
+        // Heads up to the limit are answered by `proxy::handle` (431 with a JSON body); the
+        // connection's buffer stops anything far beyond it (431 from hyper itself).
+        .max_buf_size(2 * args.max_header_bytes as usize);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(args.max_header_bytes)
+        .max_header_list_size(2 * args.max_header_bytes)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     builder
 }

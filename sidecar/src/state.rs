@@ -62,16 +62,19 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Pooled client toward the backends.
     pub forwarder: Forwarder,
+    /// Largest request head accepted (request target and headers), in bytes.
+    pub max_header_bytes: usize,
 }
 
 impl Shared {
     /// Shared state starting from `active`.
-    pub fn new(active: Active, metrics: Metrics, forwarder: Forwarder) -> Arc<Self> {
+    pub fn new(active: Active, metrics: Metrics, forwarder: Forwarder, max_header_bytes: usize) -> Arc<Self> {
         metrics.enforcing(active.generation(), active.ready);
         Arc::new(Self {
             active: ArcSwap::from_pointee(active),
             metrics,
             forwarder,
+            max_header_bytes,
         })
     }
 

@@ -21,12 +21,19 @@ async fn oversized_headers_get_431() {
     let dir = tempfile::tempdir().unwrap();
     let sidecar = Sidecar::start_with(dir.path(), &["--max-header-bytes", "16384"]).await;
     let mut s = TcpStream::connect(sidecar.inbound).await.unwrap();
-    let big = "a".repeat(32 * 1024);
+    let big = "a".repeat(64 * 1024);
     let req = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n");
     // The sidecar may answer and close before everything is written.
     let _ = s.write_all(req.as_bytes()).await;
     let answer = read_all(&mut s, Duration::from_secs(5)).await.expect("answered");
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    // Just over the limit: a JSON answer like every other refusal.
+    let over = "b".repeat(17 * 1024);
+    let (status, headers, body) = get_with(&sidecar.url("/"), &[("x-big", &over)]).await;
+    assert_eq!(status, 431);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(json_of(&body)["error"], "request headers too large");
 
     // The sidecar is still serving.
     let (status, _, _) = get_with(&sidecar.url("/"), &[]).await;

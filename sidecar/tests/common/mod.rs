@@ -224,6 +224,7 @@ pub fn json_of(body: &[u8]) -> Value {
 /// - `/status/NNN`: answers NNN;
 /// - `/sleep/MS`: waits MS milliseconds, then answers 200;
 /// - `/stream/N`: streams N chunks of 64 KiB, 10 ms apart;
+/// - `/duplex`: streams the request body back as it arrives;
 /// - `/count`: answers with the number of request body bytes, read as a stream;
 /// - anything else: 200 with a JSON echo of method, path, query, version and headers.
 pub struct Backend {
@@ -292,6 +293,22 @@ async fn respond(req: Request<Incoming>) -> Result<Response<TestBody>, Infallibl
             }
         });
         let mut rx = rx;
+        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))));
+    }
+    if path == "/duplex" {
+        // Streams the request body back as it arrives.
+        let mut body = req.into_body();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data()
+                    && tx.send(Ok(Frame::data(data))).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
         let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
         return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))));
     }
