@@ -71,6 +71,9 @@ pub struct ServeArgs {
     /// Largest request head (request line and headers) accepted, in bytes (else 431).
     #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(8192..))]
     pub max_header_bytes: u32,
+    /// On SIGTERM, time allowed for open requests to finish before the process exits.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub drain_timeout: Duration,
     /// How often the configuration directory is checked for changes.
     #[arg(long, value_parser = parse_duration, default_value = "250ms")]
     pub reload_interval: Duration,

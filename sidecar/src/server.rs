@@ -8,7 +8,9 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::cli::ServeArgs;
 use crate::forward::Forwarder;
@@ -66,32 +68,48 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let shared = Shared::new(initial, metrics, forwarder, args.max_header_bytes as usize);
 
     let builder = connection_builder(&args);
+    let (stop, stopped) = watch::channel(false);
+    let mut serving = Vec::new();
     for (listener, kind) in [(inbound, Listener::Inbound), (egress, Listener::Egress)] {
         let shared = shared.clone();
         log_listening(&listener, if kind == Listener::Inbound { "inbound" } else { "egress" });
-        tokio::spawn(accept_loop(listener, builder.clone(), move |peer| {
+        let make = move |peer| {
             let shared = shared.clone();
             let conn = Connection { peer, listener: kind };
             service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(proxy::handle(shared, conn, req).await) }
             })
-        }));
+        };
+        serving.push(tokio::spawn(accept_loop(
+            listener,
+            builder.clone(),
+            make,
+            stopped.clone(),
+            args.drain_timeout,
+        )));
     }
     {
         let shared = shared.clone();
         log_listening(&admin_listener, "admin");
-        tokio::spawn(accept_loop(admin_listener, builder.clone(), move |_| {
+        let make = move |_| {
             let shared = shared.clone();
             service_fn(move |req| {
                 let resp = admin::handle(&shared, &req);
                 async move { Ok::<_, Infallible>(resp) }
             })
-        }));
+        };
+        serving.push(tokio::spawn(accept_loop(
+            admin_listener,
+            builder.clone(),
+            make,
+            stopped.clone(),
+            args.drain_timeout,
+        )));
     }
     tracing::warn!(addr = %local(&inbound_tls),
         "inbound TLS listener bound, but TLS is not served yet: its connections are closed");
-    tokio::spawn(async move {
+    let tls_placeholder = tokio::spawn(async move {
         loop {
             // Accept and drop: the port is held so that nothing else takes it.
             if let Err(e) = inbound_tls.accept().await {
@@ -100,10 +118,17 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             }
         }
     });
-    tokio::spawn(reload::watch(shared, dir, args.reload_interval, snapshot));
+    let watcher = tokio::spawn(reload::watch(shared, dir, args.reload_interval, snapshot));
 
     shutdown_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!(drain = ?args.drain_timeout, "shutting down: no new connections, draining the open ones");
+    watcher.abort();
+    tls_placeholder.abort();
+    let _ = stop.send(true);
+    for task in serving {
+        let _ = task.await;
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -125,8 +150,15 @@ fn connection_builder(args: &ServeArgs) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn accept_loop<F, S>(listener: TcpListener, builder: auto::Builder<TokioExecutor>, make_service: F)
-where
+/// Accepts connections until `stopped` turns true, then waits up to `drain` for the open
+/// connections to finish their requests (each told to close once idle).
+async fn accept_loop<F, S>(
+    listener: TcpListener,
+    builder: auto::Builder<TokioExecutor>,
+    make_service: F,
+    mut stopped: watch::Receiver<bool>,
+    drain: Duration,
+) where
     F: Fn(SocketAddr) -> S,
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
@@ -136,8 +168,13 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let graceful = GracefulShutdown::new();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            _ = stopped.changed() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Typically EMFILE: back off instead of spinning.
@@ -149,13 +186,19 @@ where
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let service = make_service(peer);
-        let builder = builder.clone();
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), make_service(peer))
+            .into_owned();
+        let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(error) = connection.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
         });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?drain, "connections still open after the drain timeout: closing them");
     }
 }
 

@@ -200,3 +200,21 @@ async fn demo_backend_echoes_verdict_headers() {
     assert_eq!(v["path"], "/hello");
     assert_eq!(v["headers"], json!({"x-portcullis-identity": "alice"}));
 }
+
+#[tokio::test]
+async fn sigterm_with_an_idle_keep_alive_connection_exits_cleanly() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidecar = Sidecar::start(dir.path()).await;
+    let mut conn = tokio::net::TcpStream::connect(sidecar.inbound).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+    let status = sidecar
+        .terminate(Duration::from_secs(4))
+        .await
+        .expect("exits within the drain time");
+    assert!(status.success(), "{status:?}");
+    assert!(sidecar.log().contains("shutting down"));
+}
