@@ -28,9 +28,35 @@ pub struct RequestView<'a> {
 
 /// What to do with a request.
 pub enum Outcome {
+    /// No route matches: 404, never counted.
     NoRoute,
+    /// The route is HTTPS-only.
     Redirect { route: String, location: String },
+    /// Refused.
+    Deny(Denial),
+    /// Admitted: forward.
     Allow(Admission),
+}
+
+/// A refused call.
+pub struct Denial {
+    pub route: String,
+    /// The profile that refused it last, `-` when none applies.
+    pub profile: String,
+    pub client_ip: IpAddr,
+    pub kind: DenialKind,
+    /// Why, for the audit log (never a secret).
+    pub reason: String,
+}
+
+/// How a call was refused.
+pub enum DenialKind {
+    /// Credentials missing or wrong: 401 with these `WWW-Authenticate` challenges.
+    Unauthorized { challenges: Vec<String> },
+    /// Credentials right but not allowed: 403.
+    Forbidden,
+    /// Over a limit: 429.
+    RateLimited { scope: &'static str, info: RateInfo },
 }
 
 /// An admitted call.

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 
 use crate::audit;
 use crate::body::ProxyBody;
-use crate::engine::{Outcome, RequestView};
+use crate::engine::{DenialKind, Outcome, RequestView};
 use crate::forward::{ForwardError, Verdict};
 use crate::respond::{Answer, rate_limit_headers};
 use crate::state::Shared;
@@ -93,6 +93,29 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
             record.decision = "redirect";
             record.reason = "https required";
             (Answer::Redirect { route, location }.response(), "redirect")
+        }
+        Outcome::Deny(denial) => {
+            record.route = &denial.route;
+            record.profile = &denial.profile;
+            record.client_ip = denial.client_ip;
+            record.decision = "deny";
+            record.reason = &denial.reason;
+            let answer = match &denial.kind {
+                DenialKind::Unauthorized { challenges } => Answer::Unauthorized {
+                    route: &denial.route,
+                    challenges,
+                },
+                DenialKind::Forbidden => Answer::Forbidden { route: &denial.route },
+                DenialKind::RateLimited { scope, info } => {
+                    shared.metrics.rate_limited(scope);
+                    Answer::RateLimited {
+                        route: &denial.route,
+                        scope,
+                        info: *info,
+                    }
+                }
+            };
+            (answer.response(), "deny")
         }
         Outcome::Allow(admission) => {
             record.route = &admission.route;
