@@ -58,7 +58,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     let host = req
         .uri()
         .host()
-        .map(str::to_owned)
+        .map(str::to_ascii_lowercase)
         .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(strip_port));
     let view = RequestView {
         method: method.as_str(),

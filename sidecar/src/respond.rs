@@ -94,11 +94,6 @@ impl Answer<'_> {
         }
         resp
     }
-
-    /// The status code of [`Self::response`].
-    pub fn status(&self) -> StatusCode {
-        self.response().status()
-    }
 }
 
 #[derive(Serialize)]
