@@ -1,0 +1,1 @@
+//! HTTP message signatures: signing and verification, pure functions, no I/O.
