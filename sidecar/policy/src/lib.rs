@@ -1,1 +1,507 @@
-//! The pure Portcullis policy engine (being built).
+//! The Portcullis policy engine: what to do with one request.
+//!
+//! [`Engine::compile`] turns a loaded sidecar configuration into matchers, credential
+//! checkers, IP sets and resolved rate-limit counters, once per configuration.
+//! [`Engine::decide`] is then a pure function of the request's facts ([`RequestView`]), the
+//! compiled configuration, the clock (`now_ms`, passed in) and the limiter's state: no
+//! socket, no task, no allocation on the admitted path except where a caller asks for an
+//! audited identity header. The proxy maps the [`Outcome`] to an HTTP answer.
+//!
+//! Decision order for a request:
+//! 1. a path that could be read two ways (dot segments) is refused ([`Outcome::BadRequest`]);
+//! 2. route: the most specific host, then the longest path prefix, then methods
+//!    ([`routes`]); none: [`Outcome::NoRoute`], never counted;
+//! 3. `sslOnly` over plain HTTP: [`Outcome::Redirect`];
+//! 4. the route's profiles in order; the first whose credentials are right and whose
+//!    trusted IP ranges hold the client admits. Right credentials from the wrong address:
+//!    403; no profile with right credentials: 401 with every profile's challenge;
+//! 5. limits: the org allowance and the admitting profile's limit, taken together or not at
+//!    all ([`limit`]); over either: 429, the org's first.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use portcullis_config::{Backend, Loaded, ProfileAuth};
+
+pub mod auth;
+pub mod ip;
+pub mod limit;
+mod query;
+pub mod routes;
+
+pub use auth::{PeerCertificate, Rejection, mashery_signature};
+pub use ip::IpSet;
+pub use limit::{Grant, InMemoryLimiter, Limiter, RateInfo, Refusal, Scope};
+
+use auth::{ApiKey, Basic, ClientCertificate};
+use routes::Matcher;
+
+/// The listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// Calls to the pod (`--inbound`, `--inbound-tls`).
+    Inbound,
+    /// The app's own calls toward origins (`--egress`).
+    Egress,
+}
+
+/// What the engine looks at: the facts of one request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a str,
+    /// Host, lower case, without port.
+    pub host: Option<&'a str>,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    /// The address of the TCP peer.
+    pub peer: IpAddr,
+    /// The request came over TLS.
+    pub tls: bool,
+    pub listener: Listener,
+    /// The client certificate, verified by the TLS layer.
+    pub client_cert: Option<&'a PeerCertificate>,
+}
+
+/// What to do with a request. Borrows names from the engine that decided it.
+#[derive(Debug)]
+pub enum Outcome<'e> {
+    /// The path is ambiguous (dot segments): 400.
+    BadRequest { reason: &'static str },
+    /// No route matches: 404, never counted.
+    NoRoute,
+    /// The route is HTTPS-only: go to `location`.
+    Redirect { route: &'e str, location: String },
+    /// Refused.
+    Deny(Denial<'e>),
+    /// Admitted: forward.
+    Allow(Admission<'e>),
+}
+
+/// A refused call.
+#[derive(Debug)]
+pub struct Denial<'e> {
+    pub route: &'e str,
+    /// The profile that refused it last, `-` when none applies.
+    pub profile: &'e str,
+    pub client_ip: IpAddr,
+    pub kind: DenialKind<'e>,
+    /// Why, for the audit log; never a secret.
+    pub reason: &'static str,
+}
+
+/// How a call was refused.
+#[derive(Debug)]
+pub enum DenialKind<'e> {
+    /// Credentials missing or wrong: 401 with these `WWW-Authenticate` challenges.
+    Unauthorized { challenges: &'e [String] },
+    /// Credentials right but not allowed (address), or HTTPS required without a host: 403.
+    Forbidden,
+    /// Over a limit: 429.
+    RateLimited { scope: Scope, info: RateInfo },
+}
+
+/// An admitted call.
+#[derive(Debug)]
+pub struct Admission<'e> {
+    pub route: &'e CompiledRoute,
+    pub profile: &'e str,
+    /// `anonymous`, the Basic username, the API key, the certificate subject, or the value
+    /// of the profile's identity header.
+    pub identity: Cow<'e, str>,
+    pub client_ip: IpAddr,
+    /// The tightest limit that applied, for the `RateLimit-*` headers.
+    pub rate: Option<RateInfo>,
+    grant: Option<(usize, Grant)>,
+}
+
+/// Why a configuration does not compile into an engine (names the object; never a secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("route {route:?}: profile {profile:?} is not in the configuration")]
+    UnknownProfile { route: String, profile: String },
+    #[error("profile {profile:?}: {what} missing from the secret material")]
+    MissingSecret { profile: String, what: &'static str },
+    #[error("profile {profile:?}: {message}")]
+    Invalid { profile: String, message: String },
+}
+
+/// A route, compiled.
+#[derive(Debug)]
+pub struct CompiledRoute {
+    /// Name of the ApiRoute.
+    pub name: Box<str>,
+    /// Index in the configuration's `routes`.
+    pub index: usize,
+    /// Where calls go.
+    pub backend: Backend,
+    matcher: Matcher,
+    ssl_only: bool,
+    profiles: Box<[usize]>,
+    challenges: Box<[String]>,
+}
+
+impl CompiledRoute {
+    /// The port of the local backend, if the route goes to the app in the pod.
+    pub fn local_port(&self) -> Option<u16> {
+        match self.backend {
+            Backend::Local { port } => Some(port),
+            Backend::Origin { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Auth {
+    Anonymous,
+    Basic(Basic),
+    ApiKey(ApiKey),
+    ClientCertificate(ClientCertificate),
+    /// A type this engine cannot verify yet: refuses every call (fails closed).
+    Unsupported(&'static str),
+}
+
+struct CompiledProfile<C> {
+    name: Box<str>,
+    auth: Auth,
+    /// Empty: any address.
+    trusted: IpSet,
+    limit: Option<(C, u32)>,
+    identity_header: Option<http::HeaderName>,
+}
+
+/// The name of the implicit profile of a route that lists none.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// A compiled configuration.
+pub struct Engine<L: Limiter = InMemoryLimiter> {
+    routes: Vec<CompiledRoute>,
+    profiles: Vec<CompiledProfile<L::Counter>>,
+    org: Option<(L::Counter, u32)>,
+    trusted_proxies: IpSet,
+    limiter: Arc<L>,
+}
+
+impl<L: Limiter> std::fmt::Debug for Engine<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("routes", &self.routes.len())
+            .field("profiles", &self.profiles.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<L: Limiter> Engine<L> {
+    /// Compiles `loaded`, with counters from `limiter` (whose counts outlive this engine).
+    pub fn compile(loaded: &Loaded, limiter: Arc<L>) -> Result<Self, CompileError> {
+        let config = &loaded.config;
+        let mut profiles = Vec::with_capacity(config.profiles.len() + 1);
+        for p in &config.profiles {
+            let secrets = loaded.secrets.profiles.get(&p.name);
+            let missing = |what| CompileError::MissingSecret {
+                profile: p.name.clone(),
+                what,
+            };
+            let auth = match &p.auth {
+                ProfileAuth::Anonymous => Auth::Anonymous,
+                ProfileAuth::Basic => {
+                    let pair = secrets.and_then(|s| s.basic.as_ref()).ok_or_else(|| missing("basic"))?;
+                    Auth::Basic(Basic::new(&pair.username, pair.password.expose()))
+                }
+                ProfileAuth::ApiKey {
+                    key_param,
+                    key_header,
+                    signature,
+                } => {
+                    let secrets = secrets.ok_or_else(|| missing("apiKeys"))?;
+                    let keys =
+                        ApiKey::new(key_param, key_header.as_deref(), signature.as_ref(), secrets).map_err(|e| {
+                            CompileError::Invalid {
+                                profile: p.name.clone(),
+                                message: e.to_string(),
+                            }
+                        })?;
+                    Auth::ApiKey(keys)
+                }
+                ProfileAuth::ClientCertificate { allowed_subjects } => {
+                    Auth::ClientCertificate(ClientCertificate::new(allowed_subjects))
+                }
+                ProfileAuth::OAuth2 { .. } => Auth::Unsupported("OAuth2 tokens cannot be verified by this sidecar"),
+                ProfileAuth::HttpSignature { .. } => {
+                    Auth::Unsupported("HTTP message signatures cannot be verified by this sidecar")
+                }
+            };
+            let identity_header = p
+                .identity_header
+                .as_deref()
+                .map(|h| {
+                    http::HeaderName::try_from(h).map_err(|_| CompileError::Invalid {
+                        profile: p.name.clone(),
+                        message: format!("identityHeader {h:?} is not a valid header name"),
+                    })
+                })
+                .transpose()?;
+            profiles.push(CompiledProfile {
+                name: p.name.as_str().into(),
+                auth,
+                trusted: IpSet::new(&p.trusted_ip_ranges),
+                limit: p
+                    .rate_limit_per_minute
+                    .map(|n| (limiter.counter(Scope::Profile, &p.name), n)),
+                identity_header,
+            });
+        }
+        let mut anonymous = None;
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (index, r) in config.routes.iter().enumerate() {
+            let indices: Box<[usize]> = if r.profiles.is_empty() {
+                let implicit = *anonymous.get_or_insert_with(|| {
+                    profiles.push(CompiledProfile {
+                        name: ANONYMOUS.into(),
+                        auth: Auth::Anonymous,
+                        trusted: IpSet::default(),
+                        limit: None,
+                        identity_header: None,
+                    });
+                    profiles.len() - 1
+                });
+                Box::new([implicit])
+            } else {
+                r.profiles
+                    .iter()
+                    .map(|name| {
+                        profiles
+                            .iter()
+                            .position(|p| *p.name == **name)
+                            .ok_or_else(|| CompileError::UnknownProfile {
+                                route: r.name.clone(),
+                                profile: name.clone(),
+                            })
+                    })
+                    .collect::<Result<_, _>>()?
+            };
+            let challenges = challenges(&r.name, indices.iter().map(|&i| &profiles[i].auth));
+            routes.push(CompiledRoute {
+                name: r.name.as_str().into(),
+                index,
+                backend: r.backend.clone(),
+                matcher: Matcher::new(r),
+                ssl_only: r.ssl_only,
+                profiles: indices,
+                challenges,
+            });
+        }
+        routes.sort_by(|a, b| (a.matcher.precedence(), &a.name).cmp(&(b.matcher.precedence(), &b.name)));
+        Ok(Self {
+            routes,
+            profiles,
+            org: config.org_allowance.map(|n| (limiter.counter(Scope::Org, ""), n)),
+            trusted_proxies: IpSet::from_nets(&config.trusted_proxies),
+            limiter,
+        })
+    }
+
+    /// An engine with no routes: every request is answered 404.
+    pub fn empty(limiter: Arc<L>) -> Self {
+        Self {
+            routes: Vec::new(),
+            profiles: Vec::new(),
+            org: None,
+            trusted_proxies: IpSet::default(),
+            limiter,
+        }
+    }
+
+    /// The compiled routes, most specific first.
+    pub fn routes(&self) -> &[CompiledRoute] {
+        &self.routes
+    }
+
+    /// Decides what to do with `req` at `now_ms` (milliseconds since the Unix epoch).
+    pub fn decide(&self, req: &RequestView<'_>, now_ms: u64) -> Outcome<'_> {
+        if routes::is_ambiguous_path(req.path) {
+            return Outcome::BadRequest {
+                reason: "ambiguous path (dot segments)",
+            };
+        }
+        let host = req.host.map(routes::normal_host);
+        let host = host.as_deref();
+        let egress = req.listener == Listener::Egress;
+        let Some(route) = self
+            .routes
+            .iter()
+            .find(|r| r.matcher.matches(egress, host, req.path, req.method))
+        else {
+            return Outcome::NoRoute;
+        };
+        let client_ip = ip::client_ip(req.peer, req.headers, &self.trusted_proxies);
+        if route.ssl_only && !req.tls {
+            return match host {
+                Some(host) => Outcome::Redirect {
+                    route: &route.name,
+                    location: https_location(host, req.path, req.query),
+                },
+                None => Outcome::Deny(Denial {
+                    route: &route.name,
+                    profile: "-",
+                    client_ip,
+                    kind: DenialKind::Forbidden,
+                    reason: "https required and no host to redirect to",
+                }),
+            };
+        }
+        let now_secs = now_ms / 1000;
+        let mut forbidden: Option<&str> = None;
+        let mut rejection: Option<(&str, Rejection)> = None;
+        for &i in route.profiles.iter() {
+            let profile = &self.profiles[i];
+            let identity = match &profile.auth {
+                Auth::Anonymous => Ok(Cow::Borrowed(ANONYMOUS)),
+                Auth::Basic(b) => b.check(req.headers).map(Cow::Borrowed),
+                Auth::ApiKey(k) => k.check(req.query, req.headers, now_secs).map(Cow::Borrowed),
+                // The subject belongs to the connection, not to the engine.
+                Auth::ClientCertificate(c) => c
+                    .check(&profile.name, req.client_cert)
+                    .map(|s| Cow::Owned(s.to_owned())),
+                Auth::Unsupported(why) => Err(Rejection::Wrong(why)),
+            };
+            let identity = match identity {
+                Ok(identity) => identity,
+                Err(r) => {
+                    // A wrong credential says more than a missing one of another kind.
+                    if rejection.is_none_or(|(_, prev)| matches!(prev, Rejection::Missing(_))) {
+                        rejection = Some((&profile.name, r));
+                    }
+                    continue;
+                }
+            };
+            if !profile.trusted.is_empty() && !profile.trusted.contains(client_ip) {
+                forbidden.get_or_insert(&profile.name);
+                continue;
+            }
+            return self.admit(route, i, identity, req, client_ip, now_ms);
+        }
+        if let Some(profile) = forbidden {
+            return Outcome::Deny(Denial {
+                route: &route.name,
+                profile,
+                client_ip,
+                kind: DenialKind::Forbidden,
+                reason: "client address outside the profile's trusted IP ranges",
+            });
+        }
+        let (profile, reason) = rejection.map_or(("-", "no credentials"), |(p, r)| (p, r.reason()));
+        Outcome::Deny(Denial {
+            route: &route.name,
+            profile,
+            client_ip,
+            kind: DenialKind::Unauthorized {
+                challenges: &route.challenges,
+            },
+            reason,
+        })
+    }
+
+    fn admit<'e>(
+        &'e self,
+        route: &'e CompiledRoute,
+        index: usize,
+        identity: Cow<'e, str>,
+        req: &RequestView<'_>,
+        client_ip: IpAddr,
+        now_ms: u64,
+    ) -> Outcome<'e> {
+        let profile = &self.profiles[index];
+        let taken = match (&self.org, &profile.limit) {
+            (None, None) => None,
+            (Some((o, on)), None) => Some((self.limiter.acquire(&[(o, *on)], now_ms), [Scope::Org; 2])),
+            (None, Some((p, pn))) => Some((self.limiter.acquire(&[(p, *pn)], now_ms), [Scope::Profile; 2])),
+            (Some((o, on)), Some((p, pn))) => Some((
+                self.limiter.acquire(&[(o, *on), (p, *pn)], now_ms),
+                [Scope::Org, Scope::Profile],
+            )),
+        };
+        let (rate, grant) = match taken {
+            None => (None, None),
+            Some((Ok(grant), _)) => (Some(grant.info), Some((index, grant))),
+            Some((Err(refusal), scopes)) => {
+                let scope = scopes[refusal.index];
+                return Outcome::Deny(Denial {
+                    route: &route.name,
+                    profile: &profile.name,
+                    client_ip,
+                    kind: DenialKind::RateLimited {
+                        scope,
+                        info: refusal.info,
+                    },
+                    reason: match scope {
+                        Scope::Org => "org allowance exceeded",
+                        Scope::Profile => "profile rate limit exceeded",
+                    },
+                });
+            }
+        };
+        let identity = profile
+            .identity_header
+            .as_ref()
+            .and_then(|h| req.headers.get(h))
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map_or(identity, |v| Cow::Owned(v.to_owned()));
+        Outcome::Allow(Admission {
+            route,
+            profile: &profile.name,
+            identity,
+            client_ip,
+            rate,
+            grant,
+        })
+    }
+
+    /// Gives back the hit an admission took (the backend answered 404).
+    pub fn refund(&self, admission: &Admission<'_>) {
+        let Some((index, grant)) = &admission.grant else {
+            return;
+        };
+        let profile = self.profiles.get(*index).and_then(|p| p.limit.as_ref());
+        match (&self.org, profile) {
+            (None, None) => {}
+            (Some((o, _)), None) | (None, Some((o, _))) => self.limiter.refund(&[o], grant),
+            (Some((o, _)), Some((p, _))) => self.limiter.refund(&[o, p], grant),
+        }
+    }
+}
+
+/// `WWW-Authenticate` challenges for a route's profiles, one per kind.
+fn challenges<'a>(route: &str, auths: impl Iterator<Item = &'a Auth>) -> Box<[String]> {
+    let mut out: Vec<String> = Vec::new();
+    for auth in auths {
+        let c = match auth {
+            Auth::Basic(_) => format!("Basic realm=\"{route}\", charset=\"UTF-8\""),
+            Auth::ApiKey(k) => format!("APIKey realm=\"{route}\", param=\"{}\"", k.key_param()),
+            Auth::Unsupported(_) | Auth::Anonymous | Auth::ClientCertificate(_) => continue,
+        };
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out.into_boxed_slice()
+}
+
+/// `https://host/path?query`.
+fn https_location(host: &str, path: &str, query: Option<&str>) -> String {
+    let mut l = String::with_capacity(8 + host.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    l.push_str("https://");
+    l.push_str(host);
+    l.push_str(path);
+    if let Some(q) = query {
+        l.push('?');
+        l.push_str(q);
+    }
+    l
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,454 @@
+//! Authentication schemes: each checks the credentials a request carries against one
+//! profile and names the caller, or says why not. Secrets are compared in constant time and
+//! never appear in a [`Rejection`].
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+use md5::{Digest, Md5};
+use portcullis_config::{ApiKeySignature, ProfileSecrets, SignatureHash};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::query::query_param;
+
+/// Why a profile did not authenticate a request (for the audit log; never a secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The request carries no credentials of this kind.
+    Missing(&'static str),
+    /// The credentials are wrong.
+    Wrong(&'static str),
+}
+
+impl Rejection {
+    /// The reason, for the audit log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Missing(r) | Self::Wrong(r) => r,
+        }
+    }
+}
+
+/// What a request brings besides its headers: the verified client certificate, if any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// The subject, as an RFC 4514 string (`CN=app,O=Example`).
+    pub subject: String,
+    /// DNS, URI and e-mail subject alternative names.
+    pub sans: Vec<String>,
+    /// Names of the profiles whose CA verified the certificate chain.
+    pub verified_for: Vec<String>,
+}
+
+/// HTTP Basic with one username and password.
+#[derive(Debug)]
+pub struct Basic {
+    username: Box<str>,
+    /// `username:password`.
+    pair: Box<[u8]>,
+    /// base64(`username:password`), what well-behaved clients send.
+    token: Box<[u8]>,
+}
+
+impl Basic {
+    /// The credential of `username` / `password`.
+    pub fn new(username: &str, password: &str) -> Self {
+        let pair = format!("{username}:{password}").into_bytes();
+        let token = base64::engine::general_purpose::STANDARD.encode(&pair).into_bytes();
+        Self {
+            username: username.into(),
+            pair: pair.into(),
+            token: token.into(),
+        }
+    }
+
+    /// The username if `headers` carry exactly this credential.
+    pub fn check(&self, headers: &HeaderMap) -> Result<&str, Rejection> {
+        let token = basic_token(headers).ok_or(Rejection::Missing("no Basic credentials"))?;
+        // The common case compares the encoded form and allocates nothing.
+        if bool::from(token.ct_eq(&self.token)) {
+            return Ok(&self.username);
+        }
+        // Another encoding of the same pair (no padding, say) still counts.
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(token)
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(token))
+            .map_err(|_| Rejection::Wrong("malformed Basic credentials"))?;
+        if bool::from(decoded.ct_eq(&self.pair)) {
+            Ok(&self.username)
+        } else {
+            Err(Rejection::Wrong("wrong username or password"))
+        }
+    }
+}
+
+/// The token of an `Authorization: Basic <token>` header.
+fn basic_token(headers: &HeaderMap) -> Option<&[u8]> {
+    headers.get_all(AUTHORIZATION).iter().find_map(|v| {
+        let v = v.as_bytes();
+        let (scheme, rest) = v.split_at(v.iter().position(|&b| b == b' ')?);
+        scheme.eq_ignore_ascii_case(b"basic").then(|| rest.trim_ascii())
+    })
+}
+
+/// Mashery-style API keys: the key alone, or with `hex(HASH(key + secret + unixSeconds))`.
+#[derive(Debug)]
+pub struct ApiKey {
+    key_param: Box<str>,
+    key_header: Option<http::HeaderName>,
+    signature: Option<SignatureCheck>,
+    keys: HashMap<Box<str>, KeyEntry>,
+}
+
+#[derive(Debug)]
+struct SignatureCheck {
+    param: Box<str>,
+    skew: u64,
+}
+
+/// One consumer: the hash state after `key + secret`, so a check hashes only the timestamp.
+#[derive(Debug, Clone)]
+enum KeyEntry {
+    Md5(Md5),
+    Sha256(Sha256),
+}
+
+/// Why an ApiKey profile cannot be compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("keyHeader {0:?} is not a valid header name")]
+pub struct BadHeaderName(pub String);
+
+impl ApiKey {
+    /// The scheme for keys from `secrets`.
+    pub fn new(
+        key_param: &str,
+        key_header: Option<&str>,
+        signature: Option<&ApiKeySignature>,
+        secrets: &ProfileSecrets,
+    ) -> Result<Self, BadHeaderName> {
+        let key_header = key_header
+            .map(|h| http::HeaderName::try_from(h).map_err(|_| BadHeaderName(h.to_owned())))
+            .transpose()?;
+        let algorithm = signature.map_or(SignatureHash::MD5, |s| s.algorithm);
+        let keys = secrets
+            .api_keys
+            .iter()
+            .map(|(key, secret)| {
+                let entry = match algorithm {
+                    SignatureHash::MD5 => {
+                        let mut h = Md5::new();
+                        h.update(key.as_bytes());
+                        h.update(secret.expose().as_bytes());
+                        KeyEntry::Md5(h)
+                    }
+                    SignatureHash::SHA256 => {
+                        let mut h = Sha256::new();
+                        h.update(key.as_bytes());
+                        h.update(secret.expose().as_bytes());
+                        KeyEntry::Sha256(h)
+                    }
+                };
+                (key.as_str().into(), entry)
+            })
+            .collect();
+        Ok(Self {
+            key_param: key_param.into(),
+            key_header,
+            signature: signature.map(|s| SignatureCheck {
+                param: s.param.as_str().into(),
+                skew: u64::from(s.clock_skew_seconds),
+            }),
+            keys,
+        })
+    }
+
+    /// The query parameter that carries the key.
+    pub fn key_param(&self) -> &str {
+        &self.key_param
+    }
+
+    /// The API key, if the request carries a known one (and its valid signature).
+    pub fn check<'e>(&'e self, query: Option<&str>, headers: &HeaderMap, now_secs: u64) -> Result<&'e str, Rejection> {
+        let presented: Cow<'_, str> = match query.and_then(|q| query_param(q, &self.key_param)) {
+            Some(k) => k,
+            None => self
+                .key_header
+                .as_ref()
+                .and_then(|h| headers.get(h))
+                .and_then(|v| v.to_str().ok())
+                .map(Cow::Borrowed)
+                .ok_or(Rejection::Missing("no API key"))?,
+        };
+        let (key, entry) = self
+            .keys
+            .get_key_value(presented.as_ref())
+            .ok_or(Rejection::Wrong("unknown API key"))?;
+        if let Some(sig) = &self.signature {
+            let given = query
+                .and_then(|q| query_param(q, &sig.param))
+                .ok_or(Rejection::Missing("no API key signature"))?;
+            if !entry.verify(given.as_bytes(), now_secs, sig.skew) {
+                return Err(Rejection::Wrong(
+                    "API key signature invalid or outside the clock-skew window",
+                ));
+            }
+        }
+        Ok(key)
+    }
+}
+
+impl KeyEntry {
+    /// Whether `hex_sig` is the signature for some second within `skew` of `now`; the
+    /// seconds nearest `now` are tried first, so honest clients cost a few hashes.
+    fn verify(&self, hex_sig: &[u8], now: u64, skew: u64) -> bool {
+        let mut given = [0u8; 32];
+        let len = match self {
+            Self::Md5(_) => 16,
+            Self::Sha256(_) => 32,
+        };
+        if hex_sig.len() != len * 2 || hex::decode_to_slice(hex_sig, &mut given[..len]).is_err() {
+            return false;
+        }
+        let given = &given[..len];
+        let mut digits = itoa_buf();
+        let mut matched = self.matches(given, now, &mut digits);
+        for d in 1..=skew {
+            if matched {
+                break;
+            }
+            matched = now.checked_sub(d).is_some_and(|t| self.matches(given, t, &mut digits))
+                || self.matches(given, now + d, &mut digits);
+        }
+        matched
+    }
+
+    fn matches(&self, given: &[u8], ts: u64, buf: &mut [u8; 20]) -> bool {
+        let ts = itoa(ts, buf);
+        match self {
+            Self::Md5(prefix) => {
+                let mut h = prefix.clone();
+                h.update(ts);
+                bool::from(h.finalize().as_slice().ct_eq(given))
+            }
+            Self::Sha256(prefix) => {
+                let mut h = prefix.clone();
+                h.update(ts);
+                bool::from(h.finalize().as_slice().ct_eq(given))
+            }
+        }
+    }
+}
+
+fn itoa_buf() -> [u8; 20] {
+    [0; 20]
+}
+
+/// Decimal digits of `n`, without allocating.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// The Mashery-style signature `hex(HASH(apikey + secret + unixSeconds))`.
+pub fn mashery_signature(algorithm: SignatureHash, apikey: &str, secret: &str, unix_secs: u64) -> String {
+    let mut buf = itoa_buf();
+    let ts = itoa(unix_secs, &mut buf);
+    match algorithm {
+        SignatureHash::MD5 => {
+            let mut h = Md5::new();
+            h.update(apikey.as_bytes());
+            h.update(secret.as_bytes());
+            h.update(ts);
+            hex::encode(h.finalize())
+        }
+        SignatureHash::SHA256 => {
+            let mut h = Sha256::new();
+            h.update(apikey.as_bytes());
+            h.update(secret.as_bytes());
+            h.update(ts);
+            hex::encode(h.finalize())
+        }
+    }
+}
+
+/// A client certificate verified by the TLS layer against the profile's CA, and optionally
+/// restricted to some subjects or SANs.
+#[derive(Debug)]
+pub struct ClientCertificate {
+    allowed: Vec<String>,
+}
+
+impl ClientCertificate {
+    /// The scheme admitting certificates that match one of `allowed` (any when empty).
+    pub fn new(allowed: &[String]) -> Self {
+        Self {
+            allowed: allowed.to_vec(),
+        }
+    }
+
+    /// The certificate subject if `cert` was verified for `profile` and is allowed.
+    pub fn check<'r>(&self, profile: &str, cert: Option<&'r PeerCertificate>) -> Result<&'r str, Rejection> {
+        let cert = cert.ok_or(Rejection::Missing("no client certificate"))?;
+        if !cert.verified_for.iter().any(|p| p == profile) {
+            return Err(Rejection::Wrong("client certificate not issued by the profile's CA"));
+        }
+        let allowed = self.allowed.is_empty()
+            || self
+                .allowed
+                .iter()
+                .any(|a| *a == cert.subject || cert.sans.iter().any(|s| s == a));
+        if allowed {
+            Ok(&cert.subject)
+        } else {
+            Err(Rejection::Wrong("client certificate subject not allowed"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_config::Sensitive;
+
+    const KEY: &str = "2fvmer3qbk7f3jnqneg58bu2";
+    const SECRET: &str = "qvxkmw57pec7";
+
+    #[test]
+    fn seed_003_test_vector() {
+        assert_eq!(
+            mashery_signature(SignatureHash::MD5, KEY, SECRET, 1_200_603_038),
+            "65a08176826fa4621116997e1dd775fa"
+        );
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(http::HeaderName::try_from(*k).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn basic_right_wrong_missing_and_unpadded() {
+        let b = Basic::new("alice", "wonderland");
+        let enc = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let ok = headers(&[("authorization", &format!("Basic {}", enc("alice:wonderland")))]);
+        assert_eq!(b.check(&ok), Ok("alice"));
+        let lower = headers(&[("authorization", &format!("basic  {}", enc("alice:wonderland")))]);
+        assert_eq!(b.check(&lower), Ok("alice"));
+        let nopad = base64::engine::general_purpose::STANDARD_NO_PAD.encode("alice:wonderland!");
+        let b2 = Basic::new("alice", "wonderland!");
+        assert_eq!(
+            b2.check(&headers(&[("authorization", &format!("Basic {nopad}"))])),
+            Ok("alice")
+        );
+        let wrong = headers(&[("authorization", &format!("Basic {}", enc("alice:nope")))]);
+        assert!(matches!(b.check(&wrong), Err(Rejection::Wrong(_))));
+        assert!(matches!(b.check(&headers(&[])), Err(Rejection::Missing(_))));
+        let bearer = headers(&[("authorization", "Bearer abc")]);
+        assert!(matches!(b.check(&bearer), Err(Rejection::Missing(_))));
+        let garbage = headers(&[("authorization", "Basic !!!")]);
+        assert!(matches!(b.check(&garbage), Err(Rejection::Wrong(_))));
+    }
+
+    fn keys(algorithm: Option<SignatureHash>) -> ApiKey {
+        let mut secrets = ProfileSecrets::default();
+        secrets.api_keys.insert(KEY.into(), Sensitive::new(SECRET));
+        let sig = algorithm.map(|algorithm| ApiKeySignature {
+            param: "sig".into(),
+            algorithm,
+            clock_skew_seconds: 300,
+        });
+        ApiKey::new("apikey", Some("X-Api-Key"), sig.as_ref(), &secrets).unwrap()
+    }
+
+    #[test]
+    fn api_key_alone_from_query_or_header() {
+        let k = keys(None);
+        let none = HeaderMap::new();
+        assert_eq!(k.check(Some(&format!("a=1&apikey={KEY}")), &none, 0), Ok(KEY));
+        assert_eq!(k.check(None, &headers(&[("x-api-key", KEY)]), 0), Ok(KEY));
+        assert_eq!(
+            k.check(Some("apikey=nope"), &none, 0),
+            Err(Rejection::Wrong("unknown API key"))
+        );
+        assert_eq!(
+            k.check(Some("xapikey=1"), &none, 0),
+            Err(Rejection::Missing("no API key"))
+        );
+    }
+
+    #[test]
+    fn signature_anywhere_in_the_skew_window() {
+        for alg in [SignatureHash::MD5, SignatureHash::SHA256] {
+            let k = keys(Some(alg));
+            let now = 1_200_603_038;
+            let none = HeaderMap::new();
+            for ts in [now, now - 300, now + 300, now - 1, now + 17] {
+                let sig = mashery_signature(alg, KEY, SECRET, ts);
+                let q = format!("apikey={KEY}&sig={sig}");
+                assert_eq!(k.check(Some(&q), &none, now), Ok(KEY), "{alg:?} ts {ts}");
+                let upper = format!("apikey={KEY}&sig={}", sig.to_uppercase());
+                assert_eq!(k.check(Some(&upper), &none, now), Ok(KEY), "hex is case-insensitive");
+            }
+            for ts in [now - 301, now + 301] {
+                let sig = mashery_signature(alg, KEY, SECRET, ts);
+                let q = format!("apikey={KEY}&sig={sig}");
+                assert!(
+                    matches!(k.check(Some(&q), &none, now), Err(Rejection::Wrong(_))),
+                    "{ts}"
+                );
+            }
+            let q = format!("apikey={KEY}");
+            assert!(matches!(k.check(Some(&q), &none, now), Err(Rejection::Missing(_))));
+            let q = format!("apikey={KEY}&sig=zz");
+            assert!(matches!(k.check(Some(&q), &none, now), Err(Rejection::Wrong(_))));
+        }
+    }
+
+    #[test]
+    fn the_seed_signature_is_refused_today() {
+        let k = keys(Some(SignatureHash::MD5));
+        let q = format!("apikey={KEY}&sig=65a08176826fa4621116997e1dd775fa");
+        assert!(k.check(Some(&q), &HeaderMap::new(), 1_200_603_038).is_ok());
+        assert!(k.check(Some(&q), &HeaderMap::new(), 1_764_000_000).is_err());
+    }
+
+    #[test]
+    fn client_certificates() {
+        let cert = PeerCertificate {
+            subject: "CN=billing,O=Example".into(),
+            sans: vec!["billing.example.com".into()],
+            verified_for: vec!["partners".into()],
+        };
+        let any = ClientCertificate::new(&[]);
+        assert_eq!(any.check("partners", Some(&cert)), Ok("CN=billing,O=Example"));
+        assert!(matches!(any.check("others", Some(&cert)), Err(Rejection::Wrong(_))));
+        assert!(matches!(any.check("partners", None), Err(Rejection::Missing(_))));
+        let by_san = ClientCertificate::new(&["billing.example.com".into()]);
+        assert!(by_san.check("partners", Some(&cert)).is_ok());
+        let other = ClientCertificate::new(&["CN=payroll,O=Example".into()]);
+        assert!(matches!(other.check("partners", Some(&cert)), Err(Rejection::Wrong(_))));
+    }
+
+    #[test]
+    fn itoa_writes_decimal() {
+        let mut b = itoa_buf();
+        assert_eq!(itoa(0, &mut b), b"0");
+        assert_eq!(itoa(1_200_603_038, &mut b), b"1200603038");
+        assert_eq!(itoa(u64::MAX, &mut b), b"18446744073709551615");
+    }
+}

@@ -1,0 +1,483 @@
+//! Decision tests: whole configurations in, outcomes out, with a fake clock.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http::HeaderMap;
+use portcullis_config::{Loaded, SecretMaterial, SidecarConfig};
+use serde_json::{Value, json};
+
+use super::*;
+
+const T0: u64 = 1_764_000_000_000;
+
+fn loaded(config: Value, secrets: Value) -> Loaded {
+    let mut config = config;
+    config["schemaVersion"] = json!(1);
+    config["generation"] = json!("g");
+    config["namespace"] = json!("demo");
+    let mut secrets = secrets;
+    secrets["schemaVersion"] = json!(1);
+    secrets["generation"] = json!("g");
+    Loaded {
+        config: serde_json::from_value::<SidecarConfig>(config).unwrap(),
+        secrets: serde_json::from_value::<SecretMaterial>(secrets).unwrap(),
+    }
+}
+
+fn engine(config: Value, secrets: Value) -> Engine {
+    Engine::compile(&loaded(config, secrets), Arc::new(InMemoryLimiter::new())).unwrap()
+}
+
+fn route(name: &str, prefix: &str, profiles: &[&str]) -> Value {
+    json!({"name": name, "pathPrefix": prefix, "profiles": profiles, "backend": {"type": "Local", "port": 8080}})
+}
+
+/// A request builder.
+struct Req {
+    method: &'static str,
+    host: Option<&'static str>,
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    peer: IpAddr,
+    tls: bool,
+    listener: Listener,
+    cert: Option<PeerCertificate>,
+}
+
+fn get(path: &str) -> Req {
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+        None => (path.to_owned(), None),
+    };
+    Req {
+        method: "GET",
+        host: Some("api.example.com"),
+        path,
+        query,
+        headers: HeaderMap::new(),
+        peer: "127.0.0.1".parse().unwrap(),
+        tls: false,
+        listener: Listener::Inbound,
+        cert: None,
+    }
+}
+
+impl Req {
+    fn header(mut self, k: &'static str, v: &str) -> Self {
+        self.headers.append(k, v.parse().unwrap());
+        self
+    }
+    fn basic(self, user: &str, pw: &str) -> Self {
+        let v = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+        );
+        self.header("authorization", &v)
+    }
+    fn from(mut self, peer: &str) -> Self {
+        self.peer = peer.parse().unwrap();
+        self
+    }
+    fn view(&self) -> RequestView<'_> {
+        RequestView {
+            method: self.method,
+            host: self.host,
+            path: &self.path,
+            query: self.query.as_deref(),
+            headers: &self.headers,
+            peer: self.peer,
+            tls: self.tls,
+            listener: self.listener,
+            client_cert: self.cert.as_ref(),
+        }
+    }
+}
+
+/// (status, route, profile, identity) of a decision.
+fn verdict(e: &Engine, r: &Req, now: u64) -> (u16, String, String, String) {
+    match e.decide(&r.view(), now) {
+        Outcome::BadRequest { .. } => (400, "-".into(), "-".into(), "-".into()),
+        Outcome::NoRoute => (404, "-".into(), "-".into(), "-".into()),
+        Outcome::Redirect { route, .. } => (308, route.into(), "-".into(), "-".into()),
+        Outcome::Deny(d) => {
+            let status = match d.kind {
+                DenialKind::Unauthorized { .. } => 401,
+                DenialKind::Forbidden => 403,
+                DenialKind::RateLimited { .. } => 429,
+            };
+            (status, d.route.into(), d.profile.into(), "-".into())
+        }
+        Outcome::Allow(a) => (200, a.route.name.to_string(), a.profile.into(), a.identity.into_owned()),
+    }
+}
+
+fn status(e: &Engine, r: &Req) -> u16 {
+    verdict(e, r, T0).0
+}
+
+#[test]
+fn routes_without_profiles_are_anonymous_and_unmatched_paths_404() {
+    let e = engine(json!({"routes": [route("app", "/app", &[])]}), json!({}));
+    assert_eq!(
+        verdict(&e, &get("/app/x"), T0),
+        (200, "app".into(), "anonymous".into(), "anonymous".into())
+    );
+    assert_eq!(status(&e, &get("/apple")), 404);
+    assert_eq!(status(&e, &get("/app/../admin")), 400);
+}
+
+#[test]
+fn most_specific_route_wins() {
+    let mut exact = route("exact", "/", &[]);
+    exact["hosts"] = json!(["api.example.com"]);
+    let mut wild = route("wild", "/", &[]);
+    wild["hosts"] = json!(["*.example.com"]);
+    let mut posts = route("posts", "/v1", &[]);
+    posts["methods"] = json!(["POST"]);
+    let e = engine(
+        json!({"routes": [route("any", "/v1", &[]), wild, exact, posts]}),
+        json!({}),
+    );
+    let at = |host: &'static str, method: &'static str, path: &str| {
+        let mut r = get(path);
+        r.host = Some(host);
+        r.method = method;
+        verdict(&e, &r, T0).1
+    };
+    assert_eq!(at("api.example.com", "GET", "/v1/x"), "exact");
+    assert_eq!(
+        at("API.example.com.", "GET", "/v1/x"),
+        "exact",
+        "hosts compare normalized"
+    );
+    assert_eq!(at("www.example.com", "GET", "/v1/x"), "wild");
+    assert_eq!(at("other.org", "GET", "/v1/x"), "any");
+    assert_eq!(at("other.org", "POST", "/v1/x"), "posts");
+    assert_eq!(at("other.org", "GET", "/v2"), "-");
+}
+
+fn basic_routes() -> Engine {
+    engine(
+        json!({
+            "profiles": [
+                {"name": "accounting", "auth": {"type": "Basic"},
+                 "trustedIpRanges": [{"from": "127.0.0.0", "to": "127.255.255.255"}]},
+                {"name": "payroll", "auth": {"type": "Basic"},
+                 "trustedIpRanges": [{"from": "192.168.1.10", "to": "192.168.1.50"}]},
+            ],
+            "routes": [route("finance", "/", &["accounting", "payroll"])],
+        }),
+        json!({"profiles": {
+            "accounting": {"basic": {"username": "alice", "password": "wonderland"}},
+            "payroll": {"basic": {"username": "bob", "password": "builder"}},
+        }}),
+    )
+}
+
+#[test]
+fn basic_401_and_403() {
+    let e = basic_routes();
+    assert_eq!(
+        verdict(&e, &get("/x").basic("alice", "wonderland"), T0),
+        (200, "finance".into(), "accounting".into(), "alice".into())
+    );
+    assert_eq!(status(&e, &get("/x").basic("alice", "nope")), 401);
+    assert_eq!(status(&e, &get("/x")), 401);
+    let d = verdict(&e, &get("/x").basic("bob", "builder"), T0);
+    assert_eq!(
+        (d.0, d.2.as_str()),
+        (403, "payroll"),
+        "right credentials, wrong address"
+    );
+    assert_eq!(
+        verdict(&e, &get("/x").basic("bob", "builder").from("192.168.1.20"), T0).3,
+        "bob"
+    );
+    assert_eq!(status(&e, &get("/x").basic("bob", "builder").from("192.168.1.51")), 403);
+    assert_eq!(
+        status(&e, &get("/x").basic("alice", "wonderland").from("192.168.1.20")),
+        403
+    );
+}
+
+#[test]
+fn unauthorized_carries_each_challenge_once() {
+    let e = basic_routes();
+    match e.decide(&get("/x").view(), T0) {
+        Outcome::Deny(Denial {
+            kind: DenialKind::Unauthorized { challenges },
+            reason,
+            ..
+        }) => {
+            assert_eq!(challenges, ["Basic realm=\"finance\", charset=\"UTF-8\""]);
+            assert_eq!(reason, "no Basic credentials");
+        }
+        other => panic!("{other:?}"),
+    }
+    match e.decide(&get("/x").basic("alice", "nope").view(), T0) {
+        Outcome::Deny(d) => assert_eq!(d.reason, "wrong username or password"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn forwarded_for_only_from_trusted_proxies() {
+    let mut e = basic_routes();
+    let spoof = get("/x")
+        .basic("bob", "builder")
+        .header("x-forwarded-for", "192.168.1.20");
+    assert_eq!(status(&e, &spoof), 403, "the peer is not a trusted proxy");
+    e.trusted_proxies = IpSet::from_nets(&["127.0.0.0/8".parse().unwrap()]);
+    assert_eq!(status(&e, &spoof), 200);
+}
+
+fn api_keys() -> Engine {
+    engine(
+        json!({
+            "profiles": [{"name": "partners", "auth": {"type": "ApiKey", "keyParam": "apikey",
+                "signature": {"param": "sig", "algorithm": "MD5", "clockSkewSeconds": 300}}}],
+            "routes": [route("catalog", "/", &["partners"])],
+        }),
+        json!({"profiles": {"partners": {"apiKeys": {"2fvmer3qbk7f3jnqneg58bu2": "qvxkmw57pec7"}}}}),
+    )
+}
+
+#[test]
+fn api_key_signatures_against_the_clock() {
+    let e = api_keys();
+    let seed = get("/items?apikey=2fvmer3qbk7f3jnqneg58bu2&sig=65a08176826fa4621116997e1dd775fa");
+    assert_eq!(
+        verdict(&e, &seed, 1_200_603_038_000),
+        (
+            200,
+            "catalog".into(),
+            "partners".into(),
+            "2fvmer3qbk7f3jnqneg58bu2".into()
+        )
+    );
+    assert_eq!(verdict(&e, &seed, (1_200_603_038 + 300) * 1000 + 999).0, 200);
+    assert_eq!(verdict(&e, &seed, (1_200_603_038 + 301) * 1000).0, 401);
+    assert_eq!(verdict(&e, &seed, (1_200_603_038 - 301) * 1000).0, 401);
+    match e.decide(&get("/items").view(), T0) {
+        Outcome::Deny(Denial {
+            kind: DenialKind::Unauthorized { challenges },
+            ..
+        }) => assert_eq!(challenges, ["APIKey realm=\"catalog\", param=\"apikey\""]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn identity_header_replaces_the_identity() {
+    let e = engine(
+        json!({
+            "profiles": [{"name": "accounting", "auth": {"type": "Basic"}, "identityHeader": "X-App-Key"}],
+            "routes": [route("finance", "/", &["accounting"])],
+        }),
+        json!({"profiles": {"accounting": {"basic": {"username": "alice", "password": "pw"}}}}),
+    );
+    let r = get("/").basic("alice", "pw").header("x-app-key", "app-42");
+    assert_eq!(verdict(&e, &r, T0).3, "app-42");
+    assert_eq!(verdict(&e, &get("/").basic("alice", "pw"), T0).3, "alice");
+    let r = get("/").basic("alice", "wrong").header("x-app-key", "app-42");
+    assert_eq!(status(&e, &r), 401, "the header never authenticates");
+}
+
+/// Seed 002 section 6: org allowance 10; route r0 through `limited` (5 per minute).
+fn seed_002() -> Engine {
+    let mut routes = vec![route("r0", "/r0", &["limited"])];
+    routes.extend((1..10).map(|i| route(&format!("r{i}"), &format!("/r{i}"), &["open"])));
+    engine(
+        json!({
+            "orgAllowance": 10,
+            "profiles": [
+                {"name": "limited", "auth": {"type": "Anonymous"}, "rateLimitPerMinute": 5},
+                {"name": "open", "auth": {"type": "Anonymous"}},
+            ],
+            "routes": routes,
+        }),
+        json!({}),
+    )
+}
+
+fn limited_scope(e: &Engine, path: &str, now: u64) -> Option<Scope> {
+    match e.decide(&get(path).view(), now) {
+        Outcome::Deny(Denial {
+            kind: DenialKind::RateLimited { scope, .. },
+            ..
+        }) => Some(scope),
+        Outcome::Allow(_) => None,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn seed_002_profile_limit_then_org_allowance() {
+    let e = seed_002();
+    for _ in 0..5 {
+        assert_eq!(limited_scope(&e, "/r0", T0), None);
+    }
+    assert_eq!(limited_scope(&e, "/r0", T0), Some(Scope::Profile));
+    for i in 1..=5 {
+        assert_eq!(limited_scope(&e, &format!("/r{i}"), T0), None, "r{i}");
+    }
+    for i in 6..10 {
+        assert_eq!(limited_scope(&e, &format!("/r{i}"), T0), Some(Scope::Org), "r{i}");
+    }
+    // A rolling minute later everything is available again.
+    assert_eq!(limited_scope(&e, "/r0", T0 + 60_000), None);
+}
+
+#[test]
+fn seed_002_org_allowance_takes_precedence() {
+    let e = seed_002();
+    for _ in 0..2 {
+        assert_eq!(limited_scope(&e, "/r0", T0), None);
+    }
+    for i in 1..=8 {
+        assert_eq!(limited_scope(&e, &format!("/r{i}"), T0), None);
+    }
+    assert_eq!(limited_scope(&e, "/r9", T0), Some(Scope::Org));
+    assert_eq!(
+        limited_scope(&e, "/r0", T0),
+        Some(Scope::Org),
+        "3 left in the profile, none in the org"
+    );
+    assert!(matches!(e.decide(&get("/nowhere").view(), T0), Outcome::NoRoute));
+}
+
+#[test]
+fn refused_and_refunded_hits_are_not_counted() {
+    let e = engine(
+        json!({
+            "orgAllowance": 3,
+            "profiles": [{"name": "p", "auth": {"type": "Basic"}, "rateLimitPerMinute": 2}],
+            "routes": [route("app", "/", &["p"])],
+        }),
+        json!({"profiles": {"p": {"basic": {"username": "u", "password": "pw"}}}}),
+    );
+    for _ in 0..5 {
+        assert_eq!(status(&e, &get("/").basic("u", "bad")), 401);
+    }
+    for _ in 0..4 {
+        match e.decide(&get("/").basic("u", "pw").view(), T0) {
+            Outcome::Allow(a) => e.refund(&a),
+            other => panic!("{other:?}"),
+        }
+    }
+    match e.decide(&get("/").basic("u", "pw").view(), T0) {
+        Outcome::Allow(a) => assert_eq!(
+            a.rate,
+            Some(RateInfo {
+                limit: 2,
+                remaining: 1,
+                reset_secs: 60
+            })
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(status(&e, &get("/").basic("u", "pw")), 200);
+    assert_eq!(status(&e, &get("/").basic("u", "pw")), 429);
+}
+
+#[test]
+fn limits_survive_a_recompile_with_the_same_limiter() {
+    let limiter = Arc::new(InMemoryLimiter::new());
+    let config = json!({
+        "profiles": [{"name": "p", "auth": {"type": "Anonymous"}, "rateLimitPerMinute": 1}],
+        "routes": [route("app", "/", &["p"])],
+    });
+    let first = Engine::compile(&loaded(config.clone(), json!({})), limiter.clone()).unwrap();
+    assert_eq!(status(&first, &get("/")), 200);
+    let second = Engine::compile(&loaded(config, json!({})), limiter).unwrap();
+    assert_eq!(status(&second, &get("/")), 429);
+}
+
+#[test]
+fn ssl_only_redirects_plain_http_keeping_the_query() {
+    let mut r = route("secure", "/", &[]);
+    r["sslOnly"] = json!(true);
+    let e = engine(json!({"routes": [r]}), json!({}));
+    match e.decide(&get("/a/b?x=1&y=2").view(), T0) {
+        Outcome::Redirect { route, location } => {
+            assert_eq!(route, "secure");
+            assert_eq!(location, "https://api.example.com/a/b?x=1&y=2");
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut tls = get("/a");
+    tls.tls = true;
+    assert_eq!(status(&e, &tls), 200);
+    let mut hostless = get("/a");
+    hostless.host = None;
+    assert_eq!(status(&e, &hostless), 403);
+}
+
+#[test]
+fn egress_routes_only_on_the_egress_listener() {
+    let mut r = route("out", "/", &[]);
+    r["egress"] = json!(true);
+    let e = engine(json!({"routes": [r]}), json!({}));
+    assert_eq!(status(&e, &get("/")), 404);
+    let mut out = get("/");
+    out.listener = Listener::Egress;
+    assert_eq!(status(&e, &out), 200);
+}
+
+#[test]
+fn client_certificates_verified_for_the_profile() {
+    let e = engine(
+        json!({
+            "profiles": [{"name": "partners", "auth": {"type": "ClientCertificate", "allowedSubjects": ["CN=billing"]}}],
+            "routes": [route("b2b", "/", &["partners"])],
+        }),
+        json!({"profiles": {"partners": {"clientCaPem": "-----BEGIN CERTIFICATE-----"}}}),
+    );
+    let mut r = get("/");
+    assert_eq!(status(&e, &r), 401);
+    r.cert = Some(PeerCertificate {
+        subject: "CN=billing".into(),
+        sans: vec![],
+        verified_for: vec!["partners".into()],
+    });
+    assert_eq!(verdict(&e, &r, T0).3, "CN=billing");
+    r.cert.as_mut().unwrap().subject = "CN=other".into();
+    assert_eq!(status(&e, &r), 401);
+}
+
+#[test]
+fn unsupported_profile_types_fail_closed() {
+    let e = engine(
+        json!({
+            "profiles": [{"name": "sso", "auth": {"type": "OAuth2", "provider": "Generic"}}],
+            "routes": [route("api", "/", &["sso"])],
+        }),
+        json!({}),
+    );
+    assert_eq!(status(&e, &get("/").header("authorization", "Bearer anything")), 401);
+}
+
+#[test]
+fn compile_errors_name_the_profile_and_never_a_secret() {
+    let l = loaded(
+        json!({
+            "profiles": [{"name": "accounting", "auth": {"type": "Basic"}}],
+            "routes": [route("finance", "/", &["accounting"])],
+        }),
+        json!({}),
+    );
+    let err = Engine::compile(&l, Arc::new(InMemoryLimiter::new())).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "profile \"accounting\": basic missing from the secret material"
+    );
+    let l = loaded(json!({"routes": [route("finance", "/", &["ghost"])]}), json!({}));
+    let err = Engine::compile(&l, Arc::new(InMemoryLimiter::new())).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "route \"finance\": profile \"ghost\" is not in the configuration"
+    );
+}
