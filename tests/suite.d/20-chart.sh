@@ -1,0 +1,264 @@
+#!/usr/bin/env bash
+# The Helm chart (charts/portcullis), checked with the real tools (tests/setup.d/30-helm.sh
+# installs them):
+#   1. the chart's CRDs (files/crds/) are byte-identical to crds/;
+#   2. helm lint --strict, with the default values and with non-default ones;
+#   3. helm template with default and non-default values; wrong values are refused by
+#      values.schema.json (non-zero exit and the schema's message);
+#   4. every rendered manifest validates offline against the Kubernetes OpenAPI schemas
+#      (kubernetes-validate --strict, for the oldest and newest Kubernetes the chart supports);
+#      objects of custom types (monitoring.coreos.com) are skipped, CRDs themselves are
+#      validated, and the rendered CRDs are the ones in crds/ plus the chart's metadata;
+#   5. the settings the chart hands the operator carry the values they were given.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+TOOLS="${PORTCULLIS_TOOLS:-$PWD/target/tools}"
+export PATH="$TOOLS/bin:$PATH"
+CHART=charts/portcullis
+PY="$TOOLS/venv/bin/python3"   # has PyYAML (a kubernetes-validate dependency)
+K8S_VERSIONS=(1.29.0 1.37.0)
+
+for tool in helm kubernetes-validate "$PY"; do
+  command -v "$tool" >/dev/null || { echo "FAIL: $tool not found: run tests/setup.d/30-helm.sh" >&2; exit 1; }
+done
+
+work="$(mktemp -d)"
+trap '[ -n "${KEEP_WORK:-}" ] || rm -rf "$work"' EXIT
+failures=0
+pass() { printf '  ok   %s\n' "$*"; }
+fail() { printf '  FAIL %s\n' "$*" >&2; failures=$((failures + 1)); }
+
+# --- 1. CRDs are a faithful copy ----------------------------------------------------------
+echo "CRDs: $CHART/files/crds/ == crds/"
+if diff -r crds "$CHART/files/crds" >"$work/crd.diff"; then
+  pass "files/crds/ is byte-identical to crds/"
+else
+  cat "$work/crd.diff" >&2
+  fail "files/crds/ differs from crds/ (refresh: cp crds/*.yaml $CHART/files/crds/)"
+fi
+
+# --- non-default values ---------------------------------------------------------------------
+cat >"$work/values-custom.yaml" <<'YAML'
+fullnameOverride: pc
+crds:
+  install: true
+operator:
+  image: {repository: registry.example.com/portcullis-operator, tag: "1.2.3", pullPolicy: Always}
+  replicas: 3
+  leaderElection: {enabled: true, leaseName: pc-leader}
+  logLevel: debug
+  adminPort: 9080
+  webhookPort: 10443
+  resources: {requests: {cpu: 100m, memory: 128Mi}, limits: {cpu: "1", memory: 512Mi}}
+  podAnnotations: {example.com/team: platform}
+  podLabels: {team: platform}
+  nodeSelector: {kubernetes.io/os: linux}
+  tolerations: [{key: dedicated, operator: Equal, value: infra, effect: NoSchedule}]
+  priorityClassName: system-cluster-critical
+  runAsUser: 10001
+imagePullSecrets: [{name: regcred}]
+serviceAccount: {create: true, name: portcullis-sa, annotations: {example.com/role: operator}}
+orgAllowance:
+  requestsPerMinute: 600
+trustedProxies: [10.0.0.0/8, "fd00::/8"]
+sidecar:
+  image: {repository: registry.example.com/portcullis-sidecar, tag: "1.2.3", pullPolicy: Always}
+  resources: {requests: {cpu: 50m, memory: 64Mi}, limits: {cpu: 500m, memory: 256Mi}}
+  ports: {inbound: 8081, inboundTls: 8443, egress: 8001, admin: 9091}
+  runAsUser: 10002
+webhook:
+  failurePolicy: Ignore
+  timeoutSeconds: 5
+  servicePort: 8443
+  injection: {enabled: true}
+  validation: {enabled: true}
+  excludeNamespaces: [kube-system, monitoring]
+podDisruptionBudget: {enabled: true, minAvailable: 2}
+serviceMonitor:
+  enabled: true
+  interval: 15s
+  scrapeTimeout: 5s
+  labels: {release: prometheus}
+  sidecars: true
+YAML
+cat >"$work/values-minimal.yaml" <<'YAML'
+crds: {install: false}
+operator: {replicas: 1, leaderElection: {enabled: false, leaseName: x}}
+serviceAccount: {create: false, name: existing}
+webhook: {injection: {enabled: false}, validation: {enabled: false}}
+YAML
+
+# --- 2. lint -------------------------------------------------------------------------------
+echo "helm lint --strict"
+for values in "" "$work/values-custom.yaml" "$work/values-minimal.yaml"; do
+  if helm lint --strict "$CHART" ${values:+-f "$values"} >"$work/lint.out" 2>&1; then
+    pass "lint with $(basename "${values:-defaults}")"
+  else
+    cat "$work/lint.out" >&2; fail "lint with $(basename "${values:-defaults}")"
+  fi
+done
+
+# --- 3. template ---------------------------------------------------------------------------
+echo "helm template"
+render() { # NAME VALUES...
+  local name="$1"; shift
+  if helm template portcullis "$CHART" --namespace portcullis-system "$@" >"$work/$name.yaml" 2>"$work/$name.err"; then
+    pass "template $name"
+  else
+    cat "$work/$name.err" >&2; fail "template $name"; return 1
+  fi
+}
+render default || true
+render custom -f "$work/values-custom.yaml" || true
+render minimal -f "$work/values-minimal.yaml" || true
+
+refused() { # WHAT EXPECTED_MESSAGE HELM_ARGS...
+  local what="$1" want="$2"; shift 2
+  if helm template portcullis "$CHART" "$@" >"$work/refused.out" 2>&1; then
+    fail "$what: accepted, expected a schema error"
+  elif grep -qi -- "$want" "$work/refused.out"; then
+    pass "$what: refused ($(grep -i -m1 -o -- "$want.*" "$work/refused.out" | cut -c1-90))"
+  else
+    cat "$work/refused.out" >&2; fail "$what: refused, but without \"$want\""
+  fi
+}
+refused "orgAllowance.requestsPerMinute=0" "minimum" --set orgAllowance.requestsPerMinute=0
+refused "orgAllowance.requestsPerMinute=-5" "minimum" --set orgAllowance.requestsPerMinute=-5
+refused "orgAllowance.requestsPerMinute=lots" "requestsPerMinute" --set-string orgAllowance.requestsPerMinute=lots
+refused "unknown top-level key" "additional properties" --set replicaCount=2
+refused "unknown sidecar key" "additional properties" --set sidecar.port=15080
+refused "operator.replicas=0" "minimum" --set operator.replicas=0
+refused "sidecar.ports.admin=70000" "maximum" --set sidecar.ports.admin=70000
+refused "webhook.failurePolicy=Sometimes" "failurePolicy" --set webhook.failurePolicy=Sometimes
+refused "sidecar.image.pullPolicy=Maybe" "pullPolicy" --set sidecar.image.pullPolicy=Maybe
+
+# --- 4. validate every manifest ------------------------------------------------------------
+echo "kubernetes-validate (${K8S_VERSIONS[*]})"
+for name in default custom minimal; do
+  [ -s "$work/$name.yaml" ] || continue
+  mkdir -p "$work/split-$name"
+  "$PY" - "$work/$name.yaml" "$work/split-$name" <<'PY' || fail "$name: split"
+import sys, yaml, os
+src, out = sys.argv[1], sys.argv[2]
+n = 0
+for doc in yaml.safe_load_all(open(src)):
+    if not doc:
+        continue
+    n += 1
+    api, kind, name = doc["apiVersion"], doc["kind"], doc["metadata"]["name"]
+    group = api.split("/")[0] if "/" in api else ""
+    sub = "custom" if group.endswith("monitoring.coreos.com") or group.endswith("portcullis.dev") else "k8s"
+    os.makedirs(os.path.join(out, sub), exist_ok=True)
+    with open(os.path.join(out, sub, f"{n:02d}-{kind}-{name}.yaml"), "w") as f:
+        yaml.safe_dump(doc, f)
+print(n, file=open(os.path.join(out, "count"), "w"))
+PY
+  for v in "${K8S_VERSIONS[@]}"; do
+    if kubernetes-validate --strict --quiet -k "$v" "$work/split-$name"/k8s/*.yaml >"$work/validate.out" 2>&1; then
+      pass "$name: $(ls "$work/split-$name/k8s" | wc -l) manifests valid for Kubernetes $v"
+    else
+      cat "$work/validate.out" >&2; fail "$name: invalid for Kubernetes $v"
+    fi
+  done
+  if [ -d "$work/split-$name/custom" ]; then
+    pass "$name: skipped custom-typed $(cd "$work/split-$name/custom" && ls | sed 's/^[0-9]*-//; s/\.yaml$//' | tr '\n' ' ')"
+  fi
+done
+
+# --- 4b/5. content checks --------------------------------------------------------------------
+echo "rendered content"
+if "$PY" - "$work" <<'PY'; then pass "CRDs, Deployment, webhooks, RBAC and settings as configured"; else fail "rendered content"; fi
+import json, sys, yaml, glob, os
+work = sys.argv[1]
+def docs(name):
+    return [d for d in yaml.safe_load_all(open(os.path.join(work, name + ".yaml"))) if d]
+def one(ds, kind, name=None):
+    found = [d for d in ds if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+errors = []
+def check(cond, msg):
+    if not cond:
+        errors.append(msg)
+
+default, custom, minimal = docs("default"), docs("custom"), docs("minimal")
+
+# CRDs: exactly crds/, plus labels and the keep policy.
+repo = {}
+for path in sorted(glob.glob("crds/*.yaml")):
+    crd = yaml.safe_load(open(path))
+    repo[crd["metadata"]["name"]] = crd
+rendered = {d["metadata"]["name"]: d for d in default if d["kind"] == "CustomResourceDefinition"}
+check(set(rendered) == set(repo), f"rendered CRDs {sorted(rendered)} != crds/ {sorted(repo)}")
+for name, crd in rendered.items():
+    meta = dict(crd["metadata"])
+    check(meta.pop("annotations", {}).get("helm.sh/resource-policy") == "keep", f"{name}: no keep policy")
+    meta.pop("labels", None)
+    check({**crd, "metadata": meta} == repo.get(name), f"{name}: rendered CRD differs from crds/")
+check(not any(d["kind"] == "CustomResourceDefinition" for d in minimal), "crds.install=false still renders CRDs")
+
+# Operator Deployment: replicas, args, ports, probes, security.
+for ds, replicas, admin, webhook in ((default, 2, 8080, 9443), (custom, 3, 9080, 10443)):
+    dep = one(ds, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    check(dep["spec"]["replicas"] == replicas, f"replicas {dep['spec']['replicas']}")
+    check(c["args"][0] == "run" and "--leader-elect" in c["args"], f"args {c['args']}")
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    check(ports == {"admin": admin, "webhook": webhook}, f"ports {ports}")
+    check(c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}, "liveness")
+    check(c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}, "readiness")
+    sc = c["securityContext"]
+    check(sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"], f"securityContext {sc}")
+    check(sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}, f"securityContext {sc}")
+    check(pod["securityContext"]["runAsNonRoot"] is True, "pod runAsNonRoot")
+    pdb = one(ds, "PodDisruptionBudget")
+    check(pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"], "PDB selector")
+mc = one(minimal, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+check("--leader-elect" not in mc["args"], "leader election disabled but --leader-elect passed")
+check(not any(d["kind"] == "PodDisruptionBudget" for d in minimal), "PDB rendered for one replica")
+check(not any(d["kind"].endswith("WebhookConfiguration") for d in minimal), "webhooks rendered while disabled")
+check(not any(d["kind"] == "ServiceMonitor" for d in default), "ServiceMonitor rendered by default")
+check(one(custom, "ServiceMonitor")["metadata"]["labels"].get("release") == "prometheus", "ServiceMonitor labels")
+one(custom, "PodMonitor")
+
+# Webhooks: pods by label or by namespace label, ApiRoutes validated, service wired.
+mwc = one(default, "MutatingWebhookConfiguration")
+svc = one(default, "Service", "portcullis-webhook")
+for wh in mwc["webhooks"]:
+    check(wh["clientConfig"]["service"]["name"] == svc["metadata"]["name"], "mutating webhook service")
+    check(wh["rules"][0]["resources"] == ["pods"], "mutating webhook rules")
+    check("portcullis-system" in wh["namespaceSelector"]["matchExpressions"][0]["values"], "release namespace not excluded")
+sels = [(w.get("objectSelector"), w.get("namespaceSelector", {}).get("matchLabels")) for w in mwc["webhooks"]]
+check(({"matchLabels": {"portcullis.dev/inject": "true"}}, None) in sels, f"no pod-label webhook: {sels}")
+check(any(ns == {"portcullis.dev/inject": "true"} for _, ns in sels), f"no namespace-label webhook: {sels}")
+vwc = one(default, "ValidatingWebhookConfiguration")
+check(vwc["webhooks"][0]["rules"][0]["resources"] == ["apiroutes"], "validating webhook rules")
+
+# RBAC: least privilege (no wildcards), leases only namespaced.
+cr = one(default, "ClusterRole")
+for rule in cr["rules"]:
+    check("*" not in rule["verbs"] and "*" not in rule["resources"], f"wildcard rule {rule}")
+    check("leases" not in rule["resources"], "leases in the ClusterRole")
+role = one(default, "Role")
+check(role["rules"][0]["resources"] == ["leases"], "Role for leases")
+
+# Settings: org allowance and sidecar defaults reach the operator.
+settings = json.loads(one(custom, "ConfigMap", "pc-settings")["data"]["settings.json"])
+check(settings["orgAllowance"]["requestsPerMinute"] == 600, f"orgAllowance {settings['orgAllowance']}")
+check(settings["sidecar"]["image"] == "registry.example.com/portcullis-sidecar:1.2.3", "sidecar image")
+check(settings["sidecar"]["ports"] == {"inbound": 8081, "inboundTls": 8443, "egress": 8001, "admin": 9091}, "sidecar ports")
+check(settings["webhook"]["service"] == "pc-webhook", "webhook service in settings")
+dsettings = json.loads(one(default, "ConfigMap", "portcullis-settings")["data"]["settings.json"])
+check(dsettings["orgAllowance"]["requestsPerMinute"] is None, "default org allowance is unlimited")
+
+for e in errors:
+    print("   -", e, file=sys.stderr)
+sys.exit(1 if errors else 0)
+PY
+
+if [ "$failures" -gt 0 ]; then
+  echo "chart suite: $failures failure(s)" >&2
+  exit 1
+fi
+echo "chart suite: all checks passed"
