@@ -15,14 +15,7 @@ use crate::forward::{ForwardError, Verdict};
 use crate::respond::{Answer, rate_limit_headers};
 use crate::state::Shared;
 
-/// Which listener a connection came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listener {
-    /// Plain-HTTP inbound (`--inbound`).
-    Inbound,
-    /// The app's own outbound calls (`--egress`).
-    Egress,
-}
+pub use crate::engine::Listener;
 
 /// What is known about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -68,8 +61,10 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         headers: req.headers(),
         peer: conn.peer.ip(),
         tls: false,
+        listener: conn.listener,
+        client_cert: None,
     };
-    let outcome = active.engine.decide(&view);
+    let outcome = active.engine.decide(&view, unix_millis());
 
     let mut record = audit::Record {
         route: "-",
@@ -84,6 +79,11 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         reason: "-",
     };
     let (response, decision_label) = match &outcome {
+        Outcome::BadRequest { reason } => {
+            record.decision = "deny";
+            record.reason = reason;
+            (Answer::BadRequest.response(), "deny")
+        }
         Outcome::NoRoute => {
             record.reason = "no route matches";
             (Answer::NoRoute.response(), "no_route")
@@ -95,22 +95,22 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
             (Answer::Redirect { route, location }.response(), "redirect")
         }
         Outcome::Deny(denial) => {
-            record.route = &denial.route;
-            record.profile = &denial.profile;
+            record.route = denial.route;
+            record.profile = denial.profile;
             record.client_ip = denial.client_ip;
             record.decision = "deny";
-            record.reason = &denial.reason;
+            record.reason = denial.reason;
             let answer = match &denial.kind {
                 DenialKind::Unauthorized { challenges } => Answer::Unauthorized {
-                    route: &denial.route,
+                    route: denial.route,
                     challenges,
                 },
-                DenialKind::Forbidden => Answer::Forbidden { route: &denial.route },
+                DenialKind::Forbidden => Answer::Forbidden { route: denial.route },
                 DenialKind::RateLimited { scope, info } => {
-                    shared.metrics.rate_limited(scope);
+                    shared.metrics.rate_limited(scope.as_str());
                     Answer::RateLimited {
-                        route: &denial.route,
-                        scope,
+                        route: denial.route,
+                        scope: scope.as_str(),
                         info: *info,
                     }
                 }
@@ -118,17 +118,18 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
             (answer.response(), "deny")
         }
         Outcome::Allow(admission) => {
-            record.route = &admission.route;
-            record.profile = &admission.profile;
+            let route = &*admission.route.name;
+            record.route = route;
+            record.profile = admission.profile;
             record.identity = &admission.identity;
             record.client_ip = admission.client_ip;
             record.decision = "allow";
             let verdict = Verdict {
-                route: &admission.route,
-                profile: &admission.profile,
+                route,
+                profile: admission.profile,
                 identity: &admission.identity,
             };
-            let result = match (admission.port, conn.listener) {
+            let result = match (admission.route.local_port(), conn.listener) {
                 (Some(port), Listener::Inbound) => {
                     Some(shared.forwarder.local(req, port, conn.peer.ip(), "http", verdict).await)
                 }
@@ -147,20 +148,16 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
                 }
                 Some(Err(error)) => {
                     shared.metrics.backend_error(error.kind());
-                    tracing::warn!(route = admission.route.as_str(), %error, "forward failed");
+                    tracing::warn!(route, %error, "forward failed");
                     record.decision = "error";
                     let answer = match error {
                         ForwardError::Timeout(_) => {
                             record.reason = "backend timeout";
-                            Answer::BackendTimeout {
-                                route: &admission.route,
-                            }
+                            Answer::BackendTimeout { route }
                         }
                         _ => {
                             record.reason = "backend unavailable";
-                            Answer::BackendDown {
-                                route: &admission.route,
-                            }
+                            Answer::BackendDown { route }
                         }
                     };
                     (answer.response(), "error")
@@ -171,13 +168,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
                         .backend_error(crate::metrics::BackendErrorKind::Unsupported);
                     record.decision = "error";
                     record.reason = "origin backends not supported yet";
-                    (
-                        Answer::OriginUnsupported {
-                            route: &admission.route,
-                        }
-                        .response(),
-                        "error",
-                    )
+                    (Answer::OriginUnsupported { route }.response(), "error")
                 }
             }
         }
@@ -193,6 +184,13 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     );
     record.emit();
     response
+}
+
+/// Milliseconds since the Unix epoch, the engine's clock.
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Bytes of the request target and headers, as on an HTTP/1.1 wire.

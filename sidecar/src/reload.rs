@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use portcullis_config::{CONFIG_FILE, ConfigError, SECRETS_FILE, load_dir};
 
-use crate::engine::CompileError;
+use crate::engine::{CompileError, InMemoryLimiter};
 use crate::metrics::ReloadResult;
 use crate::state::{Active, Shared};
 
@@ -29,9 +29,9 @@ pub enum LoadError {
 }
 
 /// Reads, checks and compiles the configuration in `dir`.
-pub fn load(dir: &Path) -> Result<Active, LoadError> {
+pub fn load(dir: &Path, limiter: &Arc<InMemoryLimiter>) -> Result<Active, LoadError> {
     let loaded = load_dir(dir)?;
-    Ok(Active::compile(&loaded)?)
+    Ok(Active::compile(&loaded, limiter.clone())?)
 }
 
 /// The bytes of both files, or the error kind when one cannot be read.
@@ -53,7 +53,7 @@ impl Snapshot {
 /// Loads `dir` once and puts the result in force (or logs and counts the failure).
 /// Returns whether the configuration was accepted.
 pub fn apply(shared: &Shared, dir: &Path) -> bool {
-    match load(dir) {
+    match load(dir, &shared.limiter) {
         Ok(active) => {
             let previous = shared.active.load().generation().to_owned();
             tracing::info!(

@@ -11,22 +11,15 @@ const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
-/// The state of the tightest limit that applied to a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateInfo {
-    /// Hits allowed per window.
-    pub limit: u32,
-    /// Hits left in the window after this one.
-    pub remaining: u32,
-    /// Seconds until a hit is available again (or the window resets).
-    pub reset_secs: u64,
-}
+pub use crate::engine::RateInfo;
 
 /// An answer the sidecar gives itself, without the backend.
 #[derive(Debug, Clone)]
 pub enum Answer<'a> {
     /// No route matches the request.
     NoRoute,
+    /// The request cannot be served as sent (e.g. an ambiguous path).
+    BadRequest,
     /// The route is HTTPS-only: go to `location`.
     Redirect { route: &'a str, location: &'a str },
     /// Credentials missing or wrong; `challenges` are `WWW-Authenticate` values.
@@ -54,6 +47,7 @@ impl Answer<'_> {
     pub fn response(&self) -> Response<ProxyBody> {
         let (status, error, route) = match self {
             Self::NoRoute => (StatusCode::NOT_FOUND, "no route", None),
+            Self::BadRequest => (StatusCode::BAD_REQUEST, "bad request", None),
             Self::HeadersTooLarge => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request headers too large",

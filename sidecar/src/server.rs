@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -13,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cli::ServeArgs;
+use crate::engine::InMemoryLimiter;
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Connection, Listener};
@@ -51,7 +53,8 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let metrics = Metrics::new();
     let forwarder = Forwarder::new(args.backend_connect_timeout, args.backend_timeout);
     let snapshot = Snapshot::read(&dir);
-    let initial = match reload::load(&dir) {
+    let limiter = Arc::new(InMemoryLimiter::new());
+    let initial = match reload::load(&dir, &limiter) {
         Ok(active) => {
             tracing::info!(generation = active.generation(), routes = active.config.routes.len(),
                 dir = %dir.display(), "configuration loaded");
@@ -62,10 +65,10 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             tracing::error!(%error, dir = %dir.display(),
                 "no valid configuration yet: serving no routes, not ready; retrying on change");
             metrics.reload(ReloadResult::Error);
-            Active::empty()
+            Active::empty(limiter.clone())
         }
     };
-    let shared = Shared::new(initial, metrics, forwarder, args.max_header_bytes as usize);
+    let shared = Shared::new(initial, metrics, forwarder, args.max_header_bytes as usize, limiter);
 
     let builder = connection_builder(&args);
     let (stop, stopped) = watch::channel(false);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use portcullis_config::{Loaded, SidecarConfig};
 
-use crate::engine::{CompileError, Engine};
+use crate::engine::{CompileError, Engine, InMemoryLimiter};
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
 
@@ -25,24 +25,18 @@ pub struct Active {
 
 impl Active {
     /// The configuration served before any valid one was loaded: no routes, not ready.
-    pub fn empty() -> Self {
-        let config = SidecarConfig::empty("");
-        let loaded = Loaded {
-            config: config.clone(),
-            secrets: Default::default(),
-        };
-        let engine = Engine::compile(&loaded).unwrap_or_else(|_| Engine::deny_all());
+    pub fn empty(limiter: Arc<InMemoryLimiter>) -> Self {
         Self {
-            config,
-            engine,
+            config: SidecarConfig::empty(""),
+            engine: Engine::empty(limiter),
             ready: false,
         }
     }
 
-    /// Compiles a loaded configuration.
-    pub fn compile(loaded: &Loaded) -> Result<Self, CompileError> {
+    /// Compiles a loaded configuration, counting hits with `limiter`.
+    pub fn compile(loaded: &Loaded, limiter: Arc<InMemoryLimiter>) -> Result<Self, CompileError> {
         Ok(Self {
-            engine: Engine::compile(loaded)?,
+            engine: Engine::compile(loaded, limiter)?,
             config: loaded.config.clone(),
             ready: true,
         })
@@ -64,17 +58,26 @@ pub struct Shared {
     pub forwarder: Forwarder,
     /// Largest request head accepted (request target and headers), in bytes.
     pub max_header_bytes: usize,
+    /// Rate-limit counts, kept across reloads.
+    pub limiter: Arc<InMemoryLimiter>,
 }
 
 impl Shared {
     /// Shared state starting from `active`.
-    pub fn new(active: Active, metrics: Metrics, forwarder: Forwarder, max_header_bytes: usize) -> Arc<Self> {
+    pub fn new(
+        active: Active,
+        metrics: Metrics,
+        forwarder: Forwarder,
+        max_header_bytes: usize,
+        limiter: Arc<InMemoryLimiter>,
+    ) -> Arc<Self> {
         metrics.enforcing(active.generation(), active.ready);
         Arc::new(Self {
             active: ArcSwap::from_pointee(active),
             metrics,
             forwarder,
             max_header_bytes,
+            limiter,
         })
     }
 

@@ -27,7 +27,6 @@ async fn start(port: u16, extra: &[&str]) -> (Sidecar, tempfile::TempDir) {
 }
 
 #[tokio::test]
-#[ignore = "needs the portcullis-policy engine (route matching), not yet published"]
 async fn forwards_with_clean_headers() {
     let backend = Backend::start().await;
     let (sidecar, _dir) = start(backend.port(), &[]).await;
@@ -64,7 +63,6 @@ async fn forwards_with_clean_headers() {
 }
 
 #[tokio::test]
-#[ignore = "needs the portcullis-policy engine (route matching), not yet published"]
 async fn h2c_prior_knowledge_is_served() {
     let backend = Backend::start().await;
     let (sidecar, _dir) = start(backend.port(), &[]).await;
@@ -78,7 +76,6 @@ async fn h2c_prior_knowledge_is_served() {
 }
 
 #[tokio::test]
-#[ignore = "needs the portcullis-policy engine (route matching), not yet published"]
 async fn keep_alive_reuses_the_connection() {
     let backend = Backend::start().await;
     let (sidecar, _dir) = start(backend.port(), &[]).await;
@@ -95,7 +92,6 @@ async fn keep_alive_reuses_the_connection() {
 }
 
 #[tokio::test]
-#[ignore = "needs the portcullis-policy engine (route matching), not yet published"]
 async fn response_body_is_streamed() {
     let backend = Backend::start().await;
     let (sidecar, _dir) = start(backend.port(), &[]).await;
@@ -126,7 +122,6 @@ async fn response_body_is_streamed() {
 }
 
 #[tokio::test]
-#[ignore = "needs the portcullis-policy engine (route matching), not yet published"]
 async fn request_body_is_streamed() {
     let backend = Backend::start().await;
     let (sidecar, _dir) = start(backend.port(), &[]).await;
@@ -157,7 +152,6 @@ async fn request_body_is_streamed() {
 }
 
 #[tokio::test]
-#[ignore = "needs the portcullis-policy engine (route matching), not yet published"]
 async fn backend_down_is_502_and_slow_backend_504() {
     let down = free_addr().port();
     let (sidecar, _dir) = start(down, &["--backend-timeout", "300ms"]).await;
@@ -180,7 +174,6 @@ async fn backend_down_is_502_and_slow_backend_504() {
 }
 
 #[tokio::test]
-#[ignore = "needs the portcullis-policy engine (route matching), not yet published"]
 async fn metrics_and_audit_after_traffic() {
     let backend = Backend::start().await;
     let (sidecar, _dir) = start(backend.port(), &[]).await;
@@ -209,7 +202,6 @@ async fn metrics_and_audit_after_traffic() {
 }
 
 #[tokio::test]
-#[ignore = "needs the portcullis-policy engine (route matching), not yet published"]
 async fn sigterm_lets_an_open_request_finish() {
     let backend = Backend::start().await;
     let (mut sidecar, _dir) = start(backend.port(), &[]).await;
