@@ -1,0 +1,1 @@
+//! draft-cavage-http-signatures-10.
