@@ -91,7 +91,6 @@ pub enum KeyKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EcdsaEncoding {
     Fixed,
-    #[allow(dead_code)] // used by cavage
     Asn1,
 }
 
