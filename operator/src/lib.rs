@@ -8,6 +8,7 @@
 
 pub mod ca;
 pub mod compile;
+pub mod controller;
 pub mod render;
 
 /// The files under `crds/`: one per CRD, each a single YAML document.

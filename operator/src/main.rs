@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use portcullis_operator::render;
+use portcullis_operator::{controller, render};
 
 #[derive(Parser)]
 #[command(name = "portcullis-operator", version, about = "The Portcullis operator")]
@@ -20,6 +20,49 @@ enum Command {
     Crds,
     /// Compile SecurityProfiles, ApiRoutes and Secrets from YAML into a sidecar's files.
     Render(RenderArgs),
+    /// Run the controllers against the cluster in the kubeconfig (in-cluster config when
+    /// deployed).
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then the in-cluster config).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Admin address: /metrics, /healthz, /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    admin: std::net::SocketAddr,
+    /// Hits per minute across every route (Helm value orgAllowance.requestsPerMinute).
+    #[arg(long)]
+    org_allowance: Option<u32>,
+    /// Peers (CIDRs, comma-separated) whose X-Forwarded-For the sidecars believe.
+    #[arg(long, value_delimiter = ',')]
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// Namespace of the leader-election Lease (default: the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "portcullis-system")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "portcullis-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease (default: $POD_NAME, else host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a Lease lasts without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration: u64,
+    /// Seconds between renewals (and a standby's retries).
+    #[arg(long, default_value_t = 5)]
+    lease_renew: u64,
+    /// Namespaces reconciled at once.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Seconds between full resyncs.
+    #[arg(long, default_value_t = 300)]
+    resync: u64,
+    /// Seconds a shutdown waits for running reconciles.
+    #[arg(long, default_value_t = 10)]
+    drain: u64,
 }
 
 #[derive(clap::Args)]
@@ -58,6 +101,85 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Run(args) => match run_controllers(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::time::Duration;
+
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let identity = args.identity.unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "portcullis-operator".to_owned());
+        format!("{host}-{}", std::process::id())
+    });
+    let options = controller::Options {
+        settings: controller::plan::Settings {
+            org_allowance: args.org_allowance,
+            trusted_proxies: args.trusted_proxies,
+        },
+        admin: args.admin,
+        lease: controller::leader::LeaseConfig {
+            namespace: args.lease_namespace,
+            name: args.lease_name,
+            identity,
+            duration: Duration::from_secs(args.lease_duration.max(1)),
+            renew_every: Duration::from_secs(args.lease_renew.max(1)),
+        },
+        workers: args.workers,
+        resync: Duration::from_secs(args.resync.max(1)),
+        drain: Duration::from_secs(args.drain),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let config = match &args.kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                    .await
+                    .context("loading the kubeconfig")?
+            }
+            None => kube::Config::infer()
+                .await
+                .context("finding the cluster (kubeconfig or in-cluster)")?,
+        };
+        let client = kube::Client::try_from(config).context("building the API client")?;
+        controller::run(client, options, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

@@ -1,0 +1,253 @@
+//! The pure half of a reconcile: from one namespace's objects to the ConfigMaps, Secrets
+//! and statuses that should exist. No I/O; the reconciler compares the plan with the cluster
+//! and writes the difference.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+use portcullis_api::{ApiRoute, SecurityProfile};
+use portcullis_config::{CONFIG_FILE, Loaded, SECRETS_FILE};
+use sha2::{Digest, Sha256};
+
+use super::group::{self, GROUP_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
+use super::objects::OwnedSecret;
+use super::status::{self, DesiredStatus};
+use crate::compile::{self, Inputs, Output};
+
+/// Annotation with the configuration generation a group's objects carry.
+pub const GENERATION_ANNOTATION: &str = "portcullis.dev/generation";
+/// Annotation with the pod labels a group was compiled for.
+pub const WORKLOAD_LABELS_ANNOTATION: &str = "portcullis.dev/workload-labels";
+
+/// Operator-wide settings that go into every configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Hits per minute across every route.
+    pub org_allowance: Option<u32>,
+    /// Peers whose `X-Forwarded-For` the sidecars believe.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// Everything one namespace holds that the plan depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct Snapshot<'a> {
+    pub namespace: &'a str,
+    pub profiles: &'a [SecurityProfile],
+    pub routes: &'a [ApiRoute],
+    /// The Secrets the profiles and routes reference (others are not needed).
+    pub secrets: &'a [Secret],
+    /// Labels of each pod labelled `portcullis.dev/inject=true`.
+    pub pods: &'a [BTreeMap<String, String>],
+    pub settings: &'a Settings,
+}
+
+/// One configuration group's desired objects.
+#[derive(Clone, Debug)]
+pub struct GroupPlan {
+    /// Pods in the group.
+    pub pods: usize,
+    /// Routes it serves (valid routes that select its pods).
+    pub routes: Vec<String>,
+    /// The configuration generation.
+    pub generation: String,
+    pub configmap: ConfigMap,
+    pub secret: Secret,
+}
+
+/// What should exist in one namespace.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// By group name.
+    pub groups: BTreeMap<String, GroupPlan>,
+    /// Desired status by route name.
+    pub routes: BTreeMap<String, DesiredStatus>,
+    /// Desired status by profile name.
+    pub profiles: BTreeMap<String, DesiredStatus>,
+}
+
+/// Plans one namespace.
+pub fn plan(s: &Snapshot) -> Plan {
+    let mut members: BTreeMap<String, (BTreeMap<String, String>, usize)> = BTreeMap::new();
+    for pod in s.pods {
+        let labels = group::group_labels(pod);
+        members.entry(group::group_name(&labels)).or_insert((labels, 0)).1 += 1;
+    }
+    let compile_for = |labels: Option<&BTreeMap<String, String>>| {
+        compile::compile(&Inputs {
+            namespace: s.namespace,
+            profiles: s.profiles,
+            routes: s.routes,
+            secrets: s.secrets,
+            org_allowance: s.settings.org_allowance,
+            trusted_proxies: &s.settings.trusted_proxies,
+            workload_labels: labels,
+        })
+    };
+
+    let mut groups = BTreeMap::new();
+    let mut verdicts: Option<Output> = None;
+    for (name, (labels, pods)) in &members {
+        // A group has objects while a route selects it, valid or not (an invalid one leaves
+        // an empty configuration behind); they belong to those routes, so deleting the last
+        // one deletes them.
+        let selecting: Vec<&ApiRoute> = s.routes.iter().filter(|r| compile::route_selects(r, labels)).collect();
+        if selecting.is_empty() {
+            continue;
+        }
+        let output = compile_for(Some(labels));
+        let routes: Vec<String> = output.loaded.config.routes.iter().map(|r| r.name.clone()).collect();
+        let owners = owner_references(&selecting);
+        let meta = group_meta(s.namespace, name, labels, &output.loaded.config.generation, owners);
+        groups.insert(
+            name.clone(),
+            GroupPlan {
+                pods: *pods,
+                generation: output.loaded.config.generation.clone(),
+                configmap: configmap(meta.clone(), &output.loaded),
+                secret: secret(meta, &output.loaded),
+                routes,
+            },
+        );
+        verdicts.get_or_insert(output);
+    }
+    // The verdicts do not depend on the pod labels; without pods, compile for them alone.
+    let verdicts = verdicts.unwrap_or_else(|| compile_for(None));
+
+    let routes = s
+        .routes
+        .iter()
+        .filter_map(|r| {
+            let name = r.metadata.name.clone()?;
+            let verdict = verdicts.routes.get(&name)?;
+            let serving = groups.values().filter(|g| g.routes.contains(&name));
+            let (count, pods) = serving.fold((0, 0), |(n, p), g| (n + 1, p + g.pods));
+            Some((name, status::route_status(verdict, r.metadata.generation, count, pods)))
+        })
+        .collect();
+    let profiles = s
+        .profiles
+        .iter()
+        .filter_map(|p| {
+            let name = p.metadata.name.clone()?;
+            let verdict = verdicts.profiles.get(&name)?;
+            let using = verdicts
+                .profile_routes
+                .get(&name)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            Some((name, status::profile_status(verdict, p.metadata.generation, using)))
+        })
+        .collect();
+    Plan {
+        groups,
+        routes,
+        profiles,
+    }
+}
+
+/// Owner references to the routes that select a group (sorted by name), so deleting every
+/// one of them deletes its objects.
+fn owner_references(routes: &[&ApiRoute]) -> Vec<OwnerReference> {
+    let mut refs: Vec<OwnerReference> = routes
+        .iter()
+        .filter_map(|r| {
+            Some(OwnerReference {
+                api_version: ApiRoute::api_version(&()).into_owned(),
+                kind: ApiRoute::kind(&()).into_owned(),
+                name: r.metadata.name.clone()?,
+                uid: r.metadata.uid.clone()?,
+                ..Default::default()
+            })
+        })
+        .collect();
+    refs.sort_by(|a, b| a.name.cmp(&b.name));
+    refs
+}
+
+fn group_meta(
+    namespace: &str,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    generation: &str,
+    owners: Vec<OwnerReference>,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        labels: Some(BTreeMap::from([
+            (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+            (GROUP_LABEL.to_owned(), name.to_owned()),
+        ])),
+        annotations: Some(BTreeMap::from([
+            (GENERATION_ANNOTATION.to_owned(), generation.to_owned()),
+            (WORKLOAD_LABELS_ANNOTATION.to_owned(), group::format_labels(labels)),
+        ])),
+        owner_references: (!owners.is_empty()).then_some(owners),
+        ..Default::default()
+    }
+}
+
+fn configmap(metadata: ObjectMeta, loaded: &Loaded) -> ConfigMap {
+    let json = String::from_utf8(loaded.config_json()).expect("serde_json writes UTF-8");
+    ConfigMap {
+        metadata,
+        data: Some(BTreeMap::from([(CONFIG_FILE.to_owned(), json)])),
+        ..Default::default()
+    }
+}
+
+fn secret(metadata: ObjectMeta, loaded: &Loaded) -> Secret {
+    Secret {
+        metadata,
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            SECRETS_FILE.to_owned(),
+            ByteString(loaded.secrets_json()),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// SHA-256 (hex) of a Secret's data, in key order: how the controller remembers the content
+/// of the Secrets it wrote without keeping their values in memory.
+pub fn data_digest(data: Option<&BTreeMap<String, ByteString>>) -> String {
+    let mut hasher = Sha256::new();
+    for (k, v) in data.into_iter().flatten() {
+        hasher.update((k.len() as u64).to_le_bytes());
+        hasher.update(k.as_bytes());
+        hasher.update((v.0.len() as u64).to_le_bytes());
+        hasher.update(&v.0);
+    }
+    hex::encode(hasher.finalize())
+}
+
+fn contains_all(have: Option<&BTreeMap<String, String>>, want: Option<&BTreeMap<String, String>>) -> bool {
+    want.into_iter()
+        .flatten()
+        .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
+}
+
+fn same_meta(have: &ObjectMeta, want: &ObjectMeta) -> bool {
+    contains_all(have.labels.as_ref(), want.labels.as_ref())
+        && contains_all(have.annotations.as_ref(), want.annotations.as_ref())
+        && have.owner_references.as_deref().unwrap_or_default() == want.owner_references.as_deref().unwrap_or_default()
+}
+
+/// Whether an existing ConfigMap already holds what `want` would write.
+pub fn configmap_is_current(have: &ConfigMap, want: &ConfigMap) -> bool {
+    same_meta(&have.metadata, &want.metadata) && have.data == want.data
+}
+
+/// Whether an existing Secret (remembered by metadata, type and [`data_digest`]) already
+/// holds what `want` would write.
+pub fn secret_is_current(have: &OwnedSecret, want: &Secret) -> bool {
+    same_meta(&have.metadata, &want.metadata)
+        && have.type_ == want.type_
+        && have.digest == data_digest(want.data.as_ref())
+}
+
+#[cfg(test)]
+mod tests;

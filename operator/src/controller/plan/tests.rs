@@ -1,0 +1,251 @@
+//! Unit tests of planning: grouping, per-group credentials, owners, statuses.
+
+use portcullis_api::*;
+
+use super::*;
+use crate::controller::group::INJECT_LABEL;
+
+const NS: &str = "prod";
+
+fn meta(name: &str, uid: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(NS.into()),
+        uid: Some(uid.into()),
+        generation: Some(1),
+        ..Default::default()
+    }
+}
+
+fn basic_secret(name: &str, password: &str) -> Secret {
+    Secret {
+        metadata: meta(name, &format!("uid-{name}")),
+        type_: Some("kubernetes.io/basic-auth".into()),
+        data: Some(BTreeMap::from([
+            ("username".into(), ByteString(b"user".to_vec())),
+            ("password".into(), ByteString(password.as_bytes().to_vec())),
+        ])),
+        ..Default::default()
+    }
+}
+
+fn basic_profile(name: &str, secret: &str) -> SecurityProfile {
+    let spec: SecurityProfileSpec =
+        serde_json::from_value(serde_json::json!({"type": "Basic", "basic": {"secretRef": {"name": secret}}})).unwrap();
+    SecurityProfile {
+        metadata: meta(name, &format!("uid-{name}")),
+        spec,
+        status: None,
+    }
+}
+
+fn route(name: &str, app: &str, profiles: &[&str]) -> ApiRoute {
+    let spec: ApiRouteSpec = serde_json::from_value(serde_json::json!({
+        "workloadSelector": {"matchLabels": {"app": app}},
+        "pathPrefix": format!("/{name}"),
+        "profiles": profiles.iter().map(|p| serde_json::json!({"name": p})).collect::<Vec<_>>(),
+        "backend": {"port": 8080},
+    }))
+    .unwrap();
+    ApiRoute {
+        metadata: meta(name, &format!("uid-{name}")),
+        spec,
+        status: None,
+    }
+}
+
+fn pod(app: &str, hash: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app".into(), app.into()),
+        (INJECT_LABEL.into(), "true".into()),
+        ("pod-template-hash".into(), hash.into()),
+    ])
+}
+
+struct World {
+    profiles: Vec<SecurityProfile>,
+    routes: Vec<ApiRoute>,
+    secrets: Vec<Secret>,
+    pods: Vec<BTreeMap<String, String>>,
+    settings: Settings,
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            profiles: vec![basic_profile("pa", "sa"), basic_profile("pb", "sb")],
+            routes: vec![route("ra", "a", &["pa"]), route("rb", "b", &["pb"])],
+            secrets: vec![basic_secret("sa", "password-a"), basic_secret("sb", "password-b")],
+            pods: vec![pod("a", "1"), pod("a", "2"), pod("b", "1")],
+            settings: Settings::default(),
+        }
+    }
+
+    fn plan(&self) -> Plan {
+        plan(&Snapshot {
+            namespace: NS,
+            profiles: &self.profiles,
+            routes: &self.routes,
+            secrets: &self.secrets,
+            pods: &self.pods,
+            settings: &self.settings,
+        })
+    }
+}
+
+fn group_of(plan: &Plan, app: &str) -> GroupPlan {
+    let name = group::group_name_for_pod(&pod(app, "x"));
+    plan.groups[&name].clone()
+}
+
+fn secrets_json(g: &GroupPlan) -> String {
+    String::from_utf8(g.secret.data.as_ref().unwrap()[SECRETS_FILE].0.clone()).unwrap()
+}
+
+fn config_json(g: &GroupPlan) -> &str {
+    &g.configmap.data.as_ref().unwrap()[CONFIG_FILE]
+}
+
+#[test]
+fn replicas_share_a_group_and_each_group_gets_only_its_routes_credentials() {
+    let plan = World::new().plan();
+    assert_eq!(plan.groups.len(), 2);
+    let a = group_of(&plan, "a");
+    assert_eq!((a.pods, a.routes.as_slice()), (2, ["ra".to_owned()].as_slice()));
+    assert!(secrets_json(&a).contains("password-a"));
+    assert!(
+        !secrets_json(&a).contains("password-b"),
+        "a pod only receives its routes' credentials"
+    );
+    let b = group_of(&plan, "b");
+    assert!(secrets_json(&b).contains("password-b") && !secrets_json(&b).contains("password-a"));
+    for g in [&a, &b] {
+        assert!(!config_json(g).contains("password"), "no secret in a ConfigMap");
+    }
+}
+
+#[test]
+fn group_objects_are_labelled_annotated_and_owned_by_their_routes() {
+    let plan = World::new().plan();
+    let a = group_of(&plan, "a");
+    let meta = &a.configmap.metadata;
+    let labels = meta.labels.as_ref().unwrap();
+    assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY);
+    assert_eq!(labels[GROUP_LABEL], *meta.name.as_ref().unwrap());
+    let annotations = meta.annotations.as_ref().unwrap();
+    assert_eq!(annotations[GENERATION_ANNOTATION], a.generation);
+    assert_eq!(
+        annotations[WORKLOAD_LABELS_ANNOTATION],
+        "app=a,portcullis.dev/inject=true"
+    );
+    let owners = meta.owner_references.as_ref().unwrap();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(
+        (owners[0].kind.as_str(), owners[0].uid.as_str()),
+        ("ApiRoute", "uid-ra")
+    );
+    assert_eq!(a.secret.metadata, a.configmap.metadata);
+    // The sidecar can read what the group gets.
+    let config: portcullis_config::SidecarConfig = serde_json::from_str(config_json(&a)).unwrap();
+    assert_eq!(config.generation, a.generation);
+}
+
+#[test]
+fn an_invalid_route_is_rejected_while_the_others_are_served() {
+    let mut w = World::new();
+    w.routes.push(route("broken", "a", &["missing"]));
+    let plan = w.plan();
+    let (reason, message) = plan.routes["broken"].rejection().unwrap();
+    assert_eq!(reason, "ProfileNotFound");
+    assert!(message.starts_with("spec.profiles[0].name"), "{message}");
+    assert_eq!(group_of(&plan, "a").routes, ["ra"]);
+    assert!(plan.routes["ra"].rejection().is_none());
+    assert!(plan.routes["ra"].conditions[1].status, "ra is Ready");
+}
+
+#[test]
+fn a_missing_secret_rejects_the_profile_and_its_routes_only() {
+    let mut w = World::new();
+    w.secrets.retain(|s| s.metadata.name.as_deref() != Some("sb"));
+    let plan = w.plan();
+    assert_eq!(plan.profiles["pb"].rejection().unwrap().0, "SecretNotFound");
+    assert!(plan.routes["rb"].rejection().is_some());
+    // The group keeps its objects, now without the route, still owned by it.
+    let b = group_of(&plan, "b");
+    assert!(b.routes.is_empty());
+    assert!(!secrets_json(&b).contains("password-b"));
+    assert_eq!(b.configmap.metadata.owner_references.as_ref().unwrap()[0].name, "rb");
+    assert_eq!(group_of(&plan, "a").routes, ["ra"]);
+}
+
+#[test]
+fn statuses_without_pods_and_profile_route_lists() {
+    let mut w = World::new();
+    w.pods.clear();
+    w.routes.push(route("rc", "c", &["pa"]));
+    let plan = w.plan();
+    assert!(plan.groups.is_empty());
+    assert_eq!(plan.routes["ra"].conditions[1].reason, "NoWorkloads");
+    assert_eq!(plan.profiles["pa"].routes.as_deref().unwrap(), ["ra", "rc"]);
+    assert_eq!(plan.profiles["pa"].observed_generation, Some(1));
+}
+
+#[test]
+fn planning_is_deterministic_and_comparisons_see_changes() {
+    let w = World::new();
+    let (one, two) = (w.plan(), w.plan());
+    let a1 = group_of(&one, "a");
+    let a2 = group_of(&two, "a");
+    assert!(configmap_is_current(&a1.configmap, &a2.configmap));
+    let have = OwnedSecret::new(&a1.secret);
+    assert!(secret_is_current(&have, &a2.secret));
+
+    let mut changed = World::new();
+    changed.secrets[0] = basic_secret("sa", "rotated");
+    let a3 = group_of(&changed.plan(), "a");
+    assert!(!secret_is_current(&have, &a3.secret));
+    assert!(
+        !configmap_is_current(&a1.configmap, &a3.configmap),
+        "the generation moves with a secret"
+    );
+
+    // Labels and annotations set by others do not count; missing owners do.
+    let mut extra = a1.configmap.clone();
+    extra
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("team".into(), "x".into());
+    assert!(configmap_is_current(&extra, &a2.configmap));
+    extra.metadata.owner_references = None;
+    assert!(!configmap_is_current(&extra, &a2.configmap));
+}
+
+#[test]
+fn groups_exist_while_a_route_selects_them() {
+    let mut w = World::new();
+    w.pods.push(pod("lonely", "1"));
+    let plan = w.plan();
+    assert_eq!(plan.groups.len(), 2, "no route selects app=lonely");
+    w.routes.retain(|r| r.metadata.name.as_deref() != Some("rb"));
+    let plan = w.plan();
+    assert_eq!(plan.groups.len(), 1);
+    assert_eq!(
+        plan.routes["ra"].conditions[1].message,
+        "published to 1 configuration group(s) serving 2 pod(s)"
+    );
+}
+
+#[test]
+fn settings_reach_every_group() {
+    let mut w = World::new();
+    w.settings.org_allowance = Some(600);
+    w.settings.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+    let plan = w.plan();
+    for g in plan.groups.values() {
+        let config: portcullis_config::SidecarConfig = serde_json::from_str(config_json(g)).unwrap();
+        assert_eq!(config.org_allowance, Some(600));
+        assert_eq!(config.trusted_proxies.len(), 1);
+    }
+}

@@ -1,0 +1,313 @@
+//! Black-box tests of `portcullis-operator run`: the real binary against the in-process fake
+//! API server, over 127.0.0.1, through a kubeconfig.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use portcullis_fake_apiserver::{FakeApiServer, Propagation};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn seed(server: &FakeApiServer) {
+    for obj in [
+        basic_secret("sa", "alice", "password-a"),
+        basic_secret("sb", "bob", "password-b"),
+        basic_profile("pa", "sa"),
+        basic_profile("pb", "sb"),
+        route("ra", "a", &["pa"]),
+        route("ra2", "a", &["pa"]),
+        route("rb", "b", &["pb"]),
+        pod("a-1", "a"),
+        pod("a-2", "a"),
+        pod("b-1", "b"),
+    ] {
+        server.create(&obj).unwrap();
+    }
+}
+
+fn get(server: &FakeApiServer, resource: &str, name: &str) -> Option<Value> {
+    server.get(resource, NS, name)
+}
+
+/// The states of everything the operator writes (resourceVersions), to detect churn.
+fn written_versions(server: &FakeApiServer) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for resource in ["configmaps", "secrets", ROUTES, PROFILES] {
+        for obj in server.list(resource, Some(NS)) {
+            out.push((
+                format!("{resource}/{}", obj["metadata"]["name"].as_str().unwrap()),
+                rv(&obj),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciles_routes_and_profiles_into_configmaps_and_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir).await;
+    seed(&server);
+    let mut op = Operator::start(&dir, "op-1", &[]);
+    let (ga, gb) = (group_of("a"), group_of("b"));
+
+    // 1. Each group gets a ConfigMap and a Secret with its routes, and only its credentials.
+    let cm_a = wait_until(WAIT, "group a's ConfigMap", &op, || get(&server, "configmaps", &ga)).await;
+    let cfg_a = config_of(&cm_a);
+    assert_eq!(route_names(&cfg_a), ["ra", "ra2"]);
+    assert!(!cm_a["data"]["config.json"].as_str().unwrap().contains("password"));
+    let labels = &cm_a["metadata"]["labels"];
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "portcullis");
+    assert_eq!(labels["portcullis.dev/config-group"], ga.as_str());
+    let owners: Vec<&str> = cm_a["metadata"]["ownerReferences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(owners, ["ra", "ra2"]);
+    let ra = get(&server, ROUTES, "ra").unwrap();
+    assert_eq!(cm_a["metadata"]["ownerReferences"][0]["uid"], ra["metadata"]["uid"]);
+    let applies: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with(&format!("/configmaps/{ga}")))
+        .collect();
+    assert!(!applies.is_empty());
+    for r in &applies {
+        assert!(r.query.contains("fieldManager=portcullis-operator"), "{r:?}");
+        assert!(r.query.contains("force=true"), "{r:?}");
+    }
+    let secret_a = wait_until(WAIT, "group a's Secret", &op, || get(&server, "secrets", &ga)).await;
+    let material_a = secrets_of(&secret_a);
+    assert!(material_a.contains("password-a") && !material_a.contains("password-b"));
+    let secret_b = wait_until(WAIT, "group b's Secret", &op, || get(&server, "secrets", &gb)).await;
+    assert!(secrets_of(&secret_b).contains("password-b") && !secrets_of(&secret_b).contains("password-a"));
+    assert_eq!(
+        cm_a["metadata"]["annotations"]["portcullis.dev/generation"], cfg_a["generation"],
+        "the annotation names the configuration generation"
+    );
+
+    // 2. Status: observedGeneration, Accepted and Ready, the profile's route list.
+    let ra = wait_until(WAIT, "ra Ready", &op, || {
+        let ra = get(&server, ROUTES, "ra")?;
+        (condition(&ra, "Ready")?["status"] == "True").then_some(ra)
+    })
+    .await;
+    assert_eq!(ra["status"]["observedGeneration"], ra["metadata"]["generation"]);
+    assert_eq!(condition(&ra, "Accepted").unwrap()["status"], "True");
+    let pa = wait_until(WAIT, "pa's route list", &op, || {
+        let pa = get(&server, PROFILES, "pa")?;
+        pa["status"]["routes"].is_array().then_some(pa)
+    })
+    .await;
+    assert_eq!(pa["status"]["routes"], json!(["ra", "ra2"]));
+    assert_eq!(condition(&pa, "Ready").unwrap()["status"], "True");
+
+    // 3. A changed referenced Secret changes the output.
+    server
+        .merge_patch("secrets", NS, "sa", &json!({"data": {"password": b64("rotated-a")}}))
+        .unwrap();
+    wait_until(WAIT, "the rotated password in group a's Secret", &op, || {
+        secrets_of(&get(&server, "secrets", &ga)?)
+            .contains("rotated-a")
+            .then_some(())
+    })
+    .await;
+    let cm_a2 = wait_until(WAIT, "a new generation on group a's ConfigMap", &op, || {
+        let cm = get(&server, "configmaps", &ga)?;
+        (config_of(&cm)["generation"] != cfg_a["generation"]).then_some(cm)
+    })
+    .await;
+    assert_eq!(route_names(&config_of(&cm_a2)), ["ra", "ra2"]);
+    assert!(!secrets_of(&get(&server, "secrets", &ga).unwrap()).contains("password-a"));
+
+    // 4. An invalid route: Accepted=False with the reason and the field; an Event; the other
+    //    routes keep their configuration.
+    let cm_b_before = get(&server, "configmaps", &gb).unwrap();
+    server
+        .merge_patch(ROUTES, NS, "ra2", &json!({"spec": {"profiles": [{"name": "missing"}]}}))
+        .unwrap();
+    let ra2 = wait_until(WAIT, "ra2 Accepted=False", &op, || {
+        let r = get(&server, ROUTES, "ra2")?;
+        (condition(&r, "Accepted")?["status"] == "False").then_some(r)
+    })
+    .await;
+    let accepted = condition(&ra2, "Accepted").unwrap();
+    assert_eq!(accepted["reason"], "ProfileNotFound");
+    assert!(
+        accepted["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.profiles[0].name"),
+        "{accepted}"
+    );
+    assert_eq!(ra2["status"]["observedGeneration"], ra2["metadata"]["generation"]);
+    assert_eq!(condition(&ra2, "Ready").unwrap()["status"], "False");
+    wait_until(WAIT, "group a without ra2", &op, || {
+        let cm = get(&server, "configmaps", &ga)?;
+        (route_names(&config_of(&cm)) == ["ra"]).then_some(())
+    })
+    .await;
+    wait_until(WAIT, "a Warning Event for ra2", &op, || {
+        server
+            .list("events.events.k8s.io", Some(NS))
+            .into_iter()
+            .find(|e| e["regarding"]["name"] == "ra2" && e["reason"] == "ProfileNotFound" && e["type"] == "Warning")
+    })
+    .await;
+    let ra = get(&server, ROUTES, "ra").unwrap();
+    assert_eq!(condition(&ra, "Accepted").unwrap()["status"], "True");
+    assert_eq!(
+        rv(&get(&server, "configmaps", &gb).unwrap()),
+        rv(&cm_b_before),
+        "group b untouched"
+    );
+
+    // 5. Deleting the routes of a group deletes its objects (owner references).
+    server.delete(ROUTES, NS, "rb", Propagation::Delete).unwrap();
+    wait_until(WAIT, "group b's objects gone", &op, || {
+        (get(&server, "configmaps", &gb).is_none() && get(&server, "secrets", &gb).is_none()).then_some(())
+    })
+    .await;
+    wait_until(WAIT, "pb's route list emptied", &op, || {
+        let pb = get(&server, PROFILES, "pb")?;
+        pb["status"]["routes"].is_null().then_some(())
+    })
+    .await;
+
+    // 6. Admin port.
+    assert_eq!(op.get("/healthz").unwrap().0, 200);
+    assert_eq!(op.get("/readyz").unwrap().0, 200);
+    assert!(
+        op.metric("portcullis_operator_reconciles_total{result=\"ok\"}")
+            .unwrap()
+            >= 1.0
+    );
+    assert_eq!(op.metric("portcullis_operator_leader").unwrap(), 1.0);
+    assert!(
+        op.metric("portcullis_operator_reconcile_duration_seconds_count")
+            .unwrap()
+            >= 1.0
+    );
+    assert!(op.metric("portcullis_operator_reconcile_errors_total").is_some());
+
+    // 7. A restart changes nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = written_versions(&server);
+    let status = op.terminate();
+    assert!(status.success(), "graceful shutdown exits 0: {status:?}\n{}", op.logs());
+    assert!(op.logs().contains("released the leader Lease"), "{}", op.logs());
+    let op2 = Operator::start(&dir, "op-2", &[]);
+    wait_until(WAIT, "the new operator to reconcile", &op2, || {
+        let ok = op2.metric("portcullis_operator_reconciles_total{result=\"ok\"}")?;
+        (ok >= 1.0 && op2.get("/readyz")?.0 == 200).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(written_versions(&server), before, "no churn after a restart");
+    assert_eq!(
+        op2.metric("portcullis_operator_writes_total{kind=\"ConfigMap\",op=\"apply\"}"),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_at_a_time_and_a_standby_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir).await;
+    seed(&server);
+    let mut first = Operator::start(&dir, "first", &[]);
+    let ga = group_of("a");
+    wait_until(WAIT, "the first replica to lead", &first, || {
+        (first.metric("portcullis_operator_leader")? == 1.0).then_some(())
+    })
+    .await;
+    wait_until(WAIT, "group a's ConfigMap", &first, || get(&server, "configmaps", &ga)).await;
+    let second = Operator::start(&dir, "second", &[]);
+    wait_until(WAIT, "the standby to be ready", &second, || {
+        (second.get("/readyz")?.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(second.metric("portcullis_operator_leader"), Some(0.0));
+    assert!(second.logs().contains("standing by"), "{}", second.logs());
+    let lease = server
+        .get("leases.coordination.k8s.io", "portcullis-system", "portcullis-operator")
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "first");
+
+    // The leader dies without releasing; the standby takes over after the lease expires.
+    first.terminate_hard();
+    wait_until(WAIT, "the standby to lead", &second, || {
+        (second.metric("portcullis_operator_leader")? == 1.0).then_some(())
+    })
+    .await;
+    server
+        .merge_patch(
+            "secrets",
+            NS,
+            "sa",
+            &json!({"data": {"password": b64("after-failover")}}),
+        )
+        .unwrap();
+    wait_until(WAIT, "the new leader to apply a change", &second, || {
+        secrets_of(&get(&server, "secrets", &ga)?)
+            .contains("after-failover")
+            .then_some(())
+    })
+    .await;
+    let lease = server
+        .get("leases.coordination.k8s.io", "portcullis-system", "portcullis-operator")
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "second");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_made_valid_again_and_a_missing_secret_created_later_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir).await;
+    for obj in [basic_profile("pa", "sa"), route("ra", "a", &["pa"]), pod("a-1", "a")] {
+        server.create(&obj).unwrap();
+    }
+    let op = Operator::start(&dir, "op", &[]);
+    let ga = group_of("a");
+    let ra = wait_until(WAIT, "ra rejected for its profile", &op, || {
+        let r = get(&server, ROUTES, "ra")?;
+        (condition(&r, "Accepted")?["reason"] == "ProfileInvalid").then_some(r)
+    })
+    .await;
+    assert!(
+        condition(&ra, "Accepted").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.profiles[0]")
+    );
+    let pa = get(&server, PROFILES, "pa").unwrap();
+    assert_eq!(condition(&pa, "Accepted").unwrap()["reason"], "SecretNotFound");
+    // The group exists (a route selects it) with nothing to serve.
+    let cm = wait_until(WAIT, "group a's ConfigMap", &op, || get(&server, "configmaps", &ga)).await;
+    assert!(route_names(&config_of(&cm)).is_empty());
+
+    server.create(&basic_secret("sa", "alice", "late")).unwrap();
+    wait_until(WAIT, "ra served once its Secret exists", &op, || {
+        let cm = get(&server, "configmaps", &ga)?;
+        (route_names(&config_of(&cm)) == ["ra"]).then_some(())
+    })
+    .await;
+    let ra = wait_until(WAIT, "ra accepted", &op, || {
+        let r = get(&server, ROUTES, "ra")?;
+        (condition(&r, "Ready")?["status"] == "True").then_some(r)
+    })
+    .await;
+    assert_eq!(condition(&ra, "Accepted").unwrap()["status"], "True");
+    assert!(secrets_of(&get(&server, "secrets", &ga).unwrap()).contains("late"));
+
+    // A new pod of another workload that no route selects gets nothing.
+    server.create(&pod("c-1", "c")).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(get(&server, "configmaps", &group_of("c")).is_none());
+}
