@@ -8,8 +8,8 @@
 
 pub mod ca;
 pub mod compile;
-pub mod controller;
 pub mod render;
+pub mod webhook;
 
 /// The files under `crds/`: one per CRD, each a single YAML document.
 pub fn crd_files() -> Vec<(&'static str, String)> {

@@ -1,0 +1,1234 @@
+//! The admission webhooks, as pure functions (the HTTPS listener lives with `run`):
+//!
+//! - **Injection** ([`inject`], `POST /mutate-pods`): a pod labelled
+//!   `portcullis.dev/inject: "true"`, or created without that label in a namespace labelled
+//!   so, gets the sidecar as a *native sidecar* (an init container with
+//!   `restartPolicy: Always`, so it starts and passes its startup probe before the app, and
+//!   never keeps a Job from completing), with:
+//!   - the named ports [`PORT_HTTP`], [`PORT_TLS`] and [`PORT_ADMIN`] (a Service targets
+//!     `portcullis-http` / `portcullis-tls`; the egress listener stays on loopback);
+//!   - one projected volume at [`CONFIG_DIR`] holding the group's ConfigMap (`config.json`)
+//!     and Secret (`secrets.json`), both named [`config_object_name`]: `portcullis-` and 8
+//!     hex digits of SHA-256 over the pod's labels minus the per-replica ones, the name the
+//!     controllers give a configuration group's objects (`controller::group::group_name`).
+//!     Not optional: the app never starts before its configuration exists;
+//!   - a downward-API volume at [`PODINFO_DIR`] with the pod's `labels` and `namespace`;
+//!   - startup, readiness (`/readyz`) and liveness (`/healthz`) probes on the admin port,
+//!     the configured resources and a non-root, read-only, no-capability security context.
+//!
+//!   The app's own containers and probes are untouched (kubelet probes reach the app
+//!   directly), and a pod that already has the sidecar gets no patch.
+//! - **Validation** ([`validate_route`], `POST /validate-apiroutes`): an ApiRoute that the
+//!   compiler would reject for reasons of its own spec or its profiles (types mixed, two
+//!   OAuth2, two Anonymous, the same profile twice, a missing profile, an invalid field) is
+//!   refused with exactly the message the controller writes into its status, because the
+//!   verdict comes from the same [`compile::compile`] call. Problems that depend on
+//!   ordering — a Secret not created yet, a certificate not issued yet, a referenced profile
+//!   that is itself invalid — are left to the status, so `kubectl apply` of a directory works.
+//!
+//! [`handle_review`] takes an `AdmissionReview` body and returns the response body.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SeccompProfile, Secret, SecretProjection, SecurityContext, Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use portcullis_api::{ApiRoute, SecurityProfile};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::compile::{self, Inputs, Verdict, reason};
+
+/// Label that asks for a sidecar, on a pod or on its namespace.
+pub const INJECT_LABEL: &str = "portcullis.dev/inject";
+/// Annotation the webhook puts on an injected pod: the name of its ConfigMap and Secret.
+pub const INJECTED_ANNOTATION: &str = "portcullis.dev/config-name";
+/// Name of the injected container.
+pub const SIDECAR_NAME: &str = "portcullis-sidecar";
+/// The projected volume with `config.json` and `secrets.json`.
+pub const CONFIG_VOLUME: &str = "portcullis-config";
+/// The downward-API volume with the pod's labels and namespace.
+pub const PODINFO_VOLUME: &str = "portcullis-podinfo";
+/// Where the sidecar reads its configuration (`--config-dir`).
+pub const CONFIG_DIR: &str = "/etc/portcullis/config";
+/// Where the downward-API files (`labels`, `namespace`) are mounted.
+pub const PODINFO_DIR: &str = "/etc/portcullis/podinfo";
+/// Named container port of the inbound HTTP listener (a Service's `targetPort`).
+pub const PORT_HTTP: &str = "portcullis-http";
+/// Named container port of the inbound TLS listener.
+pub const PORT_TLS: &str = "portcullis-tls";
+/// Named container port of the admin listener (`/metrics`, `/healthz`, `/readyz`).
+pub const PORT_ADMIN: &str = "portcullis-adm";
+/// Path of the injection webhook (MutatingWebhookConfiguration in the chart).
+pub const MUTATE_PODS_PATH: &str = "/mutate-pods";
+/// Path of the ApiRoute validation webhook (ValidatingWebhookConfiguration in the chart).
+pub const VALIDATE_APIROUTES_PATH: &str = "/validate-apiroutes";
+
+/// Prefix of the ConfigMap and Secret names (`controller::group::GROUP_PREFIX`).
+const CONFIG_PREFIX: &str = "portcullis-";
+/// Labels that differ between replicas of one workload (`controller::group::REPLICA_LABELS`).
+const REPLICA_LABELS: &[&str] = &[
+    "pod-template-hash",
+    "controller-revision-hash",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+];
+
+/// The reasons an ApiRoute is refused for at admission: the rules that depend only on the
+/// route and the profiles' existence and types, never on objects that may be created later.
+pub const REJECTED_AT_ADMISSION: &[&str] = &[
+    reason::INVALID_SPEC,
+    reason::INVALID_BACKEND,
+    reason::PROFILE_NOT_FOUND,
+    reason::PROFILE_MIX,
+    reason::DUPLICATE_PROFILE,
+    reason::TOO_MANY_OAUTH2,
+    reason::TOO_MANY_ANONYMOUS,
+];
+
+/// The sidecar's listening ports.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SidecarPorts {
+    pub inbound: u16,
+    pub inbound_tls: u16,
+    /// Bound to 127.0.0.1 only; not declared as a container port.
+    pub egress: u16,
+    pub admin: u16,
+}
+
+impl Default for SidecarPorts {
+    fn default() -> Self {
+        Self {
+            inbound: 15080,
+            inbound_tls: 15443,
+            egress: 15001,
+            admin: 15090,
+        }
+    }
+}
+
+/// What the injected sidecar looks like: the `sidecar` object of the operator's settings
+/// file (Helm values `sidecar.*`, rendered into `settings.json` by the chart).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SidecarSettings {
+    /// Image reference, tag included.
+    pub image: String,
+    pub image_pull_policy: Option<String>,
+    pub resources: Option<ResourceRequirements>,
+    pub ports: SidecarPorts,
+    /// UID and GID the sidecar runs as.
+    pub run_as_user: i64,
+    /// `true` (default): a restartable init container (Kubernetes 1.29+). `false`: the
+    /// first entry of `containers`, for clusters without native sidecars.
+    pub native: bool,
+}
+
+impl Default for SidecarSettings {
+    fn default() -> Self {
+        Self {
+            image: format!(
+                "ghcr.io/portcullis-dev/portcullis-sidecar:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            image_pull_policy: None,
+            resources: None,
+            ports: SidecarPorts::default(),
+            run_as_user: 65532,
+            native: true,
+        }
+    }
+}
+
+/// The operator's settings file (`run --settings FILE`, the chart's `settings.json`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OperatorSettings {
+    pub org_allowance: OrgAllowance,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub sidecar: SidecarSettings,
+    pub webhook: WebhookSettings,
+}
+
+/// `orgAllowance` of the settings file.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OrgAllowance {
+    pub requests_per_minute: Option<u32>,
+}
+
+/// Where the webhooks are reached and which configurations carry their `caBundle`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WebhookSettings {
+    /// The webhook Service (the serving certificate is for `<service>.<namespace>.svc`).
+    pub service: String,
+    pub namespace: String,
+    pub mutating_webhook_configuration: String,
+    pub validating_webhook_configuration: String,
+}
+
+impl OperatorSettings {
+    /// Parses a settings file's content.
+    pub fn from_json(json: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(json)
+    }
+}
+
+/// Why a pod that asks for a sidecar cannot have it (the pod is refused with this message).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InjectError {
+    #[error("container {container:?} already uses port {port}, which the Portcullis sidecar listens on")]
+    PortTaken { container: String, port: i32 },
+    #[error("container {container:?} already has a port named {name:?}, reserved for the Portcullis sidecar")]
+    PortNameTaken { container: String, name: String },
+    #[error("volume {0:?} is reserved for the Portcullis sidecar")]
+    VolumeTaken(String),
+    #[error("pods with hostNetwork: true cannot have the Portcullis sidecar (its ports would be the node's)")]
+    HostNetwork,
+}
+
+/// The name of the ConfigMap and Secret that configure a pod with these labels:
+/// `portcullis-` and the first 8 hex digits of SHA-256 over `key=value\n` for every label
+/// but the per-replica ones, in key order. Must equal the controllers' group name
+/// (`controller::group::group_name_for_pod`); the tests pin the same values.
+pub fn config_object_name(pod_labels: &BTreeMap<String, String>) -> String {
+    let mut hasher = Sha256::new();
+    for (k, v) in pod_labels.iter().filter(|(k, _)| !REPLICA_LABELS.contains(&k.as_str())) {
+        hasher.update(k.as_bytes());
+        hasher.update(b"=");
+        hasher.update(v.as_bytes());
+        hasher.update(b"\n");
+    }
+    format!("{CONFIG_PREFIX}{}", hex::encode(&hasher.finalize()[..4]))
+}
+
+/// The JSON patch (RFC 6902) that injects the sidecar into `pod`, created in a namespace
+/// with `ns_labels`; `Ok(None)` when the pod does not ask for a sidecar (its own label wins
+/// over the namespace's: `portcullis.dev/inject: "false"` opts out) or already has one.
+pub fn inject(
+    pod: &Pod,
+    ns_labels: &BTreeMap<String, String>,
+    settings: &SidecarSettings,
+) -> Result<Option<json_patch::Patch>, InjectError> {
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let add_label = match labels.get(INJECT_LABEL) {
+        Some(v) if v == "true" => false,
+        Some(_) => return Ok(None),
+        None if ns_labels.get(INJECT_LABEL).is_some_and(|v| v == "true") => true,
+        None => return Ok(None),
+    };
+    let Some(spec) = &pod.spec else { return Ok(None) };
+    let annotated = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(INJECTED_ANNOTATION));
+    let init = spec.init_containers.as_deref().unwrap_or_default();
+    if annotated || init.iter().chain(&spec.containers).any(|c| c.name == SIDECAR_NAME) {
+        return Ok(None);
+    }
+    check_conflicts(pod, settings)?;
+
+    let mut final_labels = labels.clone();
+    if add_label {
+        final_labels.insert(INJECT_LABEL.to_owned(), "true".to_owned());
+    }
+    let config_name = config_object_name(&final_labels);
+
+    let mut ops = Vec::new();
+    if add_label {
+        map_entry(
+            &mut ops,
+            "/metadata/labels",
+            pod.metadata.labels.is_some(),
+            INJECT_LABEL,
+            "true",
+        );
+    }
+    map_entry(
+        &mut ops,
+        "/metadata/annotations",
+        pod.metadata.annotations.is_some(),
+        INJECTED_ANNOTATION,
+        &config_name,
+    );
+    let volumes = [config_volume(&config_name), podinfo_volume()].map(to_value);
+    if spec.volumes.is_some() {
+        for v in volumes {
+            ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": v}));
+        }
+    } else {
+        ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes}));
+    }
+    let container = to_value(sidecar_container(settings));
+    let list = if settings.native {
+        "initContainers"
+    } else {
+        "containers"
+    };
+    let present = if settings.native {
+        spec.init_containers.is_some()
+    } else {
+        true
+    };
+    if present {
+        ops.push(json!({"op": "add", "path": format!("/spec/{list}/0"), "value": container}));
+    } else {
+        ops.push(json!({"op": "add", "path": format!("/spec/{list}"), "value": [container]}));
+    }
+    Ok(Some(
+        serde_json::from_value(Value::Array(ops)).expect("patch operations are well-formed"),
+    ))
+}
+
+/// Adds `key: value` to the map at `path`, creating the map when it is absent.
+fn map_entry(ops: &mut Vec<Value>, path: &str, exists: bool, key: &str, value: &str) {
+    if exists {
+        let escaped = key.replace('~', "~0").replace('/', "~1");
+        ops.push(json!({"op": "add", "path": format!("{path}/{escaped}"), "value": value}));
+    } else {
+        ops.push(json!({"op": "add", "path": path, "value": {key: value}}));
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> Value {
+    serde_json::to_value(v).expect("Kubernetes objects serialize")
+}
+
+fn check_conflicts(pod: &Pod, settings: &SidecarSettings) -> Result<(), InjectError> {
+    let Some(spec) = &pod.spec else { return Ok(()) };
+    if spec.host_network == Some(true) {
+        return Err(InjectError::HostNetwork);
+    }
+    let p = &settings.ports;
+    let ports = [p.inbound, p.inbound_tls, p.egress, p.admin].map(i32::from);
+    let names = [PORT_HTTP, PORT_TLS, PORT_ADMIN];
+    let init = spec.init_containers.as_deref().unwrap_or_default();
+    for c in init.iter().chain(&spec.containers) {
+        for port in c.ports.iter().flatten() {
+            if ports.contains(&port.container_port) {
+                return Err(InjectError::PortTaken {
+                    container: c.name.clone(),
+                    port: port.container_port,
+                });
+            }
+            if let Some(name) = port.name.as_deref().filter(|n| names.contains(n)) {
+                return Err(InjectError::PortNameTaken {
+                    container: c.name.clone(),
+                    name: name.to_owned(),
+                });
+            }
+        }
+    }
+    if let Some(v) = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == CONFIG_VOLUME || v.name == PODINFO_VOLUME)
+    {
+        return Err(InjectError::VolumeTaken(v.name.clone()));
+    }
+    Ok(())
+}
+
+fn config_volume(name: &str) -> Volume {
+    Volume {
+        name: CONFIG_VOLUME.to_owned(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o444),
+            sources: Some(vec![
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: name.to_owned(),
+                        optional: Some(false),
+                        items: None,
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    secret: Some(SecretProjection {
+                        name: name.to_owned(),
+                        optional: Some(false),
+                        items: None,
+                    }),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn podinfo_volume() -> Volume {
+    let file = |path: &str, field: &str| DownwardAPIVolumeFile {
+        path: path.to_owned(),
+        field_ref: Some(ObjectFieldSelector {
+            field_path: field.to_owned(),
+            api_version: None,
+        }),
+        ..Default::default()
+    };
+    Volume {
+        name: PODINFO_VOLUME.to_owned(),
+        downward_api: Some(DownwardAPIVolumeSource {
+            default_mode: Some(0o444),
+            items: Some(vec![
+                file("labels", "metadata.labels"),
+                file("namespace", "metadata.namespace"),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The sidecar container.
+pub fn sidecar_container(settings: &SidecarSettings) -> Container {
+    let p = &settings.ports;
+    let port = |name: &str, n: u16| ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: i32::from(n),
+        protocol: Some("TCP".to_owned()),
+        ..Default::default()
+    };
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(PORT_ADMIN.to_owned()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    };
+    let field_env = |name: &str, field: &str| EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field.to_owned(),
+                api_version: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    Container {
+        name: SIDECAR_NAME.to_owned(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: settings.image_pull_policy.clone(),
+        args: Some(
+            [
+                "--config-dir".to_owned(),
+                CONFIG_DIR.to_owned(),
+                "--inbound".to_owned(),
+                format!("0.0.0.0:{}", p.inbound),
+                "--inbound-tls".to_owned(),
+                format!("0.0.0.0:{}", p.inbound_tls),
+                "--egress".to_owned(),
+                format!("127.0.0.1:{}", p.egress),
+                "--admin".to_owned(),
+                format!("0.0.0.0:{}", p.admin),
+            ]
+            .into(),
+        ),
+        env: Some(vec![
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+        ]),
+        ports: Some(vec![
+            port(PORT_HTTP, p.inbound),
+            port(PORT_TLS, p.inbound_tls),
+            port(PORT_ADMIN, p.admin),
+        ]),
+        // Native sidecar: started before the app containers, stopped after them.
+        restart_policy: settings.native.then(|| "Always".to_owned()),
+        // The app starts once the proxy listens (kubelet waits for a native sidecar's
+        // startup probe); ready once a valid configuration is enforced.
+        startup_probe: Some(probe("/healthz", 1, 60)),
+        readiness_probe: Some(probe("/readyz", 5, 2)),
+        liveness_probe: Some(probe("/healthz", 10, 3)),
+        resources: settings.resources.clone(),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(settings.run_as_user),
+            run_as_group: Some(settings.run_as_user),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            mount(CONFIG_VOLUME, CONFIG_DIR),
+            mount(PODINFO_VOLUME, PODINFO_DIR),
+        ]),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Default::default()
+    }
+}
+
+/// Checks an ApiRoute the way the controller does, against the SecurityProfiles and Secrets
+/// of its namespace: `Err(message)` with the exact status message when the compiler rejects
+/// it for one of [`REJECTED_AT_ADMISSION`]'s reasons.
+pub fn validate_route(
+    route: &ApiRoute,
+    profiles_in_ns: &[SecurityProfile],
+    secrets_in_ns: &[Secret],
+) -> Result<(), String> {
+    let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
+    let profiles: Vec<SecurityProfile> = profiles_in_ns
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref().is_none_or(|ns| ns == namespace))
+        .cloned()
+        .collect();
+    let output = compile::compile(&Inputs {
+        namespace,
+        profiles: &profiles,
+        routes: std::slice::from_ref(route),
+        secrets: secrets_in_ns,
+        org_allowance: None,
+        trusted_proxies: &[],
+        workload_labels: None,
+    });
+    let name = route.metadata.name.clone().unwrap_or_default();
+    match output.routes.get(&name) {
+        Some(Verdict::Rejected { reason, message, .. }) if REJECTED_AT_ADMISSION.contains(reason) => {
+            Err(message.clone())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What the webhooks read from the cluster (the operator's caches).
+pub trait ClusterView {
+    /// Labels of a namespace (empty when unknown).
+    fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String>;
+    /// The SecurityProfiles of a namespace.
+    fn profiles(&self, namespace: &str) -> Vec<SecurityProfile>;
+    /// The Secrets of a namespace (those the profiles and the route reference suffice).
+    fn secrets(&self, namespace: &str) -> Vec<Secret>;
+}
+
+/// Answers one `AdmissionReview` (admission.k8s.io/v1) body, for either webhook: pods are
+/// injected, ApiRoutes validated, anything else allowed unchanged. Never fails: a body that
+/// is not a review gets a review that refuses it.
+pub fn handle_review(body: &[u8], settings: &SidecarSettings, cluster: &dyn ClusterView) -> Vec<u8> {
+    let response = match serde_json::from_slice::<AdmissionReview<DynamicObject>>(body)
+        .map_err(|e| e.to_string())
+        .and_then(|review| {
+            review
+                .try_into()
+                .map_err(|e: kube::core::admission::ConvertAdmissionReviewError| e.to_string())
+        }) {
+        Err(e) => AdmissionResponse::invalid(format!("not an AdmissionReview: {e}")),
+        Ok(request) => review(&request, settings, cluster),
+    };
+    let mut review = serde_json::to_value(response.into_review()).expect("AdmissionReview serializes");
+    // The API server reads `patch` as Go []byte: a base64 string (kube serializes an array).
+    if let Some(patch) = review.pointer_mut("/response/patch")
+        && let Some(bytes) = patch.as_array().map(|a| {
+            a.iter()
+                .filter_map(|b| b.as_u64().map(|b| b as u8))
+                .collect::<Vec<u8>>()
+        })
+    {
+        use base64::Engine as _;
+        *patch = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+    }
+    serde_json::to_vec(&review).expect("AdmissionReview serializes")
+}
+
+fn review(
+    req: &AdmissionRequest<DynamicObject>,
+    settings: &SidecarSettings,
+    cluster: &dyn ClusterView,
+) -> AdmissionResponse {
+    let allow = AdmissionResponse::from(req);
+    let Some(object) = &req.object else { return allow };
+    let namespace = req
+        .namespace
+        .clone()
+        .or_else(|| object.metadata.namespace.clone())
+        .unwrap_or_else(|| "default".to_owned());
+    let kind = (req.kind.group.as_str(), req.kind.kind.as_str());
+    match (kind, &req.operation) {
+        (("", "Pod"), Operation::Create) => {
+            let pod: Pod = match convert(object) {
+                Ok(pod) => pod,
+                Err(e) => return allow.deny(format!("cannot read the Pod: {e}")),
+            };
+            match inject(&pod, &cluster.namespace_labels(&namespace), settings) {
+                Ok(None) => allow,
+                Ok(Some(patch)) => match allow.clone().with_patch(patch) {
+                    Ok(patched) => patched,
+                    Err(e) => allow.deny(e.to_string()),
+                },
+                Err(e) => allow.deny(format!("portcullis.dev/inject: {e}")),
+            }
+        }
+        (("portcullis.dev", "ApiRoute"), Operation::Create | Operation::Update) => {
+            let mut route: ApiRoute = match convert(object) {
+                Ok(route) => route,
+                Err(e) => return allow.deny(format!("cannot read the ApiRoute: {e}")),
+            };
+            route.metadata.namespace = Some(namespace.clone());
+            if route.metadata.name.is_none() {
+                route.metadata.name = Some(req.name.clone());
+            }
+            match validate_route(&route, &cluster.profiles(&namespace), &cluster.secrets(&namespace)) {
+                Ok(()) => allow,
+                Err(message) => allow.deny(message),
+            }
+        }
+        _ => allow,
+    }
+}
+
+fn convert<T: serde::de::DeserializeOwned>(object: &DynamicObject) -> Result<T, serde_json::Error> {
+    serde_json::from_value(serde_json::to_value(object)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NS: &str = "prod";
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn pod(yaml: &str) -> Pod {
+        serde_yaml::from_str(yaml).expect("test pod parses")
+    }
+
+    const APP_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  generateName: finance-api-5d8f-
+  namespace: prod
+  labels: {app: finance-api, portcullis.dev/inject: "true", pod-template-hash: 5d8f}
+spec:
+  containers:
+    - name: app
+      image: example/finance-api:1
+      ports: [{name: http, containerPort: 8080}]
+      readinessProbe: {httpGet: {path: /ready, port: 8080}}
+"#;
+
+    /// Applies `patch` to `pod` the way the API server does, and reads the result back.
+    fn apply(pod: &Pod, patch: &json_patch::Patch) -> Pod {
+        let mut doc = serde_json::to_value(pod).unwrap();
+        json_patch::patch(&mut doc, &patch.0).expect("the patch applies");
+        serde_json::from_value(doc).expect("the patched pod is a Pod")
+    }
+
+    fn injected(pod: &Pod, ns_labels: &BTreeMap<String, String>, settings: &SidecarSettings) -> Pod {
+        let patch = inject(pod, ns_labels, settings).unwrap().expect("a patch");
+        apply(pod, &patch)
+    }
+
+    #[test]
+    fn config_names_are_the_controllers_group_names() {
+        // Pinned, like controller::group's tests: existing ConfigMaps and Secrets have these names.
+        assert_eq!(config_object_name(&BTreeMap::new()), "portcullis-e3b0c442");
+        let a = labels(&[("app", "api"), (INJECT_LABEL, "true"), ("pod-template-hash", "5d8f")]);
+        let b = labels(&[("app", "api"), (INJECT_LABEL, "true"), ("pod-template-hash", "77c1")]);
+        assert_eq!(config_object_name(&a), config_object_name(&b));
+        assert_eq!(
+            config_object_name(&a),
+            config_object_name(&labels(&[("app", "api"), (INJECT_LABEL, "true")]))
+        );
+        assert_ne!(
+            config_object_name(&a),
+            config_object_name(&labels(&[("app", "web"), (INJECT_LABEL, "true")]))
+        );
+        let name = config_object_name(&a);
+        assert_eq!(name.len(), CONFIG_PREFIX.len() + 8);
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
+    }
+
+    #[test]
+    fn injects_a_native_sidecar_with_ports_volumes_probes_and_security() {
+        let before = pod(APP_POD);
+        let settings = SidecarSettings {
+            resources: Some(
+                serde_json::from_value(
+                    json!({"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}),
+                )
+                .unwrap(),
+            ),
+            image_pull_policy: Some("IfNotPresent".into()),
+            ..Default::default()
+        };
+        let after = injected(&before, &BTreeMap::new(), &settings);
+        let spec = after.spec.as_ref().unwrap();
+        let name = config_object_name(before.metadata.labels.as_ref().unwrap());
+
+        // The app container is untouched, probes included; the sidecar is the first init container.
+        assert_eq!(spec.containers, before.spec.as_ref().unwrap().containers);
+        let init = spec.init_containers.as_ref().unwrap();
+        assert_eq!(init.len(), 1);
+        let c = &init[0];
+        assert_eq!(c.name, SIDECAR_NAME);
+        assert_eq!(c.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(c.image.as_deref(), Some(settings.image.as_str()));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(
+            c.args.as_ref().unwrap().join(" "),
+            "--config-dir /etc/portcullis/config --inbound 0.0.0.0:15080 --inbound-tls 0.0.0.0:15443 \
+             --egress 127.0.0.1:15001 --admin 0.0.0.0:15090"
+        );
+        let ports: Vec<(&str, i32)> = c
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.as_deref().unwrap(), p.container_port))
+            .collect();
+        assert_eq!(ports, [(PORT_HTTP, 15080), (PORT_TLS, 15443), (PORT_ADMIN, 15090)]);
+        for (probe, path) in [
+            (&c.startup_probe, "/healthz"),
+            (&c.readiness_probe, "/readyz"),
+            (&c.liveness_probe, "/healthz"),
+        ] {
+            let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+            assert_eq!(get.path.as_deref(), Some(path));
+            assert_eq!(get.port, IntOrString::String(PORT_ADMIN.into()));
+        }
+        assert_eq!(c.resources, settings.resources);
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.run_as_user, Some(65532));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.as_ref().unwrap().drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        let mounts: Vec<(&str, &str, Option<bool>)> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str(), m.read_only))
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                (CONFIG_VOLUME, CONFIG_DIR, Some(true)),
+                (PODINFO_VOLUME, PODINFO_DIR, Some(true))
+            ]
+        );
+
+        // One projected volume with the group's ConfigMap and Secret; the downward API.
+        let volumes = spec.volumes.as_ref().unwrap();
+        assert_eq!(volumes.len(), 2);
+        let sources = volumes[0].projected.as_ref().unwrap().sources.as_ref().unwrap();
+        assert_eq!(volumes[0].name, CONFIG_VOLUME);
+        assert_eq!(sources[0].config_map.as_ref().unwrap().name, name);
+        assert_eq!(sources[0].config_map.as_ref().unwrap().optional, Some(false));
+        assert_eq!(sources[1].secret.as_ref().unwrap().name, name);
+        assert_eq!(volumes[1].name, PODINFO_VOLUME);
+        let files: Vec<(&str, &str)> = volumes[1]
+            .downward_api
+            .as_ref()
+            .unwrap()
+            .items
+            .iter()
+            .flatten()
+            .map(|f| (f.path.as_str(), f.field_ref.as_ref().unwrap().field_path.as_str()))
+            .collect();
+        assert_eq!(
+            files,
+            [("labels", "metadata.labels"), ("namespace", "metadata.namespace")]
+        );
+
+        // Marked, labels unchanged.
+        assert_eq!(after.metadata.annotations.as_ref().unwrap()[INJECTED_ANNOTATION], name);
+        assert_eq!(after.metadata.labels, before.metadata.labels);
+    }
+
+    #[test]
+    fn injection_is_idempotent() {
+        let settings = SidecarSettings::default();
+        let once = injected(&pod(APP_POD), &BTreeMap::new(), &settings);
+        assert_eq!(inject(&once, &BTreeMap::new(), &settings), Ok(None));
+        // Also when only the container is there (injected by hand or by an older webhook).
+        let mut by_hand = once.clone();
+        by_hand.metadata.annotations = None;
+        assert_eq!(inject(&by_hand, &BTreeMap::new(), &settings), Ok(None));
+    }
+
+    #[test]
+    fn existing_init_containers_volumes_and_annotations_are_kept() {
+        let before = pod(r#"
+metadata:
+  labels: {app: x, portcullis.dev/inject: "true"}
+  annotations: {team/owner: payments}
+spec:
+  initContainers: [{name: migrate, image: example/migrate}]
+  containers: [{name: app, image: example/app}]
+  volumes: [{name: data, emptyDir: {}}]
+"#);
+        let patch = inject(&before, &BTreeMap::new(), &SidecarSettings::default())
+            .unwrap()
+            .unwrap();
+        let paths: Vec<String> = serde_json::to_value(&patch)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|op| op["path"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/metadata/annotations/portcullis.dev~1config-name",
+                "/spec/volumes/-",
+                "/spec/volumes/-",
+                "/spec/initContainers/0"
+            ]
+        );
+        let after = apply(&before, &patch);
+        let spec = after.spec.unwrap();
+        let init: Vec<&str> = spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert_eq!(init, [SIDECAR_NAME, "migrate"]);
+        let volumes: Vec<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+        assert_eq!(volumes, ["data", CONFIG_VOLUME, PODINFO_VOLUME]);
+        let annotations = after.metadata.annotations.unwrap();
+        assert_eq!(annotations["team/owner"], "payments");
+        assert!(annotations.contains_key(INJECTED_ANNOTATION));
+    }
+
+    #[test]
+    fn namespace_label_injects_and_labels_the_pod_a_pod_label_opts_out() {
+        let ns = labels(&[(INJECT_LABEL, "true")]);
+        let settings = SidecarSettings::default();
+        let unlabelled = pod("metadata: {labels: {app: web}}\nspec: {containers: [{name: app, image: x}]}");
+        let after = injected(&unlabelled, &ns, &settings);
+        let want = labels(&[("app", "web"), (INJECT_LABEL, "true")]);
+        // Labelled so the operator compiles its group, and mounted under that group's name.
+        assert_eq!(after.metadata.labels.as_ref(), Some(&want));
+        assert_eq!(
+            after.metadata.annotations.unwrap()[INJECTED_ANNOTATION],
+            config_object_name(&want)
+        );
+
+        let no_labels = pod("spec: {containers: [{name: app, image: x}]}");
+        let after = injected(&no_labels, &ns, &settings);
+        assert_eq!(after.metadata.labels, Some(labels(&[(INJECT_LABEL, "true")])));
+
+        let opted_out =
+            pod("metadata: {labels: {portcullis.dev/inject: \"false\"}}\nspec: {containers: [{name: app, image: x}]}");
+        assert_eq!(inject(&opted_out, &ns, &settings), Ok(None));
+        assert_eq!(inject(&unlabelled, &BTreeMap::new(), &settings), Ok(None));
+        assert_eq!(
+            inject(&unlabelled, &labels(&[(INJECT_LABEL, "yes")]), &settings),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn conflicts_refuse_the_pod() {
+        let settings = SidecarSettings::default();
+        let taken = pod(
+            "metadata: {labels: {portcullis.dev/inject: \"true\"}}\nspec: {containers: [{name: app, image: x, ports: [{containerPort: 15090}]}]}",
+        );
+        assert_eq!(
+            inject(&taken, &BTreeMap::new(), &settings),
+            Err(InjectError::PortTaken {
+                container: "app".into(),
+                port: 15090
+            })
+        );
+        let named = pod(
+            "metadata: {labels: {portcullis.dev/inject: \"true\"}}\nspec: {containers: [{name: app, image: x, ports: [{name: portcullis-http, containerPort: 80}]}]}",
+        );
+        assert!(matches!(
+            inject(&named, &BTreeMap::new(), &settings),
+            Err(InjectError::PortNameTaken { .. })
+        ));
+        let host = pod(
+            "metadata: {labels: {portcullis.dev/inject: \"true\"}}\nspec: {hostNetwork: true, containers: [{name: app, image: x}]}",
+        );
+        assert_eq!(
+            inject(&host, &BTreeMap::new(), &settings),
+            Err(InjectError::HostNetwork)
+        );
+        let volume = pod(
+            "metadata: {labels: {portcullis.dev/inject: \"true\"}}\nspec: {containers: [{name: app, image: x}], volumes: [{name: portcullis-config, emptyDir: {}}]}",
+        );
+        assert_eq!(
+            inject(&volume, &BTreeMap::new(), &settings),
+            Err(InjectError::VolumeTaken(CONFIG_VOLUME.into()))
+        );
+    }
+
+    #[test]
+    fn without_native_sidecars_the_sidecar_is_the_first_container() {
+        let settings = SidecarSettings {
+            native: false,
+            ports: SidecarPorts {
+                inbound: 8081,
+                inbound_tls: 8443,
+                egress: 8001,
+                admin: 9091,
+            },
+            ..Default::default()
+        };
+        let after = injected(&pod(APP_POD), &BTreeMap::new(), &settings);
+        let spec = after.spec.unwrap();
+        assert!(spec.init_containers.is_none());
+        let c = &spec.containers[0];
+        assert_eq!(
+            (c.name.as_str(), spec.containers[1].name.as_str()),
+            (SIDECAR_NAME, "app")
+        );
+        assert_eq!(c.restart_policy, None);
+        assert!(c.args.as_ref().unwrap().join(" ").contains("--admin 0.0.0.0:9091"));
+        assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 8081);
+    }
+
+    #[test]
+    fn settings_file_as_the_chart_renders_it() {
+        let json = br#"{
+          "orgAllowance": {"requestsPerMinute": 600},
+          "trustedProxies": ["10.0.0.0/8"],
+          "sidecar": {
+            "image": "registry.example.com/portcullis-sidecar:1.2.3",
+            "imagePullPolicy": "Always",
+            "ports": {"admin": 9091, "egress": 8001, "inbound": 8081, "inboundTls": 8443},
+            "resources": {"limits": {"memory": "256Mi"}, "requests": {"cpu": "50m"}},
+            "runAsUser": 10002,
+            "native": true
+          },
+          "webhook": {"service": "pc-webhook", "namespace": "portcullis-system",
+                      "mutatingWebhookConfiguration": "pc", "validatingWebhookConfiguration": "pc"}
+        }"#;
+        let s = OperatorSettings::from_json(json).unwrap();
+        assert_eq!(s.org_allowance.requests_per_minute, Some(600));
+        assert_eq!(s.trusted_proxies, ["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]);
+        assert_eq!(s.sidecar.image, "registry.example.com/portcullis-sidecar:1.2.3");
+        assert_eq!(s.sidecar.ports.inbound_tls, 8443);
+        assert_eq!(s.sidecar.run_as_user, 10002);
+        assert_eq!(s.webhook.service, "pc-webhook");
+        let defaults = OperatorSettings::from_json(br#"{"orgAllowance": {"requestsPerMinute": null}}"#).unwrap();
+        assert_eq!(defaults, OperatorSettings::default());
+        assert_eq!(defaults.sidecar.ports, SidecarPorts::default());
+    }
+
+    // --- validation -----------------------------------------------------------------------
+
+    const PROFILES: &str = r#"
+apiVersion: portcullis.dev/v1alpha1
+kind: SecurityProfile
+metadata: {name: accounting, namespace: prod}
+spec: {type: Basic, basic: {secretRef: {name: accounting-user}}}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: SecurityProfile
+metadata: {name: payroll, namespace: prod}
+spec: {type: Basic, basic: {secretRef: {name: payroll-user}}}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: SecurityProfile
+metadata: {name: readers, namespace: prod}
+spec: {type: OAuth2, oauth2: {provider: Generic, issuer: "https://idp.example.com", jwksUri: "https://idp.example.com/jwks"}}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: SecurityProfile
+metadata: {name: writers, namespace: prod}
+spec: {type: OAuth2, oauth2: {provider: Generic, issuer: "https://idp.example.com", jwksUri: "https://idp.example.com/jwks"}}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: SecurityProfile
+metadata: {name: public, namespace: prod}
+spec: {type: Anonymous}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: SecurityProfile
+metadata: {name: open, namespace: prod}
+spec: {type: Anonymous}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: SecurityProfile
+metadata: {name: elsewhere, namespace: staging}
+spec: {type: Anonymous}
+"#;
+
+    const SECRETS: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: accounting-user, namespace: prod}
+type: kubernetes.io/basic-auth
+stringData: {username: alice, password: wonderland}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: payroll-user, namespace: prod}
+type: kubernetes.io/basic-auth
+stringData: {username: bob, password: builder}
+"#;
+
+    fn docs<T: serde::de::DeserializeOwned>(yaml: &str) -> Vec<T> {
+        serde_yaml::Deserializer::from_str(yaml)
+            .map(|d| T::deserialize(d).expect("test object parses"))
+            .collect()
+    }
+
+    fn route(profiles: &[&str]) -> ApiRoute {
+        let refs: Vec<Value> = profiles.iter().map(|p| json!({"name": p})).collect();
+        serde_json::from_value(json!({
+            "apiVersion": "portcullis.dev/v1alpha1",
+            "kind": "ApiRoute",
+            "metadata": {"name": "finance", "namespace": NS},
+            "spec": {
+                "workloadSelector": {"matchLabels": {"app": "finance-api"}},
+                "pathPrefix": "/finance",
+                "profiles": refs,
+                "backend": {"port": 8080}
+            }
+        }))
+        .unwrap()
+    }
+
+    /// The controller's status message for the route: the compiler's verdict.
+    fn controller_message(route: &ApiRoute) -> Option<String> {
+        let profiles: Vec<SecurityProfile> = docs(PROFILES);
+        let profiles: Vec<SecurityProfile> = profiles
+            .into_iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(NS))
+            .collect();
+        let secrets: Vec<Secret> = docs(SECRETS);
+        let out = compile::compile(&Inputs {
+            namespace: NS,
+            profiles: &profiles,
+            routes: std::slice::from_ref(route),
+            secrets: &secrets,
+            org_allowance: Some(100),
+            trusted_proxies: &[],
+            workload_labels: None,
+        });
+        match &out.routes["finance"] {
+            Verdict::Accepted => None,
+            Verdict::Rejected { message, .. } => Some(message.clone()),
+        }
+    }
+
+    fn verdict(profiles: &[&str]) -> Result<(), String> {
+        validate_route(
+            &route(profiles),
+            &docs::<SecurityProfile>(PROFILES),
+            &docs::<Secret>(SECRETS),
+        )
+    }
+
+    #[test]
+    fn routes_breaking_the_profile_rules_are_refused_with_the_status_message() {
+        let cases: [(&[&str], &str); 6] = [
+            (
+                &["accounting", "readers"],
+                "spec.profiles[1].name: cannot mix Basic and OAuth2 profiles",
+            ),
+            (
+                &["public", "accounting"],
+                "spec.profiles[1].name: cannot mix Anonymous and Basic profiles",
+            ),
+            (
+                &["readers", "writers"],
+                "spec.profiles[1].name: at most one OAuth2 profile per route, found readers, writers",
+            ),
+            (
+                &["public", "open"],
+                "spec.profiles[1].name: at most one Anonymous profile per route, found public, open",
+            ),
+            (
+                &["accounting", "accounting"],
+                "spec.profiles[1].name: profile \"accounting\" is listed more than once",
+            ),
+            (
+                &["accounting", "ghost"],
+                "spec.profiles[1].name: SecurityProfile \"ghost\" not found in namespace prod",
+            ),
+        ];
+        for (profiles, want) in cases {
+            let message = verdict(profiles).expect_err(want);
+            assert!(message.starts_with(want), "{profiles:?}: {message}");
+            assert_eq!(Some(message), controller_message(&route(profiles)), "{profiles:?}");
+        }
+        // A profile of another namespace is never used.
+        let message = verdict(&["elsewhere"]).unwrap_err();
+        assert_eq!(
+            message,
+            "spec.profiles[0].name: SecurityProfile \"elsewhere\" not found in namespace prod"
+        );
+    }
+
+    #[test]
+    fn valid_routes_and_problems_that_depend_on_ordering_are_admitted() {
+        for ok in [&["accounting", "payroll"][..], &["readers"], &["public"], &[]] {
+            assert_eq!(verdict(ok), Ok(()), "{ok:?}");
+            assert_eq!(controller_message(&route(ok)), None);
+        }
+        // The profile's Secret is not there yet: the route waits in its status, not at the door.
+        let no_secrets = validate_route(&route(&["accounting"]), &docs::<SecurityProfile>(PROFILES), &[]);
+        assert_eq!(no_secrets, Ok(()));
+        // Likewise the route's own TLS Secret.
+        let mut with_tls = route(&["readers"]);
+        with_tls.spec.tls = Some(serde_json::from_value(json!({"secretName": "finance-tls"})).unwrap());
+        assert_eq!(
+            validate_route(&with_tls, &docs::<SecurityProfile>(PROFILES), &[]),
+            Ok(())
+        );
+        assert!(controller_message(&with_tls).unwrap().contains("finance-tls"));
+    }
+
+    #[test]
+    fn invalid_fields_are_refused_like_the_status_says() {
+        let mut bad = route(&["readers"]);
+        bad.spec.path_prefix = "finance".into();
+        let message = validate_route(&bad, &docs::<SecurityProfile>(PROFILES), &[]).unwrap_err();
+        assert!(message.starts_with("spec.pathPrefix: "), "{message}");
+        assert_eq!(Some(message), controller_message(&bad));
+    }
+
+    // --- AdmissionReview --------------------------------------------------------------------
+
+    struct Fake;
+    impl ClusterView for Fake {
+        fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+            if namespace == "injected" {
+                labels(&[(INJECT_LABEL, "true")])
+            } else {
+                BTreeMap::new()
+            }
+        }
+        fn profiles(&self, namespace: &str) -> Vec<SecurityProfile> {
+            docs::<SecurityProfile>(PROFILES)
+                .into_iter()
+                .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+                .collect()
+        }
+        fn secrets(&self, _: &str) -> Vec<Secret> {
+            docs(SECRETS)
+        }
+    }
+
+    fn review_body(kind: Value, resource: &str, namespace: &str, operation: &str, object: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": kind,
+                "resource": {"group": kind["group"], "version": kind["version"], "resource": resource},
+                "name": object["metadata"]["name"].as_str().unwrap_or(""),
+                "namespace": namespace,
+                "operation": operation,
+                "userInfo": {"username": "admin", "groups": ["system:authenticated"]},
+                "object": object,
+                "oldObject": null,
+                "dryRun": false
+            }
+        }))
+        .unwrap()
+    }
+
+    fn answer(body: &[u8]) -> Value {
+        let out = handle_review(body, &SidecarSettings::default(), &Fake);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(v["kind"], "AdmissionReview");
+        v["response"].clone()
+    }
+
+    #[test]
+    fn pod_reviews_get_a_base64_json_patch() {
+        let object = serde_json::to_value(pod(APP_POD)).unwrap();
+        let pod_kind = json!({"group": "", "version": "v1", "kind": "Pod"});
+        let r = answer(&review_body(pod_kind.clone(), "pods", NS, "CREATE", object.clone()));
+        assert_eq!(r["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(r["allowed"], true);
+        assert_eq!(r["patchType"], "JSONPatch");
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(r["patch"].as_str().expect("base64 string"))
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            patch,
+            inject(&pod(APP_POD), &BTreeMap::new(), &SidecarSettings::default())
+                .unwrap()
+                .unwrap()
+        );
+
+        // Not asked for: allowed, no patch. Namespace label: patched.
+        let plain = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x"}]}});
+        let r = answer(&review_body(pod_kind.clone(), "pods", NS, "CREATE", plain.clone()));
+        assert_eq!((r["allowed"].clone(), r.get("patch")), (json!(true), None));
+        let r = answer(&review_body(pod_kind.clone(), "pods", "injected", "CREATE", plain));
+        assert!(r["patch"].is_string());
+
+        // A conflict refuses the pod with the reason.
+        let mut taken = object;
+        taken["spec"]["containers"][0]["ports"][0]["containerPort"] = json!(15080);
+        let r = answer(&review_body(pod_kind, "pods", NS, "CREATE", taken));
+        assert_eq!(r["allowed"], false);
+        assert!(r["status"]["message"].as_str().unwrap().contains("port 15080"), "{r}");
+    }
+
+    #[test]
+    fn apiroute_reviews_are_validated() {
+        let kind = json!({"group": "portcullis.dev", "version": "v1alpha1", "kind": "ApiRoute"});
+        let bad = serde_json::to_value(route(&["accounting", "readers"])).unwrap();
+        let r = answer(&review_body(kind.clone(), "apiroutes", NS, "CREATE", bad.clone()));
+        assert_eq!(r["allowed"], false);
+        assert_eq!(
+            r["status"]["message"].as_str(),
+            controller_message(&route(&["accounting", "readers"])).as_deref()
+        );
+        let r = answer(&review_body(kind.clone(), "apiroutes", NS, "UPDATE", bad.clone()));
+        assert_eq!(r["allowed"], false);
+        let r = answer(&review_body(kind.clone(), "apiroutes", NS, "DELETE", bad));
+        assert_eq!(r["allowed"], true);
+        let good = serde_json::to_value(route(&["accounting", "payroll"])).unwrap();
+        let r = answer(&review_body(kind, "apiroutes", NS, "CREATE", good));
+        assert_eq!(r["allowed"], true);
+    }
+
+    #[test]
+    fn garbage_is_refused_not_a_panic() {
+        for body in [
+            &b"not json"[..],
+            b"{}",
+            b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\"}",
+        ] {
+            let v: Value = serde_json::from_slice(&handle_review(body, &SidecarSettings::default(), &Fake)).unwrap();
+            assert_eq!(v["response"]["allowed"], false, "{v}");
+        }
+    }
+}
