@@ -8,6 +8,7 @@
 
 pub mod ca;
 pub mod compile;
+pub mod controller;
 pub mod render;
 pub mod webhook;
 
