@@ -70,7 +70,8 @@ pub struct Policy<'a> {
     /// RFC 9421 names `@method`, `@path`, `@query`, `@request-target` and `@target-uri`;
     /// `@authority` is satisfied by `host`.
     pub required_headers: &'a [&'a str],
-    /// Oldest acceptable creation (`created`, else the covered `Date`), as an age in seconds.
+    /// Oldest acceptable creation (signed `created`, else the signed `Date`), as an age in
+    /// seconds.
     pub max_age: u64,
     /// How far in the future the creation time may be, seconds.
     pub clock_skew: u64,
@@ -95,14 +96,18 @@ pub struct Verified {
     pub key_id: String,
     /// The algorithm that verified.
     pub alg: Algorithm,
-    /// The creation time: `created`, else the covered `Date`.
+    /// The creation time: the signed `created` (`(created)` in the headers), else the signed
+    /// `Date`.
     pub created: u64,
-    /// Its `expires`, if any.
+    /// Its `expires`, if signed (`(expires)` in the headers).
     pub expires: Option<u64>,
     /// The signed headers.
     pub headers: Vec<String>,
-    /// The signature bytes (what a [`crate::ReplayCache`] keys on).
+    /// The signature bytes.
     pub signature: Vec<u8>,
+    /// What a [`crate::ReplayCache`] keys on: SHA-256 of the keyId and the signing string
+    /// (not of the signature bytes, which ECDSA lets an attacker re-encode).
+    pub replay_key: [u8; 32],
     /// Until when (exclusive, Unix seconds) the verifier would accept it: the replay window.
     pub valid_until: u64,
     /// True when `digest` was signed and checked against the body.
@@ -392,8 +397,17 @@ pub fn verify<K: KeyResolver + ?Sized>(
         }
     }
 
-    // Creation time: `created`, else a signed Date.
-    let created = match params.created {
+    // Only signed parameters count: `created` / `expires` outside the signing string could be
+    // changed by anyone (to pass the age check, or to shorten the replay window).
+    let signed_created = params
+        .created
+        .filter(|_| params.headers.iter().any(|h| h == "(created)"));
+    let signed_expires = params
+        .expires
+        .filter(|_| params.headers.iter().any(|h| h == "(expires)"));
+
+    // Creation time: the signed `created`, else the signed Date.
+    let created = match signed_created {
         Some(c) => c,
         None => {
             if !params.headers.iter().any(|h| h == "date") {
@@ -418,7 +432,7 @@ pub fn verify<K: KeyResolver + ?Sized>(
             max_age: policy.max_age,
         });
     }
-    if let Some(e) = params.expires
+    if let Some(e) = signed_expires
         && now >= e
     {
         return Err(Error::Expired { expires: e, now });
@@ -426,7 +440,7 @@ pub fn verify<K: KeyResolver + ?Sized>(
     let valid_until = created
         .saturating_add(policy.max_age)
         .saturating_add(1)
-        .min(params.expires.unwrap_or(u64::MAX));
+        .min(signed_expires.unwrap_or(u64::MAX));
 
     let key = keys
         .resolve(&params.key_id)
@@ -458,10 +472,11 @@ pub fn verify<K: KeyResolver + ?Sized>(
     }
 
     Ok(Verified {
+        replay_key: crate::replay_key(&params.key_id, signing_string.as_bytes()),
         key_id: params.key_id,
         alg,
         created,
-        expires: params.expires,
+        expires: signed_expires,
         headers: params.headers,
         signature: params.signature,
         valid_until,

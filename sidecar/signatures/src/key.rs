@@ -229,7 +229,7 @@ impl Key {
             (_, alg) if self.fits(alg) => Err(Error::NotASigningKey),
             (_, alg) => Err(Error::KeyMismatch {
                 alg: alg.name().to_string(),
-                key_id: String::new(),
+                key_id: "(this key)".into(),
             }),
         }
     }
@@ -244,7 +244,7 @@ impl Key {
         if !self.fits(alg) {
             return Err(Error::KeyMismatch {
                 alg: alg.name().to_string(),
-                key_id: String::new(),
+                key_id: "(this key)".into(),
             });
         }
         if let Inner::Hmac(k) = &self.inner {

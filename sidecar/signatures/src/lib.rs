@@ -20,6 +20,8 @@ mod replay;
 pub mod rfc9421;
 pub mod sfv;
 
+use std::borrow::Borrow;
+
 pub use error::Error;
 pub use key::{Algorithm, Key, KeyKind};
 pub use mashery::{MasheryHash, mashery_sig, mashery_verify};
@@ -39,14 +41,29 @@ impl KeyResolver for (&str, &Key) {
     }
 }
 
-impl KeyResolver for std::collections::HashMap<String, Key> {
+/// keyId → key maps, holding `Key`, `Arc<Key>` or `Box<Key>`.
+impl<K: Borrow<Key>, S: std::hash::BuildHasher> KeyResolver for std::collections::HashMap<String, K, S> {
     fn resolve(&self, key_id: &str) -> Option<&Key> {
-        self.get(key_id)
+        self.get(key_id).map(Borrow::borrow)
     }
 }
 
-impl KeyResolver for std::collections::BTreeMap<String, Key> {
+impl<K: Borrow<Key>> KeyResolver for std::collections::BTreeMap<String, K> {
     fn resolve(&self, key_id: &str) -> Option<&Key> {
-        self.get(key_id)
+        self.get(key_id).map(Borrow::borrow)
     }
+}
+
+/// The replay-cache key of a verified signature: SHA-256 over the keyId and the signed bytes
+/// (signature base or signing string). Keyed on what was signed rather than on the signature
+/// bytes, so a re-encoded or malleated signature (ECDSA `s` → `n - s`, DER vs `r || s`) is
+/// still the same signature.
+pub(crate) fn replay_key(key_id: &str, signed: &[u8]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(key_id.as_bytes());
+    ctx.update(b"\n");
+    ctx.update(signed);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }

@@ -125,8 +125,11 @@ pub struct Verified {
     pub tag: Option<String>,
     /// The covered component identifiers, serialized.
     pub components: Vec<String>,
-    /// The signature bytes (what a [`crate::ReplayCache`] keys on).
+    /// The signature bytes.
     pub signature: Vec<u8>,
+    /// What a [`crate::ReplayCache`] keys on: SHA-256 of the keyId and the signature base
+    /// (not of the signature bytes, which ECDSA lets an attacker re-encode).
+    pub replay_key: [u8; 32],
     /// Until when (exclusive, Unix seconds) the verifier would accept it: the replay window.
     pub valid_until: u64,
     /// True when `content-digest` was covered and checked against the body.
@@ -357,6 +360,7 @@ fn verify_one<K: KeyResolver + ?Sized>(
 
     Ok(Verified {
         label: label.to_string(),
+        replay_key: crate::replay_key(&key_id, base.as_bytes()),
         key_id,
         alg,
         created,

@@ -392,3 +392,59 @@ fn refusals() {
         Err(Error::AlgorithmNotAllowed(_))
     ));
 }
+
+/// `created` / `expires` outside the signing string are not trusted: anyone could change them.
+#[test]
+fn unsigned_created_and_expires_are_ignored() {
+    let hmac = Key::hmac(b"shared secret").unwrap();
+    let mut h = draft_headers();
+    let p = SignParams {
+        key_id: "k1",
+        alg: Algorithm::HmacSha256,
+        algorithm_name: AlgorithmName::Hs2019,
+        headers: &["(request-target)", "date"],
+        created: None,
+        expires: None,
+    };
+    let signed = cavage::sign(&draft_message(&h), &hmac, &p).unwrap();
+    // An attacker adds a fresh created and a short expires to the (stale) signed request.
+    let now = DRAFT_DATE + 1000;
+    let forged = format!("created={now},expires={},{}", now + 1, signed.params);
+    h.insert("signature", HeaderValue::from_str(&forged).unwrap());
+    let err = cavage::verify(&draft_message(&h), None, &("k1", &hmac), &Policy::new(ALL, 300), now).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Stale {
+                created: DRAFT_DATE,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Fresh: accepted, and the replay window ignores the unsigned expires.
+    let v = cavage::verify(
+        &draft_message(&h),
+        None,
+        &("k1", &hmac),
+        &Policy::new(ALL, 300),
+        DRAFT_DATE + 10,
+    )
+    .unwrap();
+    assert_eq!(
+        (v.created, v.expires, v.valid_until),
+        (DRAFT_DATE, None, DRAFT_DATE + 301)
+    );
+    // Without a signed Date or (created) there is no creation time at all.
+    let p = SignParams {
+        headers: &["(request-target)", "host"],
+        ..p
+    };
+    let signed = cavage::sign(&draft_message(&h), &hmac, &p).unwrap();
+    let forged = format!("created={now},{}", signed.params);
+    h.insert("signature", HeaderValue::from_str(&forged).unwrap());
+    assert_eq!(
+        cavage::verify(&draft_message(&h), None, &("k1", &hmac), &Policy::new(ALL, 300), now),
+        Err(Error::MissingCreated)
+    );
+}

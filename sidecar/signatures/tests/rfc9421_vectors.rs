@@ -287,9 +287,9 @@ fn b25_hmac_sha256() {
     );
     // Replay: the second time inside the window is refused.
     let cache = ReplayCache::new(1024);
-    cache.check_and_insert(&v.signature, v.valid_until, NOW).unwrap();
+    cache.check_and_insert(&v.replay_key, v.valid_until, NOW).unwrap();
     assert_eq!(
-        cache.check_and_insert(&v.signature, v.valid_until, NOW + 1),
+        cache.check_and_insert(&v.replay_key, v.valid_until, NOW + 1),
         Err(ReplayError::Replay)
     );
 }
@@ -514,4 +514,77 @@ fn key_parsing() {
 fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+/// ECDSA signatures are malleable: (r, s) and (r, n - s) both verify. The replay key is built
+/// from what was signed, so the re-encoded signature is still caught as a replay.
+#[test]
+fn ecdsa_malleated_signature_is_still_a_replay() {
+    use base64::Engine as _;
+    let private = key(include_str!("keys/test-key-ecc-p256.key"));
+    let public = key(include_str!("keys/test-key-ecc-p256.pem"));
+    let h = rfc_request_headers();
+    let comps = ["@method", "@path", "@authority", "date"];
+    let p = SignParams::new("sig1", "ec", Algorithm::EcdsaP256Sha256, RFC_CREATED, &comps);
+    let signed = rfc9421::sign(&rfc_message(&h), &private, &p).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let sig = b64
+        .decode(signed.signature.trim_start_matches("sig1=:").trim_end_matches(':'))
+        .unwrap();
+    // s' = n - s over P-256's group order.
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6,
+        0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+    ];
+    let mut malleated = sig.clone();
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = N[i] as i16 - sig[32 + i] as i16 - borrow;
+        malleated[32 + i] = d.rem_euclid(256) as u8;
+        borrow = i16::from(d < 0);
+    }
+    assert_ne!(sig, malleated);
+    let cache = ReplayCache::new(64);
+    let mut first = None;
+    for s in [&sig, &malleated] {
+        let mut h2 = rfc_request_headers();
+        h2.insert(
+            "signature-input",
+            HeaderValue::from_str(&signed.signature_input).unwrap(),
+        );
+        h2.insert(
+            "signature",
+            HeaderValue::from_str(&format!("sig1=:{}:", b64.encode(s))).unwrap(),
+        );
+        let Ok(v) = rfc9421::verify(&rfc_message(&h2), None, &("ec", &public), &Policy::new(ALL, 60), NOW) else {
+            continue; // a verifier that refuses high-s is fine too
+        };
+        match first {
+            None => {
+                cache.check_and_insert(&v.replay_key, v.valid_until, NOW).unwrap();
+                first = Some(v.replay_key);
+            }
+            Some(k) => {
+                assert_eq!(k, v.replay_key);
+                assert_eq!(
+                    cache.check_and_insert(&v.replay_key, v.valid_until, NOW),
+                    Err(ReplayError::Replay)
+                );
+            }
+        }
+    }
+    assert!(first.is_some());
+}
+
+#[test]
+fn key_maps_resolve() {
+    use portcullis_signatures::KeyResolver;
+    use std::sync::Arc;
+    let mut m: std::collections::HashMap<String, Arc<Key>> = std::collections::HashMap::new();
+    m.insert("a".into(), Arc::new(Key::hmac(b"x").unwrap()));
+    assert!(m.resolve("a").is_some());
+    assert!(m.resolve("b").is_none());
+    let mut b: std::collections::BTreeMap<String, Key> = std::collections::BTreeMap::new();
+    b.insert("a".into(), Key::hmac(b"x").unwrap());
+    assert!(b.resolve("a").is_some());
 }
