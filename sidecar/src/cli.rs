@@ -47,7 +47,7 @@ pub struct ServeArgs {
     /// Plain-HTTP inbound listener (HTTP/1.1 and h2c).
     #[arg(long, default_value = "0.0.0.0:15080")]
     pub inbound: SocketAddr,
-    /// TLS inbound listener. Bound, but TLS is not served yet: connections are closed.
+    /// TLS inbound listener (TLS 1.3/1.2, certificate by SNI, HTTP/2 and HTTP/1.1 by ALPN).
     #[arg(long, default_value = "0.0.0.0:15443")]
     pub inbound_tls: SocketAddr,
     /// Loopback listener for the app's own calls to origin routes (`egress: true`).

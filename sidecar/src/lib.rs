@@ -24,6 +24,7 @@ pub mod reload;
 pub mod respond;
 pub mod server;
 pub mod state;
+pub mod tls;
 
 pub use cli::{Cli, Command, ServeArgs};
 pub use server::run;

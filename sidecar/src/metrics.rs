@@ -20,6 +20,7 @@ pub struct Metrics {
     backend_errors: IntCounterVec,
     config_info: IntGaugeVec,
     ready: IntGauge,
+    certificate_expiry: IntGaugeVec,
 }
 
 /// Outcome of a configuration reload attempt.
@@ -108,6 +109,14 @@ impl Metrics {
         .expect("valid metric");
         let ready =
             IntGauge::new("portcullis_ready", "1 once a valid configuration is enforced.").expect("valid metric");
+        let certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_certificate_expiry_seconds",
+                "notAfter of each route's client-facing certificate, in Unix seconds.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -116,6 +125,7 @@ impl Metrics {
             Box::new(backend_errors.clone()),
             Box::new(config_info.clone()),
             Box::new(ready.clone()),
+            Box::new(certificate_expiry.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -128,6 +138,7 @@ impl Metrics {
             backend_errors,
             config_info,
             ready,
+            certificate_expiry,
         }
     }
 
@@ -170,6 +181,14 @@ impl Metrics {
         self.config_info.reset();
         self.config_info.with_label_values(&[generation]).set(1);
         self.ready.set(i64::from(ready));
+    }
+
+    /// Records the notAfter (Unix seconds) of each route's certificate now served.
+    pub fn certificates(&self, expiry: &[(String, i64)]) {
+        self.certificate_expiry.reset();
+        for (route, not_after) in expiry {
+            self.certificate_expiry.with_label_values(&[route]).set(*not_after);
+        }
     }
 
     /// The text exposition of every metric.

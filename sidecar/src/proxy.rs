@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 
 use crate::audit;
 use crate::body::ProxyBody;
-use crate::engine::{DenialKind, Outcome, RequestView};
+use crate::engine::{DenialKind, Outcome, PeerCertificate, RequestView};
 use crate::forward::{ForwardError, Verdict};
 use crate::respond::{Answer, rate_limit_headers};
 use crate::state::Shared;
@@ -18,10 +18,14 @@ use crate::state::Shared;
 pub use crate::engine::Listener;
 
 /// What is known about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Connection {
     pub peer: SocketAddr,
     pub listener: Listener,
+    /// The connection is TLS (`--inbound-tls`).
+    pub tls: bool,
+    /// The client certificate the TLS handshake verified, if any.
+    pub client_cert: Option<Arc<PeerCertificate>>,
 }
 
 /// Handles one request end to end. Never fails: every failure is an answer.
@@ -60,9 +64,9 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         query: req.uri().query(),
         headers: req.headers(),
         peer: conn.peer.ip(),
-        tls: false,
+        tls: conn.tls,
         listener: conn.listener,
-        client_cert: None,
+        client_cert: conn.client_cert.as_deref(),
     };
     let outcome = active.engine.decide(&view, unix_millis());
 
@@ -129,10 +133,15 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
                 profile: admission.profile,
                 identity: &admission.identity,
             };
+            let proto = if conn.tls { "https" } else { "http" };
             let result = match (admission.route.local_port(), conn.listener) {
                 (Some(port), Listener::Inbound) => {
-                    Some(shared.forwarder.local(req, port, conn.peer.ip(), "http", verdict).await)
+                    Some(shared.forwarder.local(req, port, conn.peer.ip(), proto, verdict).await)
                 }
+                (None, _) => match active.origins.get(admission.route.index) {
+                    Some(origin) => Some(origin.forward(req, conn.peer.ip(), proto, verdict).await),
+                    None => None,
+                },
                 _ => None,
             };
             match result {

@@ -16,8 +16,10 @@ use std::time::Duration;
 use portcullis_config::{CONFIG_FILE, ConfigError, SECRETS_FILE, load_dir};
 
 use crate::engine::{CompileError, InMemoryLimiter};
+use crate::forward::{Forwarder, Origins};
 use crate::metrics::ReloadResult;
 use crate::state::{Active, Shared};
+use crate::tls::{ServerTls, TlsError};
 
 /// Why a configuration directory was refused.
 #[derive(Debug, thiserror::Error)]
@@ -26,12 +28,18 @@ pub enum LoadError {
     Config(#[from] ConfigError),
     #[error("the configuration does not compile: {0}")]
     Compile(#[from] CompileError),
+    #[error("the TLS material is refused: {0}")]
+    Tls(#[from] TlsError),
 }
 
-/// Reads, checks and compiles the configuration in `dir`.
-pub fn load(dir: &Path, limiter: &Arc<InMemoryLimiter>) -> Result<Active, LoadError> {
+/// Reads, checks and compiles the configuration in `dir`, with its client-facing TLS and
+/// its origin clients (timeouts from `forwarder`).
+pub fn load(dir: &Path, limiter: &Arc<InMemoryLimiter>, forwarder: &Forwarder) -> Result<Active, LoadError> {
     let loaded = load_dir(dir)?;
-    Ok(Active::compile(&loaded, limiter.clone())?)
+    let tls = ServerTls::build(&loaded)?;
+    let (connect_timeout, timeout) = forwarder.timeouts();
+    let origins = Origins::build(&loaded, connect_timeout, timeout)?;
+    Ok(Active::compile(&loaded, limiter.clone(), tls, origins)?)
 }
 
 /// The bytes of both files, or the error kind when one cannot be read.
@@ -53,7 +61,7 @@ impl Snapshot {
 /// Loads `dir` once and puts the result in force (or logs and counts the failure).
 /// Returns whether the configuration was accepted.
 pub fn apply(shared: &Shared, dir: &Path) -> bool {
-    match load(dir, &shared.limiter) {
+    match load(dir, &shared.limiter, &shared.forwarder) {
         Ok(active) => {
             let previous = shared.active.load().generation().to_owned();
             tracing::info!(

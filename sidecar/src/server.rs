@@ -1,16 +1,20 @@
 //! Listeners and connection handling: HTTP/1.1 (keep-alive) and HTTP/2 with prior knowledge
-//! on the same socket, header size and header read time bounded.
+//! on the same socket, header size and header read time bounded; on `--inbound-tls`, the same
+//! over TLS (HTTP/2 or HTTP/1.1 by ALPN) with the TLS configuration of the configuration in
+//! force when the connection arrived ([`crate::tls`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
+use http::header::STRICT_TRANSPORT_SECURITY;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::cli::ServeArgs;
@@ -54,7 +58,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let forwarder = Forwarder::new(args.backend_connect_timeout, args.backend_timeout);
     let snapshot = Snapshot::read(&dir);
     let limiter = Arc::new(InMemoryLimiter::new());
-    let initial = match reload::load(&dir, &limiter) {
+    let initial = match reload::load(&dir, &limiter, &forwarder) {
         Ok(active) => {
             tracing::info!(generation = active.generation(), routes = active.config.routes.len(),
                 dir = %dir.display(), "configuration loaded");
@@ -78,9 +82,15 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         log_listening(&listener, if kind == Listener::Inbound { "inbound" } else { "egress" });
         let make = move |peer| {
             let shared = shared.clone();
-            let conn = Connection { peer, listener: kind };
+            let conn = Connection {
+                peer,
+                listener: kind,
+                tls: false,
+                client_cert: None,
+            };
             service_fn(move |req| {
                 let shared = shared.clone();
+                let conn = conn.clone();
                 async move { Ok::<_, Infallible>(proxy::handle(shared, conn, req).await) }
             })
         };
@@ -110,23 +120,20 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             args.drain_timeout,
         )));
     }
-    tracing::warn!(addr = %local(&inbound_tls),
-        "inbound TLS listener bound, but TLS is not served yet: its connections are closed");
-    let tls_placeholder = tokio::spawn(async move {
-        loop {
-            // Accept and drop: the port is held so that nothing else takes it.
-            if let Err(e) = inbound_tls.accept().await {
-                tracing::debug!(error = %e, "inbound-tls accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    });
+    log_listening(&inbound_tls, "inbound-tls");
+    serving.push(tokio::spawn(tls_accept_loop(
+        inbound_tls,
+        builder.clone(),
+        shared.clone(),
+        stopped.clone(),
+        args.drain_timeout,
+        args.header_read_timeout,
+    )));
     let watcher = tokio::spawn(reload::watch(shared, dir, args.reload_interval, snapshot));
 
     shutdown_signal().await;
     tracing::info!(drain = ?args.drain_timeout, "shutting down: no new connections, draining the open ones");
     watcher.abort();
-    tls_placeholder.abort();
     let _ = stop.send(true);
     for task in serving {
         let _ = task.await;
@@ -203,6 +210,108 @@ async fn accept_loop<F, S>(
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!(?drain, "connections still open after the drain timeout: closing them");
     }
+}
+
+/// `Strict-Transport-Security` on every response over TLS.
+const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
+
+/// The TLS listener: like [`accept_loop`], with a TLS handshake (bounded by
+/// `handshake_timeout`) before HTTP. The handshake uses the TLS configuration in force when
+/// it starts; the connection keeps it across reloads.
+async fn tls_accept_loop(
+    listener: TcpListener,
+    builder: auto::Builder<TokioExecutor>,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+    drain: Duration,
+    handshake_timeout: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped.changed() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let (stream, conn) =
+                match tokio::time::timeout(handshake_timeout, tls_handshake(&shared, stream, peer)).await {
+                    Ok(Ok(done)) => done,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                let conn = conn.clone();
+                async move {
+                    let mut resp = proxy::handle(shared, conn, req).await;
+                    resp.headers_mut().insert(STRICT_TRANSPORT_SECURITY, HSTS);
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            if let Err(error) = watcher.watch(connection).await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(
+            ?drain,
+            "TLS connections still open after the drain timeout: closing them"
+        );
+    }
+}
+
+/// Reads the ClientHello, picks the configuration for its SNI name (asking for a client
+/// certificate where a route wants one), completes the handshake and describes the
+/// connection.
+async fn tls_handshake(
+    shared: &Shared,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Connection), String> {
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+        .await
+        .map_err(|e| format!("reading the ClientHello: {e}"))?;
+    let Some(tls) = shared.active.load().tls.clone() else {
+        return Err("no route has a TLS certificate".into());
+    };
+    let config = tls.config_for(start.client_hello().server_name());
+    let stream = start.into_stream(config).await.map_err(|e| e.to_string())?;
+    let client_cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| tls.peer_certificate(chain))
+        .map(Arc::new);
+    let conn = Connection {
+        peer,
+        listener: Listener::Inbound,
+        tls: true,
+        client_cert,
+    };
+    Ok((stream, conn))
 }
 
 fn local(listener: &TcpListener) -> String {

@@ -10,8 +10,9 @@ use arc_swap::ArcSwap;
 use portcullis_config::{Loaded, SidecarConfig};
 
 use crate::engine::{CompileError, Engine, InMemoryLimiter};
-use crate::forward::Forwarder;
+use crate::forward::{Forwarder, Origins};
 use crate::metrics::Metrics;
+use crate::tls::ServerTls;
 
 /// One compiled configuration.
 pub struct Active {
@@ -19,6 +20,11 @@ pub struct Active {
     pub config: SidecarConfig,
     /// The compiled decision engine.
     pub engine: Engine,
+    /// The client-facing TLS (`None`: no route has a certificate; TLS connections are
+    /// refused).
+    pub tls: Option<Arc<ServerTls>>,
+    /// The pooled clients toward the routes' origins, by route index.
+    pub origins: Origins,
     /// A valid configuration was loaded (false for the empty startup configuration).
     pub ready: bool,
 }
@@ -29,14 +35,24 @@ impl Active {
         Self {
             config: SidecarConfig::empty(""),
             engine: Engine::empty(limiter),
+            tls: None,
+            origins: Origins::default(),
             ready: false,
         }
     }
 
-    /// Compiles a loaded configuration, counting hits with `limiter`.
-    pub fn compile(loaded: &Loaded, limiter: Arc<InMemoryLimiter>) -> Result<Self, CompileError> {
+    /// Compiles a loaded configuration, counting hits with `limiter`, with its TLS and
+    /// origin clients (built aside by the caller).
+    pub fn compile(
+        loaded: &Loaded,
+        limiter: Arc<InMemoryLimiter>,
+        tls: Option<ServerTls>,
+        origins: Origins,
+    ) -> Result<Self, CompileError> {
         Ok(Self {
             engine: Engine::compile(loaded, limiter)?,
+            tls: tls.map(Arc::new),
+            origins,
             config: loaded.config.clone(),
             ready: true,
         })
@@ -72,6 +88,7 @@ impl Shared {
         limiter: Arc<InMemoryLimiter>,
     ) -> Arc<Self> {
         metrics.enforcing(active.generation(), active.ready);
+        metrics.certificates(active.tls.as_deref().map_or(&[], ServerTls::expiry));
         Arc::new(Self {
             active: ArcSwap::from_pointee(active),
             metrics,
@@ -84,6 +101,8 @@ impl Shared {
     /// Puts `active` in force.
     pub fn swap(&self, active: Active) {
         self.metrics.enforcing(active.generation(), active.ready);
+        self.metrics
+            .certificates(active.tls.as_deref().map_or(&[], ServerTls::expiry));
         self.active.store(Arc::new(active));
     }
 }

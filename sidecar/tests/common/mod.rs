@@ -51,6 +51,10 @@ fn merge(into: &mut Value, from: Value) {
 pub struct Sidecar {
     child: Child,
     pub inbound: SocketAddr,
+    /// `--inbound-tls`.
+    pub inbound_tls: SocketAddr,
+    /// `--egress`.
+    pub egress: SocketAddr,
     pub admin: SocketAddr,
     pub audit: PathBuf,
     pub stdout: PathBuf,
@@ -67,6 +71,7 @@ impl Sidecar {
     pub async fn start_with(dir: &Path, extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let (inbound, admin) = (free_addr(), free_addr());
+        let (inbound_tls, egress) = (free_addr(), free_addr());
         let audit = tmp.path().join("audit.log");
         let stdout = tmp.path().join("stdout.log");
         let child = Command::new(env!("CARGO_BIN_EXE_portcullis-sidecar"))
@@ -74,7 +79,8 @@ impl Sidecar {
             .arg(dir)
             .args(["--inbound", &inbound.to_string()])
             .args(["--admin", &admin.to_string()])
-            .args(["--inbound-tls", "127.0.0.1:0", "--egress", "127.0.0.1:0"])
+            .args(["--inbound-tls", &inbound_tls.to_string()])
+            .args(["--egress", &egress.to_string()])
             .arg("--audit-log")
             .arg(&audit)
             .args(extra)
@@ -85,6 +91,8 @@ impl Sidecar {
         let sidecar = Self {
             child,
             inbound,
+            inbound_tls,
+            egress,
             admin,
             audit,
             stdout,

@@ -1,0 +1,596 @@
+//! TLS: the client-facing server configuration (`--inbound-tls`) and the material toward
+//! origins, built from a configuration when it is compiled.
+//!
+//! [`ServerTls::build`] turns the routes' certificates and the ClientCertificate profiles' CA
+//! bundles into rustls configurations (ring provider): TLS 1.3 and TLS 1.2 with ECDHE and
+//! AEAD suites only, ALPN `h2` and `http/1.1`, the certificate chosen by SNI
+//! ([`SniResolver`]). It lives in [`crate::state::Active`] next to the engine, so a reload swaps
+//! both at once and a connection keeps the configuration it was accepted with.
+//!
+//! Client certificates are asked for (never required) when the SNI names a host whose route
+//! has a ClientCertificate profile. [`ProfileCaVerifier`] accepts a chain valid under any
+//! profile's CA; after the handshake [`ServerTls::peer_certificate`] records which profiles'
+//! CAs verified it, which the policy engine checks against the route's profiles.
+//!
+//! Bad material (a missing or unreadable key, a key that does not match its certificate, an
+//! expired certificate, a CA bundle holding a certificate that is not a CA) is a [`TlsError`]
+//! naming the route or profile; the configuration is refused and the last good one serves.
+//! No error or log line ever carries key material.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use portcullis_config::{Loaded, ProfileAuth, Route, TlsMaterial};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, NoClientAuth, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+
+use crate::engine::PeerCertificate;
+
+/// Why the TLS material of a configuration is refused. Names the route or profile (and so
+/// the Secret behind it), never a secret value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    #[error("route {route:?}: TLS certificate (ApiRoute tls.secretName): {what}")]
+    RouteCertificate { route: String, what: String },
+    #[error("profile {profile:?}: client CA bundle (clientCertificate CA Secret): {what}")]
+    ClientCa { profile: String, what: String },
+    #[error("route {route:?}: origin CA bundle (backend.origin.tls.caSecretRef): {what}")]
+    OriginCa { route: String, what: String },
+    #[error("route {route:?}: origin client certificate (backend.origin.tls.clientCertificate): {what}")]
+    OriginClient { route: String, what: String },
+    #[error("route {route:?}: origin: {what}")]
+    Origin { route: String, what: String },
+}
+
+/// The crypto provider of every TLS configuration: ring, restricted to ECDHE key exchange
+/// with AEAD suites (rustls offers nothing weaker, but the list is explicit).
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            use rustls::crypto::ring::cipher_suite as cs;
+            let mut p = rustls::crypto::ring::default_provider();
+            p.cipher_suites = vec![
+                cs::TLS13_AES_256_GCM_SHA384,
+                cs::TLS13_AES_128_GCM_SHA256,
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+            ];
+            Arc::new(p)
+        })
+        .clone()
+}
+
+/// TLS 1.3 and TLS 1.2, nothing older.
+pub static VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Certificates of a PEM bundle, in order; an error message when there is none or one is
+/// unreadable.
+pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the PEM certificates cannot be read ({e})"))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    for (i, c) in certs.iter().enumerate() {
+        x509_parser::parse_x509_certificate(c)
+            .map_err(|e| format!("certificate {} is not valid X.509 ({e})", i + 1))?;
+    }
+    Ok(certs)
+}
+
+/// A certificate chain and its key, checked: the key reads, matches the leaf, and the leaf
+/// is within its validity period. Returns the key and the leaf's notAfter (Unix seconds).
+pub fn certified_key(material: &TlsMaterial, now: i64) -> Result<(Arc<CertifiedKey>, i64), String> {
+    let chain = parse_certs(&material.cert_chain_pem).map_err(|e| format!("tls.crt: {e}"))?;
+    let key = key_der(material)?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|_| "tls.key: unsupported or invalid private key".to_owned())?;
+    let ck = CertifiedKey::new(chain, signing);
+    match ck.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(_) => return Err("tls.key does not match the certificate in tls.crt".into()),
+    }
+    let (_, leaf) = x509_parser::parse_x509_certificate(&ck.cert[0])
+        .map_err(|e| format!("tls.crt: the certificate is not valid X.509 ({e})"))?;
+    let not_after = leaf.validity().not_after.timestamp();
+    let not_before = leaf.validity().not_before.timestamp();
+    if not_after < now {
+        return Err(format!(
+            "tls.crt: the certificate expired (notAfter {})",
+            leaf.validity().not_after
+        ));
+    }
+    if not_before > now {
+        return Err(format!(
+            "tls.crt: the certificate is not valid yet (notBefore {})",
+            leaf.validity().not_before
+        ));
+    }
+    Ok((Arc::new(ck), not_after))
+}
+
+/// The private key of `material`.
+pub fn key_der(material: &TlsMaterial) -> Result<PrivateKeyDer<'static>, String> {
+    // The PEM parser's message could quote the input: never show it for a key.
+    PrivateKeyDer::from_pem_slice(material.key_pem.expose().as_bytes())
+        .map_err(|_| "tls.key: missing or not a PEM private key (PKCS#8, PKCS#1 or SEC1)".to_owned())
+}
+
+/// A trust store from a CA bundle: every certificate must be a CA certificate.
+pub fn ca_store(pem: &str) -> Result<RootCertStore, String> {
+    let certs = parse_certs(pem)?;
+    let mut store = RootCertStore::empty();
+    for (i, der) in certs.into_iter().enumerate() {
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| format!("certificate {} is not X.509 ({e})", i + 1))?;
+        if !cert.is_ca() {
+            return Err(format!(
+                "certificate {} ({}) is not a CA certificate (basicConstraints CA:TRUE missing)",
+                i + 1,
+                rfc4514(cert.subject())
+            ));
+        }
+        store
+            .add(der)
+            .map_err(|e| format!("certificate {} cannot be a trust anchor ({e})", i + 1))?;
+    }
+    Ok(store)
+}
+
+/// The RFC 4514 string of a name: RDNs last to first, `,` between them, `+` inside one.
+pub fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let rdns: Vec<String> = name
+        .iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|atv| {
+                    let oid = atv.attr_type().to_id_string();
+                    let key = match oid.as_str() {
+                        "2.5.4.3" => "CN",
+                        "2.5.4.6" => "C",
+                        "2.5.4.7" => "L",
+                        "2.5.4.8" => "ST",
+                        "2.5.4.9" => "STREET",
+                        "2.5.4.10" => "O",
+                        "2.5.4.11" => "OU",
+                        "0.9.2342.19200300.100.1.25" => "DC",
+                        "0.9.2342.19200300.100.1.1" => "UID",
+                        _ => oid.as_str(),
+                    }
+                    .to_owned();
+                    match atv.as_str() {
+                        Ok(v) => format!("{key}={}", escape_value(v)),
+                        Err(_) => {
+                            let hex: String = atv.attr_value().data.iter().map(|b| format!("{b:02x}")).collect();
+                            format!("{key}=#{hex}")
+                        }
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
+}
+
+fn escape_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let last = v.chars().count().saturating_sub(1);
+    for (i, c) in v.chars().enumerate() {
+        let special = matches!(c, '"' | '+' | ',' | ';' | '<' | '>' | '\\')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        if c == '\0' {
+            out.push_str("\\00");
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Subject and SANs (DNS, URI, e-mail) of a certificate; `verified_for` left empty.
+pub fn describe(der: &CertificateDer<'_>) -> Option<PeerCertificate> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let mut sans = Vec::new();
+    if let Ok(Some(ext)) = cert.subject_alternative_name() {
+        for name in &ext.value.general_names {
+            use x509_parser::extensions::GeneralName;
+            match name {
+                GeneralName::DNSName(s) | GeneralName::URI(s) | GeneralName::RFC822Name(s) => {
+                    sans.push((*s).to_owned())
+                }
+                _ => {}
+            }
+        }
+    }
+    Some(PeerCertificate {
+        subject: rfc4514(cert.subject()),
+        sans,
+        verified_for: Vec::new(),
+    })
+}
+
+/// A host pattern of a route: exact, `*.` wildcard (one or more labels), or any host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Exact(String),
+    /// `.example.com` for `*.example.com`.
+    Suffix(String),
+    Any,
+}
+
+impl HostPattern {
+    fn of(route: &Route) -> Vec<Self> {
+        if route.hosts.is_empty() {
+            return vec![Self::Any];
+        }
+        route
+            .hosts
+            .iter()
+            .map(|h| {
+                let h = h.to_ascii_lowercase();
+                match h.strip_prefix('*') {
+                    Some(suffix) if suffix.starts_with('.') => Self::Suffix(suffix.to_owned()),
+                    _ => Self::Exact(h.trim_end_matches('.').to_owned()),
+                }
+            })
+            .collect()
+    }
+
+    /// 0 exact, 1 wildcard (longer suffix first: ranked by negative length), 2 any; None:
+    /// no match.
+    fn rank(&self, host: &str) -> Option<(u8, i64)> {
+        match self {
+            Self::Exact(h) => (h == host).then_some((0, 0)),
+            Self::Suffix(s) => (host.len() > s.len() && host.ends_with(s.as_str())).then_some((1, -(s.len() as i64))),
+            Self::Any => Some((2, 0)),
+        }
+    }
+}
+
+/// One route's client-facing certificate.
+#[derive(Debug)]
+struct SiteCert {
+    route: String,
+    patterns: Vec<HostPattern>,
+    key: Arc<CertifiedKey>,
+    /// The route has a ClientCertificate profile.
+    wants_client_cert: bool,
+}
+
+/// Chooses the certificate of the route whose hosts match the SNI name (exact before
+/// wildcard before any-host); without SNI, or for an unknown name, the first TLS route's.
+#[derive(Debug)]
+pub struct SniResolver {
+    sites: Vec<SiteCert>,
+}
+
+impl SniResolver {
+    fn site(&self, sni: Option<&str>) -> Option<&SiteCert> {
+        let best = sni.and_then(|sni| {
+            let sni = sni.trim_end_matches('.').to_ascii_lowercase();
+            self.sites
+                .iter()
+                .filter_map(|s| s.patterns.iter().filter_map(|p| p.rank(&sni)).min().map(|r| (r, s)))
+                .min_by_key(|(r, _)| *r)
+                .map(|(_, s)| s)
+        });
+        best.or_else(|| self.sites.first())
+    }
+
+    /// Whether some route the SNI name reaches has a ClientCertificate profile (without SNI:
+    /// whether any route has one).
+    fn wants_client_cert(&self, sni: Option<&str>) -> bool {
+        match sni {
+            None => self.sites.iter().any(|s| s.wants_client_cert),
+            Some(sni) => {
+                let sni = sni.trim_end_matches('.').to_ascii_lowercase();
+                self.sites
+                    .iter()
+                    .any(|s| s.wants_client_cert && s.patterns.iter().any(|p| p.rank(&sni).is_some()))
+                    || self.site(Some(&sni)).is_some_and(|s| s.wants_client_cert)
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.site(hello.server_name()).map(|s| s.key.clone())
+    }
+}
+
+/// One ClientCertificate profile's trust.
+struct ProfileCa {
+    profile: String,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+/// Accepts a client chain valid under any ClientCertificate profile's CA (a chain valid
+/// under none fails the handshake); offered, never required.
+pub struct ProfileCaVerifier {
+    cas: Vec<ProfileCa>,
+    hints: Vec<DistinguishedName>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl fmt::Debug for ProfileCaVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProfileCaVerifier")
+            .field(
+                "profiles",
+                &self.cas.iter().map(|c| c.profile.as_str()).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl ProfileCaVerifier {
+    /// The profiles whose CA verifies the chain.
+    pub fn verified_for(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> Vec<String> {
+        let now = UnixTime::now();
+        self.cas
+            .iter()
+            .filter(|ca| ca.verifier.verify_client_cert(end_entity, intermediates, now).is_ok())
+            .map(|ca| ca.profile.clone())
+            .collect()
+    }
+}
+
+impl ClientCertVerifier for ProfileCaVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let mut last = rustls::Error::General("no client certificate profile".into());
+        for ca in &self.cas {
+            match ca.verifier.verify_client_cert(end_entity, intermediates, now) {
+                Ok(v) => return Ok(v),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The client-facing TLS of one configuration.
+pub struct ServerTls {
+    resolver: Arc<SniResolver>,
+    /// Without client authentication.
+    plain: Arc<ServerConfig>,
+    /// Asking for a client certificate (when some profile wants one).
+    with_client_auth: Option<Arc<ServerConfig>>,
+    verifier: Option<Arc<ProfileCaVerifier>>,
+    /// (route, notAfter in Unix seconds) of every route certificate.
+    expiry: Vec<(String, i64)>,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("routes", &self.expiry)
+            .field("client_auth", &self.verifier)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Builds the TLS of `loaded`; `None` when no route has a certificate.
+    pub fn build(loaded: &Loaded) -> Result<Option<Self>, TlsError> {
+        let now = unix_now();
+        let config = &loaded.config;
+        // Every ClientCertificate profile's CA bundle, checked even when no TLS route uses it.
+        let mut cas = Vec::new();
+        let mut hints = Vec::new();
+        let mut cert_profiles = BTreeSet::new();
+        for p in &config.profiles {
+            if !matches!(p.auth, ProfileAuth::ClientCertificate { .. }) {
+                continue;
+            }
+            cert_profiles.insert(p.name.as_str());
+            let bad = |what: String| TlsError::ClientCa {
+                profile: p.name.clone(),
+                what,
+            };
+            let pem = loaded
+                .secrets
+                .profiles
+                .get(&p.name)
+                .and_then(|s| s.client_ca_pem.as_deref())
+                .ok_or_else(|| bad("ca.crt missing".into()))?;
+            let store = ca_store(pem).map_err(bad)?;
+            hints.extend(store.subjects());
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| bad(format!("cannot verify with it ({e})")))?;
+            cas.push(ProfileCa {
+                profile: p.name.clone(),
+                verifier,
+            });
+        }
+        let mut sites = Vec::new();
+        let mut expiry = Vec::new();
+        for r in config.routes.iter().filter(|r| r.tls) {
+            let material = loaded
+                .secrets
+                .routes
+                .get(&r.name)
+                .and_then(|s| s.tls.as_ref())
+                .ok_or_else(|| TlsError::RouteCertificate {
+                    route: r.name.clone(),
+                    what: "tls.crt and tls.key missing".into(),
+                })?;
+            let (key, not_after) = certified_key(material, now).map_err(|what| TlsError::RouteCertificate {
+                route: r.name.clone(),
+                what,
+            })?;
+            expiry.push((r.name.clone(), not_after));
+            sites.push(SiteCert {
+                route: r.name.clone(),
+                patterns: HostPattern::of(r),
+                key,
+                wants_client_cert: r.profiles.iter().any(|p| cert_profiles.contains(p.as_str())),
+            });
+        }
+        if sites.is_empty() {
+            return Ok(None);
+        }
+        let resolver = Arc::new(SniResolver { sites });
+        let server_config = |verifier: Arc<dyn ClientCertVerifier>| {
+            let mut c = ServerConfig::builder_with_provider(provider())
+                .with_protocol_versions(VERSIONS)
+                .map_err(|e| TlsError::RouteCertificate {
+                    route: resolver.sites[0].route.clone(),
+                    what: format!("no usable TLS configuration ({e})"),
+                })?
+                .with_client_cert_verifier(verifier)
+                .with_cert_resolver(resolver.clone());
+            c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Ok::<_, TlsError>(Arc::new(c))
+        };
+        let plain = server_config(Arc::new(NoClientAuth))?;
+        let (with_client_auth, verifier) = if cas.is_empty() {
+            (None, None)
+        } else {
+            let v = Arc::new(ProfileCaVerifier {
+                cas,
+                hints,
+                algorithms: provider().signature_verification_algorithms,
+            });
+            (Some(server_config(v.clone())?), Some(v))
+        };
+        Ok(Some(Self {
+            resolver,
+            plain,
+            with_client_auth,
+            verifier,
+            expiry,
+        }))
+    }
+
+    /// The configuration for a connection whose ClientHello named `sni`.
+    pub fn config_for(&self, sni: Option<&str>) -> Arc<ServerConfig> {
+        match &self.with_client_auth {
+            Some(c) if self.resolver.wants_client_cert(sni) => c.clone(),
+            _ => self.plain.clone(),
+        }
+    }
+
+    /// What the policy engine knows of a client's verified chain.
+    pub fn peer_certificate(&self, chain: &[CertificateDer<'_>]) -> Option<PeerCertificate> {
+        let (leaf, intermediates) = chain.split_first()?;
+        let mut peer = describe(leaf)?;
+        if let Some(v) = &self.verifier {
+            peer.verified_for = v.verified_for(leaf, intermediates);
+        }
+        Some(peer)
+    }
+
+    /// (route, notAfter in Unix seconds) of every client-facing certificate.
+    pub fn expiry(&self) -> &[(String, i64)] {
+        &self.expiry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns_rank() {
+        let exact = HostPattern::Exact("api.example.test".into());
+        let wild = HostPattern::Suffix(".example.test".into());
+        assert_eq!(exact.rank("api.example.test"), Some((0, 0)));
+        assert!(wild.rank("api.example.test").is_some());
+        assert!(wild.rank("a.b.example.test").is_some());
+        assert!(wild.rank("example.test").is_none());
+        assert!(exact.rank("x.example.test").is_none());
+        assert!(HostPattern::Any.rank("anything").is_some());
+    }
+
+    #[test]
+    fn rfc4514_escapes() {
+        assert_eq!(escape_value("a,b"), "a\\,b");
+        assert_eq!(escape_value(" x "), "\\ x\\ ");
+        assert_eq!(escape_value("#x"), "\\#x");
+    }
+
+    #[test]
+    fn subject_is_rfc4514() {
+        let mut params = rcgen::CertificateParams::new(vec!["client.example.test".into()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example, Inc");
+        params.distinguished_name.push(rcgen::DnType::CommonName, "partner-a");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let peer = describe(cert.der()).unwrap();
+        assert_eq!(peer.subject, "CN=partner-a,O=Example\\, Inc");
+        assert_eq!(peer.sans, vec!["client.example.test".to_owned()]);
+    }
+}
