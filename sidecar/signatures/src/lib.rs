@@ -8,6 +8,41 @@
 //!
 //! Keys ([`Key`]) come from Secret values: HMAC secret bytes, or PEM (RSA, EC P-256, Ed25519).
 //! Nothing here logs, and no error carries key material.
+//!
+//! ```
+//! use http::{HeaderMap, HeaderValue};
+//! use portcullis_signatures::rfc9421::{self, Policy, SignParams};
+//! use portcullis_signatures::{Algorithm, Error, Key, Message, ReplayCache};
+//!
+//! # fn main() -> Result<(), Error> {
+//! let key = Key::from_secret(b"a shared secret")?; // or PEM: Key::from_secret(pem_bytes)
+//! let now = 1_700_000_000;
+//!
+//! // Signing (outbound): add the headers you cover (Date, Content-Digest) first.
+//! let mut headers = HeaderMap::new();
+//! headers.insert("date", HeaderValue::from_str(&portcullis_signatures::http_date(now)).unwrap());
+//! let components = ["@method", "@authority", "@path", "date"];
+//! let params = SignParams::new("sig1", "gw-1", Algorithm::HmacSha256, now, &components);
+//! let msg = Message { method: "GET", scheme: "https", authority: "api.example.com",
+//!                     path: "/orders", query: None, headers: &headers };
+//! let signed = rfc9421::sign(&msg, &key, &params)?;
+//! signed.apply(&mut headers)?;
+//!
+//! // Verifying (inbound): policy, keys by keyId, the clock, then the replay cache.
+//! let msg = Message { method: "GET", scheme: "https", authority: "api.example.com",
+//!                     path: "/orders", query: None, headers: &headers };
+//! let policy = Policy { required_components: &["@method", "@path"],
+//!                       ..Policy::new(&[Algorithm::HmacSha256], 300) };
+//! let verified = rfc9421::verify(&msg, None, &("gw-1", &key), &policy, now + 2)?;
+//! let replays = ReplayCache::new(100_000);
+//! replays.check_and_insert(&verified.replay_key, verified.valid_until, now + 2)?;
+//! assert_eq!(
+//!     replays.check_and_insert(&verified.replay_key, verified.valid_until, now + 3),
+//!     Err(portcullis_signatures::ReplayError::Replay)
+//! );
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod cavage;
 mod der;
@@ -52,6 +87,12 @@ impl<K: Borrow<Key>> KeyResolver for std::collections::BTreeMap<String, K> {
     fn resolve(&self, key_id: &str) -> Option<&Key> {
         self.get(key_id).map(Borrow::borrow)
     }
+}
+
+/// An HTTP `Date` value (IMF-fixdate) for `unix_seconds`, e.g. for the `Date` header the
+/// signer adds when a request has none.
+pub fn http_date(unix_seconds: u64) -> String {
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds))
 }
 
 /// The replay-cache key of a verified signature: SHA-256 over the keyId and the signed bytes

@@ -15,44 +15,66 @@ pub enum MasheryHash {
 
 /// `hex(HASH(apikey + secret + unix_seconds))`, lower-case hex.
 pub fn mashery_sig(hash: MasheryHash, apikey: &str, secret: &str, unix_seconds: u64) -> String {
-    let ts = unix_seconds.to_string();
+    let mut out = [0u8; 32];
+    let n = digest(hash, apikey, secret, unix_seconds, &mut out);
+    hex::encode(&out[..n])
+}
+
+fn digest(hash: MasheryHash, apikey: &str, secret: &str, ts: u64, out: &mut [u8; 32]) -> usize {
+    let ts = ts.to_string();
     match hash {
         MasheryHash::Md5 => {
             let mut h = Md5::new();
             h.update(apikey.as_bytes());
             h.update(secret.as_bytes());
             h.update(ts.as_bytes());
-            hex::encode(h.finalize())
+            out[..16].copy_from_slice(&h.finalize());
+            16
         }
         MasheryHash::Sha256 => {
             let mut h = Sha256::new();
             h.update(apikey.as_bytes());
             h.update(secret.as_bytes());
             h.update(ts.as_bytes());
-            hex::encode(h.finalize())
+            out.copy_from_slice(&h.finalize());
+            32
         }
     }
 }
 
-/// Checks `sig` (hex, any case) against every timestamp in `[now - skew, now + skew]`,
-/// comparing in constant time. Returns the matching timestamp.
+/// Checks `sig` (hex, any case) against the timestamps in `[now - skew, now + skew]`, nearest
+/// to `now` first, each compared in constant time. Returns the matching timestamp. (Which
+/// timestamp matched is not secret, so the search stops at the first match.)
 pub fn mashery_verify(hash: MasheryHash, apikey: &str, secret: &str, sig: &str, now: u64, skew: u64) -> Option<u64> {
-    let expected_len = match hash {
-        MasheryHash::Md5 => 32,
-        MasheryHash::Sha256 => 64,
+    let mut expected = [0u8; 32];
+    let len = match hash {
+        MasheryHash::Md5 => 16,
+        MasheryHash::Sha256 => 32,
     };
-    if sig.len() != expected_len {
+    if sig.len() != len * 2 || hex::decode_to_slice(sig, &mut expected[..len]).is_err() {
         return None;
     }
-    let sig = sig.to_ascii_lowercase();
-    let mut found = None;
-    for ts in now.saturating_sub(skew)..=now.saturating_add(skew) {
-        let candidate = mashery_sig(hash, apikey, secret, ts);
-        if bool::from(candidate.as_bytes().ct_eq(sig.as_bytes())) && found.is_none() {
-            found = Some(ts);
+    let mut candidate = [0u8; 32];
+    let mut check = |ts: u64| {
+        let n = digest(hash, apikey, secret, ts, &mut candidate);
+        bool::from(candidate[..n].ct_eq(&expected[..len]))
+    };
+    if check(now) {
+        return Some(now);
+    }
+    for d in 1..=skew {
+        if let Some(ts) = now.checked_sub(d)
+            && check(ts)
+        {
+            return Some(ts);
+        }
+        if let Some(ts) = now.checked_add(d)
+            && check(ts)
+        {
+            return Some(ts);
         }
     }
-    found
+    None
 }
 
 #[cfg(test)]
