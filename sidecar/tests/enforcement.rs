@@ -298,3 +298,100 @@ async fn identity_header_replaces_the_audited_identity() {
     let lines = sidecar.wait_audit(1).await;
     assert_eq!(lines[0]["identity"], "app-42");
 }
+
+#[tokio::test]
+async fn forwarded_for_is_believed_from_a_trusted_proxy() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = sidecar_for(loaded(
+        "g1",
+        json!({
+            "trustedProxies": ["127.0.0.0/8"],
+            "profiles": [{"name": "office", "auth": {"type": "Basic"},
+                "trustedIpRanges": [{"from": "10.20.0.0", "to": "10.20.255.255"}]}],
+            "routes": [route("finance", "/", &["office"], backend.port())],
+        }),
+        json!({"profiles": {"office": {"basic": {"username": "alice", "password": "pw"}}}}),
+    ))
+    .await;
+    let auth = basic("alice", "pw");
+    // The peer (127.0.0.1) is a trusted proxy: the nearest untrusted hop is the client.
+    let via_proxy = [
+        ("authorization", auth.as_str()),
+        ("x-forwarded-for", "203.0.113.9, 10.20.0.5"),
+    ];
+    let (status, _, body) = get_with(&sidecar.url("/x"), &via_proxy).await;
+    assert_eq!(status, 200);
+    assert_eq!(json_of(&body)["headers"]["x-portcullis-identity"], json!(["alice"]));
+    let outside = [
+        ("authorization", auth.as_str()),
+        ("x-forwarded-for", "10.20.0.5, 203.0.113.9"),
+    ];
+    assert_eq!(get_with(&sidecar.url("/x"), &outside).await.0, 403);
+    let lines = sidecar.wait_audit(2).await;
+    assert_eq!(lines[0]["client_ip"], "10.20.0.5");
+    assert_eq!(lines[1]["client_ip"], "203.0.113.9");
+}
+
+#[tokio::test]
+async fn api_key_in_a_header_and_several_basic_profiles() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = sidecar_for(loaded(
+        "g1",
+        json!({
+            "profiles": [
+                {"name": "partners", "auth": {"type": "ApiKey", "keyParam": "apikey", "keyHeader": "X-Api-Key"}},
+                {"name": "accounting", "auth": {"type": "Basic"}},
+                {"name": "payroll", "auth": {"type": "Basic"}},
+            ],
+            "routes": [
+                route("catalog", "/catalog", &["partners"], backend.port()),
+                route("finance", "/finance", &["accounting", "payroll"], backend.port()),
+            ],
+        }),
+        json!({"profiles": {
+            "partners": {"apiKeys": {"k-123": "unused-secret"}},
+            "accounting": {"basic": {"username": "alice", "password": "a"}},
+            "payroll": {"basic": {"username": "bob", "password": "b"}},
+        }}),
+    ))
+    .await;
+    let (status, _, body) = get_with(&sidecar.url("/catalog/1"), &[("x-api-key", "k-123")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(json_of(&body)["headers"]["x-portcullis-identity"], json!(["k-123"]));
+    let (status, headers, _) = get_with(&sidecar.url("/catalog/1"), &[("x-api-key", "k-999")]).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        headers["www-authenticate"],
+        "APIKey realm=\"catalog\", param=\"apikey\""
+    );
+    let (status, _, body) = get_with(&sidecar.url("/finance"), &[("authorization", &basic("bob", "b"))]).await;
+    assert_eq!(status, 200, "the second Basic profile admits bob");
+    assert_eq!(json_of(&body)["headers"]["x-portcullis-profile"], json!(["payroll"]));
+}
+
+#[tokio::test]
+async fn ambiguous_paths_are_refused_before_routing() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = sidecar_for(loaded(
+        "g1",
+        json!({
+            "profiles": [{"name": "office", "auth": {"type": "Basic"}}],
+            "routes": [
+                route("public", "/public", &[], backend.port()),
+                route("admin", "/admin", &["office"], backend.port()),
+            ],
+        }),
+        json!({"profiles": {"office": {"basic": {"username": "alice", "password": "pw"}}}}),
+    ))
+    .await;
+    assert_eq!(get_with(&sidecar.url("/public/x"), &[]).await.0, 200);
+    for path in [
+        "/public/../admin/users",
+        "/public/%2e%2e/admin/users",
+        "/public/%2E%2E%2Fadmin",
+    ] {
+        let (status, _, body) = get_with(&sidecar.url(path), &[]).await;
+        assert_eq!(status, 400, "{path}");
+        assert_eq!(json_of(&body)["error"], "bad request");
+    }
+}
