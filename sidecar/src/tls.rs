@@ -281,8 +281,6 @@ struct SiteCert {
     route: String,
     patterns: Vec<HostPattern>,
     key: Arc<CertifiedKey>,
-    /// The route has a ClientCertificate profile.
-    wants_client_cert: bool,
 }
 
 /// Chooses the certificate of the route whose hosts match the SNI name (exact before
@@ -290,6 +288,9 @@ struct SiteCert {
 #[derive(Debug)]
 pub struct SniResolver {
     sites: Vec<SiteCert>,
+    /// Hosts of the routes (with or without a certificate of their own) that have a
+    /// ClientCertificate profile.
+    client_cert_hosts: Vec<HostPattern>,
 }
 
 impl SniResolver {
@@ -309,13 +310,10 @@ impl SniResolver {
     /// whether any route has one).
     fn wants_client_cert(&self, sni: Option<&str>) -> bool {
         match sni {
-            None => self.sites.iter().any(|s| s.wants_client_cert),
+            None => !self.client_cert_hosts.is_empty(),
             Some(sni) => {
                 let sni = sni.trim_end_matches('.').to_ascii_lowercase();
-                self.sites
-                    .iter()
-                    .any(|s| s.wants_client_cert && s.patterns.iter().any(|p| p.rank(&sni).is_some()))
-                    || self.site(Some(&sni)).is_some_and(|s| s.wants_client_cert)
+                self.client_cert_hosts.iter().any(|p| p.rank(&sni).is_some())
             }
         }
     }
@@ -493,13 +491,21 @@ impl ServerTls {
                 route: r.name.clone(),
                 patterns: HostPattern::of(r),
                 key,
-                wants_client_cert: r.profiles.iter().any(|p| cert_profiles.contains(p.as_str())),
             });
         }
+        let client_cert_hosts = config
+            .routes
+            .iter()
+            .filter(|r| r.profiles.iter().any(|p| cert_profiles.contains(p.as_str())))
+            .flat_map(HostPattern::of)
+            .collect();
         if sites.is_empty() {
             return Ok(None);
         }
-        let resolver = Arc::new(SniResolver { sites });
+        let resolver = Arc::new(SniResolver {
+            sites,
+            client_cert_hosts,
+        });
         let server_config = |verifier: Arc<dyn ClientCertVerifier>| {
             let mut c = ServerConfig::builder_with_provider(provider())
                 .with_protocol_versions(VERSIONS)

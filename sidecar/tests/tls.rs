@@ -233,16 +233,23 @@ async fn client_certificates_allow_and_deny() {
     let other_ca = Ca::new("Other CA");
     let mut route = tls_route("partners", &[HOST], backend.port());
     route["profiles"] = json!(["partners"]);
+    // A route without a certificate of its own, served with the wildcard route's: the
+    // client certificate is asked for its host too.
+    let b2b = json!({"name": "b2b", "hosts": ["b2b.example.test"], "pathPrefix": "/",
+        "profiles": ["partners"], "backend": {"type": "Local", "port": backend.port()}});
     let (sidecar, _dir) = sidecar_for(loaded(
         "g1",
         json!({
             "profiles": [{"name": "partners", "auth": {"type": "ClientCertificate",
                 "allowedSubjects": [subject("partner-a"), "billing.example.test"]}}],
-            "routes": [route],
+            "routes": [route, b2b, tls_route("wild", &["*.example.test"], backend.port())],
         }),
         json!({
             "profiles": {"partners": {"clientCaPem": partners_ca.pem}},
-            "routes": {"partners": {"tls": server_ca.server("api", &[HOST]).material()}},
+            "routes": {
+                "partners": {"tls": server_ca.server("api", &[HOST]).material()},
+                "wild": {"tls": server_ca.server("wild", &["*.example.test"]).material()},
+            },
         }),
     ))
     .await;
@@ -293,7 +300,23 @@ async fn client_certificates_allow_and_deny() {
     assert!(p.connected, "{}", p.output);
     assert!(p.output.contains("Partners CA"), "the CA is hinted: {}", p.output);
 
-    let lines = sidecar.wait_audit(4).await;
+    let partner = default_client(&server_ca.pem, Some(&partners_ca.client("partner-a", &[])));
+    let f = tls_get(sidecar.inbound_tls, "b2b.example.test", partner.clone(), "/")
+        .await
+        .expect("b2b");
+    assert_eq!(f.status, 200, "{}", String::from_utf8_lossy(&f.body));
+    assert_eq!(json_of(&f.body)["headers"]["x-portcullis-route"], json!(["b2b"]));
+    // A host without a client-certificate route is not asked for one.
+    let g = tls_get(sidecar.inbound_tls, "www.example.test", partner, "/")
+        .await
+        .expect("www");
+    assert_eq!(g.status, 200);
+    assert_eq!(
+        json_of(&g.body)["headers"]["x-portcullis-identity"],
+        json!(["anonymous"])
+    );
+
+    let lines = sidecar.wait_audit(6).await;
     let allowed: Vec<&Value> = lines.iter().filter(|l| l["status"] == 200).collect();
     assert_eq!(allowed[0]["identity"], subject("partner-a"));
     assert_eq!(allowed[0]["profile"], "partners");
@@ -321,6 +344,8 @@ async fn origins_none_verify_and_mutual() {
     let m = format!("https://{}", mutual_origin.addr);
     let p = format!("http://{}/plain/", plain.addr);
     let gateway = gateway_ca.client("gateway", &[]);
+    let mut outbound = origin_route("outbound", "/out", &v, "Verify", true, false);
+    outbound["egress"] = json!(true);
     let (sidecar, _dir) = sidecar_for(loaded(
         "g1",
         json!({"routes": [
@@ -331,12 +356,14 @@ async fn origins_none_verify_and_mutual() {
             origin_route("mutual", "/mutual", &m, "Mutual", true, true),
             origin_route("no-client-cert", "/nocert", &m, "Verify", true, false),
             origin_route("plain", "/p", &p, "None", false, false),
+            outbound,
         ]}),
         json!({"routes": {
             "verify": {"originCaPem": origin_ca.pem},
             "wrong-ca": {"originCaPem": wrong_ca.pem},
             "mutual": {"originCaPem": origin_ca.pem, "originClient": gateway.material()},
             "no-client-cert": {"originCaPem": origin_ca.pem},
+            "outbound": {"originCaPem": origin_ca.pem},
         }}),
     ))
     .await;
@@ -368,6 +395,16 @@ async fn origins_none_verify_and_mutual() {
     assert_eq!(echo["path"], "/plain/p/x");
     assert_eq!(echo["query"], "y=2");
     assert_eq!(echo["headers"]["host"], json!([plain.addr.to_string()]));
+
+    // The app's own calls through the egress listener.
+    let (status, _, body) = get_with(&format!("http://{}/out/z", sidecar.egress), &[]).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json_of(&body)["path"], "/base/out/z");
+    assert_eq!(
+        get_with(&sidecar.url("/out/z"), &[]).await.0,
+        404,
+        "egress routes are not inbound"
+    );
 
     let lines = sidecar.wait_audit(8).await;
     assert!(
