@@ -109,3 +109,11 @@ fn key_parsing_never_panics_on_corrupted_der() {
         let _ = Key::from_pem(&text);
     }
 }
+
+#[test]
+fn shared_state_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Key>();
+    assert_send_sync::<portcullis_signatures::ReplayCache>();
+    assert_send_sync::<std::collections::HashMap<String, std::sync::Arc<Key>>>();
+}
