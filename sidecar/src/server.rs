@@ -250,7 +250,13 @@ async fn tls_accept_loop(
             let (stream, conn) =
                 match tokio::time::timeout(handshake_timeout, tls_handshake(&shared, stream, peer)).await {
                     Ok(Ok(done)) => done,
-                    Ok(Err(error)) => {
+                    Ok(Err(HandshakeError::ClientCertificate(error))) => {
+                        // A client authentication failure: worth an operational line (there
+                        // is no request, hence no audit line).
+                        tracing::info!(%peer, %error, "TLS client certificate refused");
+                        return;
+                    }
+                    Ok(Err(HandshakeError::Other(error))) => {
                         tracing::debug!(%peer, %error, "TLS handshake failed");
                         return;
                     }
@@ -290,15 +296,25 @@ async fn tls_handshake(
     shared: &Shared,
     stream: TcpStream,
     peer: SocketAddr,
-) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Connection), String> {
+) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Connection), HandshakeError> {
     let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
         .await
-        .map_err(|e| format!("reading the ClientHello: {e}"))?;
+        .map_err(|e| HandshakeError::Other(format!("reading the ClientHello: {e}")))?;
     let Some(tls) = shared.active.load().tls.clone() else {
-        return Err("no route has a TLS certificate".into());
+        return Err(HandshakeError::Other("no route has a TLS certificate".into()));
     };
     let config = tls.config_for(start.client_hello().server_name());
-    let stream = start.into_stream(config).await.map_err(|e| e.to_string())?;
+    let stream = start.into_stream(config).await.map_err(|e| {
+        let client_cert = matches!(
+            e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+            Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+        );
+        if client_cert {
+            HandshakeError::ClientCertificate(e.to_string())
+        } else {
+            HandshakeError::Other(e.to_string())
+        }
+    })?;
     let client_cert = stream
         .get_ref()
         .1
@@ -312,6 +328,13 @@ async fn tls_handshake(
         client_cert,
     };
     Ok((stream, conn))
+}
+
+/// Why a TLS handshake did not complete.
+enum HandshakeError {
+    /// The client's certificate was refused (no profile CA verifies it).
+    ClientCertificate(String),
+    Other(String),
 }
 
 fn local(listener: &TcpListener) -> String {

@@ -194,6 +194,38 @@ async fn sni_picks_the_route_certificate() {
 }
 
 #[tokio::test]
+async fn intermediates_are_served_and_accepted() {
+    let backend = Backend::start().await;
+    let root = Ca::new("Root CA");
+    let issuing = root.intermediate("Issuing CA");
+    let mut server = issuing.server("api", &[HOST]);
+    server.cert_pem = format!("{}{}", server.cert_pem, issuing.pem);
+    let client_root = Ca::new("Client Root CA");
+    let client_issuing = client_root.intermediate("Client Issuing CA");
+    let mut client = client_issuing.client("partner-a", &[]);
+    client.cert_pem = format!("{}{}", client.cert_pem, client_issuing.pem);
+    let mut route = tls_route("api", &[HOST], backend.port());
+    route["profiles"] = json!(["partners"]);
+    let (sidecar, _dir) = sidecar_for(loaded(
+        "g1",
+        json!({"profiles": [{"name": "partners", "auth": {"type": "ClientCertificate"}}], "routes": [route]}),
+        json!({"profiles": {"partners": {"clientCaPem": client_root.pem}},
+               "routes": {"api": {"tls": server.material()}}}),
+    ))
+    .await;
+    wait_tls(&sidecar, HOST, &root.pem).await;
+    // The client trusts the root only: the served chain carries the intermediate.
+    let a = tls_get(sidecar.inbound_tls, HOST, default_client(&root.pem, Some(&client)), "/")
+        .await
+        .expect("chain served and accepted");
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        json_of(&a.body)["headers"]["x-portcullis-identity"],
+        json!([subject("partner-a")])
+    );
+}
+
+#[tokio::test]
 async fn ssl_only_redirects_plain_http_with_308() {
     let backend = Backend::start().await;
     let ca = Ca::new("Test CA");
@@ -289,6 +321,11 @@ async fn client_certificates_allow_and_deny() {
         Some(&other_ca.client("partner-a", &[])),
     );
     assert!(tls_get(sidecar.inbound_tls, HOST, tls12, "/orders").await.is_err());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sidecar.log().contains("TLS client certificate refused") {
+        assert!(Instant::now() < deadline, "the refusal is not logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // openssl with the right certificate, over TLS 1.2.
     let dir = tempfile::tempdir().unwrap();
     let leaf = partners_ca.client("partner-a", &[]);

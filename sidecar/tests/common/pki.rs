@@ -75,6 +75,20 @@ impl Ca {
         }
     }
 
+    /// An intermediate CA signed by this one (its `pem` is the intermediate alone).
+    pub fn intermediate(&self, cn: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name = dn(cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().expect("intermediate key");
+        let cert = params.signed_by(&key, &self.issuer).expect("intermediate certificate");
+        Self {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
     fn sign(&self, mut params: CertificateParams, cn: &str, key: KeyPair) -> Leaf {
         params.distinguished_name = dn(cn);
         let cert = params.signed_by(&key, &self.issuer).expect("signed");
