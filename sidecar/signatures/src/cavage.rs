@@ -67,8 +67,8 @@ pub struct Policy<'a> {
     /// Allowed algorithms.
     pub algorithms: &'a [Algorithm],
     /// Headers every accepted signature must cover. `(request-target)` also satisfies the
-    /// RFC 9421 names `@method`, `@path`, `@query`, `@request-target` and `@target-uri`;
-    /// `@authority` is satisfied by `host`.
+    /// RFC 9421 names `@method`, `@path`, `@query` and `@request-target`; `host` satisfies
+    /// `@authority`; both together satisfy `@target-uri`.
     pub required_headers: &'a [&'a str],
     /// Oldest acceptable creation (signed `created`, else the signed `Date`), as an age in
     /// seconds.
@@ -372,13 +372,13 @@ fn algorithms_for(name: Option<&str>, key: &Key, policy: &Policy<'_>, key_id: &s
 }
 
 fn covers(headers: &[String], required: &str) -> bool {
-    let r = required.to_ascii_lowercase();
-    let alias = match r.as_str() {
-        "@method" | "@path" | "@query" | "@request-target" | "@target-uri" => "(request-target)",
-        "@authority" => "host",
-        other => other,
-    };
-    headers.iter().any(|h| h == alias)
+    let has = |n: &str| headers.iter().any(|h| h == n);
+    match required.to_ascii_lowercase().as_str() {
+        "@method" | "@path" | "@query" | "@request-target" => has("(request-target)"),
+        "@target-uri" => has("(request-target)") && has("host"),
+        "@authority" => has("host"),
+        other => has(other),
+    }
 }
 
 /// Verifies the request's `Signature` (or `Authorization: Signature`) against `policy`. With a

@@ -84,6 +84,9 @@ pub struct Policy<'a> {
     /// Allowed algorithms.
     pub algorithms: &'a [Algorithm],
     /// Components every accepted signature must cover (by name: `@method`, `host`, ...).
+    /// A component carrying the same information counts: `@target-uri` for `@scheme`,
+    /// `@authority`, `host`, `@path`, `@query`; `@request-target` for `@path`, `@query`;
+    /// `host` and `@authority` for each other.
     pub required_components: &'a [&'a str],
     /// Oldest acceptable `created`, as an age in seconds.
     pub max_age: u64,
@@ -287,7 +290,7 @@ fn verify_one<K: KeyResolver + ?Sized>(
         names.push(name);
     }
     for req in policy.required_components {
-        if !names.iter().any(|n| n.eq_ignore_ascii_case(req)) {
+        if !covers(&names, req) {
             return Err(Error::NotCovered((*req).to_string()));
         }
     }
@@ -372,6 +375,24 @@ fn verify_one<K: KeyResolver + ?Sized>(
         valid_until,
         digest_checked,
     })
+}
+
+/// True when the covered component names include `required` or a component that carries the
+/// same information: `@target-uri` covers `@scheme`, `@authority`, `host`, `@path` and
+/// `@query`; `@request-target` covers `@path` and `@query`; `host` and `@authority` cover
+/// each other.
+fn covers(names: &[&str], required: &str) -> bool {
+    let has = |n: &str| names.iter().any(|c| c.eq_ignore_ascii_case(n));
+    if has(required) {
+        return true;
+    }
+    match required.to_ascii_lowercase().as_str() {
+        "@scheme" => has("@target-uri"),
+        "@authority" => has("@target-uri") || has("host"),
+        "host" => has("@target-uri") || has("@authority"),
+        "@path" | "@query" => has("@target-uri") || has("@request-target"),
+        _ => false,
+    }
 }
 
 /// Builds the signature base (RFC 9421 §2.5) for the covered components and parameters in

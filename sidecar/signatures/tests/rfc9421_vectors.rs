@@ -588,3 +588,21 @@ fn key_maps_resolve() {
     b.insert("a".into(), Key::hmac(b"x").unwrap());
     assert!(b.resolve("a").is_some());
 }
+
+#[test]
+fn required_components_accept_equivalent_coverage() {
+    let secret = Key::hmac(b"s").unwrap();
+    let h = rfc_request_headers();
+    let comps = ["@method", "@target-uri"];
+    let p = SignParams::new("sig1", "k", Algorithm::HmacSha256, RFC_CREATED, &comps);
+    let signed = rfc9421::sign(&rfc_message(&h), &secret, &p).unwrap();
+    let h = with_sig(&signed.signature_input, &signed.signature);
+    let mut policy = Policy::new(ALL, 60);
+    policy.required_components = &["@method", "@path", "@query", "@authority", "host", "@scheme"];
+    rfc9421::verify(&rfc_message(&h), None, &("k", &secret), &policy, NOW).unwrap();
+    policy.required_components = &["date"];
+    assert_eq!(
+        rfc9421::verify(&rfc_message(&h), None, &("k", &secret), &policy, NOW),
+        Err(Error::NotCovered("date".into()))
+    );
+}
