@@ -622,3 +622,36 @@ async fn reload_errors(sidecar: &Sidecar) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+#[tokio::test]
+async fn bad_material_at_startup_serves_nothing_until_fixed() {
+    let backend = Backend::start().await;
+    let ca = Ca::new("Test CA");
+    let config = json!({"routes": [tls_route("api", &[HOST], backend.port())]});
+    let dir = tempfile::tempdir().unwrap();
+    loaded(
+        "expired",
+        config.clone(),
+        json!({"routes": {"api": {"tls": ca.expired_server("api", &[HOST]).material()}}}),
+    )
+    .write_dir(dir.path())
+    .unwrap();
+    let sidecar = Sidecar::start_with(dir.path(), &["--reload-interval", "50ms"]).await;
+    assert_eq!(sidecar.readiness().await, (false, String::new()));
+    // No TLS configuration: the handshake is refused, and nothing hangs.
+    let refused = tls_get(sidecar.inbound_tls, HOST, default_client(&ca.pem, None), "/").await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    loaded(
+        "fixed",
+        config,
+        json!({"routes": {"api": {"tls": ca.server("api", &[HOST]).material()}}}),
+    )
+    .write_dir(dir.path())
+    .unwrap();
+    assert!(sidecar.wait_generation("fixed", Duration::from_secs(10)).await);
+    let a = tls_get(sidecar.inbound_tls, HOST, default_client(&ca.pem, None), "/")
+        .await
+        .expect("served once fixed");
+    assert_eq!(a.status, 200);
+}
