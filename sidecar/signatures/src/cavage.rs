@@ -322,7 +322,7 @@ pub fn parse_params(value: &str) -> Result<SignatureParams, Error> {
 /// The `Signature` header's parameters, else those of `Authorization: Signature ...`.
 fn signature_value(msg: &Message<'_>) -> Result<String, Error> {
     if let Some(v) = msg.field("signature")? {
-        return Ok(v);
+        return Ok(v.into_owned());
     }
     if let Some(v) = msg.field("authorization")? {
         let v = v.trim_start();

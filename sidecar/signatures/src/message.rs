@@ -1,6 +1,8 @@
 //! The request as the signature code sees it: no body (bodies go in as `&[u8]` where a
 //! digest is checked or made).
 
+use std::borrow::Cow;
+
 use http::HeaderMap;
 
 use crate::Error;
@@ -92,8 +94,8 @@ impl<'a> Message<'a> {
 
     /// The field's value: every line's value trimmed, joined with `, `; `None` when absent.
     /// `host` falls back to the authority (HTTP/2 has no Host header).
-    pub fn field(&self, name: &str) -> Result<Option<String>, Error> {
-        let mut out: Option<String> = None;
+    pub fn field(&self, name: &str) -> Result<Option<Cow<'a, str>>, Error> {
+        let mut out: Option<Cow<'a, str>> = None;
         for v in self.headers.get_all(name) {
             let s = v
                 .to_str()
@@ -101,14 +103,15 @@ impl<'a> Message<'a> {
                 .trim_matches(|c| c == ' ' || c == '\t');
             match &mut out {
                 Some(o) => {
+                    let o = o.to_mut();
                     o.push_str(", ");
                     o.push_str(s);
                 }
-                None => out = Some(s.to_string()),
+                None => out = Some(Cow::Borrowed(s)),
             }
         }
         if out.is_none() && name.eq_ignore_ascii_case("host") && !self.authority.is_empty() {
-            out = Some(self.authority.to_ascii_lowercase());
+            out = Some(Cow::Owned(self.authority.to_ascii_lowercase()));
         }
         Ok(out)
     }

@@ -4,6 +4,8 @@
 //! `@query`, `@query-param;name=...`, and header fields (plain, `;bs`, `;key=...`), including
 //! `content-digest` (RFC 9530, checked against the body when one is given).
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 
 use crate::digest;
@@ -433,7 +435,7 @@ fn component_from_str(c: &str) -> Result<Item, Error> {
     }
 }
 
-fn component_value(msg: &Message<'_>, item: &Item) -> Result<String, Error> {
+fn component_value<'a>(msg: &Message<'a>, item: &Item) -> Result<Cow<'a, str>, Error> {
     let BareItem::String(name) = &item.bare else {
         return Err(Error::malformed(
             "Signature-Input",
@@ -457,18 +459,20 @@ fn component_value(msg: &Message<'_>, item: &Item) -> Result<String, Error> {
     }
     if let Some(derived) = name.strip_prefix('@') {
         let v = match derived {
-            "method" => msg.method.to_string(),
-            "target-uri" => msg.target_uri(),
-            "authority" => msg.normalized_authority(),
-            "scheme" => msg.scheme.to_ascii_lowercase(),
-            "request-target" => msg.request_target(),
-            "path" => msg.path_or_root().to_string(),
-            "query" => format!("?{}", msg.query.unwrap_or("")),
+            "method" => Cow::Borrowed(msg.method),
+            "target-uri" => Cow::Owned(msg.target_uri()),
+            "authority" => Cow::Owned(msg.normalized_authority()),
+            "scheme" => Cow::Owned(msg.scheme.to_ascii_lowercase()),
+            "request-target" => Cow::Owned(msg.request_target()),
+            "path" => Cow::Borrowed(msg.path_or_root()),
+            "query" => Cow::Owned(format!("?{}", msg.query.unwrap_or(""))),
             "query-param" => {
                 let Some(BareItem::String(want)) = sfv::param(&item.params, "name") else {
                     return Err(Error::malformed("Signature-Input", "@query-param without a name"));
                 };
-                query_param(msg.query.unwrap_or(""), want).ok_or_else(|| Error::MissingComponent(display()))??
+                Cow::Owned(
+                    query_param(msg.query.unwrap_or(""), want).ok_or_else(|| Error::MissingComponent(display()))??,
+                )
             }
             "status" => return Err(Error::MissingComponent(display())),
             "signature-params" => {
@@ -487,11 +491,13 @@ fn component_value(msg: &Message<'_>, item: &Item) -> Result<String, Error> {
             return Err(Error::MissingComponent(display()));
         }
         let b64 = base64::engine::general_purpose::STANDARD;
-        return Ok(lines
-            .iter()
-            .map(|l| format!(":{}:", b64.encode(l)))
-            .collect::<Vec<_>>()
-            .join(", "));
+        return Ok(Cow::Owned(
+            lines
+                .iter()
+                .map(|l| format!(":{}:", b64.encode(l)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ));
     }
     let value = msg.field(name)?.ok_or_else(|| Error::MissingComponent(display()))?;
     if let Some(key) = sfv::param(&item.params, "key") {
@@ -503,7 +509,7 @@ fn component_value(msg: &Message<'_>, item: &Item) -> Result<String, Error> {
         let m = sfv::member(&dict, key).ok_or_else(|| Error::MissingComponent(display()))?;
         let mut s = String::new();
         sfv::write_member(&mut s, m);
-        return Ok(s);
+        return Ok(Cow::Owned(s));
     }
     Ok(value)
 }

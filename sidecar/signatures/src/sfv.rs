@@ -195,6 +195,16 @@ impl<'a> Parser<'a> {
 
     fn string(&mut self) -> PResult<BareItem> {
         self.pos += 1; // opening quote
+        // Fast path: no escapes before the closing quote.
+        let rest = &self.s[self.pos..];
+        if let Some(end) = rest.iter().position(|&c| c == b'"' || c == b'\\')
+            && rest[end] == b'"'
+            && rest[..end].iter().all(|c| (0x20..0x7f).contains(c))
+        {
+            let s = String::from_utf8_lossy(&rest[..end]).into_owned();
+            self.pos += end + 1;
+            return Ok(BareItem::String(s));
+        }
         let mut out = String::new();
         loop {
             match self.peek() {
