@@ -8,10 +8,10 @@
 //!   - the named ports [`PORT_HTTP`], [`PORT_TLS`] and [`PORT_ADMIN`] (a Service targets
 //!     `portcullis-http` / `portcullis-tls`; the egress listener stays on loopback);
 //!   - one projected volume at [`CONFIG_DIR`] holding the group's ConfigMap (`config.json`)
-//!     and Secret (`secrets.json`), both named [`config_object_name`]: `portcullis-` and 8
-//!     hex digits of SHA-256 over the pod's labels minus the per-replica ones, the name the
-//!     controllers give a configuration group's objects (`controller::group::group_name`).
-//!     Not optional: the app never starts before its configuration exists;
+//!     and Secret (`secrets.json`), both named [`config_object_name`]: the pod's
+//!     configuration group (`portcullis-` and 8 hex digits of SHA-256 over its labels minus
+//!     the per-replica ones, [`group::group_name_for_pod`]). Not optional: the app never
+//!     starts before the operator has written its configuration;
 //!   - a downward-API volume at [`PODINFO_DIR`] with the pod's `labels` and `namespace`;
 //!   - startup, readiness (`/readyz`) and liveness (`/healthz`) probes on the admin port,
 //!     the configured resources and a non-root, read-only, no-capability security context.
@@ -41,12 +41,12 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use portcullis_api::{ApiRoute, SecurityProfile};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::compile::{self, Inputs, Verdict, reason};
+use crate::controller::group;
 
 /// Label that asks for a sidecar, on a pod or on its namespace.
-pub const INJECT_LABEL: &str = "portcullis.dev/inject";
+pub use crate::controller::group::INJECT_LABEL;
 /// Annotation the webhook puts on an injected pod: the name of its ConfigMap and Secret.
 pub const INJECTED_ANNOTATION: &str = "portcullis.dev/config-name";
 /// Name of the injected container.
@@ -69,16 +69,6 @@ pub const PORT_ADMIN: &str = "portcullis-adm";
 pub const MUTATE_PODS_PATH: &str = "/mutate-pods";
 /// Path of the ApiRoute validation webhook (ValidatingWebhookConfiguration in the chart).
 pub const VALIDATE_APIROUTES_PATH: &str = "/validate-apiroutes";
-
-/// Prefix of the ConfigMap and Secret names (`controller::group::GROUP_PREFIX`).
-const CONFIG_PREFIX: &str = "portcullis-";
-/// Labels that differ between replicas of one workload (`controller::group::REPLICA_LABELS`).
-const REPLICA_LABELS: &[&str] = &[
-    "pod-template-hash",
-    "controller-revision-hash",
-    "statefulset.kubernetes.io/pod-name",
-    "apps.kubernetes.io/pod-index",
-];
 
 /// The reasons an ApiRoute is refused for at admission: the rules that depend only on the
 /// route and the profiles' existence and types, never on objects that may be created later.
@@ -195,19 +185,11 @@ pub enum InjectError {
     HostNetwork,
 }
 
-/// The name of the ConfigMap and Secret that configure a pod with these labels:
-/// `portcullis-` and the first 8 hex digits of SHA-256 over `key=value\n` for every label
-/// but the per-replica ones, in key order. Must equal the controllers' group name
-/// (`controller::group::group_name_for_pod`); the tests pin the same values.
+/// The name of the ConfigMap and Secret that configure a pod with these labels: its
+/// configuration group's name, `portcullis-` and 8 hex digits of SHA-256 over the labels
+/// minus the per-replica ones ([`group::group_name_for_pod`], what the controllers write).
 pub fn config_object_name(pod_labels: &BTreeMap<String, String>) -> String {
-    let mut hasher = Sha256::new();
-    for (k, v) in pod_labels.iter().filter(|(k, _)| !REPLICA_LABELS.contains(&k.as_str())) {
-        hasher.update(k.as_bytes());
-        hasher.update(b"=");
-        hasher.update(v.as_bytes());
-        hasher.update(b"\n");
-    }
-    format!("{CONFIG_PREFIX}{}", hex::encode(&hasher.finalize()[..4]))
+    group::group_name_for_pod(pod_labels)
 }
 
 /// The JSON patch (RFC 6902) that injects the sidecar into `pod`, created in a namespace
@@ -655,6 +637,10 @@ spec:
     #[test]
     fn config_names_are_the_controllers_group_names() {
         // Pinned, like controller::group's tests: existing ConfigMaps and Secrets have these names.
+        assert_eq!(
+            config_object_name(&labels(&[("app", "api")])),
+            group::group_name(&labels(&[("app", "api")]))
+        );
         assert_eq!(config_object_name(&BTreeMap::new()), "portcullis-e3b0c442");
         let a = labels(&[("app", "api"), (INJECT_LABEL, "true"), ("pod-template-hash", "5d8f")]);
         let b = labels(&[("app", "api"), (INJECT_LABEL, "true"), ("pod-template-hash", "77c1")]);
@@ -668,7 +654,7 @@ spec:
             config_object_name(&labels(&[("app", "web"), (INJECT_LABEL, "true")]))
         );
         let name = config_object_name(&a);
-        assert_eq!(name.len(), CONFIG_PREFIX.len() + 8);
+        assert_eq!(name.len(), group::GROUP_PREFIX.len() + 8);
         assert!(
             name.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Helm chart (charts/portcullis), checked with the real tools (tests/setup.d/30-helm.sh
 # installs them):
-#   1. the chart's CRDs (files/crds/) are byte-identical to crds/;
+#   1. the chart's CRDs (files/crds/) are byte-identical to crds/, and its RBAC rules
+#      (files/rbac.yaml) to operator/rbac.yaml;
 #   2. helm lint --strict, with the default values and with non-default ones;
 #   3. helm template with default and non-default values; wrong values are refused by
 #      values.schema.json (non-zero exit and the schema's message);
@@ -9,7 +10,8 @@
 #      (kubernetes-validate --strict, for the oldest and newest Kubernetes the chart supports);
 #      objects of custom types (monitoring.coreos.com) are skipped, CRDs themselves are
 #      validated, and the rendered CRDs are the ones in crds/ plus the chart's metadata;
-#   5. the settings the chart hands the operator carry the values they were given.
+#   5. the settings the chart hands the operator carry the values they were given, and every
+#      flag the Deployment passes to `portcullis-operator run` is one `run --help` lists.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TOOLS="${PORTCULLIS_TOOLS:-$PWD/target/tools}"
@@ -37,6 +39,16 @@ else
   fail "files/crds/ differs from crds/ (refresh: cp crds/*.yaml $CHART/files/crds/)"
 fi
 
+echo "RBAC: $CHART/files/rbac.yaml == operator/rbac.yaml"
+if [ ! -e operator/rbac.yaml ]; then
+  echo "  skip operator/rbac.yaml not in this checkout"
+elif cmp -s operator/rbac.yaml "$CHART/files/rbac.yaml"; then
+  pass "files/rbac.yaml is byte-identical to operator/rbac.yaml"
+else
+  diff operator/rbac.yaml "$CHART/files/rbac.yaml" >&2 || true
+  fail "files/rbac.yaml differs from operator/rbac.yaml (refresh: cp operator/rbac.yaml $CHART/files/)"
+fi
+
 # --- non-default values ---------------------------------------------------------------------
 cat >"$work/values-custom.yaml" <<'YAML'
 fullnameOverride: pc
@@ -45,7 +57,7 @@ crds:
 operator:
   image: {repository: registry.example.com/portcullis-operator, tag: "1.2.3", pullPolicy: Always}
   replicas: 3
-  leaderElection: {enabled: true, leaseName: pc-leader}
+  leaderElection: {leaseName: pc-leader}
   logLevel: debug
   adminPort: 9080
   webhookPort: 10443
@@ -59,7 +71,7 @@ operator:
 imagePullSecrets: [{name: regcred}]
 serviceAccount: {create: true, name: portcullis-sa, annotations: {example.com/role: operator}}
 orgAllowance:
-  requestsPerMinute: 600
+  requestsPerMinute: 1000000
 trustedProxies: [10.0.0.0/8, "fd00::/8"]
 sidecar:
   image: {repository: registry.example.com/portcullis-sidecar, tag: "1.2.3", pullPolicy: Always}
@@ -83,7 +95,7 @@ serviceMonitor:
 YAML
 cat >"$work/values-minimal.yaml" <<'YAML'
 crds: {install: false}
-operator: {replicas: 1, leaderElection: {enabled: false, leaseName: x}}
+operator: {replicas: 1}
 serviceAccount: {create: false, name: existing}
 webhook: {injection: {enabled: false}, validation: {enabled: false}}
 YAML
@@ -203,7 +215,7 @@ for ds, replicas, admin, webhook in ((default, 2, 8080, 9443), (custom, 3, 9080,
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     check(dep["spec"]["replicas"] == replicas, f"replicas {dep['spec']['replicas']}")
-    check(c["args"][0] == "run" and "--leader-elect" in c["args"], f"args {c['args']}")
+    check(c["args"][0] == "run" and any(a.startswith("--lease-name=") for a in c["args"]), f"args {c['args']}")
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     check(ports == {"admin": admin, "webhook": webhook}, f"ports {ports}")
     check(c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}, "liveness")
@@ -214,8 +226,14 @@ for ds, replicas, admin, webhook in ((default, 2, 8080, 9443), (custom, 3, 9080,
     check(pod["securityContext"]["runAsNonRoot"] is True, "pod runAsNonRoot")
     pdb = one(ds, "PodDisruptionBudget")
     check(pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"], "PDB selector")
-mc = one(minimal, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-check("--leader-elect" not in mc["args"], "leader election disabled but --leader-elect passed")
+cargs = one(custom, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+for want in ("--lease-name=pc-leader", "--org-allowance=1000000", "--trusted-proxies=10.0.0.0/8,fd00::/8", "--admin=0.0.0.0:9080"):
+    check(want in cargs, f"custom args lack {want}: {cargs}")
+dargs = one(default, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+check(not any(a.startswith(("--org-allowance", "--trusted-proxies")) for a in dargs), f"default args {dargs}")
+with open(os.path.join(work, "flags"), "w") as f:
+    for flag in sorted({a.split("=")[0] for a in cargs + dargs if a.startswith("--")}):
+        print(flag, file=f)
 check(not any(d["kind"] == "PodDisruptionBudget" for d in minimal), "PDB rendered for one replica")
 check(not any(d["kind"].endswith("WebhookConfiguration") for d in minimal), "webhooks rendered while disabled")
 check(not any(d["kind"] == "ServiceMonitor" for d in default), "ServiceMonitor rendered by default")
@@ -235,17 +253,26 @@ check(any(ns == {"portcullis.dev/inject": "true"} for _, ns in sels), f"no names
 vwc = one(default, "ValidatingWebhookConfiguration")
 check(vwc["webhooks"][0]["rules"][0]["resources"] == ["apiroutes"], "validating webhook rules")
 
-# RBAC: least privilege (no wildcards), leases only namespaced.
+# RBAC: operator/rbac.yaml's rules, leases only namespaced, webhook access by name, no wildcards.
 cr = one(default, "ClusterRole")
 for rule in cr["rules"]:
     check("*" not in rule["verbs"] and "*" not in rule["resources"], f"wildcard rule {rule}")
     check("leases" not in rule["resources"], "leases in the ClusterRole")
 role = one(default, "Role")
-check(role["rules"][0]["resources"] == ["leases"], "Role for leases")
+check(all(r["resources"] == ["leases"] for r in role["rules"]), "Role is for leases only")
+if os.path.exists("operator/rbac.yaml"):
+    controller_rules = yaml.safe_load(open("operator/rbac.yaml"))["rules"]
+    for rule in controller_rules:
+        where = role["rules"] if "leases" in rule["resources"] else cr["rules"]
+        check(rule in where, f"operator/rbac.yaml rule missing from the chart: {rule}")
+hooks = [r for r in cr["rules"] if "admissionregistration.k8s.io" in r["apiGroups"]]
+check(len(hooks) == 1 and hooks[0].get("resourceNames") == ["portcullis"], f"webhook configuration rules {hooks}")
+check(not any("admissionregistration.k8s.io" in r["apiGroups"] for r in one(minimal, "ClusterRole")["rules"]),
+      "webhook rules without webhooks")
 
 # Settings: org allowance and sidecar defaults reach the operator.
 settings = json.loads(one(custom, "ConfigMap", "pc-settings")["data"]["settings.json"])
-check(settings["orgAllowance"]["requestsPerMinute"] == 600, f"orgAllowance {settings['orgAllowance']}")
+check(settings["orgAllowance"]["requestsPerMinute"] == 1000000, f"orgAllowance {settings['orgAllowance']}")
 check(settings["sidecar"]["image"] == "registry.example.com/portcullis-sidecar:1.2.3", "sidecar image")
 check(settings["sidecar"]["ports"] == {"inbound": 8081, "inboundTls": 8443, "egress": 8001, "admin": 9091}, "sidecar ports")
 check(settings["webhook"]["service"] == "pc-webhook", "webhook service in settings")
@@ -256,6 +283,21 @@ for e in errors:
     print("   -", e, file=sys.stderr)
 sys.exit(1 if errors else 0)
 PY
+
+echo "portcullis-operator run --help"
+if [ -s "$work/flags" ]; then
+  cargo build -q -p portcullis-operator --bin portcullis-operator
+  help="$("${CARGO_TARGET_DIR:-target}/debug/portcullis-operator" run --help)"
+  missing=""
+  while read -r flag; do
+    grep -q -- "$flag[ =]" <<<"$help" || missing="$missing $flag"
+  done <"$work/flags"
+  if [ -z "$missing" ]; then
+    pass "run accepts every flag the chart passes: $(tr '\n' ' ' <"$work/flags")"
+  else
+    fail "run does not accept:$missing"
+  fi
+fi
 
 if [ "$failures" -gt 0 ]; then
   echo "chart suite: $failures failure(s)" >&2
