@@ -10,6 +10,9 @@
 #      (kubernetes-validate --strict, for the oldest and newest Kubernetes the chart supports);
 #      objects of custom types (monitoring.coreos.com) are skipped, CRDs themselves are
 #      validated, and the rendered CRDs are the ones in crds/ plus the chart's metadata;
+#   6. dashboards/portcullis.json: valid Grafana JSON whose queries use only metrics the
+#      sidecar and operator export (names from their metrics.rs) and, with promtool on the
+#      PATH, parse as PromQL;
 #   5. the settings the chart hands the operator carry the values they were given, and every
 #      flag the Deployment passes to `portcullis-operator run` is one `run --help` lists.
 set -euo pipefail
@@ -297,6 +300,59 @@ if [ -s "$work/flags" ]; then
   else
     fail "run does not accept:$missing"
   fi
+fi
+
+echo "dashboards/portcullis.json"
+if "$PY" - "$work" <<'PY'; then pass "dashboard: panels, variables and metric names"; else fail "dashboard"; fi
+import json, os, re, sys
+work = sys.argv[1]
+d = json.load(open("dashboards/portcullis.json"))
+errors = []
+exported = set()
+for src in ("sidecar/src/metrics.rs", "operator/src/controller/metrics.rs"):
+    exported |= set(re.findall(r'"(portcullis_[a-z_]+)"', open(src).read()))
+ids = [p["id"] for p in d["panels"]]
+if len(ids) != len(set(ids)):
+    errors.append(f"duplicate panel ids {ids}")
+exprs = []
+for p in d["panels"]:
+    for t in p.get("targets", []):
+        exprs.append((p["title"], t["expr"]))
+for v in d["templating"]["list"]:
+    if v["type"] == "query":
+        exprs.append((f"variable {v['name']}", v["query"]["query"]))
+used = set()
+for title, e in exprs:
+    for m in re.findall(r"\b(portcullis_[a-z_]+)", e):
+        base = re.sub(r"_(bucket|sum|count)$", "", m)
+        used.add(base)
+        if base not in exported:
+            errors.append(f"{title}: {m} is not exported (known: {sorted(exported)})")
+for must in ("portcullis_requests_total", "portcullis_request_duration_seconds", "portcullis_rate_limit_rejections_total",
+             "portcullis_config_reloads_total", "portcullis_backend_errors_total", "portcullis_operator_reconciles_total"):
+    if must not in used:
+        errors.append(f"no panel uses {must}")
+# PromQL for promtool: Grafana's variables replaced by concrete values.
+rules = {"groups": [{"name": "dashboard", "rules": []}]}
+for i, (title, e) in enumerate(x for x in exprs if not x[0].startswith("variable")):
+    e = e.replace("$__rate_interval", "5m")
+    e = re.sub(r"\$[a-z_]+", ".*", e)
+    rules["groups"][0]["rules"].append({"record": f"dashboard:panel_{i}", "expr": e})
+json.dump(rules, open(os.path.join(work, "dashboard-rules.json"), "w"))
+for e in errors:
+    print("   -", e, file=sys.stderr)
+sys.exit(1 if errors else 0)
+PY
+if command -v promtool >/dev/null; then
+  # promtool reads YAML; JSON is YAML.
+  cp "$work/dashboard-rules.json" "$work/dashboard-rules.yaml"
+  if promtool check rules "$work/dashboard-rules.yaml" >"$work/promtool.out" 2>&1; then
+    pass "dashboard: every query parses as PromQL (promtool check rules)"
+  else
+    cat "$work/promtool.out" >&2; fail "dashboard: PromQL"
+  fi
+else
+  echo "  skip promtool not installed: PromQL syntax not checked"
 fi
 
 if [ "$failures" -gt 0 ]; then
