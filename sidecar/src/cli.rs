@@ -74,6 +74,27 @@ pub struct ServeArgs {
     /// On SIGTERM, time allowed for open requests to finish before the process exits.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub drain_timeout: Duration,
+    /// Follow this ConfigMap (key `config.json`) through the Kubernetes API, with
+    /// `--watch-secret`: a change is enforced within a second instead of at the kubelet's next
+    /// sync. Needs RBAC to get/list/watch the two objects; without it the mounted files are used.
+    #[arg(long, requires = "watch_secret")]
+    pub watch_configmap: Option<String>,
+    /// The Secret (key `secrets.json`) followed with `--watch-configmap`.
+    #[arg(long, requires = "watch_configmap")]
+    pub watch_secret: Option<String>,
+    /// Writable directory the followed objects are written to (kubelet layout). Once it holds a
+    /// configuration it is preferred to `--config-dir`. Default: `$TMPDIR/portcullis-api-config`.
+    #[arg(long)]
+    pub watch_dir: Option<PathBuf>,
+    /// API server URL for `--watch-*` (default: in-cluster, from the service account).
+    #[arg(long)]
+    pub api_server: Option<String>,
+    /// Namespace of the followed objects (default: the service account's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Bearer token file for `--api-server` (default: none; in-cluster uses the service account).
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
     /// How often the configuration directory is checked for changes.
     #[arg(long, value_parser = parse_duration, default_value = "250ms")]
     pub reload_interval: Duration,

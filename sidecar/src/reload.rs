@@ -84,16 +84,41 @@ pub fn apply(shared: &Shared, dir: &Path) -> bool {
     }
 }
 
-/// Watches `dir` forever, applying every stable change.
-pub async fn watch(shared: Arc<Shared>, dir: PathBuf, interval: Duration, mut last: Snapshot) {
+/// Where configurations come from: the mounted directory (what the kubelet syncs) and, when
+/// the sidecar follows its objects through the API, the directory they are written to.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// `--config-dir`.
+    pub mounted: PathBuf,
+    /// `--watch-dir`, when following the API.
+    pub api: Option<PathBuf>,
+}
+
+impl Sources {
+    /// The directory in force: the API's once it holds a configuration (it is never older
+    /// than the mounted one), else the mounted one.
+    pub fn current(&self) -> &Path {
+        match &self.api {
+            Some(api) if api.join(CONFIG_FILE).exists() => api,
+            _ => &self.mounted,
+        }
+    }
+}
+
+/// Watches the sources forever, applying every stable change of the directory in force.
+pub async fn watch(shared: Arc<Shared>, sources: Sources, interval: Duration, last: Snapshot) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_dir = sources.current().to_owned();
+    let mut last = last;
     loop {
         ticker.tick().await;
+        let dir = sources.current().to_owned();
         let now = read(&dir).await;
-        if now == last {
+        if now == last && dir == last_dir {
             continue;
         }
+        last_dir = dir.clone();
         // Debounce: wait until the files stop changing (a writer may still be busy).
         let mut candidate = now;
         loop {

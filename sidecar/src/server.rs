@@ -56,6 +56,11 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
 
     let metrics = Metrics::new();
     let forwarder = Forwarder::new(args.backend_connect_timeout, args.backend_timeout);
+    let sources = reload::Sources {
+        mounted: dir,
+        api: watch_dir(&args),
+    };
+    let dir = sources.current().to_owned();
     let snapshot = Snapshot::read(&dir);
     let limiter = Arc::new(InMemoryLimiter::new());
     let initial = match reload::load(&dir, &limiter, &forwarder) {
@@ -129,17 +134,78 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         args.drain_timeout,
         args.header_read_timeout,
     )));
-    let watcher = tokio::spawn(reload::watch(shared, dir, args.reload_interval, snapshot));
+    let follower = follow_api(&args, &sources);
+    let watcher = tokio::spawn(reload::watch(shared, sources, args.reload_interval, snapshot));
 
     shutdown_signal().await;
     tracing::info!(drain = ?args.drain_timeout, "shutting down: no new connections, draining the open ones");
     watcher.abort();
+    if let Some(follower) = follower {
+        follower.abort();
+    }
     let _ = stop.send(true);
     for task in serving {
         let _ = task.await;
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `--watch-dir`, or its default, when `--watch-configmap` is set.
+fn watch_dir(args: &ServeArgs) -> Option<std::path::PathBuf> {
+    args.watch_configmap.as_ref()?;
+    Some(
+        args.watch_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("portcullis-api-config")),
+    )
+}
+
+/// Starts following the sidecar's ConfigMap and Secret through the API, if asked to. A
+/// failure to set up is logged and the mounted files keep being used.
+fn follow_api(args: &ServeArgs, sources: &reload::Sources) -> Option<tokio::task::JoinHandle<()>> {
+    let (configmap, secret, dir) = (
+        args.watch_configmap.clone()?,
+        args.watch_secret.clone()?,
+        sources.api.clone()?,
+    );
+    let config = match &args.api_server {
+        Some(url) => {
+            let token = match &args.api_token_file {
+                Some(f) => match std::fs::read_to_string(f) {
+                    Ok(t) => Some(t.trim().to_owned()),
+                    Err(error) => {
+                        tracing::error!(%error, file = %f.display(), "cannot read --api-token-file; not following the API");
+                        return None;
+                    }
+                },
+                None => None,
+            };
+            Ok(portcullis_kubewatch::ApiConfig {
+                base_url: url.clone(),
+                token,
+                ca_pem: None,
+                namespace: args.namespace.clone().unwrap_or_else(|| "default".into()),
+            })
+        }
+        None => portcullis_kubewatch::ApiConfig::in_cluster().map(|mut c| {
+            if let Some(ns) = &args.namespace {
+                c.namespace = ns.clone();
+            }
+            c
+        }),
+    };
+    let client = match config.and_then(portcullis_kubewatch::ApiClient::new) {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "cannot follow the configuration through the API; using the mounted files");
+            return None;
+        }
+    };
+    tracing::info!(%configmap, %secret, namespace = client.namespace(), dir = %dir.display(),
+        "following the configuration through the API");
+    let target = portcullis_kubewatch::Target { configmap, secret, dir };
+    Some(tokio::spawn(portcullis_kubewatch::run(client, target)))
 }
 
 fn connection_builder(args: &ServeArgs) -> auto::Builder<TokioExecutor> {
