@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The load benchmark in smoke mode (one short round per target) so that it never rots:
+# release builds, nginx with the same policy, oha; fails if a target does not answer.
+# The full run is a documented command (README, Performance), not a test.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+timeout 1800 tests/bench/run.sh --smoke
