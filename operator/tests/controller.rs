@@ -167,15 +167,27 @@ async fn reconciles_routes_and_profiles_into_configmaps_and_secrets() {
         "group b untouched"
     );
 
-    // 5. Deleting the routes of a group deletes its objects (owner references).
+    // 5. Deleting the route of a group deletes its objects (owner references); while the
+    //    group's pods remain, the operator writes them back without the route, and once the
+    //    pods are gone too, the objects go for good.
     server.delete(ROUTES, NS, "rb", Propagation::Delete).unwrap();
-    wait_until(WAIT, "group b's objects gone", &op, || {
-        (get(&server, "configmaps", &gb).is_none() && get(&server, "secrets", &gb).is_none()).then_some(())
+    assert!(get(&server, "configmaps", &gb).is_none() && get(&server, "secrets", &gb).is_none());
+    let cm_b = wait_until(WAIT, "group b's empty configuration", &op, || {
+        get(&server, "configmaps", &gb)
     })
     .await;
+    assert!(route_names(&config_of(&cm_b)).is_empty());
+    assert!(cm_b["metadata"]["ownerReferences"].is_null());
+    let secret_b = wait_until(WAIT, "group b's Secret", &op, || get(&server, "secrets", &gb)).await;
+    assert!(!secrets_of(&secret_b).contains("password-b"));
     wait_until(WAIT, "pb's route list emptied", &op, || {
         let pb = get(&server, PROFILES, "pb")?;
         pb["status"]["routes"].is_null().then_some(())
+    })
+    .await;
+    server.delete("pods", NS, "b-1", Propagation::Delete).unwrap();
+    wait_until(WAIT, "group b's objects gone", &op, || {
+        (get(&server, "configmaps", &gb).is_none() && get(&server, "secrets", &gb).is_none()).then_some(())
     })
     .await;
 
@@ -194,6 +206,9 @@ async fn reconciles_routes_and_profiles_into_configmaps_and_secrets() {
             >= 1.0
     );
     assert!(op.metric("portcullis_operator_reconcile_errors_total").is_some());
+
+    // Every request so far is allowed by rbac.yaml.
+    assert_rbac_allows(&server.requests());
 
     // 7. A restart changes nothing.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -264,6 +279,7 @@ async fn one_leader_at_a_time_and_a_standby_takes_over() {
         .unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "second");
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    assert_rbac_allows(&server.requests());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,8 +322,15 @@ async fn a_route_made_valid_again_and_a_missing_secret_created_later_are_served(
     assert_eq!(condition(&ra, "Accepted").unwrap()["status"], "True");
     assert!(secrets_of(&get(&server, "secrets", &ga).unwrap()).contains("late"));
 
-    // A new pod of another workload that no route selects gets nothing.
+    // A new pod of another workload that no route selects gets an empty configuration.
     server.create(&pod("c-1", "c")).unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(get(&server, "configmaps", &group_of("c")).is_none());
+    let cm_c = wait_until(WAIT, "group c's ConfigMap", &op, || {
+        get(&server, "configmaps", &group_of("c"))
+    })
+    .await;
+    assert!(route_names(&config_of(&cm_c)).is_empty());
+    wait_until(WAIT, "group c's Secret", &op, || {
+        get(&server, "secrets", &group_of("c"))
+    })
+    .await;
 }

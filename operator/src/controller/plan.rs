@@ -2,7 +2,7 @@
 //! and statuses that should exist. No I/O; the reconciler compares the plan with the cluster
 //! and writes the difference.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -14,8 +14,9 @@ use sha2::{Digest, Sha256};
 
 use super::group::{self, GROUP_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
 use super::objects::OwnedSecret;
+use super::refs::referenced_secrets;
 use super::status::{self, DesiredStatus};
-use crate::compile::{self, Inputs, Output};
+use crate::compile::{self, Inputs};
 
 /// Annotation with the configuration generation a group's objects carry.
 pub const GENERATION_ANNOTATION: &str = "portcullis.dev/generation";
@@ -75,29 +76,56 @@ pub fn plan(s: &Snapshot) -> Plan {
         let labels = group::group_labels(pod);
         members.entry(group::group_name(&labels)).or_insert((labels, 0)).1 += 1;
     }
-    let compile_for = |labels: Option<&BTreeMap<String, String>>| {
-        compile::compile(&Inputs {
+    fn inputs<'a>(
+        s: &'a Snapshot,
+        profiles: &'a [SecurityProfile],
+        routes: &'a [ApiRoute],
+        secrets: &'a [Secret],
+        labels: Option<&'a BTreeMap<String, String>>,
+    ) -> Inputs<'a> {
+        Inputs {
             namespace: s.namespace,
-            profiles: s.profiles,
-            routes: s.routes,
-            secrets: s.secrets,
+            profiles,
+            routes,
+            secrets,
             org_allowance: s.settings.org_allowance,
             trusted_proxies: &s.settings.trusted_proxies,
             workload_labels: labels,
-        })
-    };
+        }
+    }
+    // The verdicts, and the profiles' route lists, need the whole namespace.
+    let verdicts = compile::compile(&inputs(s, s.profiles, s.routes, s.secrets, None));
 
     let mut groups = BTreeMap::new();
-    let mut verdicts: Option<Output> = None;
     for (name, (labels, pods)) in &members {
-        // A group has objects while a route selects it, valid or not (an invalid one leaves
-        // an empty configuration behind); they belong to those routes, so deleting the last
-        // one deletes them.
+        // Every group of pods has objects (the injected sidecar mounts them, not optionally),
+        // with an empty configuration when no valid route selects it. They belong to the
+        // routes that select it, valid or not, so deleting those deletes them (the next
+        // reconcile writes an empty configuration back while pods remain).
         let selecting: Vec<&ApiRoute> = s.routes.iter().filter(|r| compile::route_selects(r, labels)).collect();
-        if selecting.is_empty() {
-            continue;
-        }
-        let output = compile_for(Some(labels));
+        // A group's configuration depends only on the routes that select it, the profiles
+        // they name and the Secrets those reference (routes are compiled one by one), so
+        // each group compiles just those: the same output as compiling the whole namespace
+        // for these labels, in a fraction of the time.
+        let routes: Vec<ApiRoute> = selecting.iter().map(|r| (*r).clone()).collect();
+        let named: BTreeSet<&str> = routes
+            .iter()
+            .flat_map(|r| r.spec.profiles.iter().map(|p| p.name.as_str()))
+            .collect();
+        let profiles: Vec<SecurityProfile> = s
+            .profiles
+            .iter()
+            .filter(|p| p.metadata.name.as_deref().is_some_and(|n| named.contains(n)))
+            .cloned()
+            .collect();
+        let wanted = referenced_secrets(&profiles, &routes);
+        let secrets: Vec<Secret> = s
+            .secrets
+            .iter()
+            .filter(|x| x.metadata.name.as_ref().is_some_and(|n| wanted.contains(n)))
+            .cloned()
+            .collect();
+        let output = compile::compile(&inputs(s, &profiles, &routes, &secrets, Some(labels)));
         let routes: Vec<String> = output.loaded.config.routes.iter().map(|r| r.name.clone()).collect();
         let owners = owner_references(&selecting);
         let meta = group_meta(s.namespace, name, labels, &output.loaded.config.generation, owners);
@@ -111,10 +139,7 @@ pub fn plan(s: &Snapshot) -> Plan {
                 routes,
             },
         );
-        verdicts.get_or_insert(output);
     }
-    // The verdicts do not depend on the pod labels; without pods, compile for them alone.
-    let verdicts = verdicts.unwrap_or_else(|| compile_for(None));
 
     let routes = s
         .routes

@@ -226,3 +226,80 @@ pub fn rv(obj: &Value) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// Panics unless `operator/rbac.yaml` allows every request the operator made.
+pub fn assert_rbac_allows(requests: &[portcullis_fake_apiserver::RecordedRequest]) {
+    use portcullis_fake_apiserver::resources::{Target, parse_path};
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rbac.yaml")).unwrap();
+    let role: Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(role["kind"], "ClusterRole");
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
+    };
+    // (apiGroups, resources, resourceNames, verbs)
+    type Rule = (Vec<String>, Vec<String>, Vec<String>, Vec<String>);
+    let rules: Vec<Rule> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                strings(&r["apiGroups"]),
+                strings(&r["resources"]),
+                strings(&r["resourceNames"]),
+                strings(&r["verbs"]),
+            )
+        })
+        .collect();
+    let mut used = std::collections::BTreeSet::new();
+    for req in requests {
+        let watch = req.query.split('&').any(|kv| kv == "watch=1" || kv == "watch=true");
+        let (group, resource, name, verb) = match parse_path(&req.path) {
+            Some(Target::Collection { group, plural, .. }) => {
+                let verb = match req.method.as_str() {
+                    "GET" if watch => "watch",
+                    "GET" => "list",
+                    "POST" => "create",
+                    "DELETE" => "deletecollection",
+                    other => panic!("unexpected {other} {}", req.path),
+                };
+                (group.to_owned(), plural.to_owned(), None, verb)
+            }
+            Some(Target::Object {
+                group,
+                plural,
+                name,
+                subresource,
+                ..
+            }) => {
+                let verb = match req.method.as_str() {
+                    "GET" => "get",
+                    "PUT" => "update",
+                    "PATCH" => "patch",
+                    "DELETE" => "delete",
+                    other => panic!("unexpected {other} {}", req.path),
+                };
+                let resource = match subresource {
+                    Some(sub) => format!("{plural}/{sub}"),
+                    None => plural.to_owned(),
+                };
+                (group.to_owned(), resource, Some(name.to_owned()), verb)
+            }
+            _ => continue,
+        };
+        let allowed = rules.iter().any(|(groups, resources, names, verbs)| {
+            groups.contains(&group)
+                && resources.contains(&resource)
+                && verbs.iter().any(|v| v == verb)
+                && (names.is_empty() || name.as_ref().is_some_and(|n| names.contains(n)))
+        });
+        assert!(
+            allowed,
+            "rbac.yaml does not allow {verb} {group}/{resource} {name:?} ({req:?})"
+        );
+        used.insert(format!("{group}/{resource}:{verb}"));
+    }
+    eprintln!("RBAC used: {used:?}");
+}

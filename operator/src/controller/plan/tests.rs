@@ -223,18 +223,47 @@ fn planning_is_deterministic_and_comparisons_see_changes() {
 }
 
 #[test]
-fn groups_exist_while_a_route_selects_them() {
+fn every_group_of_pods_has_objects_owned_by_the_routes_selecting_it() {
     let mut w = World::new();
     w.pods.push(pod("lonely", "1"));
     let plan = w.plan();
-    assert_eq!(plan.groups.len(), 2, "no route selects app=lonely");
+    assert_eq!(plan.groups.len(), 3);
+    let lonely = group_of(&plan, "lonely");
+    assert!(lonely.routes.is_empty() && lonely.configmap.metadata.owner_references.is_none());
+    assert_eq!(lonely.pods, 1);
     w.routes.retain(|r| r.metadata.name.as_deref() != Some("rb"));
     let plan = w.plan();
-    assert_eq!(plan.groups.len(), 1);
+    assert!(group_of(&plan, "b").configmap.metadata.owner_references.is_none());
     assert_eq!(
         plan.routes["ra"].conditions[1].message,
         "published to 1 configuration group(s) serving 2 pod(s)"
     );
+}
+
+#[test]
+fn each_group_holds_what_compiling_the_whole_namespace_for_its_labels_gives() {
+    let mut w = World::new();
+    w.profiles.push(basic_profile("pc", "sa"));
+    w.routes.push(route("rc", "a", &["pc", "pa"]));
+    w.routes.push(route("broken", "b", &["missing"]));
+    w.settings.org_allowance = Some(60);
+    let plan = w.plan();
+    for pod in &w.pods {
+        let labels = group::group_labels(pod);
+        let full = crate::compile::compile(&Inputs {
+            namespace: NS,
+            profiles: &w.profiles,
+            routes: &w.routes,
+            secrets: &w.secrets,
+            org_allowance: w.settings.org_allowance,
+            trusted_proxies: &w.settings.trusted_proxies,
+            workload_labels: Some(&labels),
+        });
+        let g = &plan.groups[&group::group_name(&labels)];
+        assert_eq!(g.generation, full.loaded.config.generation);
+        assert_eq!(config_json(g).as_bytes(), full.loaded.config_json().as_slice());
+        assert_eq!(secrets_json(g).as_bytes(), full.loaded.secrets_json().as_slice());
+    }
 }
 
 #[test]
