@@ -899,6 +899,62 @@ spec:
         assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 8081);
     }
 
+    /// With `PORTCULLIS_INJECTED_PODS_DIR` set, writes injected pods there as JSON, for
+    /// tests/suite.d/20-chart.sh to validate against the Kubernetes schemas.
+    #[test]
+    fn injected_pods_for_schema_validation() {
+        let full = pod(r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: finance-api-0
+  namespace: prod
+  labels: {app: finance-api}
+spec:
+  initContainers: [{name: migrate, image: example/migrate:1}]
+  containers:
+    - name: app
+      image: example/finance-api:1
+      ports: [{name: http, containerPort: 8080}]
+      livenessProbe: {httpGet: {path: /healthz, port: http}}
+  volumes: [{name: data, emptyDir: {}}]
+"#);
+        let ns = labels(&[(INJECT_LABEL, "true")]);
+        let settings = SidecarSettings {
+            resources: Some(
+                serde_json::from_value(
+                    json!({"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}),
+                )
+                .unwrap(),
+            ),
+            image_pull_policy: Some("IfNotPresent".into()),
+            ..Default::default()
+        };
+        let legacy = SidecarSettings {
+            native: false,
+            ..settings.clone()
+        };
+        let pods = [
+            ("native.json", injected(&pod(APP_POD), &BTreeMap::new(), &settings)),
+            ("native-by-namespace.json", injected(&full, &ns, &settings)),
+            ("container.json", injected(&full, &ns, &legacy)),
+        ];
+        if let Some(dir) = std::env::var_os("PORTCULLIS_INJECTED_PODS_DIR") {
+            for (file, pod) in &pods {
+                // The API server names a generateName pod after admission; validators want a name.
+                let mut pod = pod.clone();
+                pod.metadata
+                    .name
+                    .get_or_insert_with(|| "finance-api-5d8f-x7k2p".to_owned());
+                let path = std::path::Path::new(&dir).join(file);
+                std::fs::write(&path, serde_json::to_vec_pretty(&pod).unwrap()).unwrap();
+            }
+        }
+        for (_, pod) in &pods {
+            assert_eq!(serde_json::to_value(pod).unwrap()["kind"], "Pod");
+        }
+    }
+
     #[test]
     fn settings_file_as_the_chart_renders_it() {
         let json = br#"{

@@ -10,6 +10,8 @@
 #      (kubernetes-validate --strict, for the oldest and newest Kubernetes the chart supports);
 #      objects of custom types (monitoring.coreos.com) are skipped, CRDs themselves are
 #      validated, and the rendered CRDs are the ones in crds/ plus the chart's metadata;
+#   7. the pods the injection webhook produces (operator/src/webhook.rs) validate against the
+#      same Kubernetes schemas;
 #   6. dashboards/portcullis.json: valid Grafana JSON whose queries use only metrics the
 #      sidecar and operator export (names from their metrics.rs) and, with promtool on the
 #      PATH, parse as PromQL;
@@ -81,6 +83,7 @@ sidecar:
   resources: {requests: {cpu: 50m, memory: 64Mi}, limits: {cpu: 500m, memory: 256Mi}}
   ports: {inbound: 8081, inboundTls: 8443, egress: 8001, admin: 9091}
   runAsUser: 10002
+  native: false
 webhook:
   failurePolicy: Ignore
   timeoutSeconds: 5
@@ -279,6 +282,7 @@ check(settings["orgAllowance"]["requestsPerMinute"] == 1000000, f"orgAllowance {
 check(settings["sidecar"]["image"] == "registry.example.com/portcullis-sidecar:1.2.3", "sidecar image")
 check(settings["sidecar"]["ports"] == {"inbound": 8081, "inboundTls": 8443, "egress": 8001, "admin": 9091}, "sidecar ports")
 check(settings["webhook"]["service"] == "pc-webhook", "webhook service in settings")
+check(settings["sidecar"]["native"] is False and settings["sidecar"]["runAsUser"] == 10002, "sidecar settings")
 dsettings = json.loads(one(default, "ConfigMap", "portcullis-settings")["data"]["settings.json"])
 check(dsettings["orgAllowance"]["requestsPerMinute"] is None, "default org allowance is unlimited")
 
@@ -300,6 +304,22 @@ if [ -s "$work/flags" ]; then
   else
     fail "run does not accept:$missing"
   fi
+fi
+
+echo "injected pods (webhook::inject)"
+mkdir -p "$work/pods"
+if PORTCULLIS_INJECTED_PODS_DIR="$work/pods" cargo test -q -p portcullis-operator --lib -- \
+     webhook::tests::injected_pods_for_schema_validation --exact >"$work/pods.out" 2>&1 \
+   && [ -n "$(ls "$work/pods")" ]; then
+  for v in "${K8S_VERSIONS[@]}"; do
+    if kubernetes-validate --strict --quiet -k "$v" "$work"/pods/*.json >"$work/validate.out" 2>&1; then
+      pass "injected pods ($(cd "$work/pods" && ls | tr '\n' ' ')) valid for Kubernetes $v"
+    else
+      cat "$work/validate.out" >&2; fail "injected pods invalid for Kubernetes $v"
+    fi
+  done
+else
+  cat "$work/pods.out" >&2; fail "could not write the injected pods"
 fi
 
 echo "dashboards/portcullis.json"

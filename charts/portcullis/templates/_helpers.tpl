@@ -69,7 +69,8 @@ The operator's settings file (/etc/portcullis/settings.json): what `portcullis-o
       "imagePullPolicy" .Values.sidecar.image.pullPolicy
       "resources" (default (dict) .Values.sidecar.resources)
       "ports" .Values.sidecar.ports
-      "runAsUser" .Values.sidecar.runAsUser -}}
+      "runAsUser" .Values.sidecar.runAsUser
+      "native" .Values.sidecar.native -}}
 {{- $webhook := dict
       "service" (include "portcullis.webhookService" .)
       "namespace" .Release.Namespace
