@@ -280,6 +280,30 @@ async fn one_leader_at_a_time_and_a_standby_takes_over() {
     assert_eq!(lease["spec"]["holderIdentity"], "second");
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
     assert_rbac_allows(&server.requests());
+
+    // Another holder appears (say, after a network partition): the operator stops at once.
+    let mut second = second;
+    server
+        .merge_patch(
+            "leases.coordination.k8s.io",
+            "portcullis-system",
+            "portcullis-operator",
+            &json!({"spec": {"holderIdentity": "intruder", "renewTime": lease_now(), "leaseDurationSeconds": 60}}),
+        )
+        .unwrap();
+    let status = second.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{}", second.logs());
+    assert!(
+        second.logs().contains("another replica took the leader Lease"),
+        "{}",
+        second.logs()
+    );
+}
+
+/// Now, as a Lease's MicroTime.
+fn lease_now() -> Value {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    serde_json::to_value(MicroTime(k8s_openapi::jiff::Timestamp::now())).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -188,8 +188,9 @@ async fn keep_leading(leases: Api<Lease>, cfg: LeaseConfig, metrics: Metrics) {
             }
             Err(error) => {
                 tracing::warn!(%error, "could not renew the leader Lease");
-                if renewed.elapsed() >= cfg.duration {
-                    tracing::error!("could not renew the leader Lease within its duration");
+                // Stop well before a standby may take over (at the full duration).
+                if renewed.elapsed() >= cfg.duration * 2 / 3 {
+                    tracing::error!("could not renew the leader Lease in time");
                     break;
                 }
             }

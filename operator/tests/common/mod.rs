@@ -84,6 +84,18 @@ impl Operator {
         }
     }
 
+    /// Waits (bounded) for the process to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "operator did not exit\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILL: no graceful shutdown, the Lease is not released.
     pub fn terminate_hard(&mut self) {
         let _ = self.child.kill();
