@@ -3,6 +3,8 @@
 //!
 //! - [`compile`]: the pure compiler shared by `render` and the controllers.
 //! - [`render`]: `portcullis-operator render`, the compiler over YAML files.
+//! - [`controller`]: `portcullis-operator run`, the controllers (pure plan, writes, leader
+//!   election, admin port).
 
 #![forbid(unsafe_code)]
 

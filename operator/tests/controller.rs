@@ -107,7 +107,8 @@ async fn reconciles_routes_and_profiles_into_configmaps_and_secrets() {
     assert_eq!(pa["status"]["routes"], json!(["ra", "ra2"]));
     assert_eq!(condition(&pa, "Ready").unwrap()["status"], "True");
 
-    // 3. A changed referenced Secret changes the output.
+    // 3. A changed referenced Secret changes the output, within 2 seconds.
+    let changed = std::time::Instant::now();
     server
         .merge_patch("secrets", NS, "sa", &json!({"data": {"password": b64("rotated-a")}}))
         .unwrap();
@@ -117,6 +118,11 @@ async fn reconciles_routes_and_profiles_into_configmaps_and_secrets() {
             .then_some(())
     })
     .await;
+    assert!(
+        changed.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        changed.elapsed()
+    );
     let cm_a2 = wait_until(WAIT, "a new generation on group a's ConfigMap", &op, || {
         let cm = get(&server, "configmaps", &ga)?;
         (config_of(&cm)["generation"] != cfg_a["generation"]).then_some(cm)
@@ -345,6 +351,35 @@ async fn a_route_made_valid_again_and_a_missing_secret_created_later_are_served(
     .await;
     assert_eq!(condition(&ra, "Accepted").unwrap()["status"], "True");
     assert!(secrets_of(&get(&server, "secrets", &ga).unwrap()).contains("late"));
+
+    // The API server forgets its history and ends every watch (as on a restart): the
+    // operator relists, writes nothing that is current, and still follows changes.
+    let versions = |server: &FakeApiServer| {
+        ["configmaps", "secrets", ROUTES, PROFILES]
+            .iter()
+            .flat_map(|r| server.list(r, Some(NS)))
+            .map(|o| (o["metadata"]["name"].as_str().unwrap().to_owned(), rv(&o)))
+            .collect::<Vec<_>>()
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = versions(&server);
+    server.compact();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(versions(&server), before, "a relist causes no writes");
+    server
+        .merge_patch(
+            "secrets",
+            NS,
+            "sa",
+            &json!({"data": {"password": b64("after-compaction")}}),
+        )
+        .unwrap();
+    wait_until(WAIT, "a change after the relist", &op, || {
+        secrets_of(&get(&server, "secrets", &ga)?)
+            .contains("after-compaction")
+            .then_some(())
+    })
+    .await;
 
     // A new pod of another workload that no route selects gets an empty configuration.
     server.create(&pod("c-1", "c")).unwrap();
