@@ -70,6 +70,11 @@ pub const MUTATE_PODS_PATH: &str = "/mutate-pods";
 /// Path of the ApiRoute validation webhook (ValidatingWebhookConfiguration in the chart).
 pub const VALIDATE_APIROUTES_PATH: &str = "/validate-apiroutes";
 
+/// Webhooks of the chart's MutatingWebhookConfiguration (pods by label, pods by namespace label).
+pub const MUTATING_WEBHOOKS: &[&str] = &["pods.inject.portcullis.dev", "namespaces.inject.portcullis.dev"];
+/// Webhooks of the chart's ValidatingWebhookConfiguration.
+pub const VALIDATING_WEBHOOKS: &[&str] = &["apiroutes.validate.portcullis.dev"];
+
 /// The reasons an ApiRoute is refused for at admission: the rules that depend only on the
 /// route and the profiles' existence and types, never on objects that may be created later.
 pub const REJECTED_AT_ADMISSION: &[&str] = &[
@@ -170,6 +175,43 @@ impl OperatorSettings {
     pub fn from_json(json: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(json)
     }
+}
+
+impl WebhookSettings {
+    /// The DNS names the API server may use for the webhook Service: what the serving
+    /// certificate must cover.
+    pub fn serving_hosts(&self) -> Vec<String> {
+        let (svc, ns) = (&self.service, &self.namespace);
+        vec![
+            svc.clone(),
+            format!("{svc}.{ns}"),
+            format!("{svc}.{ns}.svc"),
+            format!("{svc}.{ns}.svc.cluster.local"),
+        ]
+    }
+}
+
+/// The JSON patch that makes every webhook of a Mutating- or ValidatingWebhookConfiguration
+/// (`configuration`, as read from the API) trust `ca_bundle_pem`; `None` when all already do.
+/// Each replacement is guarded by a `test` of the webhook's name at that index, so a
+/// configuration changed in between makes the patch fail instead of touching the wrong entry.
+pub fn ca_bundle_patch(configuration: &Value, ca_bundle_pem: &str) -> Option<json_patch::Patch> {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(ca_bundle_pem);
+    let webhooks = configuration.get("webhooks")?.as_array()?;
+    let mut ops = Vec::new();
+    for (i, webhook) in webhooks.iter().enumerate() {
+        if webhook.pointer("/clientConfig/caBundle").and_then(Value::as_str) == Some(encoded.as_str()) {
+            continue;
+        }
+        let Some(name) = webhook.get("name") else { continue };
+        ops.push(json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": name}));
+        ops.push(json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": encoded}));
+    }
+    if ops.is_empty() {
+        return None;
+    }
+    Some(serde_json::from_value(Value::Array(ops)).expect("patch operations are well-formed"))
 }
 
 /// Why a pod that asks for a sidecar cannot have it (the pod is refused with this message).
@@ -981,6 +1023,63 @@ spec:
         let defaults = OperatorSettings::from_json(br#"{"orgAllowance": {"requestsPerMinute": null}}"#).unwrap();
         assert_eq!(defaults, OperatorSettings::default());
         assert_eq!(defaults.sidecar.ports, SidecarPorts::default());
+    }
+
+    #[test]
+    fn ca_bundle_patch_sets_every_webhook_once() {
+        let config = json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "portcullis"},
+            "webhooks": MUTATING_WEBHOOKS.iter().map(|name| json!({
+                "name": name,
+                "clientConfig": {"service": {"name": "portcullis-webhook", "namespace": "portcullis-system", "path": MUTATE_PODS_PATH}},
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None"
+            })).collect::<Vec<_>>()
+        });
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let patch = ca_bundle_patch(&config, pem).expect("a patch");
+        let mut patched = config.clone();
+        json_patch::patch(&mut patched, &patch.0).unwrap();
+        use base64::Engine as _;
+        for webhook in patched["webhooks"].as_array().unwrap() {
+            let bundle = webhook["clientConfig"]["caBundle"].as_str().unwrap();
+            assert_eq!(
+                base64::engine::general_purpose::STANDARD.decode(bundle).unwrap(),
+                pem.as_bytes()
+            );
+            assert_eq!(webhook["clientConfig"]["service"]["name"], "portcullis-webhook");
+        }
+        // Current: nothing to do. Rotated: patched again.
+        assert_eq!(ca_bundle_patch(&patched, pem), None);
+        assert!(ca_bundle_patch(&patched, "another bundle").is_some());
+        // A reordered configuration makes the guarded patch fail rather than hit the wrong webhook.
+        let mut reordered = config.clone();
+        reordered["webhooks"].as_array_mut().unwrap().reverse();
+        assert!(json_patch::patch(&mut reordered, &patch.0).is_err());
+        assert_eq!(
+            ca_bundle_patch(&json!({"kind": "MutatingWebhookConfiguration"}), pem),
+            None
+        );
+    }
+
+    #[test]
+    fn serving_certificate_covers_the_service_names() {
+        let w = WebhookSettings {
+            service: "portcullis-webhook".into(),
+            namespace: "portcullis-system".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            w.serving_hosts(),
+            [
+                "portcullis-webhook",
+                "portcullis-webhook.portcullis-system",
+                "portcullis-webhook.portcullis-system.svc",
+                "portcullis-webhook.portcullis-system.svc.cluster.local"
+            ]
+        );
     }
 
     // --- validation -----------------------------------------------------------------------

@@ -258,6 +258,18 @@ check(({"matchLabels": {"portcullis.dev/inject": "true"}}, None) in sels, f"no p
 check(any(ns == {"portcullis.dev/inject": "true"} for _, ns in sels), f"no namespace-label webhook: {sels}")
 vwc = one(default, "ValidatingWebhookConfiguration")
 check(vwc["webhooks"][0]["rules"][0]["resources"] == ["apiroutes"], "validating webhook rules")
+# Names and paths are the ones operator/src/webhook.rs serves and keeps the caBundle of.
+import re
+src = open("operator/src/webhook.rs").read()
+def const(name):
+    m = re.search(rf"pub const {name}: &(?:\[&str\]|str) = &?\[?([^;]*?)\]?;", src)
+    return re.findall(r'"([^"]+)"', m.group(1)) if m else []
+check([w["name"] for w in mwc["webhooks"]] == const("MUTATING_WEBHOOKS"), f"mutating webhook names vs webhook.rs {const('MUTATING_WEBHOOKS')}")
+check([w["name"] for w in vwc["webhooks"]] == const("VALIDATING_WEBHOOKS"), f"validating webhook names vs webhook.rs {const('VALIDATING_WEBHOOKS')}")
+check({w["clientConfig"]["service"]["path"] for w in mwc["webhooks"]} == set(const("MUTATE_PODS_PATH")), "mutating path vs webhook.rs")
+check([w["clientConfig"]["service"]["path"] for w in vwc["webhooks"]] == const("VALIDATE_APIROUTES_PATH"), "validating path vs webhook.rs")
+for w in mwc["webhooks"] + vwc["webhooks"]:
+    check("caBundle" not in w["clientConfig"], "caBundle rendered: the operator owns it")
 
 # RBAC: operator/rbac.yaml's rules, leases only namespaced, webhook access by name, no wildcards.
 cr = one(default, "ClusterRole")
