@@ -393,3 +393,68 @@ async fn a_route_made_valid_again_and_a_missing_secret_created_later_are_served(
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_writes_back_off_and_retry_without_holding_up_other_namespaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir).await;
+    let in_ns = |mut obj: Value, ns: &str| {
+        obj["metadata"]["namespace"] = json!(ns);
+        obj
+    };
+    for ns in [NS, "other"] {
+        for obj in [
+            basic_secret("sa", "alice", "pw"),
+            basic_profile("pa", "sa"),
+            route("ra", "a", &["pa"]),
+            pod("a-1", "a"),
+        ] {
+            server.create(&in_ns(obj, ns)).unwrap();
+        }
+    }
+    let ga = group_of("a");
+    let failing = format!("/namespaces/{NS}/configmaps/{ga}");
+    server.fail_requests("PATCH", &failing, 500, 3);
+    let started = std::time::Instant::now();
+    let op = Operator::start(&dir, "op", &[]);
+
+    // The other namespace is served at once.
+    wait_until(WAIT, "the other namespace's ConfigMap", &op, || {
+        server.get("configmaps", "other", &ga)
+    })
+    .await;
+    // The failing one says so in the route's status, then recovers after backoffs.
+    let ra = wait_until(WAIT, "ra Ready=False ApplyFailed", &op, || {
+        let r = get(&server, ROUTES, "ra")?;
+        (condition(&r, "Ready")?["reason"] == "ApplyFailed").then_some(r)
+    })
+    .await;
+    let ready = condition(&ra, "Ready").unwrap();
+    assert!(ready["message"].as_str().unwrap().contains(&ga), "{ready}");
+    assert_eq!(condition(&ra, "Accepted").unwrap()["status"], "True");
+    wait_until(WAIT, "ra Ready after retries", &op, || {
+        let r = get(&server, ROUTES, "ra")?;
+        (condition(&r, "Ready")?["status"] == "True").then_some(())
+    })
+    .await;
+    assert!(get(&server, "configmaps", &ga).is_some());
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "retries wait: {:?}",
+        started.elapsed()
+    );
+    let attempts = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.contains(&failing))
+        .count();
+    assert_eq!(attempts, 4, "three failures, then one success");
+    assert_eq!(op.metric("portcullis_operator_reconcile_errors_total"), Some(3.0));
+    assert!(
+        op.metric("portcullis_operator_reconciles_total{result=\"error\"}")
+            .unwrap()
+            >= 3.0,
+        "{}",
+        op.logs()
+    );
+}

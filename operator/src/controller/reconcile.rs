@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -108,7 +108,7 @@ pub async fn reconcile(ctx: &Context, namespace: &str) -> Result<Summary, Reconc
     }
     let pods = ctx.pods.labels_in(namespace);
 
-    let plan = plan::plan(&Snapshot {
+    let mut plan = plan::plan(&Snapshot {
         namespace,
         profiles: &profile_list,
         routes: &route_list,
@@ -116,17 +116,38 @@ pub async fn reconcile(ctx: &Context, namespace: &str) -> Result<Summary, Reconc
         pods: &pods,
         settings: &ctx.settings,
     });
-    let writes = writes(ctx, namespace, &plan, &routes, &profiles);
-    let summary = Summary {
+
+    // First the groups' objects; a route whose group could not be written is not Ready.
+    let objects = object_writes(ctx, namespace, &plan);
+    let mut summary = Summary {
         groups: plan.groups.len(),
-        writes: writes.len(),
+        writes: objects.len(),
     };
-    let results: Vec<Result<(), kube::Error>> = stream::iter(writes)
-        .map(|w| write(ctx, namespace, w))
-        .buffer_unordered(WRITE_CONCURRENCY)
-        .collect()
-        .await;
-    let failures: Vec<kube::Error> = results.into_iter().filter_map(Result::err).collect();
+    let mut failures: Vec<kube::Error> = Vec::new();
+    for (group, result) in run_writes(ctx, namespace, objects).await {
+        let Err(error) = result else { continue };
+        if let Some(g) = group.as_ref().and_then(|g| plan.groups.get(g)) {
+            let message = format!(
+                "writing the configuration of group {}: {error}",
+                group.as_deref().unwrap_or_default()
+            );
+            for route in &g.routes {
+                if let Some(desired) = plan.routes.get_mut(route) {
+                    status::not_published(desired, &message);
+                }
+            }
+        }
+        failures.push(error);
+    }
+    // Then the statuses.
+    let statuses = status_writes(&plan, &routes, &profiles);
+    summary.writes += statuses.len();
+    failures.extend(
+        run_writes(ctx, namespace, statuses)
+            .await
+            .into_iter()
+            .filter_map(|(_, r)| r.err()),
+    );
     match failures.first() {
         None => Ok(summary),
         Some(first) => Err(ReconcileError::Writes {
@@ -137,18 +158,40 @@ pub async fn reconcile(ctx: &Context, namespace: &str) -> Result<Summary, Reconc
     }
 }
 
-/// The writes that bring the cluster to `plan` (nothing when it is there already).
-fn writes(
+/// Runs writes concurrently; each result comes with the group it wrote, if any.
+async fn run_writes(
     ctx: &Context,
     namespace: &str,
-    plan: &Plan,
-    routes: &[Arc<ApiRoute>],
-    profiles: &[Arc<SecurityProfile>],
-) -> Vec<Write> {
+    writes: Vec<Write>,
+) -> Vec<(Option<String>, Result<(), kube::Error>)> {
+    stream::iter(writes)
+        .map(|w| async move {
+            let group = w.group();
+            (group, write(ctx, namespace, w).await)
+        })
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .collect()
+        .await
+}
+
+impl Write {
+    /// The group whose objects this writes.
+    fn group(&self) -> Option<String> {
+        match self {
+            Write::ConfigMap(cm) => cm.metadata.name.clone(),
+            Write::Secret(s) => s.metadata.name.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// The object writes that bring the cluster to `plan` (nothing when it is there already):
+/// apply of each group's ConfigMap and Secret that differs, deletion of groups that are gone.
+fn object_writes(ctx: &Context, namespace: &str, plan: &Plan) -> Vec<Write> {
     let mut out = Vec::new();
     let configmaps = ctx.configmaps.in_namespace(namespace);
     let secrets = ctx.owned_secrets.in_namespace(namespace);
-    let name_of = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| m.name.clone().unwrap_or_default();
+    let name_of = |m: &ObjectMeta| m.name.clone().unwrap_or_default();
     for (name, group) in &plan.groups {
         let have_cm = configmaps.iter().find(|c| c.metadata.name.as_ref() == Some(name));
         if !have_cm.is_some_and(|have| plan::configmap_is_current(have, &group.configmap)) {
@@ -172,6 +215,12 @@ fn writes(
             .filter(|s| stale(&s.metadata))
             .map(|s| Write::DeleteSecret(name_of(&s.metadata))),
     );
+    out
+}
+
+/// The status writes `plan` asks for: every object whose status is not current.
+fn status_writes(plan: &Plan, routes: &[Arc<ApiRoute>], profiles: &[Arc<SecurityProfile>]) -> Vec<Write> {
+    let mut out = Vec::new();
     for route in routes {
         let Some(desired) = route.metadata.name.as_ref().and_then(|n| plan.routes.get(n)) else {
             continue;

@@ -236,7 +236,11 @@ where
 fn owned_secret_event(event: &watcher::Event<Secret>) -> Option<watcher::Event<OwnedSecret>> {
     let owned = |s: &Secret| is_managed(&s.metadata).then(|| OwnedSecret::new(s));
     Some(match event {
-        watcher::Event::Apply(s) => watcher::Event::Apply(owned(s)?),
+        // One that lost the label is no longer ours (if it was, the next reconcile fixes it).
+        watcher::Event::Apply(s) => match owned(s) {
+            Some(o) => watcher::Event::Apply(o),
+            None => watcher::Event::Delete(OwnedSecret::new(s)),
+        },
         // A Secret that lost the label is no longer ours: forget it either way.
         watcher::Event::Delete(s) => watcher::Event::Delete(OwnedSecret::new(s)),
         watcher::Event::Init => watcher::Event::Init,

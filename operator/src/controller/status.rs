@@ -26,6 +26,8 @@ pub mod reason {
     pub const NOT_ACCEPTED: &str = "NotAccepted";
     /// The profile is valid.
     pub const VALID: &str = "Valid";
+    /// Writing the configuration of a group that serves the route failed (retried).
+    pub const APPLY_FAILED: &str = "ApplyFailed";
 }
 
 /// One wanted condition, before timestamps.
@@ -123,6 +125,20 @@ pub fn profile_status(verdict: &Verdict, generation: Option<i64>, routes: &[Stri
         observed_generation: generation,
         conditions: vec![accepted(verdict), ready],
         routes: Some(routes.to_vec()),
+    }
+}
+
+/// Turns a route's `Ready=True` into `False` with [`reason::APPLY_FAILED`]: the configuration
+/// of a group serving it could not be written.
+pub fn not_published(desired: &mut DesiredStatus, message: &str) {
+    if let Some(ready) = desired
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == condition::READY && c.status)
+    {
+        ready.status = false;
+        ready.reason = reason::APPLY_FAILED.to_owned();
+        ready.message = message.to_owned();
     }
 }
 
@@ -232,6 +248,19 @@ mod tests {
         let some = route_status(&Verdict::Accepted, Some(1), 2, 5);
         assert!(some.conditions[1].status);
         assert!(some.rejection().is_none());
+    }
+
+    #[test]
+    fn a_failed_write_makes_a_published_route_not_ready() {
+        let mut s = route_status(&Verdict::Accepted, Some(1), 1, 1);
+        not_published(&mut s, "writing the configuration of group g: 500");
+        assert!(!s.conditions[1].status);
+        assert_eq!(s.conditions[1].reason, "ApplyFailed");
+        assert!(s.conditions[0].status, "still accepted");
+        // A rejected route stays as it is.
+        let mut r = route_status(&rejected(), Some(1), 0, 0);
+        not_published(&mut r, "x");
+        assert_eq!(r.conditions[1].reason, "NotAccepted");
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //!   sets: see [`patch`]), `dryRun=All`, and delete with owner-reference garbage collection;
 //! - a monotonic resourceVersion shared by every kind, `metadata.generation` bumped on
 //!   changes outside metadata (and status), `uid`, `creationTimestamp`; a write that
-//!   changes nothing changes no version and sends no event, as in Kubernetes.
+//!   changes nothing changes no version and sends no event, as in Kubernetes;
+//! - injected failures ([`FakeApiServer::fail_requests`]) to test retries.
 //!
 //! Tests seed and inspect objects directly through [`FakeApiServer`] and point clients at
 //! it with [`FakeApiServer::write_kubeconfig`]. Not modelled: authentication and
@@ -102,6 +103,7 @@ impl Builder {
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::new(self.resources, self.history)),
             requests: Mutex::new(Vec::new()),
+            faults: Mutex::new(Vec::new()),
             bookmark_interval: self.bookmark_interval,
             shutdown: shutdown.clone(),
             expire: watch::channel(0).0,
@@ -303,6 +305,22 @@ impl FakeApiServer {
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.requests.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Answers the next `count` requests with `method` whose path contains `path_contains`
+    /// with an error status `code` (an `InternalError` Status) instead of serving them, to
+    /// test how clients handle failures. Recorded like any request.
+    pub fn fail_requests(&self, method: &str, path_contains: &str, code: u16, count: usize) {
+        self.shared
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(server::Fault {
+                method: method.to_owned(),
+                path_contains: path_contains.to_owned(),
+                code,
+                remaining: count,
+            });
     }
 
     /// Forgets the recorded requests.

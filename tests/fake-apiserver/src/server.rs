@@ -39,10 +39,22 @@ impl RecordedRequest {
     }
 }
 
+/// A failure to answer instead of serving matching requests (see
+/// [`crate::FakeApiServer::fail_requests`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Fault {
+    pub method: String,
+    pub path_contains: String,
+    pub code: u16,
+    /// How many more matching requests fail.
+    pub remaining: usize,
+}
+
 /// State shared by every connection.
 pub(crate) struct Shared {
     pub store: Mutex<Store>,
     pub requests: Mutex<Vec<RecordedRequest>>,
+    pub faults: Mutex<Vec<Fault>>,
     pub bookmark_interval: Duration,
     pub shutdown: watch::Receiver<bool>,
     /// Bumped to end every open watch stream.
@@ -88,7 +100,25 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Resul
             query: req.uri().query().unwrap_or_default().to_owned(),
         });
     tracing::debug!(method = %req.method(), uri = %req.uri(), "request");
+    if let Some(code) = injected_fault(&shared, req.method().as_str(), req.uri().path()) {
+        let error = ApiError {
+            code,
+            reason: "InternalError",
+            message: format!("injected failure ({code})"),
+        };
+        return Ok(error_response(&error));
+    }
     Ok(route(shared, req, query).await.unwrap_or_else(|e| error_response(&e)))
+}
+
+/// The status code of an injected failure for this request, if any (and counts it).
+fn injected_fault(shared: &Shared, method: &str, path: &str) -> Option<u16> {
+    let mut faults = shared.faults.lock().unwrap_or_else(|e| e.into_inner());
+    let fault = faults
+        .iter_mut()
+        .find(|f| f.remaining > 0 && f.method.eq_ignore_ascii_case(method) && path.contains(&f.path_contains))?;
+    fault.remaining -= 1;
+    Some(fault.code)
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<(Option<String>, Bytes), ApiError> {

@@ -440,3 +440,21 @@ async fn leases_and_events() {
     assert_eq!(events[0]["reason"], "Rejected");
     assert_eq!(events[0]["series"]["count"], 2);
 }
+
+#[tokio::test]
+async fn injected_failures_answer_instead_of_the_store() {
+    let server = FakeApiServer::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client(&server).await, NS);
+    server.fail_requests("POST", "/configmaps", 500, 2);
+    for _ in 0..2 {
+        let err = api
+            .create(&PostParams::default(), &configmap("a", &[], &[]))
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, kube::Error::Api(s) if s.code == 500), "{err}");
+    }
+    api.create(&PostParams::default(), &configmap("a", &[], &[]))
+        .await
+        .unwrap();
+    assert_eq!(server.requests().iter().filter(|r| r.method == "POST").count(), 3);
+}
