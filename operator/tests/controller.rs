@@ -334,6 +334,18 @@ async fn a_route_made_valid_again_and_a_missing_secret_created_later_are_served(
     );
     let pa = get(&server, PROFILES, "pa").unwrap();
     assert_eq!(condition(&pa, "Accepted").unwrap()["reason"], "SecretNotFound");
+    let event = wait_until(WAIT, "a Warning Event for pa", &op, || {
+        server
+            .list("events.events.k8s.io", Some(NS))
+            .into_iter()
+            .find(|e| e["regarding"]["kind"] == "SecurityProfile" && e["regarding"]["name"] == "pa")
+    })
+    .await;
+    assert_eq!(event["reason"], "SecretNotFound");
+    assert!(
+        event["note"].as_str().unwrap().starts_with("spec.basic.secretRef"),
+        "{event}"
+    );
     // The group exists (a route selects it) with nothing to serve.
     let cm = wait_until(WAIT, "group a's ConfigMap", &op, || get(&server, "configmaps", &ga)).await;
     assert!(route_names(&config_of(&cm)).is_empty());

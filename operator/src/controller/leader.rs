@@ -1,8 +1,8 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so two replicas are safe: only the
 //! holder reconciles. The holder renews the Lease every `renew_every`; another replica takes
-//! it over once `renewTime + leaseDurationSeconds` has passed without a renewal. A replica
-//! that cannot renew within the lease duration stops reconciling (the process exits and is
-//! restarted as a standby). On a graceful shutdown the holder releases the Lease so a standby
+//! it over once `renewTime + leaseDurationSeconds` has passed without a renewal. A holder
+//! that finds another holder, or cannot renew within two thirds of the lease duration, stops
+//! reconciling (the process exits 1 and is restarted as a standby). On a graceful shutdown the holder releases the Lease so a standby
 //! takes over at once.
 //!
 //! The decision is a pure function ([`decide`]); every write carries the resourceVersion it
