@@ -3,15 +3,18 @@
 //! route's own pooled client, built when the configuration is compiled ([`Origins::build`]):
 //! plain HTTP/1.1, or TLS with HTTP/2 or HTTP/1.1 by ALPN, verifying the origin against the
 //! system roots or the route's CA bundle, and presenting the route's client certificate in
-//! Mutual mode.
+//! Mutual mode. Each origin call carries the route's credentials (`backend.origin.auth`,
+//! [`crate::origin_auth`]); with OAuth 2.0 client credentials, a 401 from the origin is
+//! retried once with a fresh token when the body can be replayed.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http::header::HOST;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -22,9 +25,11 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, full};
 use crate::headers::{IDENTITY, PROFILE, ROUTE, remove_hop_by_hop, remove_portcullis, set_forwarded, set_verdict};
 use crate::metrics::BackendErrorKind;
+pub use crate::origin_auth::OriginCredentials;
+use crate::origin_auth::{self, CredentialError};
 use crate::tls::{self, TlsError};
 
 /// Who the sidecar admitted, told to the app in `X-Portcullis-*` headers.
@@ -46,6 +51,10 @@ pub enum ForwardError {
     Protocol(#[source] hyper_util::client::legacy::Error),
     #[error("invalid backend address: {0}")]
     Address(#[from] http::Error),
+    /// The route's origin credentials could not be added (body too large to sign, token
+    /// endpoint down, ...).
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
 }
 
 impl ForwardError {
@@ -55,7 +64,19 @@ impl ForwardError {
             Self::Timeout(_) => BackendErrorKind::Timeout,
             Self::Connect(_) => BackendErrorKind::Connect,
             Self::Protocol(_) | Self::Address(_) => BackendErrorKind::Protocol,
+            Self::Credentials(CredentialError::Token(_)) => BackendErrorKind::Connect,
+            Self::Credentials(_) => BackendErrorKind::Protocol,
         }
+    }
+
+    /// Whether the backend (or the token endpoint) failed, rather than the request.
+    pub fn is_backend(&self) -> bool {
+        !matches!(
+            self,
+            Self::Credentials(
+                CredentialError::BodyTooLarge { .. } | CredentialError::RequestBody(_) | CredentialError::Sign(_)
+            )
+        )
     }
 }
 
@@ -162,21 +183,6 @@ pub struct Origin {
     credentials: OriginCredentials,
 }
 
-/// The hook for `backend.origin.auth` (Basic, shared-secret signature, HTTP message
-/// signature, OAuth 2.0 client credentials): adds the route's credentials to each call
-/// toward the origin. Not implemented yet: calls go without credentials (the route's
-/// compilation logs a warning when it asks for some).
-#[derive(Debug, Default)]
-pub struct OriginCredentials {
-    /// The route asked for origin credentials (`backend.origin.auth`).
-    pub configured: bool,
-}
-
-impl OriginCredentials {
-    /// Adds the credentials to the outgoing request (the hook: nothing yet).
-    pub fn apply(&self, _parts: &mut http::request::Parts) {}
-}
-
 impl std::fmt::Debug for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Origin")
@@ -210,7 +216,8 @@ impl Origins {
     }
 }
 
-fn system_roots() -> Arc<RootCertStore> {
+/// The system's root certificates, loaded once.
+pub(crate) fn system_roots() -> Arc<RootCertStore> {
     static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
     ROOTS
         .get_or_init(|| {
@@ -356,15 +363,17 @@ impl Origin {
                 "origin tls mode None on an https:// origin: the origin's certificate is not verified"
             );
         }
-        let credentials = OriginCredentials {
-            configured: auth.is_some(),
-        };
-        if credentials.configured {
-            tracing::warn!(
-                route,
-                "backend.origin.auth is not supported by this sidecar yet: calls reach the origin without credentials"
-            );
-        }
+        let credentials = OriginCredentials::build(
+            route,
+            auth.as_ref(),
+            secrets.and_then(|s| s.origin_auth.as_ref()),
+            &origin_auth::Options {
+                connect_timeout,
+                timeout,
+                max_body: origin_auth::max_signed_body_bytes(),
+            },
+        )
+        .map_err(origin_err)?;
 
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
@@ -393,14 +402,20 @@ impl Origin {
     }
 
     /// Sends `req` to the origin: `Host` is the origin's authority, the path is the origin
-    /// URL's path followed by the request's path and query.
-    pub async fn forward(
+    /// URL's path followed by the request's path and query, and the route's credentials are
+    /// added. With OAuth 2.0 client credentials, a 401 is retried once with a fresh token when
+    /// the body can be replayed (empty, or buffered because its declared length is at most
+    /// `--max-signed-body-bytes`).
+    pub async fn forward<B>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         peer: IpAddr,
         proto: &'static str,
         verdict: Verdict<'_>,
-    ) -> Result<Response<ProxyBody>, ForwardError> {
+    ) -> Result<Response<ProxyBody>, ForwardError>
+    where
+        B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+    {
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -423,18 +438,45 @@ impl Origin {
         set_verdict(&mut parts.headers, ROUTE, verdict.route);
         set_verdict(&mut parts.headers, PROFILE, verdict.profile);
         set_verdict(&mut parts.headers, IDENTITY, verdict.identity);
-        self.credentials.apply(&mut parts);
+        let outgoing = self.credentials.apply(&mut parts, body, self.scheme.as_str()).await?;
 
-        let upstream = Request::from_parts(parts, body.boxed_unsync());
-        let response = match tokio::time::timeout(self.timeout, self.client.request(upstream)).await {
-            Err(_) => return Err(ForwardError::Timeout(self.timeout)),
-            Ok(Err(e)) if e.is_connect() => return Err(ForwardError::Connect(e)),
-            Ok(Err(e)) => return Err(ForwardError::Protocol(e)),
-            Ok(Ok(r)) => r,
-        };
+        let again = outgoing
+            .retry
+            .as_ref()
+            .filter(|r| r.body.is_some())
+            .map(|_| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+        let mut response = self.send(Request::from_parts(parts, outgoing.body)).await?;
+        if response.status() == StatusCode::UNAUTHORIZED
+            && let Some(retry) = &outgoing.retry
+        {
+            let fresh = self.credentials.after_unauthorized(retry).await?;
+            if let (Some(token), Some((method, uri, mut headers)), Some(body)) = (fresh, again, retry.body.clone()) {
+                tracing::debug!(
+                    route = verdict.route,
+                    "origin refused the token; retrying with a fresh one"
+                );
+                headers.remove(AUTHORIZATION);
+                token.apply(&mut headers);
+                let mut req = Request::new(full(body));
+                *req.method_mut() = method;
+                *req.uri_mut() = uri;
+                *req.version_mut() = Version::HTTP_11;
+                *req.headers_mut() = headers;
+                response = self.send(req).await?;
+            }
+        }
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         parts.version = client_version;
         Ok(Response::from_parts(parts, body.boxed_unsync()))
+    }
+
+    async fn send(&self, upstream: Request<ProxyBody>) -> Result<Response<hyper::body::Incoming>, ForwardError> {
+        match tokio::time::timeout(self.timeout, self.client.request(upstream)).await {
+            Err(_) => Err(ForwardError::Timeout(self.timeout)),
+            Ok(Err(e)) if e.is_connect() => Err(ForwardError::Connect(e)),
+            Ok(Err(e)) => Err(ForwardError::Protocol(e)),
+            Ok(Ok(r)) => Ok(r),
+        }
     }
 }

@@ -12,6 +12,7 @@ use crate::audit;
 use crate::body::ProxyBody;
 use crate::engine::{DenialKind, Outcome, PeerCertificate, RequestView};
 use crate::forward::{ForwardError, Verdict};
+use crate::origin_auth::CredentialError;
 use crate::respond::{Answer, rate_limit_headers};
 use crate::state::Shared;
 
@@ -156,13 +157,38 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
                     (resp, "allow")
                 }
                 Some(Err(error)) => {
-                    shared.metrics.backend_error(error.kind());
-                    tracing::warn!(route, %error, "forward failed");
+                    if error.is_backend() {
+                        shared.metrics.backend_error(error.kind());
+                        tracing::warn!(route, %error, "forward failed");
+                    } else {
+                        // Refused before reaching the origin: the hit is not counted.
+                        tracing::info!(route, %error, "not forwarded");
+                        active.engine.refund(admission);
+                    }
                     record.decision = "error";
                     let answer = match error {
                         ForwardError::Timeout(_) => {
                             record.reason = "backend timeout";
                             Answer::BackendTimeout { route }
+                        }
+                        ForwardError::Credentials(CredentialError::BodyTooLarge { limit }) => {
+                            record.decision = "deny";
+                            record.reason = "request body too large to sign for the origin";
+                            Answer::OriginBodyTooLarge { route, limit }
+                        }
+                        ForwardError::Credentials(CredentialError::Sign(_)) => {
+                            record.decision = "deny";
+                            record.reason = "request cannot be signed for the origin";
+                            Answer::OriginCannotSign { route }
+                        }
+                        ForwardError::Credentials(CredentialError::RequestBody(_)) => {
+                            record.decision = "deny";
+                            record.reason = "request body could not be read";
+                            Answer::BadRequest
+                        }
+                        ForwardError::Credentials(CredentialError::Token(_)) => {
+                            record.reason = "origin token endpoint failed";
+                            Answer::OriginCredentialsUnavailable { route }
                         }
                         _ => {
                             record.reason = "backend unavailable";

@@ -34,6 +34,13 @@ pub enum Answer<'a> {
     },
     /// The request head is larger than allowed.
     HeadersTooLarge,
+    /// The body must be signed toward the origin and is larger than
+    /// `--max-signed-body-bytes`.
+    OriginBodyTooLarge { route: &'a str, limit: u64 },
+    /// The request lacks a component the origin signature must cover.
+    OriginCannotSign { route: &'a str },
+    /// No credentials for the origin could be obtained (token endpoint down or refusing).
+    OriginCredentialsUnavailable { route: &'a str },
     /// The backend refused the connection or failed.
     BackendDown { route: &'a str },
     /// The backend did not answer in time.
@@ -57,6 +64,21 @@ impl Answer<'_> {
             Self::Unauthorized { route, .. } => (StatusCode::UNAUTHORIZED, "unauthorized", Some(*route)),
             Self::Forbidden { route } => (StatusCode::FORBIDDEN, "forbidden", Some(*route)),
             Self::RateLimited { route, .. } => (StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", Some(*route)),
+            Self::OriginBodyTooLarge { route, .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large to sign for the origin",
+                Some(*route),
+            ),
+            Self::OriginCannotSign { route } => (
+                StatusCode::BAD_REQUEST,
+                "request cannot be signed for the origin: a covered component is missing",
+                Some(*route),
+            ),
+            Self::OriginCredentialsUnavailable { route } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "origin credentials unavailable: the token endpoint failed",
+                Some(*route),
+            ),
             Self::BackendDown { route } => (StatusCode::BAD_GATEWAY, "backend unavailable", Some(*route)),
             Self::BackendTimeout { route } => (StatusCode::GATEWAY_TIMEOUT, "backend timeout", Some(*route)),
             Self::OriginUnsupported { route } => (
@@ -65,7 +87,18 @@ impl Answer<'_> {
                 Some(*route),
             ),
         };
-        let mut resp = json(status, &ErrorBody { error, route });
+        let limit_bytes = match self {
+            Self::OriginBodyTooLarge { limit, .. } => Some(*limit),
+            _ => None,
+        };
+        let mut resp = json(
+            status,
+            &ErrorBody {
+                error,
+                route,
+                limit_bytes,
+            },
+        );
         let headers = resp.headers_mut();
         match self {
             Self::Redirect { location, .. } => {
@@ -91,9 +124,13 @@ impl Answer<'_> {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct ErrorBody<'a> {
     error: &'a str,
     route: Option<&'a str>,
+    /// The limit a body exceeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit_bytes: Option<u64>,
 }
 
 /// Adds `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.

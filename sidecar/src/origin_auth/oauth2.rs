@@ -1,0 +1,381 @@
+//! OAuth 2.0 client credentials toward an origin (RFC 6749 section 4.4): the token source of
+//! one route.
+//!
+//! - The token request is `POST tokenUrl` with `grant_type=client_credentials`, `scope`
+//!   (the scopes, space-separated) and `audience` when configured, authenticated with
+//!   `client_secret_basic` (RFC 6749 section 2.3.1: id and secret form-encoded, then Basic).
+//! - The token is cached until shortly before it expires: `expires_in` minus 30 s or minus
+//!   10 %, whichever is shorter (a 10 s token is reused for 9 s); without `expires_in`, 60 s.
+//! - One fetch at a time: callers that find no valid token wait on one lock; the first one
+//!   fetches, the others then find its token (or its failure, which they share instead of
+//!   asking again). The whole fetch is bounded by a timeout, so nobody waits longer than
+//!   about one fetch.
+//! - Tokens and the client secret are never logged; errors carry the endpoint's status and
+//!   its OAuth `error` code at most.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Request, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use portcullis_config::Sensitive;
+
+use super::{Options, form_encode};
+
+/// Largest token response read.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Longest time a token request may take, whatever the backend timeout.
+const MAX_TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lifetime assumed when the endpoint gives no `expires_in`.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Why no token could be obtained. Carries no secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    #[error("token endpoint unreachable: {0}")]
+    Unreachable(String),
+    #[error("token endpoint did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("token endpoint answered {status}{}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Refused { status: u16, code: Option<String> },
+    #[error("token endpoint answer unusable: {0}")]
+    Invalid(String),
+}
+
+/// A bearer token and when to stop using it.
+pub struct Token {
+    header: HeaderValue,
+    refresh_at: Instant,
+}
+
+impl Token {
+    /// Sets `Authorization: Bearer ...`, replacing any the client sent.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert(AUTHORIZATION, self.header.clone());
+    }
+
+    fn fresh(&self, now: Instant) -> bool {
+        now < self.refresh_at
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("refresh_at", &self.refresh_at)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Failure {
+    at: Instant,
+    error: TokenError,
+}
+
+/// The token source of one route.
+pub struct TokenSource {
+    route: String,
+    url: Uri,
+    form: Bytes,
+    authorization: HeaderValue,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    timeout: Duration,
+    current: RwLock<Option<Arc<Token>>>,
+    /// Held while fetching: one fetch at a time. Holds the last failure, shared with the
+    /// callers that waited for it.
+    fetching: tokio::sync::Mutex<Option<Failure>>,
+    /// Token requests sent (for tests and metrics).
+    fetches: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSource")
+            .field("route", &self.route)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenSource {
+    /// The token source of `route`. The error names what is wrong, never a secret.
+    pub fn build(
+        route: &str,
+        token_url: &str,
+        scopes: &[String],
+        audience: Option<&str>,
+        client_id: &str,
+        client_secret: &Sensitive,
+        opts: &Options,
+    ) -> Result<Self, String> {
+        let what = "backend.origin.auth.oauth2ClientCredentials";
+        let url: Uri = token_url
+            .parse()
+            .map_err(|e| format!("{what}: tokenUrl {token_url:?} is not a URL ({e})"))?;
+        let https = match url.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("{what}: tokenUrl {token_url:?} must be http:// or https://")),
+        };
+        let Some(host) = url.host() else {
+            return Err(format!("{what}: tokenUrl {token_url:?} has no host"));
+        };
+        if !https && !is_loopback(host) {
+            tracing::warn!(
+                route,
+                "oauth2ClientCredentials tokenUrl is plain http: the client secret crosses the network unencrypted"
+            );
+        }
+        if client_id.is_empty() {
+            return Err(format!("{what}: the clientId is empty"));
+        }
+        let mut form = String::from("grant_type=client_credentials");
+        if !scopes.is_empty() {
+            form.push_str("&scope=");
+            form.push_str(&form_encode(&scopes.join(" ")));
+        }
+        if let Some(a) = audience.filter(|a| !a.is_empty()) {
+            form.push_str("&audience=");
+            form.push_str(&form_encode(a));
+        }
+        let basic = format!("{}:{}", form_encode(client_id), form_encode(client_secret.expose()));
+        let mut authorization = HeaderValue::from_str(&format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(basic)
+        ))
+        .map_err(|_| format!("{what}: the client credentials cannot be sent in a header"))?;
+        authorization.set_sensitive(true);
+
+        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(crate::tls::VERSIONS)
+            .map_err(|e| format!("{what}: no usable TLS configuration ({e})"))?
+            .with_root_certificates(crate::forward::system_roots())
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(opts.connect_timeout));
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Self {
+            route: route.to_owned(),
+            url,
+            form: Bytes::from(form),
+            authorization,
+            client,
+            timeout: opts.timeout.min(MAX_TOKEN_TIMEOUT),
+            current: RwLock::new(None),
+            fetching: tokio::sync::Mutex::new(None),
+            fetches: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Token requests sent so far.
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A valid token other than `refused` (one the origin just refused), fetching one when
+    /// needed; one fetch at a time.
+    pub async fn token(&self, refused: Option<&Arc<Token>>) -> Result<Arc<Token>, TokenError> {
+        let asked = Instant::now();
+        if let Some(t) = self.cached(refused) {
+            return Ok(t);
+        }
+        // Bounded: the holder's fetch is bounded by `timeout`.
+        let mut last_failure = self.fetching.lock().await;
+        if let Some(t) = self.cached(refused) {
+            return Ok(t);
+        }
+        if let Some(f) = last_failure.as_ref()
+            && f.at >= asked
+        {
+            // The fetch we waited for failed: share its answer rather than asking again.
+            return Err(f.error.clone());
+        }
+        self.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self.fetch().await {
+            Ok(token) => {
+                let token = Arc::new(token);
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
+                *last_failure = None;
+                Ok(token)
+            }
+            Err(error) => {
+                tracing::warn!(route = self.route.as_str(), %error, "origin token request failed");
+                *last_failure = Some(Failure {
+                    at: Instant::now(),
+                    error: error.clone(),
+                });
+                Err(error)
+            }
+        }
+    }
+
+    /// Forgets `token` (the origin refused it), unless another one replaced it already.
+    pub fn invalidate(&self, token: &Arc<Token>) {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, token)) {
+            *current = None;
+        }
+    }
+
+    fn cached(&self, refused: Option<&Arc<Token>>) -> Option<Arc<Token>> {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        let t = current.as_ref()?;
+        (t.fresh(Instant::now()) && refused.is_none_or(|r| !Arc::ptr_eq(r, t))).then(|| t.clone())
+    }
+
+    async fn fetch(&self) -> Result<Token, TokenError> {
+        let req = Request::post(self.url.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json")
+            .header(AUTHORIZATION, self.authorization.clone())
+            .body(Full::new(self.form.clone()))
+            .map_err(|e| TokenError::Invalid(format!("cannot build the request ({e})")))?;
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| TokenError::Unreachable(error_chain(&e)))?;
+            let status = resp.status();
+            let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| TokenError::Unreachable(format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok::<_, TokenError>((status, body))
+        };
+        let started = Instant::now();
+        let (status, body) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| TokenError::Timeout(self.timeout))??;
+        let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+        if !status.is_success() {
+            let code = json
+                .as_ref()
+                .and_then(|j| j.get("error"))
+                .and_then(|c| c.as_str())
+                .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_graphic()))
+                .map(str::to_owned);
+            return Err(TokenError::Refused {
+                status: status.as_u16(),
+                code,
+            });
+        }
+        let json = json.ok_or_else(|| TokenError::Invalid("not JSON".into()))?;
+        let access = json
+            .get("access_token")
+            .and_then(|t| t.as_str())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| TokenError::Invalid("no access_token".into()))?;
+        if let Some(kind) = json.get("token_type").and_then(|t| t.as_str())
+            && !kind.eq_ignore_ascii_case("bearer")
+        {
+            return Err(TokenError::Invalid(format!("token_type {kind:?} is not Bearer")));
+        }
+        let lifetime = match json.get("expires_in") {
+            Some(v) => {
+                let secs = v
+                    .as_f64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| TokenError::Invalid("expires_in is not a number".into()))?;
+                cache_lifetime(Duration::from_secs_f64(secs.min(10.0 * 365.0 * 86400.0)))
+            }
+            None => DEFAULT_LIFETIME,
+        };
+        let mut header = HeaderValue::from_str(&format!("Bearer {access}"))
+            .map_err(|_| TokenError::Invalid("access_token cannot be sent in a header".into()))?;
+        header.set_sensitive(true);
+        tracing::debug!(
+            route = self.route.as_str(),
+            cached_for_ms = lifetime.as_millis() as u64,
+            "origin token obtained"
+        );
+        Ok(Token {
+            header,
+            refresh_at: started + lifetime,
+        })
+    }
+}
+
+/// How long a token valid for `expires_in` is used: 30 s or 10 % less, whichever is less.
+pub fn cache_lifetime(expires_in: Duration) -> Duration {
+    expires_in.saturating_sub(Duration::from_secs(30).min(expires_in / 10))
+}
+
+fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost") || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes() {
+        assert_eq!(cache_lifetime(Duration::from_secs(3600)), Duration::from_secs(3570));
+        assert_eq!(cache_lifetime(Duration::from_secs(10)), Duration::from_secs(9));
+        assert_eq!(cache_lifetime(Duration::from_secs(0)), Duration::ZERO);
+    }
+
+    #[test]
+    fn errors_carry_no_secret() {
+        let e = TokenError::Refused {
+            status: 401,
+            code: Some("invalid_client".into()),
+        };
+        assert_eq!(e.to_string(), "token endpoint answered 401 (invalid_client)");
+    }
+
+    #[test]
+    fn build_checks_the_url() {
+        let opts = Options {
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            max_body: 1,
+        };
+        let secret = Sensitive::new("s3cret");
+        let err = TokenSource::build("r", "ftp://x/token", &[], None, "id", &secret, &opts).unwrap_err();
+        assert!(err.contains("http:// or https://"), "{err}");
+        let ok = TokenSource::build(
+            "r",
+            "http://127.0.0.1:1/token",
+            &["a b".into()],
+            Some("api"),
+            "id",
+            &secret,
+            &opts,
+        )
+        .unwrap();
+        assert_eq!(ok.form, "grant_type=client_credentials&scope=a%20b&audience=api");
+        assert!(!format!("{ok:?}").contains("s3cret"));
+    }
+}
