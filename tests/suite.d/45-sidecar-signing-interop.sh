@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# The sidecar signs what it forwards (backend.origin.auth.httpSignature), checked by real
+# third-party verifiers at the origin:
+#   RFC 9421     -> sidecar/signatures/interop/rfc9421_origin.py (Python `http-message-signatures`)
+#   draft-cavage -> sidecar/signatures/interop/cavage_origin.js  (npm `http-signature`)
+# The real portcullis-sidecar runs in gateway mode (and on its egress listener) toward those
+# origins; every algorithm, with and without a body digest, must verify there, and a route
+# signing with the wrong key must be refused by the origin (so the origins do check).
+# Tools come from tests/setup.d/40-signatures.sh.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+tools="${PORTCULLIS_TOOLS:-$PWD/target/tools}"
+PORTCULLIS_TOOLS="$tools" bash tests/setup.d/40-signatures.sh >/dev/null
+
+cargo build -q -p portcullis-sidecar
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+SIDECAR="$target_dir/debug/portcullis-sidecar"
+PY="$tools/venv-sig/bin/python"
+INTEROP="$PWD/sidecar/signatures/interop"
+export NODE_PATH="$tools/node/node_modules"
+KEYS="$PWD/sidecar/signatures/tests/keys"
+HMAC="an origin shared secret"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+passed=0
+failed=0
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_file() { for _ in $(seq 100); do [ -s "$1" ] && return 0; sleep 0.1; done; echo "timed out waiting for $1"; return 1; }
+
+# Origins: keyId -> algorithm and verifying key. "wrong" signs with another key at the sidecar.
+rfc_keys=$(python3 - "$KEYS" "$HMAC" <<'PY'
+import json, sys
+k, h = sys.argv[1], sys.argv[2]
+print(json.dumps({
+  "hmac-sha256": {"alg": "hmac-sha256", "key": {"hmac": h}},
+  "rsa-v1_5-sha256": {"alg": "rsa-v1_5-sha256", "key": {"file": f"{k}/rsa2048.pub"}},
+  "rsa-pss-sha512": {"alg": "rsa-pss-sha512", "key": {"file": f"{k}/test-key-rsa-pss.pem"}},
+  "ecdsa-p256-sha256": {"alg": "ecdsa-p256-sha256", "key": {"file": f"{k}/test-key-ecc-p256.pem"}},
+  "ed25519": {"alg": "ed25519", "key": {"file": f"{k}/test-key-ed25519.pem"}},
+  "wrong": {"alg": "ed25519", "key": {"file": f"{k}/test-key-ed25519.pem"}},
+}))
+PY
+)
+cavage_keys=$(python3 - "$KEYS" "$HMAC" <<'PY'
+import json, sys
+k, h = sys.argv[1], sys.argv[2]
+print(json.dumps({
+  "hmac-sha256": {"key": {"hmac": h}},
+  "rsa-v1_5-sha256": {"key": {"file": f"{k}/rsa2048.pub"}},
+  "ecdsa-p256-sha256": {"key": {"file": f"{k}/test-key-ecc-p256.pem"}},
+  "ed25519": {"key": {"file": f"{k}/test-key-ed25519.pem"}},
+  "wrong": {"key": {"file": f"{k}/test-key-ed25519.pem"}},
+}))
+PY
+)
+"$PY" "$INTEROP/rfc9421_origin.py" "$work/rfc.port" "$rfc_keys" & pids+=($!)
+node "$INTEROP/cavage_origin.js" "$work/cavage.port" "$cavage_keys" & pids+=($!)
+wait_file "$work/rfc.port"
+wait_file "$work/cavage.port"
+rfc_origin="http://127.0.0.1:$(cat "$work/rfc.port")"
+cavage_origin="http://127.0.0.1:$(cat "$work/cavage.port")"
+
+# The sidecar's configuration: one route per standard and algorithm, default components and
+# explicit ones, the wrong key, and an egress route.
+mkdir -p "$work/config"
+python3 - "$work/config" "$KEYS" "$HMAC" "$rfc_origin" "$cavage_origin" <<'PY'
+import json, sys
+out, k, h, rfc, cav = sys.argv[1:6]
+key = lambda f: open(f"{k}/{f}").read()
+private = {
+  "hmac-sha256": h,
+  "rsa-v1_5-sha256": key("rsa2048-pkcs1.key"),
+  "rsa-pss-sha512": key("test-key-rsa-pss.key"),
+  "ecdsa-p256-sha256": key("test-key-ecc-p256.key"),
+  "ed25519": key("test-key-ed25519.key"),
+}
+routes, secrets = [], {}
+def route(name, prefix, url, standard, key_id, alg, components, pem, egress=False):
+    auth = {"type": "HttpSignature", "keyId": key_id, "algorithm": alg, "standard": standard}
+    if components:
+        auth["components"] = components
+    r = {"name": name, "pathPrefix": prefix,
+         "backend": {"type": "Origin", "url": url, "tlsMode": "None", "auth": auth}}
+    if egress:
+        r["egress"] = True
+    routes.append(r)
+    secrets[name] = {"originAuth": {"type": "HttpSignature", "key": pem}}
+for alg, pem in private.items():
+    route(f"rfc-{alg}", f"/rfc/{alg}/", rfc, "RFC9421", alg, alg, [], pem)
+    route(f"rfc-x-{alg}", f"/rfc-x/{alg}/", rfc, "RFC9421", alg, alg,
+          ["@method", "@authority", "@path", "@query", "@target-uri", "@scheme", "@request-target",
+           "content-type", "date", "content-digest"], pem)
+    if alg != "rsa-pss-sha512":  # draft-cavage has no name for it; npm http-signature neither
+        route(f"cavage-{alg}", f"/cavage/{alg}/", cav, "Cavage", alg, alg, [], pem)
+        route(f"cavage-x-{alg}", f"/cavage-x/{alg}/", cav, "Cavage", alg, alg,
+              ["(request-target)", "host", "date", "content-type"], pem)
+route("rfc-wrong", "/rfc/wrong/", rfc, "RFC9421", "wrong", "ed25519", [], key("ed-other.key"))
+route("cavage-wrong", "/cavage/wrong/", cav, "Cavage", "wrong", "ed25519", [], key("ed-other.key"))
+route("egress-rfc", "/egress/", rfc, "RFC9421", "ed25519", "ed25519", [], private["ed25519"], egress=True)
+json.dump({"schemaVersion": 1, "generation": "interop", "namespace": "interop", "routes": routes},
+          open(f"{out}/config.json", "w"), indent=1)
+json.dump({"schemaVersion": 1, "generation": "interop", "routes": secrets},
+          open(f"{out}/secrets.json", "w"), indent=1)
+PY
+
+inbound=$(free_port); admin=$(free_port); tls=$(free_port); egress=$(free_port)
+"$SIDECAR" --config-dir "$work/config" --inbound "127.0.0.1:$inbound" --admin "127.0.0.1:$admin" \
+  --inbound-tls "127.0.0.1:$tls" --egress "127.0.0.1:$egress" --audit-log "$work/audit.log" \
+  >"$work/sidecar.log" 2>&1 & pids+=($!)
+ready=0
+for _ in $(seq 100); do
+  if curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1; then ready=1; break; fi
+  sleep 0.1
+done
+if [ "$ready" != 1 ]; then echo "sidecar not ready:"; cat "$work/sidecar.log"; exit 1; fi
+
+# check NAME WANT URL [curl args...]: WANT is the status the origin's verdict must give.
+check() {
+  local name="$1" want="$2" url="$3"; shift 3
+  local out status
+  out=$(curl -s -m 10 -o "$work/body" -w '%{http_code}' "$@" "$url") || true
+  status="$out"
+  if [ "$status" = "$want" ] && { [ "$want" != 200 ] || grep -q '"ok": *true' "$work/body"; }; then
+    passed=$((passed + 1)); echo "ok   $name"
+  else
+    failed=$((failed + 1)); echo "FAIL $name: wanted $want, got $status: $(head -c 400 "$work/body")"
+  fi
+}
+# digest NAME: the last answer says the origin checked a body digest.
+digest() {
+  if grep -q '"digest_checked": *true' "$work/body"; then passed=$((passed + 1)); echo "ok   $1"
+  else failed=$((failed + 1)); echo "FAIL $1: the origin did not check a digest: $(head -c 400 "$work/body")"; fi
+}
+
+in="http://127.0.0.1:$inbound"
+body='{"order": 42, "items": ["a", "b"]}'
+echo "== RFC 9421: sidecar -> Python http-message-signatures"
+for alg in hmac-sha256 rsa-v1_5-sha256 rsa-pss-sha512 ecdsa-p256-sha256 ed25519; do
+  check "$alg: GET, default components" 200 "$in/rfc/$alg/orders?id=7&x=a%20b" \
+    -H 'X-Interop-Require: @method @target-uri @authority content-digest'
+  check "$alg: POST with a body, default components" 200 "$in/rfc/$alg/orders" \
+    -H 'Content-Type: application/json' --data-binary "$body" \
+    -H 'X-Interop-Require: @method @target-uri @authority content-digest'
+  digest "$alg: the origin checked Content-Digest"
+  check "$alg: POST, explicit components" 200 "$in/rfc-x/$alg/a/b?q=1&Pet=dog" \
+    -H 'Content-Type: application/json' --data-binary "$body" \
+    -H 'X-Interop-Require: @method @path @query @authority content-type date content-digest'
+done
+check "the origin refuses a signature made with the wrong key" 401 "$in/rfc/wrong/x"
+check "egress listener: the app's own call is signed" 200 "http://127.0.0.1:$egress/egress/out" \
+  -H 'Content-Type: text/plain' --data-binary 'from the app'
+
+echo "== draft-cavage: sidecar -> npm http-signature"
+for alg in hmac-sha256 rsa-v1_5-sha256 ecdsa-p256-sha256 ed25519; do
+  check "$alg: GET, default headers" 200 "$in/cavage/$alg/orders?id=7" \
+    -H 'X-Interop-Require: (request-target) host date digest'
+  check "$alg: POST with a body, default headers" 200 "$in/cavage/$alg/orders" \
+    -H 'Content-Type: application/json' --data-binary "$body" \
+    -H 'X-Interop-Require: (request-target) host date digest'
+  digest "$alg: the origin checked Digest"
+  check "$alg: PUT, explicit headers, body streamed" 200 "$in/cavage-x/$alg/p?z=1" -X PUT \
+    -H 'Content-Type: application/json' --data-binary "$body" \
+    -H 'X-Interop-Require: (request-target) host date content-type'
+done
+check "the origin refuses a signature made with the wrong key" 401 "$in/cavage/wrong/x"
+
+if grep -qF "$HMAC" "$work/sidecar.log" "$work/audit.log"; then
+  failed=$((failed + 1)); echo "FAIL the HMAC secret appears in the sidecar's logs"
+fi
+echo "sidecar-signing-interop: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
