@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# The sidecar signs what it forwards (backend.origin.auth.httpSignature), checked by real
-# third-party verifiers at the origin:
-#   RFC 9421     -> sidecar/signatures/interop/rfc9421_origin.py (Python `http-message-signatures`)
-#   draft-cavage -> sidecar/signatures/interop/cavage_origin.js  (npm `http-signature`)
+# Credentials the sidecar adds toward origins (backend.origin.auth), checked by real
+# third-party implementations:
+#   httpSignature RFC 9421     -> sidecar/signatures/interop/rfc9421_origin.py (Python
+#                                 `http-message-signatures`)
+#   httpSignature draft-cavage -> sidecar/signatures/interop/cavage_origin.js (npm `http-signature`)
+#   oauth2ClientCredentials    -> sidecar/signatures/interop/oauth2_server.py (Authlib's
+#                                 authorization server, client credentials, client_secret_basic)
 # The real portcullis-sidecar runs in gateway mode (and on its egress listener) toward those
 # origins; every algorithm, with and without a body digest, must verify there, and a route
-# signing with the wrong key must be refused by the origin (so the origins do check).
-# Tools come from tests/setup.d/40-signatures.sh.
+# signing with the wrong key must be refused by the origin (so the origins do check). Against
+# Authlib: one token for concurrent calls, refresh after expiry, a retry with a fresh token
+# after the origin's 401, and a wrong client secret refused by Authlib (503 at the sidecar).
+# Tools come from tests/setup.d/40-signatures.sh, and Authlib is installed here (its own venv).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 tools="${PORTCULLIS_TOOLS:-$PWD/target/tools}"
@@ -20,6 +25,15 @@ INTEROP="$PWD/sidecar/signatures/interop"
 export NODE_PATH="$tools/node/node_modules"
 KEYS="$PWD/sidecar/signatures/tests/keys"
 HMAC="an origin shared secret"
+OAUTH_SECRET='s3cret:with/+chars'
+
+# Authlib (and Flask, its server integration) in their own venv. Idempotent.
+oauth_venv="$tools/venv-oauth"
+if [ "$("$oauth_venv/bin/python" -c 'import importlib.metadata as m; print(m.version("Authlib"))' 2>/dev/null)" != 1.9.6 ]; then
+  rm -rf "$oauth_venv"
+  python3 -m venv "$oauth_venv"
+  "$oauth_venv/bin/pip" install -q --disable-pip-version-check "Authlib==1.9.6" "Flask==3.1.2"
+fi
 
 work=$(mktemp -d)
 pids=()
@@ -61,19 +75,23 @@ print(json.dumps({
 }))
 PY
 )
+"$oauth_venv/bin/python" "$INTEROP/oauth2_server.py" "$work/oauth.port" portcullis-gw "$OAUTH_SECRET" 3 \
+  >"$work/oauth.log" 2>&1 & pids+=($!)
 "$PY" "$INTEROP/rfc9421_origin.py" "$work/rfc.port" "$rfc_keys" & pids+=($!)
 node "$INTEROP/cavage_origin.js" "$work/cavage.port" "$cavage_keys" & pids+=($!)
 wait_file "$work/rfc.port"
 wait_file "$work/cavage.port"
+wait_file "$work/oauth.port"
+read -r token_port oauth_origin_port <"$work/oauth.port" || true
 rfc_origin="http://127.0.0.1:$(cat "$work/rfc.port")"
 cavage_origin="http://127.0.0.1:$(cat "$work/cavage.port")"
 
 # The sidecar's configuration: one route per standard and algorithm, default components and
 # explicit ones, the wrong key, and an egress route.
 mkdir -p "$work/config"
-python3 - "$work/config" "$KEYS" "$HMAC" "$rfc_origin" "$cavage_origin" <<'PY'
+python3 - "$work/config" "$KEYS" "$HMAC" "$rfc_origin" "$cavage_origin" "$token_port" "$oauth_origin_port" "$OAUTH_SECRET" <<'PY'
 import json, sys
-out, k, h, rfc, cav = sys.argv[1:6]
+out, k, h, rfc, cav, token_port, oauth_port, oauth_secret = sys.argv[1:9]
 key = lambda f: open(f"{k}/{f}").read()
 private = {
   "hmac-sha256": h,
@@ -105,6 +123,14 @@ for alg, pem in private.items():
 route("rfc-wrong", "/rfc/wrong/", rfc, "RFC9421", "wrong", "ed25519", [], key("ed-other.key"))
 route("cavage-wrong", "/cavage/wrong/", cav, "Cavage", "wrong", "ed25519", [], key("ed-other.key"))
 route("egress-rfc", "/egress/", rfc, "RFC9421", "ed25519", "ed25519", [], private["ed25519"], egress=True)
+for name, secret in (("oauth", oauth_secret), ("oauth-wrong", "not-the-secret")):
+    routes.append({"name": name, "pathPrefix": f"/{name}/",
+                   "backend": {"type": "Origin", "url": f"http://127.0.0.1:{oauth_port}", "tlsMode": "None",
+                               "auth": {"type": "OAuth2ClientCredentials",
+                                        "tokenUrl": f"http://127.0.0.1:{token_port}/oauth/token",
+                                        "scopes": ["api", "read"], "audience": "orders"}}})
+    secrets[name] = {"originAuth": {"type": "OAuth2ClientCredentials", "clientId": "portcullis-gw",
+                                    "clientSecret": secret}}
 json.dump({"schemaVersion": 1, "generation": "interop", "namespace": "interop", "routes": routes},
           open(f"{out}/config.json", "w"), indent=1)
 json.dump({"schemaVersion": 1, "generation": "interop", "routes": secrets},
@@ -172,8 +198,47 @@ for alg in hmac-sha256 rsa-v1_5-sha256 ecdsa-p256-sha256 ed25519; do
 done
 check "the origin refuses a signature made with the wrong key" 401 "$in/cavage/wrong/x"
 
-if grep -qF "$HMAC" "$work/sidecar.log" "$work/audit.log"; then
-  failed=$((failed + 1)); echo "FAIL the HMAC secret appears in the sidecar's logs"
-fi
+echo "== OAuth 2.0 client credentials: sidecar -> Authlib authorization server"
+stats() { curl -s -m 5 "http://127.0.0.1:$oauth_origin_port/_stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+expect() { # expect NAME WANT GOT
+  if [ "$2" = "$3" ]; then passed=$((passed + 1)); echo "ok   $1"
+  else failed=$((failed + 1)); echo "FAIL $1: wanted $2, got $3"; fi
+}
+for i in $(seq 10); do
+  curl -s -m 10 -o "$work/c$i" -w '%{http_code}\n' "$in/oauth/concurrent/$i" >"$work/s$i" &
+done
+wait_all=0
+for i in $(seq 10); do
+  for _ in $(seq 100); do [ -s "$work/s$i" ] && break; sleep 0.1; done
+  [ "$(cat "$work/s$i")" = 200 ] || wait_all=$((wait_all + 1))
+done
+expect "10 concurrent calls all admitted by the origin" 0 "$wait_all"
+expect "one token request for 10 concurrent calls" 1 "$(stats token_requests)"
+check "the origin sees the client, scope and audience" 200 "$in/oauth/who"
+expect "token issued to portcullis-gw for scope 'api read', audience orders" "portcullis-gw|api read|orders" \
+  "$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['client_id']+'|'+d['scope']+'|'+str(d['audience']))" "$work/body")"
+expect "the cached token is reused" 1 "$(stats token_requests)"
+sleep 3.2
+check "after the token's 3 s lifetime: a call with a refreshed token" 200 "$in/oauth/later"
+expect "refreshed once after expiry" 2 "$(stats token_requests)"
+curl -s -m 5 -X POST "http://127.0.0.1:$oauth_origin_port/_revoke" >/dev/null
+check "the origin revoked the token: 401, a fresh token, the call retried with its body" 200 "$in/oauth/retry" \
+  --data-binary 'replayed body'
+expect "the retried call carried its body" "replayed body" \
+  "$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['body'])" "$work/body")"
+expect "one more token request for the retry" 3 "$(stats token_requests)"
+started=$(date +%s%N)
+out=$(curl -s -m 10 -w '\n%{http_code}' "$in/oauth-wrong/x")
+elapsed_ms=$(( ($(date +%s%N) - started) / 1000000 ))
+expect "a wrong client secret, refused by Authlib: 503 from the sidecar" 503 "$(tail -n1 <<<"$out")"
+expect "... with a clear JSON body" 1 "$(head -n1 <<<"$out" | grep -c 'token endpoint')"
+expect "... quickly" 1 "$([ "$elapsed_ms" -lt 3000 ] && echo 1 || echo 0)"
+expect "... and Authlib issued no token for it" 4 "$(stats token_requests)"
+
+for secret in "$HMAC" "$OAUTH_SECRET"; do
+  if grep -qF -- "$secret" "$work/sidecar.log" "$work/audit.log"; then
+    failed=$((failed + 1)); echo "FAIL a secret appears in the sidecar's logs"
+  fi
+done
 echo "sidecar-signing-interop: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
