@@ -28,7 +28,7 @@ enum Command {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then the in-cluster config).
-    #[arg(long, env = "KUBECONFIG")]
+    #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Admin address: /metrics, /healthz, /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]

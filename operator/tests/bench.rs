@@ -7,6 +7,8 @@
 //! ```sh
 //! cargo test --release -p portcullis-operator --test bench -- --ignored --nocapture
 //! ```
+//!
+//! `PORTCULLIS_BENCH_WORKLOADS=1000` gives every route its own workload (1,000 groups).
 
 mod common;
 
@@ -16,7 +18,9 @@ use common::*;
 
 const PROFILES_N: usize = 1000;
 const ROUTES_N: usize = 1000;
-const WORKLOADS: usize = 50;
+/// Workloads (one pod and one configuration group each) unless
+/// `PORTCULLIS_BENCH_WORKLOADS` says otherwise.
+const DEFAULT_WORKLOADS: usize = 50;
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -29,6 +33,11 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "benchmark: run explicitly with --ignored --release"]
 async fn thousand_profiles_and_routes_reach_steady_state() {
+    let workloads: usize = std::env::var("PORTCULLIS_BENCH_WORKLOADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_WORKLOADS)
+        .clamp(1, ROUTES_N);
     let dir = tempfile::tempdir().unwrap();
     let server = server(&dir).await;
     for i in 0..PROFILES_N {
@@ -40,12 +49,12 @@ async fn thousand_profiles_and_routes_reach_steady_state() {
             .unwrap();
     }
     for i in 0..ROUTES_N {
-        let app = format!("w{}", i % WORKLOADS);
+        let app = format!("w{}", i % workloads);
         server
             .create(&route(&format!("r{i}"), &app, &[&format!("p{}", i % PROFILES_N)]))
             .unwrap();
     }
-    for w in 0..WORKLOADS {
+    for w in 0..workloads {
         server.create(&pod(&format!("w{w}-0"), &format!("w{w}"))).unwrap();
     }
 
@@ -61,8 +70,8 @@ async fn thousand_profiles_and_routes_reach_steady_state() {
         routes.len() == ROUTES_N
             && routes.iter().all(current)
             && profiles.iter().all(current)
-            && server.list("configmaps", Some(NS)).len() == WORKLOADS
-            && server.list("secrets", Some(NS)).len() == PROFILES_N + WORKLOADS
+            && server.list("configmaps", Some(NS)).len() == workloads
+            && server.list("secrets", Some(NS)).len() == PROFILES_N + workloads
     };
     wait_until(Duration::from_secs(120), "steady state", &op, || {
         steady(&server).then_some(())
@@ -85,7 +94,7 @@ async fn thousand_profiles_and_routes_reach_steady_state() {
         .metric("portcullis_operator_reconciles_total{result=\"ok\"}")
         .unwrap_or(0.0);
     println!(
-        "BENCH {PROFILES_N} profiles, {ROUTES_N} routes, {WORKLOADS} groups: every status current and every \
+        "BENCH {PROFILES_N} profiles, {ROUTES_N} routes, {workloads} groups: every status current and every \
          object written {:.2} s after the operator started; writes quiet by {:.2} s; {reconciles} reconciles; \
          peak RSS {:.1} MiB",
         steady_at.as_secs_f64(),
