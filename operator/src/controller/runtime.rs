@@ -150,8 +150,12 @@ pub async fn run(client: Client, opts: Options, shutdown: impl Future<Output = (
     queue.close();
     leading.abort();
     lost.abort();
-    // Workers finish the reconcile they are running (the queue hands out no more work).
+    // Workers finish the reconcile they are running (the queue hands out no more work) —
+    // unless another replica leads now: then they stop at once.
     let workers = std::mem::take(&mut *tasks.lock(&tasks.workers));
+    if result.is_err() {
+        workers.iter().for_each(JoinHandle::abort);
+    }
     let drain = async {
         for w in workers {
             let _ = w.await;
