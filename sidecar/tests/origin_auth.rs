@@ -647,4 +647,34 @@ async fn oauth2_wrong_client_secret_is_a_503_and_a_401_is_retried_once() {
     assert_eq!(status, 401, "the origin's answer after one retry");
     assert_eq!(refusing.seen().len(), 2, "sent twice: once, then with a fresh token");
     assert_eq!(tokens.hits(), 3, "one refused fetch, then two tokens");
+
+    // A streamed body (chunked, no length) cannot be replayed: the 401 goes back as is.
+    let status = chunked_post(sidecar.inbound, "/refusing/stream", &[b"hello ", b"world"]).await;
+    assert_eq!(status, 401);
+    assert_eq!(refusing.seen().len(), 3, "not retried");
+    assert_eq!(refusing.seen()[2].body, "hello world", "streamed through");
+    assert_eq!(tokens.hits(), 3, "no token fetched for a retry that cannot happen");
+}
+
+/// POSTs a chunked body over a raw connection; returns the status code.
+async fn chunked_post(addr: SocketAddr, path: &str, chunks: &[&[u8]]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req =
+        format!("POST {path} HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            .into_bytes();
+    for c in chunks {
+        req.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        req.extend_from_slice(c);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    conn.write_all(&req).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let line = String::from_utf8_lossy(&answer);
+    line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
