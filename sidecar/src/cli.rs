@@ -71,6 +71,11 @@ pub struct ServeArgs {
     /// Largest request head (request line and headers) accepted, in bytes (else 431).
     #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(8192..))]
     pub max_header_bytes: u32,
+    /// Largest request body held in memory to check it against a digest (`Content-Digest`,
+    /// `Digest`) that an inbound HTTP message signature covers (else 413), or to digest it for
+    /// an outbound signature, in bytes; other bodies stream through unread.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_signed_body_bytes: usize,
     /// On SIGTERM, time allowed for open requests to finish before the process exits.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub drain_timeout: Duration,

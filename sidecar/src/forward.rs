@@ -16,7 +16,6 @@ use http::header::{AUTHORIZATION, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -115,7 +114,7 @@ impl Forwarder {
     /// its body still streaming.
     pub async fn local(
         &self,
-        req: Request<Incoming>,
+        req: Request<ProxyBody>,
         port: u16,
         peer: IpAddr,
         proto: &'static str,
@@ -157,7 +156,7 @@ impl Forwarder {
             );
         }
 
-        let upstream = Request::from_parts(parts, body.boxed_unsync());
+        let upstream = Request::from_parts(parts, body);
         let response = match tokio::time::timeout(self.timeout, self.client.request(upstream)).await {
             Err(_) => return Err(ForwardError::Timeout(self.timeout)),
             Ok(Err(e)) if e.is_connect() => return Err(ForwardError::Connect(e)),

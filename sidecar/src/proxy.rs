@@ -4,17 +4,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::HOST;
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::audit;
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, full};
 use crate::engine::{DenialKind, Outcome, PeerCertificate, RequestView};
 use crate::forward::{ForwardError, Verdict};
 use crate::origin_auth::CredentialError;
 use crate::respond::{Answer, rate_limit_headers};
 use crate::state::Shared;
+use portcullis_policy::BodyDigest;
 
 pub use crate::engine::Listener;
 
@@ -58,9 +61,15 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         .host()
         .map(str::to_ascii_lowercase)
         .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(strip_port));
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()));
     let view = RequestView {
         method: method.as_str(),
         host: host.as_deref(),
+        authority,
         path: &path,
         query: req.uri().query(),
         headers: req.headers(),
@@ -70,6 +79,9 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         client_cert: conn.client_cert.as_deref(),
     };
     let outcome = active.engine.decide(&view, unix_millis());
+    // A signature that covers a body digest: the body is read (up to a limit) and checked
+    // before anything is forwarded; other bodies stream.
+    let (req, body_refused) = check_signed_body(req, &outcome, shared.max_signed_body_bytes).await;
 
     let mut record = audit::Record {
         route: "-",
@@ -117,6 +129,34 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
                         route: denial.route,
                         scope: scope.as_str(),
                         info: *info,
+                    }
+                }
+            };
+            (answer.response(), "deny")
+        }
+        Outcome::Allow(admission) if body_refused.is_some() => {
+            let route = &*admission.route.name;
+            record.route = route;
+            record.profile = admission.profile;
+            record.identity = &admission.identity;
+            record.client_ip = admission.client_ip;
+            record.decision = "deny";
+            // Refused: the hit is not counted (the signature stays used up).
+            active.engine.refund(admission);
+            let answer = match body_refused {
+                Some(BodyRefused::TooLarge) => {
+                    record.reason = "signed request body larger than --max-signed-body-bytes";
+                    Answer::SignedBodyTooLarge { route }
+                }
+                Some(BodyRefused::Unreadable) => {
+                    record.reason = "signed request body could not be read";
+                    Answer::BadRequest
+                }
+                _ => {
+                    record.reason = "body does not match its signed digest";
+                    Answer::BodyDigestMismatch {
+                        route,
+                        challenges: admission.route.challenges(),
                     }
                 }
             };
@@ -219,6 +259,69 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     );
     record.emit();
     response
+}
+
+/// Why the body of a signed request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyRefused {
+    /// Larger than `--max-signed-body-bytes`: 413.
+    TooLarge,
+    /// It does not match the signed `Content-Digest` / `Digest`: 401.
+    Mismatch,
+    /// The client failed to send it: 400.
+    Unreadable,
+}
+
+/// The request with its body ready to forward. When the admitting signature covers a body
+/// digest, the body is read into memory (at most `limit` bytes) and checked against it;
+/// otherwise it streams untouched.
+async fn check_signed_body(
+    req: Request<Incoming>,
+    outcome: &Outcome<'_>,
+    limit: usize,
+) -> (Request<ProxyBody>, Option<BodyRefused>) {
+    let digest = match outcome {
+        Outcome::Allow(admission) => admission.body_digest,
+        _ => None,
+    };
+    let Some(digest) = digest else {
+        return (req.map(BodyExt::boxed_unsync), None);
+    };
+    let (parts, body) = req.into_parts();
+    let refused = |parts, why| (Request::from_parts(parts, crate::body::empty()), Some(why));
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return refused(parts, BodyRefused::TooLarge);
+    }
+    let bytes: Bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return refused(parts, BodyRefused::TooLarge),
+        Err(_) => return refused(parts, BodyRefused::Unreadable),
+    };
+    if !digest_matches(&parts.headers, digest, &bytes) {
+        return refused(parts, BodyRefused::Mismatch);
+    }
+    (Request::from_parts(parts, full(bytes)), None)
+}
+
+/// Whether the request's digest header (every line, joined as the signature saw it) matches
+/// `body`.
+fn digest_matches(headers: &HeaderMap, digest: BodyDigest, body: &[u8]) -> bool {
+    let mut value = String::new();
+    for line in headers.get_all(digest.header()) {
+        let Ok(line) = line.to_str() else {
+            return false;
+        };
+        if !value.is_empty() {
+            value.push_str(", ");
+        }
+        value.push_str(line.trim());
+    }
+    !value.is_empty() && digest.verify(&value, body).is_ok()
 }
 
 /// Milliseconds since the Unix epoch, the engine's clock.

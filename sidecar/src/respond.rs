@@ -32,6 +32,12 @@ pub enum Answer<'a> {
         scope: &'a str,
         info: RateInfo,
     },
+    /// The body does not match the digest its HTTP message signature covers (401 with the
+    /// route's challenges).
+    BodyDigestMismatch { route: &'a str, challenges: &'a [String] },
+    /// The body of a signed request (whose digest must be checked) is larger than
+    /// `--max-signed-body-bytes`.
+    SignedBodyTooLarge { route: &'a str },
     /// The request head is larger than allowed.
     HeadersTooLarge,
     /// The body must be signed toward the origin and is larger than
@@ -63,6 +69,16 @@ impl Answer<'_> {
             Self::Redirect { route, .. } => (StatusCode::PERMANENT_REDIRECT, "https required", Some(*route)),
             Self::Unauthorized { route, .. } => (StatusCode::UNAUTHORIZED, "unauthorized", Some(*route)),
             Self::Forbidden { route } => (StatusCode::FORBIDDEN, "forbidden", Some(*route)),
+            Self::BodyDigestMismatch { route, .. } => (
+                StatusCode::UNAUTHORIZED,
+                "body does not match its signed digest",
+                Some(*route),
+            ),
+            Self::SignedBodyTooLarge { route } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "signed request body too large",
+                Some(*route),
+            ),
             Self::RateLimited { route, .. } => (StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", Some(*route)),
             Self::OriginBodyTooLarge { route, .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -106,7 +122,7 @@ impl Answer<'_> {
                     headers.insert(LOCATION, v);
                 }
             }
-            Self::Unauthorized { challenges, .. } => {
+            Self::Unauthorized { challenges, .. } | Self::BodyDigestMismatch { challenges, .. } => {
                 for c in challenges.iter() {
                     if let Ok(v) = HeaderValue::from_str(c) {
                         headers.append(WWW_AUTHENTICATE, v);
@@ -173,6 +189,21 @@ mod tests {
         assert_eq!(r.headers()["ratelimit-limit"], "5");
         assert_eq!(r.headers()["ratelimit-remaining"], "0");
         assert_eq!(r.headers()["ratelimit-reset"], "42");
+    }
+
+    #[test]
+    fn signed_body_answers() {
+        let challenges = vec!["Signature realm=\"finance\"".to_owned()];
+        let r = Answer::BodyDigestMismatch {
+            route: "finance",
+            challenges: &challenges,
+        }
+        .response();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["www-authenticate"], "Signature realm=\"finance\"");
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let r = Answer::SignedBodyTooLarge { route: "finance" }.response();
+        assert_eq!(r.status(), 413);
     }
 
     #[test]

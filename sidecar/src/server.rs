@@ -77,7 +77,14 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             Active::empty(limiter.clone())
         }
     };
-    let shared = Shared::new(initial, metrics, forwarder, args.max_header_bytes as usize, limiter);
+    let shared = Shared::new(
+        initial,
+        metrics,
+        forwarder,
+        args.max_header_bytes as usize,
+        args.max_signed_body_bytes,
+        limiter,
+    );
 
     let builder = connection_builder(&args);
     let (stop, stopped) = watch::channel(false);

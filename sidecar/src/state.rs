@@ -74,7 +74,10 @@ pub struct Shared {
     pub forwarder: Forwarder,
     /// Largest request head accepted (request target and headers), in bytes.
     pub max_header_bytes: usize,
-    /// Rate-limit counts, kept across reloads.
+    /// Largest body read to check a signed digest (`--max-signed-body-bytes`).
+    pub max_signed_body_bytes: usize,
+    /// Rate-limit counts (and the replay caches of HttpSignature profiles), kept across
+    /// reloads.
     pub limiter: Arc<InMemoryLimiter>,
 }
 
@@ -85,6 +88,7 @@ impl Shared {
         metrics: Metrics,
         forwarder: Forwarder,
         max_header_bytes: usize,
+        max_signed_body_bytes: usize,
         limiter: Arc<InMemoryLimiter>,
     ) -> Arc<Self> {
         metrics.enforcing(active.generation(), active.ready);
@@ -94,6 +98,7 @@ impl Shared {
             metrics,
             forwarder,
             max_header_bytes,
+            max_signed_body_bytes,
             limiter,
         })
     }

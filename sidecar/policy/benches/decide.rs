@@ -67,6 +67,7 @@ fn bench(c: &mut Criterion) {
     let req = RequestView {
         method: "GET",
         host: Some("api.example.com"),
+        authority: Some("api.example.com"),
         path: "/catalog/items/42",
         query: Some(&query),
         headers: &headers,

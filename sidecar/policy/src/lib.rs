@@ -16,7 +16,11 @@
 //!    trusted IP ranges hold the client admits. Right credentials from the wrong address:
 //!    403; no profile with right credentials: 401 with every profile's challenge;
 //! 5. limits: the org allowance and the admitting profile's limit, taken together or not at
-//!    all ([`limit`]); over either: 429, the org's first.
+//!    all ([`limit`]); over either: 429, the org's first;
+//! 6. an HTTP message signature is recorded in its profile's replay cache only now, once the
+//!    call is otherwise admitted: seen before inside its window (or the cache full), 401 and
+//!    the limits' hit is given back ([`signature`]). When the signature covers a body digest,
+//!    the [`Admission`] asks the proxy to check it ([`Admission::body_digest`]).
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -30,13 +34,16 @@ pub mod ip;
 pub mod limit;
 mod query;
 pub mod routes;
+pub mod signature;
 
 pub use auth::{PeerCertificate, Rejection, mashery_signature};
 pub use ip::IpSet;
 pub use limit::{Grant, InMemoryLimiter, Limiter, RateInfo, Refusal, Scope};
+pub use signature::{BodyDigest, ReplayRegistry};
 
 use auth::{ApiKey, Basic, ClientCertificate};
 use routes::Matcher;
+use signature::{HttpSignature, Signed};
 
 /// The listener a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +60,9 @@ pub struct RequestView<'a> {
     pub method: &'a str,
     /// Host, lower case, without port.
     pub host: Option<&'a str>,
+    /// The authority as sent (`host[:port]`: the URI's, else the Host header), for
+    /// HTTP message signatures (`@authority`); `None`: `host` is used.
+    pub authority: Option<&'a str>,
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
@@ -114,6 +124,9 @@ pub struct Admission<'e> {
     pub client_ip: IpAddr,
     /// The tightest limit that applied, for the `RateLimit-*` headers.
     pub rate: Option<RateInfo>,
+    /// The admitting HTTP message signature covers this digest header: the proxy must check
+    /// it against the body before forwarding (401 when it does not match).
+    pub body_digest: Option<BodyDigest>,
     grant: Option<(usize, Grant)>,
 }
 
@@ -151,6 +164,11 @@ impl CompiledRoute {
             Backend::Origin { .. } => None,
         }
     }
+
+    /// The `WWW-Authenticate` challenges of a 401 on this route.
+    pub fn challenges(&self) -> &[String] {
+        &self.challenges
+    }
 }
 
 #[derive(Debug)]
@@ -159,6 +177,7 @@ enum Auth {
     Basic(Basic),
     ApiKey(ApiKey),
     ClientCertificate(ClientCertificate),
+    HttpSignature(HttpSignature),
     /// A type this engine cannot verify yet: refuses every call (fails closed).
     Unsupported(&'static str),
 }
@@ -229,8 +248,27 @@ impl<L: Limiter> Engine<L> {
                     Auth::ClientCertificate(ClientCertificate::new(allowed_subjects))
                 }
                 ProfileAuth::OAuth2 { .. } => Auth::Unsupported("OAuth2 tokens cannot be verified by this sidecar"),
-                ProfileAuth::HttpSignature { .. } => {
-                    Auth::Unsupported("HTTP message signatures cannot be verified by this sidecar")
+                ProfileAuth::HttpSignature {
+                    standard,
+                    algorithms,
+                    required_components,
+                    max_age_seconds,
+                } => {
+                    let secrets = secrets.ok_or_else(|| missing("signatureKeys"))?;
+                    let replays = limiter.replay_cache(&p.name);
+                    let verifier = HttpSignature::new(
+                        *standard,
+                        algorithms,
+                        required_components,
+                        *max_age_seconds,
+                        secrets,
+                        replays,
+                    )
+                    .map_err(|e| CompileError::Invalid {
+                        profile: p.name.clone(),
+                        message: e.to_string(),
+                    })?;
+                    Auth::HttpSignature(verifier)
                 }
             };
             let identity_header = p
@@ -357,6 +395,7 @@ impl<L: Limiter> Engine<L> {
         let mut rejection: Option<(&str, Rejection)> = None;
         for &i in route.profiles.iter() {
             let profile = &self.profiles[i];
+            let mut signed = None;
             let identity = match &profile.auth {
                 Auth::Anonymous => Ok(Cow::Borrowed(ANONYMOUS)),
                 Auth::Basic(b) => b.check(req.headers).map(Cow::Borrowed),
@@ -365,6 +404,11 @@ impl<L: Limiter> Engine<L> {
                 Auth::ClientCertificate(c) => c
                     .check(&profile.name, req.client_cert)
                     .map(|s| Cow::Owned(s.to_owned())),
+                Auth::HttpSignature(s) => s.check(req, now_secs).map(|mut v| {
+                    let key_id = std::mem::take(&mut v.key_id);
+                    signed = Some(v);
+                    Cow::Owned(key_id)
+                }),
                 Auth::Unsupported(why) => Err(Rejection::Wrong(why)),
             };
             let identity = match identity {
@@ -381,7 +425,7 @@ impl<L: Limiter> Engine<L> {
                 forbidden.get_or_insert(&profile.name);
                 continue;
             }
-            return self.admit(route, i, identity, req, client_ip, now_ms);
+            return self.admit(route, i, identity, signed, req, client_ip, now_ms);
         }
         if let Some(profile) = forbidden {
             return Outcome::Deny(Denial {
@@ -404,11 +448,13 @@ impl<L: Limiter> Engine<L> {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn admit<'e>(
         &'e self,
         route: &'e CompiledRoute,
         index: usize,
         identity: Cow<'e, str>,
+        signed: Option<Signed>,
         req: &RequestView<'_>,
         client_ip: IpAddr,
         now_ms: u64,
@@ -443,6 +489,25 @@ impl<L: Limiter> Engine<L> {
                 });
             }
         };
+        let mut body_digest = None;
+        if let (Some(signed), Auth::HttpSignature(verifier)) = (signed, &profile.auth) {
+            // Only an otherwise admitted call uses its signature up (see [`signature`]).
+            if let Err(r) = verifier.record(&signed, now_ms / 1000) {
+                if let Some((index, grant)) = &grant {
+                    self.refund_grant(*index, grant);
+                }
+                return Outcome::Deny(Denial {
+                    route: &route.name,
+                    profile: &profile.name,
+                    client_ip,
+                    kind: DenialKind::Unauthorized {
+                        challenges: &route.challenges,
+                    },
+                    reason: r.reason(),
+                });
+            }
+            body_digest = signed.digest;
+        }
         let identity = profile
             .identity_header
             .as_ref()
@@ -456,16 +521,20 @@ impl<L: Limiter> Engine<L> {
             identity,
             client_ip,
             rate,
+            body_digest,
             grant,
         })
     }
 
     /// Gives back the hit an admission took (the backend answered 404).
     pub fn refund(&self, admission: &Admission<'_>) {
-        let Some((index, grant)) = &admission.grant else {
-            return;
-        };
-        let profile = self.profiles.get(*index).and_then(|p| p.limit.as_ref());
+        if let Some((index, grant)) = &admission.grant {
+            self.refund_grant(*index, grant);
+        }
+    }
+
+    fn refund_grant(&self, index: usize, grant: &Grant) {
+        let profile = self.profiles.get(index).and_then(|p| p.limit.as_ref());
         match (&self.org, profile) {
             (None, None) => {}
             (Some((o, _)), None) | (None, Some((o, _))) => self.limiter.refund(&[o], grant),
@@ -481,6 +550,7 @@ fn challenges<'a>(route: &str, auths: impl Iterator<Item = &'a Auth>) -> Box<[St
         let c = match auth {
             Auth::Basic(_) => format!("Basic realm=\"{route}\", charset=\"UTF-8\""),
             Auth::ApiKey(k) => format!("APIKey realm=\"{route}\", param=\"{}\"", k.key_param()),
+            Auth::HttpSignature(_) => format!("Signature realm=\"{route}\""),
             Auth::Unsupported(_) | Auth::Anonymous | Auth::ClientCertificate(_) => continue,
         };
         if !out.contains(&c) {

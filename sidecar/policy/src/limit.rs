@@ -13,6 +13,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use portcullis_signatures::ReplayCache;
+
+use crate::signature::ReplayRegistry;
+
 /// What a counter limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
@@ -74,12 +78,21 @@ pub trait Limiter: Send + Sync + 'static {
 
     /// Gives back a hit taken by `acquire` with `grant` (the backend answered 404).
     fn refund(&self, counters: &[&Self::Counter], grant: &Grant);
+
+    /// The replay cache of HttpSignature profile `profile`. Like counters, it should be the
+    /// same cache every time it is asked for, so that a reload forgets no signature; this
+    /// default gives a new one each time (signatures are then remembered per compiled engine).
+    fn replay_cache(&self, profile: &str) -> Arc<ReplayCache> {
+        let _ = profile;
+        Arc::new(ReplayCache::new(crate::signature::DEFAULT_REPLAY_CAPACITY))
+    }
 }
 
-/// Exact in-process limiter.
+/// Exact in-process limiter; it also keeps the replay caches of HttpSignature profiles.
 #[derive(Debug, Default)]
 pub struct InMemoryLimiter {
     counters: Mutex<HashMap<(Scope, String), SharedWindow>>,
+    replays: ReplayRegistry,
 }
 
 /// A window shared by every engine compiled with the same limiter.
@@ -89,6 +102,14 @@ impl InMemoryLimiter {
     /// A limiter with no counters yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A limiter whose replay caches hold about `capacity` live signatures per profile.
+    pub fn with_replay_capacity(capacity: usize) -> Self {
+        Self {
+            counters: Mutex::default(),
+            replays: ReplayRegistry::with_capacity(capacity),
+        }
     }
 }
 
@@ -147,6 +168,10 @@ impl Limiter for InMemoryLimiter {
         for counter in counters {
             lock(counter).give_back(grant.at_ms);
         }
+    }
+
+    fn replay_cache(&self, profile: &str) -> Arc<ReplayCache> {
+        self.replays.cache(profile)
     }
 }
 

@@ -85,6 +85,7 @@ impl Req {
         RequestView {
             method: self.method,
             host: self.host,
+            authority: self.host,
             path: &self.path,
             query: self.query.as_deref(),
             headers: &self.headers,
@@ -481,3 +482,5 @@ fn compile_errors_name_the_profile_and_never_a_secret() {
         "route \"finance\": profile \"ghost\" is not in the configuration"
     );
 }
+
+mod signatures;

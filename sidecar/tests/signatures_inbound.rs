@@ -1,0 +1,241 @@
+//! Black-box tests of HttpSignature profiles through the real binary: requests signed in the
+//! test with portcullis-signatures (RFC 9421 and draft-cavage), the identity passed to the app
+//! and written to the audit log, replays, bodies that do not match their signed digest, and
+//! bodies too large to check.
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::*;
+use http::{HeaderMap, HeaderValue, Request, StatusCode};
+use http_body_util::Full;
+use portcullis_signatures::digest::{DigestAlgorithm, content_digest, digest_header};
+use portcullis_signatures::{Algorithm, Key, Message, cavage, rfc9421};
+use serde_json::{Value, json};
+
+const SECRET: &str = "a shared secret for gw-1";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+async fn sidecar_with(port: u16, extra: &[&str]) -> (Sidecar, tempfile::TempDir) {
+    let profile = |name: &str, standard: &str, required: &[&str]| {
+        json!({"name": name, "auth": {"type": "HttpSignature", "standard": standard,
+            "algorithms": ["hmac-sha256", "ed25519"], "requiredComponents": required, "maxAgeSeconds": 300}})
+    };
+    let route = |name: &str, prefix: &str, profile: &str| {
+        json!({"name": name, "pathPrefix": prefix, "profiles": [profile],
+            "backend": {"type": "Local", "port": port}})
+    };
+    let l = loaded(
+        "g1",
+        json!({
+            "profiles": [profile("signed", "RFC9421", &["@method", "@path"]),
+                         profile("legacy", "Cavage", &["(request-target)"])],
+            "routes": [route("api", "/api", "signed"), route("counted", "/count", "signed"),
+                       route("old", "/old", "legacy")],
+        }),
+        json!({"profiles": {
+            "signed": {"signatureKeys": {"gw-1": SECRET}},
+            "legacy": {"signatureKeys": {"gw-1": SECRET}},
+        }}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    l.write_dir(dir.path()).unwrap();
+    (Sidecar::start_with(dir.path(), extra).await, dir)
+}
+
+/// A request to the sidecar, signed as the caller would.
+struct Signed {
+    method: &'static str,
+    url: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Signed {
+    fn new(sidecar: &Sidecar, method: &'static str, path_and_query: &str, body: &[u8]) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_str(&sidecar.inbound.to_string()).unwrap());
+        Self {
+            method,
+            url: sidecar.url(path_and_query),
+            headers,
+            body: Bytes::copy_from_slice(body),
+        }
+    }
+
+    fn header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.insert(name, HeaderValue::from_str(value).unwrap());
+        self
+    }
+
+    fn sign_9421(mut self, secret: &str, created: u64, components: &[&str]) -> Self {
+        let uri: http::Uri = self.url.parse().unwrap();
+        let method = http::Method::from_bytes(self.method.as_bytes()).unwrap();
+        let key = Key::from_secret(secret.as_bytes()).unwrap();
+        let params = rfc9421::SignParams::new("sig1", "gw-1", Algorithm::HmacSha256, created, components);
+        let signed = rfc9421::sign(
+            &Message::from_parts(&method, &uri, &self.headers, "http"),
+            &key,
+            &params,
+        )
+        .unwrap();
+        signed.apply(&mut self.headers).unwrap();
+        self
+    }
+
+    fn sign_cavage(self, secret: &str, created: u64, headers: &[&str]) -> Self {
+        let uri: http::Uri = self.url.parse().unwrap();
+        let method = http::Method::from_bytes(self.method.as_bytes()).unwrap();
+        let key = Key::from_secret(secret.as_bytes()).unwrap();
+        let params = cavage::SignParams {
+            key_id: "gw-1",
+            alg: Algorithm::HmacSha256,
+            algorithm_name: cavage::AlgorithmName::Hs2019,
+            headers,
+            created: Some(created),
+            expires: None,
+        };
+        let signed = cavage::sign(
+            &Message::from_parts(&method, &uri, &self.headers, "http"),
+            &key,
+            &params,
+        )
+        .unwrap();
+        let value = signed.signature_header().to_owned();
+        self.header("signature", &value)
+    }
+
+    async fn send(&self) -> (StatusCode, HeaderMap, Value) {
+        self.send_body(self.body.clone()).await
+    }
+
+    async fn send_body(&self, body: Bytes) -> (StatusCode, HeaderMap, Value) {
+        let mut req = Request::builder().method(self.method).uri(&self.url);
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
+        let (status, headers, body) = send(&client(), req.body(Full::new(body)).unwrap())
+            .await
+            .expect("sidecar answers");
+        (status, headers, json_of(&body))
+    }
+}
+
+#[tokio::test]
+async fn signed_calls_are_admitted_as_the_key_id_and_replays_refused() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = sidecar_with(backend.port(), &[]).await;
+    let components = ["@method", "@authority", "@path", "@query"];
+
+    let req = Signed::new(&sidecar, "GET", "/api/orders?id=7", b"").sign_9421(SECRET, now(), &components);
+    let (status, _, body) = req.send().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["headers"]["x-portcullis-identity"], json!(["gw-1"]));
+    assert_eq!(body["headers"]["x-portcullis-profile"], json!(["signed"]));
+
+    // The very same signed request again: a replay.
+    let (status, headers, body) = req.send().await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(headers["www-authenticate"], "Signature realm=\"api\"");
+    assert_eq!(body["route"], "api");
+
+    // Wrong key, stale created, a changed component: 401.
+    let wrong = Signed::new(&sidecar, "GET", "/api/orders", b"").sign_9421("not the secret", now(), &components);
+    assert_eq!(wrong.send().await.0, 401);
+    let stale = Signed::new(&sidecar, "GET", "/api/orders", b"").sign_9421(SECRET, now() - 400, &components);
+    assert_eq!(stale.send().await.0, 401);
+    let mut moved = Signed::new(&sidecar, "GET", "/api/orders", b"").sign_9421(SECRET, now(), &components);
+    moved.url = sidecar.url("/api/refunds");
+    assert_eq!(moved.send().await.0, 401);
+
+    // draft-cavage on its own route.
+    let old = Signed::new(&sidecar, "GET", "/old/x", b"").sign_cavage(
+        SECRET,
+        now(),
+        &["(request-target)", "host", "(created)"],
+    );
+    let (status, _, body) = old.send().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["headers"]["x-portcullis-identity"], json!(["gw-1"]));
+    assert_eq!(old.send().await.0, 401, "cavage replay");
+
+    let lines = sidecar.wait_audit(7).await;
+    assert_eq!(lines[0]["identity"], "gw-1");
+    assert_eq!(lines[0]["profile"], "signed");
+    assert_eq!(lines[0]["decision"], "allow");
+    assert_eq!(lines[1]["status"], 401);
+    assert_eq!(lines[1]["reason"], "signature replayed");
+    assert_eq!(lines[2]["reason"], "signature does not verify");
+    assert_eq!(lines[3]["reason"], "signature is stale (older than maxAgeSeconds)");
+    assert_eq!(lines[5]["identity"], "gw-1");
+    assert_eq!(lines[6]["reason"], "signature replayed");
+    let raw = std::fs::read_to_string(&sidecar.audit).unwrap() + &sidecar.log();
+    assert!(!raw.contains(SECRET), "a key reached a log");
+}
+
+#[tokio::test]
+async fn signed_bodies_must_match_their_digest_and_fit_the_limit() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = sidecar_with(backend.port(), &["--max-signed-body-bytes", "1024"]).await;
+    let covered = ["@method", "@authority", "@path", "content-digest"];
+    let body = br#"{"amount": 12}"#;
+
+    let ok = Signed::new(&sidecar, "POST", "/count", body)
+        .header("content-digest", &content_digest(DigestAlgorithm::Sha256, body))
+        .sign_9421(SECRET, now(), &covered);
+    let (status, _, answer) = ok.send().await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["bytes"],
+        json!(body.len()),
+        "the checked body reaches the app whole"
+    );
+
+    // The same headers (signed a second earlier: not a replay), another body.
+    let changed = Signed::new(&sidecar, "POST", "/count", body)
+        .header("content-digest", &content_digest(DigestAlgorithm::Sha256, body))
+        .sign_9421(SECRET, now() - 1, &covered);
+    let (status, headers, answer) = changed.send_body(Bytes::from_static(br#"{"amount": 12000}"#)).await;
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(answer["error"], "body does not match its signed digest");
+    assert_eq!(headers["www-authenticate"], "Signature realm=\"counted\"");
+
+    // Larger than --max-signed-body-bytes: 413, even with a right digest.
+    let big = vec![b'x'; 4096];
+    let large = Signed::new(&sidecar, "POST", "/count", &big)
+        .header("content-digest", &content_digest(DigestAlgorithm::Sha256, &big))
+        .sign_9421(SECRET, now(), &covered);
+    let (status, _, answer) = large.send().await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"], "signed request body too large");
+
+    // A signature that covers no digest leaves the body alone (it streams, whatever its size).
+    let unchecked = Signed::new(&sidecar, "POST", "/count", &big).sign_9421(SECRET, now(), &["@method", "@path"]);
+    let (status, _, answer) = unchecked.send().await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["bytes"], json!(big.len()));
+
+    // draft-cavage: the Digest header.
+    let legacy = Signed::new(&sidecar, "POST", "/old/x", body)
+        .header("digest", &digest_header(DigestAlgorithm::Sha256, body))
+        .sign_cavage(SECRET, now(), &["(request-target)", "(created)", "digest"]);
+    assert_eq!(legacy.send().await.0, 200);
+    let legacy = Signed::new(&sidecar, "POST", "/old/x", body)
+        .header("digest", &digest_header(DigestAlgorithm::Sha256, body))
+        .sign_cavage(SECRET, now() - 1, &["(request-target)", "(created)", "digest"]);
+    assert_eq!(legacy.send_body(Bytes::from_static(b"tampered")).await.0, 401);
+
+    let lines = sidecar.wait_audit(6).await;
+    assert_eq!(lines[1]["reason"], "body does not match its signed digest");
+    assert_eq!(lines[1]["identity"], "gw-1");
+    assert_eq!(lines[2]["status"], 413);
+    assert_eq!(
+        lines[2]["reason"],
+        "signed request body larger than --max-signed-body-bytes"
+    );
+}
