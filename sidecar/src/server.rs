@@ -55,6 +55,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let admin_listener = bind("admin", args.admin).await?;
 
     let metrics = Metrics::new();
+    crate::origin_auth::set_max_signed_body_bytes(args.max_signed_body_bytes as u64);
     let forwarder = Forwarder::new(args.backend_connect_timeout, args.backend_timeout);
     let sources = reload::Sources {
         mounted: dir,

@@ -390,6 +390,24 @@ async fn requests_are_signed_for_the_origin() {
 }
 
 #[tokio::test]
+async fn max_signed_body_bytes_sets_the_limit() {
+    let origin = Origin::start(Origin::ok()).await;
+    let auth = json!({"type": "HttpSignature", "keyId": "gw-2", "algorithm": "hmac-sha256", "standard": "Cavage"});
+    let config = json!({"routes": [origin_route("signed", "/", &origin.url(""), auth)]});
+    let secrets = json!({"routes": {"signed": {"originAuth": {"type": "HttpSignature", "key": HMAC_SECRET}}}});
+    let (sidecar, _dir) = start_sidecar(config, secrets, &["--max-signed-body-bytes", "16"]).await;
+    let (status, _, body) = post(&sidecar.url("/x"), &[], vec![b'x'; 17]).await;
+    assert_eq!(status, 413);
+    assert_eq!(json_of(&body)["limitBytes"], 16);
+    assert!(origin.seen().is_empty());
+    let (status, _, _) = post(&sidecar.url("/x"), &[], vec![b'x'; 16]).await;
+    assert_eq!(status, 200);
+    let key = Key::from_secret(HMAC_SECRET.as_bytes()).unwrap();
+    let v = verify_cavage(&origin.last(), &key, Algorithm::HmacSha256, &["digest"]);
+    assert!(v.digest_checked);
+}
+
+#[tokio::test]
 async fn unusable_signing_keys_refuse_the_configuration() {
     let origin = Origin::start(Origin::ok()).await;
     let dir = tempfile::tempdir().unwrap();
