@@ -242,7 +242,7 @@ impl OriginCredentials {
                     client_id,
                     client_secret,
                 }),
-            ) => Kind::OAuth2(Arc::new(TokenSource::build(
+            ) => Kind::OAuth2(TokenSource::shared(
                 route,
                 token_url,
                 scopes,
@@ -250,7 +250,7 @@ impl OriginCredentials {
                 client_id,
                 client_secret,
                 opts,
-            )?)),
+            )?),
             (Some(a), Some(_)) => {
                 return Err(format!(
                     "backend.origin.auth.{}: the credentials in the Secret are of another kind",

@@ -674,6 +674,42 @@ async fn oauth2_wrong_client_secret_is_a_503_and_a_401_is_retried_once() {
     assert_eq!(tokens.hits(), 3, "no token fetched for a retry that cannot happen");
 }
 
+#[tokio::test]
+async fn oauth2_token_survives_reloads_that_keep_its_settings() {
+    let tokens = TokenServer::start(Duration::ZERO).await;
+    let origin = Origin::start(Origin::ok()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |generation: &str, secret: &str, extra_route: bool| {
+        let mut routes = vec![origin_route("api", "/api", &origin.url(""), oauth(&tokens.url(3600)))];
+        if extra_route {
+            routes.push(json!({"name": "other", "pathPrefix": "/other", "backend": {"type": "Local", "port": 9}}));
+        }
+        let creds =
+            json!({"originAuth": {"type": "OAuth2ClientCredentials", "clientId": "client+1", "clientSecret": secret}});
+        loaded(generation, json!({"routes": routes}), json!({"routes": {"api": creds}}))
+            .write_dir(dir.path())
+            .unwrap();
+    };
+    write("g1", "secret:1", false);
+    let sidecar = Sidecar::start(dir.path()).await;
+    assert_eq!(get_with(&sidecar.url("/api/1"), &[]).await.0, 200);
+    assert_eq!(tokens.hits(), 1);
+    // Another route added: the token is kept.
+    write("g2", "secret:1", true);
+    assert!(sidecar.wait_generation("g2", Duration::from_secs(5)).await);
+    assert_eq!(get_with(&sidecar.url("/api/2"), &[]).await.0, 200);
+    assert_eq!(tokens.hits(), 1, "the reload kept the token");
+    // The client secret changed: a new token source, a new token (and the new secret used).
+    write("g3", "secret:2", true);
+    assert!(sidecar.wait_generation("g3", Duration::from_secs(5)).await);
+    assert_eq!(
+        get_with(&sidecar.url("/api/3"), &[]).await.0,
+        503,
+        "the token server only knows secret:1"
+    );
+    assert_eq!(tokens.hits(), 2);
+}
+
 /// POSTs a chunked body over a raw connection; returns the status code.
 async fn chunked_post(addr: SocketAddr, path: &str, chunks: &[&[u8]]) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

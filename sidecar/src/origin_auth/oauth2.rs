@@ -10,10 +10,13 @@
 //!   fetches, the others then find its token (or its failure, which they share instead of
 //!   asking again). The whole fetch is bounded by a timeout, so nobody waits longer than
 //!   about one fetch.
+//! - A configuration reload that leaves a route's token settings as they were keeps its token
+//!   source, and so its token ([`TokenSource::shared`]).
 //! - Tokens and the client secret are never logged; errors carry the endpoint's status and
 //!   its OAuth `error` code at most.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -103,7 +106,61 @@ impl std::fmt::Debug for TokenSource {
     }
 }
 
+/// What makes two token sources the same: everything they are built from.
+#[derive(PartialEq, Eq, Hash)]
+struct Settings {
+    route: String,
+    token_url: String,
+    scopes: Vec<String>,
+    audience: Option<String>,
+    client_id: String,
+    client_secret: String,
+    timeouts: (Duration, Duration),
+}
+
 impl TokenSource {
+    /// The token source of `route`: the one already in use when one was built from the same
+    /// settings and is still alive (a reload keeps the token), else a new one.
+    pub fn shared(
+        route: &str,
+        token_url: &str,
+        scopes: &[String],
+        audience: Option<&str>,
+        client_id: &str,
+        client_secret: &Sensitive,
+        opts: &Options,
+    ) -> Result<Arc<Self>, String> {
+        static LIVE: OnceLock<Mutex<HashMap<Settings, Weak<TokenSource>>>> = OnceLock::new();
+        let settings = Settings {
+            route: route.to_owned(),
+            token_url: token_url.to_owned(),
+            scopes: scopes.to_vec(),
+            audience: audience.map(str::to_owned),
+            client_id: client_id.to_owned(),
+            client_secret: client_secret.expose().to_owned(),
+            timeouts: (opts.connect_timeout, opts.timeout),
+        };
+        let mut live = LIVE
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        live.retain(|_, w| w.strong_count() > 0);
+        if let Some(source) = live.get(&settings).and_then(Weak::upgrade) {
+            return Ok(source);
+        }
+        let source = Arc::new(Self::build(
+            route,
+            token_url,
+            scopes,
+            audience,
+            client_id,
+            client_secret,
+            opts,
+        )?);
+        live.insert(settings, Arc::downgrade(&source));
+        Ok(source)
+    }
+
     /// The token source of `route`. The error names what is wrong, never a secret.
     pub fn build(
         route: &str,
