@@ -660,18 +660,24 @@ async fn oauth2_wrong_client_secret_is_a_503_and_a_401_is_retried_once() {
     assert_eq!(status, 503);
     assert_eq!(json_of(&body)["route"], "wrong");
     assert!(refusing.seen().is_empty(), "no call without a token");
+    // Within a second of the failure: answered from memory, the endpoint is not asked again.
+    assert_eq!(get_with(&sidecar.url("/wrong/y"), &[]).await.0, 503);
+    assert_eq!(tokens.hits(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
 
     let (status, _, _) = get_with(&sidecar.url("/refusing/x"), &[]).await;
     assert_eq!(status, 401, "the origin's answer after one retry");
     assert_eq!(refusing.seen().len(), 2, "sent twice: once, then with a fresh token");
     assert_eq!(tokens.hits(), 3, "one refused fetch, then two tokens");
+    assert_eq!(get_with(&sidecar.url("/wrong/z"), &[]).await.0, 503);
+    assert_eq!(tokens.hits(), 4, "asked again after the back-off");
 
     // A streamed body (chunked, no length) cannot be replayed: the 401 goes back as is.
     let status = chunked_post(sidecar.inbound, "/refusing/stream", &[b"hello ", b"world"]).await;
     assert_eq!(status, 401);
     assert_eq!(refusing.seen().len(), 3, "not retried");
     assert_eq!(refusing.seen()[2].body, "hello world", "streamed through");
-    assert_eq!(tokens.hits(), 3, "no token fetched for a retry that cannot happen");
+    assert_eq!(tokens.hits(), 4, "no token fetched for a retry that cannot happen");
 }
 
 #[tokio::test]

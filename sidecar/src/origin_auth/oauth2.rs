@@ -9,7 +9,8 @@
 //! - One fetch at a time: callers that find no valid token wait on one lock; the first one
 //!   fetches, the others then find its token (or its failure, which they share instead of
 //!   asking again). The whole fetch is bounded by a timeout, so nobody waits longer than
-//!   about one fetch.
+//!   about one fetch. After a failure, calls for the next second get that failure at once
+//!   (503) rather than asking again: a failing endpoint is not hammered at the call rate.
 //! - A configuration reload that leaves a route's token settings as they were keeps its token
 //!   source, and so its token ([`TokenSource::shared`]).
 //! - Tokens and the client secret are never logged; errors carry the endpoint's status and
@@ -35,6 +36,8 @@ use super::{Options, form_encode};
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Longest time a token request may take, whatever the backend timeout.
 const MAX_TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a failed token request is answered from memory.
+const FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 /// Lifetime assumed when the endpoint gives no `expires_in`.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
 
@@ -258,9 +261,10 @@ impl TokenSource {
             return Ok(t);
         }
         if let Some(f) = last_failure.as_ref()
-            && f.at >= asked
+            && (f.at >= asked || f.at.elapsed() < FAILURE_BACKOFF)
         {
-            // The fetch we waited for failed: share its answer rather than asking again.
+            // The fetch we waited for (or one a moment ago) failed: share its answer rather
+            // than asking again.
             return Err(f.error.clone());
         }
         self.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
