@@ -22,6 +22,16 @@ fn now() -> u64 {
 }
 
 async fn sidecar_with(port: u16, extra: &[&str]) -> (Sidecar, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    configuration(port, "g1", json!({"gw-1": SECRET}))
+        .write_dir(dir.path())
+        .unwrap();
+    (Sidecar::start_with(dir.path(), extra).await, dir)
+}
+
+/// Two HttpSignature profiles with the same keys (keyId → secret): RFC 9421 on `/api` and
+/// `/count`, draft-cavage on `/old`.
+fn configuration(port: u16, generation: &str, keys: Value) -> portcullis_config::Loaded {
     let profile = |name: &str, standard: &str, required: &[&str]| {
         json!({"name": name, "auth": {"type": "HttpSignature", "standard": standard,
             "algorithms": ["hmac-sha256", "ed25519"], "requiredComponents": required, "maxAgeSeconds": 300}})
@@ -30,8 +40,8 @@ async fn sidecar_with(port: u16, extra: &[&str]) -> (Sidecar, tempfile::TempDir)
         json!({"name": name, "pathPrefix": prefix, "profiles": [profile],
             "backend": {"type": "Local", "port": port}})
     };
-    let l = loaded(
-        "g1",
+    loaded(
+        generation,
         json!({
             "profiles": [profile("signed", "RFC9421", &["@method", "@path"]),
                          profile("legacy", "Cavage", &["(request-target)"])],
@@ -39,13 +49,10 @@ async fn sidecar_with(port: u16, extra: &[&str]) -> (Sidecar, tempfile::TempDir)
                        route("old", "/old", "legacy")],
         }),
         json!({"profiles": {
-            "signed": {"signatureKeys": {"gw-1": SECRET}},
-            "legacy": {"signatureKeys": {"gw-1": SECRET}},
+            "signed": {"signatureKeys": keys.clone()},
+            "legacy": {"signatureKeys": keys},
         }}),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    l.write_dir(dir.path()).unwrap();
-    (Sidecar::start_with(dir.path(), extra).await, dir)
+    )
 }
 
 /// A request to the sidecar, signed as the caller would.
@@ -73,11 +80,15 @@ impl Signed {
         self
     }
 
-    fn sign_9421(mut self, secret: &str, created: u64, components: &[&str]) -> Self {
+    fn sign_9421(self, secret: &str, created: u64, components: &[&str]) -> Self {
+        self.sign_9421_as("gw-1", secret, created, components)
+    }
+
+    fn sign_9421_as(mut self, key_id: &str, secret: &str, created: u64, components: &[&str]) -> Self {
         let uri: http::Uri = self.url.parse().unwrap();
         let method = http::Method::from_bytes(self.method.as_bytes()).unwrap();
         let key = Key::from_secret(secret.as_bytes()).unwrap();
-        let params = rfc9421::SignParams::new("sig1", "gw-1", Algorithm::HmacSha256, created, components);
+        let params = rfc9421::SignParams::new("sig1", key_id, Algorithm::HmacSha256, created, components);
         let signed = rfc9421::sign(
             &Message::from_parts(&method, &uri, &self.headers, "http"),
             &key,
@@ -238,4 +249,39 @@ async fn signed_bodies_must_match_their_digest_and_fit_the_limit() {
         lines[2]["reason"],
         "signed request body larger than --max-signed-body-bytes"
     );
+}
+
+#[tokio::test]
+async fn keys_reload_without_restart_and_replays_outlive_the_reload() {
+    let backend = Backend::start().await;
+    let (sidecar, dir) = sidecar_with(backend.port(), &[]).await;
+    let components = ["@method", "@authority", "@path"];
+    let first = Signed::new(&sidecar, "GET", "/api/a", b"").sign_9421(SECRET, now(), &components);
+    assert_eq!(first.send().await.0, 200);
+
+    // A second key arrives: it is accepted, and the first signature is still a replay.
+    configuration(backend.port(), "g2", json!({"gw-1": SECRET, "gw-2": "the second key"}))
+        .write_dir(dir.path())
+        .unwrap();
+    assert!(sidecar.wait_generation("g2", std::time::Duration::from_secs(5)).await);
+    let (status, _, body) = Signed::new(&sidecar, "GET", "/api/b", b"")
+        .sign_9421_as("gw-2", "the second key", now(), &components)
+        .send()
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["headers"]["x-portcullis-identity"], json!(["gw-2"]));
+    assert_eq!(first.send().await.0, 401);
+
+    // The first key is withdrawn: refused.
+    configuration(backend.port(), "g3", json!({"gw-2": "the second key"}))
+        .write_dir(dir.path())
+        .unwrap();
+    assert!(sidecar.wait_generation("g3", std::time::Duration::from_secs(5)).await);
+    let late = Signed::new(&sidecar, "GET", "/api/c", b"").sign_9421(SECRET, now(), &components);
+    assert_eq!(late.send().await.0, 401);
+
+    let lines = sidecar.wait_audit(4).await;
+    assert_eq!(lines[1]["identity"], "gw-2");
+    assert_eq!(lines[2]["reason"], "signature replayed");
+    assert_eq!(lines[3]["reason"], "unknown signature keyId");
 }
