@@ -13,6 +13,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
 use portcullis_config::{Loaded, SecretMaterial, SidecarConfig, SignatureHash};
 use portcullis_policy::{Engine, InMemoryLimiter, Listener, Outcome, RequestView, mashery_signature};
+use portcullis_signatures::{Algorithm, Key, Message, rfc9421};
 use serde_json::json;
 
 const KEY: &str = "2fvmer3qbk7f3jnqneg58bu2";
@@ -104,5 +105,68 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// An HttpSignature (RFC 9421, hmac-sha256) profile among 1,000 keys.
+fn signing_engine() -> Engine {
+    let config = json!({
+        "schemaVersion": 1, "generation": "g", "namespace": "bench",
+        "profiles": [{"name": "signed", "auth": {"type": "HttpSignature", "standard": "RFC9421",
+            "algorithms": ["hmac-sha256"], "requiredComponents": ["@method", "@path"], "maxAgeSeconds": 300}}],
+        "routes": [{"name": "orders", "hosts": ["api.example.com"], "pathPrefix": "/orders",
+            "profiles": ["signed"], "backend": {"type": "Local", "port": 8080}}],
+    });
+    let mut keys = serde_json::Map::new();
+    for i in 0..1000 {
+        keys.insert(format!("gw-{i:04}"), json!(format!("secret number {i}")));
+    }
+    let secrets = json!({"schemaVersion": 1, "generation": "g", "profiles": {"signed": {"signatureKeys": keys}}});
+    let loaded = Loaded {
+        config: serde_json::from_value::<SidecarConfig>(config).unwrap(),
+        secrets: serde_json::from_value::<SecretMaterial>(secrets).unwrap(),
+    };
+    Engine::compile(&loaded, Arc::new(InMemoryLimiter::new())).unwrap()
+}
+
+fn bench_signature(c: &mut Criterion) {
+    let engine = signing_engine();
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let mut headers = HeaderMap::new();
+    headers.insert("host", "api.example.com".parse().unwrap());
+    let key = Key::from_secret(b"secret number 617").unwrap();
+    let components = ["@method", "@authority", "@path", "@query"];
+    let params = rfc9421::SignParams::new("sig1", "gw-0617", Algorithm::HmacSha256, now_ms / 1000 - 2, &components);
+    let msg = Message {
+        method: "GET",
+        scheme: "http",
+        authority: "api.example.com",
+        path: "/orders/42",
+        query: Some("page=2"),
+        headers: &headers,
+    };
+    rfc9421::sign(&msg, &key, &params).unwrap().apply(&mut headers).unwrap();
+    let req = RequestView {
+        method: "GET",
+        host: Some("api.example.com"),
+        authority: Some("api.example.com"),
+        path: "/orders/42",
+        query: Some("page=2"),
+        headers: &headers,
+        peer: "192.168.3.4".parse().unwrap(),
+        tls: false,
+        listener: Listener::Inbound,
+        client_cert: None,
+    };
+    assert!(matches!(engine.decide(&req, now_ms), Outcome::Allow(_)));
+    // Every later call verifies the signature in full, then finds it in the replay cache.
+    c.bench_function(
+        "decide: RFC 9421 hmac-sha256 signature verified, then refused as a replay",
+        |b| {
+            b.iter(|| {
+                let outcome = engine.decide(black_box(&req), now_ms);
+                assert!(matches!(outcome, Outcome::Deny(_)));
+            })
+        },
+    );
+}
+
+criterion_group!(benches, bench, bench_signature);
 criterion_main!(benches);
