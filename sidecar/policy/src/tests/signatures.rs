@@ -151,6 +151,29 @@ fn wrong_key_stale_future_and_unsigned_are_401_with_a_challenge() {
 }
 
 #[test]
+fn cavage_wrong_key_stale_date_and_changed_method_are_401() {
+    let e = signing_engine("Cavage", &[], Arc::default());
+    let signed = ["(request-target)", "host", "(created)"];
+    let wrong = sign_cavage(get("/a"), "another secret", NOW, &signed);
+    assert_eq!(outcome(&e, &wrong, NOW), (401, "signature does not verify".into()));
+    let stale = sign_cavage(get("/a"), SECRET, NOW - 301, &signed);
+    assert_eq!(
+        outcome(&e, &stale, NOW),
+        (401, "signature is stale (older than maxAgeSeconds)".into())
+    );
+    // Without (created), the signed Date is the creation time.
+    let dated = get("/a").header("date", &portcullis_signatures::http_date(NOW - 400));
+    let stale = sign_cavage(dated, SECRET, NOW - 400, &["(request-target)", "date"]);
+    assert_eq!(
+        outcome(&e, &stale, NOW),
+        (401, "signature is stale (older than maxAgeSeconds)".into())
+    );
+    let mut posted = sign_cavage(get("/a"), SECRET, NOW, &signed);
+    posted.method = "POST";
+    assert_eq!(outcome(&e, &posted, NOW), (401, "signature does not verify".into()));
+}
+
+#[test]
 fn missing_required_component_is_refused() {
     let e = signing_engine("RFC9421", &["@method", "@path", "date"], Arc::default());
     let r = sign_9421(get("/a"), SECRET, NOW, COMPONENTS);
