@@ -22,18 +22,32 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// How long an audit line may wait in memory before it is written out.
 const AUDIT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let audit = init_tracing(&cli)?;
-    let result = match cli.command {
-        Some(Command::DemoBackend { listen }) => demo::serve(listen).await.context("demo backend"),
-        None => portcullis_sidecar::run(cli.serve).await.context("sidecar"),
-    };
+    let result = runtime()?.block_on(async {
+        match cli.command {
+            Some(Command::DemoBackend { listen }) => demo::serve(listen).await.context("demo backend"),
+            None => portcullis_sidecar::run(cli.serve).await.context("sidecar"),
+        }
+    });
     if let Some(audit) = audit {
         flush(&audit);
     }
     result
+}
+
+/// The tokio runtime: one worker per CPU, or `TOKIO_WORKER_THREADS`. With a single worker
+/// (the usual sidecar budget) the current-thread scheduler does the same work without
+/// cross-thread wake-ups.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let single = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
+    let mut builder = if single {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build().context("cannot start the tokio runtime")
 }
 
 /// The audit file, buffered: one write per 64 KiB or per [`AUDIT_FLUSH_INTERVAL`] instead of
