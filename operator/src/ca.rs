@@ -78,6 +78,7 @@ impl CertInfo {
 }
 
 /// The operator's CA.
+#[derive(Clone)]
 pub struct Ca {
     cert_pem: String,
     key_pem: String,
@@ -156,7 +157,7 @@ impl Ca {
             what: "CA certificate".into(),
         })?;
         let issuer = rcgen::Issuer::from_ca_cert_pem(&self.cert_pem, ca_key).map_err(gen_err)?;
-        let validity = validity_secs.min(self.info.not_after - now).max(60);
+        let validity = validity_secs.min(self.info.not_after - now).max(1);
         let key = rcgen::KeyPair::generate().map_err(gen_err)?;
         let mut params = match subject {
             Subject::Serving { hosts } => {
@@ -260,8 +261,10 @@ fn first_der(pem: &str, what: &str) -> Result<Vec<u8>, CaError> {
 
 fn params_at(now: i64, validity_secs: i64) -> Result<rcgen::CertificateParams, CaError> {
     let mut p = rcgen::CertificateParams::default();
-    // Back-date by a minute for clock skew between the operator and its peers.
-    p.not_before = time::OffsetDateTime::from_unix_timestamp(now - 60).map_err(gen_err)?;
+    // Back-date for clock skew between the operator and its peers: a minute, or a tenth of a
+    // short lifetime (so renewal at two thirds still falls after `now`).
+    let skew = (validity_secs / 10).clamp(0, 60);
+    p.not_before = time::OffsetDateTime::from_unix_timestamp(now - skew).map_err(gen_err)?;
     p.not_after = time::OffsetDateTime::from_unix_timestamp(now + validity_secs).map_err(gen_err)?;
     let mut serial = [0u8; 16];
     serial[..8].copy_from_slice(&now.to_be_bytes());

@@ -5,14 +5,19 @@
 //! - [`render`]: `portcullis-operator render`, the compiler over YAML files.
 //! - [`controller`]: `portcullis-operator run`, the controllers (pure plan, writes, leader
 //!   election, admin port).
+//! - [`certs`]: the operator's CA and the certificates it issues (leader only).
+//! - [`webhook`] and [`webhook_server`]: the admission webhooks and their HTTPS listener
+//!   (every replica).
 
 #![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod certs;
 pub mod compile;
 pub mod controller;
 pub mod render;
 pub mod webhook;
+pub mod webhook_server;
 
 /// The files under `crds/`: one per CRD, each a single YAML document.
 pub fn crd_files() -> Vec<(&'static str, String)> {

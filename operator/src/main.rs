@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use portcullis_operator::{controller, render};
+use portcullis_operator::{certs, controller, render, webhook_server};
 
 #[derive(Parser)]
 #[command(name = "portcullis-operator", version, about = "The Portcullis operator")]
@@ -63,6 +63,23 @@ struct RunArgs {
     /// Seconds a shutdown waits for running reconciles.
     #[arg(long, default_value_t = 10)]
     drain: u64,
+    /// HTTPS address of the admission webhooks (every replica serves them); none: no webhooks.
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_ADDR")]
+    webhook_addr: Option<std::net::SocketAddr>,
+    /// Settings file (the chart's settings.json): the sidecar to inject, the webhook Service
+    /// and configurations; org allowance and trusted proxies when the flags are not given.
+    #[arg(long, env = "PORTCULLIS_SETTINGS")]
+    settings: Option<PathBuf>,
+    /// Lifetime of the operator's CA (seconds, or with s, m, h, d); rotated at two thirds.
+    #[arg(long, default_value = "365d", value_parser = parse_lifetime)]
+    ca_lifetime: i64,
+    /// Lifetime of the certificates the CA issues (routes, webhooks); renewed at two thirds.
+    #[arg(long, default_value = "30d", value_parser = parse_lifetime)]
+    cert_lifetime: i64,
+}
+
+fn parse_lifetime(s: &str) -> Result<i64, String> {
+    portcullis_operator::certs::parse_duration(s)
 }
 
 #[derive(clap::Args)]
@@ -123,6 +140,18 @@ fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let settings = match &args.settings {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading the settings file {}", path.display()))?;
+            portcullis_operator::webhook::OperatorSettings::from_json(&bytes)
+                .with_context(|| format!("parsing the settings file {}", path.display()))?
+        }
+        None => Default::default(),
+    };
+    let lifetimes = portcullis_operator::certs::Lifetimes {
+        ca: args.ca_lifetime,
+        leaf: args.cert_lifetime.min(args.ca_lifetime),
+    };
     let identity = args.identity.unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME")
             .ok()
@@ -134,8 +163,12 @@ fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
     });
     let options = controller::Options {
         settings: controller::plan::Settings {
-            org_allowance: args.org_allowance,
-            trusted_proxies: args.trusted_proxies,
+            org_allowance: args.org_allowance.or(settings.org_allowance.requests_per_minute),
+            trusted_proxies: if args.trusted_proxies.is_empty() {
+                settings.trusted_proxies.clone()
+            } else {
+                args.trusted_proxies
+            },
         },
         admin: args.admin,
         lease: controller::leader::LeaseConfig {
@@ -167,7 +200,48 @@ fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
                 .context("finding the cluster (kubeconfig or in-cluster)")?,
         };
         let client = kube::Client::try_from(config).context("building the API client")?;
-        controller::run(client, options, shutdown_signal()).await?;
+        let webhooks = match args.webhook_addr {
+            None => None,
+            Some(addr) => {
+                let listener = webhook_server::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the webhook port {addr}"))?;
+                let opts = webhook_server::Options {
+                    namespace: options.lease.namespace.clone(),
+                    sidecar: settings.sidecar.clone(),
+                    webhook: settings.webhook.clone(),
+                    lifetimes,
+                };
+                Some(tokio::spawn(webhook_server::serve(client.clone(), listener, opts)))
+            }
+        };
+        // The certificate manager runs on the leader; it keeps a CA even without routes that
+        // ask for certificates when the webhooks need one.
+        let (leading_tx, leading_rx) = tokio::sync::watch::channel(false);
+        let follow = tokio::spawn(certs::manager::follow_lease(
+            client.clone(),
+            options.lease.clone(),
+            leading_tx,
+        ));
+        let has_webhook_settings = !settings.webhook.mutating_webhook_configuration.is_empty()
+            || !settings.webhook.validating_webhook_configuration.is_empty();
+        let manager = tokio::spawn(certs::manager::run_when_leading(
+            client.clone(),
+            certs::manager::Options {
+                namespace: options.lease.namespace.clone(),
+                lifetimes,
+                always: webhooks.is_some(),
+                webhook: has_webhook_settings.then(|| settings.webhook.clone()),
+            },
+            leading_rx,
+        ));
+        let result = controller::run(client, options, shutdown_signal()).await;
+        follow.abort();
+        manager.abort();
+        if let Some(w) = webhooks {
+            w.abort();
+        }
+        result?;
         tracing::info!("stopped");
         Ok(())
     })

@@ -22,6 +22,7 @@ mod route;
 mod secrets;
 mod selector;
 
+pub use route::{issued_client_secret, issued_serving_secret};
 pub use selector::{check_selector, selector_matches};
 
 /// Condition reasons, one per kind of problem (`Accepted=False` carries one of these).

@@ -1,0 +1,505 @@
+//! The leader's certificate manager: watches ApiRoutes, the Secrets and ConfigMaps it wrote
+//! (label [`CERT_LABEL`]), runs [`plan`] and writes the difference — the CA's Secret,
+//! issued Secrets (server-side apply, field manager `portcullis-operator`), bundle
+//! ConfigMaps, route status `certificates` (merge patch on `/status`) — then keeps the
+//! webhook configurations' `caBundle` current. It runs again on every change, when a
+//! certificate falls due, and every few seconds (the webhook configurations are not
+//! watched). Keys never reach a log line or an error.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use portcullis_api::ApiRoute;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+
+use super::plan::{
+    self, BUNDLE_CONFIGMAP, BUNDLE_KEY, CA_SECRET, CERT_LABEL, CaState, Inputs, IssuedSecret, Lifetimes,
+};
+use super::unix_now;
+use crate::controller::leader::LeaseConfig;
+use crate::controller::reconcile::FIELD_MANAGER;
+use crate::webhook::{WebhookSettings, ca_bundle_patch};
+
+/// How the certificate manager runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The operator's namespace: the CA's Secret lives there.
+    pub namespace: String,
+    pub lifetimes: Lifetimes,
+    /// Keep a CA even when no route asks for a certificate (the webhooks need one).
+    pub always: bool,
+    /// Webhook configurations whose `caBundle` to keep current.
+    pub webhook: Option<WebhookSettings>,
+}
+
+/// The longest the manager sleeps between passes.
+const MAX_SLEEP: Duration = Duration::from_secs(5);
+
+/// Runs the manager while `leading` is true; returns when the sender is dropped.
+pub async fn run_when_leading(client: Client, opts: Options, mut leading: watch::Receiver<bool>) {
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        tracing::info!("certificate manager starting");
+        let task = tokio::spawn(manage(client.clone(), opts.clone()));
+        let _ = leading.wait_for(|l| !*l).await;
+        task.abort();
+        tracing::info!("certificate manager stopped");
+    }
+}
+
+/// Sends whether this replica holds the leader Lease (`cfg`), checked every
+/// `cfg.renew_every`: held, and renewed within its duration. The controllers elect; this only
+/// follows, so the manager never runs where the controllers do not.
+pub async fn follow_lease(client: Client, cfg: LeaseConfig, leading: watch::Sender<bool>) {
+    let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
+    loop {
+        let held = match api.get_opt(&cfg.name).await {
+            Ok(lease) => lease.and_then(|l| l.spec).is_some_and(|spec| {
+                let now = k8s_openapi::jiff::Timestamp::now();
+                let duration =
+                    k8s_openapi::jiff::SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(15).into());
+                spec.holder_identity.as_deref() == Some(cfg.identity.as_str())
+                    && spec
+                        .renew_time
+                        .as_ref()
+                        .or(spec.acquire_time.as_ref())
+                        .is_some_and(|t| t.0 + duration > now)
+            }),
+            Err(error) => {
+                tracing::debug!(%error, "certificate manager: cannot read the leader Lease");
+                *leading.borrow()
+            }
+        };
+        leading.send_if_modified(|l| std::mem::replace(l, held) != held);
+        tokio::time::sleep(cfg.renew_every).await;
+    }
+}
+
+/// A mirror of one watch: objects by (namespace, name), swapped in whole on each relist.
+struct Mirror<V> {
+    live: BTreeMap<(String, String), V>,
+    pending: Option<BTreeMap<(String, String), V>>,
+    synced: bool,
+}
+
+impl<V> Default for Mirror<V> {
+    fn default() -> Self {
+        Self {
+            live: BTreeMap::new(),
+            pending: None,
+            synced: false,
+        }
+    }
+}
+
+impl<V> Mirror<V> {
+    fn on<K: Resource>(&mut self, event: watcher::Event<K>, keep: impl Fn(&K) -> Option<V>) {
+        let key = |k: &K| {
+            (
+                k.meta().namespace.clone().unwrap_or_default(),
+                k.meta().name.clone().unwrap_or_default(),
+            )
+        };
+        match event {
+            watcher::Event::Init => self.pending = Some(BTreeMap::new()),
+            watcher::Event::InitApply(k) => {
+                if let (Some(p), Some(v)) = (self.pending.as_mut(), keep(&k)) {
+                    p.insert(key(&k), v);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(p) = self.pending.take() {
+                    self.live = p;
+                }
+                self.synced = true;
+            }
+            watcher::Event::Apply(k) => match keep(&k) {
+                Some(v) => {
+                    self.live.insert(key(&k), v);
+                }
+                None => {
+                    self.live.remove(&key(&k));
+                }
+            },
+            watcher::Event::Delete(k) => {
+                self.live.remove(&key(&k));
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    routes: Mirror<ApiRoute>,
+    /// Issued Secrets by what they hold (never their keys).
+    issued: Mirror<IssuedSecret>,
+    /// The CA's Secret (the one object whose key the manager keeps: it signs with it).
+    ca: Mirror<Secret>,
+    /// Bundle ConfigMaps: namespace -> content.
+    bundles: Mirror<String>,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn spawn_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    state: Shared,
+    notify: Arc<Notify>,
+    on: impl Fn(&mut State, watcher::Event<K>) + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let kind = K::kind(&()).into_owned();
+    tokio::spawn(async move {
+        let mut stream = watcher(api, config).default_backoff().boxed();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(event) => {
+                    on(&mut lock(&state), event);
+                    notify.notify_one();
+                }
+                Err(error) => tracing::warn!(kind, %error, "certificate manager: watch failed; retrying"),
+            }
+        }
+    })
+}
+
+/// Aborts the watches when the manager stops.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.0.iter().for_each(tokio::task::JoinHandle::abort);
+    }
+}
+
+async fn manage(client: Client, opts: Options) {
+    let state: Shared = Arc::default();
+    let notify = Arc::new(Notify::new());
+    let selector = |v: Option<&str>| match v {
+        Some(v) => watcher::Config::default().labels(&format!("{CERT_LABEL}={v}")),
+        None => watcher::Config::default().labels(CERT_LABEL),
+    };
+    let ns = opts.namespace.clone();
+    let _tasks = Tasks(vec![
+        spawn_watch(
+            Api::<ApiRoute>::all(client.clone()),
+            watcher::Config::default(),
+            state.clone(),
+            notify.clone(),
+            |s, e| s.routes.on(e, |r: &ApiRoute| Some(r.clone())),
+        ),
+        spawn_watch(
+            Api::<Secret>::all(client.clone()),
+            selector(None),
+            state.clone(),
+            notify.clone(),
+            move |s, e: watcher::Event<Secret>| {
+                let what = |x: &Secret| {
+                    x.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(CERT_LABEL))
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                let is_ca = |x: &Secret| {
+                    what(x) == "ca"
+                        && x.metadata.namespace.as_deref() == Some(ns.as_str())
+                        && x.metadata.name.as_deref() == Some(CA_SECRET)
+                };
+                s.ca.on(e.clone(), |x| is_ca(x).then(|| x.clone()));
+                s.issued.on(e, |x| {
+                    matches!(what(x).as_str(), "serving" | "client").then(|| IssuedSecret::from_secret(x))
+                });
+            },
+        ),
+        spawn_watch(
+            Api::<ConfigMap>::all(client.clone()),
+            selector(Some("bundle")),
+            state.clone(),
+            notify.clone(),
+            |s, e| {
+                s.bundles.on(e, |c: &ConfigMap| {
+                    (c.metadata.name.as_deref() == Some(BUNDLE_CONFIGMAP))
+                        .then(|| c.data.as_ref()?.get(BUNDLE_KEY).cloned())
+                        .flatten()
+                })
+            },
+        ),
+    ]);
+    let mut failures = 0u32;
+    let mut warned_ca = None;
+    loop {
+        let synced = {
+            let s = lock(&state);
+            s.routes.synced && s.issued.synced && s.ca.synced && s.bundles.synced
+        };
+        let mut sleep = MAX_SLEEP;
+        if synced {
+            match pass(&client, &opts, &state, &mut warned_ca).await {
+                Ok(next) => {
+                    failures = 0;
+                    if let Some(next) = next {
+                        let secs = (next - unix_now()).max(0) as u64;
+                        sleep = sleep.min(Duration::from_secs(secs));
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    sleep = Duration::from_millis(500 * 2u64.pow(failures.min(6)));
+                    tracing::warn!(%error, ?sleep, "certificate manager: a write failed; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            _ = notify.notified() => {
+                // Let a burst of events settle.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+/// One pass: plan, write. Returns when something is next due.
+async fn pass(
+    client: &Client,
+    opts: &Options,
+    state: &Shared,
+    warned_ca: &mut Option<String>,
+) -> Result<Option<i64>, kube::Error> {
+    let now = unix_now();
+    let (ca_secret, routes, issued, bundles) = {
+        let s = lock(state);
+        (
+            s.ca.live.values().next().cloned(),
+            s.routes.live.values().cloned().collect::<Vec<_>>(),
+            s.issued.live.values().cloned().collect::<Vec<_>>(),
+            s.bundles
+                .live
+                .iter()
+                .map(|((ns, _), v)| (ns.clone(), v.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+    };
+    let ca = match ca_secret.as_ref().map(|s| CaState::from_secret(s, now)) {
+        None => None,
+        Some(Ok(ca)) => Some(ca),
+        Some(Err(error)) => {
+            let message = error.to_string();
+            if warned_ca.as_deref() != Some(message.as_str()) {
+                tracing::warn!(namespace = %opts.namespace, name = CA_SECRET, %message, "the CA Secret is unusable; a new CA replaces it");
+                *warned_ca = Some(message);
+            }
+            None
+        }
+    };
+    let plan = plan::plan(&Inputs {
+        now,
+        namespace: &opts.namespace,
+        ca: ca.as_ref(),
+        routes: &routes,
+        issued: &issued,
+        bundles: &bundles,
+        lifetimes: opts.lifetimes,
+        always: opts.always,
+    });
+    for (what, message) in &plan.failures {
+        tracing::warn!(what, message, "cannot issue a certificate");
+    }
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+
+    // The CA first: everything else is signed by it or carries its certificate.
+    if let (Some(secret), Some(new)) = (&plan.ca_secret, &plan.ca) {
+        let api: Api<Secret> = Api::namespaced(client.clone(), &opts.namespace);
+        let written = api.patch(CA_SECRET, &apply, &Patch::Apply(secret)).await?;
+        tracing::info!(
+            namespace = %opts.namespace,
+            name = CA_SECRET,
+            why = plan.ca_why.unwrap_or_default(),
+            fingerprint = %new.fingerprint(),
+            not_after = %new.ca.info().not_after_rfc3339(),
+            previous = new.previous_pem.is_some(),
+            "wrote the CA Secret"
+        );
+        lock(state)
+            .ca
+            .live
+            .insert((opts.namespace.clone(), CA_SECRET.to_owned()), written);
+    }
+    let mut first_error = None;
+    for (secret, why) in plan.secrets.iter().zip(&plan.reissued) {
+        let (ns, name) = (why.namespace.as_str(), why.name.as_str());
+        let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+        match api.patch(name, &apply, &Patch::Apply(secret)).await {
+            Ok(_) => {
+                let summary = IssuedSecret::from_secret(secret);
+                if let Some(leaf) = &summary.leaf {
+                    tracing::info!(
+                        namespace = ns,
+                        name,
+                        why = why.why,
+                        not_after = %leaf.not_after_rfc3339(),
+                        fingerprint = %leaf.sha256_fingerprint,
+                        "issued a certificate"
+                    );
+                }
+                lock(state)
+                    .issued
+                    .live
+                    .insert((ns.to_owned(), name.to_owned()), summary);
+            }
+            Err(e) => {
+                tracing::warn!(namespace = ns, name, error = %e, "cannot write an issued certificate");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    for (ns, name) in &plan.delete_secrets {
+        let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => tracing::info!(namespace = %ns, name = %name, "deleted a certificate no route asks for"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+                continue;
+            }
+        }
+        lock(state).issued.live.remove(&(ns.clone(), name.clone()));
+    }
+    for cm in &plan.configmaps {
+        let ns = cm.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        match api.patch(BUNDLE_CONFIGMAP, &apply, &Patch::Apply(cm)).await {
+            Ok(_) => {
+                tracing::info!(namespace = %ns, name = BUNDLE_CONFIGMAP, "published the CA bundle");
+                let content = cm
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(BUNDLE_KEY))
+                    .cloned()
+                    .unwrap_or_default();
+                lock(state)
+                    .bundles
+                    .live
+                    .insert((ns, BUNDLE_CONFIGMAP.to_owned()), content);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    for ns in &plan.delete_configmaps {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+        match api.delete(BUNDLE_CONFIGMAP, &DeleteParams::default()).await {
+            Ok(_) => {
+                lock(state)
+                    .bundles
+                    .live
+                    .remove(&(ns.clone(), BUNDLE_CONFIGMAP.to_owned()));
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                lock(state)
+                    .bundles
+                    .live
+                    .remove(&(ns.clone(), BUNDLE_CONFIGMAP.to_owned()));
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    for st in &plan.statuses {
+        let api: Api<ApiRoute> = Api::namespaced(client.clone(), &st.namespace);
+        let certificates = if st.certificates.is_empty() {
+            Value::Null
+        } else {
+            json!(st.certificates)
+        };
+        let body = json!({"status": {"certificates": certificates}});
+        match api
+            .patch_status(&st.route, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+        {
+            Ok(written) => {
+                lock(state)
+                    .routes
+                    .live
+                    .insert((st.namespace.clone(), st.route.clone()), written);
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let (Some(webhook), Some(bundle)) = (&opts.webhook, &plan.bundle)
+        && let Err(e) = update_ca_bundles(client, webhook, bundle).await
+    {
+        first_error.get_or_insert(e);
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(plan.next_due),
+    }
+}
+
+/// Makes every webhook of the configured Mutating- and ValidatingWebhookConfiguration trust
+/// `bundle` ([`ca_bundle_patch`]). The patch is applied to the configuration as read and
+/// sent as a merge patch of `webhooks` guarded by the `resourceVersion` read, so a
+/// concurrent change fails the write (retried) instead of being overwritten.
+pub async fn update_ca_bundles(client: &Client, webhook: &WebhookSettings, bundle: &str) -> Result<(), kube::Error> {
+    let configs = [
+        ("MutatingWebhookConfiguration", &webhook.mutating_webhook_configuration),
+        (
+            "ValidatingWebhookConfiguration",
+            &webhook.validating_webhook_configuration,
+        ),
+    ];
+    for (kind, name) in configs {
+        if name.is_empty() {
+            continue;
+        }
+        let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ApiResource::from_gvk(&gvk));
+        let current = match api.get_opt(name).await {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            // Not allowed (the chart grants access only to configurations it renders).
+            Err(kube::Error::Api(s)) if s.code == 403 || s.code == 404 => continue,
+            Err(e) => return Err(e),
+        };
+        let mut value = serde_json::to_value(&current).unwrap_or_default();
+        let Some(patch) = ca_bundle_patch(&value, bundle) else {
+            continue;
+        };
+        if json_patch::patch(&mut value, &patch.0).is_err() {
+            continue;
+        }
+        let body = json!({
+            "metadata": {"resourceVersion": current.metadata.resource_version},
+            "webhooks": value.get("webhooks").cloned().unwrap_or_default(),
+        });
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&body)).await?;
+        tracing::info!(kind, name, "updated the webhook caBundle");
+    }
+    Ok(())
+}
