@@ -195,11 +195,13 @@ impl IssuedSecret {
         Self {
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
+            // Only a Secret named as the manager names them is taken for one of its own.
             kind: meta
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(CERT_LABEL))
-                .and_then(|v| Kind::from_label(v)),
+                .and_then(|v| Kind::from_label(v))
+                .filter(|k| meta.name.as_deref().is_some_and(|n| n.ends_with(&k.secret_name("")))),
             owner_uids: meta.owner_references.iter().flatten().map(|o| o.uid.clone()).collect(),
             leaf: readable
                 .then(|| ca::inspect(&chain, "issued certificate").ok())
@@ -420,7 +422,12 @@ pub fn plan(i: &Inputs) -> Plan {
         },
         None => {
             // No CA and none needed: only clean up what an earlier CA left.
-            out.delete_secrets = i.issued.iter().map(|s| (s.namespace.clone(), s.name.clone())).collect();
+            out.delete_secrets = i
+                .issued
+                .iter()
+                .filter(|s| s.kind.is_some())
+                .map(|s| (s.namespace.clone(), s.name.clone()))
+                .collect();
             out.delete_configmaps = i.bundles.keys().cloned().collect();
             out.statuses = statuses(i.routes, &BTreeMap::new());
             return out;
@@ -478,7 +485,7 @@ pub fn plan(i: &Inputs) -> Plan {
     out.delete_secrets = i
         .issued
         .iter()
-        .filter(|s| !keep.contains(&(s.namespace.clone(), s.name.clone())))
+        .filter(|s| s.kind.is_some() && !keep.contains(&(s.namespace.clone(), s.name.clone())))
         .map(|s| (s.namespace.clone(), s.name.clone()))
         .collect();
 

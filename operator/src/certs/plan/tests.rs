@@ -440,3 +440,16 @@ fn lifetimes_parse() {
     assert!(parse_duration("1w").is_err());
     assert!(parse_duration("soon").is_err());
 }
+
+#[test]
+fn a_labelled_secret_not_named_like_an_issued_one_is_left_alone() {
+    let mut w = World::default();
+    w.routes.push(serving("prod", "api", &["api.example.com"]));
+    w.step(NOW);
+    let mut foreign = w.secrets[&("prod".to_owned(), "api-portcullis-tls".to_owned())].clone();
+    foreign.metadata.name = Some("users-own-cert".into());
+    w.secrets.insert(("prod".into(), "users-own-cert".into()), foreign);
+    let p = w.step(NOW + 1);
+    assert!(p.delete_secrets.is_empty(), "{:?}", p.delete_secrets);
+    assert_eq!(writes(&p), 0);
+}
