@@ -166,7 +166,7 @@ async fn webhooks_over_https_on_leader_and_standby_with_the_ca_bundle_in_their_c
     server.create(&validating).unwrap();
     server
         .create(&json!({"apiVersion": "v1", "kind": "Namespace",
-                        "metadata": {"name": NS, "labels": {"kubernetes.io/metadata.name": NS}}}))
+                        "metadata": {"name": NS, "labels": {"kubernetes.io/metadata.name": NS, INJECT: "true"}}}))
         .unwrap();
     server.create(&basic_secret("users", "alice", "s3cret")).unwrap();
     server.create(&basic_profile("basic", "users")).unwrap();
@@ -257,6 +257,39 @@ async fn webhooks_over_https_on_leader_and_standby_with_the_ca_bundle_in_their_c
         assert_eq!(container["name"], "portcullis-sidecar");
         assert_eq!(container["image"], "registry.example.com/portcullis-sidecar:1.2.3");
     }
+
+    // A pod without the label in a namespace labelled for injection (the replica's namespace
+    // cache): labelled and injected; one that opts out is left alone.
+    let pod_kind = json!({"group": "", "version": "v1", "kind": "Pod"});
+    let unlabelled = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain", "namespace": NS, "labels": {"app": "x"}},
+                            "spec": {"containers": [{"name": "app", "image": "app"}]}});
+    let (_, answer) = post(
+        addr_b,
+        &ca_bundle,
+        "/mutate-pods",
+        &review(pod_kind.clone(), "pods", unlabelled.clone()),
+    )
+    .await
+    .unwrap();
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(answer["response"]["patch"].as_str().expect("a patch"))
+        .unwrap();
+    let patch: Value = serde_json::from_slice(&patch).unwrap();
+    assert!(
+        patch
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|op| op["path"] == "/metadata/labels/portcullis.dev~1inject"),
+        "{patch}"
+    );
+    let mut opted_out = unlabelled;
+    opted_out["metadata"]["labels"][INJECT] = json!("false");
+    let (_, answer) = post(addr_a, &ca_bundle, "/mutate-pods", &review(pod_kind, "pods", opted_out))
+        .await
+        .unwrap();
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(answer["response"].get("patch").is_none_or(Value::is_null), "{answer}");
 
     // An ApiRoute mixing Basic and Anonymous: refused with the message the controller writes
     // into its status (the Basic profile's Secret is read for the review).
