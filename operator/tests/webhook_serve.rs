@@ -366,3 +366,78 @@ async fn webhooks_over_https_on_leader_and_standby_with_the_ca_bundle_in_their_c
         assert!(!op.logs().contains("PRIVATE KEY"), "key material in the log");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhooks_follow_a_ca_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = webhook_server(&dir).await;
+    let (mutating, validating) = webhook_configurations();
+    server.create(&mutating).unwrap();
+    server.create(&validating).unwrap();
+    let settings = settings_file(&dir);
+    let addr = free_addr();
+    let op = Operator::start(
+        &dir,
+        "op-a",
+        &[
+            "--webhook-addr",
+            &addr.to_string(),
+            "--settings",
+            &settings,
+            "--ca-lifetime",
+            "15s",
+            "--cert-lifetime",
+            "3s",
+        ],
+    );
+    let count = |pem: &str| CertificateDer::pem_slice_iter(pem.as_bytes()).count();
+    let ca_bundle = |server: &FakeApiServer| {
+        let c = server.get(
+            "validatingwebhookconfigurations.admissionregistration.k8s.io",
+            "",
+            CONFIG,
+        )?;
+        let b64 = c["webhooks"][0]["clientConfig"]["caBundle"].as_str()?.to_owned();
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).ok()?).ok()
+    };
+    let pod_review = review(
+        json!({"group": "", "version": "v1", "kind": "Pod"}),
+        "pods",
+        pod("web-1", "web"),
+    );
+    let first = wait_until(Duration::from_secs(20), "the first CA in caBundle", &op, || {
+        ca_bundle(&server)
+    })
+    .await;
+    assert_eq!(count(&first), 1);
+    // During the rotation the configurations trust both CAs, and the webhook keeps answering.
+    let both = wait_until(Duration::from_secs(20), "both CAs in caBundle", &op, || {
+        ca_bundle(&server).filter(|b| count(b) == 2)
+    })
+    .await;
+    assert!(both.contains(first.trim()), "the old CA is still trusted");
+    let (code, _) = post(addr, &both, "/mutate-pods", &pod_review).await.unwrap();
+    assert_eq!(code, 200);
+    // Then only the new CA: the replica's serving certificate comes from it by then.
+    let only_new = wait_until(Duration::from_secs(20), "the old CA leaves caBundle", &op, || {
+        ca_bundle(&server).filter(|b| count(b) == 1 && *b != first)
+    })
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match post(addr, &only_new, "/mutate-pods", &pod_review).await {
+            Ok((code, _)) => {
+                assert_eq!(code, 200);
+                break;
+            }
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "{e}\n{}", op.logs());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert!(
+        post(addr, &first, "/mutate-pods", &pod_review).await.is_err(),
+        "the old CA no longer verifies it"
+    );
+}
