@@ -10,6 +10,7 @@ pub mod plan;
 pub mod queue;
 pub mod reconcile;
 pub mod refs;
+pub mod rollout;
 pub mod runtime;
 pub mod status;
 pub mod store;

@@ -22,6 +22,7 @@ use super::metrics::Metrics;
 use super::objects::{OwnedSecret, is_managed};
 use super::plan::{self, Plan, Settings, Snapshot};
 use super::refs::referenced_secrets;
+use super::rollout::{self, Sidecars};
 use super::status::{self, DesiredStatus};
 use super::store::Store;
 
@@ -59,6 +60,9 @@ pub struct Context {
     pub owned_secrets: Store<OwnedSecret>,
     pub secrets: SecretCache,
     pub pods: PodIndex,
+    /// Running sidecars and the generations they report (fed by the pod watch and the
+    /// poller of [`super::rollout`]).
+    pub sidecars: Sidecars,
     pub metrics: Metrics,
     pub recorder: Recorder,
 }
@@ -116,6 +120,9 @@ pub async fn reconcile(ctx: &Context, namespace: &str) -> Result<Summary, Reconc
         pods: &pods,
         settings: &ctx.settings,
     });
+    if let Some(reports) = ctx.sidecars.reports_in(namespace) {
+        rollout::fill(&mut plan, &reports);
+    }
 
     // First the groups' objects; a route whose group could not be written is not Ready.
     let objects = object_writes(ctx, namespace, &plan);
@@ -124,6 +131,10 @@ pub async fn reconcile(ctx: &Context, namespace: &str) -> Result<Summary, Reconc
         writes: objects.len(),
     };
     let mut failures: Vec<kube::Error> = Vec::new();
+    if !objects.is_empty() {
+        // New configuration on its way to the sidecars: ask them soon and often.
+        ctx.sidecars.nudge();
+    }
     for (group, result) in run_writes(ctx, namespace, objects).await {
         let Err(error) = result else { continue };
         if let Some(g) = group.as_ref().and_then(|g| plan.groups.get(g)) {
@@ -226,7 +237,8 @@ fn status_writes(plan: &Plan, routes: &[Arc<ApiRoute>], profiles: &[Arc<Security
             continue;
         };
         let have = route.status.clone().unwrap_or_default();
-        if !status::is_current(have.observed_generation, &have.conditions, None, desired) {
+        let rollout_current = desired.rollout.as_ref().is_none_or(|r| r.is_current(&have));
+        if !rollout_current || !status::is_current(have.observed_generation, &have.conditions, None, desired) {
             out.push(Write::RouteStatus(route.clone(), desired.clone()));
         }
     }

@@ -36,6 +36,7 @@ use super::plan::Settings;
 use super::queue::WorkQueue;
 use super::reconcile::{Context, FIELD_MANAGER, known_namespaces, reconcile};
 use super::refs::referenced_secrets;
+use super::rollout::{self, HttpProbe, Sidecars};
 use super::store::Store;
 
 /// How the operator runs.
@@ -116,6 +117,7 @@ pub async fn run(client: Client, opts: Options, shutdown: impl Future<Output = (
         owned_secrets: Store::default(),
         secrets: SecretCache::default(),
         pods: PodIndex::default(),
+        sidecars: Sidecars::default(),
         metrics: metrics.clone(),
         recorder: Recorder::new(
             client.clone(),
@@ -318,7 +320,11 @@ async fn lead(ctx: Arc<Context>, queue: Arc<WorkQueue>, opts: Options, health: A
         watcher::Config::default().labels(&format!("{INJECT_LABEL}=true")),
         queue.clone(),
         pods_synced.clone(),
-        move |e| c.pods.apply(e),
+        move |e| {
+            let mut namespaces = c.sidecars.apply(&e);
+            namespaces.extend(c.pods.apply(e));
+            namespaces
+        },
     ));
     wait_for(&[&secrets_synced, &configmaps_synced, &pods_synced]).await;
     tracing::info!(
@@ -345,6 +351,8 @@ async fn lead(ctx: Arc<Context>, queue: Arc<WorkQueue>, opts: Options, health: A
             .lock(&tasks.workers)
             .push(tokio::spawn(work(ctx.clone(), queue.clone())));
     }
+    // The sidecars' generations, for the routes' rollout status.
+    tasks.watch(tokio::spawn(rollout::poll_loop(ctx.clone(), queue.clone(), HttpProbe)));
 }
 
 /// The leader's background tasks: watches (aborted at shutdown) and workers (drained).

@@ -5,6 +5,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{Value, json};
 
+use super::rollout::Rollout;
 use crate::compile::{Verdict, reason as compile_reason};
 
 /// Condition types.
@@ -46,6 +47,9 @@ pub struct DesiredStatus {
     pub conditions: Vec<Wanted>,
     /// Profiles only: the routes that use the profile.
     pub routes: Option<Vec<String>>,
+    /// Routes only: `configGeneration`, `sidecarsCurrent`, `sidecarsTotal` (filled by the
+    /// reconciler from what the sidecars report, see [`super::rollout`]).
+    pub rollout: Option<Rollout>,
 }
 
 impl DesiredStatus {
@@ -102,6 +106,7 @@ pub fn route_status(verdict: &Verdict, generation: Option<i64>, groups: usize, p
         observed_generation: generation,
         conditions: vec![accepted(verdict), ready],
         routes: None,
+        rollout: None,
     }
 }
 
@@ -125,6 +130,7 @@ pub fn profile_status(verdict: &Verdict, generation: Option<i64>, routes: &[Stri
         observed_generation: generation,
         conditions: vec![accepted(verdict), ready],
         routes: Some(routes.to_vec()),
+        rollout: None,
     }
 }
 
@@ -209,6 +215,9 @@ pub fn patch(desired: &DesiredStatus, existing: &[Condition], now: &Time) -> Val
     if let Some(routes) = &desired.routes {
         // An empty list removes the field (the CRD omits empty lists).
         status["routes"] = if routes.is_empty() { Value::Null } else { json!(routes) };
+    }
+    if let Some(rollout) = &desired.rollout {
+        rollout.patch_into(&mut status);
     }
     json!({ "status": status })
 }
