@@ -143,6 +143,13 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         args.header_read_timeout,
     )));
     let follower = follow_api(&args, &sources);
+    tokio::spawn(crate::oauth2::refresh_keys(
+        shared.clone(),
+        crate::oauth2::RefreshPolicy {
+            interval: args.jwks_refresh_interval,
+            min_interval: args.jwks_min_refresh_interval,
+        },
+    ));
     let watcher = tokio::spawn(reload::watch(shared, sources, args.reload_interval, snapshot));
 
     shutdown_signal().await;
@@ -253,23 +260,7 @@ async fn accept_loop<F, S>(
     S::Future: Send + 'static,
 {
     let graceful = GracefulShutdown::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = stopped.changed() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
+    while let Some((stream, peer)) = next_connection(&listener, &mut stopped).await {
         let connection = builder
             .serve_connection(TokioIo::new(stream), make_service(peer))
             .into_owned();
@@ -283,6 +274,32 @@ async fn accept_loop<F, S>(
     drop(listener);
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!(?drain, "connections still open after the drain timeout: closing them");
+    }
+}
+
+/// The next accepted connection (with `TCP_NODELAY`), or `None` once `stopped` changes. A
+/// failed accept (typically EMFILE) backs off instead of spinning.
+async fn next_connection(
+    listener: &TcpListener,
+    stopped: &mut watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped.changed() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY");
+                }
+                return Some((stream, peer));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 
@@ -301,22 +318,7 @@ async fn tls_accept_loop(
     handshake_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = stopped.changed() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
+    while let Some((stream, peer)) = next_connection(&listener, &mut stopped).await {
         let watcher = graceful.watcher();
         let builder = builder.clone();
         let shared = shared.clone();
