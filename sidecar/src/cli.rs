@@ -103,6 +103,13 @@ pub struct ServeArgs {
     /// How often the configuration directory is checked for changes.
     #[arg(long, value_parser = parse_duration, default_value = "250ms")]
     pub reload_interval: Duration,
+    /// How often the key sets of OAuth2 profiles (`jwksUri`) are fetched again.
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub jwks_refresh_interval: Duration,
+    /// Shortest time between two fetches of a key set asked for by a token whose key id it
+    /// lacks (key rotation).
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub jwks_min_refresh_interval: Duration,
 }
 
 /// Parses `250ms`, `10s`, `2m` or a bare number of seconds.

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod forward;
 pub mod headers;
 pub mod metrics;
+pub mod oauth2;
 pub mod origin_auth;
 pub mod proxy;
 pub mod reload;

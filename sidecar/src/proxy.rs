@@ -78,6 +78,10 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         listener: conn.listener,
         client_cert: conn.client_cert.as_deref(),
     };
+    if let Some(endpoint) = active.engine.token_endpoint(&view) {
+        // The Builtin OAuth2 token endpoint: answered here, never counted.
+        return crate::oauth2::token(&shared, endpoint, req, conn.peer.ip(), start).await;
+    }
     let outcome = active.engine.decide(&view, unix_millis());
     // A signature that covers a body digest: the body is read (up to a limit) and checked
     // before anything is forwarded; other bodies stream.
@@ -123,6 +127,10 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
                     challenges,
                 },
                 DenialKind::Forbidden => Answer::Forbidden { route: denial.route },
+                DenialKind::InsufficientScope { challenges } => Answer::InsufficientScope {
+                    route: denial.route,
+                    challenges,
+                },
                 DenialKind::RateLimited { scope, info } => {
                     shared.metrics.rate_limited(scope.as_str());
                     Answer::RateLimited {

@@ -26,6 +26,8 @@ pub enum Answer<'a> {
     Unauthorized { route: &'a str, challenges: &'a [String] },
     /// Credentials right, but not allowed (e.g. outside the trusted IP ranges).
     Forbidden { route: &'a str },
+    /// A valid OAuth2 token without a required scope: 403 with `challenges`.
+    InsufficientScope { route: &'a str, challenges: &'a [String] },
     /// Over a rate limit (`scope`: `org` or `profile`).
     RateLimited {
         route: &'a str,
@@ -69,6 +71,7 @@ impl Answer<'_> {
             Self::Redirect { route, .. } => (StatusCode::PERMANENT_REDIRECT, "https required", Some(*route)),
             Self::Unauthorized { route, .. } => (StatusCode::UNAUTHORIZED, "unauthorized", Some(*route)),
             Self::Forbidden { route } => (StatusCode::FORBIDDEN, "forbidden", Some(*route)),
+            Self::InsufficientScope { route, .. } => (StatusCode::FORBIDDEN, "insufficient scope", Some(*route)),
             Self::BodyDigestMismatch { route, .. } => (
                 StatusCode::UNAUTHORIZED,
                 "body does not match its signed digest",
@@ -122,7 +125,9 @@ impl Answer<'_> {
                     headers.insert(LOCATION, v);
                 }
             }
-            Self::Unauthorized { challenges, .. } | Self::BodyDigestMismatch { challenges, .. } => {
+            Self::Unauthorized { challenges, .. }
+            | Self::BodyDigestMismatch { challenges, .. }
+            | Self::InsufficientScope { challenges, .. } => {
                 for c in challenges.iter() {
                     if let Ok(v) = HeaderValue::from_str(c) {
                         headers.append(WWW_AUTHENTICATE, v);

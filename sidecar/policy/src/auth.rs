@@ -95,6 +95,22 @@ fn basic_token(headers: &HeaderMap) -> Option<&[u8]> {
     })
 }
 
+/// The client id and secret of an `Authorization: Basic` header as OAuth 2.0 clients send
+/// them (RFC 6749 section 2.3.1: each form-urlencoded, then joined by `:`). `Some(Err)`:
+/// a Basic header that cannot be read.
+pub(crate) fn basic_pair(headers: &HeaderMap) -> Option<Result<(String, String), ()>> {
+    let token = basic_token(headers)?;
+    let pair = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .ok()
+        .and_then(|d| String::from_utf8(d).ok());
+    Some(pair.ok_or(()).and_then(|pair| {
+        let (id, secret) = pair.split_once(':').ok_or(())?;
+        let decode = |s: &str| crate::query::query_param(&format!("v={s}"), "v").map(|v| v.into_owned());
+        Ok((decode(id).ok_or(())?, decode(secret).ok_or(())?))
+    }))
+}
+
 /// Mashery-style API keys: the key alone, or with `hex(HASH(key + secret + unixSeconds))`.
 #[derive(Debug)]
 pub struct ApiKey {

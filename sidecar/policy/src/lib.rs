@@ -21,6 +21,11 @@
 //!    call is otherwise admitted: seen before inside its window (or the cache full), 401 and
 //!    the limits' hit is given back ([`signature`]). When the signature covers a body digest,
 //!    the [`Admission`] asks the proxy to check it ([`Admission::body_digest`]).
+//!
+//! OAuth2 profiles verify JWT bearer tokens ([`oauth2`]) with keys the sidecar feeds in
+//! ([`oauth2::KeySlot`], one atomic load per decision); a valid token without a required
+//! scope is refused 403 (`insufficient_scope`). Builtin profiles issue their own tokens: the
+//! proxy asks [`Engine::token_endpoint`] before deciding.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -32,6 +37,7 @@ use portcullis_config::{Backend, Loaded, ProfileAuth};
 pub mod auth;
 pub mod ip;
 pub mod limit;
+pub mod oauth2;
 mod query;
 pub mod routes;
 pub mod signature;
@@ -42,6 +48,7 @@ pub use limit::{Grant, InMemoryLimiter, Limiter, RateInfo, Refusal, Scope};
 pub use signature::{BodyDigest, ReplayRegistry};
 
 use auth::{ApiKey, Basic, ClientCertificate};
+use oauth2::{KeySlot, OAuth2, TokenCheck};
 use routes::Matcher;
 use signature::{HttpSignature, Signed};
 
@@ -109,6 +116,9 @@ pub enum DenialKind<'e> {
     Unauthorized { challenges: &'e [String] },
     /// Credentials right but not allowed (address), or HTTPS required without a host: 403.
     Forbidden,
+    /// A valid OAuth2 token without a required scope: 403 with these `WWW-Authenticate`
+    /// challenges (`Bearer ..., error="insufficient_scope"`).
+    InsufficientScope { challenges: &'e [String] },
     /// Over a limit: 429.
     RateLimited { scope: Scope, info: RateInfo },
 }
@@ -154,6 +164,11 @@ pub struct CompiledRoute {
     ssl_only: bool,
     profiles: Box<[usize]>,
     challenges: Box<[String]>,
+    /// The challenges when a bearer token was presented and refused (`error="invalid_token"`).
+    invalid_token: Box<[String]>,
+    /// The challenge of a 403 for a missing scope.
+    insufficient_scope: Box<[String]>,
+    prefix: Box<str>,
 }
 
 impl CompiledRoute {
@@ -178,8 +193,7 @@ enum Auth {
     ApiKey(ApiKey),
     ClientCertificate(ClientCertificate),
     HttpSignature(HttpSignature),
-    /// A type this engine cannot verify yet: refuses every call (fails closed).
-    Unsupported(&'static str),
+    OAuth2(OAuth2),
 }
 
 struct CompiledProfile<C> {
@@ -201,6 +215,8 @@ pub struct Engine<L: Limiter = InMemoryLimiter> {
     org: Option<(L::Counter, u32)>,
     trusted_proxies: IpSet,
     limiter: Arc<L>,
+    /// The key slots of the OAuth2 profiles' `jwksUri`s, for the sidecar to feed.
+    jwks: Vec<(Box<str>, Arc<KeySlot>)>,
 }
 
 impl<L: Limiter> std::fmt::Debug for Engine<L> {
@@ -217,6 +233,7 @@ impl<L: Limiter> Engine<L> {
     pub fn compile(loaded: &Loaded, limiter: Arc<L>) -> Result<Self, CompileError> {
         let config = &loaded.config;
         let mut profiles = Vec::with_capacity(config.profiles.len() + 1);
+        let mut jwks: Vec<(Box<str>, Arc<KeySlot>)> = Vec::new();
         for p in &config.profiles {
             let secrets = loaded.secrets.profiles.get(&p.name);
             let missing = |what| CompileError::MissingSecret {
@@ -247,7 +264,49 @@ impl<L: Limiter> Engine<L> {
                 ProfileAuth::ClientCertificate { allowed_subjects } => {
                     Auth::ClientCertificate(ClientCertificate::new(allowed_subjects))
                 }
-                ProfileAuth::OAuth2 { .. } => Auth::Unsupported("OAuth2 tokens cannot be verified by this sidecar"),
+                ProfileAuth::OAuth2 {
+                    provider,
+                    issuer,
+                    jwks_uri,
+                    audiences,
+                    required_scopes,
+                    builtin_token_ttl_seconds,
+                    ..
+                } => {
+                    let builtin = match builtin_token_ttl_seconds {
+                        Some(ttl) => {
+                            let clients = secrets.map(|s| &s.oauth2_clients).filter(|c| !c.is_empty());
+                            let clients = clients.ok_or_else(|| missing("oauth2Clients"))?;
+                            Some(oauth2::Builtin::new(&p.name, *ttl, clients).map_err(|message| {
+                                CompileError::Invalid {
+                                    profile: p.name.clone(),
+                                    message,
+                                }
+                            })?)
+                        }
+                        None if provider == "Builtin" => {
+                            return Err(CompileError::Invalid {
+                                profile: p.name.clone(),
+                                message: "provider Builtin without a token lifetime".into(),
+                            });
+                        }
+                        None => None,
+                    };
+                    let slot = jwks_uri.as_deref().map(|uri| {
+                        let slot = limiter.jwks(uri);
+                        if !jwks.iter().any(|(u, _)| **u == *uri) {
+                            jwks.push((uri.into(), slot.clone()));
+                        }
+                        slot
+                    });
+                    Auth::OAuth2(OAuth2::new(
+                        issuer.as_deref(),
+                        audiences,
+                        required_scopes,
+                        slot,
+                        builtin,
+                    ))
+                }
                 ProfileAuth::HttpSignature {
                     standard,
                     algorithms,
@@ -321,6 +380,30 @@ impl<L: Limiter> Engine<L> {
                     .collect::<Result<_, _>>()?
             };
             let challenges = challenges(&r.name, indices.iter().map(|&i| &profiles[i].auth));
+            let with_error = |error: &str| -> Box<[String]> {
+                let bearer = format!("Bearer realm=\"{}\"", r.name);
+                challenges
+                    .iter()
+                    .map(|c| {
+                        if *c != bearer {
+                            return c.clone();
+                        }
+                        let scope = indices.iter().find_map(|&i| match &profiles[i].auth {
+                            Auth::OAuth2(o) if error == "insufficient_scope" => Some(o.required_scopes()),
+                            _ => None,
+                        });
+                        match scope {
+                            Some(scope) => format!("{bearer}, error=\"{error}\", scope=\"{scope}\""),
+                            None => format!("{bearer}, error=\"{error}\""),
+                        }
+                    })
+                    .collect()
+            };
+            let invalid_token = with_error("invalid_token");
+            let insufficient_scope = with_error("insufficient_scope")
+                .into_iter()
+                .filter(|c| c.starts_with("Bearer "))
+                .collect();
             routes.push(CompiledRoute {
                 name: r.name.as_str().into(),
                 index,
@@ -329,6 +412,9 @@ impl<L: Limiter> Engine<L> {
                 ssl_only: r.ssl_only,
                 profiles: indices,
                 challenges,
+                invalid_token,
+                insufficient_scope,
+                prefix: r.path_prefix.as_str().into(),
             });
         }
         routes.sort_by(|a, b| (a.matcher.precedence(), &a.name).cmp(&(b.matcher.precedence(), &b.name)));
@@ -338,6 +424,7 @@ impl<L: Limiter> Engine<L> {
             org: config.org_allowance.map(|n| (limiter.counter(Scope::Org, ""), n)),
             trusted_proxies: IpSet::from_nets(&config.trusted_proxies),
             limiter,
+            jwks,
         })
     }
 
@@ -349,7 +436,43 @@ impl<L: Limiter> Engine<L> {
             org: None,
             trusted_proxies: IpSet::default(),
             limiter,
+            jwks: Vec::new(),
         }
+    }
+
+    /// The `jwksUri`s of the OAuth2 profiles with the slots their keys go to: the sidecar
+    /// fetches each document and [`KeySlot::store`]s it.
+    pub fn jwks(&self) -> impl Iterator<Item = (&str, &Arc<KeySlot>)> {
+        self.jwks.iter().map(|(u, s)| (&**u, s))
+    }
+
+    /// The Builtin token endpoint `req` is addressed to, if any: `POST <pathPrefix>/oauth2/token`
+    /// on the inbound listeners, for the route `req` would otherwise match when one of its
+    /// profiles is an OAuth2 profile with provider Builtin.
+    pub fn token_endpoint(&self, req: &RequestView<'_>) -> Option<TokenEndpoint<'_>> {
+        if req.listener != Listener::Inbound || req.method != "POST" {
+            return None;
+        }
+        let base = req.path.strip_suffix("/oauth2/token")?;
+        let host = req.host.map(routes::normal_host);
+        let route = self
+            .routes
+            .iter()
+            .find(|r| r.matcher.matches(false, host.as_deref(), req.path, req.method))?;
+        if route.prefix.trim_end_matches('/') != base {
+            return None;
+        }
+        if route.ssl_only && !req.tls {
+            return None;
+        }
+        route.profiles.iter().find_map(|&i| match &self.profiles[i].auth {
+            Auth::OAuth2(o) if o.builtin().is_some() => Some(TokenEndpoint {
+                route,
+                profile: &self.profiles[i].name,
+                oauth2: o,
+            }),
+            _ => None,
+        })
     }
 
     /// The compiled routes, most specific first.
@@ -392,7 +515,9 @@ impl<L: Limiter> Engine<L> {
         }
         let now_secs = now_ms / 1000;
         let mut forbidden: Option<&str> = None;
+        let mut insufficient: Option<&str> = None;
         let mut rejection: Option<(&str, Rejection)> = None;
+        let mut bearer_refused = false;
         for &i in route.profiles.iter() {
             let profile = &self.profiles[i];
             let mut signed = None;
@@ -409,7 +534,17 @@ impl<L: Limiter> Engine<L> {
                     signed = Some(v);
                     Cow::Owned(key_id)
                 }),
-                Auth::Unsupported(why) => Err(Rejection::Wrong(why)),
+                Auth::OAuth2(o) => match o.check(req.headers, now_secs) {
+                    Ok(TokenCheck::Admitted(identity)) => Ok(Cow::Owned(identity)),
+                    Ok(TokenCheck::InsufficientScope) => {
+                        insufficient.get_or_insert(&profile.name);
+                        continue;
+                    }
+                    Err(r) => {
+                        bearer_refused |= matches!(r, Rejection::Wrong(_));
+                        Err(r)
+                    }
+                },
             };
             let identity = match identity {
                 Ok(identity) => identity,
@@ -436,13 +571,28 @@ impl<L: Limiter> Engine<L> {
                 reason: "client address outside the profile's trusted IP ranges",
             });
         }
+        if let Some(profile) = insufficient {
+            return Outcome::Deny(Denial {
+                route: &route.name,
+                profile,
+                client_ip,
+                kind: DenialKind::InsufficientScope {
+                    challenges: &route.insufficient_scope,
+                },
+                reason: "token lacks a required scope",
+            });
+        }
         let (profile, reason) = rejection.map_or(("-", "no credentials"), |(p, r)| (p, r.reason()));
         Outcome::Deny(Denial {
             route: &route.name,
             profile,
             client_ip,
             kind: DenialKind::Unauthorized {
-                challenges: &route.challenges,
+                challenges: if bearer_refused {
+                    &route.invalid_token
+                } else {
+                    &route.challenges
+                },
             },
             reason,
         })
@@ -551,13 +701,100 @@ fn challenges<'a>(route: &str, auths: impl Iterator<Item = &'a Auth>) -> Box<[St
             Auth::Basic(_) => format!("Basic realm=\"{route}\", charset=\"UTF-8\""),
             Auth::ApiKey(k) => format!("APIKey realm=\"{route}\", param=\"{}\"", k.key_param()),
             Auth::HttpSignature(_) => format!("Signature realm=\"{route}\""),
-            Auth::Unsupported(_) | Auth::Anonymous | Auth::ClientCertificate(_) => continue,
+            Auth::OAuth2(_) => format!("Bearer realm=\"{route}\""),
+            Auth::Anonymous | Auth::ClientCertificate(_) => continue,
         };
         if !out.contains(&c) {
             out.push(c);
         }
     }
     out.into_boxed_slice()
+}
+
+/// The Builtin token endpoint of a route ([`Engine::token_endpoint`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenEndpoint<'e> {
+    pub route: &'e CompiledRoute,
+    pub profile: &'e str,
+    oauth2: &'e OAuth2,
+}
+
+/// A token request refused: the OAuth error code (RFC 6749 section 5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// Client unknown or secret wrong: 401.
+    InvalidClient,
+    /// Not a well-formed request: 400.
+    InvalidRequest,
+    /// Only `client_credentials` is served: 400.
+    UnsupportedGrantType,
+    /// The scope is malformed: 400.
+    InvalidScope,
+}
+
+impl TokenError {
+    /// The `error` code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidRequest => "invalid_request",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidScope => "invalid_scope",
+        }
+    }
+}
+
+/// An issued token.
+#[derive(Debug)]
+pub struct Issued {
+    pub access_token: String,
+    pub expires_in: u32,
+    pub scope: Option<String>,
+    /// The client, for the audit log.
+    pub client_id: String,
+}
+
+impl TokenEndpoint<'_> {
+    /// Serves a client-credentials token request: `headers` (for `client_secret_basic`) and
+    /// the form `body`, at `now_secs`. The requested scope is granted as asked (its tokens
+    /// well formed); without one, the token carries the profile's required scopes.
+    pub fn issue(&self, headers: &HeaderMap, body: &str, now_secs: u64) -> Result<Issued, TokenError> {
+        let form = |name: &str| query::query_param(body, name);
+        let basic = auth::basic_pair(headers);
+        let (id, secret) = match (basic, form("client_id"), form("client_secret")) {
+            (Some(Ok((id, secret))), _, None) => (id, secret),
+            (Some(Err(())), _, _) => return Err(TokenError::InvalidClient),
+            (None, Some(id), Some(secret)) => (id.into_owned(), secret.into_owned()),
+            (None, _, _) => return Err(TokenError::InvalidClient),
+            // Two ways of authenticating at once.
+            (Some(_), _, Some(_)) => return Err(TokenError::InvalidRequest),
+        };
+        let builtin = self.oauth2.builtin().ok_or(TokenError::InvalidClient)?;
+        if !builtin.client_matches(&id, &secret) {
+            return Err(TokenError::InvalidClient);
+        }
+        match form("grant_type").as_deref() {
+            Some("client_credentials") => {}
+            Some(_) => return Err(TokenError::UnsupportedGrantType),
+            None => return Err(TokenError::InvalidRequest),
+        }
+        let scope = match form("scope") {
+            Some(s) if !oauth2::valid_scope(&s) => return Err(TokenError::InvalidScope),
+            Some(s) => Some(s.split_ascii_whitespace().collect::<Vec<_>>().join(" ")),
+            None => Some(self.oauth2.required_scopes()),
+        }
+        .filter(|s| !s.is_empty());
+        let (access_token, expires_in) = self
+            .oauth2
+            .issue(&id, scope.as_deref(), now_secs)
+            .ok_or(TokenError::InvalidClient)?;
+        Ok(Issued {
+            access_token,
+            expires_in,
+            scope,
+            client_id: id,
+        })
+    }
 }
 
 /// `https://host/path?query`.

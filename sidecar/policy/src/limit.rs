@@ -86,6 +86,14 @@ pub trait Limiter: Send + Sync + 'static {
         let _ = profile;
         Arc::new(ReplayCache::new(crate::signature::DEFAULT_REPLAY_CAPACITY))
     }
+
+    /// The key slot of OAuth2 `jwksUri` `uri`. Like counters, it should be the same slot every
+    /// time it is asked for, so that a reload keeps the keys fetched; this default gives a new,
+    /// empty one each time.
+    fn jwks(&self, uri: &str) -> Arc<crate::oauth2::KeySlot> {
+        let _ = uri;
+        Arc::default()
+    }
 }
 
 /// Exact in-process limiter; it also keeps the replay caches of HttpSignature profiles.
@@ -93,6 +101,7 @@ pub trait Limiter: Send + Sync + 'static {
 pub struct InMemoryLimiter {
     counters: Mutex<HashMap<(Scope, String), SharedWindow>>,
     replays: ReplayRegistry,
+    jwks: crate::oauth2::JwksRegistry,
 }
 
 /// A window shared by every engine compiled with the same limiter.
@@ -109,6 +118,7 @@ impl InMemoryLimiter {
         Self {
             counters: Mutex::default(),
             replays: ReplayRegistry::with_capacity(capacity),
+            jwks: Default::default(),
         }
     }
 }
@@ -172,6 +182,10 @@ impl Limiter for InMemoryLimiter {
 
     fn replay_cache(&self, profile: &str) -> Arc<ReplayCache> {
         self.replays.cache(profile)
+    }
+
+    fn jwks(&self, uri: &str) -> Arc<crate::oauth2::KeySlot> {
+        self.jwks.slot(uri)
     }
 }
 

@@ -106,7 +106,7 @@ fn verdict(e: &Engine, r: &Req, now: u64) -> (u16, String, String, String) {
         Outcome::Deny(d) => {
             let status = match d.kind {
                 DenialKind::Unauthorized { .. } => 401,
-                DenialKind::Forbidden => 403,
+                DenialKind::Forbidden | DenialKind::InsufficientScope { .. } => 403,
                 DenialKind::RateLimited { .. } => 429,
             };
             (status, d.route.into(), d.profile.into(), "-".into())

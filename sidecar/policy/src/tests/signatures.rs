@@ -67,7 +67,7 @@ fn outcome(e: &Engine, r: &Req, now_secs: u64) -> (u16, String) {
         Outcome::Deny(d) => {
             let status = match d.kind {
                 DenialKind::Unauthorized { .. } => 401,
-                DenialKind::Forbidden => 403,
+                DenialKind::Forbidden | DenialKind::InsufficientScope { .. } => 403,
                 DenialKind::RateLimited { .. } => 429,
             };
             (status, d.reason.to_owned())

@@ -1,0 +1,515 @@
+//! OAuth 2.0 bearer tokens (RFC 6750) that are JWT access tokens (RFC 9068), and the
+//! sidecar's own token provider (profile provider `Builtin`).
+//!
+//! - A token is verified with the keys of its profile: the key set published at `jwksUri`
+//!   ([`KeySlot`], fed by the sidecar, read here with one atomic load), and for `Builtin`
+//!   profiles the profile's own HMAC key. Algorithms: `RS256`, `PS512`, `ES256`, `EdDSA` with
+//!   JWKS keys; `HS256` only with the Builtin key; `none` and anything else are refused.
+//! - `kid` picks the key; a token without `kid` is tried against every key that fits its
+//!   algorithm. A `kid` not in the set asks the sidecar to fetch the set again
+//!   ([`KeySlot::unknown_kid`]) and is refused meanwhile. No keys at all: refused (fails
+//!   closed).
+//! - Claims: `exp` is required and `nbf` honoured, both with [`CLOCK_SKEW_SECS`] of skew;
+//!   `iss` must equal the profile's issuer when one is set; `aud` (a string or a list) must
+//!   name one of the profile's audiences when any are set; `scope` (space-separated) or `scp`
+//!   (a list or a string) must hold every required scope, else the call is forbidden (403,
+//!   `insufficient_scope`) rather than unauthorized.
+//! - The caller is `sub`, else `client_id`, else `azp`.
+//! - Builtin tokens are HS256 JWTs signed with a key derived from the profile's name and its
+//!   clients (HMAC-SHA256 over the sorted client ids and secrets): every replica of a workload
+//!   derives the same key, tokens survive restarts and reloads, and changing any client's
+//!   secret (or removing a client) invalidates the tokens issued so far.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+use portcullis_config::Sensitive;
+use portcullis_signatures::{Algorithm, Key};
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+
+use crate::auth::Rejection;
+
+/// Seconds of clock difference tolerated on `exp` and `nbf`.
+pub const CLOCK_SKEW_SECS: u64 = 60;
+/// Longest token looked at.
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Most keys tried for a token without `kid`.
+const MAX_KEYS_TRIED: usize = 8;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// One usable key of a JWKS.
+#[derive(Debug)]
+struct Jwk {
+    kid: Option<Box<str>>,
+    /// The `alg` the key is restricted to, when the JWKS says.
+    alg: Option<Algorithm>,
+    key: Key,
+}
+
+/// A JSON Web Key Set, reduced to the keys this engine can verify with.
+#[derive(Debug, Default)]
+pub struct JwkSet {
+    keys: Vec<Jwk>,
+}
+
+/// Why a JWKS document was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwksError {
+    #[error("the key set is not JSON with a \"keys\" list")]
+    NotAKeySet,
+}
+
+impl JwkSet {
+    /// Parses a JWKS document (RFC 7517). Keys of other types, curves or uses are skipped.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, JwksError> {
+        let doc: Value = serde_json::from_slice(bytes).map_err(|_| JwksError::NotAKeySet)?;
+        let list = doc.get("keys").and_then(Value::as_array).ok_or(JwksError::NotAKeySet)?;
+        let keys = list.iter().filter_map(jwk).collect();
+        Ok(Self { keys })
+    }
+
+    /// How many usable keys the set holds.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The set holds no usable key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+fn jwk(v: &Value) -> Option<Jwk> {
+    let s = |name: &str| v.get(name).and_then(Value::as_str);
+    if s("use").is_some_and(|u| u != "sig") {
+        return None;
+    }
+    let b = |name: &str| s(name).and_then(|x| B64.decode(x.trim_end_matches('=')).ok());
+    let (label, der) = match s("kty")? {
+        "RSA" => ("RSA PUBLIC KEY", rsa_pkcs1(&b("n")?, &b("e")?)),
+        "EC" if s("crv") == Some("P-256") => {
+            let (x, y) = (b("x")?, b("y")?);
+            if x.len() != 32 || y.len() != 32 {
+                return None;
+            }
+            let mut der = hex_bytes("3059301306072a8648ce3d020106082a8648ce3d030107034200");
+            der.push(4);
+            der.extend_from_slice(&x);
+            der.extend_from_slice(&y);
+            ("PUBLIC KEY", der)
+        }
+        "OKP" if s("crv") == Some("Ed25519") => {
+            let x = b("x")?;
+            if x.len() != 32 {
+                return None;
+            }
+            let mut der = hex_bytes("302a300506032b6570032100");
+            der.extend_from_slice(&x);
+            ("PUBLIC KEY", der)
+        }
+        _ => return None,
+    };
+    let pem = format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        base64::engine::general_purpose::STANDARD.encode(der)
+    );
+    let key = Key::from_pem(&pem).ok()?;
+    let alg = match s("alg") {
+        None => None,
+        Some(a) => Some(jose_algorithm(a).filter(|a| key.fits(*a))?),
+    };
+    Some(Jwk {
+        kid: s("kid").map(Into::into),
+        alg,
+        key,
+    })
+}
+
+fn hex_bytes(h: &str) -> Vec<u8> {
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap_or(0))
+        .collect()
+}
+
+/// `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`, DER.
+fn rsa_pkcs1(n: &[u8], e: &[u8]) -> Vec<u8> {
+    let mut body = der_integer(n);
+    body.extend(der_integer(e));
+    der_tlv(0x30, &body)
+}
+
+fn der_integer(v: &[u8]) -> Vec<u8> {
+    let start = v.iter().position(|&b| b != 0).unwrap_or(v.len().saturating_sub(1));
+    let v = &v[start.min(v.len())..];
+    let mut content = Vec::with_capacity(v.len() + 1);
+    if v.first().is_none_or(|&b| b & 0x80 != 0) {
+        content.push(0);
+    }
+    content.extend_from_slice(v);
+    der_tlv(0x02, &content)
+}
+
+fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len() - 1);
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// The JOSE name of an algorithm this engine verifies.
+fn jose_algorithm(name: &str) -> Option<Algorithm> {
+    match name {
+        "RS256" => Some(Algorithm::RsaV15Sha256),
+        "PS512" => Some(Algorithm::RsaPssSha512),
+        "ES256" => Some(Algorithm::EcdsaP256Sha256),
+        "EdDSA" | "Ed25519" => Some(Algorithm::Ed25519),
+        "HS256" => Some(Algorithm::HmacSha256),
+        _ => None,
+    }
+}
+
+/// The key set of one `jwksUri`, shared by every engine that uses it and fed by the sidecar
+/// (which fetches the document): decisions read it with one atomic load.
+#[derive(Debug, Default)]
+pub struct KeySlot {
+    keys: ArcSwap<JwkSet>,
+    unknown_kid: AtomicBool,
+}
+
+impl KeySlot {
+    /// Puts `set` in force.
+    pub fn store(&self, set: JwkSet) {
+        self.keys.store(Arc::new(set));
+    }
+
+    /// The set in force.
+    pub fn keys(&self) -> Arc<JwkSet> {
+        self.keys.load_full()
+    }
+
+    /// Whether a token named a key not in the set since the last call (the set may be
+    /// stale: fetch it again). Clears the flag.
+    pub fn take_unknown_kid(&self) -> bool {
+        self.unknown_kid.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// Key slots by `jwksUri`, kept across reloads (like rate-limit counters) so that a new
+/// configuration starts with the keys already fetched.
+#[derive(Debug, Default)]
+pub struct JwksRegistry {
+    slots: Mutex<HashMap<String, Arc<KeySlot>>>,
+}
+
+impl JwksRegistry {
+    /// The slot of `uri`, the same every time it is asked for.
+    pub fn slot(&self, uri: &str) -> Arc<KeySlot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(uri.to_owned()).or_default().clone()
+    }
+}
+
+/// How an OAuth2 profile's token was judged.
+#[derive(Debug)]
+pub enum TokenCheck {
+    /// Valid, with every required scope: the caller.
+    Admitted(String),
+    /// Valid, but a required scope is missing: 403.
+    InsufficientScope,
+}
+
+/// The Builtin provider of one profile: its clients and signing key.
+pub struct Builtin {
+    key: Key,
+    ttl_seconds: u32,
+    clients: BTreeMap<Box<str>, Box<[u8]>>,
+}
+
+impl std::fmt::Debug for Builtin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builtin")
+            .field("clients", &self.clients.len())
+            .field("ttl_seconds", &self.ttl_seconds)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builtin {
+    /// The provider of profile `profile` with `clients` (id to secret).
+    pub fn new(profile: &str, ttl_seconds: u32, clients: &BTreeMap<String, Sensitive>) -> Result<Self, String> {
+        if clients.is_empty() {
+            return Err("a Builtin provider needs at least one client".into());
+        }
+        // The key: HMAC-SHA256 over the profile name and the sorted clients (BTreeMap order),
+        // each field length-prefixed so that no two client lists give the same input.
+        let mut input = Vec::new();
+        let mut field = |b: &[u8]| {
+            input.extend_from_slice(&(b.len() as u64).to_be_bytes());
+            input.extend_from_slice(b);
+        };
+        field(profile.as_bytes());
+        for (id, secret) in clients {
+            field(id.as_bytes());
+            field(secret.expose().as_bytes());
+        }
+        let derive = Key::hmac(b"portcullis oauth2 builtin token key v1").map_err(|e| e.to_string())?;
+        let seed = derive.sign(Algorithm::HmacSha256, &input).map_err(|e| e.to_string())?;
+        Ok(Self {
+            key: Key::hmac(&seed).map_err(|e| e.to_string())?,
+            ttl_seconds: ttl_seconds.max(1),
+            clients: clients
+                .iter()
+                .map(|(id, s)| (id.as_str().into(), s.expose().as_bytes().into()))
+                .collect(),
+        })
+    }
+
+    /// Whether `secret` is the secret of client `id` (constant time in the secret).
+    pub fn client_matches(&self, id: &str, secret: &str) -> bool {
+        match self.clients.get(id) {
+            Some(known) => bool::from(known.as_ref().ct_eq(secret.as_bytes())),
+            None => {
+                // Spend about the same time on an unknown client.
+                let _ = [0u8; 32].as_slice().ct_eq(secret.as_bytes());
+                false
+            }
+        }
+    }
+
+    /// Token lifetime, seconds.
+    pub fn ttl_seconds(&self) -> u32 {
+        self.ttl_seconds
+    }
+}
+
+/// The verifier of one OAuth2 profile.
+#[derive(Debug)]
+pub struct OAuth2 {
+    issuer: Option<Box<str>>,
+    audiences: Box<[Box<str>]>,
+    required_scopes: Box<[Box<str>]>,
+    jwks: Option<Arc<KeySlot>>,
+    builtin: Option<Builtin>,
+}
+
+impl OAuth2 {
+    /// A verifier with the keys of `jwks` (fed elsewhere) and/or `builtin`.
+    pub fn new(
+        issuer: Option<&str>,
+        audiences: &[String],
+        required_scopes: &[String],
+        jwks: Option<Arc<KeySlot>>,
+        builtin: Option<Builtin>,
+    ) -> Self {
+        Self {
+            issuer: issuer.map(Into::into),
+            audiences: audiences.iter().map(|a| a.as_str().into()).collect(),
+            required_scopes: required_scopes.iter().map(|s| s.as_str().into()).collect(),
+            jwks,
+            builtin,
+        }
+    }
+
+    /// The Builtin provider, when the sidecar issues this profile's tokens.
+    pub fn builtin(&self) -> Option<&Builtin> {
+        self.builtin.as_ref()
+    }
+
+    /// The required scopes, space-separated (for `insufficient_scope` challenges).
+    pub fn required_scopes(&self) -> String {
+        self.required_scopes.join(" ")
+    }
+
+    /// Checks the bearer token of `headers` at `now` (Unix seconds).
+    pub fn check(&self, headers: &HeaderMap, now: u64) -> Result<TokenCheck, Rejection> {
+        let token = bearer_token(headers).ok_or(Rejection::Missing("no bearer token"))?;
+        let claims = self.verify(token)?;
+        self.judge(&claims, now)
+    }
+
+    /// The claims of `token` if its signature is right.
+    fn verify(&self, token: &str) -> Result<Value, Rejection> {
+        let malformed = Rejection::Wrong("malformed bearer token");
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(malformed);
+        }
+        let mut parts = token.splitn(3, '.');
+        let (Some(h), Some(p), Some(s)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(Rejection::Wrong(if self.builtin.is_none() && self.jwks.is_none() {
+                "opaque tokens cannot be verified (no introspection)"
+            } else {
+                "bearer token is not a JWT"
+            }));
+        };
+        let header: Value = B64
+            .decode(h)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(malformed)?;
+        let signature = B64.decode(s).map_err(|_| malformed)?;
+        let alg_name = header.get("alg").and_then(Value::as_str).unwrap_or("none");
+        let alg = jose_algorithm(alg_name).ok_or(Rejection::Wrong("token algorithm not accepted"))?;
+        let signed = &token[..h.len() + 1 + p.len()];
+        let ok = if alg == Algorithm::HmacSha256 {
+            // HS256 only with the profile's own key: never with a JWKS public key.
+            let builtin = self
+                .builtin
+                .as_ref()
+                .ok_or(Rejection::Wrong("token algorithm not accepted"))?;
+            builtin.key.verify(alg, signed.as_bytes(), &signature).is_ok()
+        } else {
+            let slot = self
+                .jwks
+                .as_ref()
+                .ok_or(Rejection::Wrong("token algorithm not accepted"))?;
+            let set = slot.keys.load();
+            if set.keys.is_empty() {
+                return Err(Rejection::Wrong("no token keys loaded (jwksUri not fetched)"));
+            }
+            let fits = |k: &&Jwk| k.key.fits(alg) && k.alg.is_none_or(|a| a == alg);
+            match header.get("kid").and_then(Value::as_str) {
+                Some(kid) => {
+                    let Some(k) = set.keys.iter().find(|k| k.kid.as_deref() == Some(kid)) else {
+                        slot.unknown_kid.store(true, Ordering::Relaxed);
+                        return Err(Rejection::Wrong("token key id unknown"));
+                    };
+                    fits(&k) && k.key.verify(alg, signed.as_bytes(), &signature).is_ok()
+                }
+                None => set
+                    .keys
+                    .iter()
+                    .filter(fits)
+                    .take(MAX_KEYS_TRIED)
+                    .any(|k| k.key.verify(alg, signed.as_bytes(), &signature).is_ok()),
+            }
+        };
+        if !ok {
+            return Err(Rejection::Wrong("bad token signature"));
+        }
+        B64.decode(p)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .filter(Value::is_object)
+            .ok_or(malformed)
+    }
+
+    fn judge(&self, claims: &Value, now: u64) -> Result<TokenCheck, Rejection> {
+        let num = |name: &str| claims.get(name).and_then(Value::as_f64);
+        let exp = num("exp").ok_or(Rejection::Wrong("token has no exp"))?;
+        if exp + (CLOCK_SKEW_SECS as f64) <= now as f64 {
+            return Err(Rejection::Wrong("token expired"));
+        }
+        if num("nbf").is_some_and(|nbf| nbf > (now + CLOCK_SKEW_SECS) as f64) {
+            return Err(Rejection::Wrong("token not yet valid"));
+        }
+        if let Some(issuer) = &self.issuer
+            && claims.get("iss").and_then(Value::as_str) != Some(issuer)
+        {
+            return Err(Rejection::Wrong("token issuer not accepted"));
+        }
+        if !self.audiences.is_empty() {
+            let ok = match claims.get("aud") {
+                Some(Value::String(a)) => self.audiences.iter().any(|x| **x == **a),
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .any(|a| self.audiences.iter().any(|x| **x == *a)),
+                _ => false,
+            };
+            if !ok {
+                return Err(Rejection::Wrong("token audience not accepted"));
+            }
+        }
+        let identity = ["sub", "client_id", "azp"]
+            .iter()
+            .find_map(|c| claims.get(*c).and_then(Value::as_str).filter(|s| !s.is_empty()))
+            .ok_or(Rejection::Wrong("token names no subject or client"))?;
+        if !self.required_scopes.is_empty() {
+            let mut granted: Vec<&str> = Vec::new();
+            for claim in ["scope", "scp"] {
+                match claims.get(claim) {
+                    Some(Value::String(s)) => granted.extend(s.split_ascii_whitespace()),
+                    Some(Value::Array(list)) => granted.extend(list.iter().filter_map(Value::as_str)),
+                    _ => {}
+                }
+            }
+            if !self.required_scopes.iter().all(|r| granted.contains(&&**r)) {
+                return Ok(TokenCheck::InsufficientScope);
+            }
+        }
+        Ok(TokenCheck::Admitted(identity.to_owned()))
+    }
+
+    /// Issues a Builtin access token for `client_id` at `now` (Unix seconds), with `scope`
+    /// (space-separated) when given: `(token, expires_in)`. `None` when the profile is not
+    /// Builtin.
+    pub fn issue(&self, client_id: &str, scope: Option<&str>, now: u64) -> Option<(String, u32)> {
+        let builtin = self.builtin.as_ref()?;
+        let mut claims = serde_json::Map::new();
+        if let Some(iss) = &self.issuer {
+            claims.insert("iss".into(), Value::from(&**iss));
+        }
+        claims.insert("sub".into(), Value::from(client_id));
+        claims.insert("client_id".into(), Value::from(client_id));
+        match self.audiences.len() {
+            0 => {}
+            1 => {
+                claims.insert("aud".into(), Value::from(&*self.audiences[0]));
+            }
+            _ => {
+                let list = self.audiences.iter().map(|a| Value::from(&**a)).collect();
+                claims.insert("aud".into(), Value::Array(list));
+            }
+        }
+        claims.insert("iat".into(), Value::from(now));
+        claims.insert("exp".into(), Value::from(now + u64::from(builtin.ttl_seconds)));
+        if let Some(scope) = scope.filter(|s| !s.is_empty()) {
+            claims.insert("scope".into(), Value::from(scope));
+        }
+        let header = B64.encode(br#"{"alg":"HS256","typ":"at+jwt"}"#);
+        let payload = B64.encode(serde_json::to_vec(&Value::Object(claims)).ok()?);
+        let signed = format!("{header}.{payload}");
+        let sig = builtin.key.sign(Algorithm::HmacSha256, signed.as_bytes()).ok()?;
+        Some((format!("{signed}.{}", B64.encode(sig)), builtin.ttl_seconds))
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers.get_all(AUTHORIZATION).iter().find_map(|v| {
+        let v = v.to_str().ok()?;
+        let (scheme, rest) = v.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| rest.trim())
+            .filter(|t| !t.is_empty())
+    })
+}
+
+/// A scope request is well formed: space-separated tokens of `%x21 / %x23-5B / %x5D-7E`
+/// (RFC 6749 section 3.3).
+pub fn valid_scope(scope: &str) -> bool {
+    scope.len() <= 1024
+        && scope
+            .bytes()
+            .all(|b| b == b' ' || (b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,399 @@
+//! Bearer JWT and Builtin token tests, through the engine.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http::HeaderMap;
+use portcullis_config::{Loaded, SecretMaterial, SidecarConfig};
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
+use serde_json::{Value, json};
+
+use super::B64;
+use crate::{DenialKind, Engine, InMemoryLimiter, Listener, Outcome, RequestView};
+
+const NOW: u64 = 1_764_000_000;
+const JWKS: &str = "https://idp.example.com/jwks";
+
+struct Signer {
+    kid: String,
+    ed: Option<Ed25519KeyPair>,
+    ec: Option<EcdsaKeyPair>,
+}
+
+impl Signer {
+    fn ed25519(kid: &str) -> Self {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let ed = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        Self {
+            kid: kid.into(),
+            ed: Some(ed),
+            ec: None,
+        }
+    }
+    fn es256(kid: &str) -> Self {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let ec = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+        Self {
+            kid: kid.into(),
+            ed: None,
+            ec: Some(ec),
+        }
+    }
+    fn jwk(&self) -> Value {
+        match (&self.ed, &self.ec) {
+            (Some(ed), _) => {
+                json!({"kty": "OKP", "crv": "Ed25519", "kid": self.kid, "x": B64.encode(ed.public_key().as_ref())})
+            }
+            (_, Some(ec)) => {
+                let p = ec.public_key().as_ref();
+                json!({"kty": "EC", "crv": "P-256", "kid": self.kid, "alg": "ES256", "use": "sig",
+                       "x": B64.encode(&p[1..33]), "y": B64.encode(&p[33..65])})
+            }
+            _ => unreachable!(),
+        }
+    }
+    fn alg(&self) -> &'static str {
+        if self.ed.is_some() { "EdDSA" } else { "ES256" }
+    }
+    fn token_with(&self, header: Value, claims: &Value) -> String {
+        let signed = format!("{}.{}", B64.encode(header.to_string()), B64.encode(claims.to_string()));
+        let sig = match (&self.ed, &self.ec) {
+            (Some(ed), _) => ed.sign(signed.as_bytes()).as_ref().to_vec(),
+            (_, Some(ec)) => ec
+                .sign(&SystemRandom::new(), signed.as_bytes())
+                .unwrap()
+                .as_ref()
+                .to_vec(),
+            _ => unreachable!(),
+        };
+        format!("{signed}.{}", B64.encode(sig))
+    }
+    fn token(&self, claims: &Value) -> String {
+        self.token_with(json!({"alg": self.alg(), "kid": self.kid, "typ": "at+jwt"}), claims)
+    }
+}
+
+fn claims() -> Value {
+    json!({"iss": "https://idp.example.com", "sub": "alice", "aud": ["finance-api", "other"],
+           "exp": NOW + 300, "iat": NOW, "scope": "read write"})
+}
+
+fn engine(oauth2: Value, secrets: Value) -> Engine {
+    let mut auth = oauth2;
+    auth["type"] = json!("OAuth2");
+    let config = json!({"schemaVersion": 1, "generation": "g", "namespace": "demo",
+        "profiles": [{"name": "idp", "auth": auth}],
+        "routes": [{"name": "finance", "pathPrefix": "/api", "profiles": ["idp"],
+                    "backend": {"type": "Local", "port": 8080}}]});
+    let secrets = json!({"schemaVersion": 1, "generation": "g", "profiles": {"idp": secrets}});
+    let loaded = Loaded {
+        config: serde_json::from_value::<SidecarConfig>(config).unwrap(),
+        secrets: serde_json::from_value::<SecretMaterial>(secrets).unwrap(),
+    };
+    Engine::compile(&loaded, Arc::new(InMemoryLimiter::new())).unwrap()
+}
+
+fn jwt_engine(keys: &[&Signer]) -> Engine {
+    let e = engine(
+        json!({"provider": "Generic", "issuer": "https://idp.example.com", "jwksUri": JWKS,
+               "audiences": ["finance-api"], "requiredScopes": ["read"]}),
+        json!({}),
+    );
+    feed(&e, keys);
+    e
+}
+
+fn feed(e: &Engine, keys: &[&Signer]) {
+    let doc = json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()});
+    let (uri, slot) = e.jwks().next().unwrap();
+    assert_eq!(uri, JWKS);
+    slot.store(super::JwkSet::from_json(doc.to_string().as_bytes()).unwrap());
+}
+
+fn request(method: &'static str, path: &'static str, headers: &HeaderMap) -> RequestView<'static> {
+    let headers: &'static HeaderMap = Box::leak(Box::new(headers.clone()));
+    RequestView {
+        method,
+        host: Some("api.example.com"),
+        authority: None,
+        path,
+        query: None,
+        headers,
+        peer: "10.0.0.1".parse().unwrap(),
+        tls: false,
+        listener: Listener::Inbound,
+        client_cert: None,
+    }
+}
+
+fn bearer(token: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    h
+}
+
+/// Status, identity or reason, and the `WWW-Authenticate` challenges.
+fn decide(e: &Engine, token: &str, now: u64) -> (u16, String, Vec<String>) {
+    let req = request("GET", "/api/x", &bearer(token));
+    match e.decide(&req, now * 1000) {
+        Outcome::Allow(a) => (200, a.identity.into_owned(), vec![]),
+        Outcome::Deny(d) => match d.kind {
+            DenialKind::Unauthorized { challenges } => (401, d.reason.into(), challenges.to_vec()),
+            DenialKind::InsufficientScope { challenges } => (403, d.reason.into(), challenges.to_vec()),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn valid_tokens_admit_their_subject() {
+    let ed = Signer::ed25519("k1");
+    let ec = Signer::es256("k2");
+    let e = jwt_engine(&[&ed, &ec]);
+    assert_eq!(decide(&e, &ed.token(&claims()), NOW), (200, "alice".into(), vec![]));
+    assert_eq!(decide(&e, &ec.token(&claims()), NOW).0, 200);
+    // Without sub: client_id, then azp.
+    let mut c = claims();
+    c.as_object_mut().unwrap().remove("sub");
+    c["azp"] = json!("app-7");
+    assert_eq!(decide(&e, &ed.token(&c), NOW).1, "app-7");
+    c["client_id"] = json!("app-8");
+    assert_eq!(decide(&e, &ed.token(&c), NOW).1, "app-8");
+    // scp as a list; aud as a string; no kid.
+    let mut c = claims();
+    c.as_object_mut().unwrap().remove("scope");
+    c["scp"] = json!(["read"]);
+    c["aud"] = json!("finance-api");
+    let t = ed.token_with(json!({"alg": "EdDSA"}), &c);
+    assert_eq!(decide(&e, &t, NOW).0, 200);
+}
+
+#[test]
+fn expired_and_early_tokens_are_refused_with_invalid_token() {
+    let ed = Signer::ed25519("k1");
+    let e = jwt_engine(&[&ed]);
+    let t = ed.token(&claims());
+    assert_eq!(decide(&e, &t, NOW + 300 + 59).0, 200, "skew");
+    let (status, reason, challenges) = decide(&e, &t, NOW + 300 + 61);
+    assert_eq!((status, reason.as_str()), (401, "token expired"));
+    assert_eq!(challenges, ["Bearer realm=\"finance\", error=\"invalid_token\""]);
+    let mut c = claims();
+    c["nbf"] = json!(NOW + 600);
+    assert_eq!(decide(&e, &ed.token(&c), NOW).1, "token not yet valid");
+    let mut c = claims();
+    c.as_object_mut().unwrap().remove("exp");
+    assert_eq!(decide(&e, &ed.token(&c), NOW).1, "token has no exp");
+}
+
+#[test]
+fn wrong_issuer_or_audience_is_refused() {
+    let ed = Signer::ed25519("k1");
+    let e = jwt_engine(&[&ed]);
+    let mut c = claims();
+    c["iss"] = json!("https://evil.example.com");
+    assert_eq!(decide(&e, &ed.token(&c), NOW).1, "token issuer not accepted");
+    let mut c = claims();
+    c["aud"] = json!(["other"]);
+    assert_eq!(decide(&e, &ed.token(&c), NOW).1, "token audience not accepted");
+    c.as_object_mut().unwrap().remove("aud");
+    assert_eq!(decide(&e, &ed.token(&c), NOW).0, 401);
+}
+
+#[test]
+fn a_missing_scope_is_forbidden() {
+    let ed = Signer::ed25519("k1");
+    let e = jwt_engine(&[&ed]);
+    let mut c = claims();
+    c["scope"] = json!("write");
+    let (status, _, challenges) = decide(&e, &ed.token(&c), NOW);
+    assert_eq!(status, 403);
+    assert_eq!(
+        challenges,
+        ["Bearer realm=\"finance\", error=\"insufficient_scope\", scope=\"read\""]
+    );
+}
+
+#[test]
+fn unknown_kids_ask_for_the_keys_again() {
+    let ed = Signer::ed25519("k1");
+    let new = Signer::ed25519("k2");
+    let e = jwt_engine(&[&ed]);
+    let (_, slot) = e.jwks().next().unwrap();
+    assert!(!slot.take_unknown_kid());
+    assert_eq!(decide(&e, &new.token(&claims()), NOW).1, "token key id unknown");
+    assert!(slot.take_unknown_kid());
+    assert!(!slot.take_unknown_kid());
+    feed(&e, &[&ed, &new]);
+    assert_eq!(decide(&e, &new.token(&claims()), NOW).0, 200);
+    // A key under another key's kid does not verify.
+    let impostor = Signer::ed25519("k1");
+    assert_eq!(decide(&e, &impostor.token(&claims()), NOW).1, "bad token signature");
+}
+
+#[test]
+fn no_keys_fail_closed() {
+    let ed = Signer::ed25519("k1");
+    let e = jwt_engine(&[]);
+    assert_eq!(
+        decide(&e, &ed.token(&claims()), NOW).1,
+        "no token keys loaded (jwksUri not fetched)"
+    );
+}
+
+#[test]
+fn alg_none_and_hs256_with_public_keys_are_refused() {
+    let ed = Signer::ed25519("k1");
+    let e = jwt_engine(&[&ed]);
+    let none = format!(
+        "{}.{}.",
+        B64.encode(json!({"alg": "none"}).to_string()),
+        B64.encode(claims().to_string())
+    );
+    assert_eq!(decide(&e, &none, NOW).1, "token algorithm not accepted");
+    // HS256 "signed" with the public key bytes (the classic confusion).
+    let header = B64.encode(json!({"alg": "HS256", "kid": "k1"}).to_string());
+    let signed = format!("{header}.{}", B64.encode(claims().to_string()));
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, ed.ed.as_ref().unwrap().public_key().as_ref());
+    let t = format!("{signed}.{}", B64.encode(ring::hmac::sign(&key, signed.as_bytes())));
+    assert_eq!(decide(&e, &t, NOW).1, "token algorithm not accepted");
+}
+
+#[test]
+fn tampered_tokens_are_refused() {
+    let ed = Signer::ed25519("k1");
+    let e = jwt_engine(&[&ed]);
+    let t = ed.token(&claims());
+    let parts: Vec<&str> = t.split('.').collect();
+    let mut c = claims();
+    c["sub"] = json!("root");
+    let forged = format!("{}.{}.{}", parts[0], B64.encode(c.to_string()), parts[2]);
+    assert_eq!(decide(&e, &forged, NOW).1, "bad token signature");
+    assert_eq!(decide(&e, "opaque-token", NOW).1, "bearer token is not a JWT");
+    // No token at all: a plain challenge.
+    let req = request("GET", "/api/x", &HeaderMap::new());
+    let Outcome::Deny(d) = e.decide(&req, NOW * 1000) else {
+        panic!()
+    };
+    let DenialKind::Unauthorized { challenges } = d.kind else {
+        panic!()
+    };
+    assert_eq!(challenges, ["Bearer realm=\"finance\""]);
+}
+
+#[test]
+fn introspection_only_refuses_opaque_tokens() {
+    let e = engine(
+        json!({"provider": "Generic", "introspectionUrl": "https://idp.example.com/introspect"}),
+        json!({"introspectionClient": {"clientId": "c", "clientSecret": "s"}}),
+    );
+    assert_eq!(
+        decide(&e, "opaque", NOW).1,
+        "opaque tokens cannot be verified (no introspection)"
+    );
+}
+
+fn builtin() -> Engine {
+    engine(
+        json!({"provider": "Builtin", "builtinTokenTtlSeconds": 600, "requiredScopes": ["read"]}),
+        json!({"oauth2Clients": {"app-1": "s3cret", "app-2": "other"}}),
+    )
+}
+
+fn token_request(e: &Engine, headers: &HeaderMap, body: &str) -> Result<crate::Issued, crate::TokenError> {
+    let req = request("POST", "/api/oauth2/token", headers);
+    e.token_endpoint(&req)
+        .expect("token endpoint")
+        .issue(headers, body, NOW)
+}
+
+#[test]
+fn builtin_issues_tokens_the_engine_accepts() {
+    let e = builtin();
+    let issued = token_request(
+        &e,
+        &HeaderMap::new(),
+        "grant_type=client_credentials&client_id=app-1&client_secret=s3cret",
+    )
+    .unwrap();
+    assert_eq!(issued.expires_in, 600);
+    assert_eq!(issued.scope.as_deref(), Some("read"));
+    assert_eq!(
+        decide(&e, &issued.access_token, NOW + 10),
+        (200, "app-1".into(), vec![])
+    );
+    assert_eq!(decide(&e, &issued.access_token, NOW + 600 + 61).1, "token expired");
+    // client_secret_basic, with a scope that lacks the required one.
+    let mut h = HeaderMap::new();
+    let basic = base64::engine::general_purpose::STANDARD.encode("app-2:other");
+    h.insert("authorization", format!("Basic {basic}").parse().unwrap());
+    let issued = token_request(&e, &h, "grant_type=client_credentials&scope=write").unwrap();
+    assert_eq!(decide(&e, &issued.access_token, NOW).0, 403);
+    // Another engine with the same clients accepts the token (replicas, reloads).
+    assert_eq!(decide(&builtin(), &issued.access_token, NOW).0, 403);
+    // With other secrets, it does not.
+    let other = engine(
+        json!({"provider": "Builtin", "builtinTokenTtlSeconds": 600}),
+        json!({"oauth2Clients": {"app-1": "changed", "app-2": "other"}}),
+    );
+    assert_eq!(decide(&other, &issued.access_token, NOW).1, "bad token signature");
+}
+
+#[test]
+fn builtin_refuses_wrong_clients_and_grants() {
+    let e = builtin();
+    let none = HeaderMap::new();
+    let r = |body| token_request(&e, &none, body).map(|_| ()).map_err(|e| e.code());
+    assert_eq!(
+        r("grant_type=client_credentials&client_id=app-1&client_secret=wrong"),
+        Err("invalid_client")
+    );
+    assert_eq!(
+        r("grant_type=client_credentials&client_id=nobody&client_secret=s3cret"),
+        Err("invalid_client")
+    );
+    assert_eq!(r("grant_type=client_credentials"), Err("invalid_client"));
+    assert_eq!(
+        r("grant_type=password&client_id=app-1&client_secret=s3cret"),
+        Err("unsupported_grant_type")
+    );
+    assert_eq!(
+        r("grant_type=client_credentials&client_id=app-1&client_secret=s3cret&scope=a%22b"),
+        Err("invalid_scope")
+    );
+    // Not the endpoint: GET, another path, a route without a Builtin profile.
+    assert!(e.token_endpoint(&request("GET", "/api/oauth2/token", &none)).is_none());
+    assert!(
+        e.token_endpoint(&request("POST", "/api/x/oauth2/token", &none))
+            .is_none()
+    );
+    assert!(
+        jwt_engine(&[])
+            .token_endpoint(&request("POST", "/api/oauth2/token", &none))
+            .is_none()
+    );
+    // A forged HS256 token (the key is not the client secret) is refused.
+    let header = B64.encode(json!({"alg": "HS256"}).to_string());
+    let signed = format!(
+        "{header}.{}",
+        B64.encode(json!({"sub": "x", "exp": NOW + 60, "scope": "read"}).to_string())
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"s3cret");
+    let t = format!("{signed}.{}", B64.encode(ring::hmac::sign(&key, signed.as_bytes())));
+    assert_eq!(decide(&e, &t, NOW).1, "bad token signature");
+}
+
+#[test]
+fn jwks_documents_skip_unusable_keys() {
+    let doc = json!({"keys": [
+        {"kty": "RSA", "kid": "r", "n": B64.encode([0xc0u8; 256]), "e": "AQAB"},
+        {"kty": "EC", "crv": "P-384", "x": "AA", "y": "AA"},
+        {"kty": "oct", "k": "c2VjcmV0"},
+        {"kty": "OKP", "crv": "Ed25519", "use": "enc", "x": B64.encode([1u8; 32])},
+    ]});
+    let set = super::JwkSet::from_json(doc.to_string().as_bytes()).unwrap();
+    assert_eq!(set.len(), 1, "only the RSA key is usable");
+    assert!(super::JwkSet::from_json(b"{}").is_err());
+}

@@ -1,0 +1,323 @@
+//! Black-box tests of OAuth2 profiles through the real binary: bearer JWTs verified with a
+//! key set served by an in-test JWKS endpoint (keys generated and tokens signed here), key
+//! rotation, and the Builtin token provider (client credentials in, token out, token used).
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use portcullis_signatures::{Algorithm, Key};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+const ISSUER: &str = "https://idp.example.com";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// An Ed25519 signing key with its key id.
+struct Signer {
+    kid: &'static str,
+    key: Key,
+    public: Vec<u8>,
+}
+
+impl Signer {
+    fn new(kid: &'static str) -> Self {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        Self {
+            kid,
+            key: Key::from_pem(&pair.serialize_pem()).unwrap(),
+            public: pair.public_key_raw().to_vec(),
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        json!({"kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": self.kid,
+               "x": B64.encode(&self.public)})
+    }
+
+    fn token(&self, claims: Value) -> String {
+        let header = json!({"alg": "EdDSA", "typ": "at+jwt", "kid": self.kid});
+        let signed = format!("{}.{}", B64.encode(header.to_string()), B64.encode(claims.to_string()));
+        let sig = self.key.sign(Algorithm::Ed25519, signed.as_bytes()).unwrap();
+        format!("{signed}.{}", B64.encode(sig))
+    }
+}
+
+fn claims(sub: &str, scope: &str, exp: u64) -> Value {
+    json!({"iss": ISSUER, "sub": sub, "aud": "finance-api", "iat": now(), "exp": exp, "scope": scope})
+}
+
+/// A JWKS endpoint on 127.0.0.1 serving whatever document it is given; counts fetches.
+struct Jwks {
+    url: String,
+    doc: Arc<Mutex<String>>,
+    fetches: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Jwks {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Jwks {
+    async fn start(keys: &[&Signer]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        let doc = Arc::new(Mutex::new(String::new()));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (d, f) = (doc.clone(), fetches.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (d, f) = (d.clone(), f.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        let body = d.lock().unwrap().clone();
+                        async move {
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(body)))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        let jwks = Self {
+            url,
+            doc,
+            fetches,
+            task,
+        };
+        jwks.publish(keys);
+        jwks
+    }
+
+    fn publish(&self, keys: &[&Signer]) {
+        *self.doc.lock().unwrap() = json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()}).to_string();
+    }
+}
+
+async fn call(sidecar: &Sidecar, token: &str) -> (StatusCode, http::HeaderMap, Bytes) {
+    get_with(&sidecar.url("/api/x"), &[("authorization", &format!("Bearer {token}"))]).await
+}
+
+/// Calls until the answer is `status` (the key set is fetched in the background).
+async fn eventually(sidecar: &Sidecar, token: &str, status: StatusCode, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (s, _, body) = call(sidecar, token).await;
+        if s == status {
+            return json_of(&body);
+        }
+        assert!(Instant::now() < deadline, "still {s} instead of {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn bearer_jwts_are_verified_with_the_jwks_and_follow_rotation() {
+    let backend = Backend::start().await;
+    let (k1, k2) = (Signer::new("k1"), Signer::new("k2"));
+    let jwks = Jwks::start(&[&k1]).await;
+    let dir = tempfile::tempdir().unwrap();
+    loaded(
+        "g1",
+        json!({
+            "profiles": [{"name": "idp", "auth": {"type": "OAuth2", "provider": "Generic", "issuer": ISSUER,
+                "jwksUri": jwks.url, "audiences": ["finance-api"], "requiredScopes": ["read"]}}],
+            "routes": [{"name": "api", "pathPrefix": "/api", "profiles": ["idp"],
+                "backend": {"type": "Local", "port": backend.port()}}],
+        }),
+        json!({}),
+    )
+    .write_dir(dir.path())
+    .unwrap();
+    let sidecar = Sidecar::start_with(dir.path(), &["--jwks-min-refresh-interval", "1s"]).await;
+
+    let good = k1.token(claims("alice", "read write", now() + 300));
+    let body = eventually(&sidecar, &good, StatusCode::OK, Duration::from_secs(10)).await;
+    assert_eq!(body["headers"]["x-portcullis-identity"], json!(["alice"]));
+    assert_eq!(body["headers"]["x-portcullis-profile"], json!(["idp"]));
+
+    // No token: the plain challenge; a bad or expired one: invalid_token.
+    let (s, h, _) = get_with(&sidecar.url("/api/x"), &[]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(h["www-authenticate"], "Bearer realm=\"api\"");
+    let expired = k1.token(claims("alice", "read", now() - 3600));
+    let (s, h, _) = call(&sidecar, &expired).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(h["www-authenticate"], "Bearer realm=\"api\", error=\"invalid_token\"");
+    let mut tampered: Vec<&str> = good.split('.').collect();
+    let forged = B64.encode(claims("root", "read", now() + 300).to_string());
+    tampered[1] = &forged;
+    assert_eq!(call(&sidecar, &tampered.join(".")).await.0, StatusCode::UNAUTHORIZED);
+    let mut wrong_aud = claims("alice", "read", now() + 300);
+    wrong_aud["aud"] = json!("other-api");
+    assert_eq!(call(&sidecar, &k1.token(wrong_aud)).await.0, StatusCode::UNAUTHORIZED);
+
+    // A valid token without the required scope: 403.
+    let (s, h, _) = call(&sidecar, &k1.token(claims("alice", "write", now() + 300))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(
+        h["www-authenticate"],
+        "Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"read\""
+    );
+
+    // Rotation: the IdP now publishes k2 only; a k2 token is admitted once the set is
+    // fetched again (asked for by the unknown kid), and k1 tokens no longer are.
+    jwks.publish(&[&k2]);
+    let fetched = jwks.fetches.load(Ordering::SeqCst);
+    let rotated = k2.token(claims("bob", "read", now() + 300));
+    let body = eventually(&sidecar, &rotated, StatusCode::OK, Duration::from_secs(10)).await;
+    assert_eq!(body["headers"]["x-portcullis-identity"], json!(["bob"]));
+    assert!(jwks.fetches.load(Ordering::SeqCst) > fetched);
+    assert_eq!(call(&sidecar, &good).await.0, StatusCode::UNAUTHORIZED);
+
+    // The IdP fails: the last keys are kept.
+    *jwks.doc.lock().unwrap() = "not json".into();
+    let unknown = Signer::new("k3").token(claims("eve", "read", now() + 300));
+    for _ in 0..15 {
+        assert_eq!(call(&sidecar, &unknown).await.0, StatusCode::UNAUTHORIZED);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(call(&sidecar, &rotated).await.0, StatusCode::OK);
+
+    // Nothing secret in the audit log: no token.
+    let lines = sidecar.wait_audit(20).await;
+    assert!(lines.iter().any(|l| l["identity"] == "bob"));
+    let audit = std::fs::read_to_string(&sidecar.audit).unwrap();
+    assert!(!audit.contains(&good) && !audit.contains(&rotated));
+}
+
+async fn token_request(sidecar: &Sidecar, basic: Option<(&str, &str)>, form: &str) -> (StatusCode, Value) {
+    let mut req =
+        Request::post(sidecar.url("/api/oauth2/token")).header("content-type", "application/x-www-form-urlencoded");
+    if let Some((id, secret)) = basic {
+        let v = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+        req = req.header("authorization", format!("Basic {v}"));
+    }
+    let req = req.body(Full::new(Bytes::from(form.to_owned()))).unwrap();
+    let (s, h, body) = send(&client(), req).await.expect("sidecar answers");
+    if s == StatusCode::OK {
+        assert_eq!(h["cache-control"], "no-store");
+    }
+    (s, json_of(&body))
+}
+
+#[tokio::test]
+async fn the_builtin_provider_issues_tokens_for_its_clients() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    loaded(
+        "g1",
+        json!({
+            "profiles": [{"name": "accelerator", "rateLimitPerMinute": 2,
+                "auth": {"type": "OAuth2", "provider": "Builtin", "builtinTokenTtlSeconds": 600,
+                         "requiredScopes": ["read"]}}],
+            "routes": [{"name": "api", "pathPrefix": "/api", "profiles": ["accelerator"],
+                "backend": {"type": "Local", "port": backend.port()}}],
+        }),
+        json!({"profiles": {"accelerator": {"oauth2Clients": {"app-1": "s3cret", "app-2": "other secret"}}}}),
+    )
+    .write_dir(dir.path())
+    .unwrap();
+    let sidecar = Sidecar::start(dir.path()).await;
+
+    // client_secret_basic.
+    let (s, token) = token_request(&sidecar, Some(("app-1", "s3cret")), "grant_type=client_credentials").await;
+    assert_eq!(s, StatusCode::OK, "{token}");
+    assert_eq!(token["token_type"], "Bearer");
+    assert_eq!(token["expires_in"], 600);
+    let access = token["access_token"].as_str().unwrap().to_owned();
+    // client_secret_post, asking for a scope.
+    let (s, posted) = token_request(
+        &sidecar,
+        None,
+        "grant_type=client_credentials&client_id=app-2&client_secret=other+secret&scope=read+write",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{posted}");
+    assert_eq!(posted["scope"], "read write");
+
+    // Wrong or unknown clients.
+    let (s, body) = token_request(&sidecar, Some(("app-1", "wrong")), "grant_type=client_credentials").await;
+    assert_eq!(
+        (s, body),
+        (StatusCode::UNAUTHORIZED, json!({"error": "invalid_client"}))
+    );
+    let (s, body) = token_request(
+        &sidecar,
+        None,
+        "grant_type=client_credentials&client_id=nobody&client_secret=s3cret",
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"].clone()),
+        (StatusCode::UNAUTHORIZED, json!("invalid_client"))
+    );
+    let (s, body) = token_request(&sidecar, Some(("app-1", "s3cret")), "grant_type=password").await;
+    assert_eq!(
+        (s, body["error"].clone()),
+        (StatusCode::BAD_REQUEST, json!("unsupported_grant_type"))
+    );
+
+    // The tokens open the API; token requests were not counted against the limit (2/min).
+    let (s, _, body) = call(&sidecar, &access).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(json_of(&body)["headers"]["x-portcullis-identity"], json!(["app-1"]));
+    let (s, _, body) = call(&sidecar, posted["access_token"].as_str().unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(json_of(&body)["headers"]["x-portcullis-identity"], json!(["app-2"]));
+    assert_eq!(call(&sidecar, &access).await.0, StatusCode::TOO_MANY_REQUESTS);
+
+    // Tampered, expired or foreign tokens: 401.
+    let mut parts: Vec<String> = access.split('.').map(str::to_owned).collect();
+    let mut claims: Value = serde_json::from_slice(&B64.decode(&parts[1]).unwrap()).unwrap();
+    claims["exp"] = json!(now() - 3600);
+    parts[1] = B64.encode(claims.to_string());
+    let (s, h, _) = call(&sidecar, &parts.join(".")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(h["www-authenticate"], "Bearer realm=\"api\", error=\"invalid_token\"");
+    let foreign = Key::hmac(b"s3cret").unwrap();
+    let signed = format!(
+        "{}.{}",
+        B64.encode(r#"{"alg":"HS256"}"#),
+        B64.encode(json!({"sub": "app-1", "exp": now() + 60, "scope": "read"}).to_string())
+    );
+    let sig = foreign.sign(Algorithm::HmacSha256, signed.as_bytes()).unwrap();
+    let forged = format!("{signed}.{}", B64.encode(sig));
+    assert_eq!(call(&sidecar, &forged).await.0, StatusCode::UNAUTHORIZED);
+
+    let lines = sidecar.wait_audit(10).await;
+    assert_eq!(lines[0]["identity"], "app-1");
+    assert_eq!(lines[0]["reason"], "oauth2 token issued");
+    assert_eq!(lines[2]["reason"], "invalid_client");
+    let audit = std::fs::read_to_string(&sidecar.audit).unwrap();
+    assert!(!audit.contains(&access) && !audit.contains("s3cret"), "{audit}");
+}
