@@ -397,3 +397,86 @@ fn jwks_documents_skip_unusable_keys() {
     assert_eq!(set.len(), 1, "only the RSA key is usable");
     assert!(super::JwkSet::from_json(b"{}").is_err());
 }
+
+/// The INTEGERs at the top level of a DER SEQUENCE, as unsigned big-endian bytes.
+fn der_integers(der: &[u8]) -> Vec<Vec<u8>> {
+    fn len(d: &[u8], i: &mut usize) -> usize {
+        let first = d[*i] as usize;
+        *i += 1;
+        if first < 0x80 {
+            return first;
+        }
+        let mut n = 0;
+        for _ in 0..first & 0x7f {
+            n = n << 8 | d[*i] as usize;
+            *i += 1;
+        }
+        n
+    }
+    let mut i = 1;
+    len(der, &mut i);
+    let mut out = Vec::new();
+    while i < der.len() && der[i] == 0x02 {
+        i += 1;
+        let n = len(der, &mut i);
+        let v = &der[i..i + n];
+        out.push(v.strip_prefix(&[0]).unwrap_or(v).to_vec());
+        i += n;
+    }
+    out
+}
+
+#[test]
+fn rs256_tokens_verify_with_an_rsa_jwk() {
+    let pem = include_str!("../../../signatures/tests/keys/rsa2048-pkcs1.key");
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
+    let ints = der_integers(&der);
+    let (n, e) = (&ints[1], &ints[2]);
+    let doc = json!({"keys": [{"kty": "RSA", "kid": "rsa", "alg": "RS256", "n": B64.encode(n), "e": B64.encode(e)}]});
+    let e = engine(
+        json!({"provider": "Generic", "jwksUri": JWKS, "requiredScopes": ["read"]}),
+        json!({}),
+    );
+    let (_, slot) = e.jwks().next().unwrap();
+    slot.store(super::JwkSet::from_json(doc.to_string().as_bytes()).unwrap());
+    let key = portcullis_signatures::Key::from_pem(pem).unwrap();
+    let sign = |alg: &str, a: portcullis_signatures::Algorithm| {
+        let signed = format!(
+            "{}.{}",
+            B64.encode(json!({"alg": alg, "kid": "rsa"}).to_string()),
+            B64.encode(claims().to_string())
+        );
+        format!("{signed}.{}", B64.encode(key.sign(a, signed.as_bytes()).unwrap()))
+    };
+    use portcullis_signatures::Algorithm::{RsaPssSha512, RsaV15Sha256};
+    assert_eq!(
+        decide(&e, &sign("RS256", RsaV15Sha256), NOW),
+        (200, "alice".into(), vec![])
+    );
+    // The JWKS restricts the key to RS256.
+    assert_eq!(decide(&e, &sign("PS512", RsaPssSha512), NOW).1, "bad token signature");
+}
+
+#[test]
+fn key_sets_outlive_reloads() {
+    let ed = Signer::ed25519("k1");
+    let limiter = Arc::new(InMemoryLimiter::new());
+    let compile = || {
+        let config = json!({"schemaVersion": 1, "generation": "g", "namespace": "demo",
+            "profiles": [{"name": "idp", "auth": {"type": "OAuth2", "provider": "Generic", "jwksUri": JWKS}}],
+            "routes": [{"name": "finance", "pathPrefix": "/api", "profiles": ["idp"],
+                        "backend": {"type": "Local", "port": 8080}}]});
+        let loaded = Loaded {
+            config: serde_json::from_value::<SidecarConfig>(config).unwrap(),
+            secrets: serde_json::from_value::<SecretMaterial>(json!({"schemaVersion": 1, "generation": "g"})).unwrap(),
+        };
+        Engine::compile(&loaded, limiter.clone()).unwrap()
+    };
+    let first = compile();
+    feed(&first, &[&ed]);
+    let second = compile();
+    let mut c = claims();
+    c.as_object_mut().unwrap().remove("scope");
+    assert_eq!(decide(&second, &ed.token(&c), NOW).0, 200);
+}
