@@ -1,7 +1,7 @@
 //! `portcullis-sidecar`: see [`portcullis_sidecar`].
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,36 +50,53 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     builder.enable_all().build().context("cannot start the tokio runtime")
 }
 
-/// The audit file, buffered: one write per 64 KiB or per [`AUDIT_FLUSH_INTERVAL`] instead of
-/// one per request (like nginx's `access_log ... buffer=`).
-type AuditFile = Arc<Mutex<BufWriter<File>>>;
+/// The audit log, buffered: request handlers append lines to memory under a short lock;
+/// a flusher thread swaps the buffer out every [`AUDIT_FLUSH_INTERVAL`] (and at exit) and
+/// writes it to the file outside that lock, so no request ever waits on disk (like nginx's
+/// `access_log ... buffer=`).
+struct AuditLog {
+    pending: Mutex<Vec<u8>>,
+    file: Mutex<(File, Vec<u8>)>,
+}
 
-/// The audit file as a `tracing` writer: each event is written under the lock, whole.
+type AuditFile = Arc<AuditLog>;
+
+/// The audit log as a `tracing` writer: each event is appended whole under the lock.
 struct AuditSink(AuditFile);
 
-struct AuditGuard<'a>(std::sync::MutexGuard<'a, BufWriter<File>>);
+struct AuditGuard<'a>(std::sync::MutexGuard<'a, Vec<u8>>);
 
 impl Write for AuditGuard<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
+        Ok(())
     }
 }
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for AuditSink {
     type Writer = AuditGuard<'a>;
     fn make_writer(&'a self) -> Self::Writer {
-        AuditGuard(self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        AuditGuard(self.0.pending.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
 fn flush(audit: &AuditFile) {
-    let mut w = audit.lock().unwrap_or_else(|p| p.into_inner());
-    if let Err(error) = w.flush() {
+    let mut file = audit.file.lock().unwrap_or_else(|p| p.into_inner());
+    let (file, spare) = &mut *file;
+    {
+        let mut pending = audit.pending.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::swap(&mut *pending, spare);
+    }
+    if spare.is_empty() {
+        return;
+    }
+    if let Err(error) = file.write_all(spare) {
         tracing::error!(%error, "cannot write the audit log");
     }
+    spare.clear();
 }
 
 /// Operational logs to stdout (JSON or text, `RUST_LOG` filtered, default `info`); audit
@@ -101,7 +118,10 @@ fn init_tracing(cli: &Cli) -> anyhow::Result<Option<AuditFile>> {
                 .append(true)
                 .open(path)
                 .with_context(|| format!("cannot open the audit log {}", path.display()))?;
-            let file: AuditFile = Arc::new(Mutex::new(BufWriter::with_capacity(64 * 1024, file)));
+            let file: AuditFile = Arc::new(AuditLog {
+                pending: Mutex::new(Vec::with_capacity(64 * 1024)),
+                file: Mutex::new((file, Vec::with_capacity(64 * 1024))),
+            });
             let flusher = file.clone();
             std::thread::Builder::new()
                 .name("audit-flush".into())
