@@ -11,9 +11,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
-use portcullis_config::{Loaded, SecretMaterial, SidecarConfig, SignatureHash};
-use portcullis_policy::{Engine, InMemoryLimiter, Listener, Outcome, RequestView, mashery_signature};
+use portcullis_config::{Loaded, SecretMaterial, SidecarConfig};
+use portcullis_policy::{Engine, InMemoryLimiter, Listener, Outcome, RequestView};
 use portcullis_signatures::{Algorithm, Key, Message, rfc9421};
+use portcullis_signatures::{MasheryHash, mashery_sig};
 use serde_json::json;
 
 const KEY: &str = "2fvmer3qbk7f3jnqneg58bu2";
@@ -61,7 +62,7 @@ fn bench(c: &mut Criterion) {
     let engine = engine();
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
     // A client whose clock is 2 s behind: three hashes.
-    let sig = mashery_signature(SignatureHash::MD5, KEY, SECRET, now_ms / 1000 - 2);
+    let sig = mashery_sig(MasheryHash::Md5, KEY, SECRET, now_ms / 1000 - 2);
     let query = format!("apikey={KEY}&sig={sig}&page=2");
     let mut headers = HeaderMap::new();
     headers.insert("x-forwarded-for", "10.0.77.100".parse().unwrap());

@@ -8,9 +8,8 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
-use md5::{Digest, Md5};
-use portcullis_config::{ApiKeySignature, ProfileSecrets, SignatureHash};
-use sha2::Sha256;
+use portcullis_config::{ApiKeySignature, ProfileSecrets, Sensitive, SignatureHash};
+use portcullis_signatures::{MasheryHash, mashery_verify};
 use subtle::ConstantTimeEq;
 
 use crate::query::query_param;
@@ -117,20 +116,15 @@ pub struct ApiKey {
     key_param: Box<str>,
     key_header: Option<http::HeaderName>,
     signature: Option<SignatureCheck>,
-    keys: HashMap<Box<str>, KeyEntry>,
+    hash: MasheryHash,
+    /// API key to its shared secret.
+    keys: HashMap<Box<str>, Sensitive>,
 }
 
 #[derive(Debug)]
 struct SignatureCheck {
     param: Box<str>,
     skew: u64,
-}
-
-/// One consumer: the hash state after `key + secret`, so a check hashes only the timestamp.
-#[derive(Debug, Clone)]
-enum KeyEntry {
-    Md5(Md5),
-    Sha256(Sha256),
 }
 
 /// Why an ApiKey profile cannot be compiled.
@@ -149,27 +143,14 @@ impl ApiKey {
         let key_header = key_header
             .map(|h| http::HeaderName::try_from(h).map_err(|_| BadHeaderName(h.to_owned())))
             .transpose()?;
-        let algorithm = signature.map_or(SignatureHash::MD5, |s| s.algorithm);
+        let hash = match signature.map_or(SignatureHash::MD5, |s| s.algorithm) {
+            SignatureHash::MD5 => MasheryHash::Md5,
+            SignatureHash::SHA256 => MasheryHash::Sha256,
+        };
         let keys = secrets
             .api_keys
             .iter()
-            .map(|(key, secret)| {
-                let entry = match algorithm {
-                    SignatureHash::MD5 => {
-                        let mut h = Md5::new();
-                        h.update(key.as_bytes());
-                        h.update(secret.expose().as_bytes());
-                        KeyEntry::Md5(h)
-                    }
-                    SignatureHash::SHA256 => {
-                        let mut h = Sha256::new();
-                        h.update(key.as_bytes());
-                        h.update(secret.expose().as_bytes());
-                        KeyEntry::Sha256(h)
-                    }
-                };
-                (key.as_str().into(), entry)
-            })
+            .map(|(key, secret)| (key.as_str().into(), secret.clone()))
             .collect();
         Ok(Self {
             key_param: key_param.into(),
@@ -178,6 +159,7 @@ impl ApiKey {
                 param: s.param.as_str().into(),
                 skew: u64::from(s.clock_skew_seconds),
             }),
+            hash,
             keys,
         })
     }
@@ -199,7 +181,7 @@ impl ApiKey {
                 .map(Cow::Borrowed)
                 .ok_or(Rejection::Missing("no API key"))?,
         };
-        let (key, entry) = self
+        let (key, secret) = self
             .keys
             .get_key_value(presented.as_ref())
             .ok_or(Rejection::Wrong("unknown API key"))?;
@@ -207,95 +189,13 @@ impl ApiKey {
             let given = query
                 .and_then(|q| query_param(q, &sig.param))
                 .ok_or(Rejection::Missing("no API key signature"))?;
-            if !entry.verify(given.as_bytes(), now_secs, sig.skew) {
+            if mashery_verify(self.hash, key, secret.expose(), &given, now_secs, sig.skew).is_none() {
                 return Err(Rejection::Wrong(
                     "API key signature invalid or outside the clock-skew window",
                 ));
             }
         }
         Ok(key)
-    }
-}
-
-impl KeyEntry {
-    /// Whether `hex_sig` is the signature for some second within `skew` of `now`; the
-    /// seconds nearest `now` are tried first, so honest clients cost a few hashes.
-    fn verify(&self, hex_sig: &[u8], now: u64, skew: u64) -> bool {
-        let mut given = [0u8; 32];
-        let len = match self {
-            Self::Md5(_) => 16,
-            Self::Sha256(_) => 32,
-        };
-        if hex_sig.len() != len * 2 || hex::decode_to_slice(hex_sig, &mut given[..len]).is_err() {
-            return false;
-        }
-        let given = &given[..len];
-        let mut digits = itoa_buf();
-        let mut matched = self.matches(given, now, &mut digits);
-        for d in 1..=skew {
-            if matched {
-                break;
-            }
-            matched = now.checked_sub(d).is_some_and(|t| self.matches(given, t, &mut digits))
-                || self.matches(given, now + d, &mut digits);
-        }
-        matched
-    }
-
-    fn matches(&self, given: &[u8], ts: u64, buf: &mut [u8; 20]) -> bool {
-        let ts = itoa(ts, buf);
-        match self {
-            Self::Md5(prefix) => {
-                let mut h = prefix.clone();
-                h.update(ts);
-                bool::from(h.finalize().as_slice().ct_eq(given))
-            }
-            Self::Sha256(prefix) => {
-                let mut h = prefix.clone();
-                h.update(ts);
-                bool::from(h.finalize().as_slice().ct_eq(given))
-            }
-        }
-    }
-}
-
-fn itoa_buf() -> [u8; 20] {
-    [0; 20]
-}
-
-/// Decimal digits of `n`, without allocating.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
-}
-
-/// The Mashery-style signature `hex(HASH(apikey + secret + unixSeconds))`.
-pub fn mashery_signature(algorithm: SignatureHash, apikey: &str, secret: &str, unix_secs: u64) -> String {
-    let mut buf = itoa_buf();
-    let ts = itoa(unix_secs, &mut buf);
-    match algorithm {
-        SignatureHash::MD5 => {
-            let mut h = Md5::new();
-            h.update(apikey.as_bytes());
-            h.update(secret.as_bytes());
-            h.update(ts);
-            hex::encode(h.finalize())
-        }
-        SignatureHash::SHA256 => {
-            let mut h = Sha256::new();
-            h.update(apikey.as_bytes());
-            h.update(secret.as_bytes());
-            h.update(ts);
-            hex::encode(h.finalize())
-        }
     }
 }
 
@@ -336,15 +236,22 @@ impl ClientCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis_config::Sensitive;
 
     const KEY: &str = "2fvmer3qbk7f3jnqneg58bu2";
+
+    fn mashery(alg: SignatureHash, key: &str, secret: &str, ts: u64) -> String {
+        let hash = match alg {
+            SignatureHash::MD5 => MasheryHash::Md5,
+            SignatureHash::SHA256 => MasheryHash::Sha256,
+        };
+        portcullis_signatures::mashery_sig(hash, key, secret, ts)
+    }
     const SECRET: &str = "qvxkmw57pec7";
 
     #[test]
     fn seed_003_test_vector() {
         assert_eq!(
-            mashery_signature(SignatureHash::MD5, KEY, SECRET, 1_200_603_038),
+            mashery(SignatureHash::MD5, KEY, SECRET, 1_200_603_038),
             "65a08176826fa4621116997e1dd775fa"
         );
     }
@@ -414,14 +321,14 @@ mod tests {
             let now = 1_200_603_038;
             let none = HeaderMap::new();
             for ts in [now, now - 300, now + 300, now - 1, now + 17] {
-                let sig = mashery_signature(alg, KEY, SECRET, ts);
+                let sig = mashery(alg, KEY, SECRET, ts);
                 let q = format!("apikey={KEY}&sig={sig}");
                 assert_eq!(k.check(Some(&q), &none, now), Ok(KEY), "{alg:?} ts {ts}");
                 let upper = format!("apikey={KEY}&sig={}", sig.to_uppercase());
                 assert_eq!(k.check(Some(&upper), &none, now), Ok(KEY), "hex is case-insensitive");
             }
             for ts in [now - 301, now + 301] {
-                let sig = mashery_signature(alg, KEY, SECRET, ts);
+                let sig = mashery(alg, KEY, SECRET, ts);
                 let q = format!("apikey={KEY}&sig={sig}");
                 assert!(
                     matches!(k.check(Some(&q), &none, now), Err(Rejection::Wrong(_))),
@@ -458,13 +365,5 @@ mod tests {
         assert!(by_san.check("partners", Some(&cert)).is_ok());
         let other = ClientCertificate::new(&["CN=payroll,O=Example".into()]);
         assert!(matches!(other.check("partners", Some(&cert)), Err(Rejection::Wrong(_))));
-    }
-
-    #[test]
-    fn itoa_writes_decimal() {
-        let mut b = itoa_buf();
-        assert_eq!(itoa(0, &mut b), b"0");
-        assert_eq!(itoa(1_200_603_038, &mut b), b"1200603038");
-        assert_eq!(itoa(u64::MAX, &mut b), b"18446744073709551615");
     }
 }

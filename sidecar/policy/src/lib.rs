@@ -42,7 +42,7 @@ mod query;
 pub mod routes;
 pub mod signature;
 
-pub use auth::{PeerCertificate, Rejection, mashery_signature};
+pub use auth::{PeerCertificate, Rejection};
 pub use ip::IpSet;
 pub use limit::{Grant, InMemoryLimiter, Limiter, RateInfo, Refusal, Scope};
 pub use signature::{BodyDigest, ReplayRegistry};

@@ -21,13 +21,14 @@ pub fn mashery_sig(hash: MasheryHash, apikey: &str, secret: &str, unix_seconds: 
 }
 
 fn digest(hash: MasheryHash, apikey: &str, secret: &str, ts: u64, out: &mut [u8; 32]) -> usize {
-    let ts = ts.to_string();
+    let mut digits = [0u8; 20];
+    let ts = decimal(ts, &mut digits);
     match hash {
         MasheryHash::Md5 => {
             let mut h = Md5::new();
             h.update(apikey.as_bytes());
             h.update(secret.as_bytes());
-            h.update(ts.as_bytes());
+            h.update(ts);
             out[..16].copy_from_slice(&h.finalize());
             16
         }
@@ -35,11 +36,26 @@ fn digest(hash: MasheryHash, apikey: &str, secret: &str, ts: u64, out: &mut [u8;
             let mut h = Sha256::new();
             h.update(apikey.as_bytes());
             h.update(secret.as_bytes());
-            h.update(ts.as_bytes());
+            h.update(ts);
             out.copy_from_slice(&h.finalize());
             32
         }
     }
+}
+
+/// Decimal digits of `n` in `buf`, without allocating (verification tries up to
+/// `2 * skew + 1` timestamps per request).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
 }
 
 /// Checks `sig` (hex, any case) against the timestamps in `[now - skew, now + skew]`, nearest
@@ -80,6 +96,14 @@ pub fn mashery_verify(hash: MasheryHash, apikey: &str, secret: &str, sig: &str, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_digits() {
+        let mut b = [0u8; 20];
+        assert_eq!(decimal(0, &mut b), b"0");
+        assert_eq!(decimal(1_200_603_038, &mut b), b"1200603038");
+        assert_eq!(decimal(u64::MAX, &mut b), b"18446744073709551615");
+    }
 
     #[test]
     fn known_vector() {
