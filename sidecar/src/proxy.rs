@@ -56,10 +56,10 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         return response;
     }
     let active = shared.active.load_full();
+    // As sent: the engine compares hosts case-insensitively (`routes::normal_host`).
     let host = req
         .uri()
         .host()
-        .map(str::to_ascii_lowercase)
         .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(strip_port));
     let authority = req
         .uri()
@@ -68,7 +68,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()));
     let view = RequestView {
         method: method.as_str(),
-        host: host.as_deref(),
+        host,
         authority,
         path: &path,
         query: req.uri().query(),
@@ -348,10 +348,9 @@ fn head_size<B>(req: &Request<B>) -> usize {
 }
 
 /// `host:port` → `host` (an IPv6 literal keeps its brackets).
-fn strip_port(host: &str) -> String {
-    let h = match host.rfind(':') {
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
         Some(i) if !host[i..].contains(']') => &host[..i],
         _ => host,
-    };
-    h.to_ascii_lowercase()
+    }
 }
