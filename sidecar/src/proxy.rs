@@ -250,8 +250,8 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
                         .metrics
                         .backend_error(crate::metrics::BackendErrorKind::Unsupported);
                     record.decision = "error";
-                    record.reason = "origin backends not supported yet";
-                    (Answer::OriginUnsupported { route }.response(), "error")
+                    record.reason = "backend not served on this listener";
+                    (Answer::NotServed { route }.response(), "error")
                 }
             }
         }

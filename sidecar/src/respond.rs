@@ -53,8 +53,9 @@ pub enum Answer<'a> {
     BackendDown { route: &'a str },
     /// The backend did not answer in time.
     BackendTimeout { route: &'a str },
-    /// The route's backend is a remote origin, which this sidecar does not serve yet.
-    OriginUnsupported { route: &'a str },
+    /// The route's backend cannot be reached from this listener (a local backend on the
+    /// egress listener; the compiler refuses such routes, so this only guards the invariant).
+    NotServed { route: &'a str },
 }
 
 impl Answer<'_> {
@@ -100,9 +101,9 @@ impl Answer<'_> {
             ),
             Self::BackendDown { route } => (StatusCode::BAD_GATEWAY, "backend unavailable", Some(*route)),
             Self::BackendTimeout { route } => (StatusCode::GATEWAY_TIMEOUT, "backend timeout", Some(*route)),
-            Self::OriginUnsupported { route } => (
+            Self::NotServed { route } => (
                 StatusCode::BAD_GATEWAY,
-                "origin backends not supported yet",
+                "backend not served on this listener",
                 Some(*route),
             ),
         };
