@@ -255,7 +255,7 @@ pub async fn token(
     shared
         .metrics
         .request(route, endpoint.profile, decision, record.status, record.latency);
-    record.emit();
+    shared.audit.record(&record);
     response
 }
 

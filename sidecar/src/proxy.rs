@@ -52,7 +52,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
             reason: "request headers too large",
         };
         shared.metrics.request("-", "-", "error", record.status, record.latency);
-        record.emit();
+        shared.audit.record(&record);
         return response;
     }
     let active = shared.active.load_full();
@@ -265,7 +265,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         record.status,
         record.latency,
     );
-    record.emit();
+    shared.audit.record(&record);
     response
 }
 

@@ -17,6 +17,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::audit::AuditLog;
 use crate::cli::ServeArgs;
 use crate::engine::InMemoryLimiter;
 use crate::forward::Forwarder;
@@ -38,6 +39,12 @@ pub enum ServeError {
     },
     #[error("--config-dir is required")]
     NoConfigDir,
+    #[error("cannot open the audit log {path}: {source}")]
+    AuditLog {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Binds every listener, loads the configuration and serves until the future ends (never,
@@ -54,6 +61,12 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let egress = bind("egress", args.egress).await?;
     let admin_listener = bind("admin", args.admin).await?;
 
+    let audit = AuditLog::open(args.audit_log.as_deref())
+        .and_then(|log| log.spawn_flusher().map(|()| log))
+        .map_err(|source| ServeError::AuditLog {
+            path: args.audit_log.clone().unwrap_or_else(|| "<stdout>".into()),
+            source,
+        })?;
     let metrics = Metrics::new();
     crate::origin_auth::set_max_signed_body_bytes(args.max_signed_body_bytes as u64);
     let forwarder = Forwarder::new(args.backend_connect_timeout, args.backend_timeout);
@@ -85,6 +98,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         args.max_header_bytes as usize,
         args.max_signed_body_bytes,
         limiter,
+        audit.clone(),
     );
 
     let builder = connection_builder(&args);
@@ -162,6 +176,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     for task in serving {
         let _ = task.await;
     }
+    audit.flush();
     tracing::info!("stopped");
     Ok(())
 }

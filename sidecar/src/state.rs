@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use portcullis_config::{Loaded, SidecarConfig};
 
+use crate::audit::AuditLog;
 use crate::engine::{CompileError, Engine, InMemoryLimiter};
 use crate::forward::{Forwarder, Origins};
 use crate::metrics::Metrics;
@@ -79,6 +80,8 @@ pub struct Shared {
     /// Rate-limit counts (and the replay caches of HttpSignature profiles), kept across
     /// reloads.
     pub limiter: Arc<InMemoryLimiter>,
+    /// Where audit lines go.
+    pub audit: Arc<AuditLog>,
 }
 
 impl Shared {
@@ -90,6 +93,7 @@ impl Shared {
         max_header_bytes: usize,
         max_signed_body_bytes: usize,
         limiter: Arc<InMemoryLimiter>,
+        audit: Arc<AuditLog>,
     ) -> Arc<Self> {
         metrics.enforcing(active.generation(), active.ready);
         metrics.certificates(active.tls.as_deref().map_or(&[], ServerTls::expiry));
@@ -100,6 +104,7 @@ impl Shared {
             max_header_bytes,
             max_signed_body_bytes,
             limiter,
+            audit,
         })
     }
 
