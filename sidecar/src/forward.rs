@@ -29,7 +29,10 @@ use crate::headers::{IDENTITY, PROFILE, ROUTE, remove_hop_by_hop, remove_portcul
 use crate::metrics::BackendErrorKind;
 pub use crate::origin_auth::OriginCredentials;
 use crate::origin_auth::{self, CredentialError};
+use crate::pool::{LocalPool, PoolError};
 use crate::tls::{self, TlsError};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Who the sidecar admitted, told to the app in `X-Portcullis-*` headers.
 #[derive(Debug, Clone, Copy)]
@@ -45,9 +48,9 @@ pub enum ForwardError {
     #[error("backend did not answer within {0:?}")]
     Timeout(Duration),
     #[error("backend unreachable: {0}")]
-    Connect(#[source] hyper_util::client::legacy::Error),
+    Connect(#[source] BoxError),
     #[error("backend connection failed: {0}")]
-    Protocol(#[source] hyper_util::client::legacy::Error),
+    Protocol(#[source] BoxError),
     #[error("invalid backend address: {0}")]
     Address(#[from] http::Error),
     /// The route's origin credentials could not be added (body too large to sign, token
@@ -82,7 +85,7 @@ impl ForwardError {
 /// The pooled client toward local backends.
 #[derive(Clone)]
 pub struct Forwarder {
-    client: Client<HttpConnector, ProxyBody>,
+    pool: LocalPool,
     connect_timeout: Duration,
     timeout: Duration,
 }
@@ -91,15 +94,8 @@ impl Forwarder {
     /// A client whose connections time out after `connect_timeout` and whose calls must
     /// produce response headers within `timeout`.
     pub fn new(connect_timeout: Duration, timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
         Self {
-            client,
+            pool: LocalPool::new(connect_timeout),
             connect_timeout,
             timeout,
         }
@@ -124,24 +120,24 @@ impl Forwarder {
         let client_version = parts.version;
 
         // HTTP/2 carries the host in the URI authority; an HTTP/1.1 backend wants `Host`.
-        if !parts.headers.contains_key(HOST)
-            && let Some(authority) = parts.uri.authority()
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
-        {
-            parts.headers.insert(HOST, host);
+        if !parts.headers.contains_key(HOST) {
+            let host = match parts.uri.authority() {
+                Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+                None => HeaderValue::from_str(&format!("{}:{port}", Ipv4Addr::LOCALHOST)).ok(),
+            };
+            if let Some(host) = host {
+                parts.headers.insert(HOST, host);
+            }
         }
-        let authority = Authority::try_from(format!("{}:{port}", Ipv4Addr::LOCALHOST))
-            .map_err(|e| ForwardError::Address(e.into()))?;
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or(PathAndQuery::from_static("/"));
-        parts.uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority)
-            .path_and_query(path)
-            .build()?;
+        // Origin-form on the wire: the connection already names the app.
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            let path = parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or(PathAndQuery::from_static("/"));
+            parts.uri = Uri::from(path);
+        }
         parts.version = Version::HTTP_11;
 
         remove_hop_by_hop(&mut parts.headers);
@@ -157,10 +153,10 @@ impl Forwarder {
         }
 
         let upstream = Request::from_parts(parts, body);
-        let response = match tokio::time::timeout(self.timeout, self.client.request(upstream)).await {
+        let response = match tokio::time::timeout(self.timeout, self.pool.send(port, upstream)).await {
             Err(_) => return Err(ForwardError::Timeout(self.timeout)),
-            Ok(Err(e)) if e.is_connect() => return Err(ForwardError::Connect(e)),
-            Ok(Err(e)) => return Err(ForwardError::Protocol(e)),
+            Ok(Err(e @ PoolError::Connect { .. })) => return Err(ForwardError::Connect(e.into())),
+            Ok(Err(e)) => return Err(ForwardError::Protocol(e.into())),
             Ok(Ok(r)) => r,
         };
         let (mut parts, body) = response.into_parts();
@@ -473,8 +469,8 @@ impl Origin {
     async fn send(&self, upstream: Request<ProxyBody>) -> Result<Response<hyper::body::Incoming>, ForwardError> {
         match tokio::time::timeout(self.timeout, self.client.request(upstream)).await {
             Err(_) => Err(ForwardError::Timeout(self.timeout)),
-            Ok(Err(e)) if e.is_connect() => Err(ForwardError::Connect(e)),
-            Ok(Err(e)) => Err(ForwardError::Protocol(e)),
+            Ok(Err(e)) if e.is_connect() => Err(ForwardError::Connect(e.into())),
+            Ok(Err(e)) => Err(ForwardError::Protocol(e.into())),
             Ok(Ok(r)) => Ok(r),
         }
     }

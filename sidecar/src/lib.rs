@@ -21,6 +21,7 @@ pub mod headers;
 pub mod metrics;
 pub mod oauth2;
 pub mod origin_auth;
+pub mod pool;
 pub mod proxy;
 pub mod reload;
 pub mod respond;
