@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 
@@ -23,6 +24,10 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// section 7.6.1): `Connection` and every header it names, `Keep-Alive`, `TE`, `Trailer`,
 /// `Transfer-Encoding`, `Upgrade` and every `Proxy-*`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names first: most messages carry none of these.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -33,17 +38,15 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [CONNECTION, KEEP_ALIVE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE] {
+    let hop: Vec<HeaderName> = headers.keys().filter(|k| is_hop_by_hop(k)).cloned().collect();
+    for name in hop {
         headers.remove(name);
     }
-    let proxy: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for name in proxy {
-        headers.remove(name);
-    }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [CONNECTION, KEEP_ALIVE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE].contains(name)
+        || name.as_str().starts_with("proxy-")
 }
 
 /// Removes every `X-Portcullis-*` header: only the sidecar may set them.
@@ -61,21 +64,44 @@ pub fn remove_portcullis(headers: &mut HeaderMap) {
 /// Appends `peer` to `X-Forwarded-For` (joining earlier values into one line) and sets
 /// `X-Forwarded-Proto`.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str) {
-    let mut chain: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    let peer = peer.to_string();
-    chain.push(&peer);
-    let joined = chain.join(", ");
-    // Built from visible ASCII only (valid header values and an address): cannot fail.
-    if let Ok(value) = HeaderValue::from_str(&joined) {
+    let mut chain = Vec::with_capacity(48);
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        let value = value.as_bytes().trim_ascii();
+        if !value.is_empty() {
+            chain.extend_from_slice(value);
+            chain.extend_from_slice(b", ");
+        }
+    }
+    push_ip(&mut chain, peer);
+    // Earlier values (valid header values) and an address: cannot fail.
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(chain)) {
         headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+}
+
+/// Appends `ip` in its usual text form (IPv4 without going through `fmt`).
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// Sets one verdict header; a value that is not a valid header value is left out (and
@@ -143,5 +169,32 @@ mod tests {
         let mut h = HeaderMap::new();
         set_forwarded(&mut h, "::1".parse().unwrap(), "https");
         assert_eq!(h["x-forwarded-for"], "::1");
+        let mut h = map(&[("x-forwarded-for", " "), ("x-forwarded-for", "9.9.9.9 ")]);
+        set_forwarded(&mut h, "192.168.0.1".parse().unwrap(), "http");
+        assert_eq!(h["x-forwarded-for"], "9.9.9.9, 192.168.0.1");
+    }
+
+    #[test]
+    fn addresses_print_as_std_does() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.99.100.255",
+            "127.0.0.1",
+            "2001:db8::1",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn clean_messages_are_left_alone() {
+        let mut h = map(&[("host", "a"), ("accept", "*/*"), ("x-proxy-like", "kept")]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 3);
     }
 }
