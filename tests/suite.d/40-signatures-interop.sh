@@ -5,35 +5,12 @@
 # For every algorithm: the peer verifies what sigtool signs; sigtool verifies what the peer
 # signs; sigtool refuses what the peer signs with the wrong key, a stale created/Date, a changed
 # component or a changed body. Tools come from tests/setup.d/40-signatures.sh.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-tools="${PORTCULLIS_TOOLS:-$PWD/target/tools}"
-PORTCULLIS_TOOLS="$tools" bash tests/setup.d/40-signatures.sh >/dev/null
+source "$(dirname "$0")/../lib/interop.sh"
 
 cargo build -q -p portcullis-signatures --example sigtool
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 SIGTOOL="$target_dir/debug/examples/sigtool"
-PY="$tools/venv-sig/bin/python"
-PYPEER="$PWD/sidecar/signatures/interop/rfc9421_peer.py"
-NODEPEER="$PWD/sidecar/signatures/interop/cavage_peer.js"
-export NODE_PATH="$tools/node/node_modules"
-KEYS="$PWD/sidecar/signatures/tests/keys"
-
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-passed=0
-failed=0
-
-# edit IN OUT PYTHON: apply PYTHON (statements on dict `r`) to the request JSON IN, write OUT.
-edit() {
-  python3 - "$1" "$2" "$3" <<'PY'
-import json, sys, time
-r = json.load(open(sys.argv[1]))
-now = int(time.time())
-exec(sys.argv[3])
-json.dump(r, open(sys.argv[2], "w"))
-PY
-}
+PYPEER="$INTEROP/rfc9421_peer.py"
+NODEPEER="$INTEROP/cavage_peer.js"
 
 # check NAME WANT CMD...: WANT is "ok" (exit 0) or a substring the refusal must contain.
 check() {
@@ -41,12 +18,11 @@ check() {
   local out rc=0
   out=$("$@" 2>&1) || rc=$?
   if [ "$want" = ok ]; then
-    if [ $rc -eq 0 ]; then passed=$((passed + 1)); echo "ok   $name"; return; fi
+    if [ $rc -eq 0 ]; then pass "$name"; return; fi
   elif [ $rc -ne 0 ] && grep -qiF -- "$want" <<<"$out"; then
-    passed=$((passed + 1)); echo "ok   $name (refused: $want)"; return
+    pass "$name (refused: $want)"; return
   fi
-  failed=$((failed + 1))
-  echo "FAIL $name: wanted $want, got exit $rc: $out"
+  fail "$name" "wanted $want, got exit $rc: $out"
 }
 
 secret_b64=$(tr -d '\n' <"$KEYS/test-shared-secret.b64")
@@ -160,5 +136,4 @@ JSON
   check "$alg: sigtool refuses node's signature on a changed body" "does not match the body" "$SIGTOOL" verify "$base.b.json"
 done
 
-echo "signatures-interop: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+summary signatures-interop

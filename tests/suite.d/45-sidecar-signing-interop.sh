@@ -12,18 +12,10 @@
 # Authlib: one token for concurrent calls, refresh after expiry, a retry with a fresh token
 # after the origin's 401, and a wrong client secret refused by Authlib (503 at the sidecar).
 # Tools come from tests/setup.d/40-signatures.sh, and Authlib is installed here (its own venv).
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-tools="${PORTCULLIS_TOOLS:-$PWD/target/tools}"
-PORTCULLIS_TOOLS="$tools" bash tests/setup.d/40-signatures.sh >/dev/null
+source "$(dirname "$0")/../lib/interop.sh"
 
 cargo build -q -p portcullis-sidecar
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 SIDECAR="$target_dir/debug/portcullis-sidecar"
-PY="$tools/venv-sig/bin/python"
-INTEROP="$PWD/sidecar/signatures/interop"
-export NODE_PATH="$tools/node/node_modules"
-KEYS="$PWD/sidecar/signatures/tests/keys"
 HMAC="an origin shared secret"
 OAUTH_SECRET='s3cret:with/+chars'
 
@@ -35,19 +27,6 @@ if [ "$("$oauth_venv/bin/python" -c 'import importlib.metadata as m; print(m.ver
   "$oauth_venv/bin/pip" install -q --disable-pip-version-check "Authlib==1.9.6" "Flask==3.1.2"
 fi
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-passed=0
-failed=0
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_file() { for _ in $(seq 100); do [ -s "$1" ] && return 0; sleep 0.1; done; echo "timed out waiting for $1"; return 1; }
 
 # Origins: keyId -> algorithm and verifying key. "wrong" signs with another key at the sidecar.
 rfc_keys=$(python3 - "$KEYS" "$HMAC" <<'PY'
@@ -155,15 +134,15 @@ check() {
   out=$(curl -s -m 10 -o "$work/body" -w '%{http_code}' "$@" "$url") || true
   status="$out"
   if [ "$status" = "$want" ] && { [ "$want" != 200 ] || grep -q '"ok": *true' "$work/body"; }; then
-    passed=$((passed + 1)); echo "ok   $name"
+    pass "$name"
   else
-    failed=$((failed + 1)); echo "FAIL $name: wanted $want, got $status: $(head -c 400 "$work/body")"
+    fail "$name" "wanted $want, got $status: $(head -c 400 "$work/body")"
   fi
 }
 # digest NAME: the last answer says the origin checked a body digest.
 digest() {
-  if grep -q '"digest_checked": *true' "$work/body"; then passed=$((passed + 1)); echo "ok   $1"
-  else failed=$((failed + 1)); echo "FAIL $1: the origin did not check a digest: $(head -c 400 "$work/body")"; fi
+  if grep -q '"digest_checked": *true' "$work/body"; then pass "$1"
+  else fail "$1" "the origin did not check a digest: $(head -c 400 "$work/body")"; fi
 }
 
 in="http://127.0.0.1:$inbound"
@@ -201,8 +180,7 @@ check "the origin refuses a signature made with the wrong key" 401 "$in/cavage/w
 echo "== OAuth 2.0 client credentials: sidecar -> Authlib authorization server"
 stats() { curl -s -m 5 "http://127.0.0.1:$oauth_origin_port/_stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 expect() { # expect NAME WANT GOT
-  if [ "$2" = "$3" ]; then passed=$((passed + 1)); echo "ok   $1"
-  else failed=$((failed + 1)); echo "FAIL $1: wanted $2, got $3"; fi
+  if [ "$2" = "$3" ]; then pass "$1"; else fail "$1" "wanted $2, got $3"; fi
 }
 for i in $(seq 10); do
   curl -s -m 10 -o "$work/c$i" -w '%{http_code}\n' "$in/oauth/concurrent/$i" >"$work/s$i" &
@@ -237,8 +215,7 @@ expect "... and Authlib issued no token for it" 4 "$(stats token_requests)"
 
 for secret in "$HMAC" "$OAUTH_SECRET"; do
   if grep -qF -- "$secret" "$work/sidecar.log" "$work/audit.log"; then
-    failed=$((failed + 1)); echo "FAIL a secret appears in the sidecar's logs"
+    fail "secrets stay out of the logs" "a secret appears in the sidecar's logs"
   fi
 done
-echo "sidecar-signing-interop: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+summary sidecar-signing-interop

@@ -6,28 +6,11 @@
 # app and written to the audit log) and refuses (401) the same request replayed, and what the
 # peer signs with the wrong key, a stale created / Date, a changed component or a changed body.
 # Tools come from tests/setup.d/40-signatures.sh.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-tools="${PORTCULLIS_TOOLS:-$PWD/target/tools}"
-PORTCULLIS_TOOLS="$tools" bash tests/setup.d/40-signatures.sh >/dev/null
+source "$(dirname "$0")/../lib/interop.sh"
 
 cargo build -q -p portcullis-sidecar
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 SIDECAR="$target_dir/debug/portcullis-sidecar"
-PY="$tools/venv-sig/bin/python"
-INTEROP="$PWD/sidecar/signatures/interop"
-export NODE_PATH="$tools/node/node_modules"
-KEYS="$PWD/sidecar/signatures/tests/keys"
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 inbound=$(free_port); admin=$(free_port); tls=$(free_port); egress=$(free_port); app=$(free_port)
 HMAC_SECRET="portcullis interop shared secret"
 
@@ -73,20 +56,6 @@ for _ in $(seq 1 200); do
 done
 curl -fsS "http://127.0.0.1:$admin/readyz" >/dev/null || { echo "sidecar not ready"; cat "$work/sidecar.log"; exit 1; }
 
-passed=0
-failed=0
-
-# edit IN OUT PYTHON: apply PYTHON (statements on dict `r`) to the request JSON IN, write OUT.
-edit() {
-  python3 - "$1" "$2" "$3" <<'PY'
-import json, sys, time
-r = json.load(open(sys.argv[1]))
-now = int(time.time())
-exec(sys.argv[3])
-json.dump(r, open(sys.argv[2], "w"))
-PY
-}
-
 # expect NAME STATUS [SUBSTRING] FILE [BODY]: send FILE to the sidecar; the answer must have
 # STATUS (and contain SUBSTRING, when given).
 expect() {
@@ -94,9 +63,9 @@ expect() {
   local out
   out=$(python3 "$INTEROP/send_request.py" "$@" 2>&1) || true
   if [ "${out%% *}" = "$want" ] && { [ -z "$sub" ] || grep -qF -- "$sub" <<<"$out"; }; then
-    passed=$((passed + 1)); echo "ok   $name ($want)"
+    pass "$name ($want)"
   else
-    failed=$((failed + 1)); echo "FAIL $name: wanted $want ${sub:+with $sub}, got: $out"
+    fail "$name" "wanted $want ${sub:+with $sub}, got: $out"
   fi
 }
 
@@ -200,13 +169,12 @@ PY
 )
 want="cav:ecdsa-p256-sha256 cav:ed25519 cav:hmac-sha256 cav:rsa-v1_5-sha256 rfc:ecdsa-p256-sha256 rfc:ed25519 rfc:hmac-sha256 rfc:rsa-pss-sha512 rfc:rsa-v1_5-sha256"
 if [ "$admitted" = "$want" ]; then
-  passed=$((passed + 1)); echo "ok   audit: one admitted call per peer signature, identity = keyId"
+  pass "audit: one admitted call per peer signature, identity = keyId"
 else
-  failed=$((failed + 1)); echo "FAIL audit: admitted $admitted, wanted $want"
+  fail "audit" "admitted $admitted, wanted $want"
 fi
 if grep -qF "$HMAC_SECRET" "$work/audit.log" "$work/sidecar.log"; then
-  failed=$((failed + 1)); echo "FAIL a key reached a log"
+  fail "keys stay out of the logs" "a key reached a log"
 fi
 
-echo "sidecar-verify-interop: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+summary sidecar-verify-interop

@@ -1,0 +1,49 @@
+# Shared by the interop suites (tests/suite.d/40-, 45- and 46-*.sh); sourced, never run.
+#
+# After `source tests/lib/interop.sh` the suite runs from the repository root with:
+#   tools, PY, NODE_PATH, KEYS, INTEROP, target_dir   the third-party tools (installed by
+#                                                     tests/setup.d/40-signatures.sh) and paths
+#   work, pids                                        a scratch directory and the background
+#                                                     processes, both cleaned up on exit
+#   pass NAME / fail NAME WHY / summary SUITE         bookkeeping; summary fails the suite
+#                                                     when anything failed
+#   free_port, wait_file FILE, edit IN OUT PYTHON     small helpers
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+tools="${PORTCULLIS_TOOLS:-$PWD/target/tools}"
+PORTCULLIS_TOOLS="$tools" bash tests/setup.d/40-signatures.sh >/dev/null
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+PY="$tools/venv-sig/bin/python"
+INTEROP="$PWD/sidecar/signatures/interop"
+KEYS="$PWD/sidecar/signatures/tests/keys"
+export NODE_PATH="$tools/node/node_modules"
+
+work=$(mktemp -d)
+pids=()
+interop_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap interop_cleanup EXIT
+
+passed=0
+failed=0
+pass() { passed=$((passed + 1)); echo "ok   $1"; }
+fail() { failed=$((failed + 1)); echo "FAIL $1: $2"; }
+summary() { echo "$1: $passed passed, $failed failed"; [ "$failed" -eq 0 ]; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+wait_file() { for _ in $(seq 100); do [ -s "$1" ] && return 0; sleep 0.1; done; echo "timed out waiting for $1"; return 1; }
+
+# edit IN OUT PYTHON: apply PYTHON (statements on dict `r`; `now` is the Unix time) to the
+# request JSON IN, write OUT.
+edit() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import json, sys, time
+r = json.load(open(sys.argv[1]))
+now = int(time.time())
+exec(sys.argv[3])
+json.dump(r, open(sys.argv[2], "w"))
+PY
+}
