@@ -27,6 +27,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use portcullis_api::{ApiRoute, SecurityProfile};
@@ -81,14 +82,12 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// What each replica watches for the webhooks.
-#[derive(Default)]
+/// What each replica watches for the webhooks: reflector stores, kept by [`reflect`].
+#[derive(Clone)]
 struct Cache {
-    namespaces: BTreeMap<String, BTreeMap<String, String>>,
-    profiles: BTreeMap<String, BTreeMap<String, SecurityProfile>>,
+    namespaces: Store<Namespace>,
+    profiles: Store<SecurityProfile>,
 }
-
-type SharedCache = Arc<RwLock<Cache>>;
 
 /// One review's view of the cluster: the caches plus the Secrets read for it.
 struct View {
@@ -118,11 +117,22 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(client: Client, listener: TcpListener, opts: Options) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let resolver = Arc::new(Resolver::default());
-    let cache: SharedCache = Arc::default();
+    let (profiles, profiles_writer) = reflector::store();
+    let (namespaces, namespaces_writer) = reflector::store();
+    let cache = Cache { namespaces, profiles };
     let tasks = [
         tokio::spawn(keep_certificate(client.clone(), opts.clone(), resolver.clone())),
-        tokio::spawn(watch_profiles(client.clone(), cache.clone())),
-        tokio::spawn(watch_namespaces(client.clone(), cache.clone())),
+        tokio::spawn(reflect(
+            Api::<SecurityProfile>::all(client.clone()),
+            profiles_writer,
+            "webhook: SecurityProfile watch failed; retrying",
+        )),
+        // Without access to namespaces (injection disabled), only pod labels count.
+        tokio::spawn(reflect(
+            Api::<Namespace>::all(client.clone()),
+            namespaces_writer,
+            "webhook: cannot watch namespaces; injection by namespace label is off until it can",
+        )),
     ];
     struct AbortOnDrop<const N: usize>([tokio::task::JoinHandle<()>; N]);
     impl<const N: usize> Drop for AbortOnDrop<N> {
@@ -188,7 +198,7 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Fu
 async fn handle(
     req: Request<Incoming>,
     client: &Client,
-    cache: &SharedCache,
+    cache: &Cache,
     settings: &SidecarSettings,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
@@ -215,7 +225,7 @@ async fn handle(
 
 /// The view a review needs: its namespace's labels and profiles, and — for an ApiRoute —
 /// the Secrets the profiles it names reference, read now.
-async fn view_for(body: &[u8], client: &Client, cache: &SharedCache) -> View {
+async fn view_for(body: &[u8], client: &Client, cache: &Cache) -> View {
     let review: Value = serde_json::from_slice(body).unwrap_or_default();
     let request = &review["request"];
     let namespace = request["namespace"]
@@ -223,16 +233,18 @@ async fn view_for(body: &[u8], client: &Client, cache: &SharedCache) -> View {
         .or_else(|| request.pointer("/object/metadata/namespace").and_then(Value::as_str))
         .unwrap_or("default")
         .to_owned();
-    let (namespace_labels, profiles) = {
-        let c = cache.read().unwrap_or_else(|e| e.into_inner());
-        (
-            c.namespaces.get(&namespace).cloned().unwrap_or_default(),
-            c.profiles
-                .get(&namespace)
-                .map(|p| p.values().cloned().collect::<Vec<_>>())
-                .unwrap_or_default(),
-        )
-    };
+    let namespace_labels = cache
+        .namespaces
+        .get(&ObjectRef::new(&namespace))
+        .and_then(|n| n.metadata.labels.clone())
+        .unwrap_or_default();
+    let profiles: Vec<SecurityProfile> = cache
+        .profiles
+        .state()
+        .into_iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
+        .map(Arc::unwrap_or_clone)
+        .collect();
     let mut secrets = Vec::new();
     if request.pointer("/kind/kind").and_then(Value::as_str) == Some("ApiRoute")
         && let Ok(route) = serde_json::from_value::<ApiRoute>(request["object"].clone())
@@ -267,88 +279,29 @@ async fn view_for(body: &[u8], client: &Client, cache: &SharedCache) -> View {
     }
 }
 
-async fn watch_profiles(client: Client, cache: SharedCache) {
-    let mut pending: Option<BTreeMap<String, BTreeMap<String, SecurityProfile>>> = None;
-    let mut stream = watcher(Api::<SecurityProfile>::all(client), watcher::Config::default())
+/// Keeps `writer`'s store equal to every object of `api`, for the life of the task; watch
+/// errors are logged once per outage (`failing`) and retried with backoff.
+async fn reflect<K>(api: Api<K>, writer: reflector::store::Writer<K>, failing: &'static str)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let mut down = false;
+    watcher(api, watcher::Config::default())
         .default_backoff()
-        .boxed();
-    while let Some(item) = stream.next().await {
-        let event = match item {
-            Ok(e) => e,
-            Err(error) => {
-                tracing::warn!(%error, "webhook: SecurityProfile watch failed; retrying");
-                continue;
-            }
-        };
-        let key = |p: &SecurityProfile| {
-            (
-                p.metadata.namespace.clone().unwrap_or_default(),
-                p.metadata.name.clone().unwrap_or_default(),
-            )
-        };
-        let mut c = cache.write().unwrap_or_else(|e| e.into_inner());
-        match event {
-            watcher::Event::Init => pending = Some(BTreeMap::new()),
-            watcher::Event::InitApply(p) => {
-                let (ns, name) = key(&p);
-                pending.get_or_insert_default().entry(ns).or_default().insert(name, p);
-            }
-            watcher::Event::InitDone => c.profiles = pending.take().unwrap_or_default(),
-            watcher::Event::Apply(p) => {
-                let (ns, name) = key(&p);
-                c.profiles.entry(ns).or_default().insert(name, p);
-            }
-            watcher::Event::Delete(p) => {
-                let (ns, name) = key(&p);
-                if let Some(m) = c.profiles.get_mut(&ns) {
-                    m.remove(&name);
+        .reflect(writer)
+        .for_each(|event| {
+            match event {
+                Err(error) if !down => {
+                    tracing::warn!(%error, "{failing}");
+                    down = true;
                 }
+                Err(_) => {}
+                Ok(_) => down = false,
             }
-        }
-    }
-}
-
-async fn watch_namespaces(client: Client, cache: SharedCache) {
-    let mut pending: Option<BTreeMap<String, BTreeMap<String, String>>> = None;
-    let mut warned = false;
-    let mut stream = watcher(Api::<Namespace>::all(client), watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    while let Some(item) = stream.next().await {
-        let event = match item {
-            Ok(e) => e,
-            Err(error) => {
-                // Without access to namespaces (injection disabled), only pod labels count.
-                if !warned {
-                    tracing::info!(%error, "webhook: cannot watch namespaces; injection by namespace label is off until it can");
-                    warned = true;
-                }
-                continue;
-            }
-        };
-        let entry = |n: &Namespace| {
-            (
-                n.metadata.name.clone().unwrap_or_default(),
-                n.metadata.labels.clone().unwrap_or_default(),
-            )
-        };
-        let mut c = cache.write().unwrap_or_else(|e| e.into_inner());
-        match event {
-            watcher::Event::Init => pending = Some(BTreeMap::new()),
-            watcher::Event::InitApply(n) => {
-                let (k, v) = entry(&n);
-                pending.get_or_insert_default().insert(k, v);
-            }
-            watcher::Event::InitDone => c.namespaces = pending.take().unwrap_or_default(),
-            watcher::Event::Apply(n) => {
-                let (k, v) = entry(&n);
-                c.namespaces.insert(k, v);
-            }
-            watcher::Event::Delete(n) => {
-                c.namespaces.remove(&entry(&n).0);
-            }
-        }
-    }
+            futures::future::ready(())
+        })
+        .await;
 }
 
 /// The serving certificate in use: its facts and the CA that signed it.
