@@ -200,6 +200,8 @@ fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
                 .context("finding the cluster (kubeconfig or in-cluster)")?,
         };
         let client = kube::Client::try_from(config).context("building the API client")?;
+        let metrics = controller::Metrics::new();
+        let health = std::sync::Arc::new(controller::Health::new(args.webhook_addr.is_some()));
         let webhooks = match args.webhook_addr {
             None => None,
             Some(addr) => {
@@ -212,7 +214,13 @@ fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
                     webhook: settings.webhook.clone(),
                     lifetimes,
                 };
-                Some(tokio::spawn(webhook_server::serve(client.clone(), listener, opts)))
+                Some(tokio::spawn(webhook_server::serve(
+                    client.clone(),
+                    listener,
+                    opts,
+                    metrics.clone(),
+                    health.clone(),
+                )))
             }
         };
         // The certificate manager runs on the leader; it keeps a CA even without routes that
@@ -235,7 +243,7 @@ fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
             },
             leading_rx,
         ));
-        let result = controller::run(client, options, shutdown_signal()).await;
+        let result = controller::run(client, options, metrics, health, shutdown_signal()).await;
         follow.abort();
         manager.abort();
         if let Some(w) = webhooks {

@@ -556,10 +556,40 @@ pub trait ClusterView {
     fn secrets(&self, namespace: &str) -> Vec<Secret>;
 }
 
+/// How a review was answered (the `result` label of the webhook metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReviewResult {
+    /// Allowed unchanged.
+    Allowed,
+    /// Allowed with a patch (a pod given its sidecar).
+    Patched,
+    /// Refused (an invalid ApiRoute, a pod that cannot take the sidecar).
+    Denied,
+    /// The body was not an AdmissionReview.
+    Invalid,
+}
+
+impl ReviewResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Patched => "patched",
+            Self::Denied => "denied",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
 /// Answers one `AdmissionReview` (admission.k8s.io/v1) body, for either webhook: pods are
 /// injected, ApiRoutes validated, anything else allowed unchanged. Never fails: a body that
 /// is not a review gets a review that refuses it.
 pub fn handle_review(body: &[u8], settings: &SidecarSettings, cluster: &dyn ClusterView) -> Vec<u8> {
+    answer_review(body, settings, cluster).0
+}
+
+/// [`handle_review`], also saying how the review was answered.
+pub fn answer_review(body: &[u8], settings: &SidecarSettings, cluster: &dyn ClusterView) -> (Vec<u8>, ReviewResult) {
+    let mut result = ReviewResult::Invalid;
     let response = match serde_json::from_slice::<AdmissionReview<DynamicObject>>(body)
         .map_err(|e| e.to_string())
         .and_then(|review| {
@@ -568,7 +598,15 @@ pub fn handle_review(body: &[u8], settings: &SidecarSettings, cluster: &dyn Clus
                 .map_err(|e: kube::core::admission::ConvertAdmissionReviewError| e.to_string())
         }) {
         Err(e) => AdmissionResponse::invalid(format!("not an AdmissionReview: {e}")),
-        Ok(request) => review(&request, settings, cluster),
+        Ok(request) => {
+            let response = review(&request, settings, cluster);
+            result = match (response.allowed, &response.patch) {
+                (false, _) => ReviewResult::Denied,
+                (true, Some(_)) => ReviewResult::Patched,
+                (true, None) => ReviewResult::Allowed,
+            };
+            response
+        }
     };
     let mut review = serde_json::to_value(response.into_review()).expect("AdmissionReview serializes");
     // The API server reads `patch` as Go []byte: a base64 string (kube serializes an array).
@@ -582,7 +620,7 @@ pub fn handle_review(body: &[u8], settings: &SidecarSettings, cluster: &dyn Clus
         use base64::Engine as _;
         *patch = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
     }
-    serde_json::to_vec(&review).expect("AdmissionReview serializes")
+    (serde_json::to_vec(&review).expect("AdmissionReview serializes"), result)
 }
 
 fn review(

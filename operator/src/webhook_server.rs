@@ -2,13 +2,14 @@
 //! every replica — leader or standby — at `--webhook-addr` (`$PORTCULLIS_WEBHOOK_ADDR`):
 //!
 //! - `POST /mutate-pods` and `POST /validate-apiroutes` answer `AdmissionReview`s with
-//!   [`handle_review`]; anything else is a 404.
+//!   [`answer_review`] (counted in `portcullis_operator_webhook_reviews_total`); anything else is a 404.
 //! - TLS (rustls, TLS 1.2 and 1.3) with a serving certificate each replica issues itself, in
 //!   memory, from the operator's CA (the Secret the leader's certificate manager keeps) for
 //!   the webhook Service's names (`<service>`, `<service>.<namespace>`,
 //!   `<service>.<namespace>.svc`, `<service>.<namespace>.svc.cluster.local`), renewed at two
 //!   thirds of its lifetime and when the CA it was signed by is no longer trusted. Until the
-//!   CA exists, handshakes fail (the API server retries by its failure policy).
+//!   CA exists, handshakes fail (the API server retries by its failure policy) and the
+//!   replica's `/readyz` answers 503.
 //! - [`ClusterView`]: each replica watches SecurityProfiles and namespace labels itself (a
 //!   standby has no controller caches); the Secrets the route's profiles reference are read
 //!   when an ApiRoute is reviewed, so no replica keeps every Secret in memory.
@@ -41,8 +42,9 @@ use tokio::net::TcpListener;
 use crate::ca::{self, Subject};
 use crate::certs::plan::{CA_SECRET, CERT_LABEL, CaState, Lifetimes};
 use crate::controller::refs::profile_secrets;
+use crate::controller::{Health, Metrics};
 use crate::webhook::{
-    ClusterView, MUTATE_PODS_PATH, SidecarSettings, VALIDATE_APIROUTES_PATH, WebhookSettings, handle_review,
+    ClusterView, MUTATE_PODS_PATH, SidecarSettings, VALIDATE_APIROUTES_PATH, WebhookSettings, answer_review,
 };
 
 /// Largest AdmissionReview accepted (the API server sends at most a few MiB).
@@ -113,15 +115,16 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves until the task is aborted.
-pub async fn serve(client: Client, listener: TcpListener, opts: Options) {
+/// Serves until the task is aborted, counting reviews in `metrics` and telling `health`
+/// whether a serving certificate is in place.
+pub async fn serve(client: Client, listener: TcpListener, opts: Options, metrics: Metrics, health: Arc<Health>) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let resolver = Arc::new(Resolver::default());
     let (profiles, profiles_writer) = reflector::store();
     let (namespaces, namespaces_writer) = reflector::store();
     let cache = Cache { namespaces, profiles };
     let tasks = [
-        tokio::spawn(keep_certificate(client.clone(), opts.clone(), resolver.clone())),
+        tokio::spawn(keep_certificate(client.clone(), opts.clone(), resolver.clone(), health)),
         tokio::spawn(reflect(
             Api::<SecurityProfile>::all(client.clone()),
             profiles_writer,
@@ -163,7 +166,13 @@ pub async fn serve(client: Client, listener: TcpListener, opts: Options) {
                 continue;
             }
         };
-        let (acceptor, client, cache, settings) = (acceptor.clone(), client.clone(), cache.clone(), settings.clone());
+        let (acceptor, client, cache, settings, metrics) = (
+            acceptor.clone(),
+            client.clone(),
+            cache.clone(),
+            settings.clone(),
+            metrics.clone(),
+        );
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
@@ -174,8 +183,9 @@ pub async fn serve(client: Client, listener: TcpListener, opts: Options) {
                 Err(_) => return,
             };
             let service = hyper::service::service_fn(move |req| {
-                let (client, cache, settings) = (client.clone(), cache.clone(), settings.clone());
-                async move { Ok::<_, Infallible>(handle(req, &client, &cache, &settings).await) }
+                let (client, cache, settings, metrics) =
+                    (client.clone(), cache.clone(), settings.clone(), metrics.clone());
+                async move { Ok::<_, Infallible>(handle(req, &client, &cache, &settings, &metrics).await) }
             });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
@@ -200,7 +210,9 @@ async fn handle(
     client: &Client,
     cache: &Cache,
     settings: &SidecarSettings,
+    metrics: &Metrics,
 ) -> Response<Full<Bytes>> {
+    let started = std::time::Instant::now();
     let path = req.uri().path().to_owned();
     if path != MUTATE_PODS_PATH && path != VALIDATE_APIROUTES_PATH {
         return respond(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec());
@@ -219,7 +231,16 @@ async fn handle(
         }
     };
     let view = view_for(&body, client, cache).await;
-    let answer = handle_review(&body, settings, &view);
+    let (answer, result) = answer_review(&body, settings, &view);
+    let webhook = path.trim_start_matches('/');
+    metrics
+        .webhook_reviews
+        .with_label_values(&[webhook, result.as_str()])
+        .inc();
+    metrics
+        .webhook_duration
+        .with_label_values(&[webhook])
+        .observe(started.elapsed().as_secs_f64());
     respond(StatusCode::OK, "application/json", answer)
 }
 
@@ -311,7 +332,7 @@ struct Serving {
 }
 
 /// Watches the CA's Secret and keeps a serving certificate from it in `resolver`.
-async fn keep_certificate(client: Client, opts: Options, resolver: Arc<Resolver>) {
+async fn keep_certificate(client: Client, opts: Options, resolver: Arc<Resolver>, health: Arc<Health>) {
     let ca_secret: Arc<Mutex<Option<Secret>>> = Arc::default();
     let notify = Arc::new(tokio::sync::Notify::new());
     let watch = {
@@ -373,6 +394,7 @@ async fn keep_certificate(client: Client, opts: Options, resolver: Arc<Resolver>
                             "webhook: serving certificate issued"
                         );
                         *resolver.0.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(key));
+                        health.set_serving(true);
                         current = Some(Serving {
                             info,
                             issuer: state.fingerprint().to_owned(),

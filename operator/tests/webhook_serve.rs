@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::*;
-use portcullis_fake_apiserver::FakeApiServer;
 use portcullis_fake_apiserver::resources::ResourceType;
+use portcullis_fake_apiserver::{FakeApiServer, Propagation};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
@@ -256,7 +256,27 @@ async fn webhooks_over_https_on_leader_and_standby_with_the_ca_bundle_in_their_c
         };
         assert_eq!(container["name"], "portcullis-sidecar");
         assert_eq!(container["image"], "registry.example.com/portcullis-sidecar:1.2.3");
+        // Counted on the replica that answered.
+        assert_eq!(
+            op.metric("portcullis_operator_webhook_reviews_total{result=\"patched\",webhook=\"mutate-pods\"}"),
+            Some(1.0),
+            "{who}"
+        );
+        assert_eq!(
+            op.metric("portcullis_operator_webhook_duration_seconds_count{webhook=\"mutate-pods\"}"),
+            Some(1.0),
+            "{who}"
+        );
     }
+    // Not a review at all: refused, and counted as such.
+    let (code, answer) = post(addr_a, &ca_bundle, "/validate-apiroutes", &json!({"hello": 1}))
+        .await
+        .unwrap();
+    assert_eq!((code, &answer["response"]["allowed"]), (200, &json!(false)));
+    assert_eq!(
+        leader.metric("portcullis_operator_webhook_reviews_total{result=\"invalid\",webhook=\"validate-apiroutes\"}"),
+        Some(1.0)
+    );
 
     // A pod without the label in a namespace labelled for injection (the replica's namespace
     // cache): labelled and injected; one that opts out is left alone.
@@ -440,4 +460,65 @@ async fn the_webhooks_follow_a_ca_rotation() {
         post(addr, &first, "/mutate-pods", &pod_review).await.is_err(),
         "the old CA no longer verifies it"
     );
+}
+
+/// Now, as a Lease's MicroTime.
+fn lease_now() -> Value {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    serde_json::to_value(MicroTime(k8s_openapi::jiff::Timestamp::now())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_replica_is_ready_only_with_a_serving_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = webhook_server(&dir).await;
+    // Another replica leads (and never creates the CA): no serving certificate can be issued.
+    server
+        .create(&json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "portcullis-operator", "namespace": OP_NS},
+            "spec": {"holderIdentity": "elsewhere", "leaseDurationSeconds": 3600,
+                     "acquireTime": lease_now(), "renewTime": lease_now()}}))
+        .unwrap();
+    let settings = settings_file(&dir);
+    let webhooks = Operator::start(
+        &dir,
+        "op-w",
+        &["--webhook-addr", &free_addr().to_string(), "--settings", &settings],
+    );
+    let plain = Operator::start(&dir, "op-p", &["--settings", &settings]);
+    // A standby without webhooks is ready; the one serving webhooks is not, and stays so.
+    wait_until(Duration::from_secs(15), "the plain standby is ready", &plain, || {
+        (plain.get("/readyz")?.0 == 200).then_some(())
+    })
+    .await;
+    for _ in 0..10 {
+        let answer = webhooks.get("/readyz").map(|(code, _)| code);
+        assert_eq!(
+            answer,
+            Some(503),
+            "ready without a serving certificate\n{}",
+            webhooks.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The plain standby stops and the leader goes away: the webhook replica leads, creates the
+    // CA, gets its serving certificate and turns ready.
+    let mut plain = plain;
+    plain.terminate();
+    server
+        .delete(
+            "leases.coordination.k8s.io",
+            OP_NS,
+            "portcullis-operator",
+            Propagation::Delete,
+        )
+        .unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the webhook replica is ready",
+        &webhooks,
+        || (webhooks.get("/readyz")?.0 == 200).then_some(()),
+    )
+    .await;
+    assert!(bundle(&server).is_some(), "the CA exists");
 }

@@ -15,20 +15,41 @@ use tokio::sync::watch;
 
 use super::metrics::Metrics;
 
-/// What `/readyz` reports.
-#[derive(Default)]
+/// What `/readyz` reports: ready when the controller is and, on a replica that serves the
+/// admission webhooks, once it has a serving certificate (before that every handshake fails).
 pub struct Health {
     /// Set once this replica knows whether it leads (and, as leader, has synced its caches).
-    pub ready: AtomicBool,
+    ready: AtomicBool,
+    /// The webhook server can answer (always true without one).
+    serving: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self::new(false)
+    }
 }
 
 impl Health {
+    /// Not ready yet; `webhooks`: this replica serves the admission webhooks.
+    pub fn new(webhooks: bool) -> Self {
+        Self {
+            ready: AtomicBool::new(false),
+            serving: AtomicBool::new(!webhooks),
+        }
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
+    /// The webhook server has (true) or lost (false) its serving certificate.
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::SeqCst);
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && self.serving.load(Ordering::SeqCst)
     }
 }
 

@@ -1,6 +1,8 @@
 //! The operator's Prometheus metrics (served on the admin port at `/metrics`).
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// Every metric, registered in one registry.
 #[derive(Clone)]
@@ -19,6 +21,11 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// Namespaces waiting for a reconcile.
     pub queue_depth: IntGauge,
+    /// Admission reviews answered, by `webhook` (`mutate-pods` | `validate-apiroutes`) and
+    /// `result` (`allowed` | `patched` | `denied` | `invalid`).
+    pub webhook_reviews: IntCounterVec,
+    /// How long answering an admission review took, by `webhook`.
+    pub webhook_duration: HistogramVec,
 }
 
 impl Default for Metrics {
@@ -68,8 +75,29 @@ impl Metrics {
         .expect("valid metric");
         let queue_depth = IntGauge::new("portcullis_operator_queue_depth", "Namespaces waiting for a reconcile.")
             .expect("valid metric");
+        let webhook_reviews = IntCounterVec::new(
+            Opts::new(
+                "portcullis_operator_webhook_reviews_total",
+                "Admission reviews answered, by webhook and result.",
+            ),
+            &["webhook", "result"],
+        )
+        .expect("valid metric");
+        let webhook_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_operator_webhook_duration_seconds",
+                "Time to answer an admission review, by webhook.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["webhook"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(webhook_reviews.clone()),
+            Box::new(webhook_duration.clone()),
             Box::new(errors.clone()),
             Box::new(duration.clone()),
             Box::new(writes.clone()),
@@ -89,6 +117,8 @@ impl Metrics {
             writes,
             leader,
             queue_depth,
+            webhook_reviews,
+            webhook_duration,
         }
     }
 

@@ -15,4 +15,6 @@ pub mod runtime;
 pub mod status;
 pub mod store;
 
+pub use admin::Health;
+pub use metrics::Metrics;
 pub use runtime::{Options, RunError, run};

@@ -67,10 +67,15 @@ pub enum RunError {
     LeadershipLost { namespace: String, name: String },
 }
 
-/// Runs until `shutdown` completes (then returns `Ok`) or leadership is lost.
-pub async fn run(client: Client, opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let metrics = Metrics::new();
-    let health = Arc::new(Health::default());
+/// Runs until `shutdown` completes (then returns `Ok`) or leadership is lost, counting in
+/// `metrics` and reporting in `health` (both also fed by the webhook server, when it runs).
+pub async fn run(
+    client: Client,
+    opts: Options,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = admin::bind(opts.admin).await.map_err(|source| RunError::Admin {
         addr: opts.admin,
