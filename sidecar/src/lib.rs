@@ -7,7 +7,7 @@
 //! ([`admin`]) exposes `/metrics`, `/healthz`, `/readyz` and `/config`.
 //!
 //! The request path in order: accept ([`server`]) → snapshot the active configuration
-//! ([`state`]) → decide ([`engine`]) → deny ([`respond`]) or forward ([`forward`]) → audit
+//! ([`state`]) → introspect an opaque bearer token when needed ([`introspection`]) → decide ([`engine`]) → deny ([`respond`]) or forward ([`forward`]) → audit
 //! ([`audit`]) and count ([`metrics`]).
 
 pub mod admin;
@@ -18,6 +18,7 @@ pub mod demo;
 pub mod engine;
 pub mod forward;
 pub mod headers;
+pub mod introspection;
 pub mod metrics;
 pub mod oauth2;
 pub mod origin_auth;

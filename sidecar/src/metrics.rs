@@ -41,6 +41,8 @@ pub enum BackendErrorKind {
     Protocol,
     /// The route's backend kind is not served by this sidecar.
     Unsupported,
+    /// An OAuth2 introspection endpoint failed (the call was answered 503).
+    Introspection,
 }
 
 impl BackendErrorKind {
@@ -51,6 +53,7 @@ impl BackendErrorKind {
             Self::Timeout => "timeout",
             Self::Protocol => "protocol",
             Self::Unsupported => "unsupported",
+            Self::Introspection => "introspection",
         }
     }
 }

@@ -60,26 +60,37 @@ pub struct RefreshPolicy {
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 fn client() -> Option<HttpsClient> {
+    https_client(Duration::from_secs(5)).ok()
+}
+
+/// The HTTPS (and plain HTTP) client the sidecar uses toward identity providers (key sets,
+/// token and introspection endpoints): rustls with the system roots, HTTP/1, pooled
+/// connections kept 30 s. The error says why no TLS configuration could be made.
+pub(crate) fn https_client<B>(
+    connect_timeout: Duration,
+) -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, B>, String>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
     let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_protocol_versions(crate::tls::VERSIONS)
-        .ok()?
+        .map_err(|e| format!("no usable TLS configuration ({e})"))?
         .with_root_certificates(crate::forward::system_roots())
         .with_no_client_auth();
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    http.set_connect_timeout(Some(connect_timeout));
     http.enforce_http(false);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Some(
-        Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector),
-    )
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector))
 }
 
 /// What is known about one `jwksUri`.

@@ -14,12 +14,16 @@ use crate::audit;
 use crate::body::{ProxyBody, full};
 use crate::engine::{DenialKind, Outcome, PeerCertificate, RequestView};
 use crate::forward::{ForwardError, Verdict};
+use crate::metrics::BackendErrorKind;
 use crate::origin_auth::CredentialError;
 use crate::respond::{Answer, rate_limit_headers};
 use crate::state::Shared;
 use portcullis_policy::BodyDigest;
 
 pub use crate::engine::Listener;
+
+/// Most introspection calls made for one request (one per introspecting profile of its route).
+const MAX_INTROSPECTIONS: usize = 4;
 
 /// What is known about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -81,6 +85,40 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     if let Some(endpoint) = active.engine.token_endpoint(&view) {
         // The Builtin OAuth2 token endpoint: answered here, never counted.
         return crate::oauth2::token(&shared, endpoint, req, conn.peer.ip(), start).await;
+    }
+    // An opaque bearer token of a profile with introspection: asked about first (the engine
+    // does no I/O); a route with several such profiles may need a few.
+    for _ in 0..MAX_INTROSPECTIONS {
+        let Some(wanted) = active.engine.introspection_wanted(&view, unix_millis()) else {
+            break;
+        };
+        if let Err(error) = shared.introspector.ensure(wanted).await {
+            shared.metrics.backend_error(BackendErrorKind::Introspection);
+            tracing::warn!(
+                route = wanted.route,
+                profile = wanted.profile,
+                %error,
+                "token introspection failed; answering 503"
+            );
+            let response = Answer::IntrospectionUnavailable { route: wanted.route }.response();
+            let record = audit::Record {
+                route: wanted.route,
+                profile: wanted.profile,
+                identity: "-",
+                client_ip: conn.peer.ip(),
+                method: method.as_str(),
+                path: &path,
+                status: response.status().as_u16(),
+                latency: start.elapsed(),
+                decision: "error",
+                reason: "token introspection failed",
+            };
+            shared
+                .metrics
+                .request(record.route, record.profile, "error", record.status, record.latency);
+            shared.audit.record(&record);
+            return response;
+        }
     }
     let outcome = active.engine.decide(&view, unix_millis());
     // A signature that covers a body digest: the body is read (up to a limit) and checked
@@ -333,7 +371,7 @@ fn digest_matches(headers: &HeaderMap, digest: BodyDigest, body: &[u8]) -> bool 
 }
 
 /// Milliseconds since the Unix epoch, the engine's clock.
-fn unix_millis() -> u64 {
+pub(crate) fn unix_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

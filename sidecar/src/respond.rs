@@ -49,6 +49,9 @@ pub enum Answer<'a> {
     OriginCannotSign { route: &'a str },
     /// No credentials for the origin could be obtained (token endpoint down or refusing).
     OriginCredentialsUnavailable { route: &'a str },
+    /// An opaque bearer token could not be introspected (the endpoint is down, slow, refused
+    /// the sidecar's client or answered junk): 503, fail closed.
+    IntrospectionUnavailable { route: &'a str },
     /// The backend refused the connection or failed.
     BackendDown { route: &'a str },
     /// The backend did not answer in time.
@@ -97,6 +100,11 @@ impl Answer<'_> {
             Self::OriginCredentialsUnavailable { route } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "origin credentials unavailable: the token endpoint failed",
+                Some(*route),
+            ),
+            Self::IntrospectionUnavailable { route } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token introspection unavailable: the introspection endpoint failed",
                 Some(*route),
             ),
             Self::BackendDown { route } => (StatusCode::BAD_GATEWAY, "backend unavailable", Some(*route)),

@@ -12,6 +12,7 @@ use portcullis_config::{Loaded, SidecarConfig};
 use crate::audit::AuditLog;
 use crate::engine::{CompileError, Engine, InMemoryLimiter};
 use crate::forward::{Forwarder, Origins};
+use crate::introspection::Introspector;
 use crate::metrics::Metrics;
 use crate::tls::ServerTls;
 
@@ -82,6 +83,8 @@ pub struct Shared {
     pub limiter: Arc<InMemoryLimiter>,
     /// Where audit lines go.
     pub audit: Arc<AuditLog>,
+    /// Asks OAuth2 introspection endpoints about opaque tokens (one call per token at once).
+    pub introspector: Introspector,
 }
 
 impl Shared {
@@ -105,6 +108,7 @@ impl Shared {
             max_signed_body_bytes,
             limiter,
             audit,
+            introspector: Introspector::default(),
         })
     }
 

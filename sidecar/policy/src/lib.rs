@@ -25,7 +25,9 @@
 //! OAuth2 profiles verify JWT bearer tokens ([`oauth2`]) with keys the sidecar feeds in
 //! ([`oauth2::KeySlot`], one atomic load per decision); a valid token without a required
 //! scope is refused 403 (`insufficient_scope`). Builtin profiles issue their own tokens: the
-//! proxy asks [`Engine::token_endpoint`] before deciding.
+//! proxy asks [`Engine::token_endpoint`] before deciding. Opaque tokens of profiles with
+//! introspection (RFC 7662) are judged from a cache the sidecar fills: it asks
+//! [`Engine::introspection_wanted`] before deciding, and introspects the token it names.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -48,6 +50,7 @@ pub use limit::{Grant, InMemoryLimiter, Limiter, RateInfo, Refusal, Scope};
 pub use signature::{BodyDigest, ReplayRegistry};
 
 use auth::{ApiKey, Basic, ClientCertificate};
+pub use oauth2::introspection::{Introspected, IntrospectionError, IntrospectionRequest};
 use oauth2::{KeySlot, OAuth2, TokenCheck};
 use routes::Matcher;
 use signature::{HttpSignature, Signed};
@@ -217,6 +220,8 @@ pub struct Engine<L: Limiter = InMemoryLimiter> {
     limiter: Arc<L>,
     /// The key slots of the OAuth2 profiles' `jwksUri`s, for the sidecar to feed.
     jwks: Vec<(Box<str>, Arc<KeySlot>)>,
+    /// Some OAuth2 profile introspects tokens.
+    introspects: bool,
 }
 
 impl<L: Limiter> std::fmt::Debug for Engine<L> {
@@ -271,7 +276,7 @@ impl<L: Limiter> Engine<L> {
                     audiences,
                     required_scopes,
                     builtin_token_ttl_seconds,
-                    ..
+                    introspection_url,
                 } => {
                     let builtin = match builtin_token_ttl_seconds {
                         Some(ttl) => {
@@ -299,13 +304,20 @@ impl<L: Limiter> Engine<L> {
                         }
                         slot
                     });
-                    Auth::OAuth2(OAuth2::new(
-                        issuer.as_deref(),
-                        audiences,
-                        required_scopes,
-                        slot,
-                        builtin,
-                    ))
+                    let mut verifier = OAuth2::new(issuer.as_deref(), audiences, required_scopes, slot, builtin);
+                    if let Some(url) = introspection_url {
+                        let client = secrets
+                            .and_then(|s| s.introspection_client.as_ref())
+                            .ok_or_else(|| missing("introspectionClient"))?;
+                        let cache = limiter.introspection(&p.name, url);
+                        verifier = verifier.with_introspection(oauth2::introspection::Introspection::new(
+                            url,
+                            &client.client_id,
+                            client.client_secret.clone(),
+                            cache,
+                        ));
+                    }
+                    Auth::OAuth2(verifier)
                 }
                 ProfileAuth::HttpSignature {
                     standard,
@@ -419,10 +431,13 @@ impl<L: Limiter> Engine<L> {
         }
         routes.sort_by(|a, b| (a.matcher.precedence(), &a.name).cmp(&(b.matcher.precedence(), &b.name)));
         Ok(Self {
-            routes,
-            profiles,
             org: config.org_allowance.map(|n| (limiter.counter(Scope::Org, ""), n)),
             trusted_proxies: IpSet::from_nets(&config.trusted_proxies),
+            introspects: profiles
+                .iter()
+                .any(|p| matches!(&p.auth, Auth::OAuth2(o) if o.has_introspection())),
+            routes,
+            profiles,
             limiter,
             jwks,
         })
@@ -437,6 +452,7 @@ impl<L: Limiter> Engine<L> {
             trusted_proxies: IpSet::default(),
             limiter,
             jwks: Vec::new(),
+            introspects: false,
         }
     }
 
@@ -472,6 +488,46 @@ impl<L: Limiter> Engine<L> {
                 oauth2: o,
             }),
             _ => None,
+        })
+    }
+
+    /// The token `req` carries that must be introspected before [`Engine::decide`] can judge
+    /// it, if any: its route's first profile that introspects it and holds no fresh answer
+    /// about it. `None` at once (no allocation) when no profile introspects; call again after
+    /// storing an answer, for a route with several such profiles.
+    pub fn introspection_wanted<'r>(&self, req: &RequestView<'r>, now_ms: u64) -> Option<IntrospectionRequest<'_, 'r>> {
+        if !self.introspects {
+            return None;
+        }
+        let token = oauth2::bearer_token(req.headers)?;
+        if routes::is_ambiguous_path(req.path) {
+            return None;
+        }
+        let host = req.host.map(routes::normal_host);
+        let egress = req.listener == Listener::Egress;
+        let route = self
+            .routes
+            .iter()
+            .find(|r| r.matcher.matches(egress, host.as_deref(), req.path, req.method))?;
+        if route.ssl_only && !req.tls {
+            return None;
+        }
+        let mut digest = None;
+        route.profiles.iter().find_map(|&i| {
+            let Auth::OAuth2(o) = &self.profiles[i].auth else {
+                return None;
+            };
+            let introspection = o.introspects(token)?;
+            let d = digest.get_or_insert_with(|| oauth2::introspection::digest(token));
+            if introspection.cache.get(d, now_ms).is_some() {
+                return None;
+            }
+            Some(IntrospectionRequest {
+                route: &route.name,
+                profile: &self.profiles[i].name,
+                introspection,
+                token,
+            })
         })
     }
 
@@ -534,7 +590,7 @@ impl<L: Limiter> Engine<L> {
                     signed = Some(v);
                     Cow::Owned(key_id)
                 }),
-                Auth::OAuth2(o) => match o.check(req.headers, now_secs) {
+                Auth::OAuth2(o) => match o.check(req.headers, now_ms) {
                     Ok(TokenCheck::Admitted(identity)) => Ok(Cow::Owned(identity)),
                     Ok(TokenCheck::InsufficientScope) => {
                         insufficient.get_or_insert(&profile.name);

@@ -94,6 +94,14 @@ pub trait Limiter: Send + Sync + 'static {
         let _ = uri;
         Arc::default()
     }
+
+    /// The introspection cache of OAuth2 profile `profile` asking `url`. Like counters, it
+    /// should be the same cache every time it is asked for, so that a reload keeps the answers;
+    /// this default gives a new, empty one each time.
+    fn introspection(&self, profile: &str, url: &str) -> Arc<crate::oauth2::introspection::IntrospectionCache> {
+        let _ = (profile, url);
+        Arc::default()
+    }
 }
 
 /// Exact in-process limiter; it also keeps the replay caches of HttpSignature profiles.
@@ -102,6 +110,7 @@ pub struct InMemoryLimiter {
     counters: Mutex<HashMap<(Scope, String), SharedWindow>>,
     replays: ReplayRegistry,
     jwks: crate::oauth2::JwksRegistry,
+    introspection: crate::oauth2::introspection::IntrospectionRegistry,
 }
 
 /// A window shared by every engine compiled with the same limiter.
@@ -119,6 +128,7 @@ impl InMemoryLimiter {
             counters: Mutex::default(),
             replays: ReplayRegistry::with_capacity(capacity),
             jwks: Default::default(),
+            introspection: Default::default(),
         }
     }
 }
@@ -186,6 +196,10 @@ impl Limiter for InMemoryLimiter {
 
     fn jwks(&self, uri: &str) -> Arc<crate::oauth2::KeySlot> {
         self.jwks.slot(uri)
+    }
+
+    fn introspection(&self, profile: &str, url: &str) -> Arc<crate::oauth2::introspection::IntrospectionCache> {
+        self.introspection.cache(profile, url)
     }
 }
 

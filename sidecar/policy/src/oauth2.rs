@@ -19,6 +19,9 @@
 //!   clients (HMAC-SHA256 over the sorted client ids and secrets): every replica of a workload
 //!   derives the same key, tokens survive restarts and reloads, and changing any client's
 //!   secret (or removing a client) invalidates the tokens issued so far.
+//! - Opaque tokens are introspected (RFC 7662, [`introspection`]): the sidecar asks the
+//!   profile's endpoint and fills an [`introspection::IntrospectionCache`]; the engine judges
+//!   the cached answer with the same rules as a JWT's claims (`exp` optional there).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +37,10 @@ use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 use crate::auth::Rejection;
+
+pub mod introspection;
+
+use introspection::{Introspected, Introspection};
 
 /// Seconds of clock difference tolerated on `exp` and `nbf`.
 pub const CLOCK_SKEW_SECS: u64 = 60;
@@ -306,6 +313,7 @@ pub struct OAuth2 {
     required_scopes: Box<[Box<str>]>,
     jwks: Option<Arc<KeySlot>>,
     builtin: Option<Builtin>,
+    introspection: Option<Introspection>,
 }
 
 impl OAuth2 {
@@ -323,7 +331,28 @@ impl OAuth2 {
             required_scopes: required_scopes.iter().map(|s| s.as_str().into()).collect(),
             jwks,
             builtin,
+            introspection: None,
         }
+    }
+
+    /// The same verifier, asking `introspection` about the tokens it cannot verify locally.
+    pub fn with_introspection(mut self, introspection: Introspection) -> Self {
+        self.introspection = Some(introspection);
+        self
+    }
+
+    /// The introspection settings, when this profile introspects `token` (see
+    /// [`introspection`]: every token without local keys, else only tokens not shaped like
+    /// a JWT).
+    pub(crate) fn introspects(&self, token: &str) -> Option<&Introspection> {
+        let i = self.introspection.as_ref()?;
+        let local = self.jwks.is_some() || self.builtin.is_some();
+        (!local || !looks_like_jwt(token)).then_some(i)
+    }
+
+    /// Whether the profile introspects any token.
+    pub(crate) fn has_introspection(&self) -> bool {
+        self.introspection.is_some()
     }
 
     /// The Builtin provider, when the sidecar issues this profile's tokens.
@@ -336,11 +365,23 @@ impl OAuth2 {
         self.required_scopes.join(" ")
     }
 
-    /// Checks the bearer token of `headers` at `now` (Unix seconds).
-    pub fn check(&self, headers: &HeaderMap, now: u64) -> Result<TokenCheck, Rejection> {
+    /// Checks the bearer token of `headers` at `now_ms` (Unix milliseconds).
+    pub fn check(&self, headers: &HeaderMap, now_ms: u64) -> Result<TokenCheck, Rejection> {
         let token = bearer_token(headers).ok_or(Rejection::Missing("no bearer token"))?;
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Rejection::Wrong("malformed bearer token"));
+        }
+        if let Some(i) = self.introspects(token) {
+            return match i.cache.get(&introspection::digest(token), now_ms) {
+                Some(Introspected::Active(claims)) => self.judge(&claims, now_ms / 1000, false),
+                Some(Introspected::Inactive) => Err(Rejection::Wrong("token not active")),
+                // The sidecar introspects before deciding: only an answer evicted meanwhile
+                // gets here.
+                None => Err(Rejection::Wrong("token not introspected")),
+            };
+        }
         let claims = self.verify(token)?;
-        self.judge(&claims, now)
+        self.judge(&claims, now_ms / 1000, true)
     }
 
     /// The claims of `token` if its signature is right.
@@ -409,11 +450,16 @@ impl OAuth2 {
             .ok_or(malformed)
     }
 
-    fn judge(&self, claims: &Value, now: u64) -> Result<TokenCheck, Rejection> {
+    /// Judges verified claims at `now` (Unix seconds); `exp` is required when `require_exp`
+    /// (JWTs; an introspection answer need not carry one).
+    fn judge(&self, claims: &Value, now: u64, require_exp: bool) -> Result<TokenCheck, Rejection> {
         let num = |name: &str| claims.get(name).and_then(Value::as_f64);
-        let exp = num("exp").ok_or(Rejection::Wrong("token has no exp"))?;
-        if exp + (CLOCK_SKEW_SECS as f64) <= now as f64 {
-            return Err(Rejection::Wrong("token expired"));
+        match num("exp") {
+            None if require_exp => return Err(Rejection::Wrong("token has no exp")),
+            Some(exp) if exp + (CLOCK_SKEW_SECS as f64) <= now as f64 => {
+                return Err(Rejection::Wrong("token expired"));
+            }
+            _ => {}
         }
         if num("nbf").is_some_and(|nbf| nbf > (now + CLOCK_SKEW_SECS) as f64) {
             return Err(Rejection::Wrong("token not yet valid"));
@@ -488,6 +534,11 @@ impl OAuth2 {
         let sig = builtin.key.sign(Algorithm::HmacSha256, signed.as_bytes()).ok()?;
         Some((format!("{signed}.{}", B64.encode(sig)), builtin.ttl_seconds))
     }
+}
+
+/// Whether `token` has the shape of a JWT: three dot-separated parts.
+fn looks_like_jwt(token: &str) -> bool {
+    token.bytes().filter(|&b| b == b'.').count() == 2
 }
 
 /// The token of an `Authorization: Bearer <token>` header.

@@ -27,7 +27,6 @@ use http::{HeaderMap, HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis_config::Sensitive;
 
 use super::{Options, form_encode};
@@ -212,24 +211,7 @@ impl TokenSource {
         .map_err(|_| format!("{what}: the client credentials cannot be sent in a header"))?;
         authorization.set_sensitive(true);
 
-        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_protocol_versions(crate::tls::VERSIONS)
-            .map_err(|e| format!("{what}: no usable TLS configuration ({e})"))?
-            .with_root_certificates(crate::forward::system_roots())
-            .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(opts.connect_timeout));
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let client = crate::oauth2::https_client(opts.connect_timeout).map_err(|e| format!("{what}: {e}"))?;
         Ok(Self {
             route: route.to_owned(),
             url,

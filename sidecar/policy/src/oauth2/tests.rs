@@ -283,16 +283,221 @@ fn tampered_tokens_are_refused() {
     assert_eq!(challenges, ["Bearer realm=\"finance\""]);
 }
 
-#[test]
-fn introspection_only_refuses_opaque_tokens() {
-    let e = engine(
-        json!({"provider": "Generic", "introspectionUrl": "https://idp.example.com/introspect"}),
-        json!({"introspectionClient": {"clientId": "c", "clientSecret": "s"}}),
-    );
+const INTROSPECT: &str = "https://idp.example.com/introspect";
+
+fn introspection_engine(extra: Value) -> Engine {
+    let mut auth = json!({"provider": "Generic", "introspectionUrl": INTROSPECT,
+        "issuer": "https://idp.example.com", "audiences": ["finance-api"], "requiredScopes": ["read"]});
+    if let (Some(a), Value::Object(extra)) = (auth.as_object_mut(), extra) {
+        a.extend(extra);
+    }
+    engine(
+        auth,
+        json!({"introspectionClient": {"clientId": "portcullis", "clientSecret": "intro-s3cret"}}),
+    )
+}
+
+/// Asks the engine which token to introspect, and answers `response` for it.
+fn answer(e: &Engine, token: &str, response: Value, now_ms: u64) {
+    let headers = bearer(token);
+    let req = request("GET", "/api/x", &headers);
+    let wanted = e.introspection_wanted(&req, now_ms).expect("introspection wanted");
     assert_eq!(
-        decide(&e, "opaque", NOW).1,
-        "opaque tokens cannot be verified (no introspection)"
+        (wanted.route, wanted.profile, wanted.url()),
+        ("finance", "idp", INTROSPECT)
     );
+    assert_eq!(wanted.client_id(), "portcullis");
+    assert_eq!(wanted.client_secret().expose(), "intro-s3cret");
+    assert_eq!(wanted.token(), token);
+    wanted.store(&response, now_ms).unwrap();
+    assert!(e.introspection_wanted(&req, now_ms).is_none(), "answered");
+}
+
+fn wanted(e: &Engine, token: &str, now_ms: u64) -> bool {
+    let headers = bearer(token);
+    e.introspection_wanted(&request("GET", "/api/x", &headers), now_ms)
+        .is_some()
+}
+
+#[test]
+fn introspected_tokens_are_judged_like_jwts() {
+    let e = introspection_engine(json!({}));
+    let now_ms = NOW * 1000;
+    // Not asked yet: the engine does no I/O and refuses.
+    assert_eq!(decide(&e, "opaque-1", NOW).1, "token not introspected");
+    answer(
+        &e,
+        "opaque-1",
+        json!({"active": true, "scope": "read write", "client_id": "app-1", "sub": "alice",
+               "iss": "https://idp.example.com", "aud": "finance-api", "exp": NOW + 300}),
+        now_ms,
+    );
+    assert_eq!(decide(&e, "opaque-1", NOW), (200, "alice".into(), vec![]));
+    // Without sub, the client is the caller; without exp, the answer alone counts.
+    answer(
+        &e,
+        "opaque-2",
+        json!({"active": true, "scope": "read", "client_id": "app-2", "iss": "https://idp.example.com",
+               "aud": ["other", "finance-api"]}),
+        now_ms,
+    );
+    assert_eq!(decide(&e, "opaque-2", NOW).1, "app-2");
+    // Missing scope: 403 insufficient_scope, as for JWTs.
+    answer(
+        &e,
+        "opaque-3",
+        json!({"active": true, "scope": "write", "sub": "bob", "iss": "https://idp.example.com",
+               "aud": "finance-api"}),
+        now_ms,
+    );
+    let (status, reason, challenges) = decide(&e, "opaque-3", NOW);
+    assert_eq!((status, reason.as_str()), (403, "token lacks a required scope"));
+    assert_eq!(
+        challenges,
+        ["Bearer realm=\"finance\", error=\"insufficient_scope\", scope=\"read\""]
+    );
+    // Wrong issuer or audience, expired: 401 invalid_token.
+    answer(
+        &e,
+        "opaque-4",
+        json!({"active": true, "scope": "read", "sub": "eve", "iss": "https://evil.example.com",
+               "aud": "finance-api"}),
+        now_ms,
+    );
+    assert_eq!(decide(&e, "opaque-4", NOW).1, "token issuer not accepted");
+    answer(
+        &e,
+        "opaque-5",
+        json!({"active": true, "scope": "read", "sub": "eve", "iss": "https://idp.example.com",
+               "aud": "other"}),
+        now_ms,
+    );
+    assert_eq!(decide(&e, "opaque-5", NOW).1, "token audience not accepted");
+    // Inactive: 401 "token not active", with the invalid_token challenge.
+    answer(&e, "revoked", json!({"active": false}), now_ms);
+    let (status, reason, challenges) = decide(&e, "revoked", NOW);
+    assert_eq!((status, reason.as_str()), (401, "token not active"));
+    assert_eq!(challenges, ["Bearer realm=\"finance\", error=\"invalid_token\""]);
+}
+
+#[test]
+fn introspection_answers_expire_with_the_clock() {
+    use super::introspection::{ACTIVE_TTL_MS, INACTIVE_TTL_MS};
+    let e = introspection_engine(json!({}));
+    let t0 = NOW * 1000;
+    let active = json!({"active": true, "scope": "read", "sub": "alice", "iss": "https://idp.example.com",
+                        "aud": "finance-api", "exp": NOW + 3600});
+    answer(&e, "tok", active, t0);
+    assert!(!wanted(&e, "tok", t0 + ACTIVE_TTL_MS - 1));
+    assert_eq!(decide(&e, "tok", NOW + ACTIVE_TTL_MS / 1000 - 1).0, 200);
+    // Past the TTL: asked again, and refused until then.
+    assert!(wanted(&e, "tok", t0 + ACTIVE_TTL_MS));
+    assert_eq!(
+        decide(&e, "tok", NOW + ACTIVE_TTL_MS / 1000).1,
+        "token not introspected"
+    );
+    // A token expiring sooner than the TTL is asked about again at its exp.
+    let short = json!({"active": true, "scope": "read", "sub": "alice", "iss": "https://idp.example.com",
+                       "aud": "finance-api", "exp": NOW + 5});
+    answer(&e, "short", short, t0);
+    assert!(!wanted(&e, "short", t0 + 4_999));
+    assert!(wanted(&e, "short", t0 + 5_000));
+    // Inactive answers are kept shorter.
+    answer(&e, "revoked", json!({"active": false}), t0);
+    assert!(!wanted(&e, "revoked", t0 + INACTIVE_TTL_MS - 1));
+    assert!(wanted(&e, "revoked", t0 + INACTIVE_TTL_MS));
+}
+
+#[test]
+fn introspection_is_asked_only_when_it_can_matter() {
+    // No introspecting profile: never.
+    let jwt = jwt_engine(&[]);
+    assert!(!wanted(&jwt, "opaque", NOW * 1000));
+    let e = introspection_engine(json!({}));
+    // No bearer token, another route, another scheme: never.
+    let none = HeaderMap::new();
+    assert!(e.introspection_wanted(&request("GET", "/api/x", &none), 0).is_none());
+    let headers = bearer("opaque");
+    assert!(e.introspection_wanted(&request("GET", "/other", &headers), 0).is_none());
+    assert!(
+        e.introspection_wanted(&request("GET", "/api/../x", &headers), 0)
+            .is_none()
+    );
+    let mut basic = HeaderMap::new();
+    basic.insert("authorization", "Basic YTpi".parse().unwrap());
+    assert!(e.introspection_wanted(&request("GET", "/api/x", &basic), 0).is_none());
+    // Without local keys, even a JWT-shaped token is introspected.
+    assert!(wanted(&e, "a.b.c", 0));
+}
+
+#[test]
+fn with_a_jwks_too_jwts_are_verified_locally_and_opaque_tokens_introspected() {
+    let ed = Signer::ed25519("k1");
+    let e = introspection_engine(json!({"jwksUri": JWKS}));
+    feed(&e, &[&ed]);
+    let token = ed.token(&claims());
+    assert!(!wanted(&e, &token, NOW * 1000));
+    assert_eq!(decide(&e, &token, NOW), (200, "alice".into(), vec![]));
+    assert!(wanted(&e, "opaque", NOW * 1000));
+    answer(
+        &e,
+        "opaque",
+        json!({"active": true, "scope": "read", "sub": "svc", "iss": "https://idp.example.com",
+               "aud": "finance-api"}),
+        NOW * 1000,
+    );
+    assert_eq!(decide(&e, "opaque", NOW).1, "svc");
+}
+
+#[test]
+fn introspection_answers_outlive_reloads_and_secrets_stay_out_of_debug() {
+    let limiter = Arc::new(InMemoryLimiter::new());
+    let compile = || {
+        let config = json!({"schemaVersion": 1, "generation": "g", "namespace": "demo",
+            "profiles": [{"name": "idp", "auth": {"type": "OAuth2", "provider": "Generic",
+                          "introspectionUrl": INTROSPECT}}],
+            "routes": [{"name": "finance", "pathPrefix": "/api", "profiles": ["idp"],
+                        "backend": {"type": "Local", "port": 8080}}]});
+        let secrets = json!({"schemaVersion": 1, "generation": "g", "profiles": {"idp":
+            {"introspectionClient": {"clientId": "portcullis", "clientSecret": "intro-s3cret"}}}});
+        let loaded = Loaded {
+            config: serde_json::from_value::<SidecarConfig>(config).unwrap(),
+            secrets: serde_json::from_value::<SecretMaterial>(secrets).unwrap(),
+        };
+        Engine::compile(&loaded, limiter.clone()).unwrap()
+    };
+    let first = compile();
+    let headers = bearer("opaque-secret-token");
+    let req = request("GET", "/api/x", &headers);
+    let wanted = first.introspection_wanted(&req, NOW * 1000).unwrap();
+    let printed = format!("{wanted:?} {first:?}");
+    assert!(
+        !printed.contains("intro-s3cret") && !printed.contains("opaque-secret-token"),
+        "{printed}"
+    );
+    wanted
+        .store(&json!({"active": true, "sub": "alice"}), NOW * 1000)
+        .unwrap();
+    let second = compile();
+    assert_eq!(
+        decide(&second, "opaque-secret-token", NOW),
+        (200, "alice".into(), vec![])
+    );
+}
+
+#[test]
+fn introspection_without_client_credentials_does_not_compile() {
+    let config = json!({"schemaVersion": 1, "generation": "g", "namespace": "demo",
+        "profiles": [{"name": "idp", "auth": {"type": "OAuth2", "provider": "Generic",
+                      "introspectionUrl": INTROSPECT}}],
+        "routes": [{"name": "finance", "pathPrefix": "/api", "profiles": ["idp"],
+                    "backend": {"type": "Local", "port": 8080}}]});
+    let loaded = Loaded {
+        config: serde_json::from_value::<SidecarConfig>(config).unwrap(),
+        secrets: serde_json::from_value::<SecretMaterial>(json!({"schemaVersion": 1, "generation": "g"})).unwrap(),
+    };
+    let err = Engine::compile(&loaded, Arc::new(InMemoryLimiter::new())).unwrap_err();
+    assert!(err.to_string().contains("introspectionClient"), "{err}");
 }
 
 fn builtin() -> Engine {

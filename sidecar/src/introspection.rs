@@ -1,0 +1,232 @@
+//! OAuth 2.0 token introspection (RFC 7662) at the edge: the I/O half of the engine's
+//! introspection cache ([`portcullis_policy::oauth2::introspection`]).
+//!
+//! - Before deciding, the proxy asks [`Engine::introspection_wanted`]; when it names a token,
+//!   [`Introspector::ensure`] asks the profile's endpoint: `POST url` with
+//!   `token=<token>&token_type_hint=access_token` (form-urlencoded), authenticated with
+//!   `client_secret_basic` (RFC 6749 section 2.3.1: id and secret form-encoded, then Basic),
+//!   within [`TIMEOUT`] (5 s). The answer goes to the engine's cache; the decision that follows
+//!   judges it.
+//! - Single flight: concurrent requests carrying the same new token for the same profile wait
+//!   for one introspection call and share its answer (or its failure).
+//! - Failures (endpoint unreachable, slow, not `200`, not an RFC 7662 JSON answer) are not
+//!   cached: the calls that waited for the failed call get its failure, the next call asks
+//!   again. The proxy answers them `503` (fail closed) and counts
+//!   `portcullis_backend_errors_total{kind="introspection"}`.
+//! - Neither the token nor the client secret is ever logged or put in an error.
+//!
+//! [`Engine::introspection_wanted`]: portcullis_policy::Engine::introspection_wanted
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use portcullis_policy::IntrospectionRequest;
+use portcullis_policy::oauth2::introspection::TokenDigest;
+
+use crate::origin_auth::form_encode;
+
+/// Longest an introspection call may take, connection included.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest introspection answer read.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Why a token could not be introspected. Names neither the token nor the secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IntrospectionFailure {
+    #[error("no HTTP client: {0}")]
+    Client(String),
+    #[error("introspection url unusable: {0}")]
+    BadUrl(String),
+    #[error("introspection endpoint unreachable: {0}")]
+    Unreachable(String),
+    #[error("introspection endpoint did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("introspection endpoint answered {0}")]
+    Refused(u16),
+    #[error("introspection answer unusable: {0}")]
+    Invalid(String),
+}
+
+struct Failure {
+    at: Instant,
+    error: IntrospectionFailure,
+}
+
+type Flight = Arc<tokio::sync::Mutex<Option<Failure>>>;
+
+/// Asks introspection endpoints, one call at a time per (profile, token).
+pub struct Introspector {
+    client: OnceLock<Result<HttpsClient, String>>,
+    in_flight: Mutex<HashMap<(Box<str>, TokenDigest), Flight>>,
+    calls: AtomicU64,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Introspector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Introspector")
+            .field("calls", &self.calls())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Introspector {
+    fn default() -> Self {
+        Self::new(TIMEOUT)
+    }
+}
+
+impl Introspector {
+    /// An introspector whose calls take at most `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            client: OnceLock::new(),
+            in_flight: Mutex::new(HashMap::new()),
+            calls: AtomicU64::new(0),
+            timeout,
+        }
+    }
+
+    /// Introspection calls made so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Makes sure the engine holds an answer about `req`'s token: asks the endpoint, unless a
+    /// concurrent call for the same token answered meanwhile.
+    pub async fn ensure(&self, req: IntrospectionRequest<'_, '_>) -> Result<(), IntrospectionFailure> {
+        let asked = Instant::now();
+        let key: (Box<str>, TokenDigest) = (req.profile.into(), req.digest());
+        let flight = {
+            let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key.clone()).or_default().clone()
+        };
+        let result = self.ensure_in(&flight, &req, asked).await;
+        {
+            let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            // The last one out (the map holds one reference, this call another) forgets the
+            // flight, and with it any failure: failures are not cached.
+            if map.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) && Arc::strong_count(&flight) == 2 {
+                map.remove(&key);
+            }
+        }
+        result
+    }
+
+    async fn ensure_in(
+        &self,
+        flight: &Flight,
+        req: &IntrospectionRequest<'_, '_>,
+        asked: Instant,
+    ) -> Result<(), IntrospectionFailure> {
+        let mut last = flight.lock().await;
+        if req.answered(crate::proxy::unix_millis()) {
+            return Ok(());
+        }
+        if let Some(f) = last.as_ref()
+            && f.at >= asked
+        {
+            // The call this request waited for failed: share its answer.
+            return Err(f.error.clone());
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let outcome = match self.call(req).await {
+            Ok(answer) => req
+                .store(&answer, crate::proxy::unix_millis())
+                .map(|_| ())
+                .map_err(|e| IntrospectionFailure::Invalid(e.to_string())),
+            Err(e) => Err(e),
+        };
+        match &outcome {
+            Ok(()) => *last = None,
+            Err(error) => {
+                *last = Some(Failure {
+                    at: Instant::now(),
+                    error: error.clone(),
+                })
+            }
+        }
+        outcome
+    }
+
+    async fn call(&self, req: &IntrospectionRequest<'_, '_>) -> Result<serde_json::Value, IntrospectionFailure> {
+        let client = self
+            .client
+            .get_or_init(|| crate::oauth2::https_client(Duration::from_secs(5)))
+            .as_ref()
+            .map_err(|e| IntrospectionFailure::Client(e.clone()))?;
+        let basic = format!(
+            "{}:{}",
+            form_encode(req.client_id()),
+            form_encode(req.client_secret().expose())
+        );
+        let mut authorization = HeaderValue::from_str(&format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(basic)
+        ))
+        .map_err(|_| IntrospectionFailure::BadUrl("the client credentials cannot be sent in a header".into()))?;
+        authorization.set_sensitive(true);
+        let form = format!("token={}&token_type_hint=access_token", form_encode(req.token()));
+        let request = Request::post(req.url())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json")
+            .header(AUTHORIZATION, authorization)
+            .body(Full::new(Bytes::from(form)))
+            .map_err(|e| IntrospectionFailure::BadUrl(e.to_string()))?;
+        let exchange = async {
+            let resp = client
+                .request(request)
+                .await
+                .map_err(|e| IntrospectionFailure::Unreachable(error_chain(&e)))?;
+            let status = resp.status();
+            if status != StatusCode::OK {
+                return Err(IntrospectionFailure::Refused(status.as_u16()));
+            }
+            Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .map_err(|e| IntrospectionFailure::Unreachable(format!("reading the answer: {e}")))
+        };
+        let body = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| IntrospectionFailure::Timeout(self.timeout))??;
+        serde_json::from_slice(&body).map_err(|_| IntrospectionFailure::Invalid("not JSON".into()))
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_name_no_secret() {
+        assert_eq!(
+            IntrospectionFailure::Refused(401).to_string(),
+            "introspection endpoint answered 401"
+        );
+        assert!(format!("{:?}", Introspector::default()).contains("calls"));
+    }
+}
