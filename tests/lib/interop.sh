@@ -1,4 +1,4 @@
-# Shared by the interop suites (tests/suite.d/40-, 45- and 46-*.sh); sourced, never run.
+# Shared by the interop suites (tests/suite.d/40-, 45-, 46- and 47-*.sh); sourced, never run.
 #
 # After `source tests/lib/interop.sh` the suite runs from the repository root with:
 #   tools, PY, NODE_PATH, KEYS, INTEROP, target_dir   the third-party tools (installed by

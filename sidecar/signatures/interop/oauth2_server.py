@@ -2,14 +2,19 @@
 """A real OAuth 2.0 authorization server (Authlib's Flask AuthorizationServer, client
 credentials grant, client_secret_basic) and a test origin that accepts only the bearer tokens
 it issued, still valid, with the right scope — for the sidecar's oauth2ClientCredentials
-interop check (tests/suite.d/45-sidecar-signing-interop.sh).
+interop check (tests/suite.d/45-sidecar-signing-interop.sh) — and an RFC 7662 introspection
+endpoint (Authlib's IntrospectionEndpoint) for the sidecar's inbound introspection check
+(tests/suite.d/47-introspection-interop.sh).
 
-    oauth2_server.py PORT_FILE CLIENT_ID CLIENT_SECRET EXPIRES_IN
+    oauth2_server.py PORT_FILE CLIENT_ID CLIENT_SECRET EXPIRES_IN [INTROSPECT_ID INTROSPECT_SECRET]
 
 Writes `TOKEN_PORT ORIGIN_PORT` to PORT_FILE (both on 127.0.0.1).
 Token server: POST /oauth/token (Authlib checks the client secret; a wrong one is 401
 invalid_client). Origin: any path answers 200 {"ok": true, ...} for a valid token, else 401;
 GET /_stats gives the counts, POST /_revoke drops every token issued so far.
+Introspection: POST /oauth/introspect, client_secret_basic, only for INTROSPECT_ID (a
+resource server, registered when given); tokens are opaque strings, revoked ones (and
+unknown or expired ones) answer {"active": false}.
 """
 
 import hmac
@@ -21,12 +26,51 @@ import time
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import ClientMixin, grants
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from flask import Flask, jsonify, request
 from werkzeug.serving import make_server
 
 LOCK = threading.Lock()
 TOKENS = {}  # access_token -> {"client_id", "scope", "audience", "expires_at"}
-STATS = {"token_requests": 0, "issued": 0, "origin_ok": 0, "origin_refused": 0}
+STATS = {"token_requests": 0, "issued": 0, "origin_ok": 0, "origin_refused": 0, "introspections": 0,
+         "introspection_clients": [], "introspection_auth_methods": []}
+ISSUER = "https://authlib.interop"
+INTROSPECTOR = {"client_id": None}
+
+
+class StoredToken:
+    """A token as the introspection endpoint sees it."""
+
+    def __init__(self, access_token, record):
+        self.access_token, self.record = access_token, record
+
+    def is_expired(self):
+        return self.record["expires_at"] <= time.time()
+
+    def is_revoked(self):
+        with LOCK:
+            return self.access_token not in TOKENS
+
+
+class Introspection(IntrospectionEndpoint):
+    def query_token(self, token_string, token_type_hint):
+        with LOCK:
+            record = TOKENS.get(token_string)
+        return StoredToken(token_string, record) if record else None
+
+    def check_permission(self, token, client, request):
+        # Only the resource server may introspect.
+        with LOCK:
+            STATS["introspection_clients"].append(client.get_client_id())
+        return client.get_client_id() == INTROSPECTOR["client_id"]
+
+    def introspect_token(self, token):
+        r = token.record
+        payload = {"active": True, "client_id": r["client_id"], "sub": r["client_id"], "scope": r["scope"],
+                   "iss": ISSUER, "exp": int(r["expires_at"]), "iat": int(r["issued_at"]), "token_type": "Bearer"}
+        if r.get("audience"):
+            payload["aud"] = r["audience"]
+        return payload
 
 
 class Client(ClientMixin):
@@ -50,6 +94,9 @@ class Client(ClientMixin):
         return hmac.compare_digest(client_secret.encode(), self.secret.encode())
 
     def check_endpoint_auth_method(self, method, endpoint):
+        if endpoint == "introspection":
+            with LOCK:
+                STATS["introspection_auth_methods"].append(method)
         return method == "client_secret_basic"
 
     def check_response_type(self, response_type):
@@ -60,11 +107,14 @@ class Client(ClientMixin):
 
 
 def main():
-    if len(sys.argv) != 5:
+    if len(sys.argv) not in (5, 7):
         print(__doc__, file=sys.stderr)
         sys.exit(2)
     port_file, client_id, client_secret, expires_in = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     clients = {client_id: Client(client_id, client_secret)}
+    if len(sys.argv) == 7:
+        INTROSPECTOR["client_id"] = sys.argv[5]
+        clients[sys.argv[5]] = Client(sys.argv[5], sys.argv[6])
 
     idp = Flask("idp")
     idp.config["OAUTH2_TOKEN_EXPIRES_IN"] = {"client_credentials": expires_in}
@@ -77,16 +127,24 @@ def main():
                 "scope": token.get("scope", ""),
                 "audience": request.form.get("audience"),
                 "expires_at": time.time() + token.get("expires_in", expires_in),
+                "issued_at": time.time(),
             }
 
     server = AuthorizationServer(idp, query_client=clients.get, save_token=save_token)
     server.register_grant(grants.ClientCredentialsGrant)
+    server.register_endpoint(Introspection)
 
     @idp.route("/oauth/token", methods=["POST"])
     def token():
         with LOCK:
             STATS["token_requests"] += 1
         return server.create_token_response()
+
+    @idp.route("/oauth/introspect", methods=["POST"])
+    def introspect():
+        with LOCK:
+            STATS["introspections"] += 1
+        return server.create_endpoint_response(Introspection.ENDPOINT_NAME)
 
     origin = Flask("origin")
 
