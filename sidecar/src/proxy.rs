@@ -41,11 +41,10 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    if head_size(&req) > shared.max_header_bytes {
-        let response = Answer::HeadersTooLarge.response();
+    let early = |response: Response<ProxyBody>, route: &str, profile: &str, reason: &str| {
         let record = audit::Record {
-            route: "-",
-            profile: "-",
+            route,
+            profile,
             identity: "-",
             client_ip: conn.peer.ip(),
             method: method.as_str(),
@@ -53,11 +52,21 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
             status: response.status().as_u16(),
             latency: start.elapsed(),
             decision: "error",
-            reason: "request headers too large",
+            reason,
         };
-        shared.metrics.request("-", "-", "error", record.status, record.latency);
+        shared
+            .metrics
+            .request(route, profile, "error", record.status, record.latency);
         shared.audit.record(&record);
-        return response;
+        response
+    };
+    if head_size(&req) > shared.max_header_bytes {
+        return early(
+            Answer::HeadersTooLarge.response(),
+            "-",
+            "-",
+            "request headers too large",
+        );
     }
     let active = shared.active.load_full();
     // As sent: the engine compares hosts case-insensitively (`routes::normal_host`).
@@ -86,10 +95,11 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         // The Builtin OAuth2 token endpoint: answered here, never counted.
         return crate::oauth2::token(&shared, endpoint, req, conn.peer.ip(), start).await;
     }
+    let mut now = unix_millis();
     // An opaque bearer token of a profile with introspection: asked about first (the engine
     // does no I/O); a route with several such profiles may need a few.
     for _ in 0..MAX_INTROSPECTIONS {
-        let Some(wanted) = active.engine.introspection_wanted(&view, unix_millis()) else {
+        let Some(wanted) = active.engine.introspection_wanted(&view, now) else {
             break;
         };
         if let Err(error) = shared.introspector.ensure(wanted).await {
@@ -100,27 +110,17 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
                 %error,
                 "token introspection failed; answering 503"
             );
-            let response = Answer::IntrospectionUnavailable { route: wanted.route }.response();
-            let record = audit::Record {
-                route: wanted.route,
-                profile: wanted.profile,
-                identity: "-",
-                client_ip: conn.peer.ip(),
-                method: method.as_str(),
-                path: &path,
-                status: response.status().as_u16(),
-                latency: start.elapsed(),
-                decision: "error",
-                reason: "token introspection failed",
-            };
-            shared
-                .metrics
-                .request(record.route, record.profile, "error", record.status, record.latency);
-            shared.audit.record(&record);
-            return response;
+            return early(
+                Answer::IntrospectionUnavailable { route: wanted.route }.response(),
+                wanted.route,
+                wanted.profile,
+                "token introspection failed",
+            );
         }
+        // The decision is taken after the answer came, not before the question went.
+        now = unix_millis();
     }
-    let outcome = active.engine.decide(&view, unix_millis());
+    let outcome = active.engine.decide(&view, now);
     // A signature that covers a body digest: the body is read (up to a limit) and checked
     // before anything is forwarded; other bodies stream.
     let (req, body_refused) = check_signed_body(req, &outcome, shared.max_signed_body_bytes).await;
