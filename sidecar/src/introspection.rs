@@ -188,7 +188,7 @@ impl Introspector {
             let resp = client
                 .request(request)
                 .await
-                .map_err(|e| IntrospectionFailure::Unreachable(error_chain(&e)))?;
+                .map_err(|e| IntrospectionFailure::Unreachable(crate::oauth2::error_chain(&e)))?;
             let status = resp.status();
             if status != StatusCode::OK {
                 return Err(IntrospectionFailure::Refused(status.as_u16()));
@@ -204,17 +204,6 @@ impl Introspector {
             .map_err(|_| IntrospectionFailure::Timeout(self.timeout))??;
         serde_json::from_slice(&body).map_err(|_| IntrospectionFailure::Invalid("not JSON".into()))
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -63,6 +63,19 @@ fn client() -> Option<HttpsClient> {
     https_client(Duration::from_secs(5)).ok()
 }
 
+/// An error and its sources, `: `-joined, for messages about calls to identity providers
+/// (never carries a token or a secret: those are not in transport errors).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// The HTTPS (and plain HTTP) client the sidecar uses toward identity providers (key sets,
 /// token and introspection endpoints): rustls with the system roots, HTTP/1, pooled
 /// connections kept 30 s. The error says why no TLS configuration could be made.

@@ -8,6 +8,8 @@
 #   pass NAME / fail NAME WHY / summary SUITE         bookkeeping; summary fails the suite
 #                                                     when anything failed
 #   free_port, wait_file FILE, edit IN OUT PYTHON     small helpers
+#   authlib_venv                                      prints the venv holding Authlib (an
+#                                                     authorization server), installing it
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 tools="${PORTCULLIS_TOOLS:-$PWD/target/tools}"
@@ -46,4 +48,16 @@ now = int(time.time())
 exec(sys.argv[3])
 json.dump(r, open(sys.argv[2], "w"))
 PY
+}
+
+# authlib_venv: installs Authlib (and Flask, its server integration) in their own venv under
+# $tools, once, and prints the venv's path.
+authlib_venv() {
+  local venv="$tools/venv-oauth"
+  if [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("Authlib"))' 2>/dev/null)" != 1.9.6 ]; then
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check "Authlib==1.9.6" "Flask==3.1.2" >&2
+  fi
+  echo "$venv"
 }

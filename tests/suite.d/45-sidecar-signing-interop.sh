@@ -19,13 +19,7 @@ SIDECAR="$target_dir/debug/portcullis-sidecar"
 HMAC="an origin shared secret"
 OAUTH_SECRET='s3cret:with/+chars'
 
-# Authlib (and Flask, its server integration) in their own venv. Idempotent.
-oauth_venv="$tools/venv-oauth"
-if [ "$("$oauth_venv/bin/python" -c 'import importlib.metadata as m; print(m.version("Authlib"))' 2>/dev/null)" != 1.9.6 ]; then
-  rm -rf "$oauth_venv"
-  python3 -m venv "$oauth_venv"
-  "$oauth_venv/bin/pip" install -q --disable-pip-version-check "Authlib==1.9.6" "Flask==3.1.2"
-fi
+oauth_venv=$(authlib_venv)
 
 
 # Origins: keyId -> algorithm and verifying key. "wrong" signs with another key at the sidecar.

@@ -19,12 +19,7 @@ SIDECAR="$target_dir/debug/portcullis-sidecar"
 GW_SECRET="gw-s3cret"
 RS_SECRET='rs-s3cret:with/+chars'
 
-oauth_venv="$tools/venv-oauth"
-if [ "$("$oauth_venv/bin/python" -c 'import importlib.metadata as m; print(m.version("Authlib"))' 2>/dev/null)" != 1.9.6 ]; then
-  rm -rf "$oauth_venv"
-  python3 -m venv "$oauth_venv"
-  "$oauth_venv/bin/pip" install -q --disable-pip-version-check "Authlib==1.9.6" "Flask==3.1.2"
-fi
+oauth_venv=$(authlib_venv)
 
 "$oauth_venv/bin/python" "$INTEROP/oauth2_server.py" "$work/oauth.port" portcullis-gw "$GW_SECRET" 600 \
   portcullis-rs "$RS_SECRET" >"$work/oauth.log" 2>&1 & pids+=($!)

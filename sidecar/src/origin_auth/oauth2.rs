@@ -294,7 +294,7 @@ impl TokenSource {
                 .client
                 .request(req)
                 .await
-                .map_err(|e| TokenError::Unreachable(error_chain(&e)))?;
+                .map_err(|e| TokenError::Unreachable(crate::oauth2::error_chain(&e)))?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
@@ -365,17 +365,6 @@ pub fn cache_lifetime(expires_in: Duration) -> Duration {
 fn is_loopback(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.eq_ignore_ascii_case("localhost") || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]
