@@ -16,7 +16,6 @@
 //! [`Engine::token_endpoint`]: portcullis_policy::Engine::token_endpoint
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +33,7 @@ use serde::Serialize;
 
 use crate::audit;
 use crate::body::ProxyBody;
-use crate::respond::json;
+use crate::respond::{Answer, json};
 use crate::state::Shared;
 
 /// Largest token request body read.
@@ -211,25 +210,36 @@ pub async fn token(
     shared: &Shared,
     endpoint: TokenEndpoint<'_>,
     req: Request<Incoming>,
-    client_ip: IpAddr,
     start: Instant,
 ) -> Response<ProxyBody> {
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
-    let (parts, body) = req.into_parts();
-    let body = Limited::new(body, MAX_TOKEN_REQUEST_BYTES)
-        .collect()
-        .await
-        .ok()
-        .map(|c| c.to_bytes())
-        .and_then(|b| String::from_utf8(b.to_vec()).ok());
-    let result = match body {
-        Some(body) => endpoint.issue(&parts.headers, &body, unix_secs()),
-        None => Err(TokenError::InvalidRequest),
-    };
+    let client_ip = endpoint.client_ip;
     let route = &*endpoint.route.name;
+    let result = if endpoint.from_trusted_address() {
+        let (parts, body) = req.into_parts();
+        let body = Limited::new(body, MAX_TOKEN_REQUEST_BYTES)
+            .collect()
+            .await
+            .ok()
+            .map(|c| c.to_bytes())
+            .and_then(|b| String::from_utf8(b.to_vec()).ok());
+        Some(match body {
+            Some(body) => endpoint.issue(&parts.headers, &body, unix_secs()),
+            None => Err(TokenError::InvalidRequest),
+        })
+    } else {
+        // Refused before the credentials are even read, as the API behind it would be.
+        None
+    };
     let (mut response, identity, decision, reason) = match &result {
-        Ok(issued) => (
+        None => (
+            Answer::Forbidden { route }.response(),
+            "-",
+            "deny",
+            "client address outside the profile's trusted IP ranges",
+        ),
+        Some(Ok(issued)) => (
             json(
                 StatusCode::OK,
                 &TokenResponse {
@@ -243,7 +253,7 @@ pub async fn token(
             "allow",
             "oauth2 token issued",
         ),
-        Err(e) => {
+        Some(Err(e)) => {
             let status = if *e == TokenError::InvalidClient {
                 StatusCode::UNAUTHORIZED
             } else {

@@ -93,7 +93,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     };
     if let Some(endpoint) = active.engine.token_endpoint(&view) {
         // The Builtin OAuth2 token endpoint: answered here, never counted.
-        return crate::oauth2::token(&shared, endpoint, req, conn.peer.ip(), start).await;
+        return crate::oauth2::token(&shared, endpoint, req, start).await;
     }
     let mut now = unix_millis();
     // An opaque bearer token of a profile with introspection: asked about first (the engine

@@ -321,3 +321,34 @@ async fn the_builtin_provider_issues_tokens_for_its_clients() {
     let audit = std::fs::read_to_string(&sidecar.audit).unwrap();
     assert!(!audit.contains(&access) && !audit.contains("s3cret"), "{audit}");
 }
+
+#[tokio::test]
+async fn the_builtin_token_endpoint_refuses_clients_outside_the_trusted_ranges() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    loaded(
+        "g1",
+        json!({
+            "profiles": [{"name": "accelerator",
+                "trustedIpRanges": [{"from": "192.168.1.0", "to": "192.168.1.255"}],
+                "auth": {"type": "OAuth2", "provider": "Builtin", "builtinTokenTtlSeconds": 600}}],
+            "routes": [{"name": "api", "pathPrefix": "/api", "profiles": ["accelerator"],
+                "backend": {"type": "Local", "port": backend.port()}}],
+        }),
+        json!({"profiles": {"accelerator": {"oauth2Clients": {"app-1": "s3cret"}}}}),
+    )
+    .write_dir(dir.path())
+    .unwrap();
+    let sidecar = Sidecar::start(dir.path()).await;
+    // Right credentials, from 127.0.0.1: no token, as the API itself would refuse the call.
+    let (s, body) = token_request(&sidecar, Some(("app-1", "s3cret")), "grant_type=client_credentials").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.get("access_token").is_none(), "{body}");
+    let lines = sidecar.wait_audit(1).await;
+    assert_eq!(lines[0]["decision"], "deny");
+    assert_eq!(lines[0]["client_ip"], "127.0.0.1");
+    assert_eq!(
+        lines[0]["reason"],
+        "client address outside the profile's trusted IP ranges"
+    );
+}

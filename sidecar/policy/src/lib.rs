@@ -464,7 +464,8 @@ impl<L: Limiter> Engine<L> {
 
     /// The Builtin token endpoint `req` is addressed to, if any: `POST <pathPrefix>/oauth2/token`
     /// on the inbound listeners, for the route `req` would otherwise match when one of its
-    /// profiles is an OAuth2 profile with provider Builtin.
+    /// profiles is an OAuth2 profile with provider Builtin. The client address is judged as
+    /// for the API itself ([`TokenEndpoint::from_trusted_address`]).
     pub fn token_endpoint(&self, req: &RequestView<'_>) -> Option<TokenEndpoint<'_>> {
         if req.listener != Listener::Inbound || req.method != "POST" {
             return None;
@@ -481,13 +482,19 @@ impl<L: Limiter> Engine<L> {
         if route.ssl_only && !req.tls {
             return None;
         }
-        route.profiles.iter().find_map(|&i| match &self.profiles[i].auth {
-            Auth::OAuth2(o) if o.builtin().is_some() => Some(TokenEndpoint {
-                route,
-                profile: &self.profiles[i].name,
-                oauth2: o,
-            }),
-            _ => None,
+        let client_ip = ip::client_ip(req.peer, req.headers, &self.trusted_proxies);
+        route.profiles.iter().find_map(|&i| {
+            let profile = &self.profiles[i];
+            match &profile.auth {
+                Auth::OAuth2(o) if o.builtin().is_some() => Some(TokenEndpoint {
+                    route,
+                    profile: &profile.name,
+                    oauth2: o,
+                    client_ip,
+                    trusted: profile.trusted.is_empty() || profile.trusted.contains(client_ip),
+                }),
+                _ => None,
+            }
         })
     }
 
@@ -772,7 +779,10 @@ fn challenges<'a>(route: &str, auths: impl Iterator<Item = &'a Auth>) -> Box<[St
 pub struct TokenEndpoint<'e> {
     pub route: &'e CompiledRoute,
     pub profile: &'e str,
+    /// The client, after trusted proxies.
+    pub client_ip: IpAddr,
     oauth2: &'e OAuth2,
+    trusted: bool,
 }
 
 /// A token request refused: the OAuth error code (RFC 6749 section 5.2).
@@ -811,6 +821,12 @@ pub struct Issued {
 }
 
 impl TokenEndpoint<'_> {
+    /// Whether the client's address is within the profile's trusted IP ranges (or the profile
+    /// has none): outside them no token is issued (403), as the API itself would refuse it.
+    pub fn from_trusted_address(&self) -> bool {
+        self.trusted
+    }
+
     /// Serves a client-credentials token request: `headers` (for `client_secret_basic`) and
     /// the form `body`, at `now_secs`. The requested scope is granted as asked (its tokens
     /// well formed); without one, the token carries the profile's required scopes.

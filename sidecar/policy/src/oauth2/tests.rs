@@ -591,6 +591,37 @@ fn builtin_refuses_wrong_clients_and_grants() {
 }
 
 #[test]
+fn the_token_endpoint_judges_the_client_address_like_the_api() {
+    let config = json!({"schemaVersion": 1, "generation": "g", "namespace": "demo",
+        "trustedProxies": ["10.0.0.0/8"],
+        "profiles": [{"name": "idp", "auth": {"type": "OAuth2", "provider": "Builtin", "builtinTokenTtlSeconds": 600},
+                      "trustedIpRanges": [{"from": "192.168.1.0", "to": "192.168.1.255"}]}],
+        "routes": [{"name": "finance", "pathPrefix": "/api", "profiles": ["idp"],
+                    "backend": {"type": "Local", "port": 8080}}]});
+    let secrets = json!({"schemaVersion": 1, "generation": "g",
+        "profiles": {"idp": {"oauth2Clients": {"app-1": "s3cret"}}}});
+    let loaded = Loaded {
+        config: serde_json::from_value::<SidecarConfig>(config).unwrap(),
+        secrets: serde_json::from_value::<SecretMaterial>(secrets).unwrap(),
+    };
+    let e = Engine::compile(&loaded, Arc::new(InMemoryLimiter::new())).unwrap();
+    let endpoint = |xff: Option<&str>| {
+        let mut h = HeaderMap::new();
+        if let Some(xff) = xff {
+            h.insert("x-forwarded-for", xff.parse().unwrap());
+        }
+        let t = e
+            .token_endpoint(&request("POST", "/api/oauth2/token", &h))
+            .expect("token endpoint");
+        (t.client_ip.to_string(), t.from_trusted_address())
+    };
+    // The peer 10.0.0.1 is a trusted proxy: the client is the address it forwards for.
+    assert_eq!(endpoint(Some("192.168.1.7")), ("192.168.1.7".into(), true));
+    assert_eq!(endpoint(Some("203.0.113.9")), ("203.0.113.9".into(), false));
+    assert_eq!(endpoint(None), ("10.0.0.1".into(), false));
+}
+
+#[test]
 fn jwks_documents_skip_unusable_keys() {
     let doc = json!({"keys": [
         {"kty": "RSA", "kid": "r", "n": B64.encode([0xc0u8; 256]), "e": "AQAB"},
