@@ -29,10 +29,14 @@ pub fn handle(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<ProxyBo
         "/healthz" => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         "/readyz" => {
             let active = shared.active.load();
-            let (status, text) = if active.ready {
-                (StatusCode::OK, "ready")
-            } else {
+            let (status, text) = if !active.ready {
                 (StatusCode::SERVICE_UNAVAILABLE, "no valid configuration loaded")
+            } else if !active.engine.jwks().all(|(_, slot)| slot.tried()) {
+                // Until every OAuth2 key set was fetched once (or failed to be), valid
+                // tokens would be refused for want of keys.
+                (StatusCode::SERVICE_UNAVAILABLE, "fetching OAuth2 key sets")
+            } else {
+                (StatusCode::OK, "ready")
             };
             json(
                 status,

@@ -158,6 +158,7 @@ pub async fn refresh_keys(shared: Arc<Shared>, policy: RefreshPolicy) {
                     false
                 }
             };
+            slot.mark_tried();
             seen.insert(uri, Fetched { at: Instant::now(), ok });
         }
     }

@@ -5,7 +5,7 @@
 mod common;
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -67,6 +67,8 @@ struct Jwks {
     url: String,
     doc: Arc<Mutex<String>>,
     fetches: Arc<AtomicUsize>,
+    /// How long each answer is held back, in milliseconds.
+    delay_ms: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -82,18 +84,21 @@ impl Jwks {
         let url = format!("http://{}/jwks", listener.local_addr().unwrap());
         let doc = Arc::new(Mutex::new(String::new()));
         let fetches = Arc::new(AtomicUsize::new(0));
-        let (d, f) = (doc.clone(), fetches.clone());
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (d, f, w) = (doc.clone(), fetches.clone(), delay_ms.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (d, f) = (d.clone(), f.clone());
+                let (d, f, w) = (d.clone(), f.clone(), w.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
                         f.fetch_add(1, Ordering::SeqCst);
                         let body = d.lock().unwrap().clone();
+                        let delay = Duration::from_millis(w.load(Ordering::SeqCst));
                         async move {
+                            tokio::time::sleep(delay).await;
                             Ok::<_, Infallible>(
                                 Response::builder()
                                     .header("content-type", "application/json")
@@ -112,6 +117,7 @@ impl Jwks {
             url,
             doc,
             fetches,
+            delay_ms,
             task,
         };
         jwks.publish(keys);
@@ -146,18 +152,7 @@ async fn bearer_jwts_are_verified_with_the_jwks_and_follow_rotation() {
     let (k1, k2) = (Signer::new("k1"), Signer::new("k2"));
     let jwks = Jwks::start(&[&k1]).await;
     let dir = tempfile::tempdir().unwrap();
-    loaded(
-        "g1",
-        json!({
-            "profiles": [{"name": "idp", "auth": {"type": "OAuth2", "provider": "Generic", "issuer": ISSUER,
-                "jwksUri": jwks.url, "audiences": ["finance-api"], "requiredScopes": ["read"]}}],
-            "routes": [{"name": "api", "pathPrefix": "/api", "profiles": ["idp"],
-                "backend": {"type": "Local", "port": backend.port()}}],
-        }),
-        json!({}),
-    )
-    .write_dir(dir.path())
-    .unwrap();
+    write_config(dir.path(), &jwks.url, backend.port());
     let sidecar = Sidecar::start_with(dir.path(), &["--jwks-min-refresh-interval", "1s"]).await;
 
     let good = k1.token(claims("alice", "read write", now() + 300));
@@ -351,4 +346,56 @@ async fn the_builtin_token_endpoint_refuses_clients_outside_the_trusted_ranges()
         lines[0]["reason"],
         "client address outside the profile's trusted IP ranges"
     );
+}
+
+/// One OAuth2 profile with `jwks_uri` on route `/api` toward the app at `port`.
+fn write_config(dir: &std::path::Path, jwks_uri: &str, port: u16) {
+    loaded(
+        "g1",
+        json!({
+            "profiles": [{"name": "idp", "auth": {"type": "OAuth2", "provider": "Generic", "issuer": ISSUER,
+                "jwksUri": jwks_uri, "audiences": ["finance-api"], "requiredScopes": ["read"]}}],
+            "routes": [{"name": "api", "pathPrefix": "/api", "profiles": ["idp"],
+                "backend": {"type": "Local", "port": port}}],
+        }),
+        json!({}),
+    )
+    .write_dir(dir)
+    .unwrap();
+}
+
+/// The sidecar turns ready once every key set was fetched (or failed to be), not before:
+/// tokens checked earlier would be refused only for want of keys.
+#[tokio::test]
+async fn readiness_waits_for_the_first_key_set_fetch() {
+    let backend = Backend::start().await;
+    let key = Signer::new("k1");
+    let jwks = Jwks::start(&[&key]).await;
+    jwks.delay_ms.store(1_500, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &jwks.url, backend.port());
+    let sidecar = Sidecar::start(dir.path()).await;
+    let (status, _, body) = get(&sidecar.admin_url("/readyz")).await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json_of(&body)["status"], "fetching OAuth2 key sets");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sidecar.readiness().await.0 {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Ready means the keys are there: the first token is admitted.
+    let token = key.token(claims("alice", "read", now() + 60));
+    assert_eq!(call(&sidecar, &token).await.0, StatusCode::OK);
+
+    // A key set that cannot be fetched does not hold readiness back (its tokens fail closed).
+    let closed = format!("http://{}/jwks", free_addr());
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &closed, backend.port());
+    let sidecar = Sidecar::start(dir.path()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sidecar.readiness().await.0 {
+        assert!(Instant::now() < deadline, "never ready with an unreachable key set");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(call(&sidecar, &token).await.0, StatusCode::UNAUTHORIZED);
 }

@@ -197,12 +197,25 @@ fn jose_algorithm(name: &str) -> Option<Algorithm> {
 pub struct KeySlot {
     keys: ArcSwap<JwkSet>,
     unknown_kid: AtomicBool,
+    tried: AtomicBool,
 }
 
 impl KeySlot {
     /// Puts `set` in force.
     pub fn store(&self, set: JwkSet) {
         self.keys.store(Arc::new(set));
+        self.mark_tried();
+    }
+
+    /// Records that the set was fetched, or that fetching it failed.
+    pub fn mark_tried(&self) {
+        self.tried.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the set was ever fetched or tried (the sidecar is not ready before: a token
+    /// checked then would be refused only because the keys are not there yet).
+    pub fn tried(&self) -> bool {
+        self.tried.load(Ordering::Relaxed)
     }
 
     /// The set in force.
