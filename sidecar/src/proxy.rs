@@ -41,12 +41,12 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let early = |response: Response<ProxyBody>, route: &str, profile: &str, reason: &str| {
+    let early = |response: Response<ProxyBody>, route: &str, profile: &str, client_ip, reason: &str| {
         let record = audit::Record {
             route,
             profile,
             identity: "-",
-            client_ip: conn.peer.ip(),
+            client_ip,
             method: method.as_str(),
             path: &path,
             status: response.status().as_u16(),
@@ -65,6 +65,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
             Answer::HeadersTooLarge.response(),
             "-",
             "-",
+            conn.peer.ip(),
             "request headers too large",
         );
     }
@@ -114,6 +115,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
                 Answer::IntrospectionUnavailable { route: wanted.route }.response(),
                 wanted.route,
                 wanted.profile,
+                wanted.client_ip,
                 "token introspection failed",
             );
         }

@@ -499,9 +499,11 @@ impl<L: Limiter> Engine<L> {
     }
 
     /// The token `req` carries that must be introspected before [`Engine::decide`] can judge
-    /// it, if any: its route's first profile that introspects it and holds no fresh answer
-    /// about it. `None` at once (no allocation) when no profile introspects; call again after
-    /// storing an answer, for a route with several such profiles.
+    /// it, if any: its route's first profile that introspects it, admits the client's address
+    /// (no identity provider is asked on behalf of a client the profile refuses anyway) and
+    /// holds no fresh answer about it. `None` at once (no allocation) when no profile
+    /// introspects; call again after storing an answer, for a route with several such
+    /// profiles.
     pub fn introspection_wanted<'r>(&self, req: &RequestView<'r>, now_ms: u64) -> Option<IntrospectionRequest<'_, 'r>> {
         if !self.introspects {
             return None;
@@ -519,19 +521,25 @@ impl<L: Limiter> Engine<L> {
         if route.ssl_only && !req.tls {
             return None;
         }
+        let client_ip = ip::client_ip(req.peer, req.headers, &self.trusted_proxies);
         let mut digest = None;
         route.profiles.iter().find_map(|&i| {
-            let Auth::OAuth2(o) = &self.profiles[i].auth else {
+            let profile = &self.profiles[i];
+            let Auth::OAuth2(o) = &profile.auth else {
                 return None;
             };
             let introspection = o.introspects(token)?;
+            if !profile.trusted.is_empty() && !profile.trusted.contains(client_ip) {
+                return None;
+            }
             let d = digest.get_or_insert_with(|| oauth2::introspection::digest(token));
             if introspection.cache.get(d, now_ms).is_some() {
                 return None;
             }
             Some(IntrospectionRequest {
                 route: &route.name,
-                profile: &self.profiles[i].name,
+                profile: &profile.name,
+                client_ip,
                 introspection,
                 token,
             })

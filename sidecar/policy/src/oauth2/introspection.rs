@@ -234,6 +234,8 @@ pub struct IntrospectionRequest<'e, 'r> {
     pub route: &'e str,
     /// The profile whose endpoint is asked.
     pub profile: &'e str,
+    /// The client, after trusted proxies (for the audit line).
+    pub client_ip: std::net::IpAddr,
     pub(crate) introspection: &'e Introspection,
     pub(crate) token: &'r str,
 }
@@ -394,6 +396,7 @@ mod tests {
         let req = IntrospectionRequest {
             route: "r",
             profile: "p",
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             introspection: &i,
             token,
         };

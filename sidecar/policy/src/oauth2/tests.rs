@@ -409,6 +409,26 @@ fn introspection_answers_expire_with_the_clock() {
 }
 
 #[test]
+fn no_introspection_on_behalf_of_a_client_outside_the_trusted_ranges() {
+    let config = json!({"schemaVersion": 1, "generation": "g", "namespace": "demo",
+        "profiles": [{"name": "idp", "trustedIpRanges": [{"from": "192.168.1.0", "to": "192.168.1.255"}],
+                      "auth": {"type": "OAuth2", "provider": "Generic", "introspectionUrl": INTROSPECT}}],
+        "routes": [{"name": "finance", "pathPrefix": "/api", "profiles": ["idp"],
+                    "backend": {"type": "Local", "port": 8080}}]});
+    let secrets = json!({"schemaVersion": 1, "generation": "g", "profiles": {"idp":
+        {"introspectionClient": {"clientId": "portcullis", "clientSecret": "intro-s3cret"}}}});
+    let loaded = Loaded {
+        config: serde_json::from_value::<SidecarConfig>(config).unwrap(),
+        secrets: serde_json::from_value::<SecretMaterial>(secrets).unwrap(),
+    };
+    let e = Engine::compile(&loaded, Arc::new(InMemoryLimiter::new())).unwrap();
+    // The peer 10.0.0.1 is outside 192.168.1.0/24: the identity provider is not asked, and the
+    // call is refused as any call from there would be.
+    assert!(!wanted(&e, "opaque", NOW * 1000));
+    assert_eq!(decide(&e, "opaque", NOW).0, 401);
+}
+
+#[test]
 fn introspection_is_asked_only_when_it_can_matter() {
     // No introspecting profile: never.
     let jwt = jwt_engine(&[]);
