@@ -306,12 +306,6 @@ async fn one_leader_at_a_time_and_a_standby_takes_over() {
     );
 }
 
-/// Now, as a Lease's MicroTime.
-fn lease_now() -> Value {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-    serde_json::to_value(MicroTime(k8s_openapi::jiff::Timestamp::now())).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_made_valid_again_and_a_missing_secret_created_later_are_served() {
     let dir = tempfile::tempdir().unwrap();

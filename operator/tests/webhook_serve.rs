@@ -462,12 +462,6 @@ async fn the_webhooks_follow_a_ca_rotation() {
     );
 }
 
-/// Now, as a Lease's MicroTime.
-fn lease_now() -> Value {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-    serde_json::to_value(MicroTime(k8s_openapi::jiff::Timestamp::now())).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_replica_is_ready_only_with_a_serving_certificate() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,6 +10,9 @@
 #   free_port, wait_file FILE, edit IN OUT PYTHON     small helpers
 #   authlib_venv                                      prints the venv holding Authlib (an
 #                                                     authorization server), installing it
+#   start_sidecar DIR [FLAGS...]                      runs $SIDECAR on DIR (audit log and log
+#                                                     in $work) and waits until it is ready;
+#                                                     sets inbound, admin, tls, egress (ports)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 tools="${PORTCULLIS_TOOLS:-$PWD/target/tools}"
@@ -60,4 +63,20 @@ authlib_venv() {
     "$venv/bin/pip" install -q --disable-pip-version-check "Authlib==1.9.6" "Flask==3.1.2" >&2
   fi
   echo "$venv"
+}
+
+# start_sidecar DIR [FLAGS...]: starts "$SIDECAR" serving the configuration in DIR on free
+# ports (inbound, admin, tls, egress), its audit log in $work/audit.log and its log in
+# $work/sidecar.log, and waits (bounded) until /readyz answers 200.
+start_sidecar() {
+  local dir="$1"; shift
+  inbound=$(free_port); admin=$(free_port); tls=$(free_port); egress=$(free_port)
+  "$SIDECAR" --config-dir "$dir" --inbound "127.0.0.1:$inbound" --admin "127.0.0.1:$admin" \
+    --inbound-tls "127.0.0.1:$tls" --egress "127.0.0.1:$egress" --audit-log "$work/audit.log" \
+    "$@" >"$work/sidecar.log" 2>&1 & pids+=($!)
+  for _ in $(seq 200); do
+    curl -fsS "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "sidecar not ready:"; cat "$work/sidecar.log"; exit 1
 }

@@ -110,16 +110,7 @@ json.dump({"schemaVersion": 1, "generation": "interop", "routes": secrets},
           open(f"{out}/secrets.json", "w"), indent=1)
 PY
 
-inbound=$(free_port); admin=$(free_port); tls=$(free_port); egress=$(free_port)
-"$SIDECAR" --config-dir "$work/config" --inbound "127.0.0.1:$inbound" --admin "127.0.0.1:$admin" \
-  --inbound-tls "127.0.0.1:$tls" --egress "127.0.0.1:$egress" --audit-log "$work/audit.log" \
-  >"$work/sidecar.log" 2>&1 & pids+=($!)
-ready=0
-for _ in $(seq 100); do
-  if curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1; then ready=1; break; fi
-  sleep 0.1
-done
-if [ "$ready" != 1 ]; then echo "sidecar not ready:"; cat "$work/sidecar.log"; exit 1; fi
+start_sidecar "$work/config"
 
 # check NAME WANT URL [curl args...]: WANT is the status the origin's verdict must give.
 check() {

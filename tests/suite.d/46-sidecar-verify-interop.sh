@@ -11,7 +11,7 @@ source "$(dirname "$0")/../lib/interop.sh"
 cargo build -q -p portcullis-sidecar
 SIDECAR="$target_dir/debug/portcullis-sidecar"
 
-inbound=$(free_port); admin=$(free_port); tls=$(free_port); egress=$(free_port); app=$(free_port)
+app=$(free_port)
 HMAC_SECRET="portcullis interop shared secret"
 
 # The configuration: one RFC 9421 profile and one draft-cavage profile, each with a key per
@@ -46,15 +46,7 @@ PY
 
 "$SIDECAR" demo-backend --listen "127.0.0.1:$app" >"$work/app.log" 2>&1 &
 pids+=($!)
-"$SIDECAR" --config-dir "$work/config" --inbound "127.0.0.1:$inbound" --admin "127.0.0.1:$admin" \
-  --inbound-tls "127.0.0.1:$tls" --egress "127.0.0.1:$egress" --audit-log "$work/audit.log" \
-  --log-format text >"$work/sidecar.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 200); do
-  curl -fsS "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -fsS "http://127.0.0.1:$admin/readyz" >/dev/null || { echo "sidecar not ready"; cat "$work/sidecar.log"; exit 1; }
+start_sidecar "$work/config" --log-format text
 
 # expect NAME STATUS [SUBSTRING] FILE [BODY]: send FILE to the sidecar; the answer must have
 # STATUS (and contain SUBSTRING, when given).

@@ -315,3 +315,9 @@ pub fn assert_rbac_allows(requests: &[portcullis_fake_apiserver::RecordedRequest
     }
     eprintln!("RBAC used: {used:?}");
 }
+
+/// Now, as a Lease's MicroTime.
+pub fn lease_now() -> Value {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    serde_json::to_value(MicroTime(k8s_openapi::jiff::Timestamp::now())).unwrap()
+}
