@@ -42,7 +42,7 @@ pids+=($!)
   >"$work/sidecar.log" 2>&1 &
 pids+=($!)
 
-for _ in $(seq 1 100); do
+for _ in $(seq 1 200); do  # up to 20 s: readiness waits for the first OAuth2 key-set fetch (10 s at most)
   if curl -fsS "http://$admin/readyz" >/dev/null 2>&1 && curl -sS "http://$backend/" >/dev/null 2>&1; then
     break
   fi
