@@ -29,7 +29,9 @@ use tokio::net::TcpStream;
 
 use crate::body::ProxyBody;
 
-/// How long a connection may sit idle in the pool before it is closed.
+/// How long a connection may sit idle in the pool and still be reused. Staler ones are closed
+/// when the pool next touches them (at a checkout or a checkin for their port); with no
+/// traffic at all they stay until the app closes them, at most the peak concurrency's worth.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Idle connections kept per port, at most (the rest are closed when handed back).
