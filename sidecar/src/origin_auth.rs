@@ -426,16 +426,6 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn algorithm(a: SignatureAlgorithm) -> Algorithm {
-    match a {
-        SignatureAlgorithm::HmacSha256 => Algorithm::HmacSha256,
-        SignatureAlgorithm::RsaV15Sha256 => Algorithm::RsaV15Sha256,
-        SignatureAlgorithm::RsaPssSha512 => Algorithm::RsaPssSha512,
-        SignatureAlgorithm::EcdsaP256Sha256 => Algorithm::EcdsaP256Sha256,
-        SignatureAlgorithm::Ed25519 => Algorithm::Ed25519,
-    }
-}
-
 /// The name of a component, lower-cased, without parameters (`"content-digest";sf` →
 /// `content-digest`).
 fn component_name(c: &str) -> String {
@@ -457,7 +447,7 @@ impl Signer {
         secret: &str,
     ) -> Result<Self, String> {
         let what = "backend.origin.auth.httpSignature";
-        let alg = algorithm(alg);
+        let alg = portcullis_policy::signature::algorithm(alg);
         if key_id.is_empty() {
             return Err(format!("{what}: keyId is empty"));
         }

@@ -234,7 +234,9 @@ impl HttpSignature {
     }
 }
 
-fn algorithm(a: SignatureAlgorithm) -> Algorithm {
+/// The signing algorithm a configured one names (one mapping for verifying inbound calls and
+/// signing outbound ones).
+pub fn algorithm(a: SignatureAlgorithm) -> Algorithm {
     match a {
         SignatureAlgorithm::HmacSha256 => Algorithm::HmacSha256,
         SignatureAlgorithm::RsaV15Sha256 => Algorithm::RsaV15Sha256,
