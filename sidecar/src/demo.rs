@@ -13,8 +13,8 @@ use hyper_util::server::conn::auto;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 
-use crate::body::{ProxyBody, full};
-use crate::headers::PORTCULLIS_PREFIX;
+use crate::base::body::{ProxyBody, full};
+use crate::base::headers::PORTCULLIS_PREFIX;
 
 /// Serves the demo backend on `listen` until the process ends.
 pub async fn serve(listen: SocketAddr) -> std::io::Result<()> {

@@ -1,34 +1,32 @@
 //! The Portcullis sidecar: the proxy in front of every workload.
 //!
-//! Every inbound call passes through [`proxy::handle`], which asks the policy engine
-//! ([`portcullis_policy`]) for a decision, answers denials through the single mapping in
-//! [`respond`], and forwards admitted calls to the app with [`forward`]. The configuration is
-//! read from `--config-dir`, compiled, and swapped atomically by [`reload`]; the admin listener
-//! ([`admin`]) exposes `/metrics`, `/healthz`, `/readyz` and `/config`.
+//! The source follows a request (`sidecar/README.md` walks one through it). From the bottom
+//! up, each layer using only the ones listed before it:
 //!
-//! The request path in order: accept ([`server`]) → snapshot the active configuration
-//! ([`state`]) → introspect an opaque bearer token when needed ([`introspection`]) → decide ([`engine`]) → deny ([`respond`]) or forward ([`forward`]) → audit
-//! ([`audit`]) and count ([`metrics`]).
+//! - [`base`]: body type, clock, form encoding, header hygiene, TLS primitives, the seam to
+//!   the policy engine ([`portcullis_policy`]);
+//! - [`telemetry`]: metrics and the audit log;
+//! - [`identity`]: every call to an identity provider (key sets, introspection, origin tokens)
+//!   on one client with one error type;
+//! - [`listen`]: listeners, the TLS accept, connection settings;
+//! - [`upstream`]: forwarding to the app or an origin, the pool, credentials toward origins;
+//! - [`ops`]: the configuration in force and shared state, hot reload, the admin listener;
+//! - [`request`]: the request path (early refusals, token endpoint, introspection, decide,
+//!   body check, answer or forward, record);
+//! - [`server`] wires them together; [`cli`] and [`demo`] stand aside.
+//!
+//! `tests/layers.rs` checks every `use crate::` line against this order.
 
-pub mod admin;
-pub mod audit;
-pub mod body;
+pub mod base;
 pub mod cli;
 pub mod demo;
-pub mod engine;
-pub mod forward;
-pub mod headers;
-pub mod introspection;
-pub mod metrics;
-pub mod oauth2;
-pub mod origin_auth;
-pub mod pool;
-pub mod proxy;
-pub mod reload;
-pub mod respond;
+pub mod identity;
+pub mod listen;
+pub mod ops;
+pub mod request;
 pub mod server;
-pub mod state;
-pub mod tls;
+pub mod telemetry;
+pub mod upstream;
 
 pub use cli::{Cli, Command, ServeArgs};
 pub use server::run;

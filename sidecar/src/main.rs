@@ -39,7 +39,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Operational logs to stdout (JSON or text, `RUST_LOG` filtered, default `info`). Audit
-/// lines do not go through `tracing`: see [`portcullis_sidecar::audit`].
+/// lines do not go through `tracing`: see [`portcullis_sidecar::telemetry::audit`].
 fn init_tracing(format: LogFormat) -> anyhow::Result<()> {
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ops = match format {

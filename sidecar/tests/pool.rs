@@ -1,4 +1,4 @@
-//! The keep-alive pool toward the local app (`portcullis_sidecar::pool`), against a real app
+//! The keep-alive pool toward the local app (`portcullis_sidecar::upstream::pool`), against a real app
 //! on 127.0.0.1 that counts its connections and can close them.
 
 use std::convert::Infallible;
@@ -13,8 +13,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use portcullis_sidecar::body::{ProxyBody, empty};
-use portcullis_sidecar::pool::{LocalPool, PoolError};
+use portcullis_sidecar::base::body::{ProxyBody, empty};
+use portcullis_sidecar::upstream::pool::{LocalPool, PoolError};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 

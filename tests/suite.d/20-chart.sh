@@ -341,7 +341,7 @@ work = sys.argv[1]
 d = json.load(open("dashboards/portcullis.json"))
 errors = []
 exported = set()
-for src in ("sidecar/src/metrics.rs", "operator/src/controller/metrics.rs"):
+for src in ("sidecar/src/telemetry/metrics.rs", "operator/src/controller/metrics.rs"):
     exported |= set(re.findall(r'"(portcullis_[a-z_]+)"', open(src).read()))
 ids = [p["id"] for p in d["panels"]]
 if len(ids) != len(set(ids)):

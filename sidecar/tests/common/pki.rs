@@ -354,7 +354,7 @@ impl TlsOrigin {
                         .1
                         .peer_certificates()
                         .and_then(|c| c.first())
-                        .and_then(portcullis_sidecar::tls::describe)
+                        .and_then(portcullis_sidecar::base::tls::describe)
                         .map(|p| p.subject);
                     let service = service_fn(move |req: Request<Incoming>| {
                         let client = client.clone();

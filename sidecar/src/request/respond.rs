@@ -1,17 +1,17 @@
 //! The one place where decisions and failures become HTTP answers: status, headers and a
 //! small JSON body `{"error": "...", "route": ...}`. Nothing here ever names a secret.
 
-use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{HeaderName, HeaderValue, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, Response, StatusCode};
 use serde::Serialize;
 
-use crate::body::{ProxyBody, full};
+use crate::base::body::{ProxyBody, json};
 
 const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
-pub use crate::engine::RateInfo;
+pub use crate::base::engine::RateInfo;
 
 /// An answer the sidecar gives itself, without the backend.
 #[derive(Debug, Clone)]
@@ -168,17 +168,6 @@ pub fn rate_limit_headers(headers: &mut HeaderMap, info: RateInfo) {
     headers.insert(RATELIMIT_LIMIT, HeaderValue::from(info.limit));
     headers.insert(RATELIMIT_REMAINING, HeaderValue::from(info.remaining));
     headers.insert(RATELIMIT_RESET, HeaderValue::from(info.reset_secs));
-}
-
-/// A JSON response.
-pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<ProxyBody> {
-    let mut body = serde_json::to_vec(value).unwrap_or_else(|_| b"{\"error\":\"internal\"}".to_vec());
-    body.push(b'\n');
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
 }
 
 #[cfg(test)]

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use portcullis_config::{Loaded, SidecarConfig};
 
-use crate::audit::AuditLog;
-use crate::engine::{CompileError, Engine, InMemoryLimiter};
-use crate::forward::{Forwarder, Origins};
-use crate::introspection::Introspector;
-use crate::metrics::Metrics;
-use crate::tls::ServerTls;
+use crate::base::engine::{CompileError, Engine, InMemoryLimiter};
+use crate::identity::introspection::Introspector;
+use crate::listen::ServerTls;
+use crate::telemetry::audit::AuditLog;
+use crate::telemetry::metrics::Metrics;
+use crate::upstream::{Forwarder, Origins};
 
 /// One compiled configuration.
 pub struct Active {

@@ -27,7 +27,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::body::ProxyBody;
+use crate::base::body::ProxyBody;
 
 /// How long a connection may sit idle in the pool and still be reused. Staler ones are closed
 /// when the pool next touches them (at a checkout or a checkin for their port); with no

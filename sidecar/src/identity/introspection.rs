@@ -19,55 +19,34 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderValue, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use http::{Request, StatusCode};
+use http_body_util::Full;
 use portcullis_policy::IntrospectionRequest;
 use portcullis_policy::oauth2::introspection::TokenDigest;
 
-use crate::origin_auth::form_encode;
+use super::client::{Endpoint, IdpClient, IdpError, client_secret_basic};
+use crate::base::clock::unix_millis;
+use crate::base::form::form_encode;
 
 /// Longest an introspection call may take, connection included.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest introspection answer read.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// Why a token could not be introspected. Names neither the token nor the secret.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum IntrospectionFailure {
-    #[error("no HTTP client: {0}")]
-    Client(String),
-    #[error("introspection url unusable: {0}")]
-    BadUrl(String),
-    #[error("introspection endpoint unreachable: {0}")]
-    Unreachable(String),
-    #[error("introspection endpoint did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("introspection endpoint answered {0}")]
-    Refused(u16),
-    #[error("introspection answer unusable: {0}")]
-    Invalid(String),
-}
-
 struct Failure {
     at: Instant,
-    error: IntrospectionFailure,
+    error: IdpError,
 }
 
 type Flight = Arc<tokio::sync::Mutex<Option<Failure>>>;
 
 /// Asks introspection endpoints, one call at a time per (profile, token).
 pub struct Introspector {
-    client: OnceLock<Result<HttpsClient, String>>,
     in_flight: Mutex<HashMap<(Box<str>, TokenDigest), Flight>>,
     calls: AtomicU64,
     timeout: Duration,
@@ -91,7 +70,6 @@ impl Introspector {
     /// An introspector whose calls take at most `timeout`.
     pub fn new(timeout: Duration) -> Self {
         Self {
-            client: OnceLock::new(),
             in_flight: Mutex::new(HashMap::new()),
             calls: AtomicU64::new(0),
             timeout,
@@ -105,7 +83,7 @@ impl Introspector {
 
     /// Makes sure the engine holds an answer about `req`'s token: asks the endpoint, unless a
     /// concurrent call for the same token answered meanwhile.
-    pub async fn ensure(&self, req: IntrospectionRequest<'_, '_>) -> Result<(), IntrospectionFailure> {
+    pub async fn ensure(&self, req: IntrospectionRequest<'_, '_>) -> Result<(), IdpError> {
         let asked = Instant::now();
         let key: (Box<str>, TokenDigest) = (req.profile.into(), req.digest());
         let flight = {
@@ -129,9 +107,9 @@ impl Introspector {
         flight: &Flight,
         req: &IntrospectionRequest<'_, '_>,
         asked: Instant,
-    ) -> Result<(), IntrospectionFailure> {
+    ) -> Result<(), IdpError> {
         let mut last = flight.lock().await;
-        if req.answered(crate::proxy::unix_millis()) {
+        if req.answered(unix_millis()) {
             return Ok(());
         }
         if let Some(f) = last.as_ref()
@@ -143,9 +121,9 @@ impl Introspector {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let outcome = match self.call(req).await {
             Ok(answer) => req
-                .store(&answer, crate::proxy::unix_millis())
+                .store(&answer, unix_millis())
                 .map(|_| ())
-                .map_err(|e| IntrospectionFailure::Invalid(e.to_string())),
+                .map_err(|e| IdpError::Invalid(Endpoint::Introspection, e.to_string())),
             Err(e) => Err(e),
         };
         match &outcome {
@@ -160,49 +138,29 @@ impl Introspector {
         outcome
     }
 
-    async fn call(&self, req: &IntrospectionRequest<'_, '_>) -> Result<serde_json::Value, IntrospectionFailure> {
-        let client = self
-            .client
-            .get_or_init(|| crate::oauth2::https_client(Duration::from_secs(5)))
-            .as_ref()
-            .map_err(|e| IntrospectionFailure::Client(e.clone()))?;
-        let basic = format!(
-            "{}:{}",
-            form_encode(req.client_id()),
-            form_encode(req.client_secret().expose())
-        );
-        let mut authorization = HeaderValue::from_str(&format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(basic)
-        ))
-        .map_err(|_| IntrospectionFailure::BadUrl("the client credentials cannot be sent in a header".into()))?;
-        authorization.set_sensitive(true);
+    async fn call(&self, req: &IntrospectionRequest<'_, '_>) -> Result<serde_json::Value, IdpError> {
+        let endpoint = Endpoint::Introspection;
+        let client = IdpClient::shared()?;
+        let authorization = client_secret_basic(req.client_id(), req.client_secret().expose())
+            .ok_or_else(|| IdpError::Request(endpoint, "the client credentials cannot be sent in a header".into()))?;
         let form = format!("token={}&token_type_hint=access_token", form_encode(req.token()));
         let request = Request::post(req.url())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json")
             .header(AUTHORIZATION, authorization)
             .body(Full::new(Bytes::from(form)))
-            .map_err(|e| IntrospectionFailure::BadUrl(e.to_string()))?;
-        let exchange = async {
-            let resp = client
-                .request(request)
-                .await
-                .map_err(|e| IntrospectionFailure::Unreachable(crate::oauth2::error_chain(&e)))?;
-            let status = resp.status();
-            if status != StatusCode::OK {
-                return Err(IntrospectionFailure::Refused(status.as_u16()));
-            }
-            Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .map_err(|e| IntrospectionFailure::Unreachable(format!("reading the answer: {e}")))
-        };
-        let body = tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| IntrospectionFailure::Timeout(self.timeout))??;
-        serde_json::from_slice(&body).map_err(|_| IntrospectionFailure::Invalid("not JSON".into()))
+            .map_err(|e| IdpError::Request(endpoint, e.to_string()))?;
+        let answer = client
+            .exchange(endpoint, request, self.timeout, MAX_RESPONSE_BYTES)
+            .await?;
+        if answer.status != StatusCode::OK {
+            return Err(IdpError::Refused {
+                endpoint,
+                status: answer.status.as_u16(),
+                code: None,
+            });
+        }
+        serde_json::from_slice(&answer.body).map_err(|_| IdpError::Invalid(endpoint, "not JSON".into()))
     }
 }
 
@@ -212,10 +170,12 @@ mod tests {
 
     #[test]
     fn failures_name_no_secret() {
-        assert_eq!(
-            IntrospectionFailure::Refused(401).to_string(),
-            "introspection endpoint answered 401"
-        );
+        let refused = IdpError::Refused {
+            endpoint: Endpoint::Introspection,
+            status: 401,
+            code: None,
+        };
+        assert_eq!(refused.to_string(), "introspection endpoint answered 401");
         assert!(format!("{:?}", Introspector::default()).contains("calls"));
     }
 }

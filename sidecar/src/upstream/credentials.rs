@@ -13,7 +13,7 @@
 //!   (`content-digest`, `digest`) is covered the body is buffered, up to
 //!   `--max-signed-body-bytes` (default 1 MiB); a larger one is answered 413. Otherwise the
 //!   body streams. Signature headers the client sent are removed.
-//! - `OAuth2ClientCredentials`: a bearer token from the route's token endpoint ([`oauth2`]),
+//! - `OAuth2ClientCredentials`: a bearer token from the route's token endpoint ([`TokenSource`]),
 //!   cached until shortly before it expires and refreshed by one request at a time. When the
 //!   origin answers 401, the token is dropped and the call is sent once more with a fresh
 //!   token — only when the body can be replayed: an empty body, or one whose declared length
@@ -26,12 +26,10 @@
 //! a message naming the route (the last good configuration keeps serving). No secret, key or
 //! token is ever logged, and no error message carries one.
 
-pub mod oauth2;
-
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
@@ -46,9 +44,12 @@ use portcullis_signatures::digest::{self, DigestAlgorithm};
 use portcullis_signatures::rfc9421;
 use portcullis_signatures::{Algorithm, Key, MasheryHash, Message, mashery_sig};
 
-use crate::body::{ProxyBody, full};
+use crate::base::body::{ProxyBody, full};
+use crate::base::clock::unix_secs;
+use crate::base::form::{form_encode, percent_decode};
+use crate::identity::client::IdpError;
 
-pub use oauth2::{Token, TokenError, TokenSource};
+pub use crate::identity::origin_token::{Token, TokenSource};
 
 /// Default of `--max-signed-body-bytes`: 1 MiB.
 pub const DEFAULT_MAX_SIGNED_BODY_BYTES: u64 = 1024 * 1024;
@@ -81,8 +82,6 @@ const DIGEST: HeaderName = HeaderName::from_static("digest");
 /// What building the credentials needs besides the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
-    /// Time allowed to connect to a token endpoint.
-    pub connect_timeout: Duration,
     /// Time allowed for a whole token request (and for reading a body to buffer).
     pub timeout: Duration,
     /// Largest body buffered to be signed or replayed.
@@ -103,7 +102,7 @@ pub enum CredentialError {
     Sign(#[from] portcullis_signatures::Error),
     /// No token could be obtained.
     #[error("no token for the origin: {0}")]
-    Token(#[from] TokenError),
+    Token(#[from] IdpError),
 }
 
 /// A route's credentials toward its origin, built at compile time.
@@ -249,7 +248,7 @@ impl OriginCredentials {
                 audience.as_deref(),
                 client_id,
                 client_secret,
-                opts,
+                opts.timeout,
             )?),
             (Some(a), Some(_)) => {
                 return Err(format!(
@@ -294,13 +293,13 @@ impl OriginCredentials {
                 Ok(streamed(body))
             }
             Kind::SharedSecret(s) => {
-                let sig = mashery_sig(s.hash, &s.apikey, s.secret.expose(), unix_now());
+                let sig = mashery_sig(s.hash, &s.apikey, s.secret.expose(), unix_secs());
                 parts.uri = with_query_params(&parts.uri, &[(&s.key_param, &s.apikey), (&s.sig_param, &sig)])
                     .map_err(|e| CredentialError::RequestBody(format!("cannot rewrite the query: {e}")))?;
                 Ok(streamed(body))
             }
             Kind::Signature(signer) => {
-                let now = unix_now();
+                let now = unix_secs();
                 if signer.needs_body() {
                     let bytes = self.buffer(&parts.headers, body).await?;
                     signer.sign(parts, Some(&bytes), scheme, now)?;
@@ -422,10 +421,6 @@ fn auth_name(a: &OriginAuth) -> &'static str {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// The name of a component, lower-cased, without parameters (`"content-digest";sf` →
 /// `content-digest`).
 fn component_name(c: &str) -> String {
@@ -507,7 +502,7 @@ impl Signer {
                 parts.headers.insert(name, HeaderValue::from_static("x"));
             }
         }
-        match self.sign(&mut parts, Some(b""), "http", unix_now()) {
+        match self.sign(&mut parts, Some(b""), "http", unix_secs()) {
             // Depends on the request (e.g. a query parameter it may carry).
             Err(portcullis_signatures::Error::MissingComponent(_)) => Ok(()),
             other => other,
@@ -593,42 +588,6 @@ pub fn with_query_params(uri: &Uri, params: &[(&str, &str)]) -> Result<Uri, http
     Ok(Uri::from_parts(parts)?)
 }
 
-/// Percent-encodes everything but the RFC 3986 unreserved characters.
-pub fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn percent_decode(s: &str) -> String {
-    let hex = |b: u8| (b as char).to_digit(16);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -656,7 +615,6 @@ mod tests {
 
     fn opts() -> Options {
         Options {
-            connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             max_body: 16,
         }

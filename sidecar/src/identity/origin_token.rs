@@ -20,16 +20,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Request, Uri};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use http_body_util::Full;
 use portcullis_config::Sensitive;
 
-use super::{Options, form_encode};
+use super::client::{Endpoint, IdpClient, IdpError, client_secret_basic};
+use crate::base::form::form_encode;
 
 /// Largest token response read.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -39,19 +37,6 @@ const MAX_TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 const FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 /// Lifetime assumed when the endpoint gives no `expires_in`.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
-
-/// Why no token could be obtained. Carries no secret.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum TokenError {
-    #[error("token endpoint unreachable: {0}")]
-    Unreachable(String),
-    #[error("token endpoint did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("token endpoint answered {status}{}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
-    Refused { status: u16, code: Option<String> },
-    #[error("token endpoint answer unusable: {0}")]
-    Invalid(String),
-}
 
 /// A bearer token and when to stop using it.
 pub struct Token {
@@ -80,7 +65,7 @@ impl std::fmt::Debug for Token {
 
 struct Failure {
     at: Instant,
-    error: TokenError,
+    error: IdpError,
 }
 
 /// The token source of one route.
@@ -89,7 +74,6 @@ pub struct TokenSource {
     url: Uri,
     form: Bytes,
     authorization: HeaderValue,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
     current: RwLock<Option<Arc<Token>>>,
     /// Held while fetching: one fetch at a time. Holds the last failure, shared with the
@@ -117,7 +101,7 @@ struct Settings {
     audience: Option<String>,
     client_id: String,
     client_secret: String,
-    timeouts: (Duration, Duration),
+    timeout: Duration,
 }
 
 impl TokenSource {
@@ -130,7 +114,7 @@ impl TokenSource {
         audience: Option<&str>,
         client_id: &str,
         client_secret: &Sensitive,
-        opts: &Options,
+        timeout: Duration,
     ) -> Result<Arc<Self>, String> {
         static LIVE: OnceLock<Mutex<HashMap<Settings, Weak<TokenSource>>>> = OnceLock::new();
         let settings = Settings {
@@ -140,7 +124,7 @@ impl TokenSource {
             audience: audience.map(str::to_owned),
             client_id: client_id.to_owned(),
             client_secret: client_secret.expose().to_owned(),
-            timeouts: (opts.connect_timeout, opts.timeout),
+            timeout,
         };
         let mut live = LIVE
             .get_or_init(Default::default)
@@ -157,7 +141,7 @@ impl TokenSource {
             audience,
             client_id,
             client_secret,
-            opts,
+            timeout,
         )?);
         live.insert(settings, Arc::downgrade(&source));
         Ok(source)
@@ -171,7 +155,7 @@ impl TokenSource {
         audience: Option<&str>,
         client_id: &str,
         client_secret: &Sensitive,
-        opts: &Options,
+        timeout: Duration,
     ) -> Result<Self, String> {
         let what = "backend.origin.auth.oauth2ClientCredentials";
         let url: Uri = token_url
@@ -203,22 +187,15 @@ impl TokenSource {
             form.push_str("&audience=");
             form.push_str(&form_encode(a));
         }
-        let basic = format!("{}:{}", form_encode(client_id), form_encode(client_secret.expose()));
-        let mut authorization = HeaderValue::from_str(&format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(basic)
-        ))
-        .map_err(|_| format!("{what}: the client credentials cannot be sent in a header"))?;
-        authorization.set_sensitive(true);
-
-        let client = crate::oauth2::https_client(opts.connect_timeout).map_err(|e| format!("{what}: {e}"))?;
+        let authorization = client_secret_basic(client_id, client_secret.expose())
+            .ok_or_else(|| format!("{what}: the client credentials cannot be sent in a header"))?;
+        IdpClient::shared().map_err(|e| format!("{what}: {e}"))?;
         Ok(Self {
             route: route.to_owned(),
             url,
             form: Bytes::from(form),
             authorization,
-            client,
-            timeout: opts.timeout.min(MAX_TOKEN_TIMEOUT),
+            timeout: timeout.min(MAX_TOKEN_TIMEOUT),
             current: RwLock::new(None),
             fetching: tokio::sync::Mutex::new(None),
             fetches: std::sync::atomic::AtomicU64::new(0),
@@ -232,7 +209,7 @@ impl TokenSource {
 
     /// A valid token other than `refused` (one the origin just refused), fetching one when
     /// needed; one fetch at a time.
-    pub async fn token(&self, refused: Option<&Arc<Token>>) -> Result<Arc<Token>, TokenError> {
+    pub async fn token(&self, refused: Option<&Arc<Token>>) -> Result<Arc<Token>, IdpError> {
         let asked = Instant::now();
         if let Some(t) = self.cached(refused) {
             return Ok(t);
@@ -282,31 +259,19 @@ impl TokenSource {
         (t.fresh(Instant::now()) && refused.is_none_or(|r| !Arc::ptr_eq(r, t))).then(|| t.clone())
     }
 
-    async fn fetch(&self) -> Result<Token, TokenError> {
+    async fn fetch(&self) -> Result<Token, IdpError> {
+        let endpoint = Endpoint::Token;
         let req = Request::post(self.url.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json")
             .header(AUTHORIZATION, self.authorization.clone())
             .body(Full::new(self.form.clone()))
-            .map_err(|e| TokenError::Invalid(format!("cannot build the request ({e})")))?;
-        let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| TokenError::Unreachable(crate::oauth2::error_chain(&e)))?;
-            let status = resp.status();
-            let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map_err(|e| TokenError::Unreachable(format!("reading the answer: {e}")))?
-                .to_bytes();
-            Ok::<_, TokenError>((status, body))
-        };
+            .map_err(|e| IdpError::Request(endpoint, e.to_string()))?;
         let started = Instant::now();
-        let (status, body) = tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| TokenError::Timeout(self.timeout))??;
+        let answer = IdpClient::shared()?
+            .exchange(endpoint, req, self.timeout, MAX_RESPONSE_BYTES)
+            .await?;
+        let (status, body) = (answer.status, answer.body);
         let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
         if !status.is_success() {
             let code = json
@@ -315,21 +280,25 @@ impl TokenSource {
                 .and_then(|c| c.as_str())
                 .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_graphic()))
                 .map(str::to_owned);
-            return Err(TokenError::Refused {
+            return Err(IdpError::Refused {
+                endpoint,
                 status: status.as_u16(),
                 code,
             });
         }
-        let json = json.ok_or_else(|| TokenError::Invalid("not JSON".into()))?;
+        let json = json.ok_or_else(|| IdpError::Invalid(endpoint, "not JSON".into()))?;
         let access = json
             .get("access_token")
             .and_then(|t| t.as_str())
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| TokenError::Invalid("no access_token".into()))?;
+            .ok_or_else(|| IdpError::Invalid(endpoint, "no access_token".into()))?;
         if let Some(kind) = json.get("token_type").and_then(|t| t.as_str())
             && !kind.eq_ignore_ascii_case("bearer")
         {
-            return Err(TokenError::Invalid(format!("token_type {kind:?} is not Bearer")));
+            return Err(IdpError::Invalid(
+                endpoint,
+                format!("token_type {kind:?} is not Bearer"),
+            ));
         }
         let lifetime = match json.get("expires_in") {
             Some(v) => {
@@ -337,13 +306,13 @@ impl TokenSource {
                     .as_f64()
                     .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
                     .filter(|s| s.is_finite() && *s >= 0.0)
-                    .ok_or_else(|| TokenError::Invalid("expires_in is not a number".into()))?;
+                    .ok_or_else(|| IdpError::Invalid(endpoint, "expires_in is not a number".into()))?;
                 cache_lifetime(Duration::from_secs_f64(secs.min(10.0 * 365.0 * 86400.0)))
             }
             None => DEFAULT_LIFETIME,
         };
         let mut header = HeaderValue::from_str(&format!("Bearer {access}"))
-            .map_err(|_| TokenError::Invalid("access_token cannot be sent in a header".into()))?;
+            .map_err(|_| IdpError::Invalid(endpoint, "access_token cannot be sent in a header".into()))?;
         header.set_sensitive(true);
         tracing::debug!(
             route = self.route.as_str(),
@@ -380,7 +349,8 @@ mod tests {
 
     #[test]
     fn errors_carry_no_secret() {
-        let e = TokenError::Refused {
+        let e = IdpError::Refused {
+            endpoint: Endpoint::Token,
             status: 401,
             code: Some("invalid_client".into()),
         };
@@ -389,13 +359,9 @@ mod tests {
 
     #[test]
     fn build_checks_the_url() {
-        let opts = Options {
-            connect_timeout: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-            max_body: 1,
-        };
+        let timeout = Duration::from_secs(1);
         let secret = Sensitive::new("s3cret");
-        let err = TokenSource::build("r", "ftp://x/token", &[], None, "id", &secret, &opts).unwrap_err();
+        let err = TokenSource::build("r", "ftp://x/token", &[], None, "id", &secret, timeout).unwrap_err();
         assert!(err.contains("http:// or https://"), "{err}");
         let ok = TokenSource::build(
             "r",
@@ -404,7 +370,7 @@ mod tests {
             Some("api"),
             "id",
             &secret,
-            &opts,
+            timeout,
         )
         .unwrap();
         assert_eq!(ok.form, "grant_type=client_credentials&scope=a%20b&audience=api");

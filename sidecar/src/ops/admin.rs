@@ -5,9 +5,9 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use crate::body::{ProxyBody, full};
-use crate::respond::json;
-use crate::state::Shared;
+use super::state::Shared;
+use crate::base::body::json;
+use crate::base::body::{ProxyBody, full};
 
 /// Answers one admin request.
 pub fn handle(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<ProxyBody> {

@@ -60,7 +60,7 @@ impl Record<'_> {
         string_field(out, "identity", self.identity);
         out.extend_from_slice(b",\"client_ip\":\"");
         // An address is ASCII digits, dots, colons and hex: nothing to escape.
-        crate::headers::push_ip(out, self.client_ip);
+        crate::base::headers::push_ip(out, self.client_ip);
         out.push(b'"');
         string_field(out, "method", self.method);
         string_field(out, "path", self.path);

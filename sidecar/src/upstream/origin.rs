@@ -1,14 +1,13 @@
-//! Forwarding an admitted call, bodies streamed: to the app over a pooled HTTP/1.1 client
-//! ([`Forwarder::local`]), or to a remote origin (gateway mode, [`Origin::forward`]) over the
-//! route's own pooled client, built when the configuration is compiled ([`Origins::build`]):
-//! plain HTTP/1.1, or TLS with HTTP/2 or HTTP/1.1 by ALPN, verifying the origin against the
-//! system roots or the route's CA bundle, and presenting the route's client certificate in
-//! Mutual mode. Each origin call carries the route's credentials (`backend.origin.auth`,
-//! [`crate::origin_auth`]); with OAuth 2.0 client credentials, a 401 from the origin is
-//! retried once with a fresh token when the body can be replayed.
+//! Gateway mode: forwarding to a remote origin over the route's own pooled client, built when
+//! the configuration is compiled ([`Origins::build`]): plain HTTP/1.1, or TLS with HTTP/2 or
+//! HTTP/1.1 by ALPN, verifying the origin against the system roots or the route's CA bundle,
+//! and presenting the route's client certificate in Mutual mode. Each origin call carries the
+//! route's credentials (`backend.origin.auth`, [`super::credentials`]); with OAuth 2.0 client
+//! credentials, a 401 from the origin is retried once with a fresh token when the body can be
+//! replayed.
 
-use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, OnceLock};
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,149 +21,16 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis_config::{Backend, Loaded, OriginTlsMode};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
-use crate::body::{ProxyBody, full};
-use crate::headers::{IDENTITY, PROFILE, ROUTE, remove_hop_by_hop, remove_portcullis, set_forwarded, set_verdict};
-use crate::metrics::BackendErrorKind;
-pub use crate::origin_auth::OriginCredentials;
-use crate::origin_auth::{self, CredentialError};
-use crate::pool::{LocalPool, PoolError};
-use crate::tls::{self, TlsError};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Who the sidecar admitted, told to the app in `X-Portcullis-*` headers.
-#[derive(Debug, Clone, Copy)]
-pub struct Verdict<'a> {
-    pub route: &'a str,
-    pub profile: &'a str,
-    pub identity: &'a str,
-}
-
-/// Why a call could not be forwarded.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    #[error("backend did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("backend unreachable: {0}")]
-    Connect(#[source] BoxError),
-    #[error("backend connection failed: {0}")]
-    Protocol(#[source] BoxError),
-    #[error("invalid backend address: {0}")]
-    Address(#[from] http::Error),
-    /// The route's origin credentials could not be added (body too large to sign, token
-    /// endpoint down, ...).
-    #[error(transparent)]
-    Credentials(#[from] CredentialError),
-}
-
-impl ForwardError {
-    /// The metric label of this failure.
-    pub fn kind(&self) -> BackendErrorKind {
-        match self {
-            Self::Timeout(_) => BackendErrorKind::Timeout,
-            Self::Connect(_) => BackendErrorKind::Connect,
-            Self::Protocol(_) | Self::Address(_) => BackendErrorKind::Protocol,
-            Self::Credentials(CredentialError::Token(_)) => BackendErrorKind::Connect,
-            Self::Credentials(_) => BackendErrorKind::Protocol,
-        }
-    }
-
-    /// Whether the backend (or the token endpoint) failed, rather than the request.
-    pub fn is_backend(&self) -> bool {
-        !matches!(
-            self,
-            Self::Credentials(
-                CredentialError::BodyTooLarge { .. } | CredentialError::RequestBody(_) | CredentialError::Sign(_)
-            )
-        )
-    }
-}
-
-/// The pooled client toward local backends.
-#[derive(Clone)]
-pub struct Forwarder {
-    pool: LocalPool,
-    connect_timeout: Duration,
-    timeout: Duration,
-}
-
-impl Forwarder {
-    /// A client whose connections time out after `connect_timeout` and whose calls must
-    /// produce response headers within `timeout`.
-    pub fn new(connect_timeout: Duration, timeout: Duration) -> Self {
-        Self {
-            pool: LocalPool::new(connect_timeout),
-            connect_timeout,
-            timeout,
-        }
-    }
-
-    /// The time allowed to connect, and for the response headers.
-    pub fn timeouts(&self) -> (Duration, Duration) {
-        (self.connect_timeout, self.timeout)
-    }
-
-    /// Sends `req` to `127.0.0.1:port` with clean headers and returns the app's response,
-    /// its body still streaming.
-    pub async fn local(
-        &self,
-        req: Request<ProxyBody>,
-        port: u16,
-        peer: IpAddr,
-        proto: &'static str,
-        verdict: Verdict<'_>,
-    ) -> Result<Response<ProxyBody>, ForwardError> {
-        let (mut parts, body) = req.into_parts();
-        let client_version = parts.version;
-
-        // HTTP/2 carries the host in the URI authority; an HTTP/1.1 backend wants `Host`.
-        if !parts.headers.contains_key(HOST) {
-            let host = match parts.uri.authority() {
-                Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-                None => HeaderValue::from_str(&format!("{}:{port}", Ipv4Addr::LOCALHOST)).ok(),
-            };
-            if let Some(host) = host {
-                parts.headers.insert(HOST, host);
-            }
-        }
-        // Origin-form on the wire: the connection already names the app.
-        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-            let path = parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or(PathAndQuery::from_static("/"));
-            parts.uri = Uri::from(path);
-        }
-        parts.version = Version::HTTP_11;
-
-        remove_hop_by_hop(&mut parts.headers);
-        remove_portcullis(&mut parts.headers);
-        set_forwarded(&mut parts.headers, peer, proto);
-        set_verdict(&mut parts.headers, ROUTE, verdict.route);
-        set_verdict(&mut parts.headers, PROFILE, verdict.profile);
-        if !set_verdict(&mut parts.headers, IDENTITY, verdict.identity) {
-            tracing::debug!(
-                route = verdict.route,
-                "identity is not a valid header value; not passed on"
-            );
-        }
-
-        let upstream = Request::from_parts(parts, body);
-        let response = match tokio::time::timeout(self.timeout, self.pool.send(port, upstream)).await {
-            Err(_) => return Err(ForwardError::Timeout(self.timeout)),
-            Ok(Err(e @ PoolError::Connect { .. })) => return Err(ForwardError::Connect(e.into())),
-            Ok(Err(e)) => return Err(ForwardError::Protocol(e.into())),
-            Ok(Ok(r)) => r,
-        };
-        let (mut parts, body) = response.into_parts();
-        remove_hop_by_hop(&mut parts.headers);
-        parts.version = client_version;
-        Ok(Response::from_parts(parts, body.boxed_unsync()))
-    }
-}
+use super::credentials::{self, OriginCredentials};
+use super::{ForwardError, Verdict};
+use crate::base::body::{ProxyBody, full};
+use crate::base::clock::unix_now;
+use crate::base::headers::{
+    IDENTITY, PROFILE, ROUTE, remove_hop_by_hop, remove_portcullis, set_forwarded, set_verdict,
+};
+use crate::base::tls::{self, TlsError};
 
 /// A pooled client toward one route's origin, built at compile time.
 pub struct Origin {
@@ -209,23 +75,6 @@ impl Origins {
     pub fn get(&self, index: usize) -> Option<&Origin> {
         self.0.get(index).and_then(Option::as_ref)
     }
-}
-
-/// The system's root certificates, loaded once.
-pub(crate) fn system_roots() -> Arc<RootCertStore> {
-    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
-    ROOTS
-        .get_or_init(|| {
-            let found = rustls_native_certs::load_native_certs();
-            for e in &found.errors {
-                tracing::warn!(error = %e, "cannot read some system CA certificates");
-            }
-            let mut store = RootCertStore::empty();
-            let (added, ignored) = store.add_parsable_certificates(found.certs);
-            tracing::debug!(added, ignored, "system roots loaded");
-            Arc::new(store)
-        })
-        .clone()
 }
 
 /// Accepts any origin certificate: `tls.mode: None` on an https:// origin (encrypted, not
@@ -324,7 +173,7 @@ impl Origin {
                 })?;
                 builder.with_root_certificates(store)
             }
-            (_, None) => builder.with_root_certificates(system_roots()),
+            (_, None) => builder.with_root_certificates(tls::system_roots()),
         };
         let config = match (tls_mode, secrets.and_then(|s| s.origin_client.as_ref())) {
             (OriginTlsMode::Mutual, None) => {
@@ -334,11 +183,10 @@ impl Origin {
                 });
             }
             (OriginTlsMode::Mutual, Some(material)) => {
-                let (key, _) =
-                    tls::certified_key(material, tls::unix_now()).map_err(|what| TlsError::OriginClient {
-                        route: route.into(),
-                        what,
-                    })?;
+                let (key, _) = tls::certified_key(material, unix_now()).map_err(|what| TlsError::OriginClient {
+                    route: route.into(),
+                    what,
+                })?;
                 let key_der = tls::key_der(material).map_err(|what| TlsError::OriginClient {
                     route: route.into(),
                     what,
@@ -362,10 +210,9 @@ impl Origin {
             route,
             auth.as_ref(),
             secrets.and_then(|s| s.origin_auth.as_ref()),
-            &origin_auth::Options {
-                connect_timeout,
+            &credentials::Options {
                 timeout,
-                max_body: origin_auth::max_signed_body_bytes(),
+                max_body: credentials::max_signed_body_bytes(),
             },
         )
         .map_err(origin_err)?;

@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use portcullis_config::{CONFIG_FILE, ConfigError, SECRETS_FILE, load_dir};
 
-use crate::engine::{CompileError, InMemoryLimiter};
-use crate::forward::{Forwarder, Origins};
-use crate::metrics::ReloadResult;
-use crate::state::{Active, Shared};
-use crate::tls::{ServerTls, TlsError};
+use super::state::{Active, Shared};
+use crate::base::engine::{CompileError, InMemoryLimiter};
+use crate::base::tls::TlsError;
+use crate::listen::ServerTls;
+use crate::telemetry::metrics::ReloadResult;
+use crate::upstream::{Forwarder, Origins};
 
 /// Why a configuration directory was refused.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,76 @@
+//! The body check: when the signature that admitted a call covers a body digest
+//! (`Content-Digest` or `Digest`), the body is read into memory, up to
+//! `--max-signed-body-bytes`, and checked against it before anything is forwarded; every
+//! other body streams untouched.
+
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use portcullis_policy::BodyDigest;
+
+use crate::base::body::{ProxyBody, empty, full};
+use crate::base::engine::Outcome;
+
+/// Why the body of a signed request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BodyRefused {
+    /// Larger than `--max-signed-body-bytes`: 413.
+    TooLarge,
+    /// It does not match the signed `Content-Digest` / `Digest`: 401.
+    Mismatch,
+    /// The client failed to send it: 400.
+    Unreadable,
+}
+
+/// The request with its body ready to forward. When the admitting signature covers a body
+/// digest, the body is read into memory (at most `limit` bytes) and checked against it;
+/// otherwise it streams untouched.
+pub(super) async fn check_signed_body(
+    req: Request<Incoming>,
+    outcome: &Outcome<'_>,
+    limit: usize,
+) -> (Request<ProxyBody>, Option<BodyRefused>) {
+    let digest = match outcome {
+        Outcome::Allow(admission) => admission.body_digest,
+        _ => None,
+    };
+    let Some(digest) = digest else {
+        return (req.map(BodyExt::boxed_unsync), None);
+    };
+    let (parts, body) = req.into_parts();
+    let refused = |parts, why| (Request::from_parts(parts, empty()), Some(why));
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return refused(parts, BodyRefused::TooLarge);
+    }
+    let bytes: Bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return refused(parts, BodyRefused::TooLarge),
+        Err(_) => return refused(parts, BodyRefused::Unreadable),
+    };
+    if !digest_matches(&parts.headers, digest, &bytes) {
+        return refused(parts, BodyRefused::Mismatch);
+    }
+    (Request::from_parts(parts, full(bytes)), None)
+}
+
+/// Whether the request's digest header (every line, joined as the signature saw it) matches
+/// `body`.
+fn digest_matches(headers: &HeaderMap, digest: BodyDigest, body: &[u8]) -> bool {
+    let mut value = String::new();
+    for line in headers.get_all(digest.header()) {
+        let Ok(line) = line.to_str() else {
+            return false;
+        };
+        if !value.is_empty() {
+            value.push_str(", ");
+        }
+        value.push_str(line.trim());
+    }
+    !value.is_empty() && digest.verify(&value, body).is_ok()
+}

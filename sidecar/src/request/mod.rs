@@ -1,0 +1,391 @@
+//! The request path: one request from the moment its head is read to its audit line, in the
+//! steps docs/api.md's "How the sidecar decides" describes:
+//!
+//! 1. early refusals: a head over `--max-header-bytes` (431) ([`Trip::early`]);
+//! 2. the Builtin token endpoint, answered here and never counted ([`token_endpoint`]);
+//! 3. introspection of an opaque bearer token, before deciding ([`introspect`]);
+//! 4. the decision, by the pure policy engine ([`crate::base::engine`]);
+//! 5. the body check of a signed digest ([`body_check`]);
+//! 6. the answer: a refusal ([`respond`]) or the call forwarded ([`forward`]);
+//! 7. the record: one audit line and the request metrics ([`Trip::finish`]).
+//!
+//! This is the top of the request's journey: it uses every layer below it ([`crate::base`],
+//! [`crate::telemetry`], [`crate::identity`], [`crate::listen`], [`crate::upstream`],
+//! [`crate::ops`]) and nothing imports it but the wiring in [`crate::server`].
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::HOST;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::base::body::ProxyBody;
+use crate::base::clock::unix_millis;
+use crate::base::engine::{Admission, Denial, DenialKind, Outcome, RequestView};
+use crate::listen::Connection;
+use crate::ops::state::{Active, Shared};
+use crate::telemetry::audit::Record;
+use crate::telemetry::metrics::BackendErrorKind;
+use crate::upstream::{CredentialError, ForwardError, Verdict};
+use body_check::{BodyRefused, check_signed_body};
+use respond::{Answer, rate_limit_headers};
+
+mod body_check;
+pub mod respond;
+pub mod token_endpoint;
+
+pub use crate::base::engine::Listener;
+
+/// Most introspection calls made for one request (one per introspecting profile of its route).
+const MAX_INTROSPECTIONS: usize = 4;
+
+/// Handles one request end to end. Never fails: every failure is an answer.
+pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming>) -> Response<ProxyBody> {
+    let trip = Trip {
+        shared: &shared,
+        start: Instant::now(),
+        method: req.method().clone(),
+        path: req.uri().path().to_owned(),
+        peer: conn.peer.ip(),
+    };
+    // 1. Early refusals.
+    if head_size(&req) > shared.max_header_bytes {
+        let answer = Answer::HeadersTooLarge.response();
+        return trip.early(answer, "-", "-", trip.peer, "request headers too large");
+    }
+    let active = shared.active.load_full();
+    let view = request_view(&req, &conn);
+    // 2. The Builtin OAuth2 token endpoint.
+    if let Some(endpoint) = active.engine.token_endpoint(&view) {
+        return token_endpoint::serve(&shared, endpoint, req, trip.start).await;
+    }
+    // 3. Introspection, then 4. the decision, taken after the answers came.
+    let now = match introspect(&trip, &active, &view).await {
+        Ok(now) => now,
+        Err(answer) => return answer,
+    };
+    let outcome = active.engine.decide(&view, now);
+    // 5. The body check of a signed digest.
+    let (req, body_refused) = check_signed_body(req, &outcome, shared.max_signed_body_bytes).await;
+    // 6. The answer.
+    let mut record = trip.record();
+    let (response, label) = match &outcome {
+        Outcome::Allow(admission) => match body_refused {
+            None => forward(&shared, &active, &conn, req, admission, &mut record).await,
+            Some(why) => refuse_body(&active, admission, why, &mut record),
+        },
+        Outcome::Deny(denial) => deny(&shared, denial, &mut record),
+        Outcome::BadRequest { reason } => {
+            record.decision = "deny";
+            record.reason = reason;
+            (Answer::BadRequest.response(), "deny")
+        }
+        Outcome::NoRoute => {
+            record.reason = "no route matches";
+            (Answer::NoRoute.response(), "no_route")
+        }
+        Outcome::Redirect { route, location } => {
+            record.route = route;
+            record.decision = "redirect";
+            record.reason = "https required";
+            (Answer::Redirect { route, location }.response(), "redirect")
+        }
+    };
+    // 7. The record.
+    trip.finish(record, label, response)
+}
+
+/// One request's journey: what its audit line and metrics need from start to end.
+struct Trip<'s> {
+    shared: &'s Shared,
+    start: Instant,
+    method: Method,
+    /// The path as received, without the query string.
+    path: String,
+    peer: IpAddr,
+}
+
+impl Trip<'_> {
+    /// The record of a request no route has claimed yet.
+    fn record(&self) -> Record<'_> {
+        Record {
+            route: "-",
+            profile: "-",
+            identity: "-",
+            client_ip: self.peer,
+            method: self.method.as_str(),
+            path: &self.path,
+            status: 0,
+            latency: self.start.elapsed(),
+            decision: "no_route",
+            reason: "-",
+        }
+    }
+
+    /// Records a request refused before it was decided (decision `error`) and answers it.
+    fn early(
+        &self,
+        response: Response<ProxyBody>,
+        route: &str,
+        profile: &str,
+        client_ip: IpAddr,
+        reason: &str,
+    ) -> Response<ProxyBody> {
+        let record = Record {
+            route,
+            profile,
+            client_ip,
+            decision: "error",
+            reason,
+            ..self.record()
+        };
+        self.finish(record, "error", response)
+    }
+
+    /// Writes the audit line and the request metrics (`label` is the metrics' decision),
+    /// and answers.
+    fn finish(&self, mut record: Record<'_>, label: &str, response: Response<ProxyBody>) -> Response<ProxyBody> {
+        record.status = response.status().as_u16();
+        record.latency = self.start.elapsed();
+        self.shared
+            .metrics
+            .request(record.route, record.profile, label, record.status, record.latency);
+        self.shared.audit.record(&record);
+        response
+    }
+}
+
+/// The facts of the request the engine decides on. Hosts as sent: the engine compares them
+/// case-insensitively (`routes::normal_host`).
+fn request_view<'r>(req: &'r Request<Incoming>, conn: &'r Connection) -> RequestView<'r> {
+    let host = req
+        .uri()
+        .host()
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(strip_port));
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()));
+    RequestView {
+        method: req.method().as_str(),
+        host,
+        authority,
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+        peer: conn.peer.ip(),
+        tls: conn.tls,
+        listener: conn.listener,
+        client_cert: conn.client_cert.as_deref(),
+    }
+}
+
+/// Step 3: an opaque bearer token of a profile with introspection is asked about first (the
+/// engine does no I/O); a route with several such profiles may need a few. Returns the clock
+/// to decide with, read after the last answer came; or the 503 a failed introspection gets
+/// (fail closed).
+async fn introspect(trip: &Trip<'_>, active: &Active, view: &RequestView<'_>) -> Result<u64, Response<ProxyBody>> {
+    let mut now = unix_millis();
+    for _ in 0..MAX_INTROSPECTIONS {
+        let Some(wanted) = active.engine.introspection_wanted(view, now) else {
+            break;
+        };
+        if let Err(error) = trip.shared.introspector.ensure(wanted).await {
+            trip.shared.metrics.backend_error(BackendErrorKind::Introspection);
+            tracing::warn!(
+                route = wanted.route,
+                profile = wanted.profile,
+                %error,
+                "token introspection failed; answering 503"
+            );
+            let answer = Answer::IntrospectionUnavailable { route: wanted.route }.response();
+            return Err(trip.early(
+                answer,
+                wanted.route,
+                wanted.profile,
+                wanted.client_ip,
+                "token introspection failed",
+            ));
+        }
+        now = unix_millis();
+    }
+    Ok(now)
+}
+
+/// Step 6, refused: the engine's denial as an answer.
+fn deny<'a>(shared: &Shared, denial: &'a Denial<'a>, record: &mut Record<'a>) -> (Response<ProxyBody>, &'static str) {
+    record.route = denial.route;
+    record.profile = denial.profile;
+    record.client_ip = denial.client_ip;
+    record.decision = "deny";
+    record.reason = denial.reason;
+    let answer = match &denial.kind {
+        DenialKind::Unauthorized { challenges } => Answer::Unauthorized {
+            route: denial.route,
+            challenges,
+        },
+        DenialKind::Forbidden => Answer::Forbidden { route: denial.route },
+        DenialKind::InsufficientScope { challenges } => Answer::InsufficientScope {
+            route: denial.route,
+            challenges,
+        },
+        DenialKind::RateLimited { scope, info } => {
+            shared.metrics.rate_limited(scope.as_str());
+            Answer::RateLimited {
+                route: denial.route,
+                scope: scope.as_str(),
+                info: *info,
+            }
+        }
+    };
+    (answer.response(), "deny")
+}
+
+/// The record's fields of an admitted call.
+fn admitted<'a>(admission: &'a Admission<'a>, record: &mut Record<'a>) -> &'a str {
+    let route = &*admission.route.name;
+    record.route = route;
+    record.profile = admission.profile;
+    record.identity = &admission.identity;
+    record.client_ip = admission.client_ip;
+    route
+}
+
+/// Step 6, admitted but its body refused by the body check: the hit is not counted (the
+/// signature stays used up).
+fn refuse_body<'a>(
+    active: &Active,
+    admission: &'a Admission<'a>,
+    why: BodyRefused,
+    record: &mut Record<'a>,
+) -> (Response<ProxyBody>, &'static str) {
+    let route = admitted(admission, record);
+    record.decision = "deny";
+    active.engine.refund(admission);
+    let answer = match why {
+        BodyRefused::TooLarge => {
+            record.reason = "signed request body larger than --max-signed-body-bytes";
+            Answer::SignedBodyTooLarge { route }
+        }
+        BodyRefused::Unreadable => {
+            record.reason = "signed request body could not be read";
+            Answer::BadRequest
+        }
+        BodyRefused::Mismatch => {
+            record.reason = "body does not match its signed digest";
+            Answer::BodyDigestMismatch {
+                route,
+                challenges: admission.route.challenges(),
+            }
+        }
+    };
+    (answer.response(), "deny")
+}
+
+/// Step 6, admitted: the call goes to the app (inbound listeners) or to the route's origin.
+/// A 404 from the backend, or a call refused before it reached the origin, is not counted.
+async fn forward<'a>(
+    shared: &Shared,
+    active: &Active,
+    conn: &Connection,
+    req: Request<ProxyBody>,
+    admission: &'a Admission<'a>,
+    record: &mut Record<'a>,
+) -> (Response<ProxyBody>, &'static str) {
+    let route = admitted(admission, record);
+    record.decision = "allow";
+    let verdict = Verdict {
+        route,
+        profile: admission.profile,
+        identity: &admission.identity,
+    };
+    let proto = if conn.tls { "https" } else { "http" };
+    let result = match (admission.route.local_port(), conn.listener) {
+        (Some(port), Listener::Inbound) => {
+            Some(shared.forwarder.local(req, port, conn.peer.ip(), proto, verdict).await)
+        }
+        (None, _) => match active.origins.get(admission.route.index) {
+            Some(origin) => Some(origin.forward(req, conn.peer.ip(), proto, verdict).await),
+            None => None,
+        },
+        _ => None,
+    };
+    match result {
+        Some(Ok(mut resp)) => {
+            if resp.status() == StatusCode::NOT_FOUND {
+                // The backend does not know this URL: the hit is not counted.
+                active.engine.refund(admission);
+            }
+            if let Some(rate) = admission.rate {
+                rate_limit_headers(resp.headers_mut(), rate);
+            }
+            (resp, "allow")
+        }
+        Some(Err(error)) => {
+            if error.is_backend() {
+                shared.metrics.backend_error(error.kind());
+                tracing::warn!(route, %error, "forward failed");
+            } else {
+                // Refused before reaching the origin: the hit is not counted.
+                tracing::info!(route, %error, "not forwarded");
+                active.engine.refund(admission);
+            }
+            let (answer, decision, reason) = forward_failure(route, error);
+            record.decision = decision;
+            record.reason = reason;
+            (answer.response(), "error")
+        }
+        None => {
+            shared.metrics.backend_error(BackendErrorKind::Unsupported);
+            record.decision = "error";
+            record.reason = "backend not served on this listener";
+            (Answer::NotServed { route }.response(), "error")
+        }
+    }
+}
+
+/// A failed forward as an answer, with the audit line's decision and reason: `deny` when
+/// the request itself could not be sent, `error` when the backend failed.
+fn forward_failure(route: &str, error: ForwardError) -> (Answer<'_>, &'static str, &'static str) {
+    match error {
+        ForwardError::Timeout(_) => (Answer::BackendTimeout { route }, "error", "backend timeout"),
+        ForwardError::Credentials(CredentialError::BodyTooLarge { limit }) => (
+            Answer::OriginBodyTooLarge { route, limit },
+            "deny",
+            "request body too large to sign for the origin",
+        ),
+        ForwardError::Credentials(CredentialError::Sign(_)) => (
+            Answer::OriginCannotSign { route },
+            "deny",
+            "request cannot be signed for the origin",
+        ),
+        ForwardError::Credentials(CredentialError::RequestBody(_)) => {
+            (Answer::BadRequest, "deny", "request body could not be read")
+        }
+        ForwardError::Credentials(CredentialError::Token(_)) => (
+            Answer::OriginCredentialsUnavailable { route },
+            "error",
+            "origin token endpoint failed",
+        ),
+        _ => (Answer::BackendDown { route }, "error", "backend unavailable"),
+    }
+}
+
+/// Bytes of the request target and headers, as on an HTTP/1.1 wire.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    req.headers()
+        .iter()
+        .fold(target, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+/// `host:port` → `host` (an IPv6 literal keeps its brackets).
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    }
+}

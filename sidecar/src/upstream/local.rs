@@ -1,0 +1,102 @@
+//! Forwarding to the app on `127.0.0.1:<port>` over the keep-alive pool ([`super::pool`]):
+//! origin-form request target, HTTP/1.1, `Host` kept (or made from the HTTP/2 authority),
+//! headers cleaned and the verdict added.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use http::header::HOST;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+
+use super::pool::{LocalPool, PoolError};
+use super::{ForwardError, Verdict};
+use crate::base::body::ProxyBody;
+use crate::base::headers::{
+    IDENTITY, PROFILE, ROUTE, remove_hop_by_hop, remove_portcullis, set_forwarded, set_verdict,
+};
+
+/// The pooled client toward local backends.
+#[derive(Clone)]
+pub struct Forwarder {
+    pool: LocalPool,
+    connect_timeout: Duration,
+    timeout: Duration,
+}
+
+impl Forwarder {
+    /// A client whose connections time out after `connect_timeout` and whose calls must
+    /// produce response headers within `timeout`.
+    pub fn new(connect_timeout: Duration, timeout: Duration) -> Self {
+        Self {
+            pool: LocalPool::new(connect_timeout),
+            connect_timeout,
+            timeout,
+        }
+    }
+
+    /// The time allowed to connect, and for the response headers.
+    pub fn timeouts(&self) -> (Duration, Duration) {
+        (self.connect_timeout, self.timeout)
+    }
+
+    /// Sends `req` to `127.0.0.1:port` with clean headers and returns the app's response,
+    /// its body still streaming.
+    pub async fn local(
+        &self,
+        req: Request<ProxyBody>,
+        port: u16,
+        peer: IpAddr,
+        proto: &'static str,
+        verdict: Verdict<'_>,
+    ) -> Result<Response<ProxyBody>, ForwardError> {
+        let (mut parts, body) = req.into_parts();
+        let client_version = parts.version;
+
+        // HTTP/2 carries the host in the URI authority; an HTTP/1.1 backend wants `Host`.
+        if !parts.headers.contains_key(HOST) {
+            let host = match parts.uri.authority() {
+                Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+                None => HeaderValue::from_str(&format!("{}:{port}", Ipv4Addr::LOCALHOST)).ok(),
+            };
+            if let Some(host) = host {
+                parts.headers.insert(HOST, host);
+            }
+        }
+        // Origin-form on the wire: the connection already names the app.
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            let path = parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or(PathAndQuery::from_static("/"));
+            parts.uri = Uri::from(path);
+        }
+        parts.version = Version::HTTP_11;
+
+        remove_hop_by_hop(&mut parts.headers);
+        remove_portcullis(&mut parts.headers);
+        set_forwarded(&mut parts.headers, peer, proto);
+        set_verdict(&mut parts.headers, ROUTE, verdict.route);
+        set_verdict(&mut parts.headers, PROFILE, verdict.profile);
+        if !set_verdict(&mut parts.headers, IDENTITY, verdict.identity) {
+            tracing::debug!(
+                route = verdict.route,
+                "identity is not a valid header value; not passed on"
+            );
+        }
+
+        let upstream = Request::from_parts(parts, body);
+        let response = match tokio::time::timeout(self.timeout, self.pool.send(port, upstream)).await {
+            Err(_) => return Err(ForwardError::Timeout(self.timeout)),
+            Ok(Err(e @ PoolError::Connect { .. })) => return Err(ForwardError::Connect(e.into())),
+            Ok(Err(e)) => return Err(ForwardError::Protocol(e.into())),
+            Ok(Ok(r)) => r,
+        };
+        let (mut parts, body) = response.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        parts.version = client_version;
+        Ok(Response::from_parts(parts, body.boxed_unsync()))
+    }
+}

@@ -1,0 +1,71 @@
+//! The way out: forwarding an admitted call, bodies streamed, to the app on 127.0.0.1 over a
+//! keep-alive pool ([`local`], [`pool`]) or to a remote origin over the route's own client
+//! ([`origin`]), with the credentials the route adds toward it ([`credentials`]).
+//!
+//! Every forwarded call is told who was admitted ([`Verdict`], the `X-Portcullis-*` headers,
+//! written only here) and loses the hop-by-hop headers and anything the client sent under the
+//! `X-Portcullis-` prefix. Uses [`crate::base`], [`crate::telemetry`] (the error kinds it
+//! counts) and [`crate::identity`] (client-credentials tokens toward origins).
+
+use std::time::Duration;
+
+use crate::telemetry::metrics::BackendErrorKind;
+
+pub mod credentials;
+pub mod local;
+pub mod origin;
+pub mod pool;
+
+pub use credentials::{CredentialError, OriginCredentials};
+pub use local::Forwarder;
+pub use origin::{Origin, Origins};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Who the sidecar admitted, told to the app in `X-Portcullis-*` headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Verdict<'a> {
+    pub route: &'a str,
+    pub profile: &'a str,
+    pub identity: &'a str,
+}
+
+/// Why a call could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("backend did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("backend unreachable: {0}")]
+    Connect(#[source] BoxError),
+    #[error("backend connection failed: {0}")]
+    Protocol(#[source] BoxError),
+    #[error("invalid backend address: {0}")]
+    Address(#[from] http::Error),
+    /// The route's origin credentials could not be added (body too large to sign, token
+    /// endpoint down, ...).
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
+}
+
+impl ForwardError {
+    /// The metric label of this failure.
+    pub fn kind(&self) -> BackendErrorKind {
+        match self {
+            Self::Timeout(_) => BackendErrorKind::Timeout,
+            Self::Connect(_) => BackendErrorKind::Connect,
+            Self::Protocol(_) | Self::Address(_) => BackendErrorKind::Protocol,
+            Self::Credentials(CredentialError::Token(_)) => BackendErrorKind::Connect,
+            Self::Credentials(_) => BackendErrorKind::Protocol,
+        }
+    }
+
+    /// Whether the backend (or the token endpoint) failed, rather than the request.
+    pub fn is_backend(&self) -> bool {
+        !matches!(
+            self,
+            Self::Credentials(
+                CredentialError::BodyTooLarge { .. } | CredentialError::RequestBody(_) | CredentialError::Sign(_)
+            )
+        )
+    }
+}
