@@ -1,11 +1,19 @@
 //! Header hygiene between the client and the app: hop-by-hop headers removed, forwarding
 //! headers set, and the `X-Portcullis-*` headers only ever written by the sidecar.
+//!
+//! What the app can trust (docs/api.md, "Security model"): every header under the
+//! `X-Portcullis-` prefix, in any spelling a framework may fold into it (any case, `_` for
+//! `-`), comes from the sidecar; `X-Real-IP` is the client address the policy engine decided
+//! on (after trusted proxies); `X-Forwarded-Proto` is the scheme the call reached the
+//! sidecar with; the last `X-Forwarded-For` entry is the sidecar's peer. `Forwarded`,
+//! `X-Forwarded-Host` and `X-Forwarded-Port` from the client are removed: the `Host` the
+//! request was routed on is the one forwarded.
 
 use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 
 /// Prefix of the headers that carry the sidecar's verdict to the app.
 pub const PORTCULLIS_PREFIX: &str = "x-portcullis-";
@@ -16,8 +24,14 @@ pub const PROFILE: HeaderName = HeaderName::from_static("x-portcullis-profile");
 /// The route that matched.
 pub const ROUTE: HeaderName = HeaderName::from_static("x-portcullis-route");
 
+/// How the identity header is encoded when the identity is not a plain header value.
+pub const IDENTITY_ENCODING: HeaderName = HeaderName::from_static("x-portcullis-identity-encoding");
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// Client-supplied forwarding headers the sidecar does not pass on.
+const CLIENT_FORWARDING: [&str; 3] = ["forwarded", "x-forwarded-host", "x-forwarded-port"];
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Removes the headers that describe one connection rather than the message (RFC 9110
@@ -28,12 +42,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
+    // `Connection: close, host` must not take away the authority the call was routed on.
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| *name != HOST)
         .collect();
     for name in named {
         headers.remove(name);
@@ -49,16 +65,103 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str().starts_with("proxy-")
 }
 
-/// Removes every `X-Portcullis-*` header: only the sidecar may set them.
+/// Removes what only the sidecar may say: every header a framework may read as
+/// `X-Portcullis-*` (`X_Portcullis_Identity` becomes `HTTP_X_PORTCULLIS_IDENTITY` in CGI, as
+/// `X-Portcullis-Identity` does), and the forwarding headers the sidecar does not vouch for
+/// (`Forwarded`, `X-Forwarded-Host`, `X-Forwarded-Port`, `X-Real-IP`).
 pub fn remove_portcullis(headers: &mut HeaderMap) {
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with(PORTCULLIS_PREFIX))
-        .cloned()
-        .collect();
+    // One pass over the names first: most messages carry none of these.
+    if !headers.keys().any(is_sidecar_only) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|k| is_sidecar_only(k)).cloned().collect();
     for name in names {
         headers.remove(name);
     }
+}
+
+fn is_sidecar_only(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    folds_to_portcullis(name) || name == X_REAL_IP || CLIENT_FORWARDING.contains(&name)
+}
+
+/// Whether `name` (lower case, as `HeaderName` keeps it) reads as `x-portcullis-...` once
+/// `_` is taken for `-`.
+fn folds_to_portcullis(name: &str) -> bool {
+    let prefix = PORTCULLIS_PREFIX.as_bytes();
+    name.len() >= prefix.len()
+        && name
+            .bytes()
+            .zip(prefix)
+            .all(|(b, p)| b == *p || (b == b'_' && *p == b'-'))
+}
+
+/// Who the sidecar admitted, told to the app in `X-Portcullis-*` headers and `X-Real-IP`.
+#[derive(Debug, Clone, Copy)]
+pub struct Verdict<'a> {
+    pub route: &'a str,
+    pub profile: &'a str,
+    /// The identity the profile authenticated (never a client-chosen audit override).
+    pub identity: &'a str,
+    /// The client address the engine decided on (after trusted proxies).
+    pub client_ip: IpAddr,
+}
+
+/// Writes the verdict: `X-Portcullis-Route`, `-Profile`, `-Identity` and `X-Real-IP`. An
+/// identity that is not a plain visible-ASCII header value is percent-encoded (UTF-8, `%`
+/// included) and flagged with `X-Portcullis-Identity-Encoding: percent`, so it is never
+/// left out and never ambiguous.
+pub fn set_verdict(headers: &mut HeaderMap, verdict: &Verdict<'_>) {
+    set_plain(headers, ROUTE, verdict.route);
+    set_plain(headers, PROFILE, verdict.profile);
+    if !set_plain(headers, IDENTITY, verdict.identity)
+        && let Ok(encoded) = HeaderValue::from_str(&percent_encode_identity(verdict.identity))
+    {
+        headers.insert(IDENTITY, encoded);
+        headers.insert(IDENTITY_ENCODING, HeaderValue::from_static("percent"));
+    }
+    let mut ip = Vec::with_capacity(40);
+    push_ip(&mut ip, verdict.client_ip);
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(ip)) {
+        headers.insert(X_REAL_IP, value);
+    }
+}
+
+/// Sets `name` to `value` when it is visible ASCII (spaces inside allowed) without `%`.
+fn set_plain(headers: &mut HeaderMap, name: HeaderName, value: &str) -> bool {
+    let plain = value.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'%')
+        && !value.starts_with(' ')
+        && !value.ends_with(' ');
+    match HeaderValue::from_str(value) {
+        Ok(v) if plain => {
+            headers.insert(name, v);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// `%XX` for every byte that is not visible ASCII, for `%` and for spaces.
+fn percent_encode_identity(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for b in value.bytes() {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(
+                char::from_digit(u32::from(b >> 4), 16)
+                    .unwrap_or('0')
+                    .to_ascii_uppercase(),
+            );
+            out.push(
+                char::from_digit(u32::from(b & 15), 16)
+                    .unwrap_or('0')
+                    .to_ascii_uppercase(),
+            );
+        }
+    }
+    out
 }
 
 /// Appends `peer` to `X-Forwarded-For` (joining earlier values into one line) and sets
@@ -104,18 +207,6 @@ pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
-/// Sets one verdict header; a value that is not a valid header value is left out (and
-/// reported as `false`).
-pub fn set_verdict(headers: &mut HeaderMap, name: HeaderName, value: &str) -> bool {
-    match HeaderValue::from_str(value) {
-        Ok(v) => {
-            headers.insert(name, v);
-            true
-        }
-        Err(_) => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,10 +245,45 @@ mod tests {
         let mut h = map(&[
             ("x-portcullis-identity", "admin"),
             ("X-Portcullis-Other", "1"),
+            ("X_Portcullis_Identity", "admin"),
+            ("x-portcullis_identity", "admin"),
+            ("forwarded", "for=1.2.3.4;host=admin.example"),
+            ("x-forwarded-host", "admin.example"),
+            ("x-forwarded-port", "443"),
+            ("x-real-ip", "1.2.3.4"),
             ("x-kept", "y"),
+            ("x-portcullisx", "kept: not the prefix"),
         ]);
         remove_portcullis(&mut h);
-        assert_eq!(h.len(), 1);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key("x-kept") && h.contains_key("x-portcullisx"));
+    }
+
+    #[test]
+    fn connection_cannot_name_host_away() {
+        let mut h = map(&[("connection", "close, host, HOST"), ("host", "public.example")]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h["host"], "public.example");
+    }
+
+    #[test]
+    fn identities_that_are_not_header_values_are_encoded() {
+        let verdict = |identity| Verdict {
+            route: "r",
+            profile: "p",
+            identity,
+            client_ip: "10.1.2.3".parse().unwrap(),
+        };
+        let mut h = HeaderMap::new();
+        set_verdict(&mut h, &verdict("alice"));
+        assert_eq!(h["x-portcullis-identity"], "alice");
+        assert!(!h.contains_key("x-portcullis-identity-encoding"));
+        assert_eq!(h["x-real-ip"], "10.1.2.3");
+        let mut h = HeaderMap::new();
+        set_verdict(&mut h, &verdict("Zoë 100%\r\nx: y"));
+        assert_eq!(h["x-portcullis-identity"], "Zo%C3%AB%20100%25%0D%0Ax:%20y");
+        assert_eq!(h["x-portcullis-identity-encoding"], "percent");
+        assert_eq!(h["x-portcullis-route"], "r");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The request path: one request from the moment its head is read to its audit line, in the
 //! steps docs/api.md's "How the sidecar decides" describes:
 //!
-//! 1. early refusals: a head over `--max-header-bytes` (431) ([`Trip::early`]);
+//! 1. early refusals: a head over `--max-header-bytes` (431), more than one authority (400,
+//!    [`authority_conflict`]) ([`Trip::early`]);
 //! 2. the Builtin token endpoint, answered here and never counted ([`token_endpoint`]);
 //! 3. introspection of an opaque bearer token, before deciding ([`introspect`]);
 //! 4. the decision, by the pure policy engine ([`crate::base::engine`]);
@@ -53,7 +54,10 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     // 1. Early refusals.
     if head_size(&req) > shared.max_header_bytes {
         let answer = Answer::HeadersTooLarge.response();
-        return trip.early(answer, "-", "-", trip.peer, "request headers too large");
+        return trip.early(answer, "error", "-", "-", trip.peer, "request headers too large");
+    }
+    if let Some(reason) = authority_conflict(&req) {
+        return trip.early(Answer::BadRequest.response(), "deny", "-", "-", trip.peer, reason);
     }
     let active = shared.active.load_full();
     let view = request_view(&req, &conn);
@@ -124,10 +128,11 @@ impl Trip<'_> {
         }
     }
 
-    /// Records a request refused before it was decided (decision `error`) and answers it.
+    /// Records a request refused before it was decided and answers it.
     fn early(
         &self,
         response: Response<ProxyBody>,
+        decision: &'static str,
         route: &str,
         profile: &str,
         client_ip: IpAddr,
@@ -137,11 +142,11 @@ impl Trip<'_> {
             route,
             profile,
             client_ip,
-            decision: "error",
+            decision,
             reason,
             ..self.record()
         };
-        self.finish(record, "error", response)
+        self.finish(record, decision, response)
     }
 
     /// Writes the audit line and the request metrics (`label` is the metrics' decision),
@@ -204,6 +209,7 @@ async fn introspect(trip: &Trip<'_>, active: &Active, view: &RequestView<'_>) ->
             let answer = Answer::IntrospectionUnavailable { route: wanted.route }.response();
             return Err(trip.early(
                 answer,
+                "error",
                 wanted.route,
                 wanted.profile,
                 wanted.client_ip,
@@ -301,6 +307,7 @@ async fn forward<'a>(
         route,
         profile: admission.profile,
         identity: &admission.identity,
+        client_ip: admission.client_ip,
     };
     let proto = if conn.tls { "https" } else { "http" };
     let result = match (admission.route.local_port(), conn.listener) {
@@ -371,6 +378,25 @@ fn forward_failure(route: &str, error: ForwardError) -> (Answer<'_>, &'static st
             "origin token endpoint failed",
         ),
         _ => (Answer::BackendDown { route }, "error", "backend unavailable"),
+    }
+}
+
+/// Why a request names more than one authority, if it does: a repeated `Host`, or a `Host`
+/// that disagrees with the authority of the request target (absolute form, HTTP/2
+/// `:authority`). The sidecar routes on one authority and forwards that one; a request that
+/// could be read as aimed at two hosts is refused (400) rather than routed as one and
+/// received by the app as the other.
+fn authority_conflict<B>(req: &Request<B>) -> Option<&'static str> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some("repeated Host header");
+    }
+    match (req.uri().authority(), host) {
+        (Some(authority), Some(host)) if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) => {
+            Some("Host header disagrees with the request target")
+        }
+        _ => None,
     }
 }
 

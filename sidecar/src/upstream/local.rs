@@ -1,5 +1,5 @@
 //! Forwarding to the app on `127.0.0.1:<port>` over the keep-alive pool ([`super::pool`]):
-//! origin-form request target, HTTP/1.1, `Host` kept (or made from the HTTP/2 authority),
+//! origin-form request target, HTTP/1.1, `Host` the authority the call was routed on,
 //! headers cleaned and the verdict added.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -10,12 +10,10 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 
+use super::ForwardError;
 use super::pool::{LocalPool, PoolError};
-use super::{ForwardError, Verdict};
 use crate::base::body::ProxyBody;
-use crate::base::headers::{
-    IDENTITY, PROFILE, ROUTE, remove_hop_by_hop, remove_portcullis, set_forwarded, set_verdict,
-};
+use crate::base::headers::{Verdict, remove_hop_by_hop, remove_portcullis, set_forwarded, set_verdict};
 
 /// The pooled client toward local backends.
 #[derive(Clone)]
@@ -54,15 +52,15 @@ impl Forwarder {
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;
 
-        // HTTP/2 carries the host in the URI authority; an HTTP/1.1 backend wants `Host`.
-        if !parts.headers.contains_key(HOST) {
-            let host = match parts.uri.authority() {
-                Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-                None => HeaderValue::from_str(&format!("{}:{port}", Ipv4Addr::LOCALHOST)).ok(),
-            };
-            if let Some(host) = host {
-                parts.headers.insert(HOST, host);
-            }
+        // The authority the call was routed on: the request target's (HTTP/2, absolute form),
+        // which the request path has checked agrees with any `Host`; else the one `Host`.
+        let host = match parts.uri.authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+            None if parts.headers.contains_key(HOST) => None,
+            None => HeaderValue::from_str(&format!("{}:{port}", Ipv4Addr::LOCALHOST)).ok(),
+        };
+        if let Some(host) = host {
+            parts.headers.insert(HOST, host);
         }
         // Origin-form on the wire: the connection already names the app.
         if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
@@ -78,14 +76,7 @@ impl Forwarder {
         remove_hop_by_hop(&mut parts.headers);
         remove_portcullis(&mut parts.headers);
         set_forwarded(&mut parts.headers, peer, proto);
-        set_verdict(&mut parts.headers, ROUTE, verdict.route);
-        set_verdict(&mut parts.headers, PROFILE, verdict.profile);
-        if !set_verdict(&mut parts.headers, IDENTITY, verdict.identity) {
-            tracing::debug!(
-                route = verdict.route,
-                "identity is not a valid header value; not passed on"
-            );
-        }
+        set_verdict(&mut parts.headers, &verdict);
 
         let upstream = Request::from_parts(parts, body);
         let response = match tokio::time::timeout(self.timeout, self.pool.send(port, upstream)).await {

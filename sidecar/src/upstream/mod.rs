@@ -16,19 +16,12 @@ pub mod local;
 pub mod origin;
 pub mod pool;
 
+pub use crate::base::headers::Verdict;
 pub use credentials::{CredentialError, OriginCredentials};
 pub use local::Forwarder;
 pub use origin::{Origin, Origins};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Who the sidecar admitted, told to the app in `X-Portcullis-*` headers.
-#[derive(Debug, Clone, Copy)]
-pub struct Verdict<'a> {
-    pub route: &'a str,
-    pub profile: &'a str,
-    pub identity: &'a str,
-}
 
 /// Why a call could not be forwarded.
 #[derive(Debug, thiserror::Error)]

@@ -23,13 +23,11 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
+use super::ForwardError;
 use super::credentials::{self, OriginCredentials};
-use super::{ForwardError, Verdict};
 use crate::base::body::{ProxyBody, full};
 use crate::base::clock::unix_now;
-use crate::base::headers::{
-    IDENTITY, PROFILE, ROUTE, remove_hop_by_hop, remove_portcullis, set_forwarded, set_verdict,
-};
+use crate::base::headers::{Verdict, remove_hop_by_hop, remove_portcullis, set_forwarded, set_verdict};
 use crate::base::tls::{self, TlsError};
 
 /// A pooled client toward one route's origin, built at compile time.
@@ -277,9 +275,7 @@ impl Origin {
         remove_portcullis(&mut parts.headers);
         parts.headers.insert(HOST, self.host.clone());
         set_forwarded(&mut parts.headers, peer, proto);
-        set_verdict(&mut parts.headers, ROUTE, verdict.route);
-        set_verdict(&mut parts.headers, PROFILE, verdict.profile);
-        set_verdict(&mut parts.headers, IDENTITY, verdict.identity);
+        set_verdict(&mut parts.headers, &verdict);
         let outgoing = self.credentials.apply(&mut parts, body, self.scheme.as_str()).await?;
 
         let again = outgoing

@@ -1,0 +1,163 @@
+//! Black-box tests of the boundary between the client and the app (docs/api.md, "Security
+//! model"): what the app receives when a client tries to confuse hosts, spoof the sidecar's
+//! headers or hide hop-by-hop tricks. Each test asserts what the app got (the echo backend),
+//! not only what the client or the audit line saw.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::*;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// Two hosts on one workload: `public.example` anonymous, `admin.example` behind Basic.
+async fn two_hosts(port: u16) -> (Sidecar, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    loaded(
+        "g1",
+        json!({
+            "profiles": [
+                {"name": "open", "auth": {"type": "Anonymous"}},
+                {"name": "staff", "auth": {"type": "Basic"}},
+            ],
+            "routes": [
+                {"name": "public", "hosts": ["public.example"], "pathPrefix": "/", "profiles": ["open"],
+                 "backend": {"type": "Local", "port": port}},
+                {"name": "admin", "hosts": ["admin.example"], "pathPrefix": "/", "profiles": ["staff"],
+                 "backend": {"type": "Local", "port": port}},
+            ],
+        }),
+        json!({"profiles": {"staff": {"basic": {"username": "zoë", "password": "pw"}}}}),
+    )
+    .write_dir(dir.path())
+    .unwrap();
+    (Sidecar::start(dir.path()).await, dir)
+}
+
+/// Sends `head` (CRLF line ends, no final blank line) as one HTTP/1.1 request with
+/// `Connection: close`, and returns the status and the body of the answer.
+async fn raw(sidecar: &Sidecar, head: &str) -> (u16, Value) {
+    let addr = sidecar
+        .url("/")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    let request = format!("{head}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the sidecar answers and closes within 5 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"));
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    // The echo backend answers with Content-Length, so the body is the JSON itself.
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_request_names_one_authority() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = two_hosts(backend.port()).await;
+
+    // Absolute form routed as public, Host says admin: refused, nothing reaches the app.
+    let (status, echo) = raw(&sidecar, "GET http://public.example/x HTTP/1.1\r\nHost: admin.example").await;
+    assert_eq!(status, 400, "{echo}");
+    assert!(echo.get("headers").is_none(), "the app got it: {echo}");
+
+    // Two Host headers, either order.
+    for head in [
+        "GET /x HTTP/1.1\r\nHost: public.example\r\nHost: admin.example",
+        "GET /x HTTP/1.1\r\nHost: admin.example\r\nHost: public.example",
+    ] {
+        let (status, echo) = raw(&sidecar, head).await;
+        assert_eq!(status, 400, "{head:?}: {echo}");
+        assert!(echo.get("headers").is_none(), "the app got it: {echo}");
+    }
+
+    // Absolute form with an agreeing Host (any case): the app gets that one host.
+    let (status, echo) = raw(&sidecar, "GET http://public.example/x HTTP/1.1\r\nHost: PUBLIC.example").await;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(echo["headers"]["host"], json!(["public.example"]), "{echo}");
+    assert_eq!(echo["path"], "/x");
+
+    // Absolute form without Host: the app gets the target's authority.
+    let (status, echo) = raw(&sidecar, "GET http://public.example/y HTTP/1.1").await;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(echo["headers"]["host"], json!(["public.example"]), "{echo}");
+
+    let audit = sidecar.wait_audit(5).await;
+    let refused: Vec<_> = audit.iter().filter(|l| l["status"] == 400).collect();
+    assert_eq!(refused.len(), 3, "{audit:?}");
+    assert!(refused.iter().all(|l| l["decision"] == "deny"), "{refused:?}");
+}
+
+#[tokio::test]
+async fn connection_cannot_remove_the_host() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = two_hosts(backend.port()).await;
+    let (status, echo) = raw(&sidecar, "GET /x HTTP/1.1\r\nHost: public.example\r\nConnection: host").await;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(echo["headers"]["host"], json!(["public.example"]), "{echo}");
+}
+
+#[tokio::test]
+async fn the_app_gets_only_the_sidecars_verdict() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = two_hosts(backend.port()).await;
+    let (status, echo) = raw(
+        &sidecar,
+        "GET /x HTTP/1.1\r\nHost: public.example\r\n\
+         X_Portcullis_Identity: alice\r\nx-portcullis_profile: staff\r\nX-PORTCULLIS-ROUTE: admin\r\n\
+         X-Real-IP: 203.0.113.66\r\nForwarded: for=203.0.113.66;host=admin.example;proto=https\r\n\
+         X-Forwarded-Host: admin.example\r\nX-Forwarded-Port: 443\r\nX-Forwarded-Proto: https",
+    )
+    .await;
+    assert_eq!(status, 200, "{echo}");
+    let h = echo["headers"].as_object().unwrap();
+    let spoofs: Vec<&String> = h
+        .keys()
+        .filter(|k| k.replace('_', "-").starts_with("x-portcullis-") && k.contains('_'))
+        .collect();
+    assert!(spoofs.is_empty(), "spoofed spellings reached the app: {spoofs:?}");
+    assert_eq!(h["x-portcullis-identity"], json!(["anonymous"]));
+    assert_eq!(h["x-portcullis-profile"], json!(["open"]));
+    assert_eq!(h["x-portcullis-route"], json!(["public"]));
+    assert_eq!(h["x-real-ip"], json!(["127.0.0.1"]));
+    assert_eq!(h["x-forwarded-proto"], json!(["http"]));
+    for gone in ["forwarded", "x-forwarded-host", "x-forwarded-port"] {
+        assert!(!h.contains_key(gone), "{gone} reached the app: {echo}");
+    }
+}
+
+#[tokio::test]
+async fn an_identity_that_is_no_header_value_arrives_encoded() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = two_hosts(backend.port()).await;
+    let auth = basic("zoë", "pw");
+    let (status, echo) = raw(
+        &sidecar,
+        &format!("GET /x HTTP/1.1\r\nHost: admin.example\r\nAuthorization: {auth}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{echo}");
+    let h = &echo["headers"];
+    assert_eq!(h["x-portcullis-identity"], json!(["zo%C3%AB"]), "{echo}");
+    assert_eq!(h["x-portcullis-identity-encoding"], json!(["percent"]), "{echo}");
+}
