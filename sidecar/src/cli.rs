@@ -53,9 +53,14 @@ pub struct ServeArgs {
     /// Loopback listener for the app's own calls to origin routes (`egress: true`).
     #[arg(long, default_value = "127.0.0.1:15001")]
     pub egress: SocketAddr,
-    /// Admin listener: `/metrics`, `/healthz`, `/readyz`, `/config`.
+    /// Admin listener: `/metrics`, `/healthz`, `/readyz`, `/config` (`/config` only to
+    /// loopback clients unless `--admin-config-remote`).
     #[arg(long, default_value = "0.0.0.0:15090")]
     pub admin: SocketAddr,
+    /// Also answer `/config` (the configuration in force: routes, profiles, ranges; no
+    /// secret) to clients that are not on the loopback interface.
+    #[arg(long)]
+    pub admin_config_remote: bool,
     /// File the audit lines (one JSON object per hit) are appended to; default: stdout.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,

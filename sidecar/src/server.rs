@@ -130,10 +130,15 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     {
         let shared = shared.clone();
         log_listening(&admin_listener, "admin");
-        let make = move |_| {
+        let config = if args.admin_config_remote {
+            admin::ConfigVisibility::Anyone
+        } else {
+            admin::ConfigVisibility::Loopback
+        };
+        let make = move |peer: SocketAddr| {
             let shared = shared.clone();
             service_fn(move |req| {
-                let resp = admin::handle(&shared, &req);
+                let resp = admin::handle(&shared, &req, peer.ip(), config);
                 async move { Ok::<_, Infallible>(resp) }
             })
         };

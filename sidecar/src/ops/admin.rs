@@ -1,5 +1,10 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz` and `/config`.
+//!
+//! `/config` describes the whole policy (routes, profiles, trusted ranges): a map for an
+//! attacker, so it is answered only to loopback clients (`kubectl port-forward`, `kubectl
+//! exec`), unless `--admin-config-remote`; anyone else gets the 404 of an unknown path.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode, header};
@@ -9,8 +14,28 @@ use super::state::Shared;
 use crate::base::body::json;
 use crate::base::body::{ProxyBody, full};
 
-/// Answers one admin request.
-pub fn handle(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<ProxyBody> {
+/// Who may see `/config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigVisibility {
+    /// Loopback clients only (the default).
+    Loopback,
+    /// Any client of the admin listener (`--admin-config-remote`).
+    Anyone,
+}
+
+impl ConfigVisibility {
+    fn allows(self, peer: IpAddr) -> bool {
+        self == Self::Anyone || peer.is_loopback() || peer.to_canonical().is_loopback()
+    }
+}
+
+/// Answers one admin request from `peer`.
+pub fn handle(
+    shared: &Arc<Shared>,
+    req: &Request<Incoming>,
+    peer: IpAddr,
+    config: ConfigVisibility,
+) -> Response<ProxyBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return json(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -45,7 +70,23 @@ pub fn handle(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<ProxyBo
         }
         // `SidecarConfig` holds no secret by construction (they live in `SecretMaterial`,
         // which is never serialized here).
-        "/config" => json(StatusCode::OK, &shared.active.load().config),
+        "/config" if config.allows(peer) => json(StatusCode::OK, &shared.active.load().config),
         _ => json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not found"})),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_is_for_loopback_clients_unless_opened() {
+        let pod_peer: IpAddr = "10.1.2.3".parse().unwrap();
+        for local in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            assert!(ConfigVisibility::Loopback.allows(local.parse().unwrap()), "{local}");
+        }
+        assert!(!ConfigVisibility::Loopback.allows(pod_peer));
+        assert!(!ConfigVisibility::Loopback.allows("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(ConfigVisibility::Anyone.allows(pod_peer));
     }
 }
