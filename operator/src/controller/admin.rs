@@ -1,5 +1,8 @@
 //! The admin port: `/metrics`, `/healthz` (the process serves) and `/readyz` (this replica
 //! is a healthy standby, or the leader with its caches synced).
+//!
+//! I/O (an HTTP listener). Layer 5 of the list in `controller`: may use layers 0–4; uses
+//! `metrics` (layer 0).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

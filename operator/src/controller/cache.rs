@@ -6,6 +6,8 @@
 //!   status churn never triggers work.
 //!
 //! Both turn watch events into the namespaces that need a reconcile.
+//!
+//! In memory, no I/O. Layer 0 of the list in `controller`: may use no sibling module.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};

@@ -5,6 +5,9 @@
 //! Secret named [`group_name`], compiled for exactly those labels, so a pod only receives
 //! the credentials of the routes that select it. The injection webhook computes the same
 //! name from a pod's labels to mount the right objects.
+//!
+//! Pure. Layer 0 of the list in `controller`: may use no sibling module (the webhook uses it
+//! too).
 
 use std::collections::BTreeMap;
 

@@ -7,6 +7,9 @@
 //!
 //! The decision is a pure function ([`decide`]); every write carries the resourceVersion it
 //! was decided on, so two replicas racing for one Lease cannot both win.
+//!
+//! I/O (the Lease). Layer 5 of the list in `controller`: may use layers 0–4, uses none;
+//! `runtime` drives it.
 
 use std::time::Duration;
 

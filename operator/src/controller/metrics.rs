@@ -1,4 +1,6 @@
 //! The operator's Prometheus metrics (served on the admin port at `/metrics`).
+//!
+//! Layer 0 of the list in `controller`: may use no sibling module.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,

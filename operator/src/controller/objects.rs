@@ -1,13 +1,18 @@
 //! What the stores keep of each watched kind, and what in it the plan depends on.
+//!
+//! Owns the [`Cached`] impls, [`OwnedSecret`] (an operator-managed Secret remembered by
+//! [`data_digest`], never by content) and the `managed-by` label helpers. Pure, no I/O.
+//! Layer 1 of the list in `controller`: may use layer 0; uses `group` and `store`.
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use portcullis_api::{ApiRoute, ApiRouteStatus, SecurityProfile, SecurityProfileStatus};
+use sha2::{Digest, Sha256};
 
 use super::group::{MANAGED_BY, MANAGED_BY_LABEL};
-use super::plan::data_digest;
 use super::store::Cached;
 
 impl Cached for ApiRoute {
@@ -99,4 +104,17 @@ pub fn is_managed(meta: &ObjectMeta) -> bool {
 /// The label selector of the operator's own ConfigMaps and Secrets.
 pub fn managed_selector() -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY}")
+}
+
+/// SHA-256 (hex) of a Secret's data, in key order: how the controller remembers the content
+/// of the Secrets it wrote without keeping their values in memory.
+pub fn data_digest(data: Option<&BTreeMap<String, ByteString>>) -> String {
+    let mut hasher = Sha256::new();
+    for (k, v) in data.into_iter().flatten() {
+        hasher.update((k.len() as u64).to_le_bytes());
+        hasher.update(k.as_bytes());
+        hasher.update((v.0.len() as u64).to_le_bytes());
+        hasher.update(&v.0);
+    }
+    hex::encode(hasher.finalize())
 }

@@ -1,6 +1,11 @@
 //! The pure half of a reconcile: from one namespace's objects to the ConfigMaps, Secrets
 //! and statuses that should exist. No I/O; the reconciler compares the plan with the cluster
 //! and writes the difference.
+//!
+//! Owns [`Settings`], [`Snapshot`], [`Plan`]/[`GroupPlan`] (the desired objects) and the
+//! comparisons that say whether an existing object is current. Layer 2 of the list in
+//! `controller`: may use layers 0–1; uses `group`, `refs` (layer 0), `objects` and `status`
+//! (layer 1).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,10 +15,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource;
 use portcullis_api::{ApiRoute, SecurityProfile};
 use portcullis_config::{CONFIG_FILE, Loaded, SECRETS_FILE};
-use sha2::{Digest, Sha256};
 
 use super::group::{self, GROUP_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
-use super::objects::OwnedSecret;
+use super::objects::{OwnedSecret, data_digest};
 use super::refs::referenced_secrets;
 use super::status::{self, DesiredStatus};
 use crate::compile::{self, Inputs};
@@ -234,19 +238,6 @@ fn secret(metadata: ObjectMeta, loaded: &Loaded) -> Secret {
         )])),
         ..Default::default()
     }
-}
-
-/// SHA-256 (hex) of a Secret's data, in key order: how the controller remembers the content
-/// of the Secrets it wrote without keeping their values in memory.
-pub fn data_digest(data: Option<&BTreeMap<String, ByteString>>) -> String {
-    let mut hasher = Sha256::new();
-    for (k, v) in data.into_iter().flatten() {
-        hasher.update((k.len() as u64).to_le_bytes());
-        hasher.update(k.as_bytes());
-        hasher.update((v.0.len() as u64).to_le_bytes());
-        hasher.update(&v.0);
-    }
-    hex::encode(hasher.finalize())
 }
 
 fn contains_all(have: Option<&BTreeMap<String, String>>, want: Option<&BTreeMap<String, String>>) -> bool {

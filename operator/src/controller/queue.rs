@@ -2,6 +2,8 @@
 //! reduced to "reconcile namespace N". Requests for a namespace coalesce; a namespace is
 //! never reconciled by two workers at once; a request that arrives during its reconcile
 //! runs once more afterwards. Failed namespaces come back after an exponential backoff.
+//!
+//! In memory, no I/O. Layer 0 of the list in `controller`: may use no sibling module.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;

@@ -1,5 +1,7 @@
 //! The Secrets a namespace's profiles and routes reference: what the controller keeps in
 //! memory and watches for changes, and nothing else.
+//!
+//! Pure. Layer 0 of the list in `controller`: may use no sibling module.
 
 use std::collections::BTreeSet;
 

@@ -5,35 +5,36 @@
 //!   [`PORT_ADMIN`] at the pod's IP) — fed by the pod watch, and the generation each one
 //!   reported last (pod → generation; forgotten when the pod goes, stops running or moves).
 //! - [`poll`] asks every such sidecar's `GET /readyz` (JSON with the `generation` it
-//!   enforces) through a [`Probe`], [`CONCURRENCY`] at a time, each bounded by a timeout; the
-//!   namespaces whose reports changed are reconciled. [`poll_loop`] polls every
-//!   [`POLL_EVERY`], and every [`FAST_POLL_EVERY`] for [`FAST_FOR`] after the reconciler
-//!   wrote a configuration ([`Sidecars::nudge`]).
+//!   enforces) through a [`Probe`], [`CONCURRENCY`] at a time, each bounded by a timeout, and
+//!   returns the namespaces whose reports changed. The leader's loop around it
+//!   (`poller::poll_loop`) polls every [`POLL_EVERY`], and every [`FAST_POLL_EVERY`] for
+//!   [`FAST_FOR`] after the reconciler wrote a configuration ([`Sidecars::nudge`]); the HTTP
+//!   probe is `poller::HttpProbe`.
 //! - [`route_rollouts`] (pure): per route, over the groups whose configuration includes it,
 //!   the group generation(s), the running pods (`sidecarsTotal`) and those whose sidecar
 //!   reports its group's generation (`sidecarsCurrent`). The reconciler puts the result in
 //!   the routes' desired status; a status write happens only when these numbers change.
+//!
+//! No API-server access and no sockets of its own (a [`Probe`] does the asking), so it sits
+//! below the shared context, which holds a [`Sidecars`]. Layer 3 of the list in
+//! `controller`: may use layers 0–2; uses `group` (layer 0), `status` (layer 1, for
+//! [`Rollout`]) and `plan` (layer 2).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::{StreamExt, stream};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
-use portcullis_api::ApiRouteStatus;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::group::group_name_for_pod;
 use super::plan::{GroupPlan, Plan};
-use super::queue::WorkQueue;
-use super::reconcile::{Context, known_namespaces};
+use super::status::Rollout;
 use crate::webhook::PORT_ADMIN;
 
 /// Every running sidecar is asked this often.
@@ -46,36 +47,6 @@ pub const FAST_FOR: Duration = Duration::from_secs(15);
 pub const CONCURRENCY: usize = 16;
 /// Bound of one request (connect and answer).
 pub const TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest `/readyz` body read.
-const BODY_LIMIT: usize = 16 * 1024;
-
-/// A route's rollout, as its status reports it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Rollout {
-    /// The generation of the group serving the route (several groups: their distinct
-    /// generations, sorted, joined by `,`); `None` when no group serves it.
-    pub config_generation: Option<String>,
-    /// Running selected pods whose sidecar reports its group's generation.
-    pub current: i32,
-    /// Running selected pods (in the groups whose configuration includes the route).
-    pub total: i32,
-}
-
-impl Rollout {
-    /// Whether a route's status already says this.
-    pub fn is_current(&self, have: &ApiRouteStatus) -> bool {
-        have.config_generation == self.config_generation
-            && have.sidecars_current == Some(self.current)
-            && have.sidecars_total == Some(self.total)
-    }
-
-    /// Adds the fields to a status merge patch (`status` object).
-    pub fn patch_into(&self, status: &mut serde_json::Value) {
-        status["configGeneration"] = serde_json::json!(self.config_generation);
-        status["sidecarsCurrent"] = serde_json::json!(self.current);
-        status["sidecarsTotal"] = serde_json::json!(self.total);
-    }
-}
 
 /// One running pod of a namespace, for counting.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,7 +180,8 @@ impl Inner {
 #[derive(Default)]
 pub struct Sidecars {
     inner: Mutex<Inner>,
-    nudged: Notify,
+    /// Wakes the poller (`poller::poll_loop`).
+    pub(super) nudged: Notify,
 }
 
 impl Sidecars {
@@ -288,7 +260,7 @@ impl Sidecars {
     }
 
     /// How long to wait before the next poll.
-    fn next_wait(&self) -> Duration {
+    pub(super) fn next_wait(&self) -> Duration {
         let mut inner = self.lock();
         match inner.fast_until {
             Some(until) if Instant::now() < until => FAST_POLL_EVERY,
@@ -341,64 +313,6 @@ pub async fn poll<P: Probe>(sidecars: &Sidecars, probe: &P) -> Vec<String> {
         }
     }
     changed.into_iter().collect()
-}
-
-/// The leader's poller: polls, reconciles the namespaces whose reports changed, waits.
-pub async fn poll_loop<P: Probe>(ctx: Arc<Context>, queue: Arc<WorkQueue>, probe: P) {
-    let first = poll(&ctx.sidecars, &probe).await;
-    // Now the counts hold: every namespace gets them.
-    for ns in known_namespaces(&ctx).into_iter().chain(first) {
-        queue.add(&ns);
-    }
-    loop {
-        let wait = ctx.sidecars.next_wait();
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = ctx.sidecars.nudged.notified() => {}
-        }
-        for ns in poll(&ctx.sidecars, &probe).await {
-            queue.add(&ns);
-        }
-    }
-}
-
-/// [`Probe`] over HTTP/1.1: `GET http://<podIP>:<admin port>/readyz`, the `generation` of
-/// its JSON body (the sidecar answers 503 with an empty one before its first valid
-/// configuration).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HttpProbe;
-
-impl Probe for HttpProbe {
-    async fn generation(&self, admin: SocketAddr) -> Option<String> {
-        match readyz(admin).await {
-            Ok(generation) => generation,
-            Err(error) => {
-                tracing::debug!(%admin, %error, "sidecar /readyz did not answer");
-                None
-            }
-        }
-    }
-}
-
-async fn readyz(admin: SocketAddr) -> Result<Option<String>, Box<dyn std::error::Error + Send + Sync>> {
-    let stream = tokio::net::TcpStream::connect(admin).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    let conn = tokio::spawn(conn);
-    let req = http::Request::get("/readyz")
-        .header(http::header::HOST, admin.to_string())
-        .header(http::header::CONNECTION, "close")
-        .body(Empty::<Bytes>::new())?;
-    let resp = sender.send_request(req).await;
-    let result = match resp {
-        Ok(resp) => Limited::new(resp.into_body(), BODY_LIMIT)
-            .collect()
-            .await
-            .map(|b| b.to_bytes()),
-        Err(e) => Err(e.into()),
-    };
-    conn.abort();
-    let body: serde_json::Value = serde_json::from_slice(&result?)?;
-    Ok(body["generation"].as_str().map(str::to_owned))
 }
 
 #[cfg(test)]

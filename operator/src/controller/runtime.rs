@@ -7,6 +7,8 @@
 //! every cache is synced, reconcile every known namespace, then whatever the watches
 //! report, and every namespace again each `resync`. On SIGTERM: stop taking work, let
 //! running reconciles finish (up to `drain`), release the Lease.
+//!
+//! Layer 7 (top) of the list in `controller`: may use every other module.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -28,15 +30,17 @@ use tokio::task::JoinHandle;
 
 use super::admin::{self, Health};
 use super::cache::{PodIndex, SecretCache};
+use super::context::{Context, FIELD_MANAGER, known_namespaces};
 use super::group::INJECT_LABEL;
 use super::leader::{self, LeaseConfig};
 use super::metrics::Metrics;
 use super::objects::{OwnedSecret, is_managed, managed_selector};
 use super::plan::Settings;
+use super::poller::{self, HttpProbe};
 use super::queue::WorkQueue;
-use super::reconcile::{Context, FIELD_MANAGER, known_namespaces, reconcile};
+use super::reconcile::reconcile;
 use super::refs::referenced_secrets;
-use super::rollout::{self, HttpProbe, Sidecars};
+use super::rollout::Sidecars;
 use super::store::Store;
 
 /// How the operator runs.
@@ -357,7 +361,7 @@ async fn lead(ctx: Arc<Context>, queue: Arc<WorkQueue>, opts: Options, health: A
             .push(tokio::spawn(work(ctx.clone(), queue.clone())));
     }
     // The sidecars' generations, for the routes' rollout status.
-    tasks.watch(tokio::spawn(rollout::poll_loop(ctx.clone(), queue.clone(), HttpProbe)));
+    tasks.watch(tokio::spawn(poller::poll_loop(ctx.clone(), queue.clone(), HttpProbe)));
 }
 
 /// The leader's background tasks: watches (aborted at shutdown) and workers (drained).

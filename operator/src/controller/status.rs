@@ -1,11 +1,16 @@
 //! Status that tells the truth: the conditions, observed generation and route list the
 //! controller wants on each object, compared with what is there so that a patch is sent
 //! only when something other than a timestamp would change.
+//!
+//! Owns [`DesiredStatus`] (with a route's [`Rollout`] numbers), the pure functions that
+//! compute it from the compiler's verdicts, and the merge patch that writes it (built here,
+//! sent by `write`). Pure, no I/O. Layer 1 of the list in `controller`: may use layer 0;
+//! uses none (only `crate::compile`).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use portcullis_api::ApiRouteStatus;
 use serde_json::{Value, json};
 
-use super::rollout::Rollout;
 use crate::compile::{Verdict, reason as compile_reason};
 
 /// Condition types.
@@ -40,6 +45,34 @@ pub struct Wanted {
     pub message: String,
 }
 
+/// A route's rollout, as its status reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rollout {
+    /// The generation of the group serving the route (several groups: their distinct
+    /// generations, sorted, joined by `,`); `None` when no group serves it.
+    pub config_generation: Option<String>,
+    /// Running selected pods whose sidecar reports its group's generation.
+    pub current: i32,
+    /// Running selected pods (in the groups whose configuration includes the route).
+    pub total: i32,
+}
+
+impl Rollout {
+    /// Whether a route's status already says this.
+    pub fn is_current(&self, have: &ApiRouteStatus) -> bool {
+        have.config_generation == self.config_generation
+            && have.sidecars_current == Some(self.current)
+            && have.sidecars_total == Some(self.total)
+    }
+
+    /// Adds the fields to a status merge patch (`status` object).
+    pub fn patch_into(&self, status: &mut serde_json::Value) {
+        status["configGeneration"] = serde_json::json!(self.config_generation);
+        status["sidecarsCurrent"] = serde_json::json!(self.current);
+        status["sidecarsTotal"] = serde_json::json!(self.total);
+    }
+}
+
 /// The status the controller wants on one object (the fields it owns).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DesiredStatus {
@@ -48,7 +81,7 @@ pub struct DesiredStatus {
     /// Profiles only: the routes that use the profile.
     pub routes: Option<Vec<String>>,
     /// Routes only: `configGeneration`, `sidecarsCurrent`, `sidecarsTotal` (filled by the
-    /// reconciler from what the sidecars report, see [`super::rollout`]).
+    /// reconciler from what the sidecars report, see `rollout::fill`).
     pub rollout: Option<Rollout>,
 }
 

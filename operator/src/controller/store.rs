@@ -5,6 +5,9 @@
 //! `managedFields`) asks for nothing. The reconciler also stores what its own writes
 //! returned, so a reconcile that runs before the watch delivers them sees them; an event
 //! older than what is stored (by resourceVersion) is ignored.
+//!
+//! In memory, no I/O. Layer 0 of the list in `controller`: may use no sibling module (the
+//! kinds it keeps implement [`Cached`] in `objects`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

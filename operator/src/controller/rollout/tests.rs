@@ -1,12 +1,12 @@
 //! Unit tests of the rollout counts, the pod table and the poller (a fake [`Probe`], no
-//! sockets, except one test of [`HttpProbe`] against a canned listener).
+//! sockets; the test of `poller::HttpProbe` against a canned listener is in `poller`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use k8s_openapi::api::core::v1::{Container, ContainerPort, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use serde_json::json;
+use portcullis_api::ApiRouteStatus;
 
 use super::*;
 use crate::controller::group::INJECT_LABEL;
@@ -399,34 +399,4 @@ async fn a_written_configuration_makes_polls_fast_for_a_while() {
     tokio::time::timeout(Duration::from_millis(1), s.nudged.notified())
         .await
         .unwrap();
-}
-
-#[tokio::test]
-async fn http_probe_reads_the_generation_of_readyz() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let at = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        for body in [
-            json!({"status": "ready", "generation": "abc"}).to_string(),
-            json!({"status": "no valid configuration loaded", "generation": ""}).to_string(),
-            "not json".to_owned(),
-        ] {
-            let (mut conn, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0; 1024];
-            let n = conn.read(&mut buf).await.unwrap();
-            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /readyz HTTP/1.1\r\n"));
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            conn.write_all(resp.as_bytes()).await.unwrap();
-        }
-    });
-    assert_eq!(HttpProbe.generation(at).await.as_deref(), Some("abc"));
-    assert_eq!(HttpProbe.generation(at).await.as_deref(), Some(""));
-    assert_eq!(HttpProbe.generation(at).await, None);
-    server.await.unwrap();
-    // Nobody listening: no generation.
-    assert_eq!(HttpProbe.generation(at).await, None);
 }
