@@ -46,10 +46,18 @@ pub struct ApiRouteSpec {
         )
     )]
     pub hosts: Vec<String>,
-    /// Path prefix of the API; the longest matching prefix wins. Default `/`.
+    /// Path prefix of the API, matched on segment boundaries against the request path in its
+    /// normal form; the longest matching prefix wins. Default `/`.
     #[serde(default = "default_path_prefix")]
     #[schemars(regex(pattern = r"^/[^?#\s]*$"), length(max = 1024))]
     pub path_prefix: String,
+    /// Match `pathPrefix` without regard to ASCII letter case (`/Admin/x` then matches
+    /// `/admin`). Default false: paths match in their exact case, and a path that differs from
+    /// a more specific route's prefix only in case is refused (400) rather than served by a
+    /// broader route. Paths are matched in their normal form either way (docs/api.md, "Path
+    /// normal form").
+    #[serde(default)]
+    pub case_insensitive: bool,
     /// HTTP methods served; empty: all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(regex(pattern = r"^[A-Z]+$"), length(max = 16)))]

@@ -32,6 +32,7 @@ pub(crate) fn compile(
         workload_selector,
         hosts,
         path_prefix,
+        case_insensitive,
         methods,
         profiles: refs,
         ssl_only,
@@ -47,6 +48,13 @@ pub(crate) fn compile(
             reason::INVALID_SPEC,
             "spec.pathPrefix",
             format!("{path_prefix:?} must start with / and hold no query, fragment or space"),
+        ));
+    }
+    if let Some(problem) = path_prefix_problem(path_prefix) {
+        return Err(Problem::new(
+            reason::INVALID_SPEC,
+            "spec.pathPrefix",
+            format!("{path_prefix:?} {problem}: the sidecar refuses such paths, so the route would match none"),
         ));
     }
     let methods = self::methods(methods)?;
@@ -77,6 +85,7 @@ pub(crate) fn compile(
             name: name.to_owned(),
             hosts,
             path_prefix: path_prefix.clone(),
+            case_insensitive: *case_insensitive,
             methods,
             profiles: profile_names,
             ssl_only: *ssl_only,
@@ -86,6 +95,47 @@ pub(crate) fn compile(
         },
         out,
     ))
+}
+
+/// Why no request could match `prefix`: the sidecar matches paths in their normal form and
+/// refuses (400) paths holding these (docs/api.md, "Path normal form"; the sidecar's
+/// `portcullis_policy::path`). Escapes of unreserved characters, `//` and lower-case hex are
+/// fine: the sidecar normalizes prefixes as it does paths.
+fn path_prefix_problem(prefix: &str) -> Option<&'static str> {
+    let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+    for segment in prefix.split('/') {
+        let bytes = segment.as_bytes();
+        // The segment's characters once unreserved escapes are decoded: only `.`s so far?
+        let (mut dots, mut other) = (0, false);
+        let mut i = 0;
+        while let Some(&b) = bytes.get(i) {
+            let c = if b == b'%' {
+                let (Some(hi), Some(lo)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) else {
+                    return Some("holds a malformed percent-escape");
+                };
+                i += 3;
+                (hi * 16 + lo) as u8
+            } else {
+                i += 1;
+                if !(b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@\\".contains(&b)) {
+                    return Some("holds a character not allowed in a URL path");
+                }
+                b
+            };
+            match c {
+                b'/' => return Some("holds an encoded slash (%2F)"),
+                b'\\' => return Some("holds a backslash"),
+                b';' => return Some("holds a path parameter (;)"),
+                0 => return Some("holds %00"),
+                b'.' => dots += 1,
+                _ => other = true,
+            }
+        }
+        if !other && (dots == 1 || dots == 2) {
+            return Some("holds a dot segment (. or ..)");
+        }
+    }
+    None
 }
 
 fn hosts(hosts: &[String]) -> Result<Vec<String>, Problem> {

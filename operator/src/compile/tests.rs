@@ -114,6 +114,7 @@ fn route(name: &str, profiles: &[&str]) -> ApiRoute {
             },
             hosts: vec![],
             path_prefix: format!("/{name}"),
+            case_insensitive: false,
             methods: vec![],
             profiles: profiles.iter().map(|p| ProfileRef { name: p.to_string() }).collect(),
             ssl_only: false,
@@ -553,6 +554,62 @@ fn issued_certificates_are_pending_until_the_ca_writes_them() {
     assert_eq!(reason, reason::CERTIFICATE_PENDING);
     assert_eq!(field, "spec.tls.issue");
     assert!(message.contains("api-portcullis-tls"), "{message}");
+}
+
+#[test]
+fn case_insensitive_reaches_the_configuration() {
+    let mut w = World::new();
+    w.routes.push(route("api", &[]));
+    let mut r = route("admin", &[]);
+    r.spec.case_insensitive = true;
+    w.routes.push(r);
+    let out = w.compile();
+    let routes = &out.loaded.config.routes;
+    let flag = |name: &str| routes.iter().find(|r| r.name == name).map(|r| r.case_insensitive);
+    assert_eq!((flag("api"), flag("admin")), (Some(false), Some(true)));
+}
+
+#[test]
+fn path_prefixes_the_sidecar_would_never_match_are_refused() {
+    for (prefix, says) in [
+        ("/admin;v=1", "path parameter"),
+        ("/a%3Bb", "path parameter"),
+        ("/a%2fb", "encoded slash"),
+        ("/a\\b", "backslash"),
+        ("/a%5Cb", "backslash"),
+        ("/a%00", "%00"),
+        ("/a%zz", "malformed"),
+        ("/a%4", "malformed"),
+        ("/a/../b", "dot segment"),
+        ("/a/%2e%2E", "dot segment"),
+        ("/.", "dot segment"),
+        ("/a|b", "not allowed"),
+        ("/caf\u{e9}", "not allowed"),
+    ] {
+        let mut w = World::new();
+        let mut r = route("api", &[]);
+        r.spec.path_prefix = prefix.into();
+        w.routes.push(r);
+        let (reason, field, message) = rejected(&w.compile(), "api");
+        assert_eq!((reason, field.as_str()), ("InvalidSpec", "spec.pathPrefix"), "{prefix}");
+        assert!(message.contains(says), "{prefix}: {message}");
+    }
+    // The sidecar normalizes these itself.
+    for prefix in [
+        "/",
+        "/api/",
+        "/%61pi",
+        "/api//v1",
+        "/caf%c3%a9",
+        "/a.b/..c/~d",
+        "/a%20b",
+    ] {
+        let mut w = World::new();
+        let mut r = route("api", &[]);
+        r.spec.path_prefix = prefix.into();
+        w.routes.push(r);
+        assert_eq!(w.compile().loaded.config.routes.len(), 1, "{prefix}");
+    }
 }
 
 #[test]

@@ -194,6 +194,10 @@ pub struct Route {
     pub hosts: Vec<String>,
     /// Path prefix, starting with `/`.
     pub path_prefix: String,
+    /// Paths match `path_prefix` without regard to ASCII letter case (default: exact case).
+    /// Left out of the JSON when false, so configurations without it read and hash as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub case_insensitive: bool,
     /// Methods (upper case); empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,

@@ -17,6 +17,7 @@ fn basic_config() -> (SidecarConfig, SecretMaterial) {
         name: "finance".into(),
         hosts: vec![],
         path_prefix: "/finance".into(),
+        case_insensitive: false,
         methods: vec![],
         profiles: vec!["accounting".into()],
         ssl_only: false,
@@ -106,4 +107,22 @@ fn unknown_fields_are_refused() {
         serde_json::from_str::<SidecarConfig>(r#"{"schemaVersion":1,"generation":"g","namespace":"n","routez":[]}"#)
             .unwrap_err();
     assert!(err.to_string().contains("routez"), "{err}");
+}
+
+#[test]
+fn case_insensitive_defaults_to_false_and_is_left_out_when_false() {
+    let old = r#"{"name":"r","pathPrefix":"/admin","backend":{"type":"Local","port":8080}}"#;
+    let route: Route = serde_json::from_str(old).unwrap();
+    assert!(
+        !route.case_insensitive,
+        "a config.json written before the field still loads"
+    );
+    // Left out when false: configurations without case-insensitive routes hash as before.
+    let json = serde_json::to_string(&route).unwrap();
+    assert!(!json.contains("caseInsensitive"), "{json}");
+    let mut route = route;
+    route.case_insensitive = true;
+    let json = serde_json::to_string(&route).unwrap();
+    assert!(json.contains(r#""caseInsensitive":true"#), "{json}");
+    assert_eq!(serde_json::from_str::<Route>(&json).unwrap(), route);
 }

@@ -8,9 +8,14 @@
 //! audited identity header. The proxy maps the [`Outcome`] to an HTTP answer.
 //!
 //! Decision order for a request:
-//! 1. a path that could be read two ways (dot segments) is refused ([`Outcome::BadRequest`]);
-//! 2. route: the most specific host, then the longest path prefix, then methods
-//!    ([`routes`]); none: [`Outcome::NoRoute`], never counted;
+//! 1. the path is brought to its normal form ([`path`]); a path that could be read two ways
+//!    (dot segments, `;` parameters, encoded slashes, backslashes, malformed escapes) is
+//!    refused ([`Outcome::BadRequest`]);
+//! 2. route, matched on the normal path: the most specific host, then the longest path
+//!    prefix, then methods ([`routes`]); none: [`Outcome::NoRoute`], never counted. A path
+//!    that a more specific case-sensitive route matches only when letter case is ignored is
+//!    refused ([`Outcome::BadRequest`]). An admitted call carries the normal path
+//!    ([`Admission::path`]): the proxy forwards exactly that;
 //! 3. `sslOnly` over plain HTTP: [`Outcome::Redirect`];
 //! 4. the route's profiles in order; the first whose credentials are right and whose
 //!    trusted IP ranges hold the client admits. Right credentials from the wrong address:
@@ -40,6 +45,7 @@ pub mod auth;
 pub mod ip;
 pub mod limit;
 pub mod oauth2;
+pub mod path;
 mod query;
 pub mod routes;
 pub mod signature;
@@ -47,12 +53,13 @@ pub mod signature;
 pub use auth::{PeerCertificate, Rejection};
 pub use ip::IpSet;
 pub use limit::{Grant, InMemoryLimiter, Limiter, RateInfo, Refusal, Scope};
+pub use path::{NormalPath, PathError};
 pub use signature::{BodyDigest, ReplayRegistry};
 
 use auth::{ApiKey, Basic, ClientCertificate};
 pub use oauth2::introspection::{Introspected, IntrospectionError, IntrospectionRequest};
 use oauth2::{KeySlot, OAuth2, TokenCheck};
-use routes::Matcher;
+use routes::{Matcher, PathMatch};
 use signature::{HttpSignature, Signed};
 
 /// The listener a request came in on.
@@ -73,6 +80,7 @@ pub struct RequestView<'a> {
     /// The authority as sent (`host[:port]`: the URI's, else the Host header), for
     /// HTTP message signatures (`@authority`); `None`: `host` is used.
     pub authority: Option<&'a str>,
+    /// The path as sent, without the query (normalized by the engine, [`path::normalize`]).
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
@@ -85,10 +93,12 @@ pub struct RequestView<'a> {
     pub client_cert: Option<&'a PeerCertificate>,
 }
 
-/// What to do with a request. Borrows names from the engine that decided it.
+/// What to do with a request. Borrows names from the engine that decided it, never the
+/// request.
 #[derive(Debug)]
 pub enum Outcome<'e> {
-    /// The path is ambiguous (dot segments): 400.
+    /// The path could be read two ways (not in [`path`]'s normal form, or a case variant of
+    /// a more specific route's prefix): 400.
     BadRequest { reason: &'static str },
     /// No route matches: 404, never counted.
     NoRoute,
@@ -140,6 +150,11 @@ pub struct Admission<'e> {
     /// The admitting HTTP message signature covers this digest header: the proxy must check
     /// it against the body before forwarding (401 when it does not match).
     pub body_digest: Option<BodyDigest>,
+    /// The path the route was matched on, in normal form ([`path::normalize`]): the proxy
+    /// forwards exactly this path, [`NormalPath::resolve`]d against the path as sent, with
+    /// the original query. [`NormalPath::AsSent`] when the request came in normal form (the
+    /// common case: nothing allocated, nothing copied).
+    pub path: NormalPath,
     grant: Option<(usize, Grant)>,
 }
 
@@ -171,7 +186,6 @@ pub struct CompiledRoute {
     invalid_token: Box<[String]>,
     /// The challenge of a 403 for a missing scope.
     insufficient_scope: Box<[String]>,
-    prefix: Box<str>,
 }
 
 impl CompiledRoute {
@@ -187,7 +201,15 @@ impl CompiledRoute {
     pub fn challenges(&self) -> &[String] {
         &self.challenges
     }
+
+    /// The path prefix, in normal form.
+    pub fn path_prefix(&self) -> &str {
+        self.matcher.prefix()
+    }
 }
+
+/// Why a path that a more specific route matches only when letter case is ignored is refused.
+const CASE_VARIANT: &str = "path differs only in letter case from a more specific route's prefix";
 
 #[derive(Debug)]
 enum Auth {
@@ -426,7 +448,6 @@ impl<L: Limiter> Engine<L> {
                 challenges,
                 invalid_token,
                 insufficient_scope,
-                prefix: r.path_prefix.as_str().into(),
             });
         }
         routes.sort_by(|a, b| (a.matcher.precedence(), &a.name).cmp(&(b.matcher.precedence(), &b.name)));
@@ -470,13 +491,18 @@ impl<L: Limiter> Engine<L> {
         if req.listener != Listener::Inbound || req.method != "POST" {
             return None;
         }
-        let base = req.path.strip_suffix("/oauth2/token")?;
+        // Refused paths are left to [`Engine::decide`] (400).
+        let path = path::normalize(req.path).ok()?;
+        let base = path.strip_suffix("/oauth2/token")?;
         let host = req.host.map(routes::normal_host);
-        let route = self
-            .routes
-            .iter()
-            .find(|r| r.matcher.matches(false, host.as_deref(), req.path, req.method))?;
-        if route.prefix.trim_end_matches('/') != base {
+        let route = self.route_for(false, host.as_deref(), &path, req.method).ok()??;
+        let prefix = route.matcher.prefix().trim_end_matches('/');
+        let same = if route.matcher.case_insensitive() {
+            prefix.eq_ignore_ascii_case(base)
+        } else {
+            prefix == base
+        };
+        if !same {
             return None;
         }
         if route.ssl_only && !req.tls {
@@ -509,15 +535,11 @@ impl<L: Limiter> Engine<L> {
             return None;
         }
         let token = oauth2::bearer_token(req.headers)?;
-        if routes::is_ambiguous_path(req.path) {
-            return None;
-        }
+        // Refused paths are refused before any identity provider is asked.
+        let path = path::normalize(req.path).ok()?;
         let host = req.host.map(routes::normal_host);
         let egress = req.listener == Listener::Egress;
-        let route = self
-            .routes
-            .iter()
-            .find(|r| r.matcher.matches(egress, host.as_deref(), req.path, req.method))?;
+        let route = self.route_for(egress, host.as_deref(), &path, req.method).ok()??;
         if route.ssl_only && !req.tls {
             return None;
         }
@@ -551,29 +573,49 @@ impl<L: Limiter> Engine<L> {
         &self.routes
     }
 
+    /// The route a request goes to, its path in normal form: the first in precedence order
+    /// that matches. `Err` when a more specific case-sensitive route matches the path only
+    /// when letter case is ignored: an app that ignores case would serve the request as that
+    /// route, so it is not handed to a broader one.
+    fn route_for(
+        &self,
+        egress: bool,
+        host: Option<&str>,
+        path: &str,
+        method: &str,
+    ) -> Result<Option<&CompiledRoute>, &'static str> {
+        let mut case_variant = false;
+        for route in &self.routes {
+            match route.matcher.path_match(egress, host, path, method) {
+                PathMatch::Yes if case_variant => return Err(CASE_VARIANT),
+                PathMatch::Yes => return Ok(Some(route)),
+                PathMatch::OnlyIgnoringCase => case_variant = true,
+                PathMatch::No => {}
+            }
+        }
+        Ok(None)
+    }
+
     /// Decides what to do with `req` at `now_ms` (milliseconds since the Unix epoch).
     pub fn decide(&self, req: &RequestView<'_>, now_ms: u64) -> Outcome<'_> {
-        if routes::is_ambiguous_path(req.path) {
-            return Outcome::BadRequest {
-                reason: "ambiguous path (dot segments)",
-            };
-        }
+        let path = match path::normalize(req.path) {
+            Ok(path) => path,
+            Err(e) => return Outcome::BadRequest { reason: e.reason() },
+        };
         let host = req.host.map(routes::normal_host);
         let host = host.as_deref();
         let egress = req.listener == Listener::Egress;
-        let Some(route) = self
-            .routes
-            .iter()
-            .find(|r| r.matcher.matches(egress, host, req.path, req.method))
-        else {
-            return Outcome::NoRoute;
+        let route = match self.route_for(egress, host, &path, req.method) {
+            Ok(Some(route)) => route,
+            Ok(None) => return Outcome::NoRoute,
+            Err(reason) => return Outcome::BadRequest { reason },
         };
         let client_ip = ip::client_ip(req.peer, req.headers, &self.trusted_proxies);
         if route.ssl_only && !req.tls {
             return match host {
                 Some(host) => Outcome::Redirect {
                     route: &route.name,
-                    location: https_location(host, req.path, req.query),
+                    location: https_location(host, &path, req.query),
                 },
                 None => Outcome::Deny(Denial {
                     route: &route.name,
@@ -631,7 +673,7 @@ impl<L: Limiter> Engine<L> {
                 forbidden.get_or_insert(&profile.name);
                 continue;
             }
-            return self.admit(route, i, identity, signed, req, client_ip, now_ms);
+            return self.admit(route, i, identity, signed, req, client_ip, now_ms, path.into());
         }
         if let Some(profile) = forbidden {
             return Outcome::Deny(Denial {
@@ -679,6 +721,7 @@ impl<L: Limiter> Engine<L> {
         req: &RequestView<'_>,
         client_ip: IpAddr,
         now_ms: u64,
+        path: NormalPath,
     ) -> Outcome<'e> {
         let profile = &self.profiles[index];
         let taken = match (&self.org, &profile.limit) {
@@ -743,6 +786,7 @@ impl<L: Limiter> Engine<L> {
             client_ip,
             rate,
             body_digest,
+            path,
             grant,
         })
     }

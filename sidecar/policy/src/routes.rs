@@ -5,8 +5,18 @@
 //! wildcard, then any host), then the longest path prefix, then routes that restrict
 //! methods, then by name. Routes are sorted once, at compile time; a match is a scan that
 //! stops at the first hit.
+//!
+//! Paths are matched in their normal form ([`crate::path`]), and so are route prefixes
+//! (normalized once, at compile time). Matching is case-sensitive unless the route says
+//! `caseInsensitive` (ASCII letters only: everything else in a normal path is ASCII, and
+//! escapes are upper-cased on both sides). A path that a more specific case-sensitive route
+//! matches only when case is ignored ([`PathMatch::OnlyIgnoringCase`]) is refused by the
+//! engine rather than handed to a broader route: an app that ignores case would serve it as
+//! the more specific route.
 
 use portcullis_config::Route;
+
+use crate::path;
 
 /// A host pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,20 +55,53 @@ impl Host {
 #[derive(Debug, Clone)]
 pub struct Matcher {
     hosts: Vec<Host>,
+    /// In normal form.
     prefix: Box<str>,
+    case_insensitive: bool,
+    /// The prefix holds an ASCII letter: a path can match it only when case is ignored.
+    has_letters: bool,
     methods: Vec<Box<str>>,
     egress: bool,
 }
 
+/// How a request relates to a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The route does not match.
+    No,
+    /// The route matches.
+    Yes,
+    /// A case-sensitive route that would match if letter case were ignored (host, method and
+    /// listener match too).
+    OnlyIgnoringCase,
+}
+
 impl Matcher {
-    /// The matcher of `route`.
+    /// The matcher of `route`. Its prefix is brought to normal form; a prefix that has none
+    /// (the operator refuses those) keeps its text, and then matches no normal path.
     pub fn new(route: &Route) -> Self {
+        let prefix: Box<str> = match path::normalize(&route.path_prefix) {
+            Ok(p) => p.into(),
+            Err(_) => route.path_prefix.as_str().into(),
+        };
         Self {
             hosts: route.hosts.iter().map(|h| Host::parse(h)).collect(),
-            prefix: route.path_prefix.as_str().into(),
+            has_letters: prefix.bytes().any(|b| b.is_ascii_alphabetic()),
+            prefix,
+            case_insensitive: route.case_insensitive,
             methods: route.methods.iter().map(|m| m.to_ascii_uppercase().into()).collect(),
             egress: route.egress,
         }
+    }
+
+    /// The path prefix, in normal form.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Whether the route ignores letter case in paths.
+    pub fn case_insensitive(&self) -> bool {
+        self.case_insensitive
     }
 
     /// The most specific host pattern that matches `host`, as a rank; `None` when none does.
@@ -70,12 +113,36 @@ impl Matcher {
         self.hosts.iter().filter(|h| h.matches(host)).map(Host::rank).max()
     }
 
-    /// Whether a request matches.
+    /// Whether a request (its path in normal form) matches.
     pub fn matches(&self, egress: bool, host: Option<&str>, path: &str, method: &str) -> bool {
-        self.egress == egress
-            && prefix_matches(&self.prefix, path)
-            && (self.methods.is_empty() || self.methods.iter().any(|m| **m == *method))
-            && self.host_rank(host).is_some()
+        self.path_match(egress, host, path, method) == PathMatch::Yes
+    }
+
+    /// How a request (its path in normal form) relates to the route.
+    pub fn path_match(&self, egress: bool, host: Option<&str>, path: &str, method: &str) -> PathMatch {
+        if self.egress != egress {
+            return PathMatch::No;
+        }
+        // The segment boundary first: it rejects most routes without comparing a byte more.
+        let m = match segment_head(&self.prefix, path) {
+            None => PathMatch::No,
+            Some(head) if head == self.prefix.as_bytes() => PathMatch::Yes,
+            Some(head) if self.has_letters && head.eq_ignore_ascii_case(self.prefix.as_bytes()) => {
+                if self.case_insensitive {
+                    PathMatch::Yes
+                } else {
+                    PathMatch::OnlyIgnoringCase
+                }
+            }
+            Some(_) => PathMatch::No,
+        };
+        if m == PathMatch::No
+            || !(self.methods.is_empty() || self.methods.iter().any(|m| **m == *method))
+            || self.host_rank(host).is_none()
+        {
+            return PathMatch::No;
+        }
+        m
     }
 
     /// Sort key: smaller sorts first (most specific).
@@ -98,6 +165,20 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
+/// [`prefix_matches`] with ASCII letters compared without regard to case.
+pub fn prefix_matches_ignoring_case(prefix: &str, path: &str) -> bool {
+    segment_head(prefix, path).is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+}
+
+/// The first `prefix.len()` bytes of `path` when a segment boundary follows them (or `prefix`
+/// ends with `/`): the part of `path` that `prefix` must equal to match it.
+fn segment_head<'p>(prefix: &str, path: &'p str) -> Option<&'p [u8]> {
+    let (prefix, path) = (prefix.as_bytes(), path.as_bytes());
+    let rest = path.get(prefix.len()..)?;
+    let boundary = rest.is_empty() || rest.starts_with(b"/") || prefix.ends_with(b"/");
+    path.get(..prefix.len()).filter(|_| boundary)
+}
+
 /// Normalizes a request host for matching: lower case, without a trailing dot. Returns the
 /// input when it is already normal.
 pub fn normal_host(host: &str) -> std::borrow::Cow<'_, str> {
@@ -107,28 +188,6 @@ pub fn normal_host(host: &str) -> std::borrow::Cow<'_, str> {
     } else {
         std::borrow::Cow::Borrowed(h)
     }
-}
-
-/// Whether `path` could reach the backend as another path than the one matched: dot
-/// segments (literal or percent-encoded) and backslashes. Such requests are refused rather
-/// than guessed at.
-pub fn is_ambiguous_path(path: &str) -> bool {
-    if !path.starts_with('/') || path.contains('\\') || has_dot_segment(path) {
-        return true;
-    }
-    if path.contains('%') {
-        let decoded = path
-            .to_ascii_lowercase()
-            .replace("%2e", ".")
-            .replace("%2f", "/")
-            .replace("%5c", "\\");
-        return decoded.contains('\\') || has_dot_segment(&decoded);
-    }
-    false
-}
-
-fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|s| s == "." || s == "..")
 }
 
 #[cfg(test)]
@@ -147,6 +206,7 @@ mod tests {
             tls: false,
             backend: Backend::Local { port: 1 },
             egress: false,
+            case_insensitive: false,
         })
     }
 
@@ -214,23 +274,70 @@ mod tests {
     }
 
     #[test]
-    fn ambiguous_paths() {
-        for p in [
-            "/public/../admin",
-            "/public/./x",
-            "/a/%2e%2e/b",
-            "/a/%2E./b",
-            "/a/..",
-            "/a\\b",
-            "/a/%5c..",
-            "/a%2f..%2fb",
-            "*",
-        ] {
-            assert!(is_ambiguous_path(p), "{p}");
+    fn prefixes_are_normalized_once() {
+        let r = route(&[], "/%61dmin//x%c3%a9", &[]);
+        assert_eq!(r.prefix(), "/admin/x%C3%A9");
+        assert!(r.matches(false, None, "/admin/x%C3%A9/1", "GET"));
+        // A prefix without a normal form matches no normal path.
+        for bad in ["/a;b", "/a/../b", "/a%2Fb"] {
+            let r = route(&[], bad, &[]);
+            assert_eq!(r.prefix(), bad);
+            for p in ["/a", "/b", "/a/b", "/"] {
+                assert!(!r.matches(false, None, p, "GET"), "{bad} {p}");
+            }
         }
-        for p in ["/", "/a/b", "/a/..b/c", "/a/b.c", "/a%20b", "/files/group%2Fproject"] {
-            assert!(!is_ambiguous_path(p), "{p}");
-        }
+    }
+
+    #[test]
+    fn case_sensitive_unless_the_route_says_otherwise() {
+        let sensitive = route(&[], "/admin", &[]);
+        assert_eq!(sensitive.path_match(false, None, "/admin/x", "GET"), PathMatch::Yes);
+        assert_eq!(
+            sensitive.path_match(false, None, "/Admin/x", "GET"),
+            PathMatch::OnlyIgnoringCase
+        );
+        assert_eq!(
+            sensitive.path_match(false, None, "/ADMIN", "GET"),
+            PathMatch::OnlyIgnoringCase
+        );
+        assert_eq!(sensitive.path_match(false, None, "/Adminx", "GET"), PathMatch::No);
+        assert!(!sensitive.matches(false, None, "/Admin/x", "GET"));
+        let mut insensitive = route(&[], "/admin", &["GET"]);
+        insensitive.case_insensitive = true;
+        assert_eq!(insensitive.path_match(false, None, "/Admin/x", "GET"), PathMatch::Yes);
+        assert_eq!(insensitive.path_match(false, None, "/aDMIN", "GET"), PathMatch::Yes);
+        assert_eq!(insensitive.path_match(false, None, "/Admin/x", "POST"), PathMatch::No);
+        assert_eq!(insensitive.path_match(false, None, "/Admins", "GET"), PathMatch::No);
+        // Other criteria still apply to a case variant.
+        let bound = route(&["api.example.com"], "/admin", &["GET"]);
+        assert_eq!(
+            bound.path_match(false, Some("x.example.com"), "/Admin", "GET"),
+            PathMatch::No
+        );
+        assert_eq!(
+            bound.path_match(false, Some("api.example.com"), "/Admin", "POST"),
+            PathMatch::No
+        );
+        assert_eq!(
+            bound.path_match(true, Some("api.example.com"), "/Admin", "GET"),
+            PathMatch::No
+        );
+        // No letters, no case variant to look for.
+        let digits = route(&[], "/2024/", &[]);
+        assert!(!digits.has_letters);
+        assert_eq!(digits.path_match(false, None, "/2024/x", "GET"), PathMatch::Yes);
+        assert_eq!(digits.path_match(false, None, "/2025/x", "GET"), PathMatch::No);
+    }
+
+    #[test]
+    fn prefixes_ignoring_case_on_segments() {
+        assert!(prefix_matches_ignoring_case("/api", "/API"));
+        assert!(prefix_matches_ignoring_case("/api", "/Api/v1"));
+        assert!(prefix_matches_ignoring_case("/api/", "/API/v1"));
+        assert!(!prefix_matches_ignoring_case("/api", "/APIx"));
+        assert!(!prefix_matches_ignoring_case("/api", "/AP"));
+        assert!(!prefix_matches_ignoring_case("/api/", "/API"));
+        assert!(prefix_matches_ignoring_case("/", "/anything"));
     }
 
     #[test]

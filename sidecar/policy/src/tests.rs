@@ -483,4 +483,5 @@ fn compile_errors_name_the_profile_and_never_a_secret() {
     );
 }
 
+mod paths;
 mod signatures;
