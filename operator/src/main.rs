@@ -102,6 +102,11 @@ struct RenderArgs {
     /// Peers (CIDRs, comma-separated) whose X-Forwarded-For the sidecar believes.
     #[arg(long, value_delimiter = ',')]
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// File whose bytes (at least 32) key the configuration generation, e.g. the operator's
+    /// Secret portcullis-generation-key, data `key`, decoded. Without it a new random key is
+    /// used, so each render of the same input has another generation.
+    #[arg(long, value_name = "FILE")]
+    generation_key_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -273,6 +278,7 @@ fn run_render(args: RenderArgs) -> Result<(), render::RenderError> {
         org_allowance: args.org_allowance,
         namespace: args.namespace,
         trusted_proxies: args.trusted_proxies,
+        generation_key_file: args.generation_key_file,
     };
     let done = render::render(&req)?;
     println!(

@@ -3,6 +3,10 @@
 //! `kind: List`, or directories of `*.yaml`/`*.yml`), compiles them, and writes the files a
 //! sidecar would have mounted. On any invalid input it names the object and the field, exits
 //! non-zero and leaves the output directory as it was.
+//!
+//! The generation is keyed ([`crate::compile::generation`]) with the key in
+//! `--generation-key-file`, else with a new random key per run: renders of the same input then
+//! differ only in their generation, which makes a sidecar reload the same content.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +15,8 @@ use k8s_openapi::api::core::v1::Secret;
 use portcullis_api::{ApiRoute, SecurityProfile};
 use serde::de::DeserializeOwned;
 
-use crate::compile::{self, Inputs};
+use crate::compile::generation::KeyError;
+use crate::compile::{self, GenerationKey, Inputs};
 
 /// Objects read from files, by namespace.
 #[derive(Default, Debug)]
@@ -47,6 +52,12 @@ pub enum RenderError {
     Labels(String),
     #[error("{}", .0.join("\n"))]
     Invalid(Vec<String>),
+    #[error("generation key file {path}: {source}")]
+    GenerationKey {
+        path: String,
+        #[source]
+        source: KeyError,
+    },
     #[error("cannot write {path}: {source}")]
     Write {
         path: String,
@@ -64,6 +75,9 @@ pub struct Request {
     pub org_allowance: Option<u32>,
     pub namespace: Option<String>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// A file whose bytes (at least 32) key the generation, such as the operator's
+    /// `portcullis-generation-key` Secret's `key`. `None`: a new random key.
+    pub generation_key_file: Option<PathBuf>,
 }
 
 /// What `render` wrote.
@@ -106,15 +120,19 @@ pub fn render(req: &Request) -> Result<Rendered, RenderError> {
             ));
         }
     };
-    let output = compile::compile(&Inputs {
-        namespace: &namespace,
-        profiles: &objects.profiles,
-        routes: &objects.routes,
-        secrets: &objects.secrets,
-        org_allowance: req.org_allowance,
-        trusted_proxies: &req.trusted_proxies,
-        workload_labels: req.workload_labels.as_ref(),
-    });
+    let generation_key = generation_key(req.generation_key_file.as_deref())?;
+    let output = compile::compile_with_key(
+        &Inputs {
+            namespace: &namespace,
+            profiles: &objects.profiles,
+            routes: &objects.routes,
+            secrets: &objects.secrets,
+            org_allowance: req.org_allowance,
+            trusted_proxies: &req.trusted_proxies,
+            workload_labels: req.workload_labels.as_ref(),
+        },
+        &generation_key,
+    );
     let errors = output.errors(&namespace);
     if !errors.is_empty() {
         return Err(RenderError::Invalid(errors));
@@ -129,6 +147,24 @@ pub fn render(req: &Request) -> Result<Rendered, RenderError> {
         routes: output.loaded.config.routes.iter().map(|r| r.name.clone()).collect(),
         profiles: output.loaded.config.profiles.iter().map(|p| p.name.clone()).collect(),
     })
+}
+
+/// The key in `file` (its bytes as they are), or a new random one.
+fn generation_key(file: Option<&Path>) -> Result<GenerationKey, RenderError> {
+    let key_err = |path: &Path, source| RenderError::GenerationKey {
+        path: path.display().to_string(),
+        source,
+    };
+    match file {
+        None => GenerationKey::generate().map_err(|source| key_err(Path::new("(random)"), source)),
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|source| RenderError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            GenerationKey::from_bytes(&bytes).map_err(|source| key_err(path, source))
+        }
+    }
 }
 
 fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, RenderError> {

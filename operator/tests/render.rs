@@ -260,3 +260,60 @@ fn wrong_api_version_and_missing_input() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("cannot read /nonexistent/portcullis.yaml"));
 }
+
+#[test]
+fn the_generation_is_keyed_by_the_generation_key_file_else_random() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, other) = (dir.path().join("key"), dir.path().join("other"));
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    std::fs::write(&other, [8u8; 32]).unwrap();
+    let basic = examples().join("basic.yaml");
+    let generation = |key: Option<&Path>| {
+        let out_dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["-f", basic.to_str().unwrap(), "--out", out_dir.path().to_str().unwrap()];
+        if let Some(key) = key {
+            args.extend(["--generation-key-file", key.to_str().unwrap()]);
+        }
+        let out = render(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let loaded = portcullis_config::load_dir(out_dir.path()).unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            stdout.contains(&format!("generation {}", loaded.config.generation)),
+            "{stdout}"
+        );
+        loaded.config.generation
+    };
+    let keyed = generation(Some(&key));
+    assert_eq!(keyed.len(), 16);
+    assert_eq!(
+        generation(Some(&key)),
+        keyed,
+        "the same input and key: the same generation"
+    );
+    assert_ne!(generation(Some(&other)), keyed, "another key: another generation");
+    assert_ne!(
+        generation(None),
+        generation(None),
+        "no key file: a new random key per run"
+    );
+
+    // A key file too short to be a key is refused, and nothing is written.
+    std::fs::write(&key, b"secret").unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = render(&[
+        "-f",
+        basic.to_str().unwrap(),
+        "--out",
+        out_dir.path().to_str().unwrap(),
+        "--generation-key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("a generation key needs at least 32 bytes, this one has 6"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
+}

@@ -8,6 +8,9 @@
 //! An invalid profile or route is left out of the output with a verdict naming the field;
 //! the valid ones are still compiled, so one bad object never stops the others from being
 //! served. No secret value ever reaches the configuration or a message.
+//!
+//! Both files carry a `generation`: a MAC of their content under a [`GenerationKey`]
+//! ([`generation`]), which names the content without revealing anything about it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,13 +18,14 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use portcullis_api::{ApiRoute, SecurityProfile};
 use portcullis_config::{Loaded, SCHEMA_VERSION, SecretMaterial, SidecarConfig};
-use sha2::{Digest, Sha256};
 
+pub mod generation;
 mod profile;
 mod route;
 mod secrets;
 mod selector;
 
+pub use generation::GenerationKey;
 pub use route::{issued_client_secret, issued_serving_secret};
 pub use selector::{check_selector, selector_matches};
 
@@ -135,9 +139,18 @@ impl Problem {
     }
 }
 
-/// Compiles one namespace. Pure: the same inputs always give the same output, generation
-/// included.
+/// Compiles one namespace, the generation keyed with this process's random key
+/// ([`GenerationKey::process`]): for callers that want the verdicts, or compare outputs
+/// within one process. What is published (the controllers, `render`) is compiled with
+/// [`compile_with_key`].
 pub fn compile(inputs: &Inputs) -> Output {
+    compile_with_key(inputs, GenerationKey::process())
+}
+
+/// Compiles one namespace, the generation a MAC under `generation_key`
+/// ([`generation::generation`]). Pure: the same inputs and key always give the same output,
+/// generation included.
+pub fn compile_with_key(inputs: &Inputs, generation_key: &GenerationKey) -> Output {
     let secrets = secrets::SecretIndex::new(inputs.namespace, inputs.secrets);
 
     let mut profiles = BTreeMap::new();
@@ -209,7 +222,7 @@ pub fn compile(inputs: &Inputs) -> Output {
         }
     }
 
-    let generation = generation(&config, &material);
+    let generation = generation::generation(generation_key, &config, &material);
     config.generation = generation.clone();
     material.generation = generation;
 
@@ -222,16 +235,6 @@ pub fn compile(inputs: &Inputs) -> Output {
         routes: route_verdicts,
         profile_routes,
     }
-}
-
-/// The content hash of a configuration and its secrets (before the generation is set): the
-/// first 16 hex digits of SHA-256. Changes exactly when what the sidecar enforces changes.
-fn generation(config: &SidecarConfig, material: &SecretMaterial) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(serde_json::to_vec(config).expect("config serializes"));
-    hasher.update([0]);
-    hasher.update(serde_json::to_vec(material).expect("secrets serialize"));
-    hex::encode(&hasher.finalize()[..8])
 }
 
 /// Whether a route selects a pod with `labels` (re-exported for the controllers).

@@ -1,6 +1,7 @@
 //! The shared context: [`Context`] (everything the reconciler and the poller read and write:
-//! the API client, the settings, the caches and stores, the sidecars' reports, the metrics
-//! and the Event recorder), the namespaces it knows of, and the operator's field manager.
+//! the API client, the settings, the generation key, the caches and stores, the sidecars'
+//! reports, the metrics and the Event recorder), the namespaces it knows of, and the
+//! operator's field manager.
 //!
 //! State only, no I/O of its own. Layer 4 of the list in `controller`: may use layers 0–3;
 //! uses `cache`, `metrics`, `store` (layer 0), `objects` (layer 1), `plan` (layer 2, for
@@ -19,6 +20,7 @@ use super::objects::OwnedSecret;
 use super::plan::Settings;
 use super::rollout::Sidecars;
 use super::store::Store;
+use crate::compile::GenerationKey;
 
 /// The field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "portcullis-operator";
@@ -27,6 +29,9 @@ pub const FIELD_MANAGER: &str = "portcullis-operator";
 pub struct Context {
     pub client: Client,
     pub settings: Settings,
+    /// The key of the configuration generation, read (or created) at startup from the
+    /// Secret `portcullis-generation-key` in the operator's namespace. Never logged.
+    pub generation_key: GenerationKey,
     pub routes: Store<ApiRoute>,
     pub profiles: Store<SecurityProfile>,
     pub configmaps: Store<ConfigMap>,

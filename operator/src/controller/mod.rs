@@ -17,16 +17,18 @@
 //!    and statuses, and whether existing objects are current.
 //! 3. **`rollout`**: the in-memory table of running sidecars and what they report, one poll
 //!    round through a `Probe`, and the pure per-route rollout counts.
-//! 4. **`context`**: the shared `Context` (client, settings, stores, caches, sidecars,
-//!    metrics, recorder), `known_namespaces` and `FIELD_MANAGER`.
-//! 5. **`write`, `poller`, `leader`, `admin`**: I/O — object writes and status patches, the
-//!    sidecar poller and its HTTP probe, the leader Lease, the admin port.
+//! 4. **`context`**: the shared `Context` (client, settings, generation key, stores, caches,
+//!    sidecars, metrics, recorder), `known_namespaces` and `FIELD_MANAGER`.
+//! 5. **`write`, `poller`, `leader`, `admin`, `generation_key`**: I/O — object writes and
+//!    status patches, the sidecar poller and its HTTP probe, the leader Lease, the admin
+//!    port, the generation key's Secret.
 //! 6. **`reconcile`**: one namespace's reconcile (plan, then writes).
 //! 7. **`runtime`**: `run` — leader election, watches, workers, shutdown.
 
 pub mod admin;
 pub mod cache;
 pub mod context;
+pub mod generation_key;
 pub mod group;
 pub mod leader;
 pub mod metrics;

@@ -20,7 +20,7 @@ use super::group::{self, GROUP_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
 use super::objects::{OwnedSecret, data_digest};
 use super::refs::referenced_secrets;
 use super::status::{self, DesiredStatus};
-use crate::compile::{self, Inputs};
+use crate::compile::{self, GenerationKey, Inputs};
 
 /// Annotation with the configuration generation a group's objects carry.
 pub const GENERATION_ANNOTATION: &str = "portcullis.dev/generation";
@@ -47,6 +47,9 @@ pub struct Snapshot<'a> {
     /// Labels of each pod labelled `portcullis.dev/inject=true`.
     pub pods: &'a [BTreeMap<String, String>],
     pub settings: &'a Settings,
+    /// The key of the configuration generation (the operator's Secret
+    /// `portcullis-generation-key`).
+    pub generation_key: &'a GenerationKey,
 }
 
 /// One configuration group's desired objects.
@@ -98,7 +101,7 @@ pub fn plan(s: &Snapshot) -> Plan {
         }
     }
     // The verdicts, and the profiles' route lists, need the whole namespace.
-    let verdicts = compile::compile(&inputs(s, s.profiles, s.routes, s.secrets, None));
+    let verdicts = compile::compile_with_key(&inputs(s, s.profiles, s.routes, s.secrets, None), s.generation_key);
 
     let mut groups = BTreeMap::new();
     for (name, (labels, pods)) in &members {
@@ -129,7 +132,8 @@ pub fn plan(s: &Snapshot) -> Plan {
             .filter(|x| x.metadata.name.as_ref().is_some_and(|n| wanted.contains(n)))
             .cloned()
             .collect();
-        let output = compile::compile(&inputs(s, &profiles, &routes, &secrets, Some(labels)));
+        let output =
+            compile::compile_with_key(&inputs(s, &profiles, &routes, &secrets, Some(labels)), s.generation_key);
         let routes: Vec<String> = output.loaded.config.routes.iter().map(|r| r.name.clone()).collect();
         let owners = owner_references(&selecting);
         let meta = group_meta(s.namespace, name, labels, &output.loaded.config.generation, owners);

@@ -84,6 +84,7 @@ pub async fn reconcile(ctx: &Context, namespace: &str) -> Result<Summary, Reconc
         secrets: &secrets,
         pods: &pods,
         settings: &ctx.settings,
+        generation_key: &ctx.generation_key,
     });
     if let Some(reports) = ctx.sidecars.reports_in(namespace) {
         rollout::fill(&mut plan, &reports);

@@ -1,7 +1,9 @@
 //! `portcullis-operator run`: leader election, the watches that feed the caches, the worker
 //! pool that reconciles namespaces, the admin port, and a graceful shutdown.
 //!
-//! Order of events: bind the admin port; wait for the Lease (a standby is ready and idle);
+//! Order of events: bind the admin port; read the generation key from its Secret in the
+//! operator's namespace (created when missing; retried until it works, not ready meanwhile);
+//! wait for the Lease (a standby is ready and idle);
 //! as leader, list and watch routes and profiles, then — knowing which Secrets they
 //! reference — Secrets, the operator's ConfigMaps and the pods that ask for a sidecar; once
 //! every cache is synced, reconcile every known namespace, then whatever the watches
@@ -31,6 +33,7 @@ use tokio::task::JoinHandle;
 use super::admin::{self, Health};
 use super::cache::{PodIndex, SecretCache};
 use super::context::{Context, FIELD_MANAGER, known_namespaces};
+use super::generation_key::{self, GENERATION_KEY_SECRET};
 use super::group::INJECT_LABEL;
 use super::leader::{self, LeaseConfig};
 use super::metrics::Metrics;
@@ -90,6 +93,27 @@ pub async fn run(
     let leases: Api<Lease> = Api::namespaced(client.clone(), &opts.lease.namespace);
     tokio::pin!(shutdown);
 
+    // The generation key, in the operator's namespace (where the Lease is).
+    let generation_key = loop {
+        match generation_key::load_or_create(&client, &opts.lease.namespace).await {
+            Ok(key) => break key,
+            Err(error) => tracing::warn!(
+                namespace = %opts.lease.namespace,
+                name = GENERATION_KEY_SECRET,
+                %error,
+                "cannot read or create the generation key; retrying"
+            ),
+        }
+        tokio::select! {
+            _ = &mut shutdown => {
+                let _ = stop_tx.send(true);
+                let _ = admin_task.await;
+                return Ok(());
+            }
+            _ = tokio::time::sleep(opts.lease.renew_every) => {}
+        }
+    };
+
     // Standby until we hold the Lease.
     let mut announced = false;
     loop {
@@ -120,6 +144,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings: opts.settings.clone(),
+        generation_key,
         routes: Store::default(),
         profiles: Store::default(),
         configmaps: Store::default(),

@@ -35,8 +35,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct SidecarConfig {
     /// Format version, [`SCHEMA_VERSION`].
     pub schema_version: u32,
-    /// Content hash of this configuration and its secret material: the generation the
-    /// sidecar reports it enforces.
+    /// Names this configuration and its secret material (the operator's keyed MAC of their
+    /// content; opaque to the sidecar): the generation the sidecar reports it enforces.
     pub generation: String,
     /// Namespace (environment) the configuration was compiled for.
     pub namespace: String,

@@ -68,6 +68,7 @@ struct World {
     secrets: Vec<Secret>,
     pods: Vec<BTreeMap<String, String>>,
     settings: Settings,
+    generation_key: GenerationKey,
 }
 
 impl World {
@@ -78,6 +79,7 @@ impl World {
             secrets: vec![basic_secret("sa", "password-a"), basic_secret("sb", "password-b")],
             pods: vec![pod("a", "1"), pod("a", "2"), pod("b", "1")],
             settings: Settings::default(),
+            generation_key: GenerationKey::from_bytes(&[42; 32]).unwrap(),
         }
     }
 
@@ -89,6 +91,7 @@ impl World {
             secrets: &self.secrets,
             pods: &self.pods,
             settings: &self.settings,
+            generation_key: &self.generation_key,
         })
     }
 }
@@ -122,6 +125,26 @@ fn replicas_share_a_group_and_each_group_gets_only_its_routes_credentials() {
     for g in [&a, &b] {
         assert!(!config_json(g).contains("password"), "no secret in a ConfigMap");
     }
+}
+
+#[test]
+fn the_generation_is_keyed_with_the_operators_key() {
+    let w = World::new();
+    let mut other = World::new();
+    other.generation_key = GenerationKey::from_bytes(&[43; 32]).unwrap();
+    let (a, b) = (group_of(&w.plan(), "a"), group_of(&other.plan(), "a"));
+    assert_eq!(
+        a.generation,
+        group_of(&w.plan(), "a").generation,
+        "stable under one key"
+    );
+    assert_ne!(a.generation, b.generation);
+    assert_eq!(
+        config_json(&a).replace(&a.generation, ""),
+        config_json(&b).replace(&b.generation, ""),
+        "the same content"
+    );
+    assert!(!configmap_is_current(&a.configmap, &b.configmap));
 }
 
 #[test]
@@ -250,15 +273,18 @@ fn each_group_holds_what_compiling_the_whole_namespace_for_its_labels_gives() {
     let plan = w.plan();
     for pod in &w.pods {
         let labels = group::group_labels(pod);
-        let full = crate::compile::compile(&Inputs {
-            namespace: NS,
-            profiles: &w.profiles,
-            routes: &w.routes,
-            secrets: &w.secrets,
-            org_allowance: w.settings.org_allowance,
-            trusted_proxies: &w.settings.trusted_proxies,
-            workload_labels: Some(&labels),
-        });
+        let full = crate::compile::compile_with_key(
+            &Inputs {
+                namespace: NS,
+                profiles: &w.profiles,
+                routes: &w.routes,
+                secrets: &w.secrets,
+                org_allowance: w.settings.org_allowance,
+                trusted_proxies: &w.settings.trusted_proxies,
+                workload_labels: Some(&labels),
+            },
+            &w.generation_key,
+        );
         let g = &plan.groups[&group::group_name(&labels)];
         assert_eq!(g.generation, full.loaded.config.generation);
         assert_eq!(config_json(g).as_bytes(), full.loaded.config_json().as_slice());
