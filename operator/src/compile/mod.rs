@@ -20,13 +20,16 @@ use portcullis_api::{ApiRoute, SecurityProfile};
 use portcullis_config::{Loaded, SCHEMA_VERSION, SecretMaterial, SidecarConfig};
 
 pub mod generation;
+mod overlap;
 mod profile;
 mod route;
 mod secrets;
 mod selector;
 
 pub use generation::GenerationKey;
+pub use overlap::{ALLOW_OVERLAP_ANNOTATION, OWNER_LABEL, shared_owner_routes};
 pub use route::{issued_client_secret, issued_serving_secret};
+pub use secrets::{ALLOWED_ORIGINS_ANNOTATION, ALLOWED_ROUTES_ANNOTATION};
 pub use selector::{check_selector, selector_matches};
 
 /// Condition reasons, one per kind of problem (`Accepted=False` carries one of these).
@@ -34,6 +37,9 @@ pub mod reason {
     pub const ACCEPTED: &str = "Accepted";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// A route names, as credentials it would send to its origin, a Secret that does not
+    /// allow it (`portcullis.dev/allowed-routes`, `portcullis.dev/allowed-origins`).
+    pub const SECRET_NOT_ALLOWED: &str = "SecretNotAllowed";
     pub const WRONG_SECRET_TYPE: &str = "WrongSecretType";
     pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
     pub const INVALID_SECRET: &str = "InvalidSecret";
@@ -46,6 +52,8 @@ pub mod reason {
     pub const TOO_MANY_ANONYMOUS: &str = "TooManyAnonymous";
     pub const INVALID_BACKEND: &str = "InvalidBackend";
     pub const CERTIFICATE_PENDING: &str = "CertificatePending";
+    /// A route overlaps an older route of another owner on the same workload.
+    pub const ROUTE_OVERLAP: &str = "RouteOverlap";
 }
 
 /// What the compiler reads: everything in one namespace.
@@ -170,6 +178,9 @@ pub fn compile_with_key(inputs: &Inputs, generation_key: &GenerationKey) -> Outp
 
     let mut routes: Vec<&ApiRoute> = inputs.routes.iter().collect();
     routes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    // Routes of another owner on an older route's paths (overlap.rs): decided on the routes'
+    // specs and metadata alone, before anything else about them.
+    let mut overlaps = overlap::refusals(&routes);
 
     let mut config = SidecarConfig::empty(inputs.namespace);
     config.org_allowance = inputs.org_allowance;
@@ -192,7 +203,10 @@ pub fn compile_with_key(inputs: &Inputs, generation_key: &GenerationKey) -> Outp
                 list.push(name.clone());
             }
         }
-        let compiled = route::compile(&name, &ar.spec, &profiles, &profile_verdicts, &secrets);
+        let compiled = match overlaps.remove(&name) {
+            Some(problem) => Err(problem),
+            None => route::compile(&name, &ar.spec, &profiles, &profile_verdicts, &secrets),
+        };
         match compiled {
             Err(problem) => {
                 route_verdicts.insert(name, problem.into_verdict());

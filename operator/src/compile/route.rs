@@ -6,7 +6,7 @@ use portcullis_api as api;
 use portcullis_config as cfg;
 
 use super::profile::{CompiledProfile, algorithm, check_url, hash, standard};
-use super::secrets::{self, SecretIndex};
+use super::secrets::{self, Outbound, SecretIndex};
 use super::{Problem, Verdict, check_selector, reason};
 
 /// Name of the Secret the operator's CA writes for a route's serving certificate
@@ -62,7 +62,15 @@ pub(crate) fn compile(
 
     let mut out = cfg::RouteSecrets::default();
     if let Some(t) = tls {
-        out.tls = Some(certificate(name, "spec.tls", t, &issued_serving_secret(name), secrets)?);
+        // Served to clients, never sent out: no opt-in needed (docs/api.md, "Security model").
+        out.tls = Some(certificate(
+            name,
+            "spec.tls",
+            t,
+            &issued_serving_secret(name),
+            secrets,
+            None,
+        )?);
     }
     if *ssl_only && tls.is_none() {
         return Err(Problem::new(
@@ -251,13 +259,16 @@ fn check_profiles(
     Ok(refs.iter().map(|r| r.name.clone()).collect())
 }
 
-/// A certificate and key: from the named Secret, or the one the operator's CA issued.
+/// A certificate and key: from the named Secret, or the one the operator's CA issued. With
+/// `outbound` (an origin client certificate), a named Secret must allow the route to present
+/// it there ([`SecretIndex::get_outbound`]); the one the CA issued for the route needs not.
 fn certificate(
     route: &str,
     field: &'static str,
     tls: &api::RouteTls,
     issued_name: &str,
     secrets: &SecretIndex<'_>,
+    outbound: Option<Outbound<'_>>,
 ) -> Result<cfg::TlsMaterial, Problem> {
     let issue = tls.issue.unwrap_or(false);
     let (secret_field, secret_name): (String, &str) = match (&tls.secret_name, issue) {
@@ -271,7 +282,11 @@ fn certificate(
             ));
         }
     };
-    let data = match secrets.get(&secret_field, secret_name, Some(secrets::TLS)) {
+    let read = match outbound {
+        Some(outbound) if !issue => secrets.get_outbound(&secret_field, secret_name, Some(secrets::TLS), outbound),
+        _ => secrets.get(&secret_field, secret_name, Some(secrets::TLS)),
+    };
+    let data = match read {
         Err(p) if issue && p.reason == reason::SECRET_NOT_FOUND => {
             return Err(Problem::new(
                 reason::CERTIFICATE_PENDING,
@@ -312,6 +327,11 @@ fn backend(
         }
     };
     check_url("spec.backend.origin.url", &origin.url)?;
+    let origin_url = [("spec.backend.origin.url", origin.url.as_str())];
+    let outbound = Outbound {
+        route,
+        urls: &origin_url,
+    };
     let https = origin.url.starts_with("https://");
     let tls_mode = match (&origin.tls, https) {
         (None, true) => cfg::OriginTlsMode::Verify,
@@ -345,6 +365,7 @@ fn backend(
                     c,
                     &issued_client_secret(route),
                     secrets,
+                    Some(outbound),
                 )?);
                 client_certificate = true;
             }
@@ -367,7 +388,7 @@ fn backend(
     }
     let auth = match &origin.auth {
         None => None,
-        Some(a) => Some(origin_auth(a, out, secrets)?),
+        Some(a) => Some(origin_auth(a, outbound, out, secrets)?),
     };
     Ok(cfg::Backend::Origin {
         url: origin.url.trim_end_matches('/').to_owned(),
@@ -378,8 +399,11 @@ fn backend(
     })
 }
 
+/// The credentials toward the origin. Their Secret must allow the route to send them to the
+/// origin (and, for the client-credentials grant, to the token endpoint).
 fn origin_auth(
     auth: &api::OriginAuth,
+    outbound: Outbound<'_>,
     out: &mut cfg::RouteSecrets,
     secrets: &SecretIndex<'_>,
 ) -> Result<cfg::OriginAuth, Problem> {
@@ -406,10 +430,11 @@ fn origin_auth(
         ));
     }
     let (config, secret) = if let Some(b) = basic {
-        let data = secrets.get(
+        let data = secrets.get_outbound(
             "spec.backend.origin.auth.basic.secretRef.name",
             &b.secret_ref.name,
             Some(secrets::BASIC_AUTH),
+            outbound,
         )?;
         (
             cfg::OriginAuth::Basic,
@@ -419,10 +444,11 @@ fn origin_auth(
             },
         )
     } else if let Some(s) = shared_secret {
-        let data = secrets.get(
+        let data = secrets.get_outbound(
             "spec.backend.origin.auth.sharedSecret.secretRef.name",
             &s.secret_ref.name,
             None,
+            outbound,
         )?;
         (
             cfg::OriginAuth::SharedSecret {
@@ -436,10 +462,11 @@ fn origin_auth(
             },
         )
     } else if let Some(h) = http_signature {
-        let data = secrets.get(
+        let data = secrets.get_outbound(
             "spec.backend.origin.auth.httpSignature.secretRef.name",
             &h.secret_ref.name,
             None,
+            outbound,
         )?;
         let key = if h.algorithm == api::SignatureAlgorithm::HmacSha256 {
             data.required("key")?
@@ -460,10 +487,22 @@ fn origin_auth(
             "spec.backend.origin.auth.oauth2ClientCredentials.tokenUrl",
             &o.token_url,
         )?;
-        let data = secrets.get(
+        // The client secret goes to the token endpoint, the token it buys to the origin.
+        let urls = [
+            outbound.urls[0],
+            (
+                "spec.backend.origin.auth.oauth2ClientCredentials.tokenUrl",
+                o.token_url.as_str(),
+            ),
+        ];
+        let data = secrets.get_outbound(
             "spec.backend.origin.auth.oauth2ClientCredentials.clientSecretRef.name",
             &o.client_secret_ref.name,
             None,
+            Outbound {
+                urls: &urls,
+                ..outbound
+            },
         )?;
         (
             cfg::OriginAuth::OAuth2ClientCredentials {

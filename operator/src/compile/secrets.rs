@@ -12,6 +12,21 @@ use portcullis_config::Sensitive;
 pub const BASIC_AUTH: &str = "kubernetes.io/basic-auth";
 /// Secret type of TLS certificates and keys.
 pub const TLS: &str = "kubernetes.io/tls";
+/// Annotation by which a Secret lets ApiRoutes send its credentials to their origin:
+/// comma-separated route names, or `*` for every route of the namespace.
+pub const ALLOWED_ROUTES_ANNOTATION: &str = "portcullis.dev/allowed-routes";
+/// Optional annotation narrowing where those credentials may go: comma-separated origin
+/// hosts (`host` for any port, `host:port` for one).
+pub const ALLOWED_ORIGINS_ANNOTATION: &str = "portcullis.dev/allowed-origins";
+
+/// Where a route would send a Secret's credentials: the route, and every URL that receives
+/// them or what they obtain (the origin, an OAuth2 token endpoint), each with the field that
+/// names it.
+#[derive(Clone, Copy, Debug)]
+pub struct Outbound<'a> {
+    pub route: &'a str,
+    pub urls: &'a [(&'a str, &'a str)],
+}
 
 /// The Secrets of one namespace, by name.
 pub struct SecretIndex<'a> {
@@ -44,13 +59,75 @@ impl<'a> SecretIndex<'a> {
 
     /// The Secret named `name`, referenced by `field`; with `want_type`, its `type` must match.
     pub fn get(&self, field: &str, name: &str, want_type: Option<&str>) -> Result<SecretData, Problem> {
-        let secret = self.by_name.get(name).ok_or_else(|| {
+        let secret = self.find(field, name)?;
+        self.read(secret, field, name, want_type)
+    }
+
+    /// Like [`Self::get`], for a Secret whose content a route sends out of the cluster (origin
+    /// credentials, an origin client certificate): the Secret must opt in with
+    /// [`ALLOWED_ROUTES_ANNOTATION`] naming the route (or `*`) and, when it carries
+    /// [`ALLOWED_ORIGINS_ANNOTATION`], list the host of every URL in `outbound`. Checked
+    /// before anything else is read from it, so a Secret that does not opt in gives away
+    /// nothing but its existence.
+    pub fn get_outbound(
+        &self,
+        field: &str,
+        name: &str,
+        want_type: Option<&str>,
+        outbound: Outbound<'_>,
+    ) -> Result<SecretData, Problem> {
+        let secret = self.find(field, name)?;
+        let annotations = secret.metadata.annotations.as_ref();
+        let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+        let listed = |value: &str, want: &str| value.split(',').map(str::trim).any(|v| v == "*" || v == want);
+        if !annotation(ALLOWED_ROUTES_ANNOTATION).is_some_and(|v| listed(v, outbound.route)) {
+            return Err(Problem::new(
+                reason::SECRET_NOT_ALLOWED,
+                field,
+                format!(
+                    "Secret {name:?} does not allow ApiRoute {route:?} to send its content to an origin; \
+                     to allow it, annotate the Secret {ALLOWED_ROUTES_ANNOTATION}: \"{route}\" (comma-separated \
+                     route names, or \"*\")",
+                    route = outbound.route,
+                ),
+            ));
+        }
+        if let Some(allowed) = annotation(ALLOWED_ORIGINS_ANNOTATION) {
+            for (url_field, url) in outbound.urls {
+                let Some((host, port)) = url_host_port(url) else {
+                    continue;
+                };
+                if !allowed
+                    .split(',')
+                    .map(str::trim)
+                    .any(|entry| origin_matches(entry, &host, port))
+                {
+                    return Err(Problem::new(
+                        reason::SECRET_NOT_ALLOWED,
+                        field,
+                        format!(
+                            "Secret {name:?} may be sent only to the hosts in its annotation \
+                             {ALLOWED_ORIGINS_ANNOTATION} ({allowed}), and {url_field} goes to {host:?}; \
+                             to allow it, add {host} to that annotation"
+                        ),
+                    ));
+                }
+            }
+        }
+        self.read(secret, field, name, want_type)
+    }
+
+    fn find(&self, field: &str, name: &str) -> Result<&'a Secret, Problem> {
+        self.by_name.get(name).copied().ok_or_else(|| {
             Problem::new(
                 reason::SECRET_NOT_FOUND,
                 field,
                 format!("Secret {name:?} not found in namespace {}", self.namespace),
             )
-        })?;
+        })
+    }
+
+    fn read(&self, secret: &Secret, field: &str, name: &str, want_type: Option<&str>) -> Result<SecretData, Problem> {
         if let Some(want) = want_type {
             let have = secret.type_.as_deref().unwrap_or("Opaque");
             if have != want {
@@ -76,6 +153,49 @@ impl<'a> SecretIndex<'a> {
             entries,
         })
     }
+}
+
+/// The host (lower case, IPv6 without brackets) and port of an `http(s)://` URL.
+fn url_host_port(url: &str) -> Option<(String, u16)> {
+    let (rest, default_port) = match url.split_once("://")? {
+        ("https", rest) => (rest, 443),
+        ("http", rest) => (rest, 80),
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let (host, port) = split_host_port(authority)?;
+    let port = match port {
+        None => default_port,
+        Some(p) => p.parse().ok()?,
+    };
+    Some((host.to_ascii_lowercase(), port))
+}
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address.
+fn split_host_port(s: &str) -> Option<(&str, Option<&str>)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return match after {
+            "" => Some((host, None)),
+            _ => Some((host, Some(after.strip_prefix(':')?))),
+        };
+    }
+    match s.split_once(':') {
+        Some((host, port)) if !port.contains(':') => Some((host, Some(port))),
+        Some(_) => Some((s, None)),
+        None => Some((s, None)),
+    }
+    .filter(|(host, _)| !host.is_empty())
+}
+
+/// Whether an entry of [`ALLOWED_ORIGINS_ANNOTATION`] (`host` or `host:port`, case-insensitive)
+/// covers `host` on `port`.
+fn origin_matches(entry: &str, host: &str, port: u16) -> bool {
+    let Some((entry_host, entry_port)) = split_host_port(entry) else {
+        return false;
+    };
+    entry_host.eq_ignore_ascii_case(host) && entry_port.is_none_or(|p| p.parse() == Ok(port))
 }
 
 impl SecretData {

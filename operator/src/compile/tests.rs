@@ -480,7 +480,10 @@ fn backend_needs_exactly_one_of_port_and_origin() {
 #[test]
 fn origin_auth_and_tls_secrets_go_to_the_secret() {
     let mut w = World::new();
-    w.secrets.push(basic_secret("origin-user", "gw", "origin-password-9"));
+    let mut user = basic_secret("origin-user", "gw", "origin-password-9");
+    // The Secret lets route gw send it to its origin (docs/api.md, "Security model").
+    user.metadata.annotations = Some([(ALLOWED_ROUTES_ANNOTATION.to_string(), "gw".to_string())].into());
+    w.secrets.push(user);
     let mut r = route("gw", &[]);
     r.spec.backend = Backend {
         port: None,
@@ -655,3 +658,7 @@ fn api_key_secrets_map_keys_to_shared_secrets() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Who may reach what: Secrets that opt in to be sent to origins, routes of other owners on
+/// an older route's paths.
+mod access;

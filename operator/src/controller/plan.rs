@@ -114,7 +114,17 @@ pub fn plan(s: &Snapshot) -> Plan {
         // they name and the Secrets those reference (routes are compiled one by one), so
         // each group compiles just those: the same output as compiling the whole namespace
         // for these labels, in a fraction of the time.
-        let routes: Vec<ApiRoute> = selecting.iter().map(|r| (*r).clone()).collect();
+        // Only the routes the namespace's verdicts accept: a route refused for overlapping an
+        // older route (a verdict that needs the namespace's other routes) stays out of every
+        // group, whatever routes this group holds.
+        let routes: Vec<ApiRoute> = selecting
+            .iter()
+            .filter(|r| {
+                let name = r.metadata.name.as_deref().unwrap_or_default();
+                verdicts.routes.get(name).is_some_and(compile::Verdict::is_accepted)
+            })
+            .map(|r| (*r).clone())
+            .collect();
         let named: BTreeSet<&str> = routes
             .iter()
             .flat_map(|r| r.spec.profiles.iter().map(|p| p.name.as_str()))
