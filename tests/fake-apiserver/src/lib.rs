@@ -3,8 +3,9 @@
 //! There is no kube-apiserver on the machines these tests run on, so the operator's
 //! controllers are tested end to end against this server: it speaks the Kubernetes wire
 //! protocol over plain HTTP on 127.0.0.1 for the kinds Portcullis uses (ConfigMap, Secret,
-//! Pod, Event in `v1` and `events.k8s.io/v1`, Lease, SecurityProfile and ApiRoute with their
-//! `/status` subresources), well enough for kube-rs clients, watchers and controllers:
+//! Pod, Event in `v1` and `events.k8s.io/v1`, Lease, NetworkPolicy, SecurityProfile and
+//! ApiRoute with their `/status` subresources), well enough for kube-rs clients, watchers
+//! and controllers:
 //!
 //! - list with label and field selectors, `limit`/`continue` pages and the list's
 //!   `resourceVersion`;
@@ -20,15 +21,22 @@
 //! - a monotonic resourceVersion shared by every kind, `metadata.generation` bumped on
 //!   changes outside metadata (and status), `uid`, `creationTimestamp`; a write that
 //!   changes nothing changes no version and sends no event, as in Kubernetes;
-//! - injected failures ([`FakeApiServer::fail_requests`]) to test retries.
+//! - injected failures ([`FakeApiServer::fail_requests`]) to test retries;
+//! - metadata-only lists and watches (`Accept: application/json;as=PartialObjectMetadataList`
+//!   or `;as=PartialObjectMetadata`, what kube-runtime's `metadata_watcher` asks for):
+//!   objects are answered as `meta.k8s.io/v1` `PartialObjectMetadata`, without their content;
+//! - SubjectAccessReview creates (`authorization.k8s.io/v1`), answered from an allow-list
+//!   ([`FakeApiServer::allow`], [`AccessRule`]; anything else is denied) and recorded
+//!   ([`FakeApiServer::access_reviews`]).
 //!
 //! Tests seed and inspect objects directly through [`FakeApiServer`] and point clients at
 //! it with [`FakeApiServer::write_kubeconfig`]. Not modelled: authentication and
-//! authorization, admission, finalizers, JSON patch, protobuf, field-level list-map
+//! authorization of the requests themselves, admission, finalizers, JSON patch, protobuf, field-level list-map
 //! merging in server-side apply (lists are atomic).
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod error;
 pub mod patch;
 pub mod resources;
@@ -49,6 +57,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use access::AccessRule;
 pub use error::ApiError;
 pub use resources::{DEFAULT_RESOURCES, ResourceType};
 pub use server::RecordedRequest;
@@ -104,6 +113,8 @@ impl Builder {
             store: Mutex::new(Store::new(self.resources, self.history)),
             requests: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
+            access: Mutex::new(Vec::new()),
+            access_reviews: Mutex::new(Vec::new()),
             bookmark_interval: self.bookmark_interval,
             shutdown: shutdown.clone(),
             expire: watch::channel(0).0,
@@ -321,6 +332,20 @@ impl FakeApiServer {
                 code,
                 remaining: count,
             });
+    }
+
+    /// Lets SubjectAccessReviews that match `rule` be allowed (none is, by default).
+    pub fn allow(&self, rule: AccessRule) {
+        self.shared.access.lock().unwrap_or_else(|e| e.into_inner()).push(rule);
+    }
+
+    /// Every SubjectAccessReview answered so far (with its `status`), in order.
+    pub fn access_reviews(&self) -> Vec<Value> {
+        self.shared
+            .access_reviews
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Forgets the recorded requests.

@@ -84,6 +84,14 @@ pub const DEFAULT_RESOURCES: &[ResourceType] = &[
         status_subresource: false,
     },
     ResourceType {
+        group: "networking.k8s.io",
+        version: "v1",
+        plural: "networkpolicies",
+        kind: "NetworkPolicy",
+        namespaced: true,
+        status_subresource: false,
+    },
+    ResourceType {
         group: "portcullis.dev",
         version: "v1alpha1",
         plural: "securityprofiles",

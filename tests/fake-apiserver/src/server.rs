@@ -30,6 +30,31 @@ pub struct RecordedRequest {
     pub method: String,
     pub path: String,
     pub query: String,
+    /// The `Accept` header (empty when absent).
+    pub accept: String,
+}
+
+impl RecordedRequest {
+    /// Whether the client asked for metadata only (`as=PartialObjectMetadata[List]`).
+    pub fn metadata_only(&self) -> bool {
+        metadata_only(&self.accept)
+    }
+}
+
+/// Whether an `Accept` header asks for `meta.k8s.io/v1` `PartialObjectMetadata`.
+fn metadata_only(accept: &str) -> bool {
+    accept.split(',').any(|media| {
+        let params: Vec<&str> = media.split(';').map(str::trim).collect();
+        params.contains(&"g=meta.k8s.io")
+            && params
+                .iter()
+                .any(|p| *p == "as=PartialObjectMetadata" || *p == "as=PartialObjectMetadataList")
+    })
+}
+
+/// What a metadata-only client sees of an object.
+fn partial(object: &Value) -> Value {
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": object["metadata"]})
 }
 
 impl RecordedRequest {
@@ -55,6 +80,10 @@ pub(crate) struct Shared {
     pub store: Mutex<Store>,
     pub requests: Mutex<Vec<RecordedRequest>>,
     pub faults: Mutex<Vec<Fault>>,
+    /// Who may do what, for SubjectAccessReviews.
+    pub access: Mutex<Vec<crate::AccessRule>>,
+    /// SubjectAccessReviews answered.
+    pub access_reviews: Mutex<Vec<Value>>,
     pub bookmark_interval: Duration,
     pub shutdown: watch::Receiver<bool>,
     /// Bumped to end every open watch stream.
@@ -98,6 +127,12 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Resul
             method: req.method().to_string(),
             path: req.uri().path().to_owned(),
             query: req.uri().query().unwrap_or_default().to_owned(),
+            accept: req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
         });
     tracing::debug!(method = %req.method(), uri = %req.uri(), "request");
     if let Some(code) = injected_fault(&shared, req.method().as_str(), req.uri().path()) {
@@ -159,7 +194,28 @@ async fn route(
     let target = parse_path(&path).ok_or_else(ApiError::unknown_resource)?;
     let method = req.method().clone();
     let dry_run = query.get("dryRun").is_some_and(|v| v == "All");
+    let metadata_only = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(metadata_only);
     match target {
+        Target::Collection {
+            group: "authorization.k8s.io",
+            version: "v1",
+            namespace: None,
+            plural: "subjectaccessreviews",
+        } if method == Method::POST => {
+            let (_, bytes) = read_body(req).await?;
+            let rules = shared.access.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let answered = crate::access::review(&rules, parse_json(&bytes, true)?)?;
+            shared
+                .access_reviews
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(answered.clone());
+            Ok(json_response(StatusCode::CREATED, &answered))
+        }
         Target::Discovery(d) if method == Method::GET => Ok(json_response(StatusCode::OK, &discovery(&shared, d)?)),
         Target::Discovery(_) => Err(ApiError::method_not_allowed()),
         Target::Collection {
@@ -182,9 +238,9 @@ async fn route(
                             .map_err(|e| ApiError::bad_request(e.to_string()))?,
                     };
                     if flag(&query, "watch") {
-                        Ok(watch(shared, resource, filter, &query))
+                        Ok(watch(shared, resource, filter, &query, metadata_only))
                     } else {
-                        list(&shared, resource, &filter, &query)
+                        list(&shared, resource, &filter, &query, metadata_only)
                     }
                 }
                 Method::POST => {
@@ -219,7 +275,10 @@ async fn route(
             match method {
                 Method::GET => {
                     let object = shared.store().get(resource, &namespace, &name)?;
-                    Ok(json_response(StatusCode::OK, &object))
+                    match metadata_only {
+                        true => Ok(json_response(StatusCode::OK, &partial(&object))),
+                        false => Ok(json_response(StatusCode::OK, &object)),
+                    }
                 }
                 Method::PUT => {
                     let (_, bytes) = read_body(req).await?;
@@ -337,6 +396,7 @@ fn list(
     resource: usize,
     filter: &Filter,
     query: &BTreeMap<String, String>,
+    metadata_only: bool,
 ) -> Result<Response<Body>, ApiError> {
     let limit = query.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0);
     let token = query.get("continue").map(String::as_str).filter(|t| !t.is_empty());
@@ -348,16 +408,24 @@ fn list(
     if let Some(token) = result.continue_token {
         metadata["continue"] = Value::String(token);
     }
-    let items: Vec<&Value> = result.items.iter().map(|i| &**i).collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
+    let body = if metadata_only {
+        let items: Vec<Value> = result.items.iter().map(|i| partial(i)).collect();
+        json!({
+            "apiVersion": "meta.k8s.io/v1",
+            "kind": "PartialObjectMetadataList",
+            "metadata": metadata,
+            "items": items,
+        })
+    } else {
+        let items: Vec<&Value> = result.items.iter().map(|i| &**i).collect();
+        json!({
             "apiVersion": t.api_version(),
             "kind": format!("{}List", t.kind),
             "metadata": metadata,
             "items": items,
-        }),
-    ))
+        })
+    };
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 /// What a change looks like to a watch with `filter` (selectors can turn a modification
@@ -380,6 +448,15 @@ fn translate(change: &Change, filter: &Filter) -> Option<(EventType, Arc<Value>)
     }
 }
 
+/// A watch event for an object, whole or (`metadata_only`) as `PartialObjectMetadata`.
+fn object_line(kind: EventType, object: &Value, metadata_only: bool) -> Bytes {
+    if metadata_only {
+        event_line(kind.as_str(), &partial(object))
+    } else {
+        event_line(kind.as_str(), object)
+    }
+}
+
 fn event_line(kind: &str, object: &Value) -> Bytes {
     let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
     line.push(b'\n');
@@ -388,7 +465,13 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
 
 /// Starts a watch stream: replayed or current objects first, then live changes, bookmarks,
 /// until `timeoutSeconds`, the client leaves, or the server stops.
-fn watch(shared: Arc<Shared>, resource: usize, filter: Filter, query: &BTreeMap<String, String>) -> Response<Body> {
+fn watch(
+    shared: Arc<Shared>,
+    resource: usize,
+    filter: Filter,
+    query: &BTreeMap<String, String>,
+    metadata_only: bool,
+) -> Response<Body> {
     let since = query
         .get("resourceVersion")
         .and_then(|rv| rv.parse::<u64>().ok())
@@ -444,7 +527,7 @@ fn watch(shared: Arc<Shared>, resource: usize, filter: Filter, query: &BTreeMap<
             }
         };
         for (kind, object) in initial {
-            if tx.send(event_line(kind.as_str(), &object)).await.is_err() {
+            if tx.send(object_line(kind, &object, metadata_only)).await.is_err() {
                 return;
             }
         }
@@ -465,7 +548,7 @@ fn watch(shared: Arc<Shared>, resource: usize, filter: Filter, query: &BTreeMap<
                             continue;
                         }
                         match translate(&change, &filter) {
-                            Some((kind, object)) => event_line(kind.as_str(), &object),
+                            Some((kind, object)) => object_line(kind, &object, metadata_only),
                             None => continue,
                         }
                     }

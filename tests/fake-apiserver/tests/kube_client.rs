@@ -458,3 +458,91 @@ async fn injected_failures_answer_instead_of_the_store() {
         .unwrap();
     assert_eq!(server.requests().iter().filter(|r| r.method == "POST").count(), 3);
 }
+
+#[tokio::test]
+async fn metadata_watchers_get_no_content() {
+    let server = FakeApiServer::start().await.unwrap();
+    let api: Api<Secret> = Api::namespaced(client(&server).await, NS);
+    let secret = |name: &str, value: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": name, "namespace": NS, "annotations": {"a": "1"}},
+               "stringData": {"password": value}})
+    };
+    server.create(&secret("a", "hunter2")).unwrap();
+    let listed = api.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items[0].metadata.annotations.as_ref().unwrap()["a"], "1");
+    let metadata: Api<kube::core::PartialObjectMeta<Secret>> = Api::namespaced(client(&server).await, NS);
+    let mut events = watcher(metadata, watcher::Config::default()).boxed();
+    let mut applied = Vec::new();
+    while applied.len() < 2 {
+        let event = tokio::time::timeout(WAIT, events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let watcher::Event::Apply(m) | watcher::Event::InitApply(m) = event {
+            applied.push(m.metadata.name.clone().unwrap());
+            if applied.len() == 1 {
+                server.create(&secret("b", "swordfish")).unwrap();
+            }
+        }
+    }
+    assert_eq!(applied, ["a", "b"]);
+    // Every list and watch asked for metadata, and nothing of the content was sent.
+    let requests = server.requests();
+    assert!(requests.iter().filter(|r| r.method == "GET").all(|r| r.metadata_only()));
+    // The full object is still there for a plain get.
+    let full = api.get("a").await.unwrap();
+    assert_eq!(full.data.unwrap()["password"].0, b"hunter2");
+}
+
+#[tokio::test]
+async fn subject_access_reviews_follow_the_allow_list() {
+    use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+    use portcullis_fake_apiserver::AccessRule;
+    let server = FakeApiServer::start().await.unwrap();
+    let api: Api<SubjectAccessReview> = Api::all(client(&server).await);
+    let ask = async |user: &str, groups: &[&str], name: &str| {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(user.into()),
+                groups: Some(groups.iter().map(|g| g.to_string()).collect()),
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some("get".into()),
+                    resource: Some("secrets".into()),
+                    namespace: Some(NS.into()),
+                    name: Some(name.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &review)
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .allowed
+    };
+    assert!(!ask("alice", &[], "db").await, "nothing is allowed by default");
+    server.allow(AccessRule::get_secret("alice", NS, "db"));
+    server.allow(AccessRule {
+        subject: "group:admins".into(),
+        name: "*".into(),
+        ..AccessRule::get_secret("", NS, "")
+    });
+    assert!(ask("alice", &[], "db").await);
+    assert!(!ask("alice", &[], "other").await);
+    assert!(!ask("bob", &[], "db").await);
+    assert!(ask("bob", &["admins"], "other").await);
+    assert_eq!(server.access_reviews().len(), 5);
+    assert_eq!(server.access_reviews()[1]["status"]["allowed"], true);
+    // Failures can be injected like for any request.
+    server.fail_requests("POST", "subjectaccessreviews", 500, 1);
+    assert!(
+        api.create(&PostParams::default(), &SubjectAccessReview::default())
+            .await
+            .is_err()
+    );
+}
