@@ -18,18 +18,33 @@
 //!
 //!   The app's own containers and probes are untouched (kubelet probes reach the app
 //!   directly), and a pod that already has the sidecar gets no patch.
+//!
+//!   When a route that selects the pod forwards to a local port an app container declares
+//!   (`containerPort`), the pod is admitted with a warning: on the pod IP that port reaches
+//!   the app without the sidecar (the app should listen on 127.0.0.1; [`exposed_backend_warnings`]).
 //! - **Validation** ([`validate_route`], `POST /validate-apiroutes`): an ApiRoute that the
-//!   compiler would reject for reasons of its own spec or its profiles (types mixed, two
-//!   OAuth2, two Anonymous, the same profile twice, a missing profile, an invalid field) is
+//!   compiler would reject for reasons of its own spec, its profiles (types mixed, two
+//!   OAuth2, two Anonymous, the same profile twice, a missing profile, an invalid field) or
+//!   an older route of another owner whose paths it would share (`RouteOverlap`) is
 //!   refused with exactly the message the controller writes into its status, because the
 //!   verdict comes from the same [`compile::compile`] call. Problems that depend on
 //!   ordering — a Secret not created yet, a certificate not issued yet, a referenced profile
 //!   that is itself invalid — are left to the status, so `kubectl apply` of a directory works.
+//! - **Access** ([`requirements`], for ApiRoutes and, `POST /validate-securityprofiles`,
+//!   SecurityProfiles): naming a Secret hands its content to the sidecars (and, for a route's
+//!   origin credentials, to the origin), so the user who creates or updates the object must
+//!   be allowed to `get` every Secret it names; a route that shares an older route's paths
+//!   by claiming its owner label ([`compile::shared_owner_routes`]) needs a user who may
+//!   `update` that route. The server asks the API server (SubjectAccessReviews, for the
+//!   review's `userInfo`) before the review is decided, and the answers reach these pure
+//!   functions through [`ClusterView::access`]; an answer that could not be had refuses the
+//!   object (fail closed).
 //!
 //! [`handle_review`] takes an `AdmissionReview` body and returns the response body.
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::authentication::v1::UserInfo;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource, ResourceRequirements,
@@ -42,7 +57,7 @@ use portcullis_api::{ApiRoute, SecurityProfile};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::compile::{self, Inputs, Verdict, reason};
+use crate::compile::{self, Inputs, OWNER_LABEL, Verdict, reason};
 use crate::controller::group;
 
 /// Label that asks for a sidecar, on a pod or on its namespace.
@@ -69,11 +84,16 @@ pub const PORT_ADMIN: &str = "portcullis-adm";
 pub const MUTATE_PODS_PATH: &str = "/mutate-pods";
 /// Path of the ApiRoute validation webhook (ValidatingWebhookConfiguration in the chart).
 pub const VALIDATE_APIROUTES_PATH: &str = "/validate-apiroutes";
+/// Path of the SecurityProfile validation webhook (the Secrets it names).
+pub const VALIDATE_SECURITYPROFILES_PATH: &str = "/validate-securityprofiles";
 
 /// Webhooks of the chart's MutatingWebhookConfiguration (pods by label, pods by namespace label).
 pub const MUTATING_WEBHOOKS: &[&str] = &["pods.inject.portcullis.dev", "namespaces.inject.portcullis.dev"];
 /// Webhooks of the chart's ValidatingWebhookConfiguration.
-pub const VALIDATING_WEBHOOKS: &[&str] = &["apiroutes.validate.portcullis.dev"];
+pub const VALIDATING_WEBHOOKS: &[&str] = &[
+    "apiroutes.validate.portcullis.dev",
+    "securityprofiles.validate.portcullis.dev",
+];
 
 /// The reasons an ApiRoute is refused for at admission: the rules that depend only on the
 /// route and the profiles' existence and types, never on objects that may be created later.
@@ -85,6 +105,7 @@ pub const REJECTED_AT_ADMISSION: &[&str] = &[
     reason::DUPLICATE_PROFILE,
     reason::TOO_MANY_OAUTH2,
     reason::TOO_MANY_ANONYMOUS,
+    reason::ROUTE_OVERLAP,
 ];
 
 /// The sidecar's listening ports.
@@ -514,13 +535,15 @@ pub fn sidecar_container(settings: &SidecarSettings) -> Container {
     }
 }
 
-/// Checks an ApiRoute the way the controller does, against the SecurityProfiles and Secrets
-/// of its namespace: `Err(message)` with the exact status message when the compiler rejects
-/// it for one of [`REJECTED_AT_ADMISSION`]'s reasons.
+/// Checks an ApiRoute the way the controller does, against the SecurityProfiles, Secrets and
+/// other ApiRoutes of its namespace (`routes_in_ns`: as stored, the route's own earlier
+/// version included or not): `Err(message)` with the exact status message when the compiler
+/// rejects it for one of [`REJECTED_AT_ADMISSION`]'s reasons.
 pub fn validate_route(
     route: &ApiRoute,
     profiles_in_ns: &[SecurityProfile],
     secrets_in_ns: &[Secret],
+    routes_in_ns: &[ApiRoute],
 ) -> Result<(), String> {
     let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
     let profiles: Vec<SecurityProfile> = profiles_in_ns
@@ -528,10 +551,11 @@ pub fn validate_route(
         .filter(|p| p.metadata.namespace.as_deref().is_none_or(|ns| ns == namespace))
         .cloned()
         .collect();
+    let routes = with_route(route, routes_in_ns);
     let output = compile::compile(&Inputs {
         namespace,
         profiles: &profiles,
-        routes: std::slice::from_ref(route),
+        routes: &routes,
         secrets: secrets_in_ns,
         org_allowance: None,
         trusted_proxies: &[],
@@ -546,6 +570,298 @@ pub fn validate_route(
     }
 }
 
+/// The namespace's routes as they would be with `route` admitted: its stored version (same
+/// name) replaced, routes of other namespaces left out.
+fn with_route(route: &ApiRoute, routes_in_ns: &[ApiRoute]) -> Vec<ApiRoute> {
+    let namespace = route.metadata.namespace.as_deref();
+    let mut routes: Vec<ApiRoute> = routes_in_ns
+        .iter()
+        .filter(|r| r.metadata.name != route.metadata.name)
+        .filter(|r| r.metadata.namespace.is_none() || r.metadata.namespace.as_deref() == namespace)
+        .cloned()
+        .collect();
+    routes.push(route.clone());
+    routes
+}
+
+/// Something the user behind a review must be allowed to do (a SubjectAccessReview's
+/// resource attributes).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AccessCheck {
+    pub verb: &'static str,
+    /// API group, `""` for the core group.
+    pub group: &'static str,
+    /// Plural resource name.
+    pub resource: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// The API server's answer to an [`AccessCheck`] for the review's user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    Allowed,
+    Denied,
+    /// No answer could be had (the review is then refused).
+    Failed(String),
+}
+
+/// Why an [`AccessCheck`] is needed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// The object names this Secret: the user must be able to read it.
+    NamedSecret,
+    /// The route shares this older or newer route's paths by carrying the same owner label:
+    /// the user must be able to update that route (and so could have allowed it anyway).
+    SharedOwner { owner: String },
+}
+
+/// One access an object needs of the user who writes it, and the field that needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requirement {
+    pub field: String,
+    pub check: AccessCheck,
+    pub need: Need,
+}
+
+fn get_secret(field: impl Into<String>, namespace: &str, name: &str) -> Requirement {
+    Requirement {
+        field: field.into(),
+        check: AccessCheck {
+            verb: "get",
+            group: "",
+            resource: "secrets",
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        },
+        need: Need::NamedSecret,
+    }
+}
+
+/// What the user creating or updating `route` must be allowed: `get` on every Secret it
+/// names (the certificates the operator's CA issues for it aside), and `update` on every
+/// route whose paths it shares only by claiming the same owner ([`compile::shared_owner_routes`]
+/// among `routes_in_ns`).
+pub fn route_requirements(route: &ApiRoute, routes_in_ns: &[ApiRoute]) -> Vec<Requirement> {
+    let ns = route.metadata.namespace.as_deref().unwrap_or("default");
+    let spec = &route.spec;
+    let mut out = Vec::new();
+    if let Some(name) = spec.tls.as_ref().and_then(|t| t.secret_name.as_ref()) {
+        out.push(get_secret("spec.tls.secretName", ns, name));
+    }
+    if let Some(origin) = &spec.backend.origin {
+        if let Some(t) = &origin.tls {
+            if let Some(ca) = &t.ca_secret_ref {
+                out.push(get_secret("spec.backend.origin.tls.caSecretRef.name", ns, &ca.name));
+            }
+            if let Some(name) = t.client_certificate.as_ref().and_then(|c| c.secret_name.as_ref()) {
+                out.push(get_secret(
+                    "spec.backend.origin.tls.clientCertificate.secretName",
+                    ns,
+                    name,
+                ));
+            }
+        }
+        if let Some(auth) = &origin.auth {
+            let named = [
+                ("basic.secretRef", auth.basic.as_ref().map(|b| &b.secret_ref.name)),
+                (
+                    "sharedSecret.secretRef",
+                    auth.shared_secret.as_ref().map(|s| &s.secret_ref.name),
+                ),
+                (
+                    "httpSignature.secretRef",
+                    auth.http_signature.as_ref().map(|h| &h.secret_ref.name),
+                ),
+                (
+                    "oauth2ClientCredentials.clientSecretRef",
+                    auth.oauth2_client_credentials
+                        .as_ref()
+                        .map(|o| &o.client_secret_ref.name),
+                ),
+            ];
+            for (field, name) in named {
+                if let Some(name) = name {
+                    out.push(get_secret(format!("spec.backend.origin.auth.{field}.name"), ns, name));
+                }
+            }
+        }
+    }
+    let owner = route
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(OWNER_LABEL))
+        .cloned()
+        .unwrap_or_default();
+    for other in compile::shared_owner_routes(route, &with_route(route, routes_in_ns)) {
+        out.push(Requirement {
+            field: format!("metadata.labels[{OWNER_LABEL}]"),
+            check: AccessCheck {
+                verb: "update",
+                group: "portcullis.dev",
+                resource: "apiroutes",
+                namespace: ns.to_owned(),
+                name: other,
+            },
+            need: Need::SharedOwner { owner: owner.clone() },
+        });
+    }
+    out
+}
+
+/// What the user creating or updating `profile` must be allowed: `get` on every Secret it
+/// names.
+pub fn profile_requirements(profile: &SecurityProfile) -> Vec<Requirement> {
+    let ns = profile.metadata.namespace.as_deref().unwrap_or("default");
+    let spec = &profile.spec;
+    let oauth2 = spec.oauth2.as_ref();
+    let named = [
+        (
+            "spec.basic.secretRef.name",
+            spec.basic.as_ref().map(|b| &b.secret_ref.name),
+        ),
+        (
+            "spec.apiKey.secretRef.name",
+            spec.api_key.as_ref().map(|k| &k.secret_ref.name),
+        ),
+        (
+            "spec.oauth2.introspection.clientSecretRef.name",
+            oauth2
+                .and_then(|o| o.introspection.as_ref())
+                .map(|i| &i.client_secret_ref.name),
+        ),
+        (
+            "spec.oauth2.builtin.clientsSecretRef.name",
+            oauth2
+                .and_then(|o| o.builtin.as_ref())
+                .map(|b| &b.clients_secret_ref.name),
+        ),
+        (
+            "spec.httpSignature.secretRef.name",
+            spec.http_signature.as_ref().map(|h| &h.secret_ref.name),
+        ),
+        (
+            "spec.clientCertificate.caSecretRef.name",
+            spec.client_certificate.as_ref().map(|c| &c.ca_secret_ref.name),
+        ),
+    ];
+    named
+        .into_iter()
+        .filter_map(|(field, name)| Some(get_secret(field, ns, name?)))
+        .collect()
+}
+
+/// The access checks a review needs answered before it is decided (none for anything but
+/// the creation or update of an ApiRoute or SecurityProfile), with the namespace's routes
+/// as `routes_in_ns`.
+pub fn requirements(request: &AdmissionRequest<DynamicObject>, routes_in_ns: &[ApiRoute]) -> Vec<Requirement> {
+    let (Some(object), Operation::Create | Operation::Update) = (&request.object, &request.operation) else {
+        return Vec::new();
+    };
+    match (request.kind.group.as_str(), request.kind.kind.as_str()) {
+        ("portcullis.dev", "ApiRoute") => convert::<ApiRoute>(object)
+            .map(|route| route_requirements(&placed(route, request), routes_in_ns))
+            .unwrap_or_default(),
+        ("portcullis.dev", "SecurityProfile") => convert::<SecurityProfile>(object)
+            .map(|profile| profile_requirements(&placed(profile, request)))
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// The review's namespace (the request's, else the object's, else `default`).
+fn request_namespace(request: &AdmissionRequest<DynamicObject>) -> String {
+    request
+        .namespace
+        .clone()
+        .or_else(|| request.object.as_ref().and_then(|o| o.metadata.namespace.clone()))
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+/// An object of a review with its namespace and name filled in from the request.
+fn placed<K: kube::Resource>(mut object: K, request: &AdmissionRequest<DynamicObject>) -> K {
+    let meta = object.meta_mut();
+    meta.namespace = Some(request_namespace(request));
+    if meta.name.is_none() {
+        meta.name = Some(request.name.clone());
+    }
+    object
+}
+
+/// Refuses (with a message naming the field and the object) when the review's user lacks an
+/// access the object needs, or when the access could not be checked.
+fn check_access(requirements: &[Requirement], user: &UserInfo, cluster: &dyn ClusterView) -> Result<(), String> {
+    let who = user.username.as_deref().unwrap_or("(unknown)");
+    for r in requirements {
+        let c = &r.check;
+        let what = match &r.need {
+            Need::NamedSecret => format!("get Secret {:?} in namespace {}", c.name, c.namespace),
+            Need::SharedOwner { .. } => format!("update ApiRoute {:?} in namespace {}", c.name, c.namespace),
+        };
+        match cluster.access(c) {
+            Access::Allowed => {}
+            Access::Denied => {
+                return Err(match &r.need {
+                    Need::NamedSecret => format!(
+                        "{}: user {who:?} may not {what}, so may not name it: the sidecars (and, for origin \
+                         credentials, the origin) would receive its content",
+                        r.field
+                    ),
+                    Need::SharedOwner { owner } => format!(
+                        "{}: user {who:?} may not {what}, whose paths this route would share by carrying its \
+                         owner {owner:?}; ask the owner of ApiRoute {:?} to list this route in its \
+                         {ALLOW_OVERLAP}, or to set the label",
+                        r.field,
+                        c.name,
+                        ALLOW_OVERLAP = compile::ALLOW_OVERLAP_ANNOTATION,
+                    ),
+                });
+            }
+            Access::Failed(error) => {
+                return Err(format!(
+                    "{}: cannot check whether user {who:?} may {what} ({error}); refused until it can be checked",
+                    r.field
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Warnings for a pod that gets the sidecar: each app container port that is also the
+/// local backend port of a route selecting the pod (`labels`: the pod's labels once
+/// admitted). The port is reachable on the pod IP without the sidecar's checks, unless the
+/// app listens on 127.0.0.1 only (the operator's NetworkPolicy admits only the sidecar's
+/// ports, where one is enforced).
+pub fn exposed_backend_warnings(pod: &Pod, labels: &BTreeMap<String, String>, routes: &[ApiRoute]) -> Vec<String> {
+    let Some(spec) = &pod.spec else { return Vec::new() };
+    let mut backends: BTreeMap<i32, Vec<&str>> = BTreeMap::new();
+    for r in routes.iter().filter(|r| compile::route_selects(r, labels)) {
+        if let (Some(port), Some(name)) = (r.spec.backend.port, r.metadata.name.as_deref()) {
+            backends.entry(i32::from(port)).or_default().push(name);
+        }
+    }
+    let init = spec.init_containers.as_deref().unwrap_or_default();
+    let mut out = Vec::new();
+    for c in init.iter().chain(&spec.containers).filter(|c| c.name != SIDECAR_NAME) {
+        for port in c.ports.iter().flatten() {
+            if let Some(names) = backends.get(&port.container_port) {
+                out.push(format!(
+                    "container {:?} exposes port {}, the backend port of ApiRoute {}: on the pod IP that port \
+                     reaches the app without the Portcullis sidecar (and lets callers set X-Portcullis-* \
+                     headers); make the app listen on 127.0.0.1:{} only and drop the containerPort",
+                    c.name,
+                    port.container_port,
+                    names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", "),
+                    port.container_port,
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// What the webhooks read from the cluster (the operator's caches).
 pub trait ClusterView {
     /// Labels of a namespace (empty when unknown).
@@ -554,6 +870,11 @@ pub trait ClusterView {
     fn profiles(&self, namespace: &str) -> Vec<SecurityProfile>;
     /// The Secrets of a namespace (those the profiles and the route reference suffice).
     fn secrets(&self, namespace: &str) -> Vec<Secret>;
+    /// The ApiRoutes of a namespace, as stored.
+    fn routes(&self, namespace: &str) -> Vec<ApiRoute>;
+    /// Whether the review's user may do `check` (answered before the review is decided,
+    /// for the [`requirements`] of the review; anything else is `Failed`).
+    fn access(&self, check: &AccessCheck) -> Access;
 }
 
 /// How a review was answered (the `result` label of the webhook metrics).
@@ -630,11 +951,7 @@ fn review(
 ) -> AdmissionResponse {
     let allow = AdmissionResponse::from(req);
     let Some(object) = &req.object else { return allow };
-    let namespace = req
-        .namespace
-        .clone()
-        .or_else(|| object.metadata.namespace.clone())
-        .unwrap_or_else(|| "default".to_owned());
+    let namespace = request_namespace(req);
     let kind = (req.kind.group.as_str(), req.kind.kind.as_str());
     match (kind, &req.operation) {
         (("", "Pod"), Operation::Create) => {
@@ -645,22 +962,47 @@ fn review(
             match inject(&pod, &cluster.namespace_labels(&namespace), settings) {
                 Ok(None) => allow,
                 Ok(Some(patch)) => match allow.clone().with_patch(patch) {
-                    Ok(patched) => patched,
+                    Ok(mut patched) => {
+                        let mut labels = pod.metadata.labels.clone().unwrap_or_default();
+                        labels
+                            .entry(INJECT_LABEL.to_owned())
+                            .or_insert_with(|| "true".to_owned());
+                        let warnings = exposed_backend_warnings(&pod, &labels, &cluster.routes(&namespace));
+                        if !warnings.is_empty() {
+                            patched.warnings = Some(warnings);
+                        }
+                        patched
+                    }
                     Err(e) => allow.deny(e.to_string()),
                 },
                 Err(e) => allow.deny(format!("portcullis.dev/inject: {e}")),
             }
         }
         (("portcullis.dev", "ApiRoute"), Operation::Create | Operation::Update) => {
-            let mut route: ApiRoute = match convert(object) {
-                Ok(route) => route,
+            let route: ApiRoute = match convert(object) {
+                Ok(route) => placed(route, req),
                 Err(e) => return allow.deny(format!("cannot read the ApiRoute: {e}")),
             };
-            route.metadata.namespace = Some(namespace.clone());
-            if route.metadata.name.is_none() {
-                route.metadata.name = Some(req.name.clone());
+            let routes = cluster.routes(&namespace);
+            let checked = check_access(&route_requirements(&route, &routes), &req.user_info, cluster).and_then(|()| {
+                validate_route(
+                    &route,
+                    &cluster.profiles(&namespace),
+                    &cluster.secrets(&namespace),
+                    &routes,
+                )
+            });
+            match checked {
+                Ok(()) => allow,
+                Err(message) => allow.deny(message),
             }
-            match validate_route(&route, &cluster.profiles(&namespace), &cluster.secrets(&namespace)) {
+        }
+        (("portcullis.dev", "SecurityProfile"), Operation::Create | Operation::Update) => {
+            let profile: SecurityProfile = match convert(object) {
+                Ok(profile) => placed(profile, req),
+                Err(e) => return allow.deny(format!("cannot read the SecurityProfile: {e}")),
+            };
+            match check_access(&profile_requirements(&profile), &req.user_info, cluster) {
                 Ok(()) => allow,
                 Err(message) => allow.deny(message),
             }
@@ -1223,6 +1565,7 @@ stringData: {username: bob, password: builder}
             &route(profiles),
             &docs::<SecurityProfile>(PROFILES),
             &docs::<Secret>(SECRETS),
+            &[],
         )
     }
 
@@ -1274,13 +1617,13 @@ stringData: {username: bob, password: builder}
             assert_eq!(controller_message(&route(ok)), None);
         }
         // The profile's Secret is not there yet: the route waits in its status, not at the door.
-        let no_secrets = validate_route(&route(&["accounting"]), &docs::<SecurityProfile>(PROFILES), &[]);
+        let no_secrets = validate_route(&route(&["accounting"]), &docs::<SecurityProfile>(PROFILES), &[], &[]);
         assert_eq!(no_secrets, Ok(()));
         // Likewise the route's own TLS Secret.
         let mut with_tls = route(&["readers"]);
         with_tls.spec.tls = Some(serde_json::from_value(json!({"secretName": "finance-tls"})).unwrap());
         assert_eq!(
-            validate_route(&with_tls, &docs::<SecurityProfile>(PROFILES), &[]),
+            validate_route(&with_tls, &docs::<SecurityProfile>(PROFILES), &[], &[]),
             Ok(())
         );
         assert!(controller_message(&with_tls).unwrap().contains("finance-tls"));
@@ -1290,7 +1633,7 @@ stringData: {username: bob, password: builder}
     fn invalid_fields_are_refused_like_the_status_says() {
         let mut bad = route(&["readers"]);
         bad.spec.path_prefix = "finance".into();
-        let message = validate_route(&bad, &docs::<SecurityProfile>(PROFILES), &[]).unwrap_err();
+        let message = validate_route(&bad, &docs::<SecurityProfile>(PROFILES), &[], &[]).unwrap_err();
         assert!(message.starts_with("spec.pathPrefix: "), "{message}");
         assert_eq!(Some(message), controller_message(&bad));
     }
@@ -1315,7 +1658,51 @@ stringData: {username: bob, password: builder}
         fn secrets(&self, _: &str) -> Vec<Secret> {
             docs(SECRETS)
         }
+        fn routes(&self, namespace: &str) -> Vec<ApiRoute> {
+            docs::<ApiRoute>(STORED_ROUTES)
+                .into_iter()
+                .filter(|r| r.metadata.namespace.as_deref() == Some(namespace))
+                .collect()
+        }
+        fn access(&self, check: &AccessCheck) -> Access {
+            if check.name == "unanswered" {
+                return Access::Failed("the SubjectAccessReview timed out".into());
+            }
+            if FAKE_ALLOWED
+                .iter()
+                .any(|(verb, name)| check.verb == *verb && check.name == *name)
+            {
+                Access::Allowed
+            } else {
+                Access::Denied
+            }
+        }
     }
+
+    /// What the review's user may do in `Fake` (verb, object name); a check on `unanswered`
+    /// fails.
+    const FAKE_ALLOWED: &[(&str, &str)] = &[("get", "finance-tls"), ("get", "accounting-user"), ("update", "shop")];
+
+    /// The ApiRoutes `Fake` has stored: a shop and an internal API on the finance workload.
+    const STORED_ROUTES: &str = r#"
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata:
+  name: shop
+  namespace: prod
+  creationTimestamp: "2026-01-01T00:00:00Z"
+  labels: {portcullis.dev/owner: team-shop}
+spec: {workloadSelector: {matchLabels: {app: shop}}, pathPrefix: /shop, backend: {port: 8080}}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata:
+  name: internal
+  namespace: prod
+  creationTimestamp: "2026-01-01T00:00:00Z"
+  labels: {portcullis.dev/owner: team-finance}
+spec: {workloadSelector: {matchLabels: {app: finance-api}}, pathPrefix: /internal, backend: {port: 8080}}
+"#;
 
     fn review_body(kind: Value, resource: &str, namespace: &str, operation: &str, object: Value) -> Vec<u8> {
         serde_json::to_vec(&json!({
@@ -1397,6 +1784,212 @@ stringData: {username: bob, password: builder}
         let good = serde_json::to_value(route(&["accounting", "payroll"])).unwrap();
         let r = answer(&review_body(kind, "apiroutes", NS, "CREATE", good));
         assert_eq!(r["allowed"], true);
+    }
+
+    fn route_kind() -> Value {
+        json!({"group": "portcullis.dev", "version": "v1alpha1", "kind": "ApiRoute"})
+    }
+
+    /// A route review by user mallory: the response.
+    fn review_route(route: &ApiRoute, operation: &str) -> Value {
+        let mut body: Value =
+            serde_json::from_slice(&review_body(route_kind(), "apiroutes", NS, operation, to_value(route))).unwrap();
+        body["request"]["userInfo"] = json!({"username": "mallory", "groups": ["team-web"], "uid": "42"});
+        answer(&serde_json::to_vec(&body).unwrap())
+    }
+
+    fn gateway_route(secret: &str) -> ApiRoute {
+        let mut r = route(&["readers"]);
+        r.spec.backend = serde_json::from_value(json!({"origin": {"url": "https://attacker.example.net",
+            "auth": {"basic": {"secretRef": {"name": secret}}}}}))
+        .unwrap();
+        r
+    }
+
+    #[test]
+    fn a_route_naming_a_secret_its_author_may_not_read_is_refused() {
+        let r = review_route(&gateway_route("payroll-user"), "CREATE");
+        assert_eq!(r["allowed"], false, "{r}");
+        let message = r["status"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(
+                "spec.backend.origin.auth.basic.secretRef.name: user \"mallory\" may not get Secret \"payroll-user\" \
+                 in namespace prod"
+            ),
+            "{message}"
+        );
+        // On an update too: whoever changes where the credentials go must be able to read them.
+        assert_eq!(review_route(&gateway_route("payroll-user"), "UPDATE")["allowed"], false);
+        // A Secret the user may read is fine; so is the route's serving certificate.
+        assert_eq!(
+            review_route(&gateway_route("accounting-user"), "CREATE")["allowed"],
+            true
+        );
+        let mut tls = route(&["readers"]);
+        tls.spec.tls = Some(serde_json::from_value(json!({"secretName": "finance-tls"})).unwrap());
+        assert_eq!(review_route(&tls, "CREATE")["allowed"], true);
+        tls.spec.tls = Some(serde_json::from_value(json!({"secretName": "payroll-user"})).unwrap());
+        let r = review_route(&tls, "CREATE");
+        assert!(
+            r["status"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("spec.tls.secretName: user \"mallory\""),
+            "{r}"
+        );
+        // Every kind of Secret reference is checked.
+        let r = route_requirements(
+            &serde_json::from_value(json!({
+                "apiVersion": "portcullis.dev/v1alpha1", "kind": "ApiRoute",
+                "metadata": {"name": "all", "namespace": NS},
+                "spec": {"workloadSelector": {}, "tls": {"issue": true}, "backend": {"origin": {
+                    "url": "https://o.example.com",
+                    "tls": {"mode": "Mutual", "caSecretRef": {"name": "ca"}, "clientCertificate": {"secretName": "cc"}},
+                    "auth": {"oauth2ClientCredentials": {"tokenUrl": "https://idp", "clientSecretRef": {"name": "oc"}}}}}}
+            }))
+            .unwrap(),
+            &[],
+        );
+        let named: Vec<(&str, &str)> = r.iter().map(|r| (r.field.as_str(), r.check.name.as_str())).collect();
+        assert_eq!(
+            named,
+            [
+                ("spec.backend.origin.tls.caSecretRef.name", "ca"),
+                ("spec.backend.origin.tls.clientCertificate.secretName", "cc"),
+                (
+                    "spec.backend.origin.auth.oauth2ClientCredentials.clientSecretRef.name",
+                    "oc"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn access_that_cannot_be_checked_refuses_the_object() {
+        let r = review_route(&gateway_route("unanswered"), "CREATE");
+        assert_eq!(r["allowed"], false);
+        let message = r["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("cannot check whether user \"mallory\" may get Secret \"unanswered\""),
+            "{message}"
+        );
+        assert!(message.contains("timed out"), "{message}");
+    }
+
+    #[test]
+    fn a_profile_naming_a_secret_its_author_may_not_read_is_refused() {
+        let kind = json!({"group": "portcullis.dev", "version": "v1alpha1", "kind": "SecurityProfile"});
+        let profile = |secret: &str| {
+            json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "SecurityProfile",
+                   "metadata": {"name": "keys", "namespace": NS},
+                   "spec": {"type": "ApiKey", "apiKey": {"secretRef": {"name": secret}}}})
+        };
+        let r = answer(&review_body(
+            kind.clone(),
+            "securityprofiles",
+            NS,
+            "CREATE",
+            profile("payroll-user"),
+        ));
+        assert_eq!(r["allowed"], false);
+        assert!(
+            r["status"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("spec.apiKey.secretRef.name: user \"admin\" may not get Secret \"payroll-user\""),
+            "{r}"
+        );
+        let r = answer(&review_body(
+            kind.clone(),
+            "securityprofiles",
+            NS,
+            "UPDATE",
+            profile("accounting-user"),
+        ));
+        assert_eq!(r["allowed"], true);
+        let r = answer(&review_body(
+            kind,
+            "securityprofiles",
+            NS,
+            "DELETE",
+            profile("payroll-user"),
+        ));
+        assert_eq!(r["allowed"], true);
+    }
+
+    #[test]
+    fn a_route_over_an_older_routes_paths_is_refused_like_the_status_says() {
+        let mut takeover = route(&["public"]);
+        takeover.metadata.name = Some("takeover".into());
+        takeover.spec.workload_selector = serde_json::from_value(json!({"matchLabels": {"app": "shop"}})).unwrap();
+        takeover.spec.path_prefix = "/shop/checkout".into();
+        let stored = docs::<ApiRoute>(STORED_ROUTES);
+        let message = validate_route(&takeover, &docs::<SecurityProfile>(PROFILES), &[], &stored).unwrap_err();
+        assert!(message.starts_with("spec.pathPrefix: \"/shop/checkout\""), "{message}");
+        assert!(message.contains("overlaps ApiRoute \"shop\""), "{message}");
+        let r = review_route(&takeover, "CREATE");
+        assert_eq!(r["status"]["message"].as_str(), Some(message.as_str()));
+        // The controller says the same.
+        let profiles: Vec<SecurityProfile> = docs::<SecurityProfile>(PROFILES)
+            .into_iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(NS))
+            .collect();
+        let mut routes = stored.clone();
+        routes.push(takeover.clone());
+        let out = compile::compile(&Inputs {
+            namespace: NS,
+            profiles: &profiles,
+            routes: &routes,
+            secrets: &[],
+            org_allowance: None,
+            trusted_proxies: &[],
+            workload_labels: None,
+        });
+        assert!(matches!(&out.routes["takeover"], Verdict::Rejected { message: m, .. } if *m == message));
+
+        // Claiming the shop's owner: allowed only to a user who may update ApiRoute shop.
+        let claimed = |owner: &str, mut r: ApiRoute| {
+            r.metadata.labels = Some([(OWNER_LABEL.to_string(), owner.to_string())].into());
+            r
+        };
+        assert_eq!(
+            review_route(&claimed("team-shop", takeover.clone()), "CREATE")["allowed"],
+            true
+        );
+        let mut on_finance = takeover.clone();
+        on_finance.spec.workload_selector =
+            serde_json::from_value(json!({"matchLabels": {"app": "finance-api"}})).unwrap();
+        on_finance.spec.path_prefix = "/internal/admin".into();
+        let r = review_route(&claimed("team-finance", on_finance), "CREATE");
+        assert_eq!(r["allowed"], false);
+        let message = r["status"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(
+                "metadata.labels[portcullis.dev/owner]: user \"mallory\" may not update ApiRoute \"internal\""
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_pod_whose_app_port_is_a_route_backend_gets_a_warning() {
+        let pod_kind = json!({"group": "", "version": "v1", "kind": "Pod"});
+        let mut object = serde_json::to_value(pod(APP_POD)).unwrap();
+        let r = answer(&review_body(pod_kind.clone(), "pods", NS, "CREATE", object.clone()));
+        assert_eq!(r["allowed"], true);
+        let warnings = r["warnings"].as_array().expect("warnings");
+        assert_eq!(warnings.len(), 1, "{r}");
+        let warning = warnings[0].as_str().unwrap();
+        assert!(
+            warning.starts_with("container \"app\" exposes port 8080, the backend port of ApiRoute \"internal\""),
+            "{warning}"
+        );
+        assert!(warning.contains("127.0.0.1:8080"), "{warning}");
+        // Another port: nothing to say.
+        object["spec"]["containers"][0]["ports"][0]["containerPort"] = json!(9000);
+        let r = answer(&review_body(pod_kind, "pods", NS, "CREATE", object));
+        assert_eq!(r["allowed"], true);
+        assert!(r.get("warnings").is_none_or(Value::is_null), "{r}");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The admission webhooks over HTTPS ([`webhook`](crate::webhook) holds the decisions), on
 //! every replica — leader or standby — at `--webhook-addr` (`$PORTCULLIS_WEBHOOK_ADDR`):
 //!
-//! - `POST /mutate-pods` and `POST /validate-apiroutes` answer `AdmissionReview`s with
-//!   [`answer_review`] (counted in `portcullis_operator_webhook_reviews_total`); anything else is a 404.
+//! - `POST /mutate-pods`, `POST /validate-apiroutes` and `POST /validate-securityprofiles`
+//!   answer `AdmissionReview`s with [`answer_review`] (counted in
+//!   `portcullis_operator_webhook_reviews_total`); anything else is a 404.
 //! - TLS (rustls, TLS 1.2 and 1.3) with a serving certificate each replica issues itself, in
 //!   memory, from the operator's CA (the Secret the leader's certificate manager keeps) for
 //!   the webhook Service's names (`<service>`, `<service>.<namespace>`,
@@ -10,9 +11,14 @@
 //!   thirds of its lifetime and when the CA it was signed by is no longer trusted. Until the
 //!   CA exists, handshakes fail (the API server retries by its failure policy) and the
 //!   replica's `/readyz` answers 503.
-//! - [`ClusterView`]: each replica watches SecurityProfiles and namespace labels itself (a
-//!   standby has no controller caches); the Secrets the route's profiles reference are read
-//!   when an ApiRoute is reviewed, so no replica keeps every Secret in memory.
+//! - [`ClusterView`]: each replica watches SecurityProfiles, ApiRoutes and namespace labels
+//!   itself (a standby has no controller caches); the Secrets the route's profiles reference
+//!   are read when an ApiRoute is reviewed, so no replica keeps every Secret in memory.
+//! - Access: before an ApiRoute or SecurityProfile review is decided, the replica asks the
+//!   API server, one SubjectAccessReview per [`requirements`] entry (3 s each, concurrently),
+//!   whether the review's user (`userInfo`: username, uid, groups, extra) may do what the
+//!   object needs; a review that cannot be made leaves the check `Failed`, which refuses
+//!   the object (fail closed).
 //!
 //! The leader keeps the webhook configurations' `caBundle` current
 //! ([`certs::manager::update_ca_bundles`](crate::certs::manager::update_ca_bundles)).
@@ -27,7 +33,11 @@ use futures::StreamExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::PostParams;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionReview};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -44,7 +54,8 @@ use crate::certs::plan::{CA_SECRET, CERT_LABEL, CaState, Lifetimes};
 use crate::controller::refs::profile_secrets;
 use crate::controller::{Health, Metrics};
 use crate::webhook::{
-    ClusterView, MUTATE_PODS_PATH, SidecarSettings, VALIDATE_APIROUTES_PATH, WebhookSettings, answer_review,
+    Access, AccessCheck, ClusterView, MUTATE_PODS_PATH, SidecarSettings, VALIDATE_APIROUTES_PATH,
+    VALIDATE_SECURITYPROFILES_PATH, WebhookSettings, answer_review, requirements,
 };
 
 /// Largest AdmissionReview accepted (the API server sends at most a few MiB).
@@ -89,13 +100,17 @@ impl ResolvesServerCert for Resolver {
 struct Cache {
     namespaces: Store<Namespace>,
     profiles: Store<SecurityProfile>,
+    routes: Store<ApiRoute>,
 }
 
-/// One review's view of the cluster: the caches plus the Secrets read for it.
+/// One review's view of the cluster: the caches plus the Secrets read and the access
+/// checks answered for it.
 struct View {
     namespace_labels: BTreeMap<String, String>,
     profiles: Vec<SecurityProfile>,
     secrets: Vec<Secret>,
+    routes: Vec<ApiRoute>,
+    access: BTreeMap<AccessCheck, Access>,
 }
 
 impl ClusterView for View {
@@ -107,6 +122,15 @@ impl ClusterView for View {
     }
     fn secrets(&self, _: &str) -> Vec<Secret> {
         self.secrets.clone()
+    }
+    fn routes(&self, _: &str) -> Vec<ApiRoute> {
+        self.routes.clone()
+    }
+    fn access(&self, check: &AccessCheck) -> Access {
+        self.access
+            .get(check)
+            .cloned()
+            .unwrap_or_else(|| Access::Failed("not checked".to_owned()))
     }
 }
 
@@ -121,14 +145,24 @@ pub async fn serve(client: Client, listener: TcpListener, opts: Options, metrics
     let _ = rustls::crypto::ring::default_provider().install_default();
     let resolver = Arc::new(Resolver::default());
     let (profiles, profiles_writer) = reflector::store();
+    let (routes, routes_writer) = reflector::store();
     let (namespaces, namespaces_writer) = reflector::store();
-    let cache = Cache { namespaces, profiles };
+    let cache = Cache {
+        namespaces,
+        profiles,
+        routes,
+    };
     let tasks = [
         tokio::spawn(keep_certificate(client.clone(), opts.clone(), resolver.clone(), health)),
         tokio::spawn(reflect(
             Api::<SecurityProfile>::all(client.clone()),
             profiles_writer,
             "webhook: SecurityProfile watch failed; retrying",
+        )),
+        tokio::spawn(reflect(
+            Api::<ApiRoute>::all(client.clone()),
+            routes_writer,
+            "webhook: ApiRoute watch failed; retrying",
         )),
         // Without access to namespaces (injection disabled), only pod labels count.
         tokio::spawn(reflect(
@@ -214,7 +248,13 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     let started = std::time::Instant::now();
     let path = req.uri().path().to_owned();
-    if path != MUTATE_PODS_PATH && path != VALIDATE_APIROUTES_PATH {
+    if ![
+        MUTATE_PODS_PATH,
+        VALIDATE_APIROUTES_PATH,
+        VALIDATE_SECURITYPROFILES_PATH,
+    ]
+    .contains(&path.as_str())
+    {
         return respond(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec());
     }
     if req.method() != Method::POST {
@@ -293,10 +333,70 @@ async fn view_for(body: &[u8], client: &Client, cache: &Cache) -> View {
             }
         }
     }
+    let routes: Vec<ApiRoute> = cache
+        .routes
+        .state()
+        .into_iter()
+        .filter(|r| r.metadata.namespace.as_deref() == Some(namespace.as_str()))
+        .map(Arc::unwrap_or_clone)
+        .collect();
+    let request: Option<AdmissionRequest<DynamicObject>> =
+        serde_json::from_slice::<AdmissionReview<DynamicObject>>(body)
+            .ok()
+            .and_then(|review| review.try_into().ok());
+    let mut access = BTreeMap::new();
+    if let Some(request) = request {
+        let checks: std::collections::BTreeSet<AccessCheck> =
+            requirements(&request, &routes).into_iter().map(|r| r.check).collect();
+        let answers = checks.iter().map(|check| ask(client, &request, check));
+        access = checks
+            .iter()
+            .cloned()
+            .zip(futures::future::join_all(answers).await)
+            .collect();
+    }
     View {
         namespace_labels,
         profiles,
         secrets,
+        routes,
+        access,
+    }
+}
+
+/// Asks the API server whether the review's user may do `check` (a SubjectAccessReview).
+async fn ask(client: &Client, request: &AdmissionRequest<DynamicObject>, check: &AccessCheck) -> Access {
+    let user = &request.user_info;
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: user.username.clone(),
+            uid: user.uid.clone(),
+            groups: user.groups.clone(),
+            extra: user.extra.clone(),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(check.verb.to_owned()),
+                group: Some(check.group.to_owned()),
+                resource: Some(check.resource.to_owned()),
+                namespace: Some(check.namespace.clone()),
+                name: Some(check.name.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    let answer = tokio::time::timeout(Duration::from_secs(3), api.create(&PostParams::default(), &review)).await;
+    match answer {
+        Ok(Ok(SubjectAccessReview { status: Some(s), .. })) if s.allowed && s.denied != Some(true) => Access::Allowed,
+        Ok(Ok(SubjectAccessReview { status: Some(_), .. })) => Access::Denied,
+        Ok(Ok(_)) => Access::Failed("the SubjectAccessReview came back without a status".to_owned()),
+        Ok(Err(error)) => {
+            tracing::warn!(verb = check.verb, resource = check.resource, namespace = %check.namespace,
+                name = %check.name, %error, "webhook: SubjectAccessReview failed");
+            Access::Failed(format!("the SubjectAccessReview failed: {error}"))
+        }
+        Err(_) => Access::Failed("the SubjectAccessReview timed out".to_owned()),
     }
 }
 

@@ -516,3 +516,195 @@ async fn a_webhook_replica_is_ready_only_with_a_serving_certificate() {
     .await;
     assert!(bundle(&server).is_some(), "the CA exists");
 }
+
+/// The operator's webhooks with a leader serving them: (operator, address, CA bundle).
+async fn serving_operator(dir: &tempfile::TempDir, server: &FakeApiServer) -> (Operator, SocketAddr, String) {
+    let (mutating, validating) = webhook_configurations();
+    server.create(&mutating).unwrap();
+    server.create(&validating).unwrap();
+    let settings = settings_file(dir);
+    let addr = free_addr();
+    let op = Operator::start(
+        dir,
+        "op-a",
+        &["--webhook-addr", &addr.to_string(), "--settings", &settings],
+    );
+    let ca_bundle = wait_until(Duration::from_secs(20), "the CA bundle", &op, || bundle(server)).await;
+    // Serving once the replica has its certificate.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while post(addr, &ca_bundle, "/other", &json!({})).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "no HTTPS\n{}", op.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (op, addr, ca_bundle)
+}
+
+/// `review` as user `user` (groups `groups`).
+fn review_by(kind: Value, resource: &str, object: Value, user: &str, groups: &[&str]) -> Value {
+    let mut r = review(kind, resource, object);
+    r["request"]["userInfo"] = json!({"username": user, "uid": "u-1", "groups": groups,
+                                      "extra": {"scopes": ["view"]}});
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_named_by_a_route_or_profile_need_the_authors_access() {
+    use portcullis_fake_apiserver::AccessRule;
+    let dir = tempfile::tempdir().unwrap();
+    let server = webhook_server(&dir).await;
+    server
+        .create(&basic_secret("payroll", "bob", "payroll-password"))
+        .unwrap();
+    server
+        .create(&basic_secret("web-origin", "web", "web-password"))
+        .unwrap();
+    server.allow(AccessRule::get_secret("dev", NS, "web-origin"));
+    let (op, addr, ca_bundle) = serving_operator(&dir, &server).await;
+
+    let route_kind = json!({"group": "portcullis.dev", "version": "v1alpha1", "kind": "ApiRoute"});
+    let gateway = |secret: &str| {
+        json!({
+            "apiVersion": "portcullis.dev/v1alpha1", "kind": "ApiRoute",
+            "metadata": {"name": "exfiltrate", "namespace": NS},
+            "spec": {"workloadSelector": {"matchLabels": {"app": "web"}}, "pathPrefix": "/x",
+                     "backend": {"origin": {"url": "https://attacker.example.net",
+                                            "auth": {"basic": {"secretRef": {"name": secret}}}}}},
+        })
+    };
+    // The developer may not read the payroll Secret: the route naming it is refused, naming
+    // the Secret and the field.
+    let (code, answer) = post(
+        addr,
+        &ca_bundle,
+        "/validate-apiroutes",
+        &review_by(route_kind.clone(), "apiroutes", gateway("payroll"), "dev", &["devs"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "spec.backend.origin.auth.basic.secretRef.name: user \"dev\" may not get Secret \"payroll\" in namespace prod"
+        ),
+        "{message}"
+    );
+    assert!(!message.contains("payroll-password"));
+    // The review asked about exactly that user, with its groups, uid and extra.
+    let asked = server.access_reviews();
+    let spec = &asked.last().unwrap()["spec"];
+    assert_eq!(spec["user"], "dev");
+    assert_eq!(spec["groups"], json!(["devs"]));
+    assert_eq!(spec["uid"], "u-1");
+    assert_eq!(spec["extra"], json!({"scopes": ["view"]}));
+    assert_eq!(
+        spec["resourceAttributes"],
+        json!({"verb": "get", "group": "", "resource": "secrets", "namespace": NS, "name": "payroll"})
+    );
+    // A Secret the developer may read is fine.
+    let (_, answer) = post(
+        addr,
+        &ca_bundle,
+        "/validate-apiroutes",
+        &review_by(route_kind.clone(), "apiroutes", gateway("web-origin"), "dev", &["devs"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+
+    // A SecurityProfile naming a Secret its author may not read: refused too.
+    let profile_kind = json!({"group": "portcullis.dev", "version": "v1alpha1", "kind": "SecurityProfile"});
+    let (_, answer) = post(
+        addr,
+        &ca_bundle,
+        "/validate-securityprofiles",
+        &review_by(
+            profile_kind,
+            "securityprofiles",
+            basic_profile("steal", "payroll"),
+            "dev",
+            &[],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    assert!(
+        answer["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.basic.secretRef.name: user \"dev\" may not get Secret \"payroll\""),
+        "{answer}"
+    );
+
+    // No answer from the API server: refused (fail closed).
+    server.fail_requests("POST", "subjectaccessreviews", 500, 1);
+    let (_, answer) = post(
+        addr,
+        &ca_bundle,
+        "/validate-apiroutes",
+        &review_by(route_kind, "apiroutes", gateway("web-origin"), "dev", &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("cannot check whether user \"dev\" may get Secret \"web-origin\""),
+        "{message}"
+    );
+    assert_eq!(
+        op.metric("portcullis_operator_webhook_reviews_total{result=\"denied\",webhook=\"validate-apiroutes\"}"),
+        Some(2.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_app_port_a_route_forwards_to_gets_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = webhook_server(&dir).await;
+    let mut r = route("web", "web", &[]);
+    r["spec"]["backend"]["port"] = json!(8080);
+    server.create(&r).unwrap();
+    let (op, addr, ca_bundle) = serving_operator(&dir, &server).await;
+    let pod_kind = json!({"group": "", "version": "v1", "kind": "Pod"});
+    let mut web = pod("web-1", "web");
+    web["spec"]["containers"][0]["ports"] = json!([{"name": "http", "containerPort": 8080}]);
+    // The replica's route cache fills asynchronously: ask until the warning appears.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let warnings = loop {
+        let (_, answer) = post(
+            addr,
+            &ca_bundle,
+            "/mutate-pods",
+            &review(pod_kind.clone(), "pods", web.clone()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer["response"]["allowed"], true, "{answer}");
+        assert!(
+            answer["response"]["patch"].is_string(),
+            "the sidecar is injected all the same"
+        );
+        if let Some(w) = answer["response"]["warnings"].as_array() {
+            break w.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no warning\n{}", op.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let warning = warnings[0].as_str().unwrap();
+    assert!(
+        warning.starts_with("container \"app\" exposes port 8080, the backend port of ApiRoute \"web\""),
+        "{warning}"
+    );
+    // An app that does not declare the port gets no warning.
+    let plain = pod("web-2", "web");
+    let (_, answer) = post(addr, &ca_bundle, "/mutate-pods", &review(pod_kind, "pods", plain))
+        .await
+        .unwrap();
+    assert!(
+        answer["response"].get("warnings").is_none_or(Value::is_null),
+        "{answer}"
+    );
+}

@@ -267,7 +267,8 @@ def const(name):
 check([w["name"] for w in mwc["webhooks"]] == const("MUTATING_WEBHOOKS"), f"mutating webhook names vs webhook.rs {const('MUTATING_WEBHOOKS')}")
 check([w["name"] for w in vwc["webhooks"]] == const("VALIDATING_WEBHOOKS"), f"validating webhook names vs webhook.rs {const('VALIDATING_WEBHOOKS')}")
 check({w["clientConfig"]["service"]["path"] for w in mwc["webhooks"]} == set(const("MUTATE_PODS_PATH")), "mutating path vs webhook.rs")
-check([w["clientConfig"]["service"]["path"] for w in vwc["webhooks"]] == const("VALIDATE_APIROUTES_PATH"), "validating path vs webhook.rs")
+check([w["clientConfig"]["service"]["path"] for w in vwc["webhooks"]] == const("VALIDATE_APIROUTES_PATH") + const("VALIDATE_SECURITYPROFILES_PATH"), "validating paths vs webhook.rs")
+check([w["rules"][0]["resources"] for w in vwc["webhooks"]] == [["apiroutes"], ["securityprofiles"]], "validating webhook rules")
 for w in mwc["webhooks"] + vwc["webhooks"]:
     check("caBundle" not in w["clientConfig"], "caBundle rendered: the operator owns it")
 
@@ -287,6 +288,12 @@ hooks = [r for r in cr["rules"] if "admissionregistration.k8s.io" in r["apiGroup
 check(len(hooks) == 1 and hooks[0].get("resourceNames") == ["portcullis"], f"webhook configuration rules {hooks}")
 check(not any("admissionregistration.k8s.io" in r["apiGroups"] for r in one(minimal, "ClusterRole")["rules"]),
       "webhook rules without webhooks")
+# The validating webhooks ask SubjectAccessReviews (create only), and only when they run.
+sars = [r for r in cr["rules"] if "authorization.k8s.io" in r["apiGroups"]]
+check(sars == [{"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]}],
+      f"SubjectAccessReview rules {sars}")
+check(not any("authorization.k8s.io" in r["apiGroups"] for r in one(minimal, "ClusterRole")["rules"]),
+      "SubjectAccessReview rule without the validating webhooks")
 
 # Settings: org allowance and sidecar defaults reach the operator.
 settings = json.loads(one(custom, "ConfigMap", "pc-settings")["data"]["settings.json"])
