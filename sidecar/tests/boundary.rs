@@ -161,3 +161,122 @@ async fn an_identity_that_is_no_header_value_arrives_encoded() {
     assert_eq!(h["x-portcullis-identity"], json!(["zo%C3%AB"]), "{echo}");
     assert_eq!(h["x-portcullis-identity-encoding"], json!(["percent"]), "{echo}");
 }
+
+/// Gateway mode: the echo backend plays a third-party origin.
+async fn gateway(origin_port: u16) -> (Sidecar, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = |name: &str, prefix: &str, profiles: &[&str]| {
+        json!({"name": name, "pathPrefix": prefix, "profiles": profiles,
+               "backend": {"type": "Origin", "url": format!("http://127.0.0.1:{origin_port}"), "tlsMode": "None"}})
+    };
+    loaded(
+        "g1",
+        json!({
+            "profiles": [
+                {"name": "staff", "auth": {"type": "Basic"}},
+                {"name": "partners", "auth": {"type": "ApiKey", "keyParam": "apikey", "keyHeader": "X-Api-Key"}},
+                {"name": "open", "auth": {"type": "Anonymous"}},
+            ],
+            "routes": [
+                origin("by-password", "/p", &["staff"]),
+                origin("by-key", "/k", &["partners"]),
+                origin("password-or-open", "/o", &["staff", "open"]),
+            ],
+        }),
+        json!({"profiles": {
+            "staff": {"basic": {"username": "alice", "password": "s3cret"}},
+            "partners": {"apiKeys": {"key-1": "unused"}},
+        }}),
+    )
+    .write_dir(dir.path())
+    .unwrap();
+    (Sidecar::start(dir.path()).await, dir)
+}
+
+#[tokio::test]
+async fn credentials_meant_for_the_sidecar_never_reach_an_origin() {
+    let origin = Backend::start().await;
+    let (sidecar, _dir) = gateway(origin.port()).await;
+    let auth = basic("alice", "s3cret");
+
+    let (status, _, body) = get_with(&sidecar.url("/p/x?a=1"), &[("authorization", &auth)]).await;
+    assert_eq!(status, 200);
+    let echo = json_of(&body);
+    assert!(
+        echo["headers"].get("authorization").is_none(),
+        "the password reached the origin: {echo}"
+    );
+    assert_eq!(echo["query"], "a=1");
+
+    // The key in the query (any spelling the engine reads) and in its header.
+    let (status, _, body) = get_with(&sidecar.url("/k/x?a=1&apikey=key-1&b=2"), &[]).await;
+    assert_eq!(status, 200);
+    let echo = json_of(&body);
+    assert_eq!(echo["query"], "a=1&b=2", "{echo}");
+    let (status, _, body) = get_with(&sidecar.url("/k/x"), &[("x-api-key", "key-1")]).await;
+    assert_eq!(status, 200);
+    let echo = json_of(&body);
+    assert!(echo["headers"].get("x-api-key").is_none(), "{echo}");
+    assert!(echo.get("query").is_none_or(|q| q.is_null() || q == ""), "{echo}");
+
+    // A wrong password that fell through to the anonymous profile is not passed on either.
+    let (status, _, body) = get_with(&sidecar.url("/o/x"), &[("authorization", &basic("alice", "guess-1"))]).await;
+    assert_eq!(status, 200);
+    let echo = json_of(&body);
+    assert_eq!(echo["headers"]["x-portcullis-identity"], json!(["anonymous"]));
+    assert!(
+        echo["headers"].get("authorization").is_none(),
+        "a password guess reached the origin: {echo}"
+    );
+}
+
+/// An anonymous route `/` and a Basic route `/admin` on one app.
+async fn open_and_admin(port: u16) -> (Sidecar, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    loaded(
+        "g1",
+        json!({
+            "profiles": [
+                {"name": "open", "auth": {"type": "Anonymous"}},
+                {"name": "staff", "auth": {"type": "Basic"}},
+            ],
+            "routes": [
+                {"name": "public", "pathPrefix": "/", "profiles": ["open"], "backend": {"type": "Local", "port": port}},
+                {"name": "admin", "pathPrefix": "/admin", "profiles": ["staff"], "backend": {"type": "Local", "port": port}},
+            ],
+        }),
+        json!({"profiles": {"staff": {"basic": {"username": "alice", "password": "pw"}}}}),
+    )
+    .write_dir(dir.path())
+    .unwrap();
+    (Sidecar::start(dir.path()).await, dir)
+}
+
+#[tokio::test]
+async fn no_spelling_of_a_path_walks_around_its_route() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = open_and_admin(backend.port()).await;
+    for path in [
+        "/%61dmin/x",
+        "//admin/x",
+        "/admin;x=1/y",
+        "/admin%2fx",
+        "/Admin/x",
+        "/a%64min//x",
+    ] {
+        let (status, echo) = raw(&sidecar, &format!("GET {path} HTTP/1.1\r\nHost: app")).await;
+        assert!(status == 400 || status == 401, "{path}: {status}, the app got {echo}");
+        assert!(echo.get("path").is_none(), "{path} reached the app anonymously: {echo}");
+    }
+    // With credentials the app receives the path that was matched, in its normal form.
+    let auth = basic("alice", "pw");
+    let (status, echo) = raw(
+        &sidecar,
+        &format!("GET /%61dmin//x%2a?q=%61 HTTP/1.1\r\nHost: app\r\nAuthorization: {auth}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(echo["path"], "/admin/x%2A", "{echo}");
+    assert_eq!(echo["query"], "q=%61", "the query is forwarded as sent: {echo}");
+    assert_eq!(echo["headers"]["x-portcullis-route"], json!(["admin"]));
+}

@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 
 use crate::base::body::ProxyBody;
 use crate::base::clock::unix_millis;
-use crate::base::engine::{Admission, Denial, DenialKind, Outcome, RequestView};
+use crate::base::engine::{Admission, Denial, DenialKind, NormalPath, Outcome, RequestView};
 use crate::listen::Connection;
 use crate::ops::state::{Active, Shared};
 use crate::telemetry::audit::Record;
@@ -303,6 +303,17 @@ async fn forward<'a>(
 ) -> (Response<ProxyBody>, &'static str) {
     let route = admitted(admission, record);
     record.decision = "allow";
+    let req = match with_normal_path(req, &admission.path) {
+        Ok(req) => req,
+        Err(_) => {
+            // The normal form of a valid path is a valid path; refuse rather than forward
+            // something other than what was decided on.
+            active.engine.refund(admission);
+            record.decision = "deny";
+            record.reason = "path cannot be forwarded in its normal form";
+            return (Answer::BadRequest.response(), "deny");
+        }
+    };
     let verdict = Verdict {
         route,
         profile: admission.profile,
@@ -352,6 +363,23 @@ async fn forward<'a>(
             (Answer::NotServed { route }.response(), "error")
         }
     }
+}
+
+/// The request with the path the engine matched (its normal form) and the query as sent: the
+/// app receives exactly the path that was decided on.
+fn with_normal_path(req: Request<ProxyBody>, path: &NormalPath) -> Result<Request<ProxyBody>, http::Error> {
+    let NormalPath::Rewritten(normal) = path else {
+        return Ok(req);
+    };
+    let (mut parts, body) = req.into_parts();
+    let target = match parts.uri.query() {
+        Some(query) => format!("{normal}?{query}"),
+        None => normal.clone(),
+    };
+    let mut uri = parts.uri.into_parts();
+    uri.path_and_query = Some(http::uri::PathAndQuery::try_from(target)?);
+    parts.uri = http::Uri::from_parts(uri)?;
+    Ok(Request::from_parts(parts, body))
 }
 
 /// A failed forward as an answer, with the audit line's decision and reason: `deny` when

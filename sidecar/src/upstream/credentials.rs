@@ -568,21 +568,47 @@ impl Signer {
 /// `uri` with the `(name, value)` query parameters set: any parameter of the same names is
 /// removed, the new ones are appended (percent-encoded).
 pub fn with_query_params(uri: &Uri, params: &[(&str, &str)]) -> Result<Uri, http::Error> {
-    let mut query: Vec<String> = uri
-        .query()
+    let names: Vec<&str> = params.iter().map(|(n, _)| *n).collect();
+    let mut query = query_without(uri, &names);
+    for (n, v) in params {
+        query.push(format!("{}={}", form_encode(n), form_encode(v)));
+    }
+    set_query(uri, &query)
+}
+
+/// `uri` without the query parameters named `names` (compared after percent-decoding, as
+/// the policy engine reads them); `uri` itself when it has none of them.
+pub fn without_query_params(uri: &Uri, names: &[&str]) -> Result<Uri, http::Error> {
+    let Some(q) = uri.query() else {
+        return Ok(uri.clone());
+    };
+    let kept = query_without(uri, names);
+    if kept.len() == q.split('&').filter(|p| !p.is_empty()).count() {
+        return Ok(uri.clone());
+    }
+    set_query(uri, &kept)
+}
+
+/// The query's parameters, in order, but those named `names`.
+fn query_without(uri: &Uri, names: &[&str]) -> Vec<String> {
+    uri.query()
         .unwrap_or("")
         .split('&')
         .filter(|p| !p.is_empty())
         .filter(|p| {
             let name = p.split('=').next().unwrap_or("");
-            !params.iter().any(|(n, _)| percent_decode(name) == *n)
+            !names.contains(&percent_decode(name).as_str())
         })
         .map(str::to_owned)
-        .collect();
-    for (n, v) in params {
-        query.push(format!("{}={}", form_encode(n), form_encode(v)));
-    }
-    let pq = format!("{}?{}", uri.path(), query.join("&"));
+        .collect()
+}
+
+fn set_query(uri: &Uri, query: &[String]) -> Result<Uri, http::Error> {
+    let pq = if query.is_empty() {
+        uri.path().to_owned()
+    } else {
+        format!("{}?{}", uri.path(), query.join("&"))
+    };
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(PathAndQuery::try_from(pq)?);
     Ok(Uri::from_parts(parts)?)
@@ -603,6 +629,20 @@ mod tests {
         let uri: Uri = "http://o/x?api%6Bey=evil".parse().unwrap();
         let out = with_query_params(&uri, &[("apikey", "k")]).unwrap();
         assert_eq!(out.query(), Some("apikey=k"));
+    }
+
+    #[test]
+    fn query_params_are_removed_by_decoded_name() {
+        let uri: Uri = "http://o/p?a=1&apikey=k&api%6Bey=k2&sig=s&b=2".parse().unwrap();
+        let out = without_query_params(&uri, &["apikey", "sig"]).unwrap();
+        assert_eq!(out.to_string(), "http://o/p?a=1&b=2");
+        let uri: Uri = "http://o/p?apikey=k".parse().unwrap();
+        assert_eq!(
+            without_query_params(&uri, &["apikey"]).unwrap().to_string(),
+            "http://o/p"
+        );
+        let uri: Uri = "http://o/p?a=1".parse().unwrap();
+        assert_eq!(without_query_params(&uri, &["apikey"]).unwrap(), uri);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::telemetry::metrics::BackendErrorKind;
 
+pub mod consumed;
 pub mod credentials;
 pub mod local;
 pub mod origin;

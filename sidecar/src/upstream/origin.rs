@@ -24,6 +24,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 use super::ForwardError;
+use super::consumed::Consumed;
 use super::credentials::{self, OriginCredentials};
 use crate::base::body::{ProxyBody, full};
 use crate::base::clock::unix_now;
@@ -40,6 +41,8 @@ pub struct Origin {
     host: HeaderValue,
     timeout: Duration,
     credentials: OriginCredentials,
+    /// The inbound credentials removed before the call leaves.
+    consumed: Consumed,
 }
 
 impl std::fmt::Debug for Origin {
@@ -214,6 +217,7 @@ impl Origin {
             },
         )
         .map_err(origin_err)?;
+        let consumed = Consumed::of(loaded, r);
 
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
@@ -238,11 +242,13 @@ impl Origin {
             host,
             timeout,
             credentials,
+            consumed,
         })
     }
 
     /// Sends `req` to the origin: `Host` is the origin's authority, the path is the origin
-    /// URL's path followed by the request's path and query, and the route's credentials are
+    /// URL's path followed by the request's path and query, the inbound credentials the
+    /// route's profiles consumed are removed ([`Consumed`]) and the route's credentials are
     /// added. With OAuth 2.0 client credentials, a 401 is retried once with a fresh token when
     /// the body can be replayed (empty, or buffered because its declared length is at most
     /// `--max-signed-body-bytes`).
@@ -273,6 +279,7 @@ impl Origin {
         parts.version = Version::HTTP_11;
         remove_hop_by_hop(&mut parts.headers);
         remove_portcullis(&mut parts.headers);
+        self.consumed.strip(&mut parts)?;
         parts.headers.insert(HOST, self.host.clone());
         set_forwarded(&mut parts.headers, peer, proto);
         set_verdict(&mut parts.headers, &verdict);
