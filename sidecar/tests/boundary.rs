@@ -280,3 +280,31 @@ async fn no_spelling_of_a_path_walks_around_its_route() {
     assert_eq!(echo["query"], "q=%61", "the query is forwarded as sent: {echo}");
     assert_eq!(echo["headers"]["x-portcullis-route"], json!(["admin"]));
 }
+
+#[tokio::test]
+async fn an_identity_header_changes_the_audit_line_not_who_the_app_is_told() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    loaded(
+        "g1",
+        json!({
+            "profiles": [{"name": "accounting", "auth": {"type": "Basic"}, "identityHeader": "X-App-Key"}],
+            "routes": [{"name": "finance", "pathPrefix": "/", "profiles": ["accounting"],
+                        "backend": {"type": "Local", "port": backend.port()}}],
+        }),
+        json!({"profiles": {"accounting": {"basic": {"username": "bob", "password": "builder"}}}}),
+    )
+    .write_dir(dir.path())
+    .unwrap();
+    let sidecar = Sidecar::start(dir.path()).await;
+    let (status, _, body) = get_with(
+        &sidecar.url("/x"),
+        &[("authorization", &basic("bob", "builder")), ("x-app-key", "alice")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let h = &json_of(&body)["headers"];
+    assert_eq!(h["x-portcullis-identity"], json!(["bob"]), "{h}");
+    let audit = sidecar.wait_audit(1).await;
+    assert_eq!(audit[0]["identity"], "alice");
+}

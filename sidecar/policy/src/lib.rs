@@ -141,9 +141,12 @@ pub enum DenialKind<'e> {
 pub struct Admission<'e> {
     pub route: &'e CompiledRoute,
     pub profile: &'e str,
-    /// `anonymous`, the Basic username, the API key, the certificate subject, or the value
-    /// of the profile's identity header.
+    /// Who was authenticated: `anonymous`, the Basic username, the API key, the certificate
+    /// subject, the signature's key id or the token's subject. The app is told this one.
     pub identity: Cow<'e, str>,
+    /// The value of the profile's `identityHeader` when the request carried one: what the
+    /// audit line names instead (the client chose it, so the app is never told it).
+    pub audit_identity: Option<Cow<'e, str>>,
     pub client_ip: IpAddr,
     /// The tightest limit that applied, for the `RateLimit-*` headers.
     pub rate: Option<RateInfo>,
@@ -633,6 +636,12 @@ impl<L: Limiter> Engine<L> {
         let mut bearer_refused = false;
         for &i in route.profiles.iter() {
             let profile = &self.profiles[i];
+            // Trusted ranges before credentials: a client outside them learns nothing about
+            // its credentials (right and wrong ones get the same 403).
+            if !profile.trusted.is_empty() && !profile.trusted.contains(client_ip) {
+                forbidden.get_or_insert(&profile.name);
+                continue;
+            }
             let mut signed = None;
             let identity = match &profile.auth {
                 Auth::Anonymous => Ok(Cow::Borrowed(ANONYMOUS)),
@@ -669,13 +678,10 @@ impl<L: Limiter> Engine<L> {
                     continue;
                 }
             };
-            if !profile.trusted.is_empty() && !profile.trusted.contains(client_ip) {
-                forbidden.get_or_insert(&profile.name);
-                continue;
-            }
             return self.admit(route, i, identity, signed, req, client_ip, now_ms, path.into());
         }
-        if let Some(profile) = forbidden {
+        // 403 only when no profile whose ranges admit the client looked at its credentials.
+        if let Some(profile) = forbidden.filter(|_| rejection.is_none() && insufficient.is_none()) {
             return Outcome::Deny(Denial {
                 route: &route.name,
                 profile,
@@ -772,17 +778,20 @@ impl<L: Limiter> Engine<L> {
             }
             body_digest = signed.digest;
         }
-        let identity = profile
+        // Seed 002 section 5: the identity header overrides what is audited, never who was
+        // authenticated (the client chooses its value).
+        let audit_identity = profile
             .identity_header
             .as_ref()
             .and_then(|h| req.headers.get(h))
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
-            .map_or(identity, |v| Cow::Owned(v.to_owned()));
+            .map(|v| Cow::Owned(v.to_owned()));
         Outcome::Allow(Admission {
             route,
             profile: &profile.name,
             identity,
+            audit_identity,
             client_ip,
             rate,
             body_digest,

@@ -187,21 +187,40 @@ fn basic_401_and_403() {
     );
     assert_eq!(status(&e, &get("/x").basic("alice", "nope")), 401);
     assert_eq!(status(&e, &get("/x")), 401);
-    let d = verdict(&e, &get("/x").basic("bob", "builder"), T0);
-    assert_eq!(
-        (d.0, d.2.as_str()),
-        (403, "payroll"),
-        "right credentials, wrong address"
-    );
+    // Right and wrong credentials from outside payroll's ranges get the same answer (no
+    // password oracle): accounting, which admits the address, refused them.
+    let right = verdict(&e, &get("/x").basic("bob", "builder"), T0);
+    let wrong = verdict(&e, &get("/x").basic("bob", "guess"), T0);
+    assert_eq!(right, wrong, "right credentials, wrong address");
+    assert_eq!(right.0, 401);
     assert_eq!(
         verdict(&e, &get("/x").basic("bob", "builder").from("192.168.1.20"), T0).3,
         "bob"
     );
     assert_eq!(status(&e, &get("/x").basic("bob", "builder").from("192.168.1.51")), 403);
+    // From payroll's range, accounting's credentials are not looked at (out of its range)
+    // and payroll refuses them: 401, as for any wrong password there.
     assert_eq!(
         status(&e, &get("/x").basic("alice", "wonderland").from("192.168.1.20")),
-        403
+        401
     );
+}
+
+#[test]
+fn outside_the_ranges_credentials_are_not_looked_at() {
+    let e = engine(
+        json!({
+            "profiles": [{"name": "office", "auth": {"type": "Basic"},
+                "trustedIpRanges": [{"from": "192.168.1.10", "to": "192.168.1.50"}]}],
+            "routes": [route("finance", "/", &["office"])],
+        }),
+        json!({"profiles": {"office": {"basic": {"username": "bob", "password": "builder"}}}}),
+    );
+    let outside = |password| status(&e, &get("/x").basic("bob", password));
+    assert_eq!(outside("builder"), 403);
+    assert_eq!(outside("guess"), 403, "a wrong password is answered as the right one");
+    assert_eq!(status(&e, &get("/x")), 403);
+    assert_eq!(status(&e, &get("/x").basic("bob", "guess").from("192.168.1.20")), 401);
 }
 
 #[test]
@@ -230,7 +249,7 @@ fn forwarded_for_only_from_trusted_proxies() {
     let spoof = get("/x")
         .basic("bob", "builder")
         .header("x-forwarded-for", "192.168.1.20");
-    assert_eq!(status(&e, &spoof), 403, "the peer is not a trusted proxy");
+    assert_eq!(status(&e, &spoof), 401, "the peer is not a trusted proxy");
     e.trusted_proxies = IpSet::from_nets(&["127.0.0.0/8".parse().unwrap()]);
     assert_eq!(status(&e, &spoof), 200);
 }
@@ -272,7 +291,7 @@ fn api_key_signatures_against_the_clock() {
 }
 
 #[test]
-fn identity_header_replaces_the_identity() {
+fn identity_header_replaces_only_the_audited_identity() {
     let e = engine(
         json!({
             "profiles": [{"name": "accounting", "auth": {"type": "Basic"}, "identityHeader": "X-App-Key"}],
@@ -281,7 +300,15 @@ fn identity_header_replaces_the_identity() {
         json!({"profiles": {"accounting": {"basic": {"username": "alice", "password": "pw"}}}}),
     );
     let r = get("/").basic("alice", "pw").header("x-app-key", "app-42");
-    assert_eq!(verdict(&e, &r, T0).3, "app-42");
+    let Outcome::Allow(a) = e.decide(&r.view(), T0) else {
+        panic!("alice is admitted");
+    };
+    assert_eq!(a.identity, "alice", "the app is told who authenticated");
+    assert_eq!(
+        a.audit_identity.as_deref(),
+        Some("app-42"),
+        "the audit line names the header"
+    );
     assert_eq!(verdict(&e, &get("/").basic("alice", "pw"), T0).3, "alice");
     let r = get("/").basic("alice", "wrong").header("x-app-key", "app-42");
     assert_eq!(status(&e, &r), 401, "the header never authenticates");

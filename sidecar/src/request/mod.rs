@@ -255,7 +255,9 @@ fn admitted<'a>(admission: &'a Admission<'a>, record: &mut Record<'a>) -> &'a st
     let route = &*admission.route.name;
     record.route = route;
     record.profile = admission.profile;
-    record.identity = &admission.identity;
+    // The audit line names the profile's identity header when present (seed 002 section 5);
+    // the app is told who authenticated.
+    record.identity = admission.audit_identity.as_deref().unwrap_or(&admission.identity);
     record.client_ip = admission.client_ip;
     route
 }

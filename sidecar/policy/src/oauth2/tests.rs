@@ -10,7 +10,7 @@ use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyP
 use serde_json::{Value, json};
 
 use super::B64;
-use crate::{DenialKind, Engine, InMemoryLimiter, Listener, Outcome, RequestView};
+use crate::{Denial, DenialKind, Engine, InMemoryLimiter, Listener, Outcome, RequestView};
 
 const NOW: u64 = 1_764_000_000;
 const JWKS: &str = "https://idp.example.com/jwks";
@@ -423,9 +423,16 @@ fn no_introspection_on_behalf_of_a_client_outside_the_trusted_ranges() {
     };
     let e = Engine::compile(&loaded, Arc::new(InMemoryLimiter::new())).unwrap();
     // The peer 10.0.0.1 is outside 192.168.1.0/24: the identity provider is not asked, and the
-    // call is refused as any call from there would be.
+    // call is refused as any call from there would be (403: ranges come before credentials).
     assert!(!wanted(&e, "opaque", NOW * 1000));
-    assert_eq!(decide(&e, "opaque", NOW).0, 401);
+    let req = request("GET", "/api/x", &bearer("opaque"));
+    assert!(matches!(
+        e.decide(&req, NOW * 1000),
+        Outcome::Deny(Denial {
+            kind: DenialKind::Forbidden,
+            ..
+        })
+    ));
 }
 
 #[test]
