@@ -76,6 +76,10 @@ struct RunArgs {
     /// Lifetime of the certificates the CA issues (routes, webhooks); renewed at two thirds.
     #[arg(long, default_value = "30d", value_parser = parse_lifetime)]
     cert_lifetime: i64,
+    /// Give every configuration group a NetworkPolicy admitting ingress to the sidecar's
+    /// ports only (false: none is written; existing ones are left alone).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    network_policy: bool,
 }
 
 fn parse_lifetime(s: &str) -> Result<i64, String> {
@@ -174,6 +178,7 @@ fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
             } else {
                 args.trusted_proxies
             },
+            network_policy: args.network_policy,
         },
         admin: args.admin,
         lease: controller::leader::LeaseConfig {

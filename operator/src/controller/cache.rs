@@ -1,7 +1,9 @@
 //! In-memory views fed by watches, kept deliberately small:
-//! - [`SecretCache`]: every Secret is watched, but only those a profile or route references
-//!   are kept with their data (the reverse index says which), so a changed password takes
-//!   effect and no other secret lingers in the operator's memory;
+//! - [`SecretCache`]: every Secret is watched by its metadata only (no content is ever
+//!   listed or watched); a profile's or route's referenced Secret is read by name when its
+//!   content is needed and kept while it stays referenced and unchanged (a new
+//!   resourceVersion in the metadata watch makes it stale: read again), so a changed password
+//!   takes effect and no other secret is ever in the operator's memory;
 //! - [`PodIndex`]: the labels of pods that ask for a sidecar, and nothing else, so that pod
 //!   status churn never triggers work.
 //!
@@ -13,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 
 type Key = (String, String);
@@ -21,11 +24,21 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
     Some((meta.namespace.clone()?, meta.name.clone()?))
 }
 
-#[derive(Clone, Debug)]
-enum Entry {
-    /// Exists, content not kept (not referenced when it was last seen).
-    Known,
-    Cached(Arc<Secret>),
+/// What is known of one existing Secret.
+#[derive(Clone, Debug, Default)]
+struct Entry {
+    /// Its resourceVersion, as last seen (metadata watch, or a read).
+    version: Option<String>,
+    /// Its content, while referenced (current when its resourceVersion is `version`).
+    content: Option<Arc<Secret>>,
+}
+
+impl Entry {
+    fn current(&self) -> Option<&Arc<Secret>> {
+        self.content
+            .as_ref()
+            .filter(|s| s.metadata.resource_version == self.version)
+    }
 }
 
 #[derive(Default)]
@@ -42,16 +55,20 @@ impl SecretInner {
         self.refs.get(&key.0).is_some_and(|names| names.contains(&key.1))
     }
 
-    fn entry_for(&self, key: &Key, secret: Secret) -> Entry {
-        if self.referenced(key) {
-            Entry::Cached(Arc::new(secret))
-        } else {
-            Entry::Known
-        }
+    /// The entry for a Secret seen at `version`: content kept only while referenced and
+    /// still of that version.
+    fn seen(&self, key: &Key, version: Option<String>) -> Entry {
+        let content = self
+            .entries
+            .get(key)
+            .and_then(|e| e.content.clone())
+            .filter(|c| self.referenced(key) && c.metadata.resource_version == version);
+        Entry { version, content }
     }
 }
 
-/// The referenced Secrets, by namespace, with a reverse index of references.
+/// The Secrets of every namespace by metadata, the referenced ones' content, and a reverse
+/// index of references.
 #[derive(Default)]
 pub struct SecretCache {
     inner: Mutex<SecretInner>,
@@ -60,9 +77,9 @@ pub struct SecretCache {
 /// What a namespace's references resolve to.
 #[derive(Debug, Default)]
 pub struct Resolved {
-    /// Referenced Secrets in the cache.
+    /// Referenced Secrets whose current content is in the cache.
     pub cached: Vec<Arc<Secret>>,
-    /// Referenced Secrets that exist but whose content is not cached yet: fetch them.
+    /// Referenced Secrets that exist but whose current content is not cached: read them.
     pub fetch: Vec<String>,
 }
 
@@ -71,21 +88,29 @@ impl SecretCache {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes one watch event; returns the namespaces whose referenced Secrets changed.
-    pub fn apply(&self, event: watcher::Event<Secret>) -> Vec<String> {
+    /// Takes one event of the metadata-only watch of Secrets; returns the namespaces whose
+    /// referenced Secrets changed (or appeared, or went).
+    pub fn apply(&self, event: watcher::Event<PartialObjectMeta<Secret>>) -> Vec<String> {
         let mut inner = self.lock();
         match event {
-            watcher::Event::Apply(secret) => {
-                let Some(key) = key_of(&secret.metadata) else {
+            watcher::Event::Apply(meta) => {
+                let Some(key) = key_of(&meta.metadata) else {
                     return vec![];
                 };
-                let entry = inner.entry_for(&key, secret);
-                let changed = matches!(entry, Entry::Cached(_));
+                let unchanged = inner
+                    .entries
+                    .get(&key)
+                    .is_some_and(|e| e.version == meta.metadata.resource_version);
+                let entry = inner.seen(&key, meta.metadata.resource_version);
                 inner.entries.insert(key.clone(), entry);
-                if changed { vec![key.0] } else { vec![] }
+                if inner.referenced(&key) && !unchanged {
+                    vec![key.0]
+                } else {
+                    vec![]
+                }
             }
-            watcher::Event::Delete(secret) => {
-                let Some(key) = key_of(&secret.metadata) else {
+            watcher::Event::Delete(meta) => {
+                let Some(key) = key_of(&meta.metadata) else {
                     return vec![];
                 };
                 inner.entries.remove(&key);
@@ -95,9 +120,9 @@ impl SecretCache {
                 inner.pending = Some(HashMap::new());
                 vec![]
             }
-            watcher::Event::InitApply(secret) => {
-                if let Some(key) = key_of(&secret.metadata) {
-                    let entry = inner.entry_for(&key, secret);
+            watcher::Event::InitApply(meta) => {
+                if let Some(key) = key_of(&meta.metadata) {
+                    let entry = inner.seen(&key, meta.metadata.resource_version);
                     inner.pending.get_or_insert_with(HashMap::new).insert(key, entry);
                 }
                 vec![]
@@ -118,15 +143,17 @@ impl SecretCache {
         let inner = &mut *inner;
         for (key, entry) in inner.entries.iter_mut() {
             if key.0 == namespace && !names.contains(&key.1) {
-                *entry = Entry::Known;
+                entry.content = None;
             }
         }
         let mut resolved = Resolved::default();
         for name in &names {
-            match inner.entries.get(&(namespace.to_owned(), name.clone())) {
-                Some(Entry::Cached(secret)) => resolved.cached.push(secret.clone()),
-                Some(Entry::Known) => resolved.fetch.push(name.clone()),
-                None => {}
+            // Not known to exist: not found (a later watch event asks again).
+            if let Some(entry) = inner.entries.get(&(namespace.to_owned(), name.clone())) {
+                match entry.current() {
+                    Some(secret) => resolved.cached.push(secret.clone()),
+                    None => resolved.fetch.push(name.clone()),
+                }
             }
         }
         if names.is_empty() {
@@ -137,15 +164,21 @@ impl SecretCache {
         resolved
     }
 
-    /// Stores a Secret fetched for a reference (`None`: it turned out not to exist).
+    /// Stores a Secret read for a reference (`None`: it turned out not to exist). A read
+    /// older than what the watch reported since stays stale, and is read again.
     pub fn fetched(&self, namespace: &str, name: &str, secret: Option<Secret>) {
         let mut inner = self.lock();
         let key = (namespace.to_owned(), name.to_owned());
         match secret {
-            Some(secret) => {
-                let entry = inner.entry_for(&key, secret);
-                inner.entries.insert(key, entry);
+            Some(secret) if inner.referenced(&key) => {
+                let version = secret.metadata.resource_version.clone();
+                let entry = inner
+                    .entries
+                    .entry(key)
+                    .or_insert_with(|| Entry { version, content: None });
+                entry.content = Some(Arc::new(secret));
             }
+            Some(_) => {}
             None => {
                 inner.entries.remove(&key);
             }
@@ -154,11 +187,7 @@ impl SecretCache {
 
     /// Number of Secrets whose content is kept.
     pub fn cached_len(&self) -> usize {
-        self.lock()
-            .entries
-            .values()
-            .filter(|e| matches!(e, Entry::Cached(_)))
-            .count()
+        self.lock().entries.values().filter(|e| e.content.is_some()).count()
     }
 }
 
@@ -241,14 +270,23 @@ mod tests {
 
     use super::*;
 
-    fn secret(name: &str, value: &str) -> Secret {
+    fn secret(name: &str, version: &str, value: &str) -> Secret {
         Secret {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("ns".into()),
+                resource_version: Some(version.into()),
                 ..Default::default()
             },
             data: Some(BTreeMap::from([("k".into(), ByteString(value.into()))])),
+            ..Default::default()
+        }
+    }
+
+    /// What the metadata watch delivers of a Secret.
+    fn meta(name: &str, version: &str) -> PartialObjectMeta<Secret> {
+        PartialObjectMeta {
+            metadata: secret(name, version, "").metadata,
             ..Default::default()
         }
     }
@@ -258,33 +296,56 @@ mod tests {
     }
 
     #[test]
-    fn only_referenced_secrets_keep_their_content() {
+    fn only_referenced_secrets_are_read_and_kept() {
         let cache = SecretCache::default();
         for e in [
             watcher::Event::Init,
-            watcher::Event::InitApply(secret("used", "1")),
-            watcher::Event::InitApply(secret("other", "2")),
+            watcher::Event::InitApply(meta("used", "1")),
+            watcher::Event::InitApply(meta("other", "2")),
             watcher::Event::InitDone,
         ] {
             cache.apply(e);
         }
-        // Nothing referenced yet: nothing cached; the first resolve asks for a fetch.
+        // Nothing referenced yet: nothing cached; the first resolve asks for a read.
         assert_eq!(cache.cached_len(), 0);
         let resolved = cache.set_refs("ns", names(&["used", "missing"]));
         assert_eq!(resolved.fetch, ["used"]);
-        cache.fetched("ns", "used", Some(secret("used", "1")));
+        cache.fetched("ns", "used", Some(secret("used", "1", "one")));
         assert_eq!(cache.set_refs("ns", names(&["used"])).cached.len(), 1);
+        // Reading an unreferenced Secret keeps nothing.
+        cache.fetched("ns", "other", Some(secret("other", "2", "two")));
+        assert_eq!(cache.cached_len(), 1);
 
-        // A change of a referenced Secret asks for its namespace; of another one, nothing.
-        assert_eq!(cache.apply(watcher::Event::Apply(secret("used", "new"))), ["ns"]);
-        assert!(cache.apply(watcher::Event::Apply(secret("other", "new"))).is_empty());
+        // The same version again (our own read, a resync) asks for nothing.
+        assert!(cache.apply(watcher::Event::Apply(meta("used", "1"))).is_empty());
+        // A change of a referenced Secret asks for its namespace and a new read; of another
+        // one, nothing.
+        assert_eq!(cache.apply(watcher::Event::Apply(meta("used", "3"))), ["ns"]);
+        assert!(cache.apply(watcher::Event::Apply(meta("other", "4"))).is_empty());
+        let resolved = cache.set_refs("ns", names(&["used"]));
+        assert!(resolved.cached.is_empty());
+        assert_eq!(resolved.fetch, ["used"]);
+        cache.fetched("ns", "used", Some(secret("used", "3", "new")));
         let resolved = cache.set_refs("ns", names(&["used"]));
         assert_eq!(resolved.cached[0].data.as_ref().unwrap()["k"].0, b"new");
 
         // Dropping the reference drops the content.
         cache.set_refs("ns", names(&[]));
         assert_eq!(cache.cached_len(), 0);
-        assert!(cache.apply(watcher::Event::Delete(secret("used", ""))).is_empty());
+        assert!(cache.apply(watcher::Event::Delete(meta("used", "3"))).is_empty());
+    }
+
+    #[test]
+    fn a_read_older_than_the_watch_is_read_again() {
+        let cache = SecretCache::default();
+        cache.apply(watcher::Event::InitDone);
+        cache.set_refs("ns", names(&["s"]));
+        assert_eq!(cache.apply(watcher::Event::Apply(meta("s", "5"))), ["ns"]);
+        // A read that started before version 5 was written.
+        cache.fetched("ns", "s", Some(secret("s", "4", "old")));
+        assert_eq!(cache.set_refs("ns", names(&["s"])).fetch, ["s"]);
+        cache.fetched("ns", "s", Some(secret("s", "5", "new")));
+        assert_eq!(cache.set_refs("ns", names(&["s"])).cached.len(), 1);
     }
 
     #[test]
@@ -292,9 +353,31 @@ mod tests {
         let cache = SecretCache::default();
         cache.apply(watcher::Event::InitDone);
         assert!(cache.set_refs("ns", names(&["later"])).cached.is_empty());
-        assert_eq!(cache.apply(watcher::Event::Apply(secret("later", "x"))), ["ns"]);
-        assert_eq!(cache.set_refs("ns", names(&["later"])).cached.len(), 1);
-        assert_eq!(cache.apply(watcher::Event::Delete(secret("later", "x"))), ["ns"]);
+        assert_eq!(cache.apply(watcher::Event::Apply(meta("later", "1"))), ["ns"]);
+        assert_eq!(cache.set_refs("ns", names(&["later"])).fetch, ["later"]);
+        assert_eq!(cache.apply(watcher::Event::Delete(meta("later", "1"))), ["ns"]);
+        assert!(cache.set_refs("ns", names(&["later"])).fetch.is_empty());
+    }
+
+    #[test]
+    fn a_relist_keeps_current_content() {
+        let cache = SecretCache::default();
+        cache.apply(watcher::Event::InitDone);
+        cache.set_refs("ns", names(&["s"]));
+        cache.apply(watcher::Event::Apply(meta("s", "1")));
+        cache.fetched("ns", "s", Some(secret("s", "1", "v")));
+        for e in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(meta("s", "1")),
+            watcher::Event::InitDone,
+        ] {
+            cache.apply(e);
+        }
+        assert_eq!(
+            cache.set_refs("ns", names(&["s"])).cached.len(),
+            1,
+            "no read after a relist"
+        );
     }
 
     fn pod(name: &str, app: &str, phase: &str) -> Pod {

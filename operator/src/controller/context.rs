@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Client;
 use kube::runtime::events::Recorder;
 use portcullis_api::{ApiRoute, SecurityProfile};
@@ -36,6 +37,8 @@ pub struct Context {
     pub profiles: Store<SecurityProfile>,
     pub configmaps: Store<ConfigMap>,
     pub owned_secrets: Store<OwnedSecret>,
+    /// The groups' NetworkPolicies (watched only when `settings.network_policy`).
+    pub network_policies: Store<NetworkPolicy>,
     pub secrets: SecretCache,
     pub pods: PodIndex,
     /// Running sidecars and the generations they report (fed by the pod watch and by the
@@ -52,5 +55,6 @@ pub fn known_namespaces(ctx: &Context) -> BTreeSet<String> {
     out.extend(ctx.profiles.namespaces());
     out.extend(ctx.configmaps.namespaces());
     out.extend(ctx.owned_secrets.namespaces());
+    out.extend(ctx.network_policies.namespaces());
     out
 }

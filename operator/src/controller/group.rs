@@ -23,6 +23,13 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "portcullis";
 /// Prefix of every group name.
 pub const GROUP_PREFIX: &str = "portcullis-";
+/// Named container port of the injected sidecar's inbound HTTP listener (a Service's
+/// `targetPort`).
+pub const PORT_HTTP: &str = "portcullis-http";
+/// Named container port of the sidecar's inbound TLS listener.
+pub const PORT_TLS: &str = "portcullis-tls";
+/// Named container port of the sidecar's admin listener (`/metrics`, `/healthz`, `/readyz`).
+pub const PORT_ADMIN: &str = "portcullis-adm";
 
 /// Labels that vary between replicas of one workload and so never split a group.
 pub const REPLICA_LABELS: &[&str] = &[

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use portcullis_api::{ApiRoute, ApiRouteStatus, SecurityProfile, SecurityProfileStatus};
 use sha2::{Digest, Sha256};
@@ -57,6 +58,17 @@ impl Cached for ConfigMap {
     }
     fn fingerprint(&self) -> Self::Print {
         (meta_print(&self.metadata), self.data.clone())
+    }
+}
+
+/// An operator-managed NetworkPolicy (a group's: ingress to the sidecar's ports only).
+impl Cached for NetworkPolicy {
+    type Print = (MetaPrint, Option<NetworkPolicySpec>);
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn fingerprint(&self) -> Self::Print {
+        (meta_print(&self.metadata), self.spec.clone())
     }
 }
 

@@ -11,12 +11,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use portcullis_api::{ApiRoute, SecurityProfile};
 use portcullis_config::{CONFIG_FILE, Loaded, SECRETS_FILE};
 
-use super::group::{self, GROUP_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
+use super::group::{self, GROUP_LABEL, MANAGED_BY, MANAGED_BY_LABEL, PORT_ADMIN, PORT_HTTP, PORT_TLS};
 use super::objects::{OwnedSecret, data_digest};
 use super::refs::referenced_secrets;
 use super::status::{self, DesiredStatus};
@@ -34,6 +36,9 @@ pub struct Settings {
     pub org_allowance: Option<u32>,
     /// Peers whose `X-Forwarded-For` the sidecars believe.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Give every group a NetworkPolicy that admits ingress to the sidecar's ports only
+    /// (`run --network-policy`, Helm value `networkPolicy.enabled`).
+    pub network_policy: bool,
 }
 
 /// Everything one namespace holds that the plan depends on.
@@ -63,6 +68,8 @@ pub struct GroupPlan {
     pub generation: String,
     pub configmap: ConfigMap,
     pub secret: Secret,
+    /// Ingress to the group's pods only on the sidecar's ports (`None`: not managed).
+    pub network_policy: Option<NetworkPolicy>,
 }
 
 /// What should exist in one namespace.
@@ -147,6 +154,7 @@ pub fn plan(s: &Snapshot) -> Plan {
         let routes: Vec<String> = output.loaded.config.routes.iter().map(|r| r.name.clone()).collect();
         let owners = owner_references(&selecting);
         let meta = group_meta(s.namespace, name, labels, &output.loaded.config.generation, owners);
+        let network_policy = s.settings.network_policy.then(|| network_policy(&meta, labels));
         groups.insert(
             name.clone(),
             GroupPlan {
@@ -154,6 +162,7 @@ pub fn plan(s: &Snapshot) -> Plan {
                 generation: output.loaded.config.generation.clone(),
                 configmap: configmap(meta.clone(), &output.loaded),
                 secret: secret(meta, &output.loaded),
+                network_policy,
                 routes,
             },
         );
@@ -254,6 +263,41 @@ fn secret(metadata: ObjectMeta, loaded: &Loaded) -> Secret {
     }
 }
 
+/// The group's NetworkPolicy: its pods (selected by the group's labels) admit ingress only
+/// on the sidecar's named ports, so nothing reaches the app's own port around the sidecar.
+/// Same name, labels and owners as the group's ConfigMap and Secret, without the generation
+/// (the policy does not change with the configuration).
+fn network_policy(group: &ObjectMeta, labels: &BTreeMap<String, String>) -> NetworkPolicy {
+    let port = |name: &str| NetworkPolicyPort {
+        port: Some(IntOrString::String(name.to_owned())),
+        protocol: Some("TCP".to_owned()),
+        ..Default::default()
+    };
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            annotations: group.annotations.as_ref().map(|a| {
+                a.iter()
+                    .filter(|(k, _)| k.as_str() == WORKLOAD_LABELS_ANNOTATION)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }),
+            ..group.clone()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: None,
+                ports: Some(vec![port(PORT_HTTP), port(PORT_TLS), port(PORT_ADMIN)]),
+            }]),
+            egress: None,
+        }),
+    }
+}
+
 fn contains_all(have: Option<&BTreeMap<String, String>>, want: Option<&BTreeMap<String, String>>) -> bool {
     want.into_iter()
         .flatten()
@@ -269,6 +313,11 @@ fn same_meta(have: &ObjectMeta, want: &ObjectMeta) -> bool {
 /// Whether an existing ConfigMap already holds what `want` would write.
 pub fn configmap_is_current(have: &ConfigMap, want: &ConfigMap) -> bool {
     same_meta(&have.metadata, &want.metadata) && have.data == want.data
+}
+
+/// Whether an existing NetworkPolicy already holds what `want` would write.
+pub fn network_policy_is_current(have: &NetworkPolicy, want: &NetworkPolicy) -> bool {
+    same_meta(&have.metadata, &want.metadata) && have.spec == want.spec
 }
 
 /// Whether an existing Secret (remembered by metadata, type and [`data_digest`]) already

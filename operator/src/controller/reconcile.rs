@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
@@ -21,6 +22,9 @@ use super::refs::referenced_secrets;
 use super::rollout;
 use super::status;
 use super::write::{object_writes, run_writes, status_writes};
+
+/// How many referenced Secrets one reconcile reads at once.
+const SECRET_READS: usize = 16;
 
 /// A failed reconcile. Messages come from the API server and name objects, never secret
 /// values.
@@ -62,9 +66,21 @@ pub async fn reconcile(ctx: &Context, namespace: &str) -> Result<Summary, Reconc
     let resolved = ctx.secrets.set_refs(namespace, wanted.clone());
     let mut secrets: Vec<Secret> = resolved.cached.iter().map(|s| (**s).clone()).collect();
     if !resolved.fetch.is_empty() {
+        // Referenced Secrets whose current content is not in memory (the watch sees only
+        // metadata): read by name, a few at a time.
         let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-        for name in resolved.fetch {
-            let got = api.get_opt(&name).await.map_err(|source| ReconcileError::ReadSecret {
+        let reads = futures::stream::iter(resolved.fetch)
+            .map(|name| {
+                let api = api.clone();
+                async move {
+                    let got = api.get_opt(&name).await;
+                    (name, got)
+                }
+            })
+            .buffer_unordered(SECRET_READS);
+        let reads: Vec<_> = reads.collect().await;
+        for (name, got) in reads {
+            let got = got.map_err(|source| ReconcileError::ReadSecret {
                 namespace: namespace.to_owned(),
                 name: name.clone(),
                 source,

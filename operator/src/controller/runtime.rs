@@ -5,7 +5,9 @@
 //! operator's namespace (created when missing; retried until it works, not ready meanwhile);
 //! wait for the Lease (a standby is ready and idle);
 //! as leader, list and watch routes and profiles, then — knowing which Secrets they
-//! reference — Secrets, the operator's ConfigMaps and the pods that ask for a sidecar; once
+//! reference — Secrets (by metadata only: the content of a referenced Secret is read by name,
+//! and only the operator's own Secrets are watched whole), the operator's ConfigMaps (and
+//! NetworkPolicies) and the pods that ask for a sidecar; once
 //! every cache is synced, reconcile every known namespace, then whatever the watches
 //! report, and every namespace again each `resync`. On SIGTERM: stop taking work, let
 //! running reconciles finish (up to `drain`), release the Lease.
@@ -22,6 +24,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -149,6 +153,7 @@ pub async fn run(
         profiles: Store::default(),
         configmaps: Store::default(),
         owned_secrets: Store::default(),
+        network_policies: Store::default(),
         secrets: SecretCache::default(),
         pods: PodIndex::default(),
         sidecars: Sidecars::default(),
@@ -318,26 +323,33 @@ async fn lead(ctx: Arc<Context>, queue: Arc<WorkQueue>, opts: Options, health: A
     ));
     wait_for(&[&routes_synced, &profiles_synced]).await;
 
-    // Knowing the references, the Secret list keeps only the referenced Secrets' content.
+    // Knowing the references, a change of a referenced Secret asks for its namespace.
     for ns in ctx.routes.namespaces().into_iter().chain(ctx.profiles.namespaces()) {
         let (p, r) = (ctx.profiles.in_namespace(&ns), ctx.routes.in_namespace(&ns));
         let refs = referenced_secrets(p.iter().map(AsRef::as_ref), r.iter().map(AsRef::as_ref));
         ctx.secrets.set_refs(&ns, refs);
     }
-    let (secrets_synced, configmaps_synced, pods_synced) = (flag(), flag(), flag());
+    let (secrets_synced, owned_synced, configmaps_synced, pods_synced) = (flag(), flag(), flag(), flag());
+    // Every Secret by its metadata only: the content of the Secrets nobody references is
+    // never sent to the operator (the reconcile reads the referenced ones by name).
     let c = ctx.clone();
     tasks.watch(spawn_watch(
-        Api::<Secret>::all(client.clone()),
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
         watcher::Config::default(),
         queue.clone(),
         secrets_synced.clone(),
-        move |e| {
-            let mut namespaces = match owned_secret_event(&e) {
-                Some(owned) => c.owned_secrets.apply(owned),
-                None => Vec::new(),
-            };
-            namespaces.extend(c.secrets.apply(e));
-            namespaces
+        move |e| c.secrets.apply(e),
+    ));
+    // The operator's own Secrets whole (remembered by a digest).
+    let c = ctx.clone();
+    tasks.watch(spawn_watch(
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default().labels(&managed_selector()),
+        queue.clone(),
+        owned_synced.clone(),
+        move |e| match owned_secret_event(&e) {
+            Some(owned) => c.owned_secrets.apply(owned),
+            None => Vec::new(),
         },
     ));
     let c = ctx.clone();
@@ -348,6 +360,21 @@ async fn lead(ctx: Arc<Context>, queue: Arc<WorkQueue>, opts: Options, health: A
         configmaps_synced.clone(),
         move |e| c.configmaps.apply(e),
     ));
+    // The groups' NetworkPolicies, when the operator manages them (otherwise it may have
+    // no access to them at all).
+    let policies_synced = flag();
+    if opts.settings.network_policy {
+        let c = ctx.clone();
+        tasks.watch(spawn_watch(
+            Api::<NetworkPolicy>::all(client.clone()),
+            watcher::Config::default().labels(&managed_selector()),
+            queue.clone(),
+            policies_synced.clone(),
+            move |e| c.network_policies.apply(e),
+        ));
+    } else {
+        policies_synced.store(true, Ordering::SeqCst);
+    }
     let c = ctx.clone();
     tasks.watch(spawn_watch(
         Api::<Pod>::all(client.clone()),
@@ -360,7 +387,14 @@ async fn lead(ctx: Arc<Context>, queue: Arc<WorkQueue>, opts: Options, health: A
             namespaces
         },
     ));
-    wait_for(&[&secrets_synced, &configmaps_synced, &pods_synced]).await;
+    wait_for(&[
+        &secrets_synced,
+        &owned_synced,
+        &configmaps_synced,
+        &pods_synced,
+        &policies_synced,
+    ])
+    .await;
     tracing::info!(
         routes = ctx.routes.len(),
         profiles = ctx.profiles.len(),

@@ -1,5 +1,5 @@
 //! The reconciler's writes (its I/O): which writes bring the cluster to a plan
-//! ([`object_writes`] for the groups' ConfigMaps and Secrets, [`status_writes`] for the
+//! ([`object_writes`] for the groups' ConfigMaps, Secrets and NetworkPolicies, [`status_writes`] for the
 //! statuses that are not current) and running them ([`run_writes`]): server-side apply or
 //! deletion of objects, merge patches of `/status` built by `status::patch`, and an Event for
 //! every new rejection. What a write returns goes back into the context's stores.
@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -31,8 +32,10 @@ const WRITE_CONCURRENCY: usize = 32;
 pub(super) enum Write {
     ConfigMap(ConfigMap),
     Secret(Secret),
+    NetworkPolicy(NetworkPolicy),
     DeleteConfigMap(String),
     DeleteSecret(String),
+    DeleteNetworkPolicy(String),
     RouteStatus(Arc<ApiRoute>, DesiredStatus),
     ProfileStatus(Arc<SecurityProfile>, DesiredStatus),
 }
@@ -59,17 +62,20 @@ impl Write {
         match self {
             Write::ConfigMap(cm) => cm.metadata.name.clone(),
             Write::Secret(s) => s.metadata.name.clone(),
+            Write::NetworkPolicy(np) => np.metadata.name.clone(),
             _ => None,
         }
     }
 }
 
 /// The object writes that bring the cluster to `plan` (nothing when it is there already):
-/// apply of each group's ConfigMap and Secret that differs, deletion of groups that are gone.
+/// apply of each group's ConfigMap, Secret and NetworkPolicy that differs, deletion of groups
+/// that are gone (NetworkPolicies only while the operator manages them).
 pub(super) fn object_writes(ctx: &Context, namespace: &str, plan: &Plan) -> Vec<Write> {
     let mut out = Vec::new();
     let configmaps = ctx.configmaps.in_namespace(namespace);
     let secrets = ctx.owned_secrets.in_namespace(namespace);
+    let policies = ctx.network_policies.in_namespace(namespace);
     let name_of = |m: &ObjectMeta| m.name.clone().unwrap_or_default();
     for (name, group) in &plan.groups {
         let have_cm = configmaps.iter().find(|c| c.metadata.name.as_ref() == Some(name));
@@ -79,6 +85,12 @@ pub(super) fn object_writes(ctx: &Context, namespace: &str, plan: &Plan) -> Vec<
         let have_secret = secrets.iter().find(|s| s.metadata.name.as_ref() == Some(name));
         if !have_secret.is_some_and(|have| plan::secret_is_current(have, &group.secret)) {
             out.push(Write::Secret(group.secret.clone()));
+        }
+        if let Some(want) = &group.network_policy {
+            let have = policies.iter().find(|p| p.metadata.name.as_ref() == Some(name));
+            if !have.is_some_and(|have| plan::network_policy_is_current(have, want)) {
+                out.push(Write::NetworkPolicy(want.clone()));
+            }
         }
     }
     let stale = |meta| is_managed(meta) && !plan.groups.contains_key(&name_of(meta));
@@ -94,6 +106,14 @@ pub(super) fn object_writes(ctx: &Context, namespace: &str, plan: &Plan) -> Vec<
             .filter(|s| stale(&s.metadata))
             .map(|s| Write::DeleteSecret(name_of(&s.metadata))),
     );
+    if ctx.settings.network_policy {
+        out.extend(
+            policies
+                .iter()
+                .filter(|p| stale(&p.metadata))
+                .map(|p| Write::DeleteNetworkPolicy(name_of(&p.metadata))),
+        );
+    }
     out
 }
 
@@ -149,6 +169,20 @@ async fn write(ctx: &Context, namespace: &str, w: Write) -> Result<(), kube::Err
             count("Secret", "apply");
             tracing::info!(namespace, name, "applied Secret");
             ctx.owned_secrets.store_written(OwnedSecret::new(&written));
+        }
+        Write::NetworkPolicy(np) => {
+            let name = np.metadata.name.clone().unwrap_or_default();
+            let api: Api<NetworkPolicy> = Api::namespaced(client, namespace);
+            let written = api.patch(&name, &apply, &Patch::Apply(&np)).await?;
+            count("NetworkPolicy", "apply");
+            tracing::info!(namespace, name, "applied NetworkPolicy");
+            ctx.network_policies.store_written(written);
+        }
+        Write::DeleteNetworkPolicy(name) => {
+            let api: Api<NetworkPolicy> = Api::namespaced(client, namespace);
+            ignore_not_found(api.delete(&name, &DeleteParams::default()).await.map(|_| ()))?;
+            count("NetworkPolicy", "delete");
+            tracing::info!(namespace, name, "deleted NetworkPolicy");
         }
         Write::DeleteConfigMap(name) => {
             let api: Api<ConfigMap> = Api::namespaced(client, namespace);

@@ -174,6 +174,63 @@ fn group_objects_are_labelled_annotated_and_owned_by_their_routes() {
 }
 
 #[test]
+fn each_group_gets_a_network_policy_admitting_only_the_sidecar_ports() {
+    let mut w = World::new();
+    assert!(group_of(&w.plan(), "a").network_policy.is_none(), "only when enabled");
+    w.settings.network_policy = true;
+    let a = group_of(&w.plan(), "a");
+    let np = a.network_policy.as_ref().unwrap();
+    // Named, labelled and owned like the group's ConfigMap and Secret (so deleted with them).
+    let (np_meta, cm_meta) = (&np.metadata, &a.configmap.metadata);
+    assert_eq!(np_meta.name, cm_meta.name);
+    assert_eq!(np_meta.labels, cm_meta.labels);
+    assert_eq!(np_meta.owner_references, cm_meta.owner_references);
+    // Not rewritten for every new configuration.
+    assert!(
+        !np_meta
+            .annotations
+            .as_ref()
+            .unwrap()
+            .contains_key(GENERATION_ANNOTATION)
+    );
+    let spec = np.spec.as_ref().unwrap();
+    let selector = spec.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+    assert_eq!(*selector, group::group_labels(&pod("a", "1")));
+    assert_eq!(spec.policy_types.as_deref(), Some(&["Ingress".to_owned()][..]));
+    let rules = spec.ingress.as_ref().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert!(rules[0].from.is_none(), "from anywhere, but only to these ports");
+    let ports: Vec<_> = rules[0]
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.port.clone().unwrap(), p.protocol.as_deref().unwrap()))
+        .collect();
+    let named = |n: &str| IntOrString::String(n.into());
+    assert_eq!(
+        ports,
+        [
+            (named("portcullis-http"), "TCP"),
+            (named("portcullis-tls"), "TCP"),
+            (named("portcullis-adm"), "TCP")
+        ]
+    );
+    // The webhook injects the sidecar with exactly these port names.
+    let sidecar = crate::webhook::sidecar_container(&Default::default());
+    let injected: Vec<_> = sidecar
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| named(p.name.as_deref().unwrap()))
+        .collect();
+    assert_eq!(injected, ports.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>());
+    assert!(network_policy_is_current(np, np));
+    // A group without routes keeps its pods behind the sidecar too.
+    w.routes.clear();
+    assert!(group_of(&w.plan(), "a").network_policy.is_some());
+}
+
+#[test]
 fn an_invalid_route_is_rejected_while_the_others_are_served() {
     let mut w = World::new();
     w.routes.push(route("broken", "a", &["missing"]));

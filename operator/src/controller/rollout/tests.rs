@@ -19,6 +19,7 @@ fn group(generation: &str, routes: &[&str]) -> GroupPlan {
         generation: generation.into(),
         configmap: Default::default(),
         secret: Default::default(),
+        network_policy: None,
     }
 }
 
