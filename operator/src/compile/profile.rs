@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use portcullis_api as api;
 use portcullis_config as cfg;
 
-use super::secrets::{self, SecretIndex};
+use super::secrets::{self, Outbound, SecretIndex, Sender};
 use super::{Problem, reason};
 
 /// A valid profile: its configuration and its secrets.
@@ -100,10 +100,16 @@ pub(crate) fn compile(
             }
             if let Some(i) = &o.introspection {
                 check_url("spec.oauth2.introspection.url", &i.url)?;
-                let data = secrets.get(
+                // Sent to the introspection endpoint the profile's author chose: the Secret
+                // must allow it, like a route's origin credentials.
+                let data = secrets.get_outbound(
                     "spec.oauth2.introspection.clientSecretRef.name",
                     &i.client_secret_ref.name,
                     None,
+                    Outbound {
+                        sender: Sender::Profile(name),
+                        urls: &[("spec.oauth2.introspection.url", i.url.as_str())],
+                    },
                 )?;
                 out.introspection_client = Some(cfg::ClientCredentials {
                     client_id: data.required("clientId")?.expose().to_owned(),

@@ -6,7 +6,7 @@ use portcullis_api as api;
 use portcullis_config as cfg;
 
 use super::profile::{CompiledProfile, algorithm, check_url, hash, standard};
-use super::secrets::{self, Outbound, SecretIndex};
+use super::secrets::{self, Outbound, SecretIndex, Sender};
 use super::{Problem, Verdict, check_selector, reason};
 
 /// Name of the Secret the operator's CA writes for a route's serving certificate
@@ -329,7 +329,7 @@ fn backend(
     check_url("spec.backend.origin.url", &origin.url)?;
     let origin_url = [("spec.backend.origin.url", origin.url.as_str())];
     let outbound = Outbound {
-        route,
+        sender: Sender::Route(route),
         urls: &origin_url,
     };
     let https = origin.url.starts_with("https://");

@@ -15,16 +15,28 @@ pub const TLS: &str = "kubernetes.io/tls";
 /// Annotation by which a Secret lets ApiRoutes send its credentials to their origin:
 /// comma-separated route names, or `*` for every route of the namespace.
 pub const ALLOWED_ROUTES_ANNOTATION: &str = "portcullis.dev/allowed-routes";
+/// The same for SecurityProfiles (a token introspection client's credentials, sent to the
+/// profile's introspection endpoint): comma-separated profile names, or `*`.
+pub const ALLOWED_PROFILES_ANNOTATION: &str = "portcullis.dev/allowed-profiles";
 /// Optional annotation narrowing where those credentials may go: comma-separated origin
 /// hosts (`host` for any port, `host:port` for one).
 pub const ALLOWED_ORIGINS_ANNOTATION: &str = "portcullis.dev/allowed-origins";
 
-/// Where a route would send a Secret's credentials: the route, and every URL that receives
-/// them or what they obtain (the origin, an OAuth2 token endpoint), each with the field that
+/// Who would send a Secret's credentials out of the cluster.
+#[derive(Clone, Copy, Debug)]
+pub enum Sender<'a> {
+    /// An ApiRoute, toward its origin.
+    Route(&'a str),
+    /// A SecurityProfile, toward its introspection endpoint.
+    Profile(&'a str),
+}
+
+/// Where a Secret's credentials would go: who sends them, and every URL that receives them
+/// or what they obtain (the origin, an OAuth2 token endpoint), each with the field that
 /// names it.
 #[derive(Clone, Copy, Debug)]
 pub struct Outbound<'a> {
-    pub route: &'a str,
+    pub sender: Sender<'a>,
     pub urls: &'a [(&'a str, &'a str)],
 }
 
@@ -63,9 +75,10 @@ impl<'a> SecretIndex<'a> {
         self.read(secret, field, name, want_type)
     }
 
-    /// Like [`Self::get`], for a Secret whose content a route sends out of the cluster (origin
-    /// credentials, an origin client certificate): the Secret must opt in with
-    /// [`ALLOWED_ROUTES_ANNOTATION`] naming the route (or `*`) and, when it carries
+    /// Like [`Self::get`], for a Secret whose content is sent out of the cluster (a route's
+    /// origin credentials or client certificate, a profile's introspection client): the
+    /// Secret must opt in with [`ALLOWED_ROUTES_ANNOTATION`] (or, for a profile,
+    /// [`ALLOWED_PROFILES_ANNOTATION`]) naming the sender (or `*`) and, when it carries
     /// [`ALLOWED_ORIGINS_ANNOTATION`], list the host of every URL in `outbound`. Checked
     /// before anything else is read from it, so a Secret that does not opt in gives away
     /// nothing but its existence.
@@ -80,15 +93,24 @@ impl<'a> SecretIndex<'a> {
         let annotations = secret.metadata.annotations.as_ref();
         let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
         let listed = |value: &str, want: &str| value.split(',').map(str::trim).any(|v| v == "*" || v == want);
-        if !annotation(ALLOWED_ROUTES_ANNOTATION).is_some_and(|v| listed(v, outbound.route)) {
+        let (kind, sender, key, to) = match outbound.sender {
+            Sender::Route(route) => ("ApiRoute", route, ALLOWED_ROUTES_ANNOTATION, "an origin"),
+            Sender::Profile(profile) => (
+                "SecurityProfile",
+                profile,
+                ALLOWED_PROFILES_ANNOTATION,
+                "its introspection endpoint",
+            ),
+        };
+        if !annotation(key).is_some_and(|v| listed(v, sender)) {
+            let names = if kind == "ApiRoute" { "route" } else { "profile" };
             return Err(Problem::new(
                 reason::SECRET_NOT_ALLOWED,
                 field,
                 format!(
-                    "Secret {name:?} does not allow ApiRoute {route:?} to send its content to an origin; \
-                     to allow it, annotate the Secret {ALLOWED_ROUTES_ANNOTATION}: \"{route}\" (comma-separated \
-                     route names, or \"*\")",
-                    route = outbound.route,
+                    "Secret {name:?} does not allow {kind} {sender:?} to send its content to {to}; \
+                     to allow it, annotate the Secret {key}: \"{sender}\" (comma-separated {names} names, \
+                     or \"*\")"
                 ),
             ));
         }

@@ -220,9 +220,68 @@ fn an_origin_client_certificate_must_opt_in_but_one_the_ca_issued_needs_not() {
 }
 
 #[test]
+fn an_introspection_client_secret_must_allow_the_profile_and_its_endpoint() {
+    let world = |annotations: &[(&str, &str)]| {
+        let mut w = World::new();
+        w.secrets.push(annotated(
+            secret(
+                "idp-client",
+                "Opaque",
+                &[("clientId", "rs"), ("clientSecret", "introspection-secret-3")],
+            ),
+            annotations,
+        ));
+        let mut p = oauth2("opaque");
+        let o = p.spec.oauth2.as_mut().unwrap();
+        o.jwks_uri = None;
+        o.introspection = Some(OAuth2Introspection {
+            url: "https://idp.example.com/introspect".into(),
+            client_secret_ref: SecretRef::new("idp-client"),
+        });
+        w.profiles.push(p);
+        w.routes.push(route("api", &["opaque"]));
+        w
+    };
+    let out = world(&[]).compile();
+    let (reason, field, message) = rejected(&out, "opaque");
+    assert_eq!(
+        (reason, field.as_str()),
+        (
+            reason::SECRET_NOT_ALLOWED,
+            "spec.oauth2.introspection.clientSecretRef.name"
+        )
+    );
+    assert!(
+        message.contains("portcullis.dev/allowed-profiles: \"opaque\""),
+        "{message}"
+    );
+    assert_eq!(rejected(&out, "api").0, reason::PROFILE_INVALID);
+    assert_nowhere(&out, "introspection-secret-3");
+    // The route annotation is not the profile's.
+    let out = world(&[(ALLOWED_ROUTES_ANNOTATION, "*")]).compile();
+    assert_eq!(rejected(&out, "opaque").0, reason::SECRET_NOT_ALLOWED);
+
+    let out = world(&[(ALLOWED_PROFILES_ANNOTATION, "opaque")]).compile();
+    assert!(out.profiles["opaque"].is_accepted(), "{:?}", out.profiles["opaque"]);
+    assert!(out.routes["api"].is_accepted());
+    let out = world(&[
+        (ALLOWED_PROFILES_ANNOTATION, "*"),
+        (ALLOWED_ORIGINS_ANNOTATION, "other-idp.example.com"),
+    ])
+    .compile();
+    let (reason, _, message) = rejected(&out, "opaque");
+    assert_eq!(reason, reason::SECRET_NOT_ALLOWED);
+    assert!(
+        message.contains("spec.oauth2.introspection.url goes to \"idp.example.com\""),
+        "{message}"
+    );
+}
+
+#[test]
 fn inbound_secrets_and_the_serving_certificate_need_no_opt_in() {
-    // Profiles verify callers with their Secrets (nothing is sent anywhere), and a route's
-    // serving certificate is presented to clients: neither needs the annotation.
+    // Profiles verify callers with their Secrets (nothing is sent anywhere; the introspection
+    // client aside), and a route's serving certificate is presented to clients: neither
+    // needs the annotation.
     let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
     let key = "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n";
     let mut w = World::new();
