@@ -308,3 +308,32 @@ async fn an_identity_header_changes_the_audit_line_not_who_the_app_is_told() {
     let audit = sidecar.wait_audit(1).await;
     assert_eq!(audit[0]["identity"], "alice");
 }
+
+#[tokio::test]
+async fn passwords_cannot_be_guessed_at_line_rate() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = two_hosts(backend.port()).await;
+    let get_admin = |password: &str| {
+        let auth = basic("zoë", password);
+        let url = sidecar.url("/x");
+        async move { get_with(&url, &[("host", "admin.example"), ("authorization", auth.as_str())]).await }
+    };
+    // The documented budget: 10 failures per user a minute.
+    for n in 0..10 {
+        let (status, _, _) = get_admin(&format!("guess-{n}")).await;
+        assert_eq!(status, 401, "guess {n}");
+    }
+    let (status, headers, body) = get_admin("pw").await;
+    assert_eq!(
+        status, 429,
+        "the right password is not looked at once the budget is spent"
+    );
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(json_of(&body).get("headers").is_none(), "the app was reached");
+    let metrics = sidecar.metrics().await;
+    assert!(
+        metrics.contains("portcullis_rate_limit_rejections_total{scope=\"auth_failures\"} 1"),
+        "{metrics}"
+    );
+}

@@ -85,6 +85,18 @@ impl Basic {
     }
 }
 
+/// The username an `Authorization: Basic` header claims, right or wrong (for the throttle of
+/// failed authentications; never compared with anything).
+pub fn claimed_basic_user(headers: &HeaderMap) -> Option<String> {
+    let token = basic_token(headers)?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(token))
+        .ok()?;
+    let user = decoded.split(|b| *b == b':').next()?;
+    Some(String::from_utf8_lossy(user).into_owned())
+}
+
 /// The token of an `Authorization: Basic <token>` header.
 fn basic_token(headers: &HeaderMap) -> Option<&[u8]> {
     headers.get_all(AUTHORIZATION).iter().find_map(|v| {

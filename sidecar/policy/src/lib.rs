@@ -49,6 +49,7 @@ pub mod path;
 mod query;
 pub mod routes;
 pub mod signature;
+pub mod throttle;
 
 pub use auth::{PeerCertificate, Rejection};
 pub use ip::IpSet;
@@ -134,6 +135,9 @@ pub enum DenialKind<'e> {
     InsufficientScope { challenges: &'e [String] },
     /// Over a limit: 429.
     RateLimited { scope: Scope, info: RateInfo },
+    /// Too many failed authentications from this address or for this user
+    /// ([`throttle`]): 429 with `Retry-After`, credentials not looked at.
+    Throttled { retry_after_secs: u64 },
 }
 
 /// An admitted call.
@@ -630,6 +634,20 @@ impl<L: Limiter> Engine<L> {
             };
         }
         let now_secs = now_ms / 1000;
+        let throttle = self.limiter.throttle();
+        let claimed = || auth::claimed_basic_user(req.headers);
+        if let Some(t) = throttle.filter(|t| !t.is_empty())
+            && let Some(retry_after_secs) = t.blocked(client_ip, claimed().as_deref(), now_ms)
+        {
+            return Outcome::Deny(Denial {
+                route: &route.name,
+                profile: "-",
+                client_ip,
+                kind: DenialKind::Throttled { retry_after_secs },
+                reason: "too many failed authentications",
+            });
+        }
+        let mut guessed = false;
         let mut forbidden: Option<&str> = None;
         let mut insufficient: Option<&str> = None;
         let mut rejection: Option<(&str, Rejection)> = None;
@@ -671,6 +689,10 @@ impl<L: Limiter> Engine<L> {
             let identity = match identity {
                 Ok(identity) => identity,
                 Err(r) => {
+                    // A refused password, key or signature counts against the throttle;
+                    // an invalid bearer token cannot be guessed, a missing credential is no guess.
+                    guessed |= matches!(r, Rejection::Wrong(_))
+                        && matches!(profile.auth, Auth::Basic(_) | Auth::ApiKey(_) | Auth::HttpSignature(_));
                     // A wrong credential says more than a missing one of another kind.
                     if rejection.is_none_or(|(_, prev)| matches!(prev, Rejection::Missing(_))) {
                         rejection = Some((&profile.name, r));
@@ -700,6 +722,9 @@ impl<L: Limiter> Engine<L> {
                 },
                 reason: "token lacks a required scope",
             });
+        }
+        if guessed && let Some(t) = throttle {
+            t.failed(client_ip, claimed().as_deref(), now_ms);
         }
         let (profile, reason) = rejection.map_or(("-", "no credentials"), |(p, r)| (p, r.reason()));
         Outcome::Deny(Denial {

@@ -102,6 +102,12 @@ pub trait Limiter: Send + Sync + 'static {
         let _ = (profile, url);
         Arc::default()
     }
+
+    /// The failed-authentication counts ([`crate::throttle`]), kept across reloads; `None`
+    /// (the default): no throttling.
+    fn throttle(&self) -> Option<&crate::throttle::Throttle> {
+        None
+    }
 }
 
 /// Exact in-process limiter; it also keeps the replay caches of HttpSignature profiles.
@@ -111,6 +117,7 @@ pub struct InMemoryLimiter {
     replays: ReplayRegistry,
     jwks: crate::oauth2::JwksRegistry,
     introspection: crate::oauth2::introspection::IntrospectionRegistry,
+    throttle: crate::throttle::Throttle,
 }
 
 /// A window shared by every engine compiled with the same limiter.
@@ -129,6 +136,7 @@ impl InMemoryLimiter {
             replays: ReplayRegistry::with_capacity(capacity),
             jwks: Default::default(),
             introspection: Default::default(),
+            throttle: Default::default(),
         }
     }
 }
@@ -200,6 +208,10 @@ impl Limiter for InMemoryLimiter {
 
     fn introspection(&self, profile: &str, url: &str) -> Arc<crate::oauth2::introspection::IntrospectionCache> {
         self.introspection.cache(profile, url)
+    }
+
+    fn throttle(&self) -> Option<&crate::throttle::Throttle> {
+        Some(&self.throttle)
     }
 }
 

@@ -107,7 +107,7 @@ fn verdict(e: &Engine, r: &Req, now: u64) -> (u16, String, String, String) {
             let status = match d.kind {
                 DenialKind::Unauthorized { .. } => 401,
                 DenialKind::Forbidden | DenialKind::InsufficientScope { .. } => 403,
-                DenialKind::RateLimited { .. } => 429,
+                DenialKind::RateLimited { .. } | DenialKind::Throttled { .. } => 429,
             };
             (status, d.route.into(), d.profile.into(), "-".into())
         }
@@ -512,3 +512,31 @@ fn compile_errors_name_the_profile_and_never_a_secret() {
 
 mod paths;
 mod signatures;
+
+#[test]
+fn password_guessing_is_throttled_per_user_and_address() {
+    let e = engine(
+        json!({
+            "profiles": [{"name": "office", "auth": {"type": "Basic"}}],
+            "routes": [route("finance", "/", &["office"])],
+        }),
+        json!({"profiles": {"office": {"basic": {"username": "bob", "password": "builder"}}}}),
+    );
+    let budget = crate::throttle::Budget::default();
+    for n in 0..budget.per_user {
+        let r = get("/x").basic("bob", &format!("guess-{n}"));
+        assert_eq!(verdict(&e, &r, T0 + u64::from(n)).0, 401, "guess {n}");
+    }
+    // The user's budget is spent: even the right password is not looked at, from anywhere.
+    let right = get("/x").basic("bob", "builder").from("10.9.9.9");
+    match e.decide(&right.view(), T0 + 100) {
+        Outcome::Deny(Denial {
+            kind: DenialKind::Throttled { retry_after_secs },
+            ..
+        }) => assert!((1..=60).contains(&retry_after_secs), "{retry_after_secs}"),
+        other => panic!("{other:?}"),
+    }
+    // Another user from another address is not affected; the window ends after a minute.
+    assert_eq!(status(&e, &get("/x").basic("carol", "x").from("10.9.9.8")), 401);
+    assert_eq!(verdict(&e, &right, T0 + 61_000).0, 200);
+}

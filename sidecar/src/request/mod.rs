@@ -238,6 +238,13 @@ fn deny<'a>(shared: &Shared, denial: &'a Denial<'a>, record: &mut Record<'a>) ->
             route: denial.route,
             challenges,
         },
+        DenialKind::Throttled { retry_after_secs } => {
+            shared.metrics.rate_limited("auth_failures");
+            Answer::Throttled {
+                route: denial.route,
+                retry_after_secs: *retry_after_secs,
+            }
+        }
         DenialKind::RateLimited { scope, info } => {
             shared.metrics.rate_limited(scope.as_str());
             Answer::RateLimited {

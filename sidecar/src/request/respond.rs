@@ -34,6 +34,9 @@ pub enum Answer<'a> {
         scope: &'a str,
         info: RateInfo,
     },
+    /// Too many failed authentications from this address or for this user: 429, credentials
+    /// not looked at, `Retry-After` the end of the window.
+    Throttled { route: &'a str, retry_after_secs: u64 },
     /// The body does not match the digest its HTTP message signature covers (401 with the
     /// route's challenges).
     BodyDigestMismatch { route: &'a str, challenges: &'a [String] },
@@ -87,6 +90,11 @@ impl Answer<'_> {
                 Some(*route),
             ),
             Self::RateLimited { route, .. } => (StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", Some(*route)),
+            Self::Throttled { route, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed authentications",
+                Some(*route),
+            ),
             Self::OriginBodyTooLarge { route, .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request body too large to sign for the origin",
@@ -146,6 +154,9 @@ impl Answer<'_> {
             Self::RateLimited { info, .. } => {
                 rate_limit_headers(headers, *info);
                 headers.insert(RETRY_AFTER, HeaderValue::from(info.reset_secs.max(1)));
+            }
+            Self::Throttled { retry_after_secs, .. } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             _ => {}
         }

@@ -68,7 +68,7 @@ fn outcome(e: &Engine, r: &Req, now_secs: u64) -> (u16, String) {
             let status = match d.kind {
                 DenialKind::Unauthorized { .. } => 401,
                 DenialKind::Forbidden | DenialKind::InsufficientScope { .. } => 403,
-                DenialKind::RateLimited { .. } => 429,
+                DenialKind::RateLimited { .. } | DenialKind::Throttled { .. } => 429,
             };
             (status, d.reason.to_owned())
         }
