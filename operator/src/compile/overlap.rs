@@ -44,18 +44,36 @@ pub const ALLOW_OVERLAP_ANNOTATION: &str = "portcullis.dev/allow-overlap";
 /// The routes refused for overlapping an older route of another owner, by name, each with
 /// the problem naming the first such older route.
 pub(crate) fn refusals(routes: &[&ApiRoute]) -> BTreeMap<String, Problem> {
-    let ordered = by_age(routes);
+    let ordered: Vec<Prepared> = by_age(routes).into_iter().map(Prepared::new).collect();
     let mut out = BTreeMap::new();
     for (i, newer) in ordered.iter().enumerate() {
-        let Some(older) = ordered[..i]
-            .iter()
-            .find(|older| overlap(older, newer) && !owner_shared(older, newer) && !allows(older, newer))
-        else {
+        let Some(older) = ordered[..i].iter().find(|older| {
+            overlap(older, newer) && !owner_shared(older.route, newer.route) && !allows(older.route, newer.route)
+        }) else {
             continue;
         };
-        out.insert(name(newer).to_owned(), problem(older, newer));
+        out.insert(name(newer.route).to_owned(), problem(older.route, newer.route));
     }
     out
+}
+
+/// A route with its path prefix in normal form, as [`overlap`] compares it.
+struct Prepared<'a> {
+    route: &'a ApiRoute,
+    path: String,
+    /// `path` in lower case (compared when either route ignores case).
+    folded: String,
+}
+
+impl<'a> Prepared<'a> {
+    fn new(route: &'a ApiRoute) -> Self {
+        let path = normal(&route.spec.path_prefix);
+        Self {
+            route,
+            folded: path.to_ascii_lowercase(),
+            path,
+        }
+    }
 }
 
 /// The routes among `others` whose paths `route` may share only because both carry the same
@@ -75,7 +93,7 @@ pub fn shared_owner_routes(route: &ApiRoute, others: &[ApiRoute]) -> Vec<String>
         .filter(|(i, _)| *i != at)
         .filter(|(i, other)| {
             let (older, newer) = if *i < at { (**other, route) } else { (route, **other) };
-            overlap(older, newer) && owner_shared(older, newer) && !allows(older, newer)
+            overlap(&Prepared::new(older), &Prepared::new(newer)) && owner_shared(older, newer) && !allows(older, newer)
         })
         .map(|(_, other)| name(other).to_owned())
         .collect();
@@ -150,11 +168,16 @@ fn problem(older: &ApiRoute, newer: &ApiRoute) -> Problem {
 }
 
 /// Whether two routes compete for the same requests or the same app's paths (see the module
-/// documentation); owners aside.
-fn overlap(a: &ApiRoute, b: &ApiRoute) -> bool {
-    let (x, y) = (&a.spec, &b.spec);
+/// documentation); owners aside. Cheapest tests first.
+fn overlap(a: &Prepared, b: &Prepared) -> bool {
+    let (x, y) = (&a.route.spec, &b.route.spec);
+    let paths = if x.case_insensitive || y.case_insensitive {
+        prefixes_overlap(&a.folded, &b.folded)
+    } else {
+        prefixes_overlap(&a.path, &b.path)
+    };
     x.egress == y.egress
-        && paths_overlap(&x.path_prefix, &y.path_prefix, x.case_insensitive || y.case_insensitive)
+        && paths
         && (hosts_overlap(&x.hosts, &y.hosts) || x.backend.port.is_some_and(|p| y.backend.port == Some(p)))
         && selectors_may_intersect(&x.workload_selector, &y.workload_selector)
 }
@@ -162,7 +185,7 @@ fn overlap(a: &ApiRoute, b: &ApiRoute) -> bool {
 /// A path prefix in the sidecar's normal form, as far as comparing prefixes needs: escapes of
 /// unreserved characters decoded, other escapes upper-cased, runs of `/` merged, a trailing
 /// `/` dropped (but for the root).
-fn normal(prefix: &str, fold_case: bool) -> String {
+fn normal(prefix: &str) -> String {
     let bytes = prefix.as_bytes();
     let mut out = String::with_capacity(prefix.len());
     let mut i = 0;
@@ -192,17 +215,23 @@ fn normal(prefix: &str, fold_case: bool) -> String {
     if out.len() > 1 && out.ends_with('/') {
         out.pop();
     }
-    if fold_case { out.to_ascii_lowercase() } else { out }
+    out
 }
 
 /// Whether one prefix contains the other on segment boundaries (`/api` and `/api/v1` do,
 /// `/api` and `/apix` do not).
+#[cfg(test)]
 fn paths_overlap(a: &str, b: &str, fold_case: bool) -> bool {
-    let (a, b) = (normal(a, fold_case), normal(b, fold_case));
+    let fold = |p: String| if fold_case { p.to_ascii_lowercase() } else { p };
+    prefixes_overlap(&fold(normal(a)), &fold(normal(b)))
+}
+
+/// Whether one prefix (in normal form) contains the other on segment boundaries.
+fn prefixes_overlap(a: &str, b: &str) -> bool {
     let contains = |short: &str, long: &str| {
         long == short || short == "/" || long.strip_prefix(short).is_some_and(|rest| rest.starts_with('/'))
     };
-    contains(&a, &b) || contains(&b, &a)
+    contains(a, b) || contains(b, a)
 }
 
 /// Whether some Host could match a host of each list (an empty list matches any host).
