@@ -20,11 +20,16 @@ fn basic(user: &str, password: &str) -> String {
     )
 }
 
+/// A sidecar serving `config` and `secrets` (compiled-configuration JSON).
+async fn serving(config: Value, secrets: Value) -> (Sidecar, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    loaded("g1", config, secrets).write_dir(dir.path()).unwrap();
+    (Sidecar::start(dir.path()).await, dir)
+}
+
 /// Two hosts on one workload: `public.example` anonymous, `admin.example` behind Basic.
 async fn two_hosts(port: u16) -> (Sidecar, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    loaded(
-        "g1",
+    serving(
         json!({
             "profiles": [
                 {"name": "open", "auth": {"type": "Anonymous"}},
@@ -39,9 +44,7 @@ async fn two_hosts(port: u16) -> (Sidecar, tempfile::TempDir) {
         }),
         json!({"profiles": {"staff": {"basic": {"username": "zoë", "password": "pw"}}}}),
     )
-    .write_dir(dir.path())
-    .unwrap();
-    (Sidecar::start(dir.path()).await, dir)
+    .await
 }
 
 /// Sends `head` (CRLF line ends, no final blank line) as one HTTP/1.1 request with
@@ -164,13 +167,11 @@ async fn an_identity_that_is_no_header_value_arrives_encoded() {
 
 /// Gateway mode: the echo backend plays a third-party origin.
 async fn gateway(origin_port: u16) -> (Sidecar, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
     let origin = |name: &str, prefix: &str, profiles: &[&str]| {
         json!({"name": name, "pathPrefix": prefix, "profiles": profiles,
                "backend": {"type": "Origin", "url": format!("http://127.0.0.1:{origin_port}"), "tlsMode": "None"}})
     };
-    loaded(
-        "g1",
+    serving(
         json!({
             "profiles": [
                 {"name": "staff", "auth": {"type": "Basic"}},
@@ -188,9 +189,7 @@ async fn gateway(origin_port: u16) -> (Sidecar, tempfile::TempDir) {
             "partners": {"apiKeys": {"key-1": "unused"}},
         }}),
     )
-    .write_dir(dir.path())
-    .unwrap();
-    (Sidecar::start(dir.path()).await, dir)
+    .await
 }
 
 #[tokio::test]
@@ -232,9 +231,7 @@ async fn credentials_meant_for_the_sidecar_never_reach_an_origin() {
 
 /// An anonymous route `/` and a Basic route `/admin` on one app.
 async fn open_and_admin(port: u16) -> (Sidecar, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    loaded(
-        "g1",
+    serving(
         json!({
             "profiles": [
                 {"name": "open", "auth": {"type": "Anonymous"}},
@@ -247,9 +244,7 @@ async fn open_and_admin(port: u16) -> (Sidecar, tempfile::TempDir) {
         }),
         json!({"profiles": {"staff": {"basic": {"username": "alice", "password": "pw"}}}}),
     )
-    .write_dir(dir.path())
-    .unwrap();
-    (Sidecar::start(dir.path()).await, dir)
+    .await
 }
 
 #[tokio::test]
@@ -284,9 +279,7 @@ async fn no_spelling_of_a_path_walks_around_its_route() {
 #[tokio::test]
 async fn an_identity_header_changes_the_audit_line_not_who_the_app_is_told() {
     let backend = Backend::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    loaded(
-        "g1",
+    let (sidecar, _dir) = serving(
         json!({
             "profiles": [{"name": "accounting", "auth": {"type": "Basic"}, "identityHeader": "X-App-Key"}],
             "routes": [{"name": "finance", "pathPrefix": "/", "profiles": ["accounting"],
@@ -294,9 +287,7 @@ async fn an_identity_header_changes_the_audit_line_not_who_the_app_is_told() {
         }),
         json!({"profiles": {"accounting": {"basic": {"username": "bob", "password": "builder"}}}}),
     )
-    .write_dir(dir.path())
-    .unwrap();
-    let sidecar = Sidecar::start(dir.path()).await;
+    .await;
     let (status, _, body) = get_with(
         &sidecar.url("/x"),
         &[("authorization", &basic("bob", "builder")), ("x-app-key", "alice")],
