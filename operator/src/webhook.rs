@@ -786,6 +786,20 @@ fn placed<K: kube::Resource>(mut object: K, request: &AdmissionRequest<DynamicOb
     object
 }
 
+/// Refuses an update that would make `route`, the older of two overlapping routes, take over
+/// the paths of newer routes of another owner (which the compiler would then refuse).
+fn no_takeover(route: &ApiRoute, old: Option<&ApiRoute>, routes_in_ns: &[ApiRoute]) -> Result<(), String> {
+    let taken = compile::taken_over(route, old, &with_route(route, routes_in_ns));
+    let Some(first) = taken.first() else { return Ok(()) };
+    Err(format!(
+        "spec.pathPrefix: {:?} would now overlap ApiRoute {first:?} on the same pods, which has another owner and \
+         would then be refused (RouteOverlap) while this route takes its paths; to share them, list it in \
+         this route's annotation {}: \"{first}\", or give both the same label {OWNER_LABEL}",
+        route.spec.path_prefix,
+        compile::ALLOW_OVERLAP_ANNOTATION,
+    ))
+}
+
 /// Refuses (with a message naming the field and the object) when the review's user lacks an
 /// access the object needs, or when the access could not be checked.
 fn check_access(requirements: &[Requirement], user: &UserInfo, cluster: &dyn ClusterView) -> Result<(), String> {
@@ -981,14 +995,17 @@ fn review(
                 Err(e) => return allow.deny(format!("cannot read the ApiRoute: {e}")),
             };
             let routes = cluster.routes(&namespace);
-            let checked = check_access(&route_requirements(&route, &routes), &req.user_info, cluster).and_then(|()| {
-                validate_route(
-                    &route,
-                    &cluster.profiles(&namespace),
-                    &cluster.secrets(&namespace),
-                    &routes,
-                )
-            });
+            let old: Option<ApiRoute> = req.old_object.as_ref().and_then(|o| convert(o).ok());
+            let checked = check_access(&route_requirements(&route, &routes), &req.user_info, cluster)
+                .and_then(|()| {
+                    validate_route(
+                        &route,
+                        &cluster.profiles(&namespace),
+                        &cluster.secrets(&namespace),
+                        &routes,
+                    )
+                })
+                .and_then(|()| no_takeover(&route, old.as_ref(), &routes));
             match checked {
                 Ok(()) => allow,
                 Err(message) => allow.deny(message),
@@ -1965,6 +1982,52 @@ spec: {workloadSelector: {matchLabels: {app: finance-api}}, pathPrefix: /interna
                 "metadata.labels[portcullis.dev/owner]: user \"mallory\" may not update ApiRoute \"internal\""
             ),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn an_older_route_widened_over_a_newer_routes_paths_is_refused() {
+        // An older route of another team, on the shop's pods.
+        let legacy = |prefix: &str, allow: Option<&str>| {
+            let mut r: ApiRoute = serde_json::from_value(json!({
+                "apiVersion": "portcullis.dev/v1alpha1", "kind": "ApiRoute",
+                "metadata": {"name": "legacy", "namespace": NS, "creationTimestamp": "2025-01-01T00:00:00Z",
+                             "labels": {OWNER_LABEL: "team-web"}},
+                "spec": {"workloadSelector": {"matchLabels": {"app": "shop"}}, "pathPrefix": prefix,
+                         "backend": {"port": 9090}}
+            }))
+            .unwrap();
+            if let Some(list) = allow {
+                r.metadata.annotations =
+                    Some([(compile::ALLOW_OVERLAP_ANNOTATION.to_string(), list.to_string())].into());
+            }
+            r
+        };
+        let update = |old: &ApiRoute, new: &ApiRoute| {
+            let mut body: Value =
+                serde_json::from_slice(&review_body(route_kind(), "apiroutes", NS, "UPDATE", to_value(new))).unwrap();
+            body["request"]["oldObject"] = to_value(old);
+            answer(&serde_json::to_vec(&body).unwrap())
+        };
+        // Widened from /legacy to /: it would take the shop's /shop, and the shop would be refused.
+        let r = update(&legacy("/legacy", None), &legacy("/", None));
+        assert_eq!(r["allowed"], false, "{r}");
+        let message = r["status"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("spec.pathPrefix: \"/\" would now overlap ApiRoute \"shop\""),
+            "{message}"
+        );
+        // Allowing the shop, or an overlap that was there before: fine.
+        assert_eq!(
+            update(&legacy("/legacy", None), &legacy("/", Some("shop")))["allowed"],
+            true
+        );
+        assert_eq!(update(&legacy("/", None), &legacy("/", None))["allowed"], true);
+        // Withdrawing consent is the older owner's right.
+        assert_eq!(update(&legacy("/", Some("shop")), &legacy("/", None))["allowed"], true);
+        assert_eq!(
+            compile::taken_over(&legacy("/", None), Some(&legacy("/x", None)), &docs(STORED_ROUTES)),
+            ["shop"]
         );
     }
 

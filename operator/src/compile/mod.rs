@@ -27,7 +27,7 @@ mod secrets;
 mod selector;
 
 pub use generation::GenerationKey;
-pub use overlap::{ALLOW_OVERLAP_ANNOTATION, OWNER_LABEL, shared_owner_routes};
+pub use overlap::{ALLOW_OVERLAP_ANNOTATION, OWNER_LABEL, shared_owner_routes, taken_over};
 pub use route::{issued_client_secret, issued_serving_secret};
 pub use secrets::{ALLOWED_ORIGINS_ANNOTATION, ALLOWED_PROFILES_ANNOTATION, ALLOWED_ROUTES_ANNOTATION};
 pub use selector::{check_selector, selector_matches};

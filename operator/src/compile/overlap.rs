@@ -76,6 +76,36 @@ impl<'a> Prepared<'a> {
     }
 }
 
+/// The routes among `others` that an update of `route` (`old`: its stored version) would
+/// newly overlap while being the older of the two, with another owner and without allowing
+/// them: the compiler would refuse those routes, so the update would take their paths over.
+/// For the validating webhook, which refuses such an update (the compiler, which knows no
+/// history, can only refuse the newer route). A route's own consent (its annotation) or
+/// owner label changing is not a new overlap: withdrawing consent is the older owner's right.
+pub fn taken_over(route: &ApiRoute, old: Option<&ApiRoute>, others: &[ApiRoute]) -> Vec<String> {
+    let mut all: Vec<&ApiRoute> = others.iter().filter(|o| name(o) != name(route)).collect();
+    all.push(route);
+    let ordered = by_age(&all);
+    let at = ordered
+        .iter()
+        .position(|r| std::ptr::eq(*r, route))
+        .expect("the route is in the list");
+    let (new, old) = (Prepared::new(route), old.map(Prepared::new));
+    let mut out: Vec<String> = ordered[at + 1..]
+        .iter()
+        .filter(|newer| {
+            let newer_prepared = Prepared::new(newer);
+            overlap(&new, &newer_prepared)
+                && !old.as_ref().is_some_and(|old| overlap(old, &newer_prepared))
+                && !owner_shared(route, newer)
+                && !allows(route, newer)
+        })
+        .map(|r| name(r).to_owned())
+        .collect();
+    out.sort();
+    out
+}
+
 /// The routes among `others` whose paths `route` may share only because both carry the same
 /// [`OWNER_LABEL`] (they overlap, and no [`ALLOW_OVERLAP_ANNOTATION`] allows it): for the
 /// validating webhook, which accepts the claim only from a user who may update those routes.
