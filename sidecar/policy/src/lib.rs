@@ -512,7 +512,7 @@ impl<L: Limiter> Engine<L> {
         if !same {
             return None;
         }
-        if route.ssl_only && !req.tls {
+        if route.ssl_only && !req.tls && !self.https_at_trusted_proxy(req) {
             return None;
         }
         let client_ip = ip::client_ip(req.peer, req.headers, &self.trusted_proxies);
@@ -547,7 +547,7 @@ impl<L: Limiter> Engine<L> {
         let host = req.host.map(routes::normal_host);
         let egress = req.listener == Listener::Egress;
         let route = self.route_for(egress, host.as_deref(), &path, req.method).ok()??;
-        if route.ssl_only && !req.tls {
+        if route.ssl_only && !req.tls && !self.https_at_trusted_proxy(req) {
             return None;
         }
         let client_ip = ip::client_ip(req.peer, req.headers, &self.trusted_proxies);
@@ -618,7 +618,7 @@ impl<L: Limiter> Engine<L> {
             Err(reason) => return Outcome::BadRequest { reason },
         };
         let client_ip = ip::client_ip(req.peer, req.headers, &self.trusted_proxies);
-        if route.ssl_only && !req.tls {
+        if route.ssl_only && !req.tls && !self.https_at_trusted_proxy(req) {
             return match host {
                 Some(host) => Outcome::Redirect {
                     route: &route.name,
@@ -740,6 +740,22 @@ impl<L: Limiter> Engine<L> {
             },
             reason,
         })
+    }
+
+    /// Whether a trusted proxy in front (a TLS-terminating ingress) says the client used
+    /// HTTPS: the peer is in `trustedProxies` and the last `X-Forwarded-Proto` it sent is
+    /// `https`. From anyone else the header means nothing.
+    fn https_at_trusted_proxy(&self, req: &RequestView<'_>) -> bool {
+        !self.trusted_proxies.is_empty()
+            && self.trusted_proxies.contains(req.peer)
+            && req
+                .headers
+                .get_all("x-forwarded-proto")
+                .iter()
+                .next_back()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
     }
 
     #[allow(clippy::too_many_arguments)]

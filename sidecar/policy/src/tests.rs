@@ -445,6 +445,19 @@ fn ssl_only_redirects_plain_http_keeping_the_query() {
 }
 
 #[test]
+fn ssl_only_believes_x_forwarded_proto_only_from_a_trusted_proxy() {
+    let mut r = route("secure", "/", &[]);
+    r["sslOnly"] = json!(true);
+    let mut e = engine(json!({"routes": [r]}), json!({}));
+    let behind_ingress = get("/a").header("x-forwarded-proto", "https");
+    assert_eq!(status(&e, &behind_ingress), 308, "the peer is not a trusted proxy");
+    e.trusted_proxies = IpSet::from_nets(&["127.0.0.0/8".parse().unwrap()]);
+    assert_eq!(status(&e, &behind_ingress), 200, "a TLS-terminating ingress said https");
+    assert_eq!(status(&e, &get("/a").header("x-forwarded-proto", "http")), 308);
+    assert_eq!(status(&e, &get("/a")), 308);
+}
+
+#[test]
 fn egress_routes_only_on_the_egress_listener() {
     let mut r = route("out", "/", &[]);
     r["egress"] = json!(true);
