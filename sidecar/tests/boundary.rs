@@ -171,6 +171,8 @@ async fn gateway(origin_port: u16) -> (Sidecar, tempfile::TempDir) {
         json!({"name": name, "pathPrefix": prefix, "profiles": profiles,
                "backend": {"type": "Origin", "url": format!("http://127.0.0.1:{origin_port}"), "tlsMode": "None"}})
     };
+    let mut passing = origin("passes-them-on", "/pass", &["staff"]);
+    passing["backend"]["passCredentials"] = json!(true);
     serving(
         json!({
             "profiles": [
@@ -182,6 +184,7 @@ async fn gateway(origin_port: u16) -> (Sidecar, tempfile::TempDir) {
                 origin("by-password", "/p", &["staff"]),
                 origin("by-key", "/k", &["partners"]),
                 origin("password-or-open", "/o", &["staff", "open"]),
+                passing,
             ],
         }),
         json!({"profiles": {
@@ -227,6 +230,11 @@ async fn credentials_meant_for_the_sidecar_never_reach_an_origin() {
         echo["headers"].get("authorization").is_none(),
         "a password guess reached the origin: {echo}"
     );
+
+    // A route that says so passes them on.
+    let (status, _, body) = get_with(&sidecar.url("/pass/x"), &[("authorization", &auth)]).await;
+    assert_eq!(status, 200);
+    assert_eq!(json_of(&body)["headers"]["authorization"], json!([auth]));
 }
 
 /// An anonymous route `/` and a Basic route `/admin` on one app.

@@ -138,6 +138,11 @@ pub struct Origin {
     /// Credentials added to every forwarded call (at most one kind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<OriginAuth>,
+    /// Pass the client's credentials that the route's profiles consumed (`Authorization`, API
+    /// key header and parameters, signatures) on to the origin. Default false: they are
+    /// removed, since they were meant for the sidecar, not for a third party.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pass_credentials: bool,
 }
 
 /// TLS toward an origin.

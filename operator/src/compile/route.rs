@@ -396,6 +396,7 @@ fn backend(
         custom_ca,
         client_certificate,
         auth,
+        pass_credentials: origin.pass_credentials,
     })
 }
 

@@ -489,6 +489,7 @@ fn origin_auth_and_tls_secrets_go_to_the_secret() {
         port: None,
         origin: Some(Origin {
             url: "https://backend.example.com/".into(),
+            pass_credentials: false,
             tls: None,
             auth: Some(OriginAuth {
                 basic: Some(OriginBasic {

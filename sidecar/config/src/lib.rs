@@ -235,6 +235,10 @@ pub enum Backend {
         client_certificate: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         auth: Option<OriginAuth>,
+        /// The client's credentials the route's profiles consume are passed on (default: they
+        /// are removed). Left out of the JSON when false.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pass_credentials: bool,
     },
 }
 

@@ -217,7 +217,12 @@ impl Origin {
             },
         )
         .map_err(origin_err)?;
-        let consumed = Consumed::of(loaded, r);
+        let consumed = match &r.backend {
+            Backend::Origin {
+                pass_credentials: true, ..
+            } => Consumed::default(),
+            _ => Consumed::of(loaded, r),
+        };
 
         let mut http = HttpConnector::new();
         http.set_nodelay(true);

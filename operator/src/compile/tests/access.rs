@@ -13,6 +13,7 @@ fn gateway(name: &str, url: &str, secret: &str) -> ApiRoute {
         port: None,
         origin: Some(Origin {
             url: url.into(),
+            pass_credentials: false,
             tls: None,
             auth: Some(OriginAuth {
                 basic: Some(OriginBasic {
@@ -167,6 +168,7 @@ fn an_origin_client_certificate_must_opt_in_but_one_the_ca_issued_needs_not() {
             port: None,
             origin: Some(Origin {
                 url: "https://backend.example.com".into(),
+                pass_credentials: false,
                 tls: Some(OriginTls {
                     mode: OriginTlsMode::Mutual,
                     ca_secret_ref: None,
