@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Portcullis without a cluster: render examples/ into a configuration directory, start the
-# demo backend and the sidecar on 127.0.0.1, and show an admitted call, a 401, a 403 and a
+# demo backend and the sidecar on 127.0.0.1, and show an admitted call, two 401s (a wrong password, and right credentials from outside the profile's ranges: the same answer) and a
 # 429 with curl.
 #
 #   examples/quickstart.sh           # run the demo, print the commands, wait for Ctrl-C
@@ -73,7 +73,7 @@ show() {
 base="http://$inbound"
 show 200 "alice (profile accounting) from 127.0.0.1: admitted" -u alice:wonderland "$base/finance/ledger"
 show 401 "a wrong password: 401 with a Basic challenge" -u alice:nope "$base/finance/ledger"
-show 403 "bob (profile payroll) is right, but only from 192.168.1.10-50: 403" -u bob:builder "$base/finance/ledger"
+show 401 "bob (profile payroll) is right, but payroll admits only 192.168.1.10-50, so his credentials are not looked at there; accounting, which admits 127.0.0.1, refuses them: 401, as for a wrong password (no password oracle)" -u bob:builder "$base/finance/ledger"
 for i in 1 2 3 4 5; do
   curl -sS -o /dev/null "$base/public/hello"
 done
