@@ -485,6 +485,14 @@ async fn a_webhook_replica_is_ready_only_with_a_serving_certificate() {
         (plain.get("/readyz")?.0 == 200).then_some(())
     })
     .await;
+    // Its admin listener may come up later than the standby's on a loaded machine.
+    wait_until(
+        Duration::from_secs(15),
+        "the webhook replica answers",
+        &webhooks,
+        || webhooks.get("/readyz").map(|_| ()),
+    )
+    .await;
     for _ in 0..10 {
         let answer = webhooks.get("/readyz").map(|(code, _)| code);
         assert_eq!(
