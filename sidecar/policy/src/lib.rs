@@ -689,10 +689,11 @@ impl<L: Limiter> Engine<L> {
             let identity = match identity {
                 Ok(identity) => identity,
                 Err(r) => {
-                    // A refused password, key or signature counts against the throttle;
-                    // an invalid bearer token cannot be guessed, a missing credential is no guess.
-                    guessed |= matches!(r, Rejection::Wrong(_))
-                        && matches!(profile.auth, Auth::Basic(_) | Auth::ApiKey(_) | Auth::HttpSignature(_));
+                    // A refused password or API key counts against the throttle; a bearer token
+                    // or a signature (made with a key the client must hold) cannot be guessed,
+                    // and a missing credential is no guess.
+                    guessed |=
+                        matches!(r, Rejection::Wrong(_)) && matches!(profile.auth, Auth::Basic(_) | Auth::ApiKey(_));
                     // A wrong credential says more than a missing one of another kind.
                     if rejection.is_none_or(|(_, prev)| matches!(prev, Rejection::Missing(_))) {
                         rejection = Some((&profile.name, r));

@@ -1,9 +1,10 @@
 //! Failed-authentication throttling: passwords, API keys and signing keys cannot be guessed
 //! at line rate.
 //!
-//! Every refused credential (wrong password, unknown key, bad signature) is counted against
-//! the client address and, when the request named one, against the user it claimed (the
-//! Basic username, the API key, the signature's key id). Within one window (a minute from
+//! Every refused guessable credential (a wrong Basic password, an unknown API key or key
+//! signature) is counted against the client address and, for Basic, against the username it
+//! claimed. Bearer tokens and HTTP message signatures are not counted: they cannot be guessed,
+//! and replays or stale signatures are ordinary failures of honest clients. Within one window (a minute from
 //! the first failure) an address may fail [`Budget::per_address`] times and a user
 //! [`Budget::per_user`] times; beyond that, requests from that address or for that user are
 //! answered `429` **before their credentials are looked at**, right ones included, until the
