@@ -251,8 +251,11 @@ pub struct OriginHttpSignature {
 }
 
 /// OAuth 2.0 client-credentials toward the origin.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("(has(self.allowHttp) && self.allowHttp) || self.tokenUrl.startsWith('https://')").message("tokenUrl must be https:// unless allowHttp is true").field_path(".tokenUrl"),
+)]
 pub struct OriginOAuth2ClientCredentials {
     /// Token endpoint.
     #[schemars(regex(pattern = r"^https?://"), length(max = 2048))]
@@ -266,6 +269,10 @@ pub struct OriginOAuth2ClientCredentials {
     /// Audience requested, for providers that need one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
+    /// Permit an `http://` `tokenUrl`. Default false: the client secret and the token would
+    /// travel in clear text.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_http: bool,
 }
 
 /// Observed state of an ApiRoute.

@@ -169,6 +169,8 @@ fn default_clock_skew() -> u32 {
 #[x_kube(
     validation = Rule::new("self.provider != 'Builtin' || has(self.builtin)").message("oauth2.builtin is required when provider is Builtin").field_path(".builtin"),
     validation = Rule::new("self.provider == 'Builtin' || has(self.jwksUri) || has(self.introspection)").message("oauth2 needs jwksUri or introspection unless provider is Builtin"),
+    validation = Rule::new("(has(self.allowHttp) && self.allowHttp) || !has(self.jwksUri) || self.jwksUri.startsWith('https://')").message("jwksUri must be https:// unless allowHttp is true").field_path(".jwksUri"),
+    validation = Rule::new("(has(self.allowHttp) && self.allowHttp) || !has(self.introspection) || self.introspection.url.startsWith('https://')").message("introspection.url must be https:// unless allowHttp is true").field_path(".introspection.url"),
 )]
 pub struct OAuth2Profile {
     /// Identity provider. Default Generic.
@@ -196,6 +198,11 @@ pub struct OAuth2Profile {
     /// Provider Builtin: the sidecar itself issues tokens (client-credentials grant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builtin: Option<OAuth2Builtin>,
+    /// Permit `http://` for `jwksUri` and `introspection.url`. Default false: keys and
+    /// introspection answers fetched in clear text can be replaced by anyone on the path, and
+    /// the introspection client secret would travel in clear text.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_http: bool,
 }
 
 /// Who issues the OAuth 2.0 tokens a profile accepts.

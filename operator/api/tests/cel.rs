@@ -177,4 +177,28 @@ fn oauth2_rules() {
     assert!(e.iter().any(|e| e.contains("oauth2.builtin is required")), "{e:?}");
     let e = violations::<SecurityProfile>(&profile(json!({"type": "OAuth2", "oauth2": {"provider": "Generic"}})));
     assert!(e.iter().any(|e| e.contains("needs jwksUri or introspection")), "{e:?}");
+    let oauth2 = |o: Value| violations::<SecurityProfile>(&profile(json!({"type": "OAuth2", "oauth2": o})));
+    let e = oauth2(json!({"jwksUri": "http://idp.example/jwks"}));
+    assert!(e.iter().any(|e| e.contains("jwksUri must be https://")), "{e:?}");
+    let e = oauth2(json!({"introspection": {"url": "http://idp.example/i", "clientSecretRef": {"name": "c"}}}));
+    assert!(
+        e.iter().any(|e| e.contains("introspection.url must be https://")),
+        "{e:?}"
+    );
+    assert_eq!(
+        oauth2(json!({"jwksUri": "http://idp.example/jwks", "allowHttp": true})),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        oauth2(json!({"jwksUri": "https://idp.example/jwks"})),
+        Vec::<String>::new()
+    );
+    let token = |t: Value| {
+        violations::<ApiRoute>(&route(json!({"backend": {"origin": {"url": "https://o.example",
+            "auth": {"oauth2ClientCredentials": t}}}})))
+    };
+    let e = token(json!({"tokenUrl": "http://idp.example/t", "clientSecretRef": {"name": "c"}}));
+    assert!(e.iter().any(|e| e.contains("tokenUrl must be https://")), "{e:?}");
+    let ok = json!({"tokenUrl": "http://idp.example/t", "clientSecretRef": {"name": "c"}, "allowHttp": true});
+    assert_eq!(token(ok), Vec::<String>::new());
 }

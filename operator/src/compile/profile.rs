@@ -99,7 +99,12 @@ pub(crate) fn compile(
                 ));
             }
             if let Some(i) = &o.introspection {
-                check_url("spec.oauth2.introspection.url", &i.url)?;
+                check_identity_url(
+                    "spec.oauth2.introspection.url",
+                    &i.url,
+                    o.allow_http,
+                    "spec.oauth2.allowHttp",
+                )?;
                 // Sent to the introspection endpoint the profile's author chose: the Secret
                 // must allow it, like a route's origin credentials.
                 let data = secrets.get_outbound(
@@ -117,7 +122,7 @@ pub(crate) fn compile(
                 });
             }
             if let Some(uri) = &o.jwks_uri {
-                check_url("spec.oauth2.jwksUri", uri)?;
+                check_identity_url("spec.oauth2.jwksUri", uri, o.allow_http, "spec.oauth2.allowHttp")?;
             }
             cfg::ProfileAuth::OAuth2 {
                 provider: format!("{:?}", o.provider),
@@ -302,6 +307,20 @@ pub(crate) fn check_url(field: &str, url: &str) -> Result<(), Problem> {
             reason::INVALID_SPEC,
             field,
             format!("{url:?} is not a valid URL"),
+        ));
+    }
+    Ok(())
+}
+
+/// [`check_url`] for a URL the sidecar fetches keys, tokens or token answers from, or sends a
+/// client secret to: `https://` unless the object opts in at `allow_field`.
+pub(crate) fn check_identity_url(field: &str, url: &str, allow_http: bool, allow_field: &str) -> Result<(), Problem> {
+    check_url(field, url)?;
+    if !allow_http && !url.starts_with("https://") {
+        return Err(Problem::new(
+            reason::INVALID_SPEC,
+            field,
+            format!("{url:?} is not https:// (set {allow_field}: true to allow plain HTTP)"),
         ));
     }
     Ok(())

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use portcullis_api as api;
 use portcullis_config as cfg;
 
-use super::profile::{CompiledProfile, algorithm, check_url, hash, standard};
+use super::profile::{CompiledProfile, algorithm, check_identity_url, check_url, hash, standard};
 use super::secrets::{self, Outbound, SecretIndex, Sender};
 use super::{Problem, Verdict, check_selector, reason};
 
@@ -484,9 +484,11 @@ fn origin_auth(
             cfg::OriginAuthSecrets::HttpSignature { key },
         )
     } else if let Some(o) = oauth2_client_credentials {
-        check_url(
+        check_identity_url(
             "spec.backend.origin.auth.oauth2ClientCredentials.tokenUrl",
             &o.token_url,
+            o.allow_http,
+            "spec.backend.origin.auth.oauth2ClientCredentials.allowHttp",
         )?;
         // The client secret goes to the token endpoint, the token it buys to the origin.
         let urls = [

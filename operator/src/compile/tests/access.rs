@@ -149,6 +149,7 @@ fn a_client_credentials_secret_must_allow_the_token_endpoint_too() {
         client_secret_ref: SecretRef::new("client"),
         scopes: vec![],
         audience: None,
+        allow_http: false,
     });
     w.routes.push(r);
     let out = w.compile();
@@ -474,4 +475,104 @@ fn shared_owners_are_reported_for_the_webhook() {
 
 fn route_names(out: &Output) -> Vec<&str> {
     out.loaded.config.routes.iter().map(|r| r.name.as_str()).collect()
+}
+
+/// Where keys, token answers and tokens come from, and where client secrets go: `https://`
+/// unless the object says `allowHttp: true` (for an identity provider in the same pod or a
+/// test). Refused in clear text, the secret never reaches the compiled output.
+#[test]
+fn identity_urls_must_be_https_unless_the_object_opts_in() {
+    let profile_world = |jwks: &str, introspect: &str, allow_http: bool| {
+        let mut w = World::new();
+        w.secrets.push(annotated(
+            secret(
+                "idp-client",
+                "Opaque",
+                &[("clientId", "rs"), ("clientSecret", "introspection-secret-4")],
+            ),
+            &[(ALLOWED_PROFILES_ANNOTATION, "p")],
+        ));
+        let mut p = oauth2("p");
+        let o = p.spec.oauth2.as_mut().unwrap();
+        o.jwks_uri = Some(jwks.into());
+        o.introspection = Some(OAuth2Introspection {
+            url: introspect.into(),
+            client_secret_ref: SecretRef::new("idp-client"),
+        });
+        o.allow_http = allow_http;
+        w.profiles.push(p);
+        w.routes.push(route("api", &["p"]));
+        w.compile()
+    };
+    let out = profile_world(
+        "http://idp.example.com/jwks",
+        "https://idp.example.com/introspect",
+        false,
+    );
+    let (reason, field, message) = rejected(&out, "p");
+    assert_eq!((reason, field.as_str()), (reason::INVALID_SPEC, "spec.oauth2.jwksUri"));
+    assert!(message.contains("spec.oauth2.allowHttp: true"), "{message}");
+    let out = profile_world(
+        "https://idp.example.com/jwks",
+        "http://idp.example.com/introspect",
+        false,
+    );
+    let (reason, field, _) = rejected(&out, "p");
+    assert_eq!(
+        (reason, field.as_str()),
+        (reason::INVALID_SPEC, "spec.oauth2.introspection.url")
+    );
+    assert_nowhere(&out, "introspection-secret-4");
+    let out = profile_world("http://idp.example.com/jwks", "http://idp.example.com/introspect", true);
+    assert_eq!(
+        out.profiles["p"],
+        Verdict::Accepted,
+        "allowHttp: true admits http:// endpoints"
+    );
+
+    let route_world = |token_url: &str, allow_http: bool| {
+        let mut w = World::new();
+        w.secrets.push(annotated(
+            secret(
+                "client",
+                "Opaque",
+                &[("clientId", "gw"), ("clientSecret", "client-secret-8")],
+            ),
+            &[
+                (ALLOWED_ROUTES_ANNOTATION, "gw"),
+                (ALLOWED_ORIGINS_ANNOTATION, "backend.example.com,idp.example.com"),
+            ],
+        ));
+        let mut r = gateway("gw", "https://backend.example.com", "unused");
+        let auth = r.spec.backend.origin.as_mut().unwrap().auth.as_mut().unwrap();
+        auth.basic = None;
+        auth.oauth2_client_credentials = Some(OriginOAuth2ClientCredentials {
+            token_url: token_url.into(),
+            client_secret_ref: SecretRef::new("client"),
+            scopes: vec![],
+            audience: None,
+            allow_http,
+        });
+        w.routes.push(r);
+        w.compile()
+    };
+    let out = route_world("http://idp.example.com/token", false);
+    let (reason, field, message) = rejected(&out, "gw");
+    assert_eq!(
+        (reason, field.as_str()),
+        (
+            reason::INVALID_SPEC,
+            "spec.backend.origin.auth.oauth2ClientCredentials.tokenUrl"
+        )
+    );
+    assert!(message.contains("allowHttp: true"), "{message}");
+    assert_nowhere(&out, "client-secret-8");
+    assert_eq!(
+        route_world("http://idp.example.com/token", true).routes["gw"],
+        Verdict::Accepted
+    );
+    assert_eq!(
+        route_world("https://idp.example.com/token", false).routes["gw"],
+        Verdict::Accepted
+    );
 }
