@@ -238,7 +238,8 @@ async fn the_builtin_provider_issues_tokens_for_its_clients() {
             "routes": [{"name": "api", "pathPrefix": "/api", "profiles": ["accelerator"],
                 "backend": {"type": "Local", "port": backend.port()}}],
         }),
-        json!({"profiles": {"accelerator": {"oauth2Clients": {"app-1": "s3cret", "app-2": "other secret"}}}}),
+        json!({"profiles": {"accelerator": {"oauth2Clients": {"app-1": "s3cret", "app-2": "other secret"},
+            "oauth2ClientScopes": {"app-1": ["read"], "app-2": ["read", "write"]}}}}),
     )
     .write_dir(dir.path())
     .unwrap();
@@ -249,6 +250,10 @@ async fn the_builtin_provider_issues_tokens_for_its_clients() {
     assert_eq!(s, StatusCode::OK, "{token}");
     assert_eq!(token["token_type"], "Bearer");
     assert_eq!(token["expires_in"], 600);
+    assert_eq!(
+        token["scope"], "read",
+        "no scope asked: every scope the client may have"
+    );
     let access = token["access_token"].as_str().unwrap().to_owned();
     // client_secret_post, asking for a scope.
     let (s, posted) = token_request(
@@ -281,6 +286,14 @@ async fn the_builtin_provider_issues_tokens_for_its_clients() {
         (s, body["error"].clone()),
         (StatusCode::BAD_REQUEST, json!("unsupported_grant_type"))
     );
+    // A scope the client may not have: no token (app-1 may have only read).
+    let (s, body) = token_request(
+        &sidecar,
+        Some(("app-1", "s3cret")),
+        "grant_type=client_credentials&scope=read+write",
+    )
+    .await;
+    assert_eq!((s, body), (StatusCode::BAD_REQUEST, json!({"error": "invalid_scope"})));
 
     // The tokens open the API; token requests were not counted against the limit (2/min).
     let (s, _, body) = call(&sidecar, &access).await;
@@ -309,10 +322,11 @@ async fn the_builtin_provider_issues_tokens_for_its_clients() {
     let forged = format!("{signed}.{}", B64.encode(sig));
     assert_eq!(call(&sidecar, &forged).await.0, StatusCode::UNAUTHORIZED);
 
-    let lines = sidecar.wait_audit(10).await;
+    let lines = sidecar.wait_audit(11).await;
     assert_eq!(lines[0]["identity"], "app-1");
     assert_eq!(lines[0]["reason"], "oauth2 token issued");
     assert_eq!(lines[2]["reason"], "invalid_client");
+    assert_eq!(lines[5]["reason"], "invalid_scope");
     let audit = std::fs::read_to_string(&sidecar.audit).unwrap();
     assert!(!audit.contains(&access) && !audit.contains("s3cret"), "{audit}");
 }

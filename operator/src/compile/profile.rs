@@ -1,5 +1,6 @@
 //! Compiling one SecurityProfile.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use portcullis_api as api;
@@ -90,7 +91,8 @@ pub(crate) fn compile(
                     &b.clients_secret_ref.name,
                     None,
                 )?;
-                out.oauth2_clients = data.all()?;
+                (out.oauth2_clients, out.oauth2_client_scopes) =
+                    builtin_clients("spec.oauth2.builtin.clientsSecretRef.name", data.all()?)?;
             } else if o.jwks_uri.is_none() && o.introspection.is_none() {
                 return Err(Problem::new(
                     reason::INVALID_SPEC,
@@ -310,6 +312,47 @@ pub(crate) fn check_url(field: &str, url: &str) -> Result<(), Problem> {
         ));
     }
     Ok(())
+}
+
+/// Suffix of the Secret keys that list a Builtin client's scopes: `<client id>.scopes`.
+const SCOPES_SUFFIX: &str = ".scopes";
+
+/// Splits a Builtin provider's Secret into its clients (`<client id>: <secret>`) and the
+/// scopes each may be granted (`<client id>.scopes: "read write"`; none when absent).
+fn builtin_clients(
+    field: &str,
+    mut entries: BTreeMap<String, cfg::Sensitive>,
+) -> Result<(BTreeMap<String, cfg::Sensitive>, BTreeMap<String, Vec<String>>), Problem> {
+    let scope_keys: Vec<String> = entries.keys().filter(|k| k.ends_with(SCOPES_SUFFIX)).cloned().collect();
+    let mut scopes = BTreeMap::new();
+    for key in scope_keys {
+        let value = entries.remove(&key).expect("listed above");
+        let client = &key[..key.len() - SCOPES_SUFFIX.len()];
+        if !entries.contains_key(client) {
+            return Err(Problem::new(
+                reason::INVALID_SECRET,
+                field,
+                format!("key {key:?} lists scopes for client {client:?}, which the Secret does not hold"),
+            ));
+        }
+        let list: Vec<String> = value.expose().split_ascii_whitespace().map(str::to_owned).collect();
+        if let Some(bad) = list.iter().find(|s| !cfg::is_scope_token(s)) {
+            return Err(Problem::new(
+                reason::INVALID_SECRET,
+                field,
+                format!("key {key:?}: {bad:?} is not a valid OAuth 2.0 scope"),
+            ));
+        }
+        scopes.insert(client.to_owned(), list);
+    }
+    if entries.is_empty() {
+        return Err(Problem::new(
+            reason::SECRET_KEY_MISSING,
+            field,
+            "the Secret holds no client",
+        ));
+    }
+    Ok((entries, scopes))
 }
 
 /// [`check_url`] for a URL the sidecar fetches keys, tokens or token answers from, or sends a

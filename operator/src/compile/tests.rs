@@ -664,3 +664,49 @@ fn api_key_secrets_map_keys_to_shared_secrets() {
 /// Who may reach what: Secrets that opt in to be sent to origins, routes of other owners on
 /// an older route's paths.
 mod access;
+
+fn builtin(name: &str, clients: &str) -> SecurityProfile {
+    let mut p = oauth2(name);
+    let o = p.spec.oauth2.as_mut().unwrap();
+    o.provider = OAuth2Provider::Builtin;
+    o.jwks_uri = None;
+    o.builtin = Some(OAuth2Builtin {
+        clients_secret_ref: SecretRef::new(clients),
+        token_ttl_seconds: 600,
+    });
+    p
+}
+
+/// A Builtin provider's Secret holds its clients and, under `<client>.scopes`, the scopes each
+/// may be granted; a scope list for no client, or a malformed scope, refuses the profile.
+#[test]
+fn builtin_clients_carry_their_scopes_from_the_secret() {
+    let world = |data: &[(&str, &str)]| {
+        let mut w = World::new();
+        w.secrets.push(secret("clients", "Opaque", data));
+        w.profiles.push(builtin("idp", "clients"));
+        w.routes.push(route("api", &["idp"]));
+        w.compile()
+    };
+    let out = world(&[("app-1", "s1"), ("app-1.scopes", "read  write"), ("app-2", "s2")]);
+    assert_eq!(out.profiles["idp"], Verdict::Accepted);
+    let s = &out.loaded.secrets.profiles["idp"];
+    assert_eq!(s.oauth2_clients.keys().collect::<Vec<_>>(), ["app-1", "app-2"]);
+    assert_eq!(
+        s.oauth2_client_scopes,
+        BTreeMap::from([("app-1".to_string(), vec!["read".to_string(), "write".to_string()])])
+    );
+    out.loaded.config.check(&out.loaded.secrets).unwrap();
+
+    let out = world(&[("app-1", "s1"), ("app-9.scopes", "read")]);
+    let (reason, field, message) = rejected(&out, "idp");
+    assert_eq!(
+        (reason, field.as_str()),
+        (reason::INVALID_SECRET, "spec.oauth2.builtin.clientsSecretRef.name")
+    );
+    assert!(message.contains("\"app-9.scopes\""), "{message}");
+    let out = world(&[("app-1", "s1"), ("app-1.scopes", "read \"all\"")]);
+    assert!(rejected(&out, "idp").2.contains("not a valid OAuth 2.0 scope"));
+    let out = world(&[("app-1.scopes", "read")]);
+    assert_eq!(rejected(&out, "idp").0, reason::INVALID_SECRET);
+}

@@ -306,6 +306,9 @@ pub struct ProfileSecrets {
     /// OAuth2 Builtin: client id to client secret.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub oauth2_clients: BTreeMap<String, Sensitive>,
+    /// OAuth2 Builtin: client id to the scopes its tokens may carry (none when absent).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub oauth2_client_scopes: BTreeMap<String, Vec<String>>,
     /// HttpSignature: keyId to HMAC secret or PEM public key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub signature_keys: BTreeMap<String, Sensitive>,
@@ -598,6 +601,14 @@ impl Loaded {
         v.push(b'\n');
         v
     }
+}
+
+/// An OAuth 2.0 scope token: one or more of `%x21 / %x23-5B / %x5D-7E` (RFC 6749 section
+/// 3.3). Shared by the operator (a Builtin client's scopes) and the sidecar (token requests).
+pub fn is_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
 #[cfg(test)]

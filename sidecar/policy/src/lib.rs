@@ -311,7 +311,9 @@ impl<L: Limiter> Engine<L> {
                         Some(ttl) => {
                             let clients = secrets.map(|s| &s.oauth2_clients).filter(|c| !c.is_empty());
                             let clients = clients.ok_or_else(|| missing("oauth2Clients"))?;
-                            Some(oauth2::Builtin::new(&p.name, *ttl, clients).map_err(|message| {
+                            let none = std::collections::BTreeMap::new();
+                            let scopes = secrets.map_or(&none, |s| &s.oauth2_client_scopes);
+                            Some(oauth2::Builtin::new(&p.name, *ttl, clients, scopes).map_err(|message| {
                                 CompileError::Invalid {
                                     profile: p.name.clone(),
                                     message,
@@ -897,7 +899,7 @@ pub enum TokenError {
     InvalidRequest,
     /// Only `client_credentials` is served: 400.
     UnsupportedGrantType,
-    /// The scope is malformed: 400.
+    /// The scope is malformed, or asks for more than the client may have: 400.
     InvalidScope,
 }
 
@@ -931,8 +933,9 @@ impl TokenEndpoint<'_> {
     }
 
     /// Serves a client-credentials token request: `headers` (for `client_secret_basic`) and
-    /// the form `body`, at `now_secs`. The requested scope is granted as asked (its tokens
-    /// well formed); without one, the token carries the profile's required scopes.
+    /// the form `body`, at `now_secs`. A requested scope is granted only when the client may
+    /// have every scope in it (`invalid_scope` otherwise); without one, the token carries
+    /// every scope the client may have.
     pub fn issue(&self, headers: &HeaderMap, body: &str, now_secs: u64) -> Result<Issued, TokenError> {
         let form = |name: &str| query::query_param(body, name);
         let basic = auth::basic_pair(headers);
@@ -953,12 +956,14 @@ impl TokenEndpoint<'_> {
             Some(_) => return Err(TokenError::UnsupportedGrantType),
             None => return Err(TokenError::InvalidRequest),
         }
-        let scope = match form("scope") {
-            Some(s) if !oauth2::valid_scope(&s) => return Err(TokenError::InvalidScope),
-            Some(s) => Some(s.split_ascii_whitespace().collect::<Vec<_>>().join(" ")),
-            None => Some(self.oauth2.required_scopes()),
+        let requested = form("scope");
+        if requested.as_deref().is_some_and(|s| !oauth2::valid_scope(s)) {
+            return Err(TokenError::InvalidScope);
         }
-        .filter(|s| !s.is_empty());
+        let scope = builtin
+            .grant(&id, requested.as_deref())
+            .ok_or(TokenError::InvalidScope)?;
+        let scope = Some(scope).filter(|s| !s.is_empty());
         let (access_token, expires_in) = self
             .oauth2
             .issue(&id, scope.as_deref(), now_secs)

@@ -259,6 +259,8 @@ pub struct Builtin {
     key: Key,
     ttl_seconds: u32,
     clients: BTreeMap<Box<str>, Box<[u8]>>,
+    /// The scopes each client's tokens may carry; a client without an entry gets none.
+    scopes: BTreeMap<Box<str>, Box<[Box<str>]>>,
 }
 
 impl std::fmt::Debug for Builtin {
@@ -271,10 +273,24 @@ impl std::fmt::Debug for Builtin {
 }
 
 impl Builtin {
-    /// The provider of profile `profile` with `clients` (id to secret).
-    pub fn new(profile: &str, ttl_seconds: u32, clients: &BTreeMap<String, Sensitive>) -> Result<Self, String> {
+    /// The provider of profile `profile` with `clients` (id to secret) and the `scopes` each
+    /// client may be granted (id to scopes; a client without an entry is granted none).
+    pub fn new(
+        profile: &str,
+        ttl_seconds: u32,
+        clients: &BTreeMap<String, Sensitive>,
+        scopes: &BTreeMap<String, Vec<String>>,
+    ) -> Result<Self, String> {
         if clients.is_empty() {
             return Err("a Builtin provider needs at least one client".into());
+        }
+        for (id, list) in scopes {
+            if !clients.contains_key(id) {
+                return Err(format!("scopes are given for {id:?}, which is not a client"));
+            }
+            if let Some(bad) = list.iter().find(|s| !portcullis_config::is_scope_token(s)) {
+                return Err(format!("client {id:?}: {bad:?} is not a valid scope"));
+            }
         }
         // The key: HMAC-SHA256 over the profile name and the sorted clients (BTreeMap order),
         // each field length-prefixed so that no two client lists give the same input.
@@ -287,6 +303,11 @@ impl Builtin {
         for (id, secret) in clients {
             field(id.as_bytes());
             field(secret.expose().as_bytes());
+            // Taking a scope away from a client invalidates the tokens that carry it.
+            for scope in scopes.get(id).into_iter().flatten() {
+                field(b"scope");
+                field(scope.as_bytes());
+            }
         }
         let derive = Key::hmac(b"portcullis oauth2 builtin token key v1").map_err(|e| e.to_string())?;
         let seed = derive.sign(Algorithm::HmacSha256, &input).map_err(|e| e.to_string())?;
@@ -297,7 +318,33 @@ impl Builtin {
                 .iter()
                 .map(|(id, s)| (id.as_str().into(), s.expose().as_bytes().into()))
                 .collect(),
+            scopes: scopes
+                .iter()
+                .map(|(id, list)| (id.as_str().into(), list.iter().map(|s| s.as_str().into()).collect()))
+                .collect(),
         })
+    }
+
+    /// The scope to grant `client` when it asks for `requested` (space-separated, well formed;
+    /// `None` when it asked for none): what it asked for when every asked scope is allowed to
+    /// it (`None` when it is not), all its allowed scopes when it asked for none.
+    pub fn grant(&self, client: &str, requested: Option<&str>) -> Option<String> {
+        let allowed = self.scopes.get(client).map_or(&[][..], |s| &s[..]);
+        match requested {
+            None => Some(allowed.join(" ")),
+            Some(requested) => {
+                let mut granted: Vec<&str> = Vec::new();
+                for scope in requested.split_ascii_whitespace() {
+                    if !allowed.iter().any(|a| &**a == scope) {
+                        return None;
+                    }
+                    if !granted.contains(&scope) {
+                        granted.push(scope);
+                    }
+                }
+                Some(granted.join(" "))
+            }
+        }
     }
 
     /// Whether `secret` is the secret of client `id` (constant time in the secret).
@@ -571,8 +618,9 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 pub fn valid_scope(scope: &str) -> bool {
     scope.len() <= 1024
         && scope
-            .bytes()
-            .all(|b| b == b' ' || (b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)))
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .all(portcullis_config::is_scope_token)
 }
 
 #[cfg(test)]

@@ -530,7 +530,8 @@ fn introspection_without_client_credentials_does_not_compile() {
 fn builtin() -> Engine {
     engine(
         json!({"provider": "Builtin", "builtinTokenTtlSeconds": 600, "requiredScopes": ["read"]}),
-        json!({"oauth2Clients": {"app-1": "s3cret", "app-2": "other"}}),
+        json!({"oauth2Clients": {"app-1": "s3cret", "app-2": "other"},
+               "oauth2ClientScopes": {"app-1": ["read", "write"], "app-2": ["write"]}}),
     )
 }
 
@@ -551,7 +552,8 @@ fn builtin_issues_tokens_the_engine_accepts() {
     )
     .unwrap();
     assert_eq!(issued.expires_in, 600);
-    assert_eq!(issued.scope.as_deref(), Some("read"));
+    // No scope asked for: every scope the client may have.
+    assert_eq!(issued.scope.as_deref(), Some("read write"));
     assert_eq!(
         decide(&e, &issued.access_token, NOW + 10),
         (200, "app-1".into(), vec![])
@@ -565,12 +567,79 @@ fn builtin_issues_tokens_the_engine_accepts() {
     assert_eq!(decide(&e, &issued.access_token, NOW).0, 403);
     // Another engine with the same clients accepts the token (replicas, reloads).
     assert_eq!(decide(&builtin(), &issued.access_token, NOW).0, 403);
+    // With a scope taken from the client, it does not.
+    let narrowed = engine(
+        json!({"provider": "Builtin", "builtinTokenTtlSeconds": 600, "requiredScopes": ["read"]}),
+        json!({"oauth2Clients": {"app-1": "s3cret", "app-2": "other"},
+               "oauth2ClientScopes": {"app-1": ["read", "write"]}}),
+    );
+    assert_eq!(decide(&narrowed, &issued.access_token, NOW).1, "bad token signature");
     // With other secrets, it does not.
     let other = engine(
         json!({"provider": "Builtin", "builtinTokenTtlSeconds": 600}),
         json!({"oauth2Clients": {"app-1": "changed", "app-2": "other"}}),
     );
     assert_eq!(decide(&other, &issued.access_token, NOW).1, "bad token signature");
+}
+
+/// A client gets only the scopes its Secret allows: asking for more is `invalid_scope`, never a
+/// token that carries it.
+#[test]
+fn builtin_grants_only_the_scopes_a_client_may_have() {
+    let e = builtin();
+    let none = HeaderMap::new();
+    let grant = |client: &str, secret: &str, scope: &str| {
+        let body = format!("grant_type=client_credentials&client_id={client}&client_secret={secret}{scope}");
+        token_request(&e, &none, &body).map(|i| i.scope).map_err(|e| e.code())
+    };
+    assert_eq!(grant("app-1", "s3cret", "&scope=write"), Ok(Some("write".into())));
+    assert_eq!(
+        grant("app-1", "s3cret", "&scope=write+read+write"),
+        Ok(Some("write read".into()))
+    );
+    assert_eq!(grant("app-2", "other", "&scope=read"), Err("invalid_scope"));
+    assert_eq!(grant("app-2", "other", "&scope=write+admin"), Err("invalid_scope"));
+    assert_eq!(grant("app-2", "other", ""), Ok(Some("write".into())));
+    // A client without scopes in its Secret gets a token without any, which the profile's
+    // required scope then refuses.
+    let bare = engine(
+        json!({"provider": "Builtin", "builtinTokenTtlSeconds": 600, "requiredScopes": ["read"]}),
+        json!({"oauth2Clients": {"app-1": "s3cret"}}),
+    );
+    let issued = token_request(
+        &bare,
+        &none,
+        "grant_type=client_credentials&client_id=app-1&client_secret=s3cret",
+    )
+    .unwrap();
+    assert_eq!(issued.scope, None);
+    assert_eq!(decide(&bare, &issued.access_token, NOW).0, 403);
+    let asked = "grant_type=client_credentials&client_id=app-1&client_secret=s3cret&scope=read";
+    assert_eq!(token_request(&bare, &none, asked).unwrap_err().code(), "invalid_scope");
+}
+
+#[test]
+fn builtin_scopes_must_name_clients_and_be_scope_tokens() {
+    let compile = |secrets: Value| {
+        let config = json!({"schemaVersion": 1, "generation": "g", "namespace": "n",
+            "profiles": [{"name": "idp", "auth": {"type": "OAuth2", "provider": "Builtin", "builtinTokenTtlSeconds": 600}}],
+            "routes": [{"name": "api", "pathPrefix": "/api", "profiles": ["idp"], "backend": {"type": "Local", "port": 8080}}]});
+        let loaded = Loaded {
+            config: serde_json::from_value::<SidecarConfig>(config).unwrap(),
+            secrets: serde_json::from_value::<SecretMaterial>(
+                json!({"schemaVersion": 1, "generation": "g", "profiles": {"idp": secrets}}),
+            )
+            .unwrap(),
+        };
+        Engine::compile(&loaded, Arc::new(InMemoryLimiter::new()))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let err = compile(json!({"oauth2Clients": {"app-1": "s"}, "oauth2ClientScopes": {"app-9": ["read"]}})).unwrap_err();
+    assert!(err.contains("\"app-9\", which is not a client"), "{err}");
+    let err = compile(json!({"oauth2Clients": {"app-1": "s"}, "oauth2ClientScopes": {"app-1": ["a\"b"]}})).unwrap_err();
+    assert!(err.contains("not a valid scope"), "{err}");
+    compile(json!({"oauth2Clients": {"app-1": "s"}, "oauth2ClientScopes": {"app-1": ["read"]}})).unwrap();
 }
 
 #[test]
