@@ -317,12 +317,12 @@ pub(crate) fn check_url(field: &str, url: &str) -> Result<(), Problem> {
 /// Suffix of the Secret keys that list a Builtin client's scopes: `<client id>.scopes`.
 const SCOPES_SUFFIX: &str = ".scopes";
 
+/// A Builtin provider's clients (id to secret) and the scopes each may be granted.
+type BuiltinClients = (BTreeMap<String, cfg::Sensitive>, BTreeMap<String, Vec<String>>);
+
 /// Splits a Builtin provider's Secret into its clients (`<client id>: <secret>`) and the
 /// scopes each may be granted (`<client id>.scopes: "read write"`; none when absent).
-fn builtin_clients(
-    field: &str,
-    mut entries: BTreeMap<String, cfg::Sensitive>,
-) -> Result<(BTreeMap<String, cfg::Sensitive>, BTreeMap<String, Vec<String>>), Problem> {
+fn builtin_clients(field: &str, mut entries: BTreeMap<String, cfg::Sensitive>) -> Result<BuiltinClients, Problem> {
     let scope_keys: Vec<String> = entries.keys().filter(|k| k.ends_with(SCOPES_SUFFIX)).cloned().collect();
     let mut scopes = BTreeMap::new();
     for key in scope_keys {

@@ -225,7 +225,7 @@ enum Auth {
     ApiKey(ApiKey),
     ClientCertificate(ClientCertificate),
     HttpSignature(HttpSignature),
-    OAuth2(OAuth2),
+    OAuth2(Box<OAuth2>),
 }
 
 struct CompiledProfile<C> {
@@ -348,7 +348,7 @@ impl<L: Limiter> Engine<L> {
                             cache,
                         ));
                     }
-                    Auth::OAuth2(verifier)
+                    Auth::OAuth2(Box::new(verifier))
                 }
                 ProfileAuth::HttpSignature {
                     standard,
