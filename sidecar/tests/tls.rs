@@ -257,6 +257,44 @@ async fn ssl_only_redirects_plain_http_with_308() {
     assert_eq!(lines[1]["decision"], "allow");
 }
 
+/// Behind a TLS-terminating ingress (a trusted proxy) an `sslOnly` route is served over plain
+/// HTTP when the ingress says `X-Forwarded-Proto: https`, and the app is told `https`; the
+/// same header from any other peer changes nothing.
+#[tokio::test]
+async fn ssl_only_behind_a_trusted_tls_ingress() {
+    let backend = Backend::start().await;
+    let ca = Ca::new("Test CA");
+    let mut route = tls_route("api", &[HOST], backend.port());
+    route["sslOnly"] = json!(true);
+    let serve = |trusted: Value| {
+        let dir = tempfile::tempdir().unwrap();
+        loaded(
+            "g1",
+            json!({"trustedProxies": trusted, "routes": [route.clone()]}),
+            json!({"routes": {"api": {"tls": ca.server("api", &[HOST]).material()}}}),
+        )
+        .write_dir(dir.path())
+        .unwrap();
+        dir
+    };
+    let ingress = [("host", HOST), ("x-forwarded-proto", "https")];
+
+    let dir = serve(json!(["127.0.0.0/8"]));
+    let sidecar = Sidecar::start(dir.path()).await;
+    let (status, _, body) = get_with(&sidecar.url("/v1/items"), &ingress).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json_of(&body)["headers"]["x-forwarded-proto"], json!(["https"]));
+    let (status, headers, _) = get_with(&sidecar.url("/v1/items"), &[("host", HOST)]).await;
+    assert_eq!(status, 308, "no word from the ingress: redirected");
+    assert_eq!(headers["location"], "https://api.example.test/v1/items");
+    drop(sidecar);
+
+    let dir = serve(json!([]));
+    let sidecar = Sidecar::start(dir.path()).await;
+    let (status, _, _) = get_with(&sidecar.url("/v1/items"), &ingress).await;
+    assert_eq!(status, 308, "X-Forwarded-Proto from an untrusted peer means nothing");
+}
+
 #[tokio::test]
 async fn client_certificates_allow_and_deny() {
     let backend = Backend::start().await;

@@ -162,6 +162,9 @@ pub struct Admission<'e> {
     /// the original query. [`NormalPath::AsSent`] when the request came in normal form (the
     /// common case: nothing allocated, nothing copied).
     pub path: NormalPath,
+    /// The client used HTTPS: to the sidecar itself, or to a trusted proxy in front that
+    /// says so (`X-Forwarded-Proto: https`). The app is told this scheme.
+    pub https: bool,
     grant: Option<(usize, Grant)>,
 }
 
@@ -840,6 +843,7 @@ impl<L: Limiter> Engine<L> {
             rate,
             body_digest,
             path,
+            https: req.tls || self.https_at_trusted_proxy(req),
             grant,
         })
     }

@@ -4,8 +4,8 @@
 //! What the app can trust (docs/api.md, "Security model"): every header under the
 //! `X-Portcullis-` prefix, in any spelling a framework may fold into it (any case, `_` for
 //! `-`), comes from the sidecar; `X-Real-IP` is the client address the policy engine decided
-//! on (after trusted proxies); `X-Forwarded-Proto` is the scheme the call reached the
-//! sidecar with; the last `X-Forwarded-For` entry is the sidecar's peer. `Forwarded`,
+//! on (after trusted proxies); `X-Forwarded-Proto` is the scheme the client used (the
+//! sidecar's own, or `https` when a trusted proxy in front says so); the last `X-Forwarded-For` entry is the sidecar's peer. `Forwarded`,
 //! `X-Forwarded-Host` and `X-Forwarded-Port` from the client are removed: the `Host` the
 //! request was routed on is the one forwarded.
 

@@ -329,7 +329,7 @@ async fn forward<'a>(
         identity: &admission.identity,
         client_ip: admission.client_ip,
     };
-    let proto = if conn.tls { "https" } else { "http" };
+    let proto = if admission.https { "https" } else { "http" };
     let result = match (admission.route.local_port(), conn.listener) {
         (Some(port), Listener::Inbound) => {
             Some(shared.forwarder.local(req, port, conn.peer.ip(), proto, verdict).await)
