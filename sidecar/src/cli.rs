@@ -81,6 +81,14 @@ pub struct ServeArgs {
     /// an outbound signature, in bytes; other bodies stream through unread.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_signed_body_bytes: usize,
+    /// Failed authentications (wrong Basic passwords, unknown API keys) one client address
+    /// (IPv6: one /64) may have per minute before its requests get 429 (0: no limit).
+    #[arg(long, default_value_t = 30)]
+    pub auth_failures_per_address: u32,
+    /// Failed authentications one claimed Basic user may have per minute, from any address,
+    /// before requests for that user get 429 (0: no limit).
+    #[arg(long, default_value_t = 10)]
+    pub auth_failures_per_user: u32,
     /// On SIGTERM, time allowed for open requests to finish before the process exits.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub drain_timeout: Duration,

@@ -12,7 +12,7 @@ use hyper::service::service_fn;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::base::engine::{InMemoryLimiter, Listener};
+use crate::base::engine::{Budget, InMemoryLimiter, Listener};
 use crate::cli::ServeArgs;
 use crate::identity::jwks::{self, RefreshPolicy};
 use crate::listen::Connection;
@@ -74,7 +74,11 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     };
     let dir = sources.current().to_owned();
     let snapshot = Snapshot::read(&dir);
-    let limiter = Arc::new(InMemoryLimiter::new());
+    let limiter = Arc::new(InMemoryLimiter::new().with_auth_failure_budget(Budget {
+        per_address: args.auth_failures_per_address,
+        per_user: args.auth_failures_per_user,
+        ..Budget::default()
+    }));
     let initial = match reload::load(&dir, &limiter, &forwarder) {
         Ok(active) => {
             tracing::info!(generation = active.generation(), routes = active.config.routes.len(),

@@ -22,14 +22,24 @@ fn basic(user: &str, password: &str) -> String {
 
 /// A sidecar serving `config` and `secrets` (compiled-configuration JSON).
 async fn serving(config: Value, secrets: Value) -> (Sidecar, tempfile::TempDir) {
+    serving_with(config, secrets, &[]).await
+}
+
+/// [`serving`], with `extra` command-line arguments.
+async fn serving_with(config: Value, secrets: Value, extra: &[&str]) -> (Sidecar, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     loaded("g1", config, secrets).write_dir(dir.path()).unwrap();
-    (Sidecar::start(dir.path()).await, dir)
+    (Sidecar::start_with(dir.path(), extra).await, dir)
 }
 
 /// Two hosts on one workload: `public.example` anonymous, `admin.example` behind Basic.
 async fn two_hosts(port: u16) -> (Sidecar, tempfile::TempDir) {
-    serving(
+    two_hosts_with(port, &[]).await
+}
+
+/// [`two_hosts`], with `extra` command-line arguments.
+async fn two_hosts_with(port: u16, extra: &[&str]) -> (Sidecar, tempfile::TempDir) {
+    serving_with(
         json!({
             "profiles": [
                 {"name": "open", "auth": {"type": "Anonymous"}},
@@ -43,6 +53,7 @@ async fn two_hosts(port: u16) -> (Sidecar, tempfile::TempDir) {
             ],
         }),
         json!({"profiles": {"staff": {"basic": {"username": "zoë", "password": "pw"}}}}),
+        extra,
     )
     .await
 }
@@ -335,4 +346,33 @@ async fn passwords_cannot_be_guessed_at_line_rate() {
         metrics.contains("portcullis_rate_limit_rejections_total{scope=\"auth_failures\"} 1"),
         "{metrics}"
     );
+}
+
+/// The budget is the operator's to set: `--auth-failures-per-address` and
+/// `--auth-failures-per-user`, 0 for no limit.
+#[tokio::test]
+async fn the_failed_authentication_budget_is_configurable() {
+    let backend = Backend::start().await;
+    let guesses = |sidecar: &Sidecar, n: usize| {
+        let url = sidecar.url("/x");
+        async move {
+            let mut statuses = Vec::new();
+            for i in 0..n {
+                let auth = basic(&format!("user-{i}"), "guess");
+                let headers = [("host", "admin.example"), ("authorization", auth.as_str())];
+                statuses.push(get_with(&url, &headers).await.0);
+            }
+            statuses
+        }
+    };
+    let (sidecar, _dir) = two_hosts_with(backend.port(), &["--auth-failures-per-address", "2"]).await;
+    assert_eq!(guesses(&sidecar, 3).await, [401, 401, 429]);
+    drop(sidecar);
+    let (sidecar, _dir) = two_hosts_with(
+        backend.port(),
+        &["--auth-failures-per-address", "0", "--auth-failures-per-user", "0"],
+    )
+    .await;
+    let statuses = guesses(&sidecar, 40).await;
+    assert!(statuses.iter().all(|&s| s == 401), "{statuses:?}");
 }

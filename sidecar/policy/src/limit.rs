@@ -141,6 +141,14 @@ impl InMemoryLimiter {
     }
 }
 
+impl InMemoryLimiter {
+    /// This limiter, throttling failed authentications to `budget`.
+    pub fn with_auth_failure_budget(mut self, budget: crate::throttle::Budget) -> Self {
+        self.throttle = crate::throttle::Throttle::new(budget);
+        self
+    }
+}
+
 impl Limiter for InMemoryLimiter {
     type Counter = SharedWindow;
 

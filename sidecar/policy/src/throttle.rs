@@ -31,9 +31,9 @@ const PER_SHARD: usize = MAX_ENTRIES / SHARDS;
 /// How many failures are tolerated, and over how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
-    /// Failures one client address (IPv6: one /64) may have in a window.
+    /// Failures one client address (IPv6: one /64) may have in a window (0: no limit).
     pub per_address: u32,
-    /// Failures one claimed user may have in a window, from any address.
+    /// Failures one claimed user may have in a window, from any address (0: no limit).
     pub per_user: u32,
     /// The window, in milliseconds, from its first failure.
     pub window_ms: u64,
@@ -110,8 +110,10 @@ impl Throttle {
 
     /// Counts one refused credential from `address`, claiming `user` when given.
     pub fn failed(&self, address: IpAddr, user: Option<&str>, now_ms: u64) {
-        self.count(Key::Address(address_key(address)), now_ms);
-        if let Some(user) = user {
+        if self.budget.per_address != 0 {
+            self.count(Key::Address(address_key(address)), now_ms);
+        }
+        if let Some(user) = user.filter(|_| self.budget.per_user != 0) {
             self.count(self.user_key(user), now_ms);
         }
     }
@@ -230,6 +232,27 @@ mod tests {
         assert!(t.blocked(ip("10.0.0.3"), Some("alice"), 2).is_some());
         assert_eq!(t.blocked(ip("10.0.0.3"), Some("bob"), 2), None);
         assert_eq!(t.blocked(ip("10.0.0.3"), None, 2), None);
+    }
+
+    #[test]
+    fn a_zero_budget_is_no_limit_and_keeps_nothing() {
+        let t = Throttle::new(Budget {
+            per_address: 0,
+            per_user: 2,
+            ..BUDGET
+        });
+        for n in 0..10 {
+            t.failed(ip("10.0.0.1"), None, n);
+        }
+        assert_eq!(t.blocked(ip("10.0.0.1"), None, 10), None);
+        assert_eq!(t.len(), 0);
+        t.failed(ip("10.0.0.1"), Some("alice"), 11);
+        t.failed(ip("10.0.0.1"), Some("alice"), 12);
+        assert!(
+            t.blocked(ip("10.0.0.1"), Some("alice"), 13).is_some(),
+            "the user budget still holds"
+        );
+        assert_eq!(t.blocked(ip("10.0.0.1"), None, 13), None);
     }
 
     #[test]

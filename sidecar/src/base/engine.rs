@@ -2,6 +2,7 @@
 //! sidecar runs, with the in-process limiter whose counts outlive configuration reloads.
 
 pub use portcullis_policy::path::NormalPath;
+pub use portcullis_policy::throttle::Budget;
 pub use portcullis_policy::{
     Admission, CompileError, Denial, DenialKind, InMemoryLimiter, Listener, Outcome, PeerCertificate, RateInfo,
     RequestView, Scope,
