@@ -64,6 +64,11 @@ pub struct ServeArgs {
     /// File the audit lines (one JSON object per hit) are appended to; default: stdout.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// Most bytes of audit lines waiting in memory to be written; when the output cannot keep
+    /// up, lines beyond it are dropped and counted (`portcullis_audit_lines_dropped_total`).
+    /// SIGHUP reopens `--audit-log` (log rotation).
+    #[arg(long, default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(65536..))]
+    pub audit_buffer_bytes: u64,
     /// Time allowed for a client to send a request's headers before its connection is cut.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub header_read_timeout: Duration,

@@ -59,13 +59,15 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let egress = bind("egress", args.egress).await?;
     let admin_listener = bind("admin", args.admin).await?;
 
-    let audit = AuditLog::open(args.audit_log.as_deref())
+    let audit = AuditLog::open(args.audit_log.as_deref(), args.audit_buffer_bytes as usize)
         .and_then(|log| log.spawn_flusher().map(|()| log))
         .map_err(|source| ServeError::AuditLog {
             path: args.audit_log.clone().unwrap_or_else(|| "<stdout>".into()),
             source,
         })?;
     let metrics = Metrics::new();
+    metrics.register_counter(audit.dropped());
+    spawn_log_rotation(Arc::clone(&audit));
     credentials::set_max_signed_body_bytes(args.max_signed_body_bytes as u64);
     let forwarder = Forwarder::new(args.backend_connect_timeout, args.backend_timeout);
     let sources = reload::Sources {
@@ -270,6 +272,30 @@ fn follow_api(args: &ServeArgs, sources: &reload::Sources) -> Option<tokio::task
         "following the configuration through the API");
     let target = portcullis_kubewatch::Target { configmap, secret, dir };
     Some(tokio::spawn(portcullis_kubewatch::run(client, target)))
+}
+
+/// On SIGHUP, reopens the audit log (after a log rotation moved it away).
+fn spawn_log_rotation(audit: Arc<AuditLog>) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP: the audit log will not be reopened");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let audit = Arc::clone(&audit);
+            // Waits for a flush in progress: off the runtime's threads.
+            match tokio::task::spawn_blocking(move || audit.reopen()).await {
+                Ok(Ok(())) => tracing::info!("SIGHUP: audit log reopened"),
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "SIGHUP: cannot reopen the audit log; still writing the old one")
+                }
+                Err(_) => {}
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

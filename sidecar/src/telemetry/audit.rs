@@ -7,6 +7,12 @@
 //! holds the path without its query string (API keys and signatures travel there) and never
 //! a header value other than the identity the profile chose to log.
 //!
+//! Bounds: a client-chosen field (path, identity, method) longer than [`MAX_FIELD_BYTES`] is
+//! cut (at a character boundary) and ends with `…`; lines waiting in memory never exceed the
+//! budget given to [`AuditLog::open`] (when the output stalls, new lines are dropped and
+//! counted in `portcullis_audit_lines_dropped_total`, never held without bound). SIGHUP
+//! reopens `--audit-log` for log rotation ([`AuditLog::reopen`]).
+//!
 //! ```json
 //! {"timestamp":"2026-11-25T20:13:41.123456Z","level":"INFO","message":"hit","route":"orders",
 //!  "profile":"partners","identity":"alice","client_ip":"10.0.0.7","method":"GET",
@@ -17,15 +23,20 @@
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::IntCounter;
 
 /// The `target` field of every audit line.
 pub const TARGET: &str = "portcullis::audit";
 
 /// How long an audit line may wait in memory before it is written out.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Longest value of a field the client chooses (path, identity, method) written in full.
+pub const MAX_FIELD_BYTES: usize = 1024;
 
 /// What is logged about one request.
 #[derive(Debug, Clone)]
@@ -80,12 +91,21 @@ impl Record<'_> {
     }
 }
 
-/// `,"key":"value"` with `value` escaped as a JSON string.
+/// `,"key":"value"` with `value` escaped as a JSON string, cut to [`MAX_FIELD_BYTES`].
 fn string_field(out: &mut Vec<u8>, key: &str, value: &str) {
     out.extend_from_slice(b",\"");
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(b"\":\"");
-    escaped(out, value);
+    if value.len() > MAX_FIELD_BYTES {
+        let mut end = MAX_FIELD_BYTES;
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        escaped(out, &value[..end]);
+        out.extend_from_slice("…".as_bytes());
+    } else {
+        escaped(out, value);
+    }
     out.push(b'"');
 }
 
@@ -187,29 +207,78 @@ pub struct AuditLog {
     pending: Mutex<Vec<u8>>,
     /// The destination, and the spare buffer swapped with `pending` on each flush.
     out: Mutex<(Box<dyn Write + Send>, Vec<u8>)>,
+    /// The file written to, reopened by [`reopen`](Self::reopen); `None`: stdout.
+    path: Option<PathBuf>,
+    /// Most bytes `pending` may hold; a line that would go beyond is dropped.
+    budget: usize,
+    /// Lines dropped for want of room.
+    dropped: IntCounter,
 }
 
 impl AuditLog {
-    /// Appends to the file at `path` (created if missing), or writes to stdout.
-    pub fn open(path: Option<&Path>) -> io::Result<Arc<Self>> {
+    /// Appends to the file at `path` (created if missing), or writes to stdout; at most
+    /// `budget` bytes of lines wait in memory.
+    pub fn open(path: Option<&Path>, budget: usize) -> io::Result<Arc<Self>> {
         let out: Box<dyn Write + Send> = match path {
-            Some(path) => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
+            Some(path) => Box::new(append(path)?),
             None => Box::new(io::stdout()),
         };
-        Ok(Self::to(out))
+        Ok(Self::build(out, path.map(Path::to_owned), budget))
     }
 
-    /// Writes to `out`.
+    /// Writes to `out` (a 16 MiB budget).
     pub fn to(out: Box<dyn Write + Send>) -> Arc<Self> {
+        Self::build(out, None, 16 << 20)
+    }
+
+    fn build(out: Box<dyn Write + Send>, path: Option<PathBuf>, budget: usize) -> Arc<Self> {
+        let dropped = IntCounter::new(
+            "portcullis_audit_lines_dropped_total",
+            "Audit lines dropped because the output could not keep up (the in-memory budget was full)",
+        )
+        .expect("a valid metric");
         Arc::new(Self {
             pending: Mutex::new(Vec::with_capacity(64 * 1024)),
             out: Mutex::new((out, Vec::with_capacity(64 * 1024))),
+            path,
+            budget,
+            dropped,
         })
+    }
+
+    /// The counter of dropped lines, to register with the metrics.
+    pub fn dropped(&self) -> IntCounter {
+        self.dropped.clone()
+    }
+
+    /// Opens `--audit-log` again (after log rotation moved it away); on failure the old file
+    /// is kept and the error returned. Nothing is lost: pending lines go to the new file.
+    pub fn reopen(&self) -> io::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let file = append(path)?;
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = out.0.flush();
+        out.0 = Box::new(file);
+        Ok(())
     }
 
     /// Appends one line (written out by the next [`flush`](Self::flush)).
     pub fn record(&self, record: &Record<'_>) {
-        record.write_json(SystemTime::now(), &mut self.pending());
+        let mut pending = self.pending();
+        let before = pending.len();
+        if before >= self.budget {
+            drop(pending);
+            self.dropped.inc();
+            return;
+        }
+        record.write_json(SystemTime::now(), &mut pending);
+        if pending.len() > self.budget {
+            pending.truncate(before);
+            drop(pending);
+            self.dropped.inc();
+        }
     }
 
     fn pending(&self) -> MutexGuard<'_, Vec<u8>> {
@@ -243,6 +312,10 @@ impl AuditLog {
             })
             .map(drop)
     }
+}
+
+fn append(path: &Path) -> io::Result<std::fs::File> {
+    OpenOptions::new().create(true).append(true).open(path)
 }
 
 #[cfg(test)]
@@ -360,5 +433,68 @@ mod tests {
         assert_eq!(paths, ["\"/a\"", "\"/b\""]);
         log.flush();
         assert_eq!(sink.0.lock().unwrap().len(), written.len(), "nothing written twice");
+    }
+
+    #[test]
+    fn long_client_fields_are_cut_at_a_character_boundary() {
+        let path = format!("/{}", "é".repeat(40_000));
+        let v = line(&record(&path, "-"), SystemTime::now());
+        let logged = v["path"].as_str().unwrap();
+        assert!(logged.len() <= MAX_FIELD_BYTES + "…".len(), "{}", logged.len());
+        assert!(logged.ends_with('…'));
+        assert!(path.starts_with(logged.trim_end_matches('…')));
+        assert_eq!(line(&record("/short", "-"), SystemTime::now())["path"], "/short");
+    }
+
+    /// A writer that never accepts a byte, as a full pipe or a hung disk.
+    struct Stalled;
+
+    impl Write for Stalled {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_beyond_the_budget_are_dropped_and_counted() {
+        let log = AuditLog::build(Box::new(Stalled), None, 4096);
+        for _ in 0..1000 {
+            log.record(&record("/orders/1", "alice"));
+        }
+        let held = log.pending().len();
+        assert!(held <= 4096, "{held}");
+        assert!(held > 3000, "the budget is used: {held}");
+        let kept = held / line_len();
+        assert_eq!(log.dropped().get(), 1000 - kept as u64);
+        // Room again once the output takes the lines.
+        std::mem::take(&mut *log.pending());
+        log.record(&record("/orders/1", "alice"));
+        assert_eq!(log.pending().len(), line_len());
+    }
+
+    fn line_len() -> usize {
+        let mut out = Vec::new();
+        record("/orders/1", "alice").write_json(SystemTime::now(), &mut out);
+        out.len()
+    }
+
+    #[test]
+    fn reopen_follows_a_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(Some(&path), 1 << 20).unwrap();
+        log.record(&record("/before", "-"));
+        log.flush();
+        std::fs::rename(&path, dir.path().join("audit.log.1")).unwrap();
+        log.record(&record("/after", "-"));
+        log.reopen().unwrap();
+        log.flush();
+        let rotated = std::fs::read_to_string(dir.path().join("audit.log.1")).unwrap();
+        let current = std::fs::read_to_string(&path).unwrap();
+        assert!(rotated.contains("/before") && !rotated.contains("/after"), "{rotated}");
+        assert!(current.contains("/after") && !current.contains("/before"), "{current}");
     }
 }

@@ -194,6 +194,13 @@ impl Metrics {
         }
     }
 
+    /// Adds a counter kept elsewhere (the audit log's drops) to the exposition.
+    pub fn register_counter(&self, counter: prometheus::IntCounter) {
+        if let Err(e) = self.registry.register(Box::new(counter)) {
+            tracing::warn!(error = %e, "cannot register a metric");
+        }
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();

@@ -110,6 +110,15 @@ impl Sidecar {
         format!("http://{}{}", self.inbound, path)
     }
 
+    /// Sends the sidecar process `signal` (a `kill -s` name such as `HUP`).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {signal}");
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin, path)
     }
@@ -165,9 +174,7 @@ impl Sidecar {
 
     /// Sends SIGTERM and waits (bounded) for the process to exit.
     pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
-        assert!(sent.success());
+        self.signal("TERM");
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
