@@ -72,6 +72,27 @@ pub enum Listener {
     Egress,
 }
 
+/// The clock a decision is taken at. Wall time for what carries dates (token expiry,
+/// signature creation); a monotonic reading for windows (rate limits, the failed-authentication
+/// throttle), so that a step of the wall clock neither freezes a window nor gives a hit back
+/// to the wrong bucket. Both in milliseconds; tests may pass one `u64` for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// Milliseconds on a clock that never goes back (any origin, fixed for the process).
+    pub mono_ms: u64,
+}
+
+impl From<u64> for Now {
+    fn from(ms: u64) -> Self {
+        Self {
+            unix_ms: ms,
+            mono_ms: ms,
+        }
+    }
+}
+
 /// What the engine looks at: the facts of one request.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
@@ -608,8 +629,10 @@ impl<L: Limiter> Engine<L> {
         Ok(None)
     }
 
-    /// Decides what to do with `req` at `now_ms` (milliseconds since the Unix epoch).
-    pub fn decide(&self, req: &RequestView<'_>, now_ms: u64) -> Outcome<'_> {
+    /// Decides what to do with `req` at `now` ([`Now`]).
+    pub fn decide(&self, req: &RequestView<'_>, now: impl Into<Now>) -> Outcome<'_> {
+        let now = now.into();
+        let (now_ms, window_ms) = (now.unix_ms, now.mono_ms);
         let path = match path::normalize(req.path) {
             Ok(path) => path,
             Err(e) => return Outcome::BadRequest { reason: e.reason() },
@@ -642,7 +665,7 @@ impl<L: Limiter> Engine<L> {
         let throttle = self.limiter.throttle();
         let claimed = || auth::claimed_basic_user(req.headers);
         if let Some(t) = throttle.filter(|t| !t.is_empty())
-            && let Some(retry_after_secs) = t.blocked(client_ip, claimed().as_deref(), now_ms)
+            && let Some(retry_after_secs) = t.blocked(client_ip, claimed().as_deref(), window_ms)
         {
             return Outcome::Deny(Denial {
                 route: &route.name,
@@ -706,7 +729,7 @@ impl<L: Limiter> Engine<L> {
                     continue;
                 }
             };
-            return self.admit(route, i, identity, signed, req, client_ip, now_ms, path.into());
+            return self.admit(route, i, identity, signed, req, client_ip, now, path.into());
         }
         // 403 only when no profile whose ranges admit the client looked at its credentials.
         if let Some(profile) = forbidden.filter(|_| rejection.is_none() && insufficient.is_none()) {
@@ -730,7 +753,7 @@ impl<L: Limiter> Engine<L> {
             });
         }
         if guessed && let Some(t) = throttle {
-            t.failed(client_ip, claimed().as_deref(), now_ms);
+            t.failed(client_ip, claimed().as_deref(), window_ms);
         }
         let (profile, reason) = rejection.map_or(("-", "no credentials"), |(p, r)| (p, r.reason()));
         Outcome::Deny(Denial {
@@ -773,16 +796,17 @@ impl<L: Limiter> Engine<L> {
         signed: Option<Signed>,
         req: &RequestView<'_>,
         client_ip: IpAddr,
-        now_ms: u64,
+        now: Now,
         path: NormalPath,
     ) -> Outcome<'e> {
         let profile = &self.profiles[index];
+        let window_ms = now.mono_ms;
         let taken = match (&self.org, &profile.limit) {
             (None, None) => None,
-            (Some((o, on)), None) => Some((self.limiter.acquire(&[(o, *on)], now_ms), [Scope::Org; 2])),
-            (None, Some((p, pn))) => Some((self.limiter.acquire(&[(p, *pn)], now_ms), [Scope::Profile; 2])),
+            (Some((o, on)), None) => Some((self.limiter.acquire(&[(o, *on)], window_ms), [Scope::Org; 2])),
+            (None, Some((p, pn))) => Some((self.limiter.acquire(&[(p, *pn)], window_ms), [Scope::Profile; 2])),
             (Some((o, on)), Some((p, pn))) => Some((
-                self.limiter.acquire(&[(o, *on), (p, *pn)], now_ms),
+                self.limiter.acquire(&[(o, *on), (p, *pn)], window_ms),
                 [Scope::Org, Scope::Profile],
             )),
         };
@@ -809,7 +833,7 @@ impl<L: Limiter> Engine<L> {
         let mut body_digest = None;
         if let (Some(signed), Auth::HttpSignature(verifier)) = (signed, &profile.auth) {
             // Only an otherwise admitted call uses its signature up (see [`signature`]).
-            if let Err(r) = verifier.record(&signed, now_ms / 1000) {
+            if let Err(r) = verifier.record(&signed, now.unix_ms / 1000) {
                 if let Some((index, grant)) = &grant {
                     self.refund_grant(*index, grant);
                 }

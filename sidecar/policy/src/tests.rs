@@ -424,6 +424,37 @@ fn limits_survive_a_recompile_with_the_same_limiter() {
     assert_eq!(status(&second, &get("/")), 429);
 }
 
+/// Windows run on the monotonic reading of [`Now`]: a wall clock stepped forward an hour does
+/// not empty a window, nor does one stepped back keep it full.
+#[test]
+fn limit_windows_follow_the_monotonic_clock_not_the_wall_clock() {
+    let e = engine(
+        json!({
+            "profiles": [{"name": "p", "auth": {"type": "Anonymous"}, "rateLimitPerMinute": 1}],
+            "routes": [route("app", "/", &["p"])],
+        }),
+        json!({}),
+    );
+    let at = |unix_ms: u64, mono_ms: u64| Now { unix_ms, mono_ms };
+    let r = get("/");
+    let decide = |now: Now| match e.decide(&r.view(), now) {
+        Outcome::Allow(_) => 200,
+        Outcome::Deny(_) => 429,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(decide(at(T0, 5_000)), 200);
+    assert_eq!(
+        decide(at(T0 + 3_600_000, 6_000)),
+        429,
+        "the wall clock jumped; a second passed"
+    );
+    assert_eq!(
+        decide(at(T0 - 3_600_000, 66_000)),
+        200,
+        "a minute passed, whatever the wall clock says"
+    );
+}
+
 #[test]
 fn ssl_only_redirects_plain_http_keeping_the_query() {
     let mut r = route("secure", "/", &[]);

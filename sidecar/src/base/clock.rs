@@ -1,7 +1,28 @@
-//! The wall clock, read in the units each consumer keeps: the policy engine decides in Unix
-//! milliseconds, tokens and certificates count Unix seconds. Uses nothing of the crate.
+//! The clocks, read in the units each consumer keeps: the policy engine decides at a [`Now`]
+//! (Unix milliseconds, and a monotonic reading for its windows), tokens and certificates count
+//! Unix seconds. Uses nothing of the crate.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use portcullis_policy::Now;
+
+/// The engine's clock at Unix time `unix_ms`: with the monotonic reading of this moment.
+pub fn decision_clock(unix_ms: u64) -> Now {
+    Now {
+        unix_ms,
+        mono_ms: mono_millis(),
+    }
+}
+
+/// Milliseconds on a clock that never goes back: the wall clock at the process's first
+/// reading plus the time elapsed since (so windows start near wall time, and a step of the
+/// wall clock later moves nothing).
+pub fn mono_millis() -> u64 {
+    static START: OnceLock<(Instant, u64)> = OnceLock::new();
+    let (instant, unix) = START.get_or_init(|| (Instant::now(), unix_millis()));
+    unix.saturating_add(instant.elapsed().as_millis() as u64)
+}
 
 /// Milliseconds since the Unix epoch, the engine's clock.
 pub fn unix_millis() -> u64 {

@@ -23,7 +23,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::base::body::ProxyBody;
-use crate::base::clock::unix_millis;
+use crate::base::clock::{decision_clock, unix_millis};
 use crate::base::engine::{Admission, Denial, DenialKind, NormalPath, Outcome, RequestView};
 use crate::listen::Connection;
 use crate::ops::state::{Active, Shared};
@@ -70,7 +70,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         Ok(now) => now,
         Err(answer) => return answer,
     };
-    let outcome = active.engine.decide(&view, now);
+    let outcome = active.engine.decide(&view, decision_clock(now));
     // 5. The body check of a signed digest.
     let (req, body_refused) = check_signed_body(req, &outcome, shared.max_signed_body_bytes).await;
     // 6. The answer.
