@@ -833,7 +833,8 @@ impl<L: Limiter> Engine<L> {
         let mut body_digest = None;
         if let (Some(signed), Auth::HttpSignature(verifier)) = (signed, &profile.auth) {
             // Only an otherwise admitted call uses its signature up (see [`signature`]).
-            if let Err(r) = verifier.record(&signed, now.unix_ms / 1000) {
+            // The identity of a signed call is the key id that signed it.
+            if let Err(r) = verifier.record(&signed, &identity, now.unix_ms / 1000) {
                 if let Some((index, grant)) = &grant {
                     self.refund_grant(*index, grant);
                 }

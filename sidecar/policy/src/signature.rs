@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use portcullis_config::{ProfileSecrets, SignatureAlgorithm, SignatureStandard};
-use portcullis_signatures::{Algorithm, Error, Key, Message, ReplayCache, ReplayError, cavage, rfc9421};
+use portcullis_signatures::{Algorithm, Error, Key, Message, Owner, ReplayCache, ReplayError, cavage, rfc9421};
 
 use crate::RequestView;
 use crate::auth::Rejection;
@@ -30,6 +30,9 @@ use crate::auth::Rejection;
 /// Live signatures remembered per profile unless configured otherwise
 /// ([`ReplayRegistry::with_capacity`]): about 4 MB when full.
 pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
+
+/// The least room in a profile's replay cache each of its keys gets, however many keys share it.
+pub const MIN_REPLAY_SHARE: usize = 256;
 
 /// Seconds a signature's `created` may lie in the future (clock skew between signer and us).
 pub const CLOCK_SKEW_SECONDS: u64 = 5;
@@ -110,6 +113,8 @@ pub struct HttpSignature {
     max_age: u64,
     keys: HashMap<String, Key>,
     replays: Arc<ReplayCache>,
+    /// Live signatures one key may hold in `replays`: its fair share.
+    replay_share: usize,
 }
 
 impl std::fmt::Debug for HttpSignature {
@@ -161,7 +166,8 @@ impl HttpSignature {
                         reason: e.to_string(),
                     })
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<HashMap<_, _>, _>>()?;
+        let replay_share = (replays.capacity() / keys.len().max(1)).max(MIN_REPLAY_SHARE);
         Ok(Self {
             standard,
             algorithms,
@@ -169,6 +175,7 @@ impl HttpSignature {
             max_age: u64::from(max_age_seconds),
             keys,
             replays,
+            replay_share,
         })
     }
 
@@ -222,11 +229,16 @@ impl HttpSignature {
         }
     }
 
-    /// Records `signed` as seen: refused when it was seen before inside its window, or when
-    /// the cache is full of live signatures.
-    pub(crate) fn record(&self, signed: &Signed, now_secs: u64) -> Result<(), Rejection> {
+    /// Records `signed` (by `key_id`) as seen: refused when it was seen before inside its window, or when
+    /// its key holds its share of the cache in live signatures (another key's room is never
+    /// taken), or the cache is full.
+    pub(crate) fn record(&self, signed: &Signed, key_id: &str, now_secs: u64) -> Result<(), Rejection> {
+        let owner = Owner {
+            key_id,
+            share: self.replay_share,
+        };
         self.replays
-            .check_and_insert(&signed.replay_key, signed.valid_until, now_secs)
+            .check_and_insert_for(owner, &signed.replay_key, signed.valid_until, now_secs)
             .map_err(|e| match e {
                 ReplayError::Replay => Rejection::Wrong("signature replayed"),
                 ReplayError::Full => Rejection::Wrong("replay cache full (refused, fails closed)"),

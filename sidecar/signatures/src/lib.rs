@@ -61,7 +61,7 @@ pub use error::Error;
 pub use key::{Algorithm, Key, KeyKind};
 pub use mashery::{MasheryHash, mashery_sig, mashery_verify};
 pub use message::Message;
-pub use replay::{ReplayCache, ReplayError};
+pub use replay::{Owner, ReplayCache, ReplayError};
 
 /// The verifier's key lookup: keyId → key. Any `Fn(&str) -> Option<&Key>` is one.
 pub trait KeyResolver {

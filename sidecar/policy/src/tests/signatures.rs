@@ -237,6 +237,38 @@ fn a_full_replay_cache_fails_closed() {
     assert_eq!(outcome(&e, &fresh, NOW + 400).0, 200);
 }
 
+/// One key holder cannot lock the whole profile out by filling its replay cache: each key
+/// holds at most its share, and the other keys keep theirs.
+#[test]
+fn one_key_cannot_fill_the_replay_cache_for_the_others() {
+    let secrets = json!({"profiles": {"signed": {"signatureKeys": {"gw-1": SECRET, "gw-2": "second-secret"}}}});
+    let limiter = Arc::new(InMemoryLimiter::with_replay_capacity(16 * 64));
+    let e = Engine::compile(&loaded(config("RFC9421", &[]), secrets), limiter).unwrap();
+    let sign = |r: Req, key_id: &str, secret: &str| {
+        let mut r = r;
+        let key = Key::from_secret(secret.as_bytes()).unwrap();
+        let params = rfc9421::SignParams::new("sig1", key_id, Algorithm::HmacSha256, NOW, COMPONENTS);
+        rfc9421::sign(&message(&r), &key, &params)
+            .unwrap()
+            .apply(&mut r.headers)
+            .unwrap();
+        r
+    };
+    let mut admitted = 0;
+    for i in 0..1500 {
+        match outcome(&e, &sign(get(&format!("/flood/{i}")), "gw-1", SECRET), NOW) {
+            (200, _) => admitted += 1,
+            (401, reason) if reason.starts_with("replay cache full") => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(admitted <= 16 * 32, "one key of two held {admitted} of 1024 slots");
+    for i in 0..100 {
+        let r = sign(get(&format!("/honest/{i}")), "gw-2", "second-secret");
+        assert_eq!(outcome(&e, &r, NOW), (200, "gw-2".into()), "honest call {i}");
+    }
+}
+
 #[test]
 fn refused_calls_do_not_use_their_signature_up() {
     let mut config = config("RFC9421", &[]);
