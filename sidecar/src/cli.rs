@@ -86,6 +86,11 @@ pub struct ServeArgs {
     /// an outbound signature, in bytes; other bodies stream through unread.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_signed_body_bytes: usize,
+    /// Most memory all request bodies held at once may take together, in bytes (bodies read to
+    /// check a signed digest, to sign toward an origin, or kept for a retry with a fresh
+    /// OAuth2 token); beyond it such requests get 503 with `Retry-After: 1`.
+    #[arg(long, default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(65536..))]
+    pub body_buffer_budget: u64,
     /// Failed authentications (wrong Basic passwords, unknown API keys) one client address
     /// (IPv6: one /64) may have per minute before its requests get 429 (0: no limit).
     #[arg(long, default_value_t = 30)]

@@ -69,6 +69,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     metrics.register_counter(audit.dropped());
     spawn_log_rotation(Arc::clone(&audit));
     credentials::set_max_signed_body_bytes(args.max_signed_body_bytes as u64);
+    crate::base::body::set_body_buffer_budget(args.body_buffer_budget as usize);
     let forwarder = Forwarder::new(args.backend_connect_timeout, args.backend_timeout);
     let sources = reload::Sources {
         mounted: dir,

@@ -285,3 +285,58 @@ async fn keys_reload_without_restart_and_replays_outlive_the_reload() {
     assert_eq!(lines[2]["reason"], "signature replayed");
     assert_eq!(lines[3]["reason"], "unknown signature keyId");
 }
+
+/// Bodies held in memory to check their digest share one budget (`--body-buffer-budget`):
+/// uploads that stall half-way cannot make the sidecar hold more, a request beyond it gets
+/// 503 with `Retry-After`, and the room comes back when the stalled uploads go away.
+#[tokio::test]
+async fn held_bodies_share_one_memory_budget() {
+    use tokio::io::AsyncWriteExt;
+
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = sidecar_with(
+        backend.port(),
+        &["--max-signed-body-bytes", "65536", "--body-buffer-budget", "65536"],
+    )
+    .await;
+    let covered = ["@method", "@authority", "@path", "content-digest"];
+    let body = vec![b'x'; 40_000];
+    let signed = |created: u64| {
+        Signed::new(&sidecar, "POST", "/count", &body)
+            .header("content-digest", &content_digest(DigestAlgorithm::Sha256, &body))
+            .sign_9421(SECRET, created, &covered)
+    };
+    // An upload that sends 40,000 of its 40,000 bytes but one, then waits.
+    let stalled = signed(now() - 2);
+    let mut head = format!("POST /count HTTP/1.1\r\ncontent-length: {}\r\n", body.len());
+    for (k, v) in &stalled.headers {
+        head.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap()));
+    }
+    head.push_str("\r\n");
+    let mut upload = tokio::net::TcpStream::connect(sidecar.inbound).await.unwrap();
+    upload.write_all(head.as_bytes()).await.unwrap();
+    upload.write_all(&body[..body.len() - 1]).await.unwrap();
+    upload.flush().await.unwrap();
+    // Bounded wait until the sidecar has read what was sent.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let (status, headers, answer) = signed(now() - 1).send().await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(answer["error"], "too many request bodies held in memory; retry shortly");
+
+    drop(upload);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut created = now();
+    loop {
+        let (status, _, answer) = signed(created).send().await;
+        if status == 200 {
+            assert_eq!(answer["bytes"], json!(body.len()));
+            break;
+        }
+        assert_eq!(status, 503, "{answer}");
+        assert!(std::time::Instant::now() < deadline, "the budget never came back");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        created -= 1;
+    }
+}

@@ -1,5 +1,9 @@
-//! The one body type every response of the sidecar carries, and the small local answers
-//! made of it. Uses nothing of the crate.
+//! The one body type every response of the sidecar carries, the small local answers made of
+//! it, and the memory budget of request bodies held in memory. Uses nothing of the crate.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
@@ -29,4 +33,115 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Pr
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+/// Bytes of request bodies held in memory right now (signed-digest checks, bodies signed or
+/// kept for a retry toward an origin), across every connection.
+static BUFFERED: AtomicUsize = AtomicUsize::new(0);
+/// Most bytes [`BUFFERED`] may reach: `--body-buffer-budget`.
+static BUDGET: AtomicUsize = AtomicUsize::new(DEFAULT_BODY_BUFFER_BUDGET);
+
+/// Default of `--body-buffer-budget`: 32 MiB.
+pub const DEFAULT_BODY_BUFFER_BUDGET: usize = 32 << 20;
+
+/// Sets the memory all buffered request bodies may take together.
+pub fn set_body_buffer_budget(bytes: usize) {
+    BUDGET.store(bytes, Ordering::Relaxed);
+}
+
+/// The budget is spent: the body cannot be held now (answered 503, retry later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("request bodies held in memory are at their budget")]
+pub struct OverBudget;
+
+/// A share of the body budget, given back when dropped.
+#[derive(Debug, Default)]
+pub struct BufferLease(usize);
+
+impl BufferLease {
+    /// Takes `n` more bytes of the budget, or none when that would go beyond it.
+    pub fn grow(&mut self, n: usize) -> Result<(), OverBudget> {
+        let budget = BUDGET.load(Ordering::Relaxed);
+        let before = BUFFERED.fetch_add(n, Ordering::AcqRel);
+        if before.saturating_add(n) > budget {
+            BUFFERED.fetch_sub(n, Ordering::AcqRel);
+            return Err(OverBudget);
+        }
+        self.0 += n;
+        Ok(())
+    }
+}
+
+impl Drop for BufferLease {
+    fn drop(&mut self) {
+        if self.0 != 0 {
+            BUFFERED.fetch_sub(self.0, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Bytes of request bodies held in memory right now.
+pub fn buffered_bytes() -> usize {
+    BUFFERED.load(Ordering::Relaxed)
+}
+
+/// A body holding `bytes` that keeps `lease` until it is dropped (sent or abandoned).
+pub fn leased(bytes: Bytes, lease: BufferLease) -> ProxyBody {
+    Leased {
+        inner: Full::new(bytes),
+        _lease: lease,
+    }
+    .boxed_unsync()
+}
+
+struct Leased {
+    inner: Full<Bytes>,
+    _lease: BufferLease,
+}
+
+impl hyper::body::Body for Leased {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map(|frame| frame.map(|f| f.map_err(|never| match never {})))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_stay_within_the_budget_and_give_back_on_drop() {
+        // One test owns the process-wide budget.
+        set_body_buffer_budget(1000);
+        let base = buffered_bytes();
+        let mut a = BufferLease::default();
+        a.grow(600).unwrap();
+        let mut b = BufferLease::default();
+        assert_eq!(b.grow(500), Err(OverBudget));
+        b.grow(400).unwrap();
+        assert_eq!(buffered_bytes(), base + 1000);
+        drop(a);
+        b.grow(500).unwrap();
+        let body = leased(Bytes::from_static(b"x"), b);
+        assert_eq!(buffered_bytes(), base + 900);
+        drop(body);
+        assert_eq!(buffered_bytes(), base);
+        set_body_buffer_budget(DEFAULT_BODY_BUFFER_BUDGET);
+    }
 }

@@ -1,15 +1,16 @@
 //! The body check: when the signature that admitted a call covers a body digest
 //! (`Content-Digest` or `Digest`), the body is read into memory, up to
-//! `--max-signed-body-bytes`, and checked against it before anything is forwarded; every
-//! other body streams untouched.
+//! `--max-signed-body-bytes`, within the memory budget of held bodies
+//! (`--body-buffer-budget`), and checked against it before anything is forwarded; every other
+//! body streams untouched.
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use http::{HeaderMap, Request};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use portcullis_policy::BodyDigest;
 
-use crate::base::body::{ProxyBody, empty, full};
+use crate::base::body::{BufferLease, ProxyBody, empty, leased};
 use crate::base::engine::Outcome;
 
 /// Why the body of a signed request was refused.
@@ -21,6 +22,8 @@ pub(super) enum BodyRefused {
     Mismatch,
     /// The client failed to send it: 400.
     Unreadable,
+    /// The bodies held in memory are at their budget: 503, retry later.
+    Busy,
 }
 
 /// The request with its body ready to forward. When the admitting signature covers a body
@@ -48,15 +51,27 @@ pub(super) async fn check_signed_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return refused(parts, BodyRefused::TooLarge);
     }
-    let bytes: Bytes = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return refused(parts, BodyRefused::TooLarge),
-        Err(_) => return refused(parts, BodyRefused::Unreadable),
-    };
+    let mut body = body;
+    let mut lease = BufferLease::default();
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return refused(parts, BodyRefused::Unreadable);
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        if buf.len() + data.len() > limit {
+            return refused(parts, BodyRefused::TooLarge);
+        }
+        if lease.grow(data.len()).is_err() {
+            return refused(parts, BodyRefused::Busy);
+        }
+        buf.extend_from_slice(&data);
+    }
+    let bytes = buf.freeze();
     if !digest_matches(&parts.headers, digest, &bytes) {
         return refused(parts, BodyRefused::Mismatch);
     }
-    (Request::from_parts(parts, full(bytes)), None)
+    (Request::from_parts(parts, leased(bytes, lease)), None)
 }
 
 /// Whether the request's digest header (every line, joined as the signature saw it) matches

@@ -289,6 +289,10 @@ fn refuse_body<'a>(
             record.reason = "signed request body could not be read";
             Answer::BadRequest
         }
+        BodyRefused::Busy => {
+            record.reason = "request bodies held in memory are at their budget";
+            Answer::BodyBufferFull { route }
+        }
         BodyRefused::Mismatch => {
             record.reason = "body does not match its signed digest";
             Answer::BodyDigestMismatch {
@@ -409,6 +413,11 @@ fn forward_failure(route: &str, error: ForwardError) -> (Answer<'_>, &'static st
         ForwardError::Credentials(CredentialError::RequestBody(_)) => {
             (Answer::BadRequest, "deny", "request body could not be read")
         }
+        ForwardError::Credentials(CredentialError::Busy(_)) => (
+            Answer::BodyBufferFull { route },
+            "deny",
+            "request bodies held in memory are at their budget",
+        ),
         ForwardError::Credentials(CredentialError::Token(_)) => (
             Answer::OriginCredentialsUnavailable { route },
             "error",

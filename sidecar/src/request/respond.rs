@@ -45,6 +45,9 @@ pub enum Answer<'a> {
     SignedBodyTooLarge { route: &'a str },
     /// The request head is larger than allowed.
     HeadersTooLarge,
+    /// A body must be held in memory (signed digest, signing or a retry toward the origin)
+    /// and the bodies held are at `--body-buffer-budget`: 503, retry shortly.
+    BodyBufferFull { route: &'a str },
     /// The body must be signed toward the origin and is larger than
     /// `--max-signed-body-bytes`.
     OriginBodyTooLarge { route: &'a str, limit: u64 },
@@ -93,6 +96,11 @@ impl Answer<'_> {
             Self::Throttled { route, .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many failed authentications",
+                Some(*route),
+            ),
+            Self::BodyBufferFull { route } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many request bodies held in memory; retry shortly",
                 Some(*route),
             ),
             Self::OriginBodyTooLarge { route, .. } => (
@@ -157,6 +165,9 @@ impl Answer<'_> {
             }
             Self::Throttled { retry_after_secs, .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            Self::BodyBufferFull { .. } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

@@ -44,7 +44,7 @@ use portcullis_signatures::digest::{self, DigestAlgorithm};
 use portcullis_signatures::rfc9421;
 use portcullis_signatures::{Algorithm, Key, MasheryHash, Message, mashery_sig};
 
-use crate::base::body::{ProxyBody, full};
+use crate::base::body::{BufferLease, OverBudget, ProxyBody, full, leased};
 use crate::base::clock::unix_secs;
 use crate::base::form::{form_encode, percent_decode};
 use crate::identity::client::IdpError;
@@ -94,6 +94,9 @@ pub enum CredentialError {
     /// The body is larger than `--max-signed-body-bytes` and must be buffered.
     #[error("request body larger than {limit} bytes cannot be signed")]
     BodyTooLarge { limit: u64 },
+    /// The bodies held in memory are at `--body-buffer-budget`.
+    #[error("request body cannot be held: {0}")]
+    Busy(#[from] OverBudget),
     /// The request body could not be read (the client went away or was too slow).
     #[error("request body could not be read: {0}")]
     RequestBody(String),
@@ -170,6 +173,8 @@ pub struct Retry {
     pub token: Arc<Token>,
     /// The whole body, when it can be sent again.
     pub body: Option<Bytes>,
+    /// Its share of the body budget, held as long as the body may be sent again.
+    pub _lease: BufferLease,
 }
 
 impl OriginCredentials {
@@ -301,11 +306,11 @@ impl OriginCredentials {
             Kind::Signature(signer) => {
                 let now = unix_secs();
                 if signer.needs_body() {
-                    let bytes = self.buffer(&parts.headers, body).await?;
+                    let (bytes, lease) = self.buffer(&parts.headers, body).await?;
                     signer.sign(parts, Some(&bytes), scheme, now)?;
                     set_length(&mut parts.headers, bytes.len());
                     Ok(Outgoing {
-                        body: full(bytes),
+                        body: leased(bytes, lease),
                         retry: None,
                     })
                 } else {
@@ -317,7 +322,7 @@ impl OriginCredentials {
                 // Buffer what can be replayed after a 401 (before asking for a token: a body
                 // too slow to arrive must not hold a token request).
                 let replay = if body.is_end_stream() {
-                    Some(Bytes::new())
+                    Some((Bytes::new(), BufferLease::default()))
                 } else {
                     match body.size_hint().exact() {
                         Some(n) if n <= self.max_body => None,
@@ -326,12 +331,16 @@ impl OriginCredentials {
                             token.apply(&mut parts.headers);
                             return Ok(Outgoing {
                                 body: body.boxed_unsync(),
-                                retry: Some(Retry { token, body: None }),
+                                retry: Some(Retry {
+                                    token,
+                                    body: None,
+                                    _lease: BufferLease::default(),
+                                }),
                             });
                         }
                     }
                 };
-                let bytes = match replay {
+                let (bytes, lease) = match replay {
                     Some(b) => b,
                     None => self.buffer(&parts.headers, body).await?,
                 };
@@ -342,6 +351,7 @@ impl OriginCredentials {
                     retry: Some(Retry {
                         token,
                         body: Some(bytes),
+                        _lease: lease,
                     }),
                 })
             }
@@ -361,8 +371,9 @@ impl OriginCredentials {
         Ok(Some(source.token(Some(&retry.token)).await?))
     }
 
-    /// Reads the whole body, at most `max_body` bytes, within the body timeout.
-    async fn buffer<B>(&self, headers: &HeaderMap, body: B) -> Result<Bytes, CredentialError>
+    /// Reads the whole body, at most `max_body` bytes, within the body timeout and the memory
+    /// budget of held bodies (whose share it returns with the bytes).
+    async fn buffer<B>(&self, headers: &HeaderMap, body: B) -> Result<(Bytes, BufferLease), CredentialError>
     where
         B: Body<Data = Bytes, Error = hyper::Error>,
     {
@@ -377,16 +388,18 @@ impl OriginCredentials {
         let read = async {
             let mut body = pin!(body);
             let mut buf = BytesMut::new();
+            let mut lease = BufferLease::default();
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| CredentialError::RequestBody(e.to_string()))?;
                 if let Ok(data) = frame.into_data() {
                     if (buf.len() + data.len()) as u64 > limit {
                         return Err(CredentialError::BodyTooLarge { limit });
                     }
+                    lease.grow(data.len())?;
                     buf.extend_from_slice(&data);
                 }
             }
-            Ok(buf.freeze())
+            Ok((buf.freeze(), lease))
         };
         match tokio::time::timeout(self.body_timeout, read).await {
             Ok(r) => r,

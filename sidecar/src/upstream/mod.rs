@@ -58,7 +58,10 @@ impl ForwardError {
         !matches!(
             self,
             Self::Credentials(
-                CredentialError::BodyTooLarge { .. } | CredentialError::RequestBody(_) | CredentialError::Sign(_)
+                CredentialError::BodyTooLarge { .. }
+                    | CredentialError::RequestBody(_)
+                    | CredentialError::Sign(_)
+                    | CredentialError::Busy(_)
             )
         )
     }
