@@ -142,6 +142,8 @@ pub struct SidecarSettings {
     /// `true` (default): a restartable init container (Kubernetes 1.29+). `false`: the
     /// first entry of `containers`, for clusters without native sidecars.
     pub native: bool,
+    /// More sidecar flags, after the ones the webhook sets (Helm `sidecar.extraArgs`).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for SidecarSettings {
@@ -156,6 +158,7 @@ impl Default for SidecarSettings {
             ports: SidecarPorts::default(),
             run_as_user: 65532,
             native: true,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -487,7 +490,9 @@ pub fn sidecar_container(settings: &SidecarSettings) -> Container {
                 "--admin".to_owned(),
                 format!("0.0.0.0:{}", p.admin),
             ]
-            .into(),
+            .into_iter()
+            .chain(settings.extra_args.iter().cloned())
+            .collect(),
         ),
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
@@ -1098,6 +1103,17 @@ spec:
     }
 
     #[test]
+    fn extra_args_follow_the_webhooks_own() {
+        let settings = SidecarSettings {
+            extra_args: vec!["--auth-failures-per-address".into(), "60".into()],
+            ..Default::default()
+        };
+        let args = sidecar_container(&settings).args.unwrap();
+        assert_eq!(args[0], "--config-dir");
+        assert_eq!(args[args.len() - 2..], ["--auth-failures-per-address", "60"]);
+    }
+
+    #[test]
     fn injects_a_native_sidecar_with_ports_volumes_probes_and_security() {
         let before = pod(APP_POD);
         let settings = SidecarSettings {
@@ -1402,7 +1418,8 @@ spec:
             "ports": {"admin": 9091, "egress": 8001, "inbound": 8081, "inboundTls": 8443},
             "resources": {"limits": {"memory": "256Mi"}, "requests": {"cpu": "50m"}},
             "runAsUser": 10002,
-            "native": true
+            "native": true,
+            "extraArgs": ["--auth-failures-per-address", "60"]
           },
           "webhook": {"service": "pc-webhook", "namespace": "portcullis-system",
                       "mutatingWebhookConfiguration": "pc", "validatingWebhookConfiguration": "pc"}
@@ -1413,6 +1430,7 @@ spec:
         assert_eq!(s.sidecar.image, "registry.example.com/portcullis-sidecar:1.2.3");
         assert_eq!(s.sidecar.ports.inbound_tls, 8443);
         assert_eq!(s.sidecar.run_as_user, 10002);
+        assert_eq!(s.sidecar.extra_args, ["--auth-failures-per-address", "60"]);
         assert_eq!(s.webhook.service, "pc-webhook");
         let defaults = OperatorSettings::from_json(br#"{"orgAllowance": {"requestsPerMinute": null}}"#).unwrap();
         assert_eq!(defaults, OperatorSettings::default());

@@ -84,6 +84,7 @@ sidecar:
   ports: {inbound: 8081, inboundTls: 8443, egress: 8001, admin: 9091}
   runAsUser: 10002
   native: false
+  extraArgs: ["--auth-failures-per-address", "60"]
 webhook:
   failurePolicy: Ignore
   timeoutSeconds: 5
@@ -312,6 +313,7 @@ check(settings["sidecar"]["image"] == "registry.example.com/portcullis-sidecar:1
 check(settings["sidecar"]["ports"] == {"inbound": 8081, "inboundTls": 8443, "egress": 8001, "admin": 9091}, "sidecar ports")
 check(settings["webhook"]["service"] == "pc-webhook", "webhook service in settings")
 check(settings["sidecar"]["native"] is False and settings["sidecar"]["runAsUser"] == 10002, "sidecar settings")
+check(settings["sidecar"]["extraArgs"] == ["--auth-failures-per-address", "60"], f"sidecar extraArgs {settings['sidecar'].get('extraArgs')}")
 dsettings = json.loads(one(default, "ConfigMap", "portcullis-settings")["data"]["settings.json"])
 check(dsettings["orgAllowance"]["requestsPerMinute"] is None, "default org allowance is unlimited")
 

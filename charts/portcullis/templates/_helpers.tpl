@@ -70,7 +70,8 @@ The operator's settings file (/etc/portcullis/settings.json): what `portcullis-o
       "resources" (default (dict) .Values.sidecar.resources)
       "ports" .Values.sidecar.ports
       "runAsUser" .Values.sidecar.runAsUser
-      "native" .Values.sidecar.native -}}
+      "native" .Values.sidecar.native
+      "extraArgs" (default (list) .Values.sidecar.extraArgs) -}}
 {{- $webhook := dict
       "service" (include "portcullis.webhookService" .)
       "namespace" .Release.Namespace
