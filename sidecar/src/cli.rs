@@ -141,6 +141,18 @@ pub struct ServeArgs {
     /// Bearer token file for `--api-server` (default: none; in-cluster uses the service account).
     #[arg(long)]
     pub api_token_file: Option<PathBuf>,
+    /// Most OAuth2 token introspection calls in progress at once, in all; beyond, a request
+    /// whose token needs one is answered 503 with `Retry-After`.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub introspection_max_in_flight: u32,
+    /// Most introspection calls in progress at once for one client address (IPv6: per /64);
+    /// beyond, 429 with `Retry-After`.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub introspection_client_max_in_flight: u32,
+    /// Introspection calls one client address (IPv6: per /64) may start per second, in bursts
+    /// of as many; beyond, 429 with `Retry-After`.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub introspection_client_rate: u32,
     /// How often the configuration directory is checked for changes.
     #[arg(long, value_parser = parse_duration, default_value = "250ms")]
     pub reload_interval: Duration,
@@ -196,6 +208,9 @@ mod tests {
         assert_eq!(cli.serve.idle_timeout, Duration::from_secs(90));
         assert_eq!(cli.serve.max_connections, 4096);
         assert_eq!(cli.serve.max_concurrent_streams, 100);
+        assert_eq!(cli.serve.introspection_max_in_flight, 64);
+        assert_eq!(cli.serve.introspection_client_max_in_flight, 4);
+        assert_eq!(cli.serve.introspection_client_rate, 10);
         assert!(
             Cli::try_parse_from(["portcullis-sidecar"]).is_err(),
             "--config-dir is required"

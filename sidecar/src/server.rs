@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::base::engine::{Budget, InMemoryLimiter, Listener};
 use crate::cli::ServeArgs;
+use crate::identity::introspection::{self, Introspector};
 use crate::identity::jwks::{self, RefreshPolicy};
 use crate::listen::Connection;
 use crate::listen::accept::{
@@ -22,7 +23,7 @@ use crate::listen::accept::{
 };
 use crate::ops::admin;
 use crate::ops::reload::{self, Snapshot};
-use crate::ops::state::{Active, Shared};
+use crate::ops::state::{Active, Shared, Sizes};
 use crate::request;
 use crate::telemetry::audit::AuditLog;
 use crate::telemetry::metrics::{ListenerMetrics, Metrics, ReloadResult};
@@ -131,10 +132,20 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         initial,
         metrics,
         forwarder,
-        args.max_header_bytes as usize,
-        args.max_signed_body_bytes,
+        Sizes {
+            max_header_bytes: args.max_header_bytes as usize,
+            max_signed_body_bytes: args.max_signed_body_bytes,
+        },
         limiter,
         audit.clone(),
+        Introspector::new(
+            introspection::TIMEOUT,
+            introspection::Budget {
+                max_in_flight: args.introspection_max_in_flight as usize,
+                client_in_flight: args.introspection_client_max_in_flight,
+                client_per_second: args.introspection_client_rate,
+            },
+        ),
     );
 
     let builder = connection_builder(

@@ -24,6 +24,7 @@ pub struct Metrics {
     connections_open: IntGaugeVec,
     connections_refused: IntCounterVec,
     connections_timed_out: IntCounterVec,
+    introspections_pending: IntGauge,
 }
 
 /// The connection metrics of one listener, resolved once (nothing is looked up per
@@ -158,8 +159,14 @@ impl Metrics {
             &["listener", "phase"],
         )
         .expect("valid metric");
+        let introspections_pending = IntGauge::new(
+            "portcullis_introspections_pending",
+            "Opaque tokens being introspected now (at the last scrape).",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(introspections_pending.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_refused.clone()),
             Box::new(connections_timed_out.clone()),
@@ -186,7 +193,13 @@ impl Metrics {
             connections_open,
             connections_refused,
             connections_timed_out,
+            introspections_pending,
         }
+    }
+
+    /// Records how many tokens are being introspected now.
+    pub fn introspections_pending(&self, n: usize) {
+        self.introspections_pending.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The connection metrics of the listener named `listener` (`inbound`, `inbound_tls`,
