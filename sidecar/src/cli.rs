@@ -75,12 +75,12 @@ pub struct ServeArgs {
     /// Time allowed from a connection's accept until the client shows which HTTP it speaks
     /// (its first bytes, or the whole HTTP/2 preface), the TLS handshake included on
     /// `--inbound-tls`; else the connection is closed.
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = parse_positive_duration, default_value = "10s")]
     pub handshake_timeout: Duration,
     /// A connection with no request in progress for this long is closed (HTTP/2: after a
     /// GOAWAY). HTTP/1.1 connections waiting for their next request are also bound by
     /// `--header-read-timeout`.
-    #[arg(long, value_parser = parse_duration, default_value = "90s")]
+    #[arg(long, value_parser = parse_positive_duration, default_value = "90s")]
     pub idle_timeout: Duration,
     /// Most connections open at once on each of `--inbound`, `--inbound-tls` and `--egress`;
     /// beyond, a new connection is closed as soon as it is accepted (counted in
@@ -183,6 +183,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// Like [`parse_duration`], refusing zero.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?}: must be longer than zero")),
+        d => Ok(d),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +203,8 @@ mod tests {
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("5h").is_err());
+        assert!(parse_positive_duration("0s").is_err());
+        assert_eq!(parse_positive_duration("1ms"), Ok(Duration::from_millis(1)));
     }
 
     #[test]

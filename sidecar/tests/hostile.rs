@@ -1,6 +1,7 @@
 //! Black-box tests of hostile clients over real sockets: stalled uploads toward the app's
 //! keep-alive pool, silent and half-open connections, idle keep-alive connections, the
-//! connection cap, and clients that leave while their token is being introspected.
+//! connection cap and HTTP/2 streams per connection. (Clients that leave mid-introspection:
+//! `introspection.rs`; huge signature headers: `signatures_inbound.rs`; TLS: `tls.rs`.)
 
 mod common;
 
