@@ -72,6 +72,24 @@ pub struct ServeArgs {
     /// Time allowed for a client to send a request's headers before its connection is cut.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub header_read_timeout: Duration,
+    /// Time allowed from a connection's accept until the client shows which HTTP it speaks
+    /// (its first bytes, or the whole HTTP/2 preface), the TLS handshake included on
+    /// `--inbound-tls`; else the connection is closed.
+    #[arg(long, value_parser = parse_positive_duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+    /// A connection with no request in progress for this long is closed (HTTP/2: after a
+    /// GOAWAY). HTTP/1.1 connections waiting for their next request are also bound by
+    /// `--header-read-timeout`.
+    #[arg(long, value_parser = parse_positive_duration, default_value = "90s")]
+    pub idle_timeout: Duration,
+    /// Most connections open at once on each of `--inbound`, `--inbound-tls` and `--egress`;
+    /// beyond, a new connection is closed as soon as it is accepted (counted in
+    /// `portcullis_connections_refused_total`). The admin listener has its own 64.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Most requests in progress at once on one HTTP/2 connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
     /// Time allowed for the backend to answer with its response headers (else 504).
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub backend_timeout: Duration,
@@ -123,6 +141,18 @@ pub struct ServeArgs {
     /// Bearer token file for `--api-server` (default: none; in-cluster uses the service account).
     #[arg(long)]
     pub api_token_file: Option<PathBuf>,
+    /// Most OAuth2 token introspection calls in progress at once, in all; beyond, a request
+    /// whose token needs one is answered 503 with `Retry-After`.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub introspection_max_in_flight: u32,
+    /// Most introspection calls in progress at once for one client address (IPv6: per /64);
+    /// beyond, 429 with `Retry-After`.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub introspection_client_max_in_flight: u32,
+    /// Introspection calls one client address (IPv6: per /64) may start per second, in bursts
+    /// of as many; beyond, 429 with `Retry-After`.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub introspection_client_rate: u32,
     /// How often the configuration directory is checked for changes.
     #[arg(long, value_parser = parse_duration, default_value = "250ms")]
     pub reload_interval: Duration,
@@ -153,6 +183,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// Like [`parse_duration`], refusing zero.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?}: must be longer than zero")),
+        d => Ok(d),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +203,8 @@ mod tests {
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("5h").is_err());
+        assert!(parse_positive_duration("0s").is_err());
+        assert_eq!(parse_positive_duration("1ms"), Ok(Duration::from_millis(1)));
     }
 
     #[test]
@@ -174,6 +214,13 @@ mod tests {
         assert_eq!(cli.serve.inbound_tls.to_string(), "0.0.0.0:15443");
         assert_eq!(cli.serve.egress.to_string(), "127.0.0.1:15001");
         assert_eq!(cli.serve.admin.to_string(), "0.0.0.0:15090");
+        assert_eq!(cli.serve.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(cli.serve.idle_timeout, Duration::from_secs(90));
+        assert_eq!(cli.serve.max_connections, 4096);
+        assert_eq!(cli.serve.max_concurrent_streams, 100);
+        assert_eq!(cli.serve.introspection_max_in_flight, 64);
+        assert_eq!(cli.serve.introspection_client_max_in_flight, 4);
+        assert_eq!(cli.serve.introspection_client_rate, 10);
         assert!(
             Cli::try_parse_from(["portcullis-sidecar"]).is_err(),
             "--config-dir is required"

@@ -14,16 +14,48 @@ use tokio::sync::watch;
 
 use crate::base::engine::{Budget, InMemoryLimiter, Listener};
 use crate::cli::ServeArgs;
+use crate::identity::introspection::{self, Introspector};
 use crate::identity::jwks::{self, RefreshPolicy};
 use crate::listen::Connection;
-use crate::listen::accept::{accept_loop, connection_builder, log_listening, tls_accept_loop};
+use crate::listen::accept::{
+    ConnectionEvents, ConnectionLimits, Serving, Timeout, accept_loop, connection_builder, log_listening,
+    tls_accept_loop,
+};
 use crate::ops::admin;
 use crate::ops::reload::{self, Snapshot};
-use crate::ops::state::{Active, Shared};
+use crate::ops::state::{Active, Shared, Sizes};
 use crate::request;
 use crate::telemetry::audit::AuditLog;
-use crate::telemetry::metrics::{Metrics, ReloadResult};
+use crate::telemetry::metrics::{ListenerMetrics, Metrics, ReloadResult};
 use crate::upstream::{Forwarder, credentials};
+
+/// Most connections open at once on the admin listener (probes, scrapes, `kubectl`): a
+/// budget of its own, so that it answers however full the other listeners are.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// The connection events of one listener, counted in its metrics.
+struct Observed(ListenerMetrics);
+
+impl ConnectionEvents for Observed {
+    fn opened(&self) {
+        self.0.open.inc();
+    }
+
+    fn closed(&self) {
+        self.0.open.dec();
+    }
+
+    fn refused(&self) {
+        self.0.refused.inc();
+    }
+
+    fn timed_out(&self, why: Timeout) {
+        match why {
+            Timeout::Handshake => self.0.handshake_timeouts.inc(),
+            Timeout::Idle => self.0.idle_timeouts.inc(),
+        }
+    }
+}
 
 /// Why the sidecar cannot serve.
 #[derive(Debug, thiserror::Error)]
@@ -100,18 +132,47 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         initial,
         metrics,
         forwarder,
-        args.max_header_bytes as usize,
-        args.max_signed_body_bytes,
+        Sizes {
+            max_header_bytes: args.max_header_bytes as usize,
+            max_signed_body_bytes: args.max_signed_body_bytes,
+        },
         limiter,
         audit.clone(),
+        Introspector::new(
+            introspection::TIMEOUT,
+            introspection::Budget {
+                max_in_flight: args.introspection_max_in_flight as usize,
+                client_in_flight: args.introspection_client_max_in_flight,
+                client_per_second: args.introspection_client_rate,
+            },
+        ),
     );
 
-    let builder = connection_builder(args.header_read_timeout, args.max_header_bytes);
+    let builder = connection_builder(
+        args.header_read_timeout,
+        args.max_header_bytes,
+        args.max_concurrent_streams,
+    );
     let (stop, stopped) = watch::channel(false);
+    let limits = ConnectionLimits {
+        handshake_timeout: args.handshake_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections as usize,
+    };
+    let serving_as = |name: &'static str, limits: ConnectionLimits| Serving {
+        builder: builder.clone(),
+        limits,
+        events: Arc::new(Observed(shared.metrics.listener(name))),
+        stopped: stopped.clone(),
+        drain: args.drain_timeout,
+    };
     let mut serving = Vec::new();
-    for (listener, kind) in [(inbound, Listener::Inbound), (egress, Listener::Egress)] {
+    for (listener, kind, name) in [
+        (inbound, Listener::Inbound, "inbound"),
+        (egress, Listener::Egress, "egress"),
+    ] {
         let shared = shared.clone();
-        log_listening(&listener, if kind == Listener::Inbound { "inbound" } else { "egress" });
+        log_listening(&listener, name);
         let make = move |peer| {
             let shared = shared.clone();
             let conn = Connection {
@@ -126,13 +187,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
                 async move { Ok::<_, Infallible>(request::handle(shared, conn, req).await) }
             })
         };
-        serving.push(tokio::spawn(accept_loop(
-            listener,
-            builder.clone(),
-            make,
-            stopped.clone(),
-            args.drain_timeout,
-        )));
+        serving.push(tokio::spawn(accept_loop(listener, serving_as(name, limits), make)));
     }
     {
         let shared = shared.clone();
@@ -149,12 +204,15 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
                 async move { Ok::<_, Infallible>(resp) }
             })
         };
+        // Its own budget: probes and scrapes get through however full the others are.
+        let limits = ConnectionLimits {
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            ..limits
+        };
         serving.push(tokio::spawn(accept_loop(
             admin_listener,
-            builder.clone(),
+            serving_as("admin", limits),
             make,
-            stopped.clone(),
-            args.drain_timeout,
         )));
     }
     log_listening(&inbound_tls, "inbound-tls");
@@ -175,12 +233,9 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     };
     serving.push(tokio::spawn(tls_accept_loop(
         inbound_tls,
-        builder.clone(),
+        serving_as("inbound_tls", limits),
         current_tls,
         make,
-        stopped.clone(),
-        args.drain_timeout,
-        args.header_read_timeout,
     )));
     let follower = follow_api(&args, &sources);
     let key_sets = {

@@ -167,6 +167,11 @@ fn active(sub: Option<&str>, client_id: &str, scope: &str) -> Value {
 /// A sidecar with one route `/api` guarded by profile `idp` (introspection at `url`, plus
 /// whatever `extra` adds).
 async fn sidecar(url: &str, extra: Value) -> (Sidecar, Backend, tempfile::TempDir) {
+    sidecar_with(url, extra, &[]).await
+}
+
+/// Same, with extra flags.
+async fn sidecar_with(url: &str, extra: Value, flags: &[&str]) -> (Sidecar, Backend, tempfile::TempDir) {
     let backend = Backend::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut auth = json!({"type": "OAuth2", "provider": "Generic", "issuer": ISSUER, "introspectionUrl": url,
@@ -185,7 +190,7 @@ async fn sidecar(url: &str, extra: Value) -> (Sidecar, Backend, tempfile::TempDi
     )
     .write_dir(dir.path())
     .unwrap();
-    let sidecar = Sidecar::start(dir.path()).await;
+    let sidecar = Sidecar::start_with(dir.path(), flags).await;
     (sidecar, backend, dir)
 }
 
@@ -314,6 +319,143 @@ async fn an_endpoint_refusing_the_client_gives_503() {
     let log = sidecar.log();
     assert!(log.contains("introspection endpoint answered 401"), "{log}");
     assert!(!log.contains("tok-erin") && !log.contains("intro s3cret"));
+}
+
+/// The value of the metric line starting with `name`, if exported.
+fn metric(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+/// Waits (bounded) until `portcullis_introspections_pending` is `n`.
+async fn wait_pending(sidecar: &Sidecar, n: f64, within: Duration) -> Option<f64> {
+    let deadline = Instant::now() + within;
+    loop {
+        let pending = metric(&sidecar.metrics().await, "portcullis_introspections_pending");
+        if pending == Some(n) || Instant::now() > deadline {
+            return pending;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 15, item 2: a client that leaves while its token is being introspected does not
+/// leave the single-flight entry behind.
+#[tokio::test]
+async fn clients_that_leave_mid_introspection_leave_nothing_behind() {
+    let idp = Idp::start(CLIENT_SECRET).await;
+    idp.delay_ms.store(3_000, Ordering::SeqCst);
+    let flags = [
+        "--introspection-client-max-in-flight",
+        "100",
+        "--introspection-client-rate",
+        "100",
+    ];
+    let (sidecar, _backend, _dir) = sidecar_with(&idp.url, json!({}), &flags).await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(sidecar.inbound).await.unwrap();
+        let req = format!("GET /api/x HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok-gone-{i}\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+            .await
+            .unwrap();
+        clients.push(s);
+    }
+    let pending = wait_pending(&sidecar, 20.0, Duration::from_secs(2)).await;
+    assert_eq!(pending, Some(20.0), "the 20 introspections did not start");
+    drop(clients);
+    // Well before the endpoint would answer (3 s), every entry is gone.
+    let pending = wait_pending(&sidecar, 0.0, Duration::from_millis(1_500)).await;
+    assert_eq!(
+        pending,
+        Some(0.0),
+        "single-flight entries left behind by clients that left"
+    );
+}
+
+/// Issue 15, item 2: introspection calls are budgeted per client address (in flight and per
+/// second: 429) and in total (503), both with `Retry-After`; requests joining a call in
+/// flight cost nothing.
+#[tokio::test]
+async fn introspection_calls_are_budgeted_per_client_and_in_total() {
+    let idp = Idp::start(CLIENT_SECRET).await;
+    idp.delay_ms.store(500, Ordering::SeqCst);
+    let statuses = |answers: &[(StatusCode, http::HeaderMap, Bytes)], status: StatusCode| {
+        answers.iter().filter(|(s, _, _)| *s == status).count()
+    };
+
+    // Per client, in flight: 2 of 6 distinct new tokens are asked about at once.
+    let flags = [
+        "--introspection-client-max-in-flight",
+        "2",
+        "--introspection-client-rate",
+        "100",
+    ];
+    let (sidecar, _backend, _dir) = sidecar_with(&idp.url, json!({}), &flags).await;
+    let answers = futures::future::join_all((0..6).map(|i| {
+        let sidecar = &sidecar;
+        async move { call(sidecar, &format!("tok-many-{i}")).await }
+    }))
+    .await;
+    assert_eq!(statuses(&answers, StatusCode::UNAUTHORIZED), 2, "{answers:?}");
+    assert_eq!(statuses(&answers, StatusCode::TOO_MANY_REQUESTS), 4, "{answers:?}");
+    for (s, h, body) in &answers {
+        if *s == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(h["retry-after"], "1");
+            assert_eq!(json_of(body)["error"], "too many token introspections for this client");
+        }
+    }
+    assert_eq!(idp.calls(), 2);
+    // Five requests with one new token share one call: the budget is not spent by joining.
+    let answers = futures::future::join_all((0..5).map(|_| call(&sidecar, "tok-same"))).await;
+    assert_eq!(statuses(&answers, StatusCode::UNAUTHORIZED), 5, "{answers:?}");
+    assert_eq!(idp.calls(), 3);
+    let metrics = sidecar.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_rate_limit_rejections_total{scope=\"introspection_client\"}"
+        ),
+        Some(4.0),
+        "{metrics}"
+    );
+    drop(sidecar);
+
+    // Per client, per second: 3 new tokens, then 429 until the bucket refills.
+    idp.delay_ms.store(0, Ordering::SeqCst);
+    let flags = ["--introspection-client-rate", "3"];
+    let (sidecar, _backend, _dir2) = sidecar_with(&idp.url, json!({}), &flags).await;
+    let before = idp.calls();
+    let mut answers = Vec::new();
+    for i in 0..6 {
+        answers.push(call(&sidecar, &format!("tok-rate-{i}")).await);
+    }
+    assert_eq!(statuses(&answers, StatusCode::UNAUTHORIZED), 3, "{answers:?}");
+    assert_eq!(statuses(&answers, StatusCode::TOO_MANY_REQUESTS), 3, "{answers:?}");
+    assert_eq!(idp.calls() - before, 3);
+    // Known tokens (cached answers) are not introspected: no budget needed.
+    assert_eq!(call(&sidecar, "tok-rate-0").await.0, StatusCode::UNAUTHORIZED);
+    drop(sidecar);
+
+    // In total: 1 call at once; the second client's new token gets 503.
+    idp.delay_ms.store(500, Ordering::SeqCst);
+    let flags = ["--introspection-max-in-flight", "1"];
+    let (sidecar, _backend, _dir3) = sidecar_with(&idp.url, json!({}), &flags).await;
+    let answers = futures::future::join_all((0..2).map(|i| {
+        let sidecar = &sidecar;
+        async move { call(sidecar, &format!("tok-total-{i}")).await }
+    }))
+    .await;
+    assert_eq!(statuses(&answers, StatusCode::UNAUTHORIZED), 1, "{answers:?}");
+    let busy: Vec<_> = answers
+        .iter()
+        .filter(|(s, _, _)| *s == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert_eq!(busy.len(), 1, "{answers:?}");
+    assert_eq!(busy[0].1["retry-after"], "1");
+    assert_eq!(
+        json_of(&busy[0].2)["error"],
+        "token introspection busy: too many calls in progress"
+    );
 }
 
 /// An Ed25519 signer of JWTs and its JWKS.

@@ -340,3 +340,54 @@ async fn held_bodies_share_one_memory_budget() {
         created -= 1;
     }
 }
+
+/// Issue 15, item 3: a `Signature-Input` of 7,000 components (55 KB), a `Signature` of 7,000
+/// members and a draft-cavage `headers` of 7,000 names are refused as malformed by their
+/// bounds, before any component is looked up; the sidecar keeps serving.
+#[tokio::test]
+async fn huge_signature_headers_are_refused_as_malformed() {
+    let backend = Backend::start().await;
+    // Heads up to 128 KiB: the 7,000 members of `Signature` take 84 KB.
+    let (sidecar, _dir) = sidecar_with(backend.port(), &["--max-header-bytes", "131072"]).await;
+    let n = 7000;
+    let components: Vec<String> = (0..n).map(|i| format!("\"h{i}\"")).collect();
+    let input = format!(
+        "sig1=(\"@method\" \"@path\" {});created={};keyid=\"gw-1\";alg=\"hmac-sha256\"",
+        components.join(" "),
+        now()
+    );
+    let members: Vec<String> = (0..n).map(|i| format!("s{i}=:AAAA:")).collect();
+    let members = members.join(", ");
+    let names: Vec<String> = (0..n).map(|i| format!("h{i}")).collect();
+    let cavage = format!(
+        "keyId=\"gw-1\",algorithm=\"hs2019\",created={},headers=\"(request-target) (created) {}\",signature=\"AAAA\"",
+        now(),
+        names.join(" ")
+    );
+    let hostile: [(&str, Vec<(&str, &str)>); 3] = [
+        (
+            "/api/x",
+            vec![("signature-input", &input), ("signature", "sig1=:AAAA:")],
+        ),
+        (
+            "/api/x",
+            vec![
+                (
+                    "signature-input",
+                    "sig1=(\"@method\" \"@path\");created=1;keyid=\"gw-1\"",
+                ),
+                ("signature", &members),
+            ],
+        ),
+        ("/old/x", vec![("signature", &cavage)]),
+    ];
+    for (path, headers) in &hostile {
+        let (status, _, body) = get_with(&sidecar.url(path), headers).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{}", String::from_utf8_lossy(&body));
+    }
+    let lines = sidecar.wait_audit(3).await;
+    for line in &lines[..3] {
+        assert_eq!(line["reason"], "malformed HTTP message signature", "{line}");
+    }
+    assert_eq!(get_with(&sidecar.url("/nowhere"), &[]).await.0, StatusCode::NOT_FOUND);
+}

@@ -693,3 +693,60 @@ async fn bad_material_at_startup_serves_nothing_until_fixed() {
         .expect("served once fixed");
     assert_eq!(a.status, 200);
 }
+
+/// Issue 15, item 1: on `--inbound-tls` the handshake timeout covers the TLS handshake and
+/// the first bytes of HTTP after it: a client that completes the handshake and then stays
+/// silent, or stops after 23 of the 24 bytes of the HTTP/2 preface, is cut.
+#[tokio::test]
+async fn the_handshake_timeout_covers_tls_and_the_first_bytes_after_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let backend = Backend::start().await;
+    let ca = Ca::new("Test CA");
+    let dir = tempfile::tempdir().unwrap();
+    loaded(
+        "g1",
+        json!({"routes": [tls_route("api", &[HOST], backend.port())]}),
+        json!({"routes": {"api": {"tls": ca.server("api", &[HOST]).material()}}}),
+    )
+    .write_dir(dir.path())
+    .unwrap();
+    let sidecar = Sidecar::start_with(dir.path(), &["--handshake-timeout", "700ms"]).await;
+    wait_tls(&sidecar, HOST, &ca.pem).await;
+
+    let connector = tokio_rustls::TlsConnector::from(default_client(&ca.pem, None));
+    let mut conns = Vec::new();
+    for half_preface in [false, true] {
+        let tcp = tokio::net::TcpStream::connect(sidecar.inbound_tls).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(HOST).unwrap();
+        let mut tls = connector.connect(name, tcp).await.expect("handshake");
+        if half_preface {
+            tls.write_all(&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..23]).await.unwrap();
+            tls.flush().await.unwrap();
+        }
+        conns.push(tls);
+    }
+    for (i, tls) in conns.iter_mut().enumerate() {
+        let mut buf = [0u8; 64];
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "TLS connection {i} still open");
+    }
+    // Honest clients are served.
+    let answer = tls_get(sidecar.inbound_tls, HOST, default_client(&ca.pem, None), "/ok")
+        .await
+        .expect("served");
+    assert_eq!(answer.status, 200);
+    let metrics = sidecar.metrics().await;
+    assert!(
+        metrics.contains("portcullis_connections_timed_out_total{listener=\"inbound_tls\",phase=\"handshake\"} 2"),
+        "{metrics}"
+    );
+}

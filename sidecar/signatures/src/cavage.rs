@@ -229,8 +229,14 @@ pub struct SignatureParams {
     pub signature: Vec<u8>,
 }
 
+/// Most parameters in one `Signature` value (six are defined); beyond, it is refused.
+pub const MAX_PARAMS: usize = 16;
+/// Most header names in `headers`; beyond, the signature is refused.
+pub const MAX_HEADERS: usize = crate::sfv::MAX_INNER_LIST_ITEMS;
+
 /// Parses the parameters of a `Signature` header value (or of `Authorization` after the
-/// `Signature ` scheme).
+/// `Signature ` scheme). Linear in its input: at most [`MAX_PARAMS`] parameters and
+/// [`MAX_HEADERS`] header names.
 pub fn parse_params(value: &str) -> Result<SignatureParams, Error> {
     const WHAT: &str = "Signature";
     let b = value.as_bytes();
@@ -287,6 +293,9 @@ pub fn parse_params(value: &str) -> Result<SignatureParams, Error> {
         if seen.contains(&name) {
             return Err(Error::malformed(WHAT, format!("{name} given twice")));
         }
+        if seen.len() == MAX_PARAMS {
+            return Err(Error::malformed(WHAT, format!("more than {MAX_PARAMS} parameters")));
+        }
         seen.push(name.clone());
         let number = |v: &str| -> Result<u64, Error> {
             let int = v.split_once('.').map_or(v, |(i, _)| i);
@@ -298,7 +307,17 @@ pub fn parse_params(value: &str) -> Result<SignatureParams, Error> {
             "algorithm" => out.algorithm = Some(v),
             "created" => out.created = Some(number(&v)?),
             "expires" => out.expires = Some(number(&v)?),
-            "headers" => headers = Some(v.split_ascii_whitespace().map(|h| h.to_ascii_lowercase()).collect()),
+            "headers" => {
+                let names: Vec<String> = v
+                    .split_ascii_whitespace()
+                    .take(MAX_HEADERS + 1)
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect();
+                if names.len() > MAX_HEADERS {
+                    return Err(Error::malformed(WHAT, format!("more than {MAX_HEADERS} headers")));
+                }
+                headers = Some(names);
+            }
             "signature" => signature = Some(v),
             _ => {}
         }

@@ -5,6 +5,7 @@
 //! `content-digest` (RFC 9530, checked against the body when one is given).
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use base64::Engine as _;
 
@@ -270,9 +271,11 @@ fn verify_one<K: KeyResolver + ?Sized>(
     let nonce = string("nonce")?;
     let tag = string("tag")?;
 
-    // Covered components: names, duplicates, required ones.
+    // Covered components: names, duplicates, required ones. (At most
+    // `sfv::MAX_INNER_LIST_ITEMS` of them: the parser refuses more.)
     let mut covered: Vec<String> = Vec::with_capacity(list.items.len());
     let mut names: Vec<&str> = Vec::with_capacity(list.items.len());
+    let mut distinct: HashSet<String> = HashSet::with_capacity(list.items.len());
     for item in &list.items {
         let BareItem::String(name) = &item.bare else {
             return Err(Error::malformed(
@@ -282,7 +285,7 @@ fn verify_one<K: KeyResolver + ?Sized>(
         };
         let mut s = String::new();
         sfv::write_item(&mut s, item);
-        if covered.contains(&s) {
+        if !distinct.insert(s.clone()) {
             return Err(Error::malformed(
                 "Signature-Input",
                 format!("component {s} covered twice"),

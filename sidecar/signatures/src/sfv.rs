@@ -1,9 +1,21 @@
 //! Structured Field Values (RFC 8941): the parts HTTP message signatures need — dictionaries,
 //! inner lists, items with parameters — parsed strictly and serialized canonically.
+//!
+//! The parser is linear in its input: a dictionary has at most [`MAX_MEMBERS`] members, an
+//! inner list at most [`MAX_INNER_LIST_ITEMS`] items and an item or inner list at most
+//! [`MAX_PARAMS`] parameters (beyond, the value is refused), so the lookups that find a
+//! repeated key (whose later value wins) cost a bounded number of comparisons.
 
 use std::fmt::Write as _;
 
 use base64::Engine as _;
+
+/// Most members of a dictionary (signature labels, in `Signature-Input` and `Signature`).
+pub const MAX_MEMBERS: usize = 32;
+/// Most items of an inner list (components covered by one signature).
+pub const MAX_INNER_LIST_ITEMS: usize = 64;
+/// Most parameters of one item or inner list.
+pub const MAX_PARAMS: usize = 16;
 
 /// A bare item.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,6 +135,8 @@ impl<'a> Parser<'a> {
             };
             if let Some(slot) = params.iter_mut().find(|(pk, _)| *pk == k) {
                 slot.1 = v;
+            } else if params.len() == MAX_PARAMS {
+                return Err(format!("more than {MAX_PARAMS} parameters"));
             } else {
                 params.push((k, v));
             }
@@ -284,6 +298,9 @@ impl<'a> Parser<'a> {
                 let params = self.params()?;
                 return Ok(InnerList { items, params });
             }
+            if items.len() == MAX_INNER_LIST_ITEMS {
+                return Err(format!("more than {MAX_INNER_LIST_ITEMS} items in an inner list"));
+            }
             items.push(self.item()?);
             match self.peek() {
                 Some(b' ' | b')') => {}
@@ -337,6 +354,8 @@ pub fn parse_dictionary(input: &str) -> Result<Dictionary, String> {
         };
         if let Some(slot) = dict.iter_mut().find(|(dk, _)| *dk == k) {
             slot.1 = v;
+        } else if dict.len() == MAX_MEMBERS {
+            return Err(format!("more than {MAX_MEMBERS} dictionary members"));
         } else {
             dict.push((k, v));
         }

@@ -117,3 +117,63 @@ fn shared_state_is_send_and_sync() {
     assert_send_sync::<portcullis_signatures::ReplayCache>();
     assert_send_sync::<std::collections::HashMap<String, std::sync::Arc<Key>>>();
 }
+
+/// Issue 15, item 3: huge signature headers are refused by their bounds (number of members,
+/// components, parameters), not parsed in full, and repeated keys cost no more than others.
+#[test]
+fn huge_signature_headers_are_refused_by_their_bounds() {
+    let n = 7000;
+    let members: Vec<String> = (0..n).map(|i| format!("m{i}=1")).collect();
+    let err = sfv::parse_dictionary(&members.join(", ")).unwrap_err();
+    assert!(err.contains("more than 32 dictionary members"), "{err}");
+    // One key repeated: one member, the last value.
+    let repeated = vec!["a=1"; n].join(", ") + ", a=2";
+    let dict = sfv::parse_dictionary(&repeated).unwrap();
+    assert_eq!(dict.len(), 1);
+
+    let components: Vec<String> = (0..n).map(|i| format!("\"h{i}\"")).collect();
+    let input = format!(
+        "sig1=({});created={RFC_CREATED};keyid=\"test-key\"",
+        components.join(" ")
+    );
+    let err = sfv::parse_dictionary(&input).unwrap_err();
+    assert!(err.contains("more than 64 items"), "{err}");
+    let params: Vec<String> = (0..n).map(|i| format!(";p{i}=1")).collect();
+    let err = sfv::parse_item(&format!("\"@method\"{}", params.concat())).unwrap_err();
+    assert!(err.contains("more than 16 parameters"), "{err}");
+
+    // Through the verifier: refused as malformed before any component is looked up.
+    let secret = Key::hmac(b"s").unwrap();
+    let mut h = rfc_request_headers();
+    h.insert("signature-input", HeaderValue::from_str(&input).unwrap());
+    h.insert("signature", HeaderValue::from_static("sig1=:AAAA:"));
+    let result = rfc9421::verify(
+        &rfc_message(&h),
+        None,
+        &("test-key", &secret),
+        &Policy::new(&Algorithm::ALL, 60),
+        RFC_CREATED,
+    );
+    assert!(
+        matches!(
+            &result,
+            Err(portcullis_signatures::Error::Malformed {
+                what: "Signature-Input",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+
+    // draft-cavage: parameters and header names.
+    let many: Vec<String> = (0..n).map(|i| format!("p{i}=\"x\"")).collect();
+    let err = cavage::parse_params(&format!("keyId=\"k\",signature=\"AAAA\",{}", many.join(","))).unwrap_err();
+    assert!(err.to_string().contains("more than 16 parameters"), "{err}");
+    let names: Vec<String> = (0..n).map(|i| format!("h{i}")).collect();
+    let value = format!(
+        "keyId=\"k\",headers=\"(request-target) {}\",signature=\"AAAA\"",
+        names.join(" ")
+    );
+    let err = cavage::parse_params(&value).unwrap_err();
+    assert!(err.to_string().contains("more than 64 headers"), "{err}");
+}

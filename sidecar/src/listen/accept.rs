@@ -1,22 +1,30 @@
 //! Accepting connections: the accept loops of the plain and TLS listeners, the TLS handshake
 //! (the certificate by SNI, a client certificate where a route wants one), the HTTP/1.1 and
-//! HTTP/2 connection settings (header size and header read time bounded), and the graceful
-//! drain on shutdown. Knows nothing of what a request means: each loop is handed the service
-//! that answers a connection's requests.
+//! HTTP/2 connection settings (header size and header read time bounded), the bounds every
+//! connection lives within ([`ConnectionLimits`]: the handshake and idle timeouts, the number
+//! open at once) and the graceful drain on shutdown. Knows nothing of what a request means:
+//! each loop is handed the service that answers a connection's requests, and what it observes
+//! goes to the [`ConnectionEvents`] it is handed.
 
 use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::HeaderValue;
 use http::header::STRICT_TRANSPORT_SECURITY;
+use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
 
 use super::Connection;
 use super::server_tls::ServerTls;
@@ -24,8 +32,13 @@ use crate::base::body::ProxyBody;
 use crate::base::engine::Listener;
 
 /// The HTTP/1.1 and HTTP/2 settings every listener serves connections with: heads read
-/// within `header_read_timeout`, head buffers bounded by twice `max_header_bytes`.
-pub fn connection_builder(header_read_timeout: Duration, max_header_bytes: u32) -> auto::Builder<TokioExecutor> {
+/// within `header_read_timeout`, head buffers bounded by twice `max_header_bytes`, at most
+/// `max_concurrent_streams` requests at once on one HTTP/2 connection.
+pub fn connection_builder(
+    header_read_timeout: Duration,
+    max_header_bytes: u32,
+    max_concurrent_streams: u32,
+) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -39,19 +52,78 @@ pub fn connection_builder(header_read_timeout: Duration, max_header_bytes: u32) 
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(2 * max_header_bytes)
+        .max_concurrent_streams(max_concurrent_streams)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     builder
 }
 
+/// The bounds of one listener's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Time from the accept until the client has shown which HTTP it speaks (the HTTP/2
+    /// preface, or the first bytes of an HTTP/1.1 request), the TLS handshake included on the
+    /// TLS listener; else the connection is closed.
+    pub handshake_timeout: Duration,
+    /// A connection with no request in progress for this long is closed (gracefully: HTTP/2
+    /// gets a GOAWAY first).
+    pub idle_timeout: Duration,
+    /// Most connections open at once; beyond, a new connection is closed as soon as it is
+    /// accepted.
+    pub max_connections: usize,
+}
+
+/// Why a connection was closed by a timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// No HTTP within the handshake timeout (TLS handshake, protocol detection).
+    Handshake,
+    /// No request in progress for the idle timeout.
+    Idle,
+}
+
+impl Timeout {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Handshake => "handshake",
+            Self::Idle => "idle",
+        }
+    }
+}
+
+/// What a listener reports about its connections (the wiring hands it the metrics).
+pub trait ConnectionEvents: Send + Sync + 'static {
+    /// A connection was accepted within the limit.
+    fn opened(&self);
+    /// An accepted connection is closed.
+    fn closed(&self);
+    /// A connection was closed at once: the listener was full.
+    fn refused(&self);
+    /// A connection was closed by a timeout.
+    fn timed_out(&self, why: Timeout);
+}
+
+/// Everything an accept loop serves its connections with.
+#[derive(Clone)]
+pub struct Serving {
+    /// The HTTP/1.1 and HTTP/2 settings ([`connection_builder`]).
+    pub builder: auto::Builder<TokioExecutor>,
+    pub limits: ConnectionLimits,
+    pub events: Arc<dyn ConnectionEvents>,
+    /// Turns true on shutdown: stop accepting, close connections once idle.
+    pub stopped: watch::Receiver<bool>,
+    /// On shutdown, time allowed for open requests to finish.
+    pub drain: Duration,
+}
+
+/// After a graceful close for idleness, how long a connection with nothing in progress may
+/// take to go (a client that never acknowledges an HTTP/2 GOAWAY).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Accepts connections until `stopped` turns true, then waits up to `drain` for the open
 /// connections to finish their requests (each told to close once idle).
-pub async fn accept_loop<F, S>(
-    listener: TcpListener,
-    builder: auto::Builder<TokioExecutor>,
-    make_service: F,
-    mut stopped: watch::Receiver<bool>,
-    drain: Duration,
-) where
+pub async fn accept_loop<F, S>(listener: TcpListener, serving: Serving, make_service: F)
+where
     F: Fn(SocketAddr) -> S,
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
@@ -61,22 +133,27 @@ pub async fn accept_loop<F, S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    let gate = Gate::new(&serving);
+    let mut stopped = serving.stopped.clone();
     while let Some((stream, peer)) = next_connection(&listener, &mut stopped).await {
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), make_service(peer))
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let Some(slot) = gate.admit(&serving) else {
+            drop(stream);
+            continue;
+        };
+        let service = make_service(peer);
+        let serving = serving.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
+            let deadline = Instant::now() + serving.limits.handshake_timeout;
+            let mut stream = stream;
+            let Some(prefix) = first_bytes(&mut stream, deadline, peer, &serving).await else {
+                return;
+            };
+            serve(Prefixed::new(stream, prefix), service, peer, &serving).await;
+            drop(slot);
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?drain, "connections still open after the drain timeout: closing them");
-    }
+    gate.drain(&serving).await;
 }
 
 /// The next accepted connection (with `TCP_NODELAY`), or `None` once `stopped` changes. A
@@ -86,6 +163,9 @@ async fn next_connection(
     stopped: &mut watch::Receiver<bool>,
 ) -> Option<(tokio::net::TcpStream, SocketAddr)> {
     loop {
+        if *stopped.borrow_and_update() {
+            return None;
+        }
         let accepted = tokio::select! {
             _ = stopped.changed() => return None,
             accepted = listener.accept() => accepted,
@@ -105,22 +185,323 @@ async fn next_connection(
     }
 }
 
+/// The connections a listener may have open at once.
+struct Gate {
+    permits: Arc<Semaphore>,
+    max: u32,
+}
+
+impl Gate {
+    fn new(serving: &Serving) -> Self {
+        let max = serving
+            .limits
+            .max_connections
+            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            max: max as u32,
+        }
+    }
+
+    /// A place for one more connection, or `None` (counted) when the listener is full.
+    fn admit(&self, serving: &Serving) -> Option<Slot> {
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                serving.events.opened();
+                Some(Slot {
+                    _permit: permit,
+                    events: serving.events.clone(),
+                })
+            }
+            Err(_) => {
+                serving.events.refused();
+                tracing::debug!(max = self.max, "connection refused: the listener is full");
+                None
+            }
+        }
+    }
+
+    /// Waits (up to the drain timeout) until every connection has closed.
+    async fn drain(&self, serving: &Serving) {
+        if tokio::time::timeout(serving.drain, self.permits.acquire_many(self.max))
+            .await
+            .is_err()
+        {
+            let drain = serving.drain;
+            tracing::warn!(?drain, "connections still open after the drain timeout: closing them");
+        }
+    }
+}
+
+/// One open connection's place; gives it back (and says so) when dropped.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    events: Arc<dyn ConnectionEvents>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.events.closed();
+    }
+}
+
+/// The HTTP/2 connection preface, which tells HTTP/2 (prior knowledge) from HTTP/1.1.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The first bytes of a connection, read until they tell HTTP/2 from HTTP/1.1 (all 24 bytes
+/// of the preface, or the first one that differs), before `deadline`. `None`: the client
+/// left or was too slow (counted) and the connection is to be closed.
+async fn first_bytes<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    deadline: Instant,
+    peer: SocketAddr,
+    serving: &Serving,
+) -> Option<Prefix> {
+    let read = async {
+        let mut prefix = Prefix {
+            bytes: [0; 24],
+            len: 0,
+            pos: 0,
+        };
+        loop {
+            let n = stream.read(&mut prefix.bytes[prefix.len..]).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            prefix.len += n;
+            if prefix.len == H2_PREFACE.len() || prefix.bytes[..prefix.len] != H2_PREFACE[..prefix.len] {
+                return Ok::<_, io::Error>(prefix);
+            }
+        }
+    };
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(prefix)) => Some(prefix),
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "connection closed before its first request");
+            None
+        }
+        Err(_) => {
+            serving.events.timed_out(Timeout::Handshake);
+            tracing::debug!(%peer, "no HTTP within the handshake timeout: closing");
+            None
+        }
+    }
+}
+
+/// Serves HTTP on `io` until the connection ends: closes it once it has had no request in
+/// progress for the idle timeout, and gracefully on shutdown.
+async fn serve<I, S>(io: I, service: S, peer: SocketAddr, serving: &Serving)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<ProxyBody>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let busy = Busy::start(&activity);
+            let response = service.call(req);
+            async move {
+                let response = response.await?;
+                Ok::<_, Infallible>(response.map(|body| Tracked { body, _busy: busy }))
+            }
+        })
+    };
+    let mut stopped = serving.stopped.clone();
+    let mut closing = *stopped.borrow_and_update();
+    let conn = serving.builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = pin!(conn);
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    let idle = serving.limits.idle_timeout;
+    // Asleep until the connection may have become idle; after a graceful close, until it may
+    // be dropped.
+    let timer = tokio::time::sleep(idle);
+    let mut timer = pin!(timer);
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stopped.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+                timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
+            }
+            () = timer.as_mut() => {
+                let now = Instant::now();
+                if activity.busy() {
+                    // Look again once what is in progress may have ended.
+                    timer.as_mut().reset(now + if closing { CLOSE_GRACE } else { idle });
+                } else if closing {
+                    // Told to close, nothing in progress, and still not gone: drop it.
+                    return;
+                } else {
+                    let idle_until = activity.last_end() + idle;
+                    if idle_until > now {
+                        timer.as_mut().reset(idle_until);
+                    } else {
+                        serving.events.timed_out(Timeout::Idle);
+                        tracing::debug!(%peer, ?idle, "idle connection: closing");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                        timer.as_mut().reset(now + CLOSE_GRACE);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a connection is doing: requests in progress (from the call to the end of the
+/// response body) and when the last one ended.
+struct Activity {
+    /// The connection's start: the origin of `last_end`.
+    start: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds from `start` to the end of the last request.
+    last_end: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_end: AtomicU64::new(0),
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// When the last request ended (the connection's start if none did).
+    fn last_end(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_end.load(Ordering::Acquire))
+    }
+}
+
+/// One request in progress on a connection: from its call to the end of its response body.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let since_start = self.0.start.elapsed().as_millis() as u64;
+        self.0.last_end.fetch_max(since_start, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it is sent (or
+/// dropped).
+struct Tracked<B> {
+    body: B,
+    _busy: Busy,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The bytes [`first_bytes`] read, given back to HTTP first.
+struct Prefix {
+    bytes: [u8; 24],
+    len: usize,
+    pos: usize,
+}
+
+/// A stream whose first bytes were read already: reads give them back first.
+struct Prefixed<S> {
+    prefix: Prefix,
+    stream: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(stream: S, prefix: Prefix) -> Self {
+        Self { prefix, stream }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let prefix = &mut self.prefix;
+        if prefix.pos < prefix.len {
+            let n = (prefix.len - prefix.pos).min(buf.remaining());
+            buf.put_slice(&prefix.bytes[prefix.pos..prefix.pos + n]);
+            prefix.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// `Strict-Transport-Security` on every response over TLS.
 const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
 
-/// The TLS listener: like [`accept_loop`], with a TLS handshake (bounded by
-/// `handshake_timeout`) before HTTP, and `Strict-Transport-Security` on every response. The
-/// handshake uses the TLS configuration `current_tls` gives when it starts; the connection
-/// keeps it across reloads. `make_service` gets the connection the handshake described.
-pub async fn tls_accept_loop<T, F, S>(
-    listener: TcpListener,
-    builder: auto::Builder<TokioExecutor>,
-    current_tls: T,
-    make_service: F,
-    mut stopped: watch::Receiver<bool>,
-    drain: Duration,
-    handshake_timeout: Duration,
-) where
+/// The TLS listener: like [`accept_loop`], with a TLS handshake before HTTP (within the
+/// handshake timeout, which covers both), and `Strict-Transport-Security` on every response.
+/// The handshake uses the TLS configuration `current_tls` gives when it starts; the
+/// connection keeps it across reloads. `make_service` gets the connection the handshake
+/// described.
+pub async fn tls_accept_loop<T, F, S>(listener: TcpListener, serving: Serving, current_tls: T, make_service: F)
+where
     T: Fn() -> Option<Arc<ServerTls>> + Send + Sync + 'static,
     F: Fn(Connection) -> S + Send + Sync + 'static,
     S: hyper::service::Service<
@@ -131,17 +512,22 @@ pub async fn tls_accept_loop<T, F, S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    let gate = Gate::new(&serving);
+    let mut stopped = serving.stopped.clone();
     let current_tls = Arc::new(current_tls);
     let make_service = Arc::new(make_service);
     while let Some((stream, peer)) = next_connection(&listener, &mut stopped).await {
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
+        let Some(slot) = gate.admit(&serving) else {
+            drop(stream);
+            continue;
+        };
+        let serving = serving.clone();
         let current_tls = current_tls.clone();
         let make_service = make_service.clone();
         tokio::spawn(async move {
-            let (stream, conn) =
-                match tokio::time::timeout(handshake_timeout, tls_handshake(&*current_tls, stream, peer)).await {
+            let deadline = Instant::now() + serving.limits.handshake_timeout;
+            let (mut stream, conn) =
+                match tokio::time::timeout_at(deadline, tls_handshake(&*current_tls, stream, peer)).await {
                     Ok(Ok(done)) => done,
                     Ok(Err(HandshakeError::ClientCertificate(error))) => {
                         // A client authentication failure: worth an operational line (there
@@ -154,10 +540,14 @@ pub async fn tls_accept_loop<T, F, S>(
                         return;
                     }
                     Err(_) => {
+                        serving.events.timed_out(Timeout::Handshake);
                         tracing::debug!(%peer, "TLS handshake timed out");
                         return;
                     }
                 };
+            let Some(prefix) = first_bytes(&mut stream, deadline, peer, &serving).await else {
+                return;
+            };
             let inner = make_service(conn);
             let service = service_fn(move |req| {
                 let response = inner.call(req);
@@ -167,19 +557,12 @@ pub async fn tls_accept_loop<T, F, S>(
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
+            serve(Prefixed::new(stream, prefix), service, peer, &serving).await;
+            drop(slot);
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(
-            ?drain,
-            "TLS connections still open after the drain timeout: closing them"
-        );
-    }
+    gate.drain(&serving).await;
 }
 
 /// Reads the ClientHello, picks the configuration for its SNI name (asking for a client

@@ -44,6 +44,7 @@ pub fn handle(
     }
     match req.uri().path() {
         "/metrics" => {
+            shared.metrics.introspections_pending(shared.introspector.pending());
             let mut resp = Response::new(full(shared.metrics.render()));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -83,8 +83,18 @@ pub struct Shared {
     pub limiter: Arc<InMemoryLimiter>,
     /// Where audit lines go.
     pub audit: Arc<AuditLog>,
-    /// Asks OAuth2 introspection endpoints about opaque tokens (one call per token at once).
+    /// Asks OAuth2 introspection endpoints about opaque tokens (one call per token at once,
+    /// within a budget).
     pub introspector: Introspector,
+}
+
+/// The sizes the request path bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    /// Largest request head accepted (`--max-header-bytes`).
+    pub max_header_bytes: usize,
+    /// Largest body read to check a signed digest (`--max-signed-body-bytes`).
+    pub max_signed_body_bytes: usize,
 }
 
 impl Shared {
@@ -93,10 +103,10 @@ impl Shared {
         active: Active,
         metrics: Metrics,
         forwarder: Forwarder,
-        max_header_bytes: usize,
-        max_signed_body_bytes: usize,
+        sizes: Sizes,
         limiter: Arc<InMemoryLimiter>,
         audit: Arc<AuditLog>,
+        introspector: Introspector,
     ) -> Arc<Self> {
         metrics.enforcing(active.generation(), active.ready);
         metrics.certificates(active.tls.as_deref().map_or(&[], ServerTls::expiry));
@@ -104,11 +114,11 @@ impl Shared {
             active: ArcSwap::from_pointee(active),
             metrics,
             forwarder,
-            max_header_bytes,
-            max_signed_body_bytes,
+            max_header_bytes: sizes.max_header_bytes,
+            max_signed_body_bytes: sizes.max_signed_body_bytes,
             limiter,
             audit,
-            introspector: Introspector::default(),
+            introspector,
         })
     }
 

@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use crate::base::body::ProxyBody;
 use crate::base::clock::{decision_clock, unix_millis};
 use crate::base::engine::{Admission, Denial, DenialKind, NormalPath, Outcome, RequestView};
+use crate::identity::introspection::IntrospectError;
 use crate::listen::Connection;
 use crate::ops::state::{Active, Shared};
 use crate::telemetry::audit::Record;
@@ -199,21 +200,37 @@ async fn introspect(trip: &Trip<'_>, active: &Active, view: &RequestView<'_>) ->
             break;
         };
         if let Err(error) = trip.shared.introspector.ensure(wanted).await {
-            trip.shared.metrics.backend_error(BackendErrorKind::Introspection);
-            tracing::warn!(
-                route = wanted.route,
-                profile = wanted.profile,
-                %error,
-                "token introspection failed; answering 503"
-            );
-            let answer = Answer::IntrospectionUnavailable { route: wanted.route }.response();
+            let metrics = &trip.shared.metrics;
+            let route = wanted.route;
+            let (answer, decision, reason) = match error {
+                IntrospectError::Idp(error) => {
+                    metrics.backend_error(BackendErrorKind::Introspection);
+                    tracing::warn!(route, profile = wanted.profile, %error,
+                        "token introspection failed; answering 503");
+                    let answer = Answer::IntrospectionUnavailable { route };
+                    (answer, "error", "token introspection failed")
+                }
+                IntrospectError::Busy => {
+                    metrics.rate_limited("introspection");
+                    let answer = Answer::IntrospectionBusy { route };
+                    (answer, "error", "too many token introspections in progress")
+                }
+                IntrospectError::ClientOverBudget { retry_after_secs } => {
+                    metrics.rate_limited("introspection_client");
+                    let answer = Answer::IntrospectionThrottled {
+                        route,
+                        retry_after_secs,
+                    };
+                    (answer, "deny", "client's token introspection budget used up")
+                }
+            };
             return Err(trip.early(
-                answer,
-                "error",
-                wanted.route,
+                answer.response(),
+                decision,
+                route,
                 wanted.profile,
                 wanted.client_ip,
-                "token introspection failed",
+                reason,
             ));
         }
         now = unix_millis();

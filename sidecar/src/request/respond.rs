@@ -58,6 +58,10 @@ pub enum Answer<'a> {
     /// An opaque bearer token could not be introspected (the endpoint is down, slow, refused
     /// the sidecar's client or answered junk): 503, fail closed.
     IntrospectionUnavailable { route: &'a str },
+    /// Too many introspection calls in progress in all: 503, `Retry-After: 1`.
+    IntrospectionBusy { route: &'a str },
+    /// The client's introspection budget is used up: 429 with `Retry-After`.
+    IntrospectionThrottled { route: &'a str, retry_after_secs: u64 },
     /// The backend refused the connection or failed.
     BackendDown { route: &'a str },
     /// The backend did not answer in time.
@@ -123,6 +127,16 @@ impl Answer<'_> {
                 "token introspection unavailable: the introspection endpoint failed",
                 Some(*route),
             ),
+            Self::IntrospectionBusy { route } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token introspection busy: too many calls in progress",
+                Some(*route),
+            ),
+            Self::IntrospectionThrottled { route, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many token introspections for this client",
+                Some(*route),
+            ),
             Self::BackendDown { route } => (StatusCode::BAD_GATEWAY, "backend unavailable", Some(*route)),
             Self::BackendTimeout { route } => (StatusCode::GATEWAY_TIMEOUT, "backend timeout", Some(*route)),
             Self::NotServed { route } => (
@@ -163,7 +177,10 @@ impl Answer<'_> {
                 rate_limit_headers(headers, *info);
                 headers.insert(RETRY_AFTER, HeaderValue::from(info.reset_secs.max(1)));
             }
-            Self::Throttled { retry_after_secs, .. } => {
+            Self::IntrospectionBusy { .. } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(1u64));
+            }
+            Self::Throttled { retry_after_secs, .. } | Self::IntrospectionThrottled { retry_after_secs, .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             Self::BodyBufferFull { .. } => {

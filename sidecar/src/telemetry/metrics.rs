@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the sidecar exports.
@@ -21,6 +21,24 @@ pub struct Metrics {
     config_info: IntGaugeVec,
     ready: IntGauge,
     certificate_expiry: IntGaugeVec,
+    connections_open: IntGaugeVec,
+    connections_refused: IntCounterVec,
+    connections_timed_out: IntCounterVec,
+    introspections_pending: IntGauge,
+}
+
+/// The connection metrics of one listener, resolved once (nothing is looked up per
+/// connection).
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    /// `portcullis_connections_open{listener}`.
+    pub open: IntGauge,
+    /// `portcullis_connections_refused_total{listener}`.
+    pub refused: IntCounter,
+    /// `portcullis_connections_timed_out_total{listener, phase="handshake"}`.
+    pub handshake_timeouts: IntCounter,
+    /// `portcullis_connections_timed_out_total{listener, phase="idle"}`.
+    pub idle_timeouts: IntCounter,
 }
 
 /// Outcome of a configuration reload attempt.
@@ -120,8 +138,38 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
+        let connections_open = IntGaugeVec::new(
+            Opts::new("portcullis_connections_open", "Connections open, by listener."),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "portcullis_connections_refused_total",
+                "Connections closed as soon as accepted because the listener was full (--max-connections), by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let connections_timed_out = IntCounterVec::new(
+            Opts::new(
+                "portcullis_connections_timed_out_total",
+                "Connections closed by a timeout, by listener and phase (handshake: no HTTP within --handshake-timeout; idle: no request for --idle-timeout).",
+            ),
+            &["listener", "phase"],
+        )
+        .expect("valid metric");
+        let introspections_pending = IntGauge::new(
+            "portcullis_introspections_pending",
+            "Opaque tokens being introspected now (at the last scrape).",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(introspections_pending.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(connections_timed_out.clone()),
             Box::new(latency.clone()),
             Box::new(rate_limited.clone()),
             Box::new(reloads.clone()),
@@ -142,6 +190,26 @@ impl Metrics {
             config_info,
             ready,
             certificate_expiry,
+            connections_open,
+            connections_refused,
+            connections_timed_out,
+            introspections_pending,
+        }
+    }
+
+    /// Records how many tokens are being introspected now.
+    pub fn introspections_pending(&self, n: usize) {
+        self.introspections_pending.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The connection metrics of the listener named `listener` (`inbound`, `inbound_tls`,
+    /// `egress`, `admin`), all exported from now on (at zero).
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            open: self.connections_open.with_label_values(&[listener]),
+            refused: self.connections_refused.with_label_values(&[listener]),
+            handshake_timeouts: self.connections_timed_out.with_label_values(&[listener, "handshake"]),
+            idle_timeouts: self.connections_timed_out.with_label_values(&[listener, "idle"]),
         }
     }
 
@@ -160,7 +228,8 @@ impl Metrics {
         self.latency.with_label_values(&[route]).observe(latency.as_secs_f64());
     }
 
-    /// Counts a rate-limit rejection (`scope`: `org` or `profile`).
+    /// Counts a rate-limit rejection (`scope`: `org`, `profile`, `auth_failures`,
+    /// `introspection` or `introspection_client`).
     pub fn rate_limited(&self, scope: &str) {
         self.rate_limited.with_label_values(&[scope]).inc();
     }

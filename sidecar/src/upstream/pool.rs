@@ -8,6 +8,10 @@
 //! general-purpose client, nothing is spawned and no channel is crossed per call beyond the
 //! connection's own.
 //!
+//! A connection goes back to the pool only once it is ready for a new request: an answer can
+//! end before its request body has been sent (an app that answers without reading a slow
+//! upload), and such a connection joins the pool when the upload is over, not before.
+//!
 //! A pooled connection the app has meanwhile closed is noticed at checkout (or when the
 //! request cannot be written on it) and the call moves to a fresh connection: a request is
 //! sent on a reused connection at most once and retried only if it was never written.
@@ -211,8 +215,25 @@ struct Lease {
 }
 
 impl Lease {
+    /// Hands the connection back once it can take a new request. The app may answer before it
+    /// has read the whole request body (the client still uploading it): until that body is
+    /// sent the connection is busy, and a call handed it would wait for the upload (up to
+    /// `--backend-timeout`). Such a connection waits aside (at most [`IDLE_TIMEOUT`]) and joins
+    /// the pool only once it is ready; the usual case, ready at once, costs nothing more.
     fn release(self) {
-        self.pool.checkin(self.port, self.sender);
+        if self.sender.is_ready() {
+            self.pool.checkin(self.port, self.sender);
+            return;
+        }
+        if self.sender.is_closed() {
+            return;
+        }
+        let Self { pool, port, mut sender } = self;
+        tokio::spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(IDLE_TIMEOUT, sender.ready()).await {
+                pool.checkin(port, sender);
+            }
+        });
     }
 }
 

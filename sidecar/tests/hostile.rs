@@ -1,0 +1,322 @@
+//! Black-box tests of hostile clients over real sockets: stalled uploads toward the app's
+//! keep-alive pool, silent and half-open connections, idle keep-alive connections, the
+//! connection cap and HTTP/2 streams per connection. (Clients that leave mid-introspection:
+//! `introspection.rs`; huge signature headers: `signatures_inbound.rs`; TLS: `tls.rs`.)
+
+mod common;
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+async fn anonymous_sidecar(port: u16, extra: &[&str]) -> (Sidecar, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    loaded(
+        "g1",
+        json!({"routes": [{"name": "app", "pathPrefix": "/", "backend": {"type": "Local", "port": port}}]}),
+        json!({}),
+    )
+    .write_dir(dir.path())
+    .unwrap();
+    (Sidecar::start_with(dir.path(), extra).await, dir)
+}
+
+/// An app that answers every request at once, before reading its body, and reads the body
+/// afterwards (however slowly it comes): its connections stay open.
+async fn eager_app() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    let path = req.uri().path().to_owned();
+                    tokio::spawn(async move {
+                        let _ = req.into_body().collect().await;
+                    });
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(path))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (port, task)
+}
+
+/// Reads from `stream` until `needle` appears (bounded by `within`); what was read.
+async fn read_until(stream: &mut TcpStream, needle: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&buf).contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Item 4 of issue 15: an answer that ends while its request body is still uploading must
+/// not hand its app connection to the next call.
+#[tokio::test]
+async fn a_stalled_upload_does_not_block_the_next_call() {
+    let (port, _app) = eager_app().await;
+    let (sidecar, _dir) = anonymous_sidecar(port, &["--backend-timeout", "3s"]).await;
+
+    let mut uploader = TcpStream::connect(sidecar.inbound).await.unwrap();
+    uploader
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\nab")
+        .await
+        .unwrap();
+    let answer = read_until(&mut uploader, "/upload", Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // The uploader stays connected, its body 99,998 bytes short. The next call must not
+    // wait for it.
+    let start = Instant::now();
+    let (status, _, body) = get_with(&sidecar.url("/next"), &[]).await;
+    let took = start.elapsed();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(&body[..], b"/next");
+    assert!(took < Duration::from_secs(2), "the next call waited {took:?}");
+    drop(uploader);
+}
+
+/// Whether the peer closed `stream` within `within` (end of stream or a reset; bytes the
+/// sidecar may send first, such as an HTTP/2 GOAWAY, are read past).
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut chunk = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The value of the metric line starting with `name` (labels included), if exported.
+fn metric(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+/// Item 1 of issue 15: a connection that never shows which HTTP it speaks (silent, or 23 of
+/// the 24 bytes of the HTTP/2 preface, or no TLS ClientHello) is closed after
+/// `--handshake-timeout`.
+#[tokio::test]
+async fn silent_and_half_preface_connections_are_closed() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = anonymous_sidecar(backend.port(), &["--handshake-timeout", "500ms"]).await;
+    let mut conns = Vec::new();
+    for _ in 0..10 {
+        conns.push(TcpStream::connect(sidecar.inbound).await.unwrap());
+    }
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(sidecar.inbound).await.unwrap();
+        s.write_all(&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..23]).await.unwrap();
+        conns.push(s);
+    }
+    for _ in 0..3 {
+        conns.push(TcpStream::connect(sidecar.inbound_tls).await.unwrap());
+    }
+    let start = Instant::now();
+    for (i, s) in conns.iter_mut().enumerate() {
+        assert!(
+            closed_within(s, Duration::from_secs(5)).await,
+            "connection {i} still open"
+        );
+    }
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(300), "closed too early: {took:?}");
+    // The sidecar still serves.
+    assert_eq!(get_with(&sidecar.url("/ok"), &[]).await.0, 200);
+    let metrics = sidecar.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_connections_timed_out_total{listener=\"inbound\",phase=\"handshake\"}"
+        ),
+        Some(15.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_connections_timed_out_total{listener=\"inbound_tls\",phase=\"handshake\"}"
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+}
+
+/// Item 1: keep-alive connections with nothing in progress are closed after
+/// `--idle-timeout` (HTTP/1.1 and HTTP/2), while a slow answer or a long download on a
+/// connection is not cut.
+#[tokio::test]
+async fn idle_connections_are_closed_busy_ones_are_not() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = anonymous_sidecar(backend.port(), &["--idle-timeout", "1s"]).await;
+
+    // HTTP/1.1: one request, then nothing.
+    let mut h1 = TcpStream::connect(sidecar.inbound).await.unwrap();
+    h1.write_all(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let answer = read_until(&mut h1, "\"/one\"", Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let idle_start = Instant::now();
+    assert!(
+        closed_within(&mut h1, Duration::from_secs(5)).await,
+        "idle HTTP/1.1 connection kept"
+    );
+    let idle = idle_start.elapsed();
+    assert!(idle >= Duration::from_millis(800), "closed too early: {idle:?}");
+
+    // HTTP/2 (prior knowledge): one request, then nothing; the connection ends by itself.
+    let stream = TcpStream::connect(sidecar.inbound).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get(format!("http://{}/two", sidecar.inbound))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    let idle_start = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "idle HTTP/2 connection kept");
+    assert!(idle_start.elapsed() >= Duration::from_millis(800));
+
+    // Busy longer than the idle timeout: a slow answer, then a slow download.
+    let client = client();
+    let slow = Request::get(sidecar.url("/sleep/1500")).body(Full::default()).unwrap();
+    let (status, _, body) = send(&client, slow).await.expect("slow answer not cut");
+    assert_eq!((status, &body[..]), (http::StatusCode::OK, &b"slept"[..]));
+    let download = Request::get(sidecar.url("/stream/150")).body(Full::default()).unwrap();
+    let (status, _, body) = send(&client, download).await.expect("long download not cut");
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), 150 * 64 * 1024);
+
+    let metrics = sidecar.metrics().await;
+    let idle_closed = metric(
+        &metrics,
+        "portcullis_connections_timed_out_total{listener=\"inbound\",phase=\"idle\"}",
+    );
+    assert!(idle_closed >= Some(2.0), "{metrics}");
+}
+
+/// Item 1: at most `--max-connections` open on a listener: beyond, a connection is closed as
+/// accepted and counted; the admin listener answers all the while; room made is reused.
+#[tokio::test]
+async fn the_connection_cap_refuses_beyond_and_spares_the_admin_listener() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = anonymous_sidecar(backend.port(), &["--max-connections", "3"]).await;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(sidecar.inbound).await.unwrap());
+    }
+    // Let the sidecar accept them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(
+        &sidecar.metrics().await,
+        "portcullis_connections_open{listener=\"inbound\"}",
+    ) != Some(3.0)
+    {
+        assert!(Instant::now() < deadline, "the 3 connections were not accepted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut fourth = TcpStream::connect(sidecar.inbound).await.unwrap();
+    let _ = fourth.write_all(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(
+        closed_within(&mut fourth, Duration::from_secs(2)).await,
+        "the 4th connection was served"
+    );
+
+    // The admin listener answers while the inbound one is full.
+    let (status, _, _) = get(&sidecar.admin_url("/healthz")).await.expect("admin answers");
+    assert_eq!(status, 200);
+    let metrics = sidecar.metrics().await;
+    assert_eq!(
+        metric(&metrics, "portcullis_connections_open{listener=\"inbound\"}"),
+        Some(3.0)
+    );
+    assert!(
+        metric(&metrics, "portcullis_connections_refused_total{listener=\"inbound\"}") >= Some(1.0),
+        "{metrics}"
+    );
+
+    // Room made: served again.
+    drop(silent);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match get(&sidecar.url("/again")).await {
+            Some((status, _, _)) => {
+                assert_eq!(status, 200);
+                break;
+            }
+            None => {
+                assert!(
+                    Instant::now() < deadline,
+                    "not served after the silent connections left"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Item 1: an HTTP/2 connection carries at most `--max-concurrent-streams` requests at once.
+#[tokio::test]
+async fn http2_streams_per_connection_are_capped() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = anonymous_sidecar(backend.port(), &["--max-concurrent-streams", "2"]).await;
+    let stream = TcpStream::connect(sidecar.inbound).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // Let the server's SETTINGS arrive.
+    let mut warm = sender.clone();
+    let req = Request::get(format!("http://{}/warm", sidecar.inbound))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    assert_eq!(warm.send_request(req).await.unwrap().status(), 200);
+    let start = Instant::now();
+    let calls = (0..4).map(|_| {
+        let mut sender = sender.clone();
+        let req = Request::get(format!("http://{}/sleep/400", sidecar.inbound))
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        async move {
+            let resp = sender.send_request(req).await.expect("answered");
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.unwrap();
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(calls))
+        .await
+        .expect("answered in time");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(780),
+        "4 calls of 400 ms with 2 at a time took {took:?}"
+    );
+}
