@@ -195,10 +195,12 @@ async fn signed_bodies_must_match_their_digest_and_fit_the_limit() {
     let (sidecar, _dir) = sidecar_with(backend.port(), &["--max-signed-body-bytes", "1024"]).await;
     let covered = ["@method", "@authority", "@path", "content-digest"];
     let body = br#"{"amount": 12}"#;
+    // One reading of the clock: `t - 1` must differ from the first signature's `created`.
+    let t = now();
 
     let ok = Signed::new(&sidecar, "POST", "/count", body)
         .header("content-digest", &content_digest(DigestAlgorithm::Sha256, body))
-        .sign_9421(SECRET, now(), &covered);
+        .sign_9421(SECRET, t, &covered);
     let (status, _, answer) = ok.send().await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
@@ -210,7 +212,7 @@ async fn signed_bodies_must_match_their_digest_and_fit_the_limit() {
     // The same headers (signed a second earlier: not a replay), another body.
     let changed = Signed::new(&sidecar, "POST", "/count", body)
         .header("content-digest", &content_digest(DigestAlgorithm::Sha256, body))
-        .sign_9421(SECRET, now() - 1, &covered);
+        .sign_9421(SECRET, t - 1, &covered);
     let (status, headers, answer) = changed.send_body(Bytes::from_static(br#"{"amount": 12000}"#)).await;
     assert_eq!(status, 401, "{answer}");
     assert_eq!(answer["error"], "body does not match its signed digest");
@@ -220,13 +222,13 @@ async fn signed_bodies_must_match_their_digest_and_fit_the_limit() {
     let big = vec![b'x'; 4096];
     let large = Signed::new(&sidecar, "POST", "/count", &big)
         .header("content-digest", &content_digest(DigestAlgorithm::Sha256, &big))
-        .sign_9421(SECRET, now(), &covered);
+        .sign_9421(SECRET, t, &covered);
     let (status, _, answer) = large.send().await;
     assert_eq!(status, 413, "{answer}");
     assert_eq!(answer["error"], "signed request body too large");
 
     // A signature that covers no digest leaves the body alone (it streams, whatever its size).
-    let unchecked = Signed::new(&sidecar, "POST", "/count", &big).sign_9421(SECRET, now(), &["@method", "@path"]);
+    let unchecked = Signed::new(&sidecar, "POST", "/count", &big).sign_9421(SECRET, t, &["@method", "@path"]);
     let (status, _, answer) = unchecked.send().await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["bytes"], json!(big.len()));
@@ -234,11 +236,11 @@ async fn signed_bodies_must_match_their_digest_and_fit_the_limit() {
     // draft-cavage: the Digest header.
     let legacy = Signed::new(&sidecar, "POST", "/old/x", body)
         .header("digest", &digest_header(DigestAlgorithm::Sha256, body))
-        .sign_cavage(SECRET, now(), &["(request-target)", "(created)", "digest"]);
+        .sign_cavage(SECRET, t, &["(request-target)", "(created)", "digest"]);
     assert_eq!(legacy.send().await.0, 200);
     let legacy = Signed::new(&sidecar, "POST", "/old/x", body)
         .header("digest", &digest_header(DigestAlgorithm::Sha256, body))
-        .sign_cavage(SECRET, now() - 1, &["(request-target)", "(created)", "digest"]);
+        .sign_cavage(SECRET, t - 1, &["(request-target)", "(created)", "digest"]);
     assert_eq!(legacy.send_body(Bytes::from_static(b"tampered")).await.0, 401);
 
     let lines = sidecar.wait_audit(6).await;

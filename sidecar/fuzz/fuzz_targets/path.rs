@@ -13,7 +13,15 @@ fuzz_target!(|data: &[u8]| {
     for segment in normal.split('/') {
         assert!(segment != "." && segment != "..", "{path:?} -> {normal:?}");
     }
-    assert_eq!(normalize(&normal).as_deref(), Ok(&*normal), "not a fixed point: {path:?}");
+    assert_eq!(
+        normalize(&normal).as_deref(),
+        Ok(&*normal),
+        "not a fixed point: {path:?}"
+    );
     let host = portcullis_policy::routes::normal_host(path);
-    assert_eq!(portcullis_policy::routes::normal_host(&host), host, "host not a fixed point");
+    assert_eq!(
+        portcullis_policy::routes::normal_host(&host),
+        host,
+        "host not a fixed point"
+    );
 });
