@@ -637,6 +637,21 @@ impl<L: Limiter> Engine<L> {
             Ok(path) => path,
             Err(e) => return Outcome::BadRequest { reason: e.reason() },
         };
+        // One authority, in a form no app can read as another host (userinfo, `/`, `\`, ...).
+        if req.host.is_some_and(|h| !routes::valid_host(h))
+            || req.authority.is_some_and(|a| !routes::valid_authority(a))
+        {
+            return Outcome::BadRequest {
+                reason: "malformed host",
+            };
+        }
+        // Methods are case-sensitive (RFC 9110), frameworks upper-case them: `get` would match
+        // no `GET`-only route here and reach the app's GET handler through a broader one.
+        if req.method.bytes().any(|b| b.is_ascii_lowercase()) {
+            return Outcome::BadRequest {
+                reason: "method not in upper case",
+            };
+        }
         let host = req.host.map(routes::normal_host);
         let host = host.as_deref();
         let egress = req.listener == Listener::Egress;

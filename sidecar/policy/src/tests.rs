@@ -455,6 +455,85 @@ fn limit_windows_follow_the_monotonic_clock_not_the_wall_clock() {
     );
 }
 
+/// A method-restricted route guards every spelling an app serves it under: lower-case
+/// methods are refused (frameworks upper-case them), HEAD goes where GET does.
+#[test]
+fn methods_cannot_walk_around_a_method_route() {
+    let mut guarded = route("reports", "/report", &["office"]);
+    guarded["methods"] = json!(["GET", "DELETE"]);
+    let e = engine(
+        json!({
+            "profiles": [{"name": "office", "auth": {"type": "Basic"}},
+                         {"name": "open", "auth": {"type": "Anonymous"}}],
+            "routes": [guarded, route("open", "/", &["open"])],
+        }),
+        json!({"profiles": {"office": {"basic": {"username": "u", "password": "pw"}}}}),
+    );
+    let with = |method: &'static str| Req {
+        method,
+        ..get("/report/q")
+    };
+    assert_eq!(verdict(&e, &with("GET"), T0).0, 401);
+    assert_eq!(
+        verdict(&e, &with("HEAD"), T0).0,
+        401,
+        "HEAD is guarded by the GET route"
+    );
+    assert_eq!(verdict(&e, &with("get"), T0).0, 400);
+    assert_eq!(verdict(&e, &with("Delete"), T0).0, 400);
+    assert_eq!(
+        verdict(&e, &with("POST"), T0).1,
+        "open",
+        "methods the route does not list go on"
+    );
+}
+
+/// Hosts an app could read as another host are refused, not routed to a broader route.
+#[test]
+fn malformed_hosts_are_refused() {
+    let mut admin = route("admin", "/", &["office"]);
+    admin["hosts"] = json!(["admin.example"]);
+    let e = engine(
+        json!({
+            "profiles": [{"name": "office", "auth": {"type": "Basic"}},
+                         {"name": "open", "auth": {"type": "Anonymous"}}],
+            "routes": [admin, route("open", "/", &["open"])],
+        }),
+        json!({"profiles": {"office": {"basic": {"username": "u", "password": "pw"}}}}),
+    );
+    for host in [
+        "a@admin.example",
+        "admin.example/x",
+        "admin.example?",
+        "admin.example#",
+        "admin.example\\x",
+        "admin..example",
+        ".admin.example",
+        "admin.example..",
+        "[::1",
+        "[zz]",
+        "admin example",
+    ] {
+        let r = Req {
+            host: Some(host),
+            ..get("/x")
+        };
+        assert_eq!(verdict(&e, &r, T0).0, 400, "{host:?}");
+    }
+    for host in ["admin.example", "ADMIN.example.", "[::1]", "10.0.0.1", "api_1.example"] {
+        let r = Req {
+            host: Some(host),
+            ..get("/x")
+        };
+        assert_ne!(verdict(&e, &r, T0).0, 400, "{host:?}");
+    }
+    let bad_port = Req {
+        host: Some("admin.example:8x"),
+        ..get("/x")
+    };
+    assert_eq!(verdict(&e, &bad_port, T0).0, 400);
+}
+
 #[test]
 fn ssl_only_redirects_plain_http_keeping_the_query() {
     let mut r = route("secure", "/", &[]);

@@ -31,7 +31,38 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Client-supplied forwarding headers the sidecar does not pass on.
-const CLIENT_FORWARDING: [&str; 3] = ["forwarded", "x-forwarded-host", "x-forwarded-port"];
+/// Headers a client may send that some framework or library takes as the word of a proxy in
+/// front (the client's address, the scheme, the host, the path or the method it "really"
+/// used): the sidecar does not vouch for them, so the app never gets them. Compared with `_`
+/// taken for `-`, as CGI, WSGI and Rack fold them. (`X-Forwarded-For` and
+/// `X-Forwarded-Proto` are the sidecar's own and set, not removed.)
+const CLIENT_FORWARDING: [&str; 25] = [
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-protocol",
+    "x-forwarded-prefix",
+    "x-url-scheme",
+    "front-end-https",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-original-host",
+    "x-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Removes the headers that describe one connection rather than the message (RFC 9110
@@ -67,8 +98,8 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes what only the sidecar may say: every header a framework may read as
 /// `X-Portcullis-*` (`X_Portcullis_Identity` becomes `HTTP_X_PORTCULLIS_IDENTITY` in CGI, as
-/// `X-Portcullis-Identity` does), and the forwarding headers the sidecar does not vouch for
-/// (`Forwarded`, `X-Forwarded-Host`, `X-Forwarded-Port`, `X-Real-IP`).
+/// `X-Portcullis-Identity` does), and the forwarding and override headers the sidecar does
+/// not vouch for ([`CLIENT_FORWARDING`], in any such spelling).
 pub fn remove_portcullis(headers: &mut HeaderMap) {
     // One pass over the names first: most messages carry none of these.
     if !headers.keys().any(is_sidecar_only) {
@@ -82,18 +113,21 @@ pub fn remove_portcullis(headers: &mut HeaderMap) {
 
 fn is_sidecar_only(name: &HeaderName) -> bool {
     let name = name.as_str();
-    folds_to_portcullis(name) || name == X_REAL_IP || CLIENT_FORWARDING.contains(&name)
+    folds_to(name, PORTCULLIS_PREFIX, true) || CLIENT_FORWARDING.iter().any(|f| folds_to(name, f, false))
 }
 
-/// Whether `name` (lower case, as `HeaderName` keeps it) reads as `x-portcullis-...` once
-/// `_` is taken for `-`.
-fn folds_to_portcullis(name: &str) -> bool {
-    let prefix = PORTCULLIS_PREFIX.as_bytes();
-    name.len() >= prefix.len()
-        && name
-            .bytes()
-            .zip(prefix)
-            .all(|(b, p)| b == *p || (b == b'_' && *p == b'-'))
+/// Whether `name` (lower case, as `HeaderName` keeps it) reads as `target` (or, with
+/// `prefix`, as something starting with it) once `_` is taken for `-`.
+fn folds_to(name: &str, target: &str, prefix: bool) -> bool {
+    let (name, target) = (name.as_bytes(), target.as_bytes());
+    (if prefix {
+        name.len() >= target.len()
+    } else {
+        name.len() == target.len()
+    }) && name
+        .iter()
+        .zip(target)
+        .all(|(b, t)| b == t || (*b == b'_' && *t == b'-'))
 }
 
 /// Who the sidecar admitted, told to the app in `X-Portcullis-*` headers and `X-Real-IP`.
