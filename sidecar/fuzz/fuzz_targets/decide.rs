@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let view = req.view();
     if let Some(endpoint) = engine.token_endpoint(&view) {
         let body = req.query.as_deref().unwrap_or_default();
-        let _ = endpoint.issue(&req.headers, body, NOW_MS / 1000);
+        let _ = endpoint.issue(&req.headers, body, NOW_MS / 1000, NOW_MS);
     }
     let _ = engine.introspection_wanted(&view, NOW_MS);
     let _ = engine.decide(&view, NOW_MS);

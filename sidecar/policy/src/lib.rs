@@ -337,7 +337,10 @@ impl<L: Limiter> Engine<L> {
                             let clients = clients.ok_or_else(|| missing("oauth2Clients"))?;
                             let none = std::collections::BTreeMap::new();
                             let scopes = secrets.map_or(&none, |s| &s.oauth2_client_scopes);
-                            Some(oauth2::Builtin::new(&p.name, *ttl, clients, scopes).map_err(|message| {
+                            // The key is the profile's, namespace included: a same-named
+                            // profile elsewhere with the same clients accepts none of its tokens.
+                            let owner = format!("{}/{}", config.namespace, p.name);
+                            Some(oauth2::Builtin::new(&owner, *ttl, clients, scopes).map_err(|message| {
                                 CompileError::Invalid {
                                     profile: p.name.clone(),
                                     message,
@@ -551,6 +554,7 @@ impl<L: Limiter> Engine<L> {
                     oauth2: o,
                     client_ip,
                     trusted: profile.trusted.is_empty() || profile.trusted.contains(client_ip),
+                    throttle: self.limiter.throttle(),
                 }),
                 _ => None,
             }
@@ -932,6 +936,8 @@ pub struct TokenEndpoint<'e> {
     pub client_ip: IpAddr,
     oauth2: &'e OAuth2,
     trusted: bool,
+    /// The failed-authentication counts: wrong client secrets count like wrong passwords.
+    throttle: Option<&'e throttle::Throttle>,
 }
 
 /// A token request refused: the OAuth error code (RFC 6749 section 5.2).
@@ -945,6 +951,9 @@ pub enum TokenError {
     UnsupportedGrantType,
     /// The scope is malformed, or asks for more than the client may have: 400.
     InvalidScope,
+    /// Too many wrong client secrets from this address or for this client
+    /// ([`throttle`]): 429, the secret not looked at.
+    Throttled { retry_after_secs: u64 },
 }
 
 impl TokenError {
@@ -955,6 +964,7 @@ impl TokenError {
             Self::InvalidRequest => "invalid_request",
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::InvalidScope => "invalid_scope",
+            Self::Throttled { .. } => "too_many_requests",
         }
     }
 }
@@ -980,7 +990,11 @@ impl TokenEndpoint<'_> {
     /// the form `body`, at `now_secs`. A requested scope is granted only when the client may
     /// have every scope in it (`invalid_scope` otherwise); without one, the token carries
     /// every scope the client may have.
-    pub fn issue(&self, headers: &HeaderMap, body: &str, now_secs: u64) -> Result<Issued, TokenError> {
+    ///
+    /// A wrong client secret counts against the client address and the client id in the
+    /// failed-authentication throttle (`window_ms`: the monotonic clock of [`Now`]); beyond
+    /// its budget the request is refused before the secret is looked at.
+    pub fn issue(&self, headers: &HeaderMap, body: &str, now_secs: u64, window_ms: u64) -> Result<Issued, TokenError> {
         let form = |name: &str| query::query_param(body, name);
         let basic = auth::basic_pair(headers);
         let (id, secret) = match (basic, form("client_id"), form("client_secret")) {
@@ -992,7 +1006,17 @@ impl TokenEndpoint<'_> {
             (Some(_), _, Some(_)) => return Err(TokenError::InvalidRequest),
         };
         let builtin = self.oauth2.builtin().ok_or(TokenError::InvalidClient)?;
+        // Client ids and Basic users are counted apart.
+        let claimed = format!("oauth2 client {id}");
+        if let Some(t) = self.throttle.filter(|t| !t.is_empty())
+            && let Some(retry_after_secs) = t.blocked(self.client_ip, Some(&claimed), window_ms)
+        {
+            return Err(TokenError::Throttled { retry_after_secs });
+        }
         if !builtin.client_matches(&id, &secret) {
+            if let Some(t) = self.throttle {
+                t.failed(self.client_ip, Some(&claimed), window_ms);
+            }
             return Err(TokenError::InvalidClient);
         }
         match form("grant_type").as_deref() {

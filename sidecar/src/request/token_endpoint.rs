@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::respond::Answer;
 use crate::base::body::{ProxyBody, json};
-use crate::base::clock::unix_secs;
+use crate::base::clock::{mono_millis, unix_secs};
 use crate::ops::state::Shared;
 use crate::telemetry::audit::Record;
 
@@ -59,7 +59,7 @@ pub async fn serve(
             .map(|c| c.to_bytes())
             .and_then(|b| String::from_utf8(b.to_vec()).ok());
         Some(match body {
-            Some(body) => endpoint.issue(&parts.headers, &body, unix_secs()),
+            Some(body) => endpoint.issue(&parts.headers, &body, unix_secs(), mono_millis()),
             None => Err(TokenError::InvalidRequest),
         })
     } else {
@@ -88,12 +88,17 @@ pub async fn serve(
             "oauth2 token issued",
         ),
         Some(Err(e)) => {
-            let status = if *e == TokenError::InvalidClient {
-                StatusCode::UNAUTHORIZED
-            } else {
-                StatusCode::BAD_REQUEST
+            let status = match e {
+                TokenError::InvalidClient => StatusCode::UNAUTHORIZED,
+                TokenError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::BAD_REQUEST,
             };
             let mut resp = json(status, &TokenErrorBody { error: e.code() });
+            if let TokenError::Throttled { retry_after_secs } = e {
+                resp.headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+                shared.metrics.rate_limited("auth_failures");
+            }
             if *e == TokenError::InvalidClient
                 && let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{route}\", charset=\"UTF-8\""))
             {

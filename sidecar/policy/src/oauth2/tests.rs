@@ -81,9 +81,13 @@ fn claims() -> Value {
 }
 
 fn engine(oauth2: Value, secrets: Value) -> Engine {
+    engine_in("demo", oauth2, secrets)
+}
+
+fn engine_in(namespace: &str, oauth2: Value, secrets: Value) -> Engine {
     let mut auth = oauth2;
     auth["type"] = json!("OAuth2");
-    let config = json!({"schemaVersion": 1, "generation": "g", "namespace": "demo",
+    let config = json!({"schemaVersion": 1, "generation": "g", "namespace": namespace,
         "profiles": [{"name": "idp", "auth": auth}],
         "routes": [{"name": "finance", "pathPrefix": "/api", "profiles": ["idp"],
                     "backend": {"type": "Local", "port": 8080}}]});
@@ -539,7 +543,7 @@ fn token_request(e: &Engine, headers: &HeaderMap, body: &str) -> Result<crate::I
     let req = request("POST", "/api/oauth2/token", headers);
     e.token_endpoint(&req)
         .expect("token endpoint")
-        .issue(headers, body, NOW)
+        .issue(headers, body, NOW, NOW * 1000)
 }
 
 #[test]
@@ -574,6 +578,14 @@ fn builtin_issues_tokens_the_engine_accepts() {
                "oauth2ClientScopes": {"app-1": ["read", "write"]}}),
     );
     assert_eq!(decide(&narrowed, &issued.access_token, NOW).1, "bad token signature");
+    // Nor does the same-named profile of another namespace with the same clients.
+    let elsewhere = engine_in(
+        "other-team",
+        json!({"provider": "Builtin", "builtinTokenTtlSeconds": 600, "requiredScopes": ["read"]}),
+        json!({"oauth2Clients": {"app-1": "s3cret", "app-2": "other"},
+               "oauth2ClientScopes": {"app-1": ["read", "write"], "app-2": ["write"]}}),
+    );
+    assert_eq!(decide(&elsewhere, &issued.access_token, NOW).1, "bad token signature");
     // With other secrets, it does not.
     let other = engine(
         json!({"provider": "Builtin", "builtinTokenTtlSeconds": 600}),
@@ -640,6 +652,27 @@ fn builtin_scopes_must_name_clients_and_be_scope_tokens() {
     let err = compile(json!({"oauth2Clients": {"app-1": "s"}, "oauth2ClientScopes": {"app-1": ["a\"b"]}})).unwrap_err();
     assert!(err.contains("not a valid scope"), "{err}");
     compile(json!({"oauth2Clients": {"app-1": "s"}, "oauth2ClientScopes": {"app-1": ["read"]}})).unwrap();
+}
+
+/// Client secrets cannot be guessed at line rate: wrong ones count like wrong passwords
+/// (per client id and per address), and beyond the budget even the right one gets 429.
+#[test]
+fn builtin_client_secrets_are_throttled() {
+    let e = builtin();
+    let none = HeaderMap::new();
+    let body = |secret: &str| format!("grant_type=client_credentials&client_id=app-1&client_secret={secret}");
+    let per_client = crate::throttle::Budget::default().per_user;
+    for n in 0..per_client {
+        let err = token_request(&e, &none, &body(&format!("guess-{n}"))).unwrap_err();
+        assert_eq!(err, crate::TokenError::InvalidClient, "guess {n}");
+    }
+    match token_request(&e, &none, &body("s3cret")) {
+        Err(crate::TokenError::Throttled { retry_after_secs }) => assert!((1..=60).contains(&retry_after_secs)),
+        other => panic!("{other:?}"),
+    }
+    // Another client from the same address still gets its token (the address has budget left).
+    let other = "grant_type=client_credentials&client_id=app-2&client_secret=other";
+    assert!(token_request(&e, &none, other).is_ok());
 }
 
 #[test]
