@@ -144,6 +144,10 @@ struct SignatureCheck {
 #[error("keyHeader {0:?} is not a valid header name")]
 pub struct BadHeaderName(pub String);
 
+/// The secret an unknown API key's signature is checked against, to spend the same time as
+/// for a known key (it never verifies: the key is refused whatever the outcome).
+const UNKNOWN_KEY_SECRET: &str = "portcullis: no such key, same work";
+
 impl ApiKey {
     /// The scheme for keys from `secrets`.
     pub fn new(
@@ -193,10 +197,16 @@ impl ApiKey {
                 .map(Cow::Borrowed)
                 .ok_or(Rejection::Missing("no API key"))?,
         };
-        let (key, secret) = self
-            .keys
-            .get_key_value(presented.as_ref())
-            .ok_or(Rejection::Wrong("unknown API key"))?;
+        let Some((key, secret)) = self.keys.get_key_value(presented.as_ref()) else {
+            // Spend the time a known key costs, so that response times do not tell which keys
+            // exist (checking a signature tries every second of the clock-skew window).
+            if let Some(sig) = &self.signature
+                && let Some(given) = query.and_then(|q| query_param(q, &sig.param))
+            {
+                let _ = mashery_verify(self.hash, &presented, UNKNOWN_KEY_SECRET, &given, now_secs, sig.skew);
+            }
+            return Err(Rejection::Wrong("unknown API key"));
+        };
         if let Some(sig) = &self.signature {
             let given = query
                 .and_then(|q| query_param(q, &sig.param))

@@ -290,6 +290,37 @@ fn api_key_signatures_against_the_clock() {
     }
 }
 
+/// An unknown key costs what a known key with a wrong signature costs (the signature is tried
+/// over the whole clock-skew window either way), so response times do not tell which keys
+/// exist. Medians of alternating runs, with a wide margin (without the equal work the ratio is
+/// in the hundreds).
+#[test]
+fn unknown_api_keys_take_as_long_as_known_ones() {
+    let e = api_keys();
+    let known = "/items?apikey=2fvmer3qbk7f3jnqneg58bu2&sig=00000000000000000000000000000000";
+    let unknown = "/items?apikey=2fvmer3qbk7f3jnqneg58bu3&sig=00000000000000000000000000000000";
+    let mut times = [Vec::new(), Vec::new()];
+    for i in 0..60u32 {
+        for (which, path) in [known, unknown].into_iter().enumerate() {
+            // Each from its own address: the throttle must not answer for the parser.
+            let r = get(path).from(&format!("10.{}.{}.{which}", i / 200, i % 200));
+            let start = std::time::Instant::now();
+            assert_eq!(verdict(&e, &r, T0).0, 401);
+            times[which].push(start.elapsed());
+        }
+    }
+    let median = |v: &mut Vec<std::time::Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64()
+    };
+    let (k, u) = (median(&mut times[0]), median(&mut times[1]));
+    let ratio = k / u;
+    assert!(
+        (0.3..3.0).contains(&ratio),
+        "known {k:e}s vs unknown {u:e}s: ratio {ratio}"
+    );
+}
+
 #[test]
 fn identity_header_replaces_only_the_audited_identity() {
     let e = engine(
