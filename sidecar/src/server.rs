@@ -102,7 +102,11 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     spawn_log_rotation(Arc::clone(&audit));
     credentials::set_max_signed_body_bytes(args.max_signed_body_bytes as u64);
     crate::base::body::set_body_buffer_budget(args.body_buffer_budget as usize);
-    let forwarder = Forwarder::new(args.backend_connect_timeout, args.backend_timeout);
+    let forwarder = Forwarder::new(args.backend_connect_timeout, args.backend_timeout).refusing_ports(
+        [args.inbound, args.inbound_tls, args.egress, args.admin]
+            .iter()
+            .map(|a| a.port()),
+    );
     let sources = reload::Sources {
         mounted: dir,
         api: watch_dir(&args),

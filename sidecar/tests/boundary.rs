@@ -432,3 +432,31 @@ async fn the_failed_authentication_budget_is_configurable() {
     let statuses = guesses(&sidecar, 40).await;
     assert!(statuses.iter().all(|&s| s == 401), "{statuses:?}");
 }
+
+/// A route cannot make the sidecar call itself: its admin listener (`/config`) or egress
+/// listener (another route's origin credentials) is never a route's app.
+#[tokio::test]
+async fn a_route_cannot_point_at_the_sidecars_own_listeners() {
+    let backend = Backend::start().await;
+    let (sidecar, dir) = two_hosts(backend.port()).await;
+    for (generation, port) in [("g2", sidecar.admin.port()), ("g3", sidecar.egress.port())] {
+        loaded(
+            generation,
+            json!({
+                "profiles": [{"name": "open", "auth": {"type": "Anonymous"}}],
+                "routes": [{"name": "loop", "pathPrefix": "/", "profiles": ["open"],
+                            "backend": {"type": "Local", "port": port}}],
+            }),
+            json!({}),
+        )
+        .write_dir(dir.path())
+        .unwrap();
+        assert!(sidecar.wait_generation(generation, Duration::from_secs(10)).await);
+        let (status, _, body) = get_with(&sidecar.url("/config"), &[]).await;
+        assert_eq!(status, 502, "port {port}: {}", String::from_utf8_lossy(&body));
+        assert!(
+            !String::from_utf8_lossy(&body).contains("routes"),
+            "the admin listener answered"
+        );
+    }
+}

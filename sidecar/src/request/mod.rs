@@ -440,6 +440,11 @@ fn forward_failure(route: &str, error: ForwardError) -> (Answer<'_>, &'static st
             "error",
             "origin token endpoint failed",
         ),
+        ForwardError::OwnPort(_) => (
+            Answer::NotServed { route },
+            "error",
+            "backend port is one of the sidecar's own listeners",
+        ),
         _ => (Answer::BackendDown { route }, "error", "backend unavailable"),
     }
 }

@@ -21,6 +21,9 @@ pub struct Forwarder {
     pool: LocalPool,
     connect_timeout: Duration,
     timeout: Duration,
+    /// The sidecar's own listener ports: never a route's app (a route pointed at the egress
+    /// or admin listener would turn another route, or `/config`, into its backend).
+    own_ports: Vec<u16>,
 }
 
 impl Forwarder {
@@ -31,7 +34,14 @@ impl Forwarder {
             pool: LocalPool::new(connect_timeout),
             connect_timeout,
             timeout,
+            own_ports: Vec::new(),
         }
+    }
+
+    /// This forwarder, refusing to send calls to `ports` (the sidecar's own listeners).
+    pub fn refusing_ports(mut self, ports: impl IntoIterator<Item = u16>) -> Self {
+        self.own_ports = ports.into_iter().collect();
+        self
     }
 
     /// The time allowed to connect, and for the response headers.
@@ -49,6 +59,9 @@ impl Forwarder {
         proto: &'static str,
         verdict: Verdict<'_>,
     ) -> Result<Response<ProxyBody>, ForwardError> {
+        if self.own_ports.contains(&port) {
+            return Err(ForwardError::OwnPort(port));
+        }
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;
 

@@ -39,6 +39,9 @@ pub enum ForwardError {
     /// endpoint down, ...).
     #[error(transparent)]
     Credentials(#[from] CredentialError),
+    /// The route's backend port is one of the sidecar's own listeners.
+    #[error("backend port {0} is one of the sidecar's own listeners")]
+    OwnPort(u16),
 }
 
 impl ForwardError {
@@ -48,6 +51,7 @@ impl ForwardError {
             Self::Timeout(_) => BackendErrorKind::Timeout,
             Self::Connect(_) => BackendErrorKind::Connect,
             Self::Protocol(_) | Self::Address(_) => BackendErrorKind::Protocol,
+            Self::OwnPort(_) => BackendErrorKind::Unsupported,
             Self::Credentials(CredentialError::Token(_)) => BackendErrorKind::Connect,
             Self::Credentials(_) => BackendErrorKind::Protocol,
         }
