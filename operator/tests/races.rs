@@ -1,0 +1,84 @@
+//! Races and failures of issue 15 (operator items 8–11): the real binary against the
+//! in-process fake API server, with late write responses and late watch events (Kubernetes
+//! orders events within one watch, not across watches), over 127.0.0.1.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use portcullis_fake_apiserver::{FakeApiServer, Propagation};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn get(server: &FakeApiServer, resource: &str, name: &str) -> Option<Value> {
+    server.get(resource, NS, name)
+}
+
+fn seed(server: &FakeApiServer, objects: Vec<Value>) {
+    for obj in objects {
+        server.create(&obj).unwrap();
+    }
+}
+
+async fn routes_of_group(server: &FakeApiServer, op: &Operator, app: &str, want: &[&str]) {
+    let group = group_of(app);
+    wait_until(WAIT, &format!("group {app} serving {want:?}"), op, || {
+        let cm = get(server, "configmaps", &group)?;
+        (route_names(&config_of(&cm)) == want).then_some(())
+    })
+    .await;
+}
+
+/// Item 8: the route's status write is answered only after the watch reported the route
+/// deleted; the write's response must not bring the route back into the store (it would
+/// stay in the group's configuration, served by the sidecars, until a relist).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_deleted_while_its_status_write_is_in_flight_stays_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir).await;
+    seed(
+        &server,
+        vec![
+            basic_secret("sa", "alice", "password-a"),
+            basic_profile("pa", "sa"),
+            route("ra", "a", &["pa"]),
+            route("ra2", "a", &["pa"]),
+            pod("a-1", "a"),
+        ],
+    );
+    let op = Operator::start(&dir, "op", &[]);
+    routes_of_group(&server, &op, "a", &["ra", "ra2"]).await;
+    wait_until(WAIT, "ra2 Ready", &op, || {
+        (condition(&get(&server, ROUTES, "ra2")?, "Ready")?["status"] == "True").then_some(())
+    })
+    .await;
+
+    // ra2's next status write is served at once but answered 2 s later.
+    server.delay_responses("PATCH", "/apiroutes/ra2/status", Duration::from_secs(2), 1);
+    let generation = server
+        .merge_patch(ROUTES, NS, "ra2", &json!({"spec": {"pathPrefix": "/ra2-v2"}}))
+        .unwrap()["metadata"]["generation"]
+        .clone();
+    // Once the write has landed (its response still on its way), delete the route.
+    wait_until(WAIT, "ra2's new status written", &op, || {
+        let ra2 = get(&server, ROUTES, "ra2")?;
+        (ra2["status"]["observedGeneration"] == generation).then_some(())
+    })
+    .await;
+    let deleted_at = Instant::now();
+    server.delete(ROUTES, NS, "ra2", Propagation::Delete).unwrap();
+    routes_of_group(&server, &op, "a", &["ra"]).await;
+    // Past the late response, and a reconcile after it: ra2 stays out.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(deleted_at.elapsed()) + Duration::from_secs(1)).await;
+    let cm = get(&server, "configmaps", &group_of("a")).unwrap();
+    assert_eq!(route_names(&config_of(&cm)), ["ra"], "{}", op.logs());
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.method == "PATCH" && r.path.ends_with("/apiroutes/ra2/status")),
+        "the race was not exercised"
+    );
+}
