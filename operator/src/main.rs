@@ -254,8 +254,10 @@ fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
             leading_rx,
         ));
         let result = controller::run(client, options, metrics, health, shutdown_signal()).await;
-        follow.abort();
+        // The manager first: it also ends by itself once the follower (its channel's
+        // sender) is gone.
         manager.abort();
+        follow.abort();
         if let Some(w) = webhooks {
             w.abort();
         }

@@ -48,7 +48,7 @@ async fn a_route_deleted_while_its_status_write_is_in_flight_stays_deleted() {
             pod("a-1", "a"),
         ],
     );
-    let op = Operator::start(&dir, "op", &[]);
+    let mut op = Operator::start(&dir, "op", &[]);
     routes_of_group(&server, &op, "a", &["ra", "ra2"]).await;
     wait_until(WAIT, "ra2 Ready", &op, || {
         (condition(&get(&server, ROUTES, "ra2")?, "Ready")?["status"] == "True").then_some(())
@@ -81,4 +81,11 @@ async fn a_route_deleted_while_its_status_write_is_in_flight_stays_deleted() {
             .any(|r| r.method == "PATCH" && r.path.ends_with("/apiroutes/ra2/status")),
         "the race was not exercised"
     );
+
+    // Item 9: SIGTERM stops the certificate manager once (no restart loop).
+    let status = op.terminate();
+    assert!(status.success(), "{status:?}\n{}", op.logs());
+    let logs = op.logs();
+    let starts = logs.matches("certificate manager starting").count();
+    assert!(starts <= 1, "the certificate manager started {starts} times\n{logs}");
 }

@@ -20,6 +20,7 @@ use portcullis_api::ApiRoute;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 
 use super::plan::{
     self, BUNDLE_CONFIGMAP, BUNDLE_KEY, CA_SECRET, CERT_LABEL, CaState, Inputs, IssuedSecret, Lifetimes,
@@ -44,17 +45,32 @@ pub struct Options {
 /// The longest the manager sleeps between passes.
 const MAX_SLEEP: Duration = Duration::from_secs(5);
 
-/// Runs the manager while `leading` is true; returns when the sender is dropped.
-pub async fn run_when_leading(client: Client, opts: Options, mut leading: watch::Receiver<bool>) {
+/// Runs the manager while `leading` is true; returns when the sender is dropped (nobody
+/// follows the Lease any more: the process is shutting down), stopping the manager first.
+pub async fn run_when_leading(client: Client, opts: Options, leading: watch::Receiver<bool>) {
+    while_leading(leading, move || tokio::spawn(manage(client.clone(), opts.clone()))).await;
+}
+
+/// Runs the task `start` spawns while `leading` is true, aborting it when it turns false;
+/// returns once the channel's sender is dropped, whatever its last value (a closed channel
+/// answers every wait at once: looping on it would restart the task without end).
+pub async fn while_leading(mut leading: watch::Receiver<bool>, mut start: impl FnMut() -> JoinHandle<()>) {
     loop {
         if leading.wait_for(|l| *l).await.is_err() {
             return;
         }
+        // `wait_for` answers from the last value even when the sender is gone.
+        if leading.has_changed().is_err() {
+            return;
+        }
         tracing::info!("certificate manager starting");
-        let task = tokio::spawn(manage(client.clone(), opts.clone()));
-        let _ = leading.wait_for(|l| !*l).await;
+        let task = start();
+        let closed = leading.wait_for(|l| !*l).await.is_err();
         task.abort();
         tracing::info!("certificate manager stopped");
+        if closed {
+            return;
+        }
     }
 }
 
@@ -502,4 +518,79 @@ pub async fn update_ca_bundles(client: &Client, webhook: &WebhookSettings, bundl
         tracing::info!(kind, name, "updated the webhook caBundle");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Issue 15, item 9: on SIGTERM the Lease follower goes (the channel's sender is dropped)
+    /// while the value is still `true`; the manager must stop, not restart in a tight loop.
+    #[test]
+    fn a_dropped_leadership_channel_ends_the_manager_even_while_leading() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let starts = Arc::new(AtomicUsize::new(0));
+        let counted = starts.clone();
+        let finished = runtime.block_on(async move {
+            let (tx, rx) = watch::channel(false);
+            let manager = tokio::spawn(while_leading(rx, move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(std::future::pending())
+            }));
+            tx.send(true).unwrap();
+            tx.send(false).unwrap();
+            tx.send(true).unwrap();
+            drop(tx);
+            tokio::time::timeout(Duration::from_secs(2), manager).await.is_ok()
+        });
+        // A task spinning without yielding would block an orderly shutdown.
+        runtime.shutdown_background();
+        assert!(finished, "the manager did not end once the channel closed");
+        assert!(
+            starts.load(Ordering::SeqCst) <= 2,
+            "restarted {} times",
+            starts.load(Ordering::SeqCst)
+        );
+    }
+
+    #[test]
+    fn the_manager_follows_leadership() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let starts = Arc::new(AtomicUsize::new(0));
+            let counted = starts.clone();
+            let (tx, rx) = watch::channel(false);
+            let manager = tokio::spawn(while_leading(rx, move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(std::future::pending())
+            }));
+            for round in 1..=3 {
+                tx.send(true).unwrap();
+                for _ in 0..100 {
+                    if starts.load(Ordering::SeqCst) == round {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                assert_eq!(starts.load(Ordering::SeqCst), round);
+                tx.send(false).unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            drop(tx);
+            tokio::time::timeout(Duration::from_secs(2), manager)
+                .await
+                .expect("ends")
+                .unwrap();
+            assert_eq!(starts.load(Ordering::SeqCst), 3);
+        });
+    }
 }
