@@ -89,3 +89,60 @@ async fn a_route_deleted_while_its_status_write_is_in_flight_stays_deleted() {
     let starts = logs.matches("certificate manager starting").count();
     assert!(starts <= 1, "the certificate manager started {starts} times\n{logs}");
 }
+
+/// Item 10: a Secret created before the profile that names it, whose event comes late (the
+/// Secrets' watch lags behind the profiles' watch): the profile is accepted, never refused
+/// with `SecretNotFound` nor given a Warning Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_whose_event_comes_after_its_profiles_is_not_reported_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir).await;
+    seed(
+        &server,
+        vec![
+            basic_secret("sb", "bob", "password-b"),
+            basic_profile("pb", "sb"),
+            route("rb", "b", &["pb"]),
+            pod("a-1", "a"),
+            pod("b-1", "b"),
+        ],
+    );
+    let op = Operator::start(&dir, "op", &[]);
+    routes_of_group(&server, &op, "b", &["rb"]).await;
+
+    server.delay_watch_events("secrets", Duration::from_secs(3)).unwrap();
+    let created = Instant::now();
+    server.create(&basic_secret("sa", "alice", "password-a")).unwrap();
+    server.create(&basic_profile("pa", "sa")).unwrap();
+    server.create(&route("ra", "a", &["pa"])).unwrap();
+    routes_of_group(&server, &op, "a", &["ra"]).await;
+    assert!(
+        created.elapsed() < Duration::from_secs(3),
+        "served only once the Secret's event came: {:?}",
+        created.elapsed()
+    );
+    let pa = get(&server, PROFILES, "pa").unwrap();
+    assert_eq!(condition(&pa, "Accepted").unwrap()["status"], "True", "{pa}");
+    // Past the late event too: no rejection was ever published.
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(created.elapsed())).await;
+    let events: Vec<Value> = server
+        .list("events.events.k8s.io", Some(NS))
+        .into_iter()
+        .filter(|e| e["reason"] == "SecretNotFound")
+        .collect();
+    assert!(events.is_empty(), "{events:?}\n{}", op.logs());
+    // A Secret that really is missing is still reported (after a read).
+    server.create(&basic_profile("pc", "nowhere")).unwrap();
+    wait_until(WAIT, "pc refused", &op, || {
+        let pc = get(&server, PROFILES, "pc")?;
+        (condition(&pc, "Accepted")?["reason"] == "SecretNotFound").then_some(())
+    })
+    .await;
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.path.ends_with("/secrets/nowhere")),
+        "a missing Secret is confirmed with a read"
+    );
+}
