@@ -11,6 +11,9 @@ use portcullis_fake_apiserver::{FakeApiServer, Propagation};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(20);
+const LEASES: &str = "leases.coordination.k8s.io";
+const LEASE_NS: &str = "portcullis-system";
+const LEASE: &str = "portcullis-operator";
 
 fn get(server: &FakeApiServer, resource: &str, name: &str) -> Option<Value> {
     server.get(resource, NS, name)
@@ -145,4 +148,106 @@ async fn a_secret_whose_event_comes_after_its_profiles_is_not_reported_missing()
             .any(|r| r.method == "GET" && r.path.ends_with("/secrets/nowhere")),
         "a missing Secret is confirmed with a read"
     );
+}
+
+/// Item 11: the leader's renewals hang (the API server takes a minute to answer): it steps
+/// down within two thirds of the lease duration instead of reconciling on for minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_renewals_hang_steps_down_within_the_lease_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir).await;
+    seed(
+        &server,
+        vec![
+            basic_secret("sa", "alice", "password-a"),
+            basic_profile("pa", "sa"),
+            route("ra", "a", &["pa"]),
+            pod("a-1", "a"),
+        ],
+    );
+    // --lease-duration 3, --lease-renew 1.
+    let mut op = Operator::start(&dir, "op", &[]);
+    wait_until(WAIT, "the operator to lead", &op, || {
+        (op.metric("portcullis_operator_leader")? == 1.0).then_some(())
+    })
+    .await;
+    let path = format!("/leases/{LEASE}");
+    server.delay_responses("GET", &path, Duration::from_secs(60), 1000);
+    server.delay_responses("PUT", &path, Duration::from_secs(60), 1000);
+    let stuck = Instant::now();
+    let status = op.wait_exit(Duration::from_secs(8));
+    assert_eq!(status.code(), Some(1), "{}", op.logs());
+    assert!(
+        stuck.elapsed() < Duration::from_secs(5),
+        "stepped down after {:?}",
+        stuck.elapsed()
+    );
+    assert!(
+        op.logs().contains("could not renew the leader Lease in time"),
+        "{}",
+        op.logs()
+    );
+}
+
+/// Item 11: a standby judges the holder's expiry by when it saw the Lease change, on its own
+/// clock: a live leader whose clock is an hour behind keeps the Lease; once it stops
+/// renewing, the standby takes over after the lease duration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_judges_expiry_by_its_own_observations_not_the_leaders_clock() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir).await;
+    seed(
+        &server,
+        vec![
+            basic_secret("sa", "alice", "password-a"),
+            basic_profile("pa", "sa"),
+            route("ra", "a", &["pa"]),
+            pod("a-1", "a"),
+        ],
+    );
+    let behind = || serde_json::to_value(MicroTime(Timestamp::now() - SignedDuration::from_hours(1))).unwrap();
+    server
+        .create(&json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": LEASE, "namespace": LEASE_NS},
+            "spec": {"holderIdentity": "other", "leaseDurationSeconds": 3,
+                     "acquireTime": behind(), "renewTime": behind(), "leaseTransitions": 0},
+        }))
+        .unwrap();
+    let op = Operator::start(&dir, "op", &[]);
+    wait_until(WAIT, "the standby to be ready", &op, || {
+        (op.get("/readyz")?.0 == 200).then_some(())
+    })
+    .await;
+    // The other leader renews every 500 ms with its slow clock, for 3 lease durations.
+    for _ in 0..18 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        server
+            .merge_patch(LEASES, LEASE_NS, LEASE, &json!({"spec": {"renewTime": behind()}}))
+            .unwrap();
+        let lease = server.get(LEASES, LEASE_NS, LEASE).unwrap();
+        assert_eq!(
+            lease["spec"]["holderIdentity"],
+            "other",
+            "took a live leader's Lease\n{}",
+            op.logs()
+        );
+    }
+    assert_eq!(op.metric("portcullis_operator_leader"), Some(0.0));
+    // It stops renewing: the standby takes over after the duration (3 s) without a change.
+    let stopped = Instant::now();
+    wait_until(WAIT, "the standby to lead", &op, || {
+        (op.metric("portcullis_operator_leader")? == 1.0).then_some(())
+    })
+    .await;
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(2),
+        "took over after {:?}",
+        stopped.elapsed()
+    );
+    let lease = server.get(LEASES, LEASE_NS, LEASE).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "op");
+    routes_of_group(&server, &op, "a", &["ra"]).await;
 }
