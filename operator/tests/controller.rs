@@ -327,8 +327,12 @@ async fn a_route_made_valid_again_and_a_missing_secret_created_later_are_served(
             .unwrap()
             .starts_with("spec.profiles[0]")
     );
-    let pa = get(&server, PROFILES, "pa").unwrap();
-    assert_eq!(condition(&pa, "Accepted").unwrap()["reason"], "SecretNotFound");
+    // Statuses are written concurrently: pa's may land after ra's.
+    wait_until(WAIT, "pa refused for its Secret", &op, || {
+        let pa = get(&server, PROFILES, "pa")?;
+        (condition(&pa, "Accepted")?["reason"] == "SecretNotFound").then_some(())
+    })
+    .await;
     let event = wait_until(WAIT, "a Warning Event for pa", &op, || {
         server
             .list("events.events.k8s.io", Some(NS))
