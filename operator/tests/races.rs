@@ -91,6 +91,8 @@ async fn a_route_deleted_while_its_status_write_is_in_flight_stays_deleted() {
     let logs = op.logs();
     let starts = logs.matches("certificate manager starting").count();
     assert!(starts <= 1, "the certificate manager started {starts} times\n{logs}");
+    // Ended by the shutdown itself (not merely aborted when the process leaves).
+    assert!(logs.contains("certificate manager stopped"), "{logs}");
 }
 
 /// Item 10: a Secret created before the profile that names it, whose event comes late (the

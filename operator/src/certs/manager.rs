@@ -77,8 +77,24 @@ pub async fn while_leading(mut leading: watch::Receiver<bool>, mut start: impl F
 
 /// Sends whether this replica holds the leader Lease (`cfg`), checked every
 /// `cfg.renew_every`: held, and renewed within its duration. The controllers elect; this only
-/// follows, so the manager never runs where the controllers do not.
-pub async fn follow_lease(client: Client, cfg: LeaseConfig, leading: watch::Sender<bool>) {
+/// follows, so the manager never runs where the controllers do not. When `shutdown`
+/// completes it sends `false` and returns, dropping the sender: the manager stops at once
+/// (before the controllers finish draining and release the Lease).
+pub async fn follow_lease(
+    client: Client,
+    cfg: LeaseConfig,
+    leading: watch::Sender<bool>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::select! {
+        _ = shutdown => {
+            leading.send_replace(false);
+        }
+        _ = follow(client, &cfg, &leading) => {}
+    }
+}
+
+async fn follow(client: Client, cfg: &LeaseConfig, leading: &watch::Sender<bool>) {
     let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
     loop {
         let held = match api.get_opt(&cfg.name).await {
