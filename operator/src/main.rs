@@ -235,11 +235,21 @@ fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
         };
         // The certificate manager runs on the leader; it keeps a CA even without routes that
         // ask for certificates when the webhooks need one.
+        // SIGTERM/SIGINT, for everyone who stops on it.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
         let (leading_tx, leading_rx) = tokio::sync::watch::channel(false);
         let follow = tokio::spawn(certs::manager::follow_lease(
             client.clone(),
             options.lease.clone(),
             leading_tx,
+            stopped(stop_rx.clone()),
         ));
         let has_webhook_settings = !settings.webhook.mutating_webhook_configuration.is_empty()
             || !settings.webhook.validating_webhook_configuration.is_empty();
@@ -253,9 +263,11 @@ fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
             },
             leading_rx,
         ));
-        let result = controller::run(client, options, metrics, health, shutdown_signal()).await;
-        follow.abort();
+        let result = controller::run(client, options, metrics, health, stopped(stop_rx)).await;
+        // The manager first: it also ends by itself once the follower (its channel's
+        // sender) is gone.
         manager.abort();
+        follow.abort();
         if let Some(w) = webhooks {
             w.abort();
         }

@@ -327,8 +327,12 @@ async fn a_route_made_valid_again_and_a_missing_secret_created_later_are_served(
             .unwrap()
             .starts_with("spec.profiles[0]")
     );
-    let pa = get(&server, PROFILES, "pa").unwrap();
-    assert_eq!(condition(&pa, "Accepted").unwrap()["reason"], "SecretNotFound");
+    // Statuses are written concurrently: pa's may land after ra's.
+    wait_until(WAIT, "pa refused for its Secret", &op, || {
+        let pa = get(&server, PROFILES, "pa")?;
+        (condition(&pa, "Accepted")?["reason"] == "SecretNotFound").then_some(())
+    })
+    .await;
     let event = wait_until(WAIT, "a Warning Event for pa", &op, || {
         server
             .list("events.events.k8s.io", Some(NS))
@@ -632,4 +636,70 @@ async fn origin_credentials_need_the_secrets_consent_and_unreferenced_secrets_st
         }
     }
     assert_rbac_allows(&server.requests());
+}
+
+/// Issue 15, item 12: two workloads whose group names collide (32 bits of SHA-256) are not
+/// merged: the shared objects carry no route and no credential, both routes say why, and
+/// once one workload goes the other is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_whose_group_names_collide_are_refused_not_merged() {
+    // `app=w91044` and `app=w147913` (with the inject label) hash to the same group name.
+    let (x, y) = ("w91044", "w147913");
+    assert_eq!(group_of(x), group_of(y), "the test needs colliding names");
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir).await;
+    for obj in [
+        basic_secret("sa", "alice", "password-a"),
+        basic_secret("sb", "bob", "password-b"),
+        basic_profile("pa", "sa"),
+        basic_profile("pb", "sb"),
+        route("rx", x, &["pa"]),
+        route("ry", y, &["pb"]),
+        pod("x-1", x),
+        pod("y-1", y),
+    ] {
+        server.create(&obj).unwrap();
+    }
+    let op = Operator::start(&dir, "op", &[]);
+    let group = group_of(x);
+    for name in ["rx", "ry"] {
+        let r = wait_until(WAIT, &format!("{name} not Ready for the collision"), &op, || {
+            let r = get(&server, ROUTES, name)?;
+            (condition(&r, "Ready")?["reason"] == "GroupCollision").then_some(r)
+        })
+        .await;
+        let message = condition(&r, "Ready").unwrap()["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.contains(&format!("app={x}")) && message.contains(&format!("app={y}")),
+            "{message}"
+        );
+        assert_eq!(condition(&r, "Accepted").unwrap()["status"], "True");
+    }
+    let cm = wait_until(WAIT, "the shared ConfigMap", &op, || get(&server, "configmaps", &group)).await;
+    assert!(route_names(&config_of(&cm)).is_empty());
+    assert!(
+        cm["metadata"]["annotations"]["portcullis.dev/group-collision"]
+            .as_str()
+            .is_some_and(|sets| sets.contains(x) && sets.contains(y)),
+        "{cm}"
+    );
+    let secret = wait_until(WAIT, "the shared Secret", &op, || get(&server, "secrets", &group)).await;
+    let material = secrets_of(&secret);
+    assert!(
+        !material.contains("password-a") && !material.contains("password-b"),
+        "{material}"
+    );
+
+    // One workload goes: the other is served again.
+    server.delete("pods", NS, "y-1", Propagation::Delete).unwrap();
+    wait_until(WAIT, "rx served", &op, || {
+        let cm = get(&server, "configmaps", &group)?;
+        (route_names(&config_of(&cm)) == ["rx"]).then_some(())
+    })
+    .await;
+    wait_until(WAIT, "rx Ready", &op, || {
+        (condition(&get(&server, ROUTES, "rx")?, "Ready")?["status"] == "True").then_some(())
+    })
+    .await;
+    assert!(secrets_of(&get(&server, "secrets", &group).unwrap()).contains("password-a"));
 }

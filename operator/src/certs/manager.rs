@@ -6,13 +6,14 @@
 //! certificate falls due, and every few seconds (the webhook configurations are not
 //! watched). Keys never reach a log line or an error.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -20,6 +21,7 @@ use portcullis_api::ApiRoute;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 
 use super::plan::{
     self, BUNDLE_CONFIGMAP, BUNDLE_KEY, CA_SECRET, CERT_LABEL, CaState, Inputs, IssuedSecret, Lifetimes,
@@ -44,24 +46,55 @@ pub struct Options {
 /// The longest the manager sleeps between passes.
 const MAX_SLEEP: Duration = Duration::from_secs(5);
 
-/// Runs the manager while `leading` is true; returns when the sender is dropped.
-pub async fn run_when_leading(client: Client, opts: Options, mut leading: watch::Receiver<bool>) {
+/// Runs the manager while `leading` is true; returns when the sender is dropped (nobody
+/// follows the Lease any more: the process is shutting down), stopping the manager first.
+pub async fn run_when_leading(client: Client, opts: Options, leading: watch::Receiver<bool>) {
+    while_leading(leading, move || tokio::spawn(manage(client.clone(), opts.clone()))).await;
+}
+
+/// Runs the task `start` spawns while `leading` is true, aborting it when it turns false;
+/// returns once the channel's sender is dropped, whatever its last value (a closed channel
+/// answers every wait at once: looping on it would restart the task without end).
+pub async fn while_leading(mut leading: watch::Receiver<bool>, mut start: impl FnMut() -> JoinHandle<()>) {
     loop {
         if leading.wait_for(|l| *l).await.is_err() {
             return;
         }
+        // `wait_for` answers from the last value even when the sender is gone.
+        if leading.has_changed().is_err() {
+            return;
+        }
         tracing::info!("certificate manager starting");
-        let task = tokio::spawn(manage(client.clone(), opts.clone()));
-        let _ = leading.wait_for(|l| !*l).await;
+        let task = start();
+        let closed = leading.wait_for(|l| !*l).await.is_err();
         task.abort();
         tracing::info!("certificate manager stopped");
+        if closed {
+            return;
+        }
     }
 }
 
 /// Sends whether this replica holds the leader Lease (`cfg`), checked every
 /// `cfg.renew_every`: held, and renewed within its duration. The controllers elect; this only
-/// follows, so the manager never runs where the controllers do not.
-pub async fn follow_lease(client: Client, cfg: LeaseConfig, leading: watch::Sender<bool>) {
+/// follows, so the manager never runs where the controllers do not. When `shutdown`
+/// completes it sends `false` and returns, dropping the sender: the manager stops at once
+/// (before the controllers finish draining and release the Lease).
+pub async fn follow_lease(
+    client: Client,
+    cfg: LeaseConfig,
+    leading: watch::Sender<bool>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::select! {
+        _ = shutdown => {
+            leading.send_replace(false);
+        }
+        _ = follow(client, &cfg, &leading) => {}
+    }
+}
+
+async fn follow(client: Client, cfg: &LeaseConfig, leading: &watch::Sender<bool>) {
     let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
     loop {
         let held = match api.get_opt(&cfg.name).await {
@@ -86,11 +119,18 @@ pub async fn follow_lease(client: Client, cfg: LeaseConfig, leading: watch::Send
     }
 }
 
+/// How many deletions a [`Mirror`] remembers.
+const TOMBSTONES: usize = 4096;
+
 /// A mirror of one watch: objects by (namespace, name), swapped in whole on each relist.
+/// What the manager's own writes return goes in too ([`Mirror::store_written`]), but never
+/// over a deletion the watch reported (bounded tombstones: uid and resourceVersion).
 struct Mirror<V> {
     live: BTreeMap<(String, String), V>,
     pending: Option<BTreeMap<(String, String), V>>,
     synced: bool,
+    gone: BTreeMap<(String, String), (Option<String>, Option<u64>)>,
+    gone_order: VecDeque<(String, String)>,
 }
 
 impl<V> Default for Mirror<V> {
@@ -99,11 +139,50 @@ impl<V> Default for Mirror<V> {
             live: BTreeMap::new(),
             pending: None,
             synced: false,
+            gone: BTreeMap::new(),
+            gone_order: VecDeque::new(),
         }
     }
 }
 
+fn rv_of(meta: &ObjectMeta) -> Option<u64> {
+    meta.resource_version.as_deref()?.parse().ok()
+}
+
 impl<V> Mirror<V> {
+    fn bury(&mut self, key: (String, String), meta: &ObjectMeta) {
+        if self.gone.insert(key.clone(), (meta.uid.clone(), rv_of(meta))).is_none() {
+            self.gone_order.push_back(key);
+        }
+        while self.gone.len() > TOMBSTONES {
+            let Some(old) = self.gone_order.pop_front() else { break };
+            self.gone.remove(&old);
+        }
+    }
+
+    fn unbury(&mut self, key: &(String, String)) {
+        if self.gone.remove(key).is_some() {
+            self.gone_order.retain(|k| k != key);
+        }
+    }
+
+    /// Stores what a write of ours returned (`meta`: the response's metadata), unless the
+    /// watch reported the object deleted since and this is not provably a newer one.
+    fn store_written(&mut self, key: (String, String), value: V, meta: &ObjectMeta) -> bool {
+        if let Some((uid, rv)) = self.gone.get(&key) {
+            let newer = match (uid, &meta.uid) {
+                (Some(dead), Some(uid)) => dead != uid,
+                _ => matches!((rv, rv_of(meta)), (Some(dead), Some(rv)) if rv > *dead),
+            };
+            if !newer {
+                return false;
+            }
+            self.unbury(&key);
+        }
+        self.live.insert(key, value);
+        true
+    }
+
     fn on<K: Resource>(&mut self, event: watcher::Event<K>, keep: impl Fn(&K) -> Option<V>) {
         let key = |k: &K| {
             (
@@ -124,16 +203,20 @@ impl<V> Mirror<V> {
                 }
                 self.synced = true;
             }
-            watcher::Event::Apply(k) => match keep(&k) {
-                Some(v) => {
-                    self.live.insert(key(&k), v);
+            watcher::Event::Apply(k) => {
+                self.unbury(&key(&k));
+                match keep(&k) {
+                    Some(v) => {
+                        self.live.insert(key(&k), v);
+                    }
+                    None => {
+                        self.live.remove(&key(&k));
+                    }
                 }
-                None => {
-                    self.live.remove(&key(&k));
-                }
-            },
+            }
             watcher::Event::Delete(k) => {
                 self.live.remove(&key(&k));
+                self.bury(key(&k), k.meta());
             }
         }
     }
@@ -340,17 +423,17 @@ async fn pass(
             previous = new.previous_pem.is_some(),
             "wrote the CA Secret"
         );
+        let meta = written.metadata.clone();
         lock(state)
             .ca
-            .live
-            .insert((opts.namespace.clone(), CA_SECRET.to_owned()), written);
+            .store_written((opts.namespace.clone(), CA_SECRET.to_owned()), written, &meta);
     }
     let mut first_error = None;
     for (secret, why) in plan.secrets.iter().zip(&plan.reissued) {
         let (ns, name) = (why.namespace.as_str(), why.name.as_str());
         let api: Api<Secret> = Api::namespaced(client.clone(), ns);
         match api.patch(name, &apply, &Patch::Apply(secret)).await {
-            Ok(_) => {
+            Ok(written) => {
                 let summary = IssuedSecret::from_secret(secret);
                 if let Some(leaf) = &summary.leaf {
                     tracing::info!(
@@ -364,8 +447,7 @@ async fn pass(
                 }
                 lock(state)
                     .issued
-                    .live
-                    .insert((ns.to_owned(), name.to_owned()), summary);
+                    .store_written((ns.to_owned(), name.to_owned()), summary, &written.metadata);
             }
             Err(e) => {
                 tracing::warn!(namespace = ns, name, error = %e, "cannot write an issued certificate");
@@ -389,7 +471,7 @@ async fn pass(
         let ns = cm.metadata.namespace.clone().unwrap_or_default();
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
         match api.patch(BUNDLE_CONFIGMAP, &apply, &Patch::Apply(cm)).await {
-            Ok(_) => {
+            Ok(written) => {
                 tracing::info!(namespace = %ns, name = BUNDLE_CONFIGMAP, "published the CA bundle");
                 let content = cm
                     .data
@@ -399,8 +481,7 @@ async fn pass(
                     .unwrap_or_default();
                 lock(state)
                     .bundles
-                    .live
-                    .insert((ns, BUNDLE_CONFIGMAP.to_owned()), content);
+                    .store_written((ns, BUNDLE_CONFIGMAP.to_owned()), content, &written.metadata);
             }
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -440,10 +521,10 @@ async fn pass(
             .await
         {
             Ok(written) => {
+                let meta = written.metadata.clone();
                 lock(state)
                     .routes
-                    .live
-                    .insert((st.namespace.clone(), st.route.clone()), written);
+                    .store_written((st.namespace.clone(), st.route.clone()), written, &meta);
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => {
@@ -502,4 +583,119 @@ pub async fn update_ca_bundles(client: &Client, webhook: &WebhookSettings, bundl
         tracing::info!(kind, name, "updated the webhook caBundle");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Issue 15, item 9: on SIGTERM the Lease follower goes (the channel's sender is dropped)
+    /// while the value is still `true`; the manager must stop, not restart in a tight loop.
+    #[test]
+    fn a_dropped_leadership_channel_ends_the_manager_even_while_leading() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let starts = Arc::new(AtomicUsize::new(0));
+        let counted = starts.clone();
+        let finished = runtime.block_on(async move {
+            let (tx, rx) = watch::channel(false);
+            let manager = tokio::spawn(while_leading(rx, move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(std::future::pending())
+            }));
+            tx.send(true).unwrap();
+            tx.send(false).unwrap();
+            tx.send(true).unwrap();
+            drop(tx);
+            tokio::time::timeout(Duration::from_secs(2), manager).await.is_ok()
+        });
+        // A task spinning without yielding would block an orderly shutdown.
+        runtime.shutdown_background();
+        assert!(finished, "the manager did not end once the channel closed");
+        assert!(
+            starts.load(Ordering::SeqCst) <= 2,
+            "restarted {} times",
+            starts.load(Ordering::SeqCst)
+        );
+    }
+
+    fn route(uid: &str, rv: u64) -> ApiRoute {
+        let mut r: ApiRoute = serde_json::from_value(json!({
+            "apiVersion": "portcullis.dev/v1alpha1", "kind": "ApiRoute",
+            "metadata": {"name": "r", "namespace": "ns", "uid": uid, "resourceVersion": rv.to_string()},
+            "spec": {"workloadSelector": {"matchLabels": {"app": "a"}}, "pathPrefix": "/r",
+                     "profiles": [{"name": "p"}], "backend": {"port": 8080}},
+        }))
+        .unwrap();
+        r.metadata.generation = Some(1);
+        r
+    }
+
+    /// Issue 15, item 8, in the certificate manager's mirrors: a status write answered
+    /// after the watch reported the route deleted does not bring it back (the manager would
+    /// keep issuing certificates for it).
+    #[test]
+    fn a_write_response_never_resurrects_a_deleted_object_in_a_mirror() {
+        let key = ("ns".to_owned(), "r".to_owned());
+        let mut mirror = Mirror::<ApiRoute>::default();
+        mirror.on(watcher::Event::InitDone, |r: &ApiRoute| Some(r.clone()));
+        mirror.on(watcher::Event::Apply(route("u1", 1)), |r: &ApiRoute| Some(r.clone()));
+        mirror.on(watcher::Event::Delete(route("u1", 3)), |r: &ApiRoute| Some(r.clone()));
+        let late = route("u1", 2);
+        assert!(!mirror.store_written(key.clone(), late.clone(), &late.metadata));
+        assert!(mirror.live.is_empty());
+        // Another route under the same name is stored.
+        let new = route("u2", 4);
+        assert!(mirror.store_written(key.clone(), new.clone(), &new.metadata));
+        assert_eq!(mirror.live.len(), 1);
+        assert!(mirror.gone.is_empty());
+        // Bounded.
+        for i in 0..(TOMBSTONES + 10) {
+            let mut r = route("u", 10);
+            r.metadata.name = Some(format!("r{i}"));
+            mirror.on(watcher::Event::Delete(r), |r: &ApiRoute| Some(r.clone()));
+        }
+        assert_eq!(mirror.gone.len(), TOMBSTONES);
+        assert_eq!(mirror.gone_order.len(), TOMBSTONES);
+    }
+
+    #[test]
+    fn the_manager_follows_leadership() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let starts = Arc::new(AtomicUsize::new(0));
+            let counted = starts.clone();
+            let (tx, rx) = watch::channel(false);
+            let manager = tokio::spawn(while_leading(rx, move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(std::future::pending())
+            }));
+            for round in 1..=3 {
+                tx.send(true).unwrap();
+                for _ in 0..100 {
+                    if starts.load(Ordering::SeqCst) == round {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                assert_eq!(starts.load(Ordering::SeqCst), round);
+                tx.send(false).unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            drop(tx);
+            tokio::time::timeout(Duration::from_secs(2), manager)
+                .await
+                .expect("ends")
+                .unwrap();
+            assert_eq!(starts.load(Ordering::SeqCst), 3);
+        });
+    }
 }

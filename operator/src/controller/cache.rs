@@ -4,6 +4,9 @@
 //!   content is needed and kept while it stays referenced and unchanged (a new
 //!   resourceVersion in the metadata watch makes it stale: read again), so a changed password
 //!   takes effect and no other secret is ever in the operator's memory;
+//!   Kubernetes does not order events across watches, so a Secret the metadata watch has not
+//!   reported (yet) is not taken as missing: the reconcile confirms it with a read
+//!   ([`Resolved::unknown`]) before a profile or route is refused with `SecretNotFound`;
 //! - [`PodIndex`]: the labels of pods that ask for a sidecar, and nothing else, so that pod
 //!   status churn never triggers work.
 //!
@@ -11,7 +14,7 @@
 //!
 //! In memory, no I/O. Layer 0 of the list in `controller`: may use no sibling module.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -41,6 +44,49 @@ impl Entry {
     }
 }
 
+/// How many Secret deletions the cache remembers, so that a read that raced with a deletion
+/// does not bring the Secret back.
+const DELETIONS: usize = 4096;
+
+/// Recently deleted Secrets: uid and resourceVersion of the deletion, bounded.
+#[derive(Default)]
+struct Deletions {
+    by_key: HashMap<Key, (Option<String>, Option<u64>)>,
+    order: VecDeque<Key>,
+}
+
+impl Deletions {
+    fn record(&mut self, key: Key, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+        let rv = meta.resource_version.as_deref().and_then(|v| v.parse().ok());
+        if self.by_key.insert(key.clone(), (meta.uid.clone(), rv)).is_none() {
+            self.order.push_back(key);
+        }
+        while self.by_key.len() > DELETIONS {
+            let Some(old) = self.order.pop_front() else { break };
+            self.by_key.remove(&old);
+        }
+    }
+
+    fn forget(&mut self, key: &Key) {
+        if self.by_key.remove(key).is_some() {
+            self.order.retain(|k| k != key);
+        }
+    }
+
+    /// Whether a Secret read now may be the one deleted (then it is not stored).
+    fn buried(&self, key: &Key, secret: &Secret) -> bool {
+        let Some((uid, rv)) = self.by_key.get(key) else {
+            return false;
+        };
+        let read_rv: Option<u64> = secret.metadata.resource_version.as_deref().and_then(|v| v.parse().ok());
+        match (uid, &secret.metadata.uid) {
+            (Some(dead), Some(read)) if dead != read => false,
+            (Some(_), Some(_)) => true,
+            _ => !matches!((rv, read_rv), (Some(dead), Some(read)) if read > *dead),
+        }
+    }
+}
+
 #[derive(Default)]
 struct SecretInner {
     /// Referenced Secret names per namespace.
@@ -48,6 +94,7 @@ struct SecretInner {
     entries: HashMap<Key, Entry>,
     /// Being rebuilt by a relist.
     pending: Option<HashMap<Key, Entry>>,
+    deleted: Deletions,
 }
 
 impl SecretInner {
@@ -81,6 +128,10 @@ pub struct Resolved {
     pub cached: Vec<Arc<Secret>>,
     /// Referenced Secrets that exist but whose current content is not cached: read them.
     pub fetch: Vec<String>,
+    /// Referenced Secrets the metadata watch has not reported: read them too, to confirm
+    /// they are missing (the watch of Secrets may lag behind the watch that delivered the
+    /// reference) before anything is refused for it.
+    pub unknown: Vec<String>,
 }
 
 impl SecretCache {
@@ -103,6 +154,7 @@ impl SecretCache {
                     .is_some_and(|e| e.version == meta.metadata.resource_version);
                 let entry = inner.seen(&key, meta.metadata.resource_version);
                 inner.entries.insert(key.clone(), entry);
+                inner.deleted.forget(&key);
                 if inner.referenced(&key) && !unchanged {
                     vec![key.0]
                 } else {
@@ -114,6 +166,7 @@ impl SecretCache {
                     return vec![];
                 };
                 inner.entries.remove(&key);
+                inner.deleted.record(key.clone(), &meta.metadata);
                 if inner.referenced(&key) { vec![key.0] } else { vec![] }
             }
             watcher::Event::Init => {
@@ -148,12 +201,13 @@ impl SecretCache {
         }
         let mut resolved = Resolved::default();
         for name in &names {
-            // Not known to exist: not found (a later watch event asks again).
-            if let Some(entry) = inner.entries.get(&(namespace.to_owned(), name.clone())) {
-                match entry.current() {
+            match inner.entries.get(&(namespace.to_owned(), name.clone())) {
+                Some(entry) => match entry.current() {
                     Some(secret) => resolved.cached.push(secret.clone()),
                     None => resolved.fetch.push(name.clone()),
-                }
+                },
+                // Not known to exist: confirm with a read (a later watch event asks again).
+                None => resolved.unknown.push(name.clone()),
             }
         }
         if names.is_empty() {
@@ -165,11 +219,13 @@ impl SecretCache {
     }
 
     /// Stores a Secret read for a reference (`None`: it turned out not to exist). A read
-    /// older than what the watch reported since stays stale, and is read again.
+    /// older than what the watch reported since stays stale, and is read again; a read of a
+    /// Secret whose deletion the watch reported since is dropped.
     pub fn fetched(&self, namespace: &str, name: &str, secret: Option<Secret>) {
         let mut inner = self.lock();
         let key = (namespace.to_owned(), name.to_owned());
         match secret {
+            Some(secret) if !inner.entries.contains_key(&key) && inner.deleted.buried(&key, &secret) => {}
             Some(secret) if inner.referenced(&key) => {
                 let version = secret.metadata.resource_version.clone();
                 let entry = inner
@@ -356,7 +412,41 @@ mod tests {
         assert_eq!(cache.apply(watcher::Event::Apply(meta("later", "1"))), ["ns"]);
         assert_eq!(cache.set_refs("ns", names(&["later"])).fetch, ["later"]);
         assert_eq!(cache.apply(watcher::Event::Delete(meta("later", "1"))), ["ns"]);
-        assert!(cache.set_refs("ns", names(&["later"])).fetch.is_empty());
+        let resolved = cache.set_refs("ns", names(&["later"]));
+        assert!(resolved.fetch.is_empty());
+        assert_eq!(resolved.unknown, ["later"], "a missing Secret is confirmed by a read");
+    }
+
+    /// Issue 15, item 10: the Secret's event is late (another watch); the read finds it.
+    #[test]
+    fn a_secret_the_watch_has_not_reported_is_read_not_missing() {
+        let cache = SecretCache::default();
+        cache.apply(watcher::Event::InitDone);
+        let resolved = cache.set_refs("ns", names(&["early"]));
+        assert!(resolved.cached.is_empty() && resolved.fetch.is_empty());
+        assert_eq!(resolved.unknown, ["early"]);
+        cache.fetched("ns", "early", Some(secret("early", "7", "v")));
+        assert_eq!(cache.set_refs("ns", names(&["early"])).cached.len(), 1);
+        // Its late event changes nothing.
+        assert!(cache.apply(watcher::Event::Apply(meta("early", "7"))).is_empty());
+        assert_eq!(cache.set_refs("ns", names(&["early"])).cached.len(), 1);
+    }
+
+    #[test]
+    fn a_read_that_raced_with_a_deletion_does_not_bring_the_secret_back() {
+        let cache = SecretCache::default();
+        cache.apply(watcher::Event::InitDone);
+        cache.set_refs("ns", names(&["s"]));
+        cache.apply(watcher::Event::Apply(meta("s", "1")));
+        // Read at version 1; the deletion (version 2) is reported before the read returns.
+        cache.apply(watcher::Event::Delete(meta("s", "2")));
+        cache.fetched("ns", "s", Some(secret("s", "1", "old")));
+        let resolved = cache.set_refs("ns", names(&["s"]));
+        assert!(resolved.cached.is_empty() && resolved.fetch.is_empty());
+        assert_eq!(resolved.unknown, ["s"]);
+        // Created again (a newer version): read and kept.
+        cache.fetched("ns", "s", Some(secret("s", "3", "new")));
+        assert_eq!(cache.set_refs("ns", names(&["s"])).cached.len(), 1);
     }
 
     #[test]

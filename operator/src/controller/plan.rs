@@ -83,12 +83,33 @@ pub struct Plan {
     pub profiles: BTreeMap<String, DesiredStatus>,
 }
 
+/// Annotation on the objects of a group whose name two different label sets share: the
+/// label sets (`;`-separated). Such a group is served nothing (see [`plan`]).
+pub const GROUP_COLLISION_ANNOTATION: &str = "portcullis.dev/group-collision";
+
+/// The pods of one group name: the label sets that hash to it (normally one) and how many
+/// pods.
+#[derive(Default)]
+struct Members {
+    labels: BTreeSet<BTreeMap<String, String>>,
+    pods: usize,
+}
+
 /// Plans one namespace.
+///
+/// A group's name keeps 32 bits of a hash of its labels (compatible with the objects pods
+/// already mount), so two workloads may share a name; the full label sets are compared, and
+/// a name two label sets share is never a merge: its objects get an empty configuration
+/// (no route, no credential, annotated [`GROUP_COLLISION_ANNOTATION`]) and every route that
+/// selects either workload reports `Ready=False` with reason `GroupCollision`, until one
+/// workload's labels change.
 pub fn plan(s: &Snapshot) -> Plan {
-    let mut members: BTreeMap<String, (BTreeMap<String, String>, usize)> = BTreeMap::new();
+    let mut members: BTreeMap<String, Members> = BTreeMap::new();
     for pod in s.pods {
         let labels = group::group_labels(pod);
-        members.entry(group::group_name(&labels)).or_insert((labels, 0)).1 += 1;
+        let member = members.entry(group::group_name(&labels)).or_default();
+        member.labels.insert(labels);
+        member.pods += 1;
     }
     fn inputs<'a>(
         s: &'a Snapshot,
@@ -111,12 +132,35 @@ pub fn plan(s: &Snapshot) -> Plan {
     let verdicts = compile::compile_with_key(&inputs(s, s.profiles, s.routes, s.secrets, None), s.generation_key);
 
     let mut groups = BTreeMap::new();
-    for (name, (labels, pods)) in &members {
+    // Route → the collision message of a group it selects.
+    let mut collisions: BTreeMap<String, String> = BTreeMap::new();
+    for (name, member) in &members {
+        let Some(labels) = member.labels.first() else { continue };
+        let pods = &member.pods;
         // Every group of pods has objects (the injected sidecar mounts them, not optionally),
         // with an empty configuration when no valid route selects it. They belong to the
         // routes that select it, valid or not, so deleting those deletes them (the next
         // reconcile writes an empty configuration back while pods remain).
-        let selecting: Vec<&ApiRoute> = s.routes.iter().filter(|r| compile::route_selects(r, labels)).collect();
+        let selecting: Vec<&ApiRoute> = s
+            .routes
+            .iter()
+            .filter(|r| member.labels.iter().any(|l| compile::route_selects(r, l)))
+            .collect();
+        let collision = (member.labels.len() > 1).then(|| {
+            let sets: Vec<String> = member.labels.iter().map(group::format_labels).collect();
+            for r in &selecting {
+                let message = format!(
+                    "pods labelled {} share the configuration group name {name}; none of them is served \
+                     until the labels of all but one of these workloads change",
+                    sets.join(" and pods labelled ")
+                );
+                if let Some(route) = &r.metadata.name {
+                    collisions.entry(route.clone()).or_insert(message);
+                }
+            }
+            sets.join(";")
+        });
+        let selecting_valid: &[&ApiRoute] = if collision.is_some() { &[] } else { &selecting };
         // A group's configuration depends only on the routes that select it, the profiles
         // they name and the Secrets those reference (routes are compiled one by one), so
         // each group compiles just those: the same output as compiling the whole namespace
@@ -124,7 +168,7 @@ pub fn plan(s: &Snapshot) -> Plan {
         // Only the routes the namespace's verdicts accept: a route refused for overlapping an
         // older route (a verdict that needs the namespace's other routes) stays out of every
         // group, whatever routes this group holds.
-        let routes: Vec<ApiRoute> = selecting
+        let routes: Vec<ApiRoute> = selecting_valid
             .iter()
             .filter(|r| {
                 let name = r.metadata.name.as_deref().unwrap_or_default();
@@ -153,7 +197,10 @@ pub fn plan(s: &Snapshot) -> Plan {
             compile::compile_with_key(&inputs(s, &profiles, &routes, &secrets, Some(labels)), s.generation_key);
         let routes: Vec<String> = output.loaded.config.routes.iter().map(|r| r.name.clone()).collect();
         let owners = owner_references(&selecting);
-        let meta = group_meta(s.namespace, name, labels, &output.loaded.config.generation, owners);
+        let mut meta = group_meta(s.namespace, name, labels, &output.loaded.config.generation, owners);
+        if let (Some(sets), Some(annotations)) = (collision, meta.annotations.as_mut()) {
+            annotations.insert(GROUP_COLLISION_ANNOTATION.to_owned(), sets);
+        }
         let network_policy = s.settings.network_policy.then(|| network_policy(&meta, labels));
         groups.insert(
             name.clone(),
@@ -176,7 +223,11 @@ pub fn plan(s: &Snapshot) -> Plan {
             let verdict = verdicts.routes.get(&name)?;
             let serving = groups.values().filter(|g| g.routes.contains(&name));
             let (count, pods) = serving.fold((0, 0), |(n, p), g| (n + 1, p + g.pods));
-            Some((name, status::route_status(verdict, r.metadata.generation, count, pods)))
+            let mut desired = status::route_status(verdict, r.metadata.generation, count, pods);
+            if let Some(message) = collisions.get(&name) {
+                status::group_collision(&mut desired, message);
+            }
+            Some((name, desired))
         })
         .collect();
     let profiles = s

@@ -65,11 +65,14 @@ pub async fn reconcile(ctx: &Context, namespace: &str) -> Result<Summary, Reconc
     let wanted = referenced_secrets(&profile_list, &route_list);
     let resolved = ctx.secrets.set_refs(namespace, wanted.clone());
     let mut secrets: Vec<Secret> = resolved.cached.iter().map(|s| (**s).clone()).collect();
-    if !resolved.fetch.is_empty() {
-        // Referenced Secrets whose current content is not in memory (the watch sees only
-        // metadata): read by name, a few at a time.
+    // Referenced Secrets whose current content is not in memory (the watch sees only
+    // metadata), and those the watch has not reported (events across watches are not ordered:
+    // a Secret created before the profile naming it may still be on its way; only a read
+    // says it is missing): read by name, a few at a time.
+    let to_read: Vec<String> = resolved.fetch.into_iter().chain(resolved.unknown).collect();
+    if !to_read.is_empty() {
         let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-        let reads = futures::stream::iter(resolved.fetch)
+        let reads = futures::stream::iter(to_read)
             .map(|name| {
                 let api = api.clone();
                 async move {

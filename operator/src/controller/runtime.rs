@@ -120,17 +120,24 @@ pub async fn run(
 
     // Standby until we hold the Lease.
     let mut announced = false;
+    let mut observer = leader::Observer::default();
     loop {
-        match leader::try_hold(&leases, &opts.lease).await {
-            Ok(true) => break,
-            Ok(false) => {
+        // Each attempt is bounded (kube's own read timeout is minutes).
+        let attempt = tokio::time::timeout(
+            opts.lease.duration,
+            leader::try_hold(&leases, &opts.lease, &mut observer),
+        );
+        match attempt.await {
+            Ok(Ok(true)) => break,
+            Ok(Ok(false)) => {
                 if !announced {
                     tracing::info!(lease = %opts.lease.name, "another replica leads; standing by");
                     announced = true;
                 }
                 health.set_ready(true);
             }
-            Err(error) => tracing::warn!(%error, "leader election: cannot read or write the Lease"),
+            Ok(Err(error)) => tracing::warn!(%error, "leader election: cannot read or write the Lease"),
+            Err(_) => tracing::warn!("leader election: reading or writing the Lease timed out"),
         }
         tokio::select! {
             _ = &mut shutdown => {
@@ -168,7 +175,12 @@ pub async fn run(
     });
     let queue = Arc::new(WorkQueue::default());
     let tasks = Tasks::default();
-    let mut lost = tokio::spawn(keep_leading(leases.clone(), opts.lease.clone(), metrics.clone()));
+    let mut lost = tokio::spawn(keep_leading(
+        leases.clone(),
+        opts.lease.clone(),
+        metrics.clone(),
+        observer,
+    ));
     let leading = tokio::spawn(lead(
         ctx.clone(),
         queue.clone(),
@@ -220,25 +232,30 @@ pub async fn run(
     result
 }
 
-/// Renews the Lease; returns when it is lost.
-async fn keep_leading(leases: Api<Lease>, cfg: LeaseConfig, metrics: Metrics) {
-    let mut renewed = Instant::now();
+/// Renews the Lease; returns when it is lost: another replica holds it, or it could not be
+/// renewed within two thirds of its duration (each attempt is cut off at that deadline, so a
+/// renewal that hangs cannot keep us leading after a standby may have taken over).
+async fn keep_leading(leases: Api<Lease>, cfg: LeaseConfig, metrics: Metrics, mut observer: leader::Observer) {
+    let mut renewed = tokio::time::Instant::now();
     loop {
+        // Stop well before a standby may take over (at the full duration).
+        let deadline = renewed + cfg.duration * 2 / 3;
         tokio::time::sleep(cfg.renew_every).await;
-        match leader::try_hold(&leases, &cfg).await {
-            Ok(true) => renewed = Instant::now(),
-            Ok(false) => {
+        match tokio::time::timeout_at(deadline, leader::try_hold(&leases, &cfg, &mut observer)).await {
+            Ok(Ok(true)) => {
+                renewed = tokio::time::Instant::now();
+                continue;
+            }
+            Ok(Ok(false)) => {
                 tracing::error!("another replica took the leader Lease");
                 break;
             }
-            Err(error) => {
-                tracing::warn!(%error, "could not renew the leader Lease");
-                // Stop well before a standby may take over (at the full duration).
-                if renewed.elapsed() >= cfg.duration * 2 / 3 {
-                    tracing::error!("could not renew the leader Lease in time");
-                    break;
-                }
-            }
+            Ok(Err(error)) => tracing::warn!(%error, "could not renew the leader Lease"),
+            Err(_) => tracing::warn!("renewing the leader Lease timed out"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::error!("could not renew the leader Lease in time");
+            break;
         }
     }
     metrics.leader.set(0);

@@ -34,6 +34,9 @@ pub mod reason {
     pub const VALID: &str = "Valid";
     /// Writing the configuration of a group that serves the route failed (retried).
     pub const APPLY_FAILED: &str = "ApplyFailed";
+    /// A workload the route selects shares its configuration group name with another
+    /// workload (different labels, same hash): neither is served.
+    pub const GROUP_COLLISION: &str = "GroupCollision";
 }
 
 /// One wanted condition, before timestamps.
@@ -177,6 +180,20 @@ pub fn not_published(desired: &mut DesiredStatus, message: &str) {
     {
         ready.status = false;
         ready.reason = reason::APPLY_FAILED.to_owned();
+        ready.message = message.to_owned();
+    }
+}
+
+/// Turns an accepted route's `Ready` into `False` with [`reason::GROUP_COLLISION`]: a
+/// workload it selects shares its group name with another workload, so that group serves
+/// nothing.
+pub fn group_collision(desired: &mut DesiredStatus, message: &str) {
+    if desired.rejection().is_some() {
+        return;
+    }
+    if let Some(ready) = desired.conditions.iter_mut().find(|c| c.type_ == condition::READY) {
+        ready.status = false;
+        ready.reason = reason::GROUP_COLLISION.to_owned();
         ready.message = message.to_owned();
     }
 }

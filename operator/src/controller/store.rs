@@ -6,10 +6,18 @@
 //! returned, so a reconcile that runs before the watch delivers them sees them; an event
 //! older than what is stored (by resourceVersion) is ignored.
 //!
+//! A write's response never brings back a deleted object: a deletion the watch reports (or
+//! a relist that no longer finds an object) leaves a tombstone (uid and resourceVersion),
+//! and a written object is stored over a tombstone only when it is provably another,
+//! newer object (another uid, or without uids a newer resourceVersion). The watch is the
+//! truth; a write's response only saves a reconcile from waiting for it, so dropping one is
+//! always safe. Tombstones are bounded ([`TOMBSTONES`] per store, oldest forgotten first)
+//! and cleared when the watch reports the name again.
+//!
 //! In memory, no I/O. Layer 0 of the list in `controller`: may use no sibling module (the
 //! kinds it keeps implement [`Cached`] in `objects`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -25,10 +33,80 @@ pub trait Cached {
 
 type Names<K> = BTreeMap<String, Arc<K>>;
 
+/// How many deletions one store remembers (see the module doc); a write's response comes
+/// back within a request timeout, long before this many deletions pass in practice.
+pub const TOMBSTONES: usize = 4096;
+
+/// What is remembered of a deleted object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Tombstone {
+    uid: Option<String>,
+    /// The deletion's resourceVersion (`None`: unknown, e.g. found gone by a relist).
+    rv: Option<u64>,
+    /// Insertion order, for eviction.
+    seq: u64,
+}
+
+/// Deleted (namespace, name)s, bounded.
+#[derive(Default)]
+struct Tombstones {
+    by_key: HashMap<(String, String), Tombstone>,
+    order: VecDeque<((String, String), u64)>,
+    seq: u64,
+}
+
+impl Tombstones {
+    fn bury(&mut self, key: (String, String), meta: &ObjectMeta, rv: Option<u64>) {
+        self.seq += 1;
+        let seq = self.seq;
+        self.by_key.insert(
+            key.clone(),
+            Tombstone {
+                uid: meta.uid.clone(),
+                rv,
+                seq,
+            },
+        );
+        self.order.push_back((key, seq));
+        while self.by_key.len() > TOMBSTONES {
+            let Some((old, seq)) = self.order.pop_front() else {
+                break;
+            };
+            if self.by_key.get(&old).is_some_and(|t| t.seq == seq) {
+                self.by_key.remove(&old);
+            }
+        }
+        // Entries superseded by a newer tombstone of the same key.
+        if self.order.len() > 2 * TOMBSTONES {
+            let by_key = &self.by_key;
+            self.order.retain(|(k, s)| by_key.get(k).is_some_and(|t| t.seq == *s));
+        }
+    }
+
+    fn clear(&mut self, key: &(String, String)) {
+        self.by_key.remove(key);
+    }
+
+    /// Whether a written object may be stored under `key`: no tombstone, or the object is
+    /// provably another, newer one.
+    fn allows(&self, key: &(String, String), meta: &ObjectMeta) -> bool {
+        let Some(t) = self.by_key.get(key) else { return true };
+        match (&t.uid, &meta.uid) {
+            (Some(dead), Some(uid)) => dead != uid,
+            _ => matches!((t.rv, rv_of(meta)), (Some(dead), Some(rv)) if rv > dead),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.by_key.len()
+    }
+}
+
 struct Inner<K> {
     by_ns: HashMap<String, Names<K>>,
     pending: Option<HashMap<String, Names<K>>>,
     synced: bool,
+    tombstones: Tombstones,
 }
 
 impl<K> Default for Inner<K> {
@@ -37,6 +115,7 @@ impl<K> Default for Inner<K> {
             by_ns: HashMap::new(),
             pending: None,
             synced: false,
+            tombstones: Tombstones::default(),
         }
     }
 }
@@ -72,9 +151,17 @@ impl<K: Cached> Store<K> {
     pub fn apply(&self, event: watcher::Event<K>) -> Vec<String> {
         let mut inner = self.lock();
         match event {
-            watcher::Event::Apply(obj) => insert(&mut inner.by_ns, obj, false).into_iter().collect(),
+            watcher::Event::Apply(obj) => {
+                if let Some(key) = ns_name(&obj) {
+                    inner.tombstones.clear(&key);
+                }
+                insert(&mut inner.by_ns, obj, false).into_iter().collect()
+            }
             watcher::Event::Delete(obj) => {
                 let Some((ns, name)) = ns_name(&obj) else { return vec![] };
+                inner
+                    .tombstones
+                    .bury((ns.clone(), name.clone()), obj.meta(), rv_of(obj.meta()));
                 let names = inner.by_ns.entry(ns.clone()).or_default();
                 let removed = names.remove(&name).is_some();
                 if names.is_empty() {
@@ -97,6 +184,23 @@ impl<K: Cached> Store<K> {
                 let new = inner.pending.take().unwrap_or_default();
                 let old = std::mem::replace(&mut inner.by_ns, new);
                 inner.synced = true;
+                // What the relist found exists; what it no longer finds was deleted.
+                for (ns, names) in &old {
+                    for (name, obj) in names {
+                        let key = (ns.clone(), name.clone());
+                        if !inner.by_ns.get(ns).is_some_and(|n| n.contains_key(name)) {
+                            inner.tombstones.bury(key, obj.meta(), None);
+                        }
+                    }
+                }
+                let found: Vec<(String, String)> = inner
+                    .by_ns
+                    .iter()
+                    .flat_map(|(ns, names)| names.keys().map(move |name| (ns.clone(), name.clone())))
+                    .collect();
+                for key in &found {
+                    inner.tombstones.clear(key);
+                }
                 // Namespaces whose objects differ from before the relist.
                 let mut changed: Vec<String> = Vec::new();
                 for ns in old.keys().chain(inner.by_ns.keys()) {
@@ -121,10 +225,30 @@ impl<K: Cached> Store<K> {
         }
     }
 
-    /// Stores what a write of ours returned (unless the watch already delivered something
-    /// newer).
-    pub fn store_written(&self, obj: K) {
-        insert(&mut self.lock().by_ns, obj, true);
+    /// Stores what a write of ours returned, unless the watch already delivered something
+    /// newer or reported the object deleted (a write's response never resurrects it).
+    /// Returns whether it was stored.
+    pub fn store_written(&self, obj: K) -> bool {
+        let mut inner = self.lock();
+        let Some(key) = ns_name(&obj) else { return false };
+        if !inner.tombstones.allows(&key, obj.meta()) {
+            return false;
+        }
+        inner.tombstones.clear(&key);
+        let (ns, name) = key;
+        let stored = match inner.by_ns.get(&ns).and_then(|names| names.get(&name)) {
+            Some(old) => !is_older_or_same(old.meta(), obj.meta()),
+            None => true,
+        };
+        if stored {
+            insert(&mut inner.by_ns, obj, true);
+        }
+        stored
+    }
+
+    /// Number of remembered deletions (at most [`TOMBSTONES`]).
+    pub fn tombstones(&self) -> usize {
+        self.lock().tombstones.len()
     }
 
     /// Whether the initial list has completed.
@@ -158,6 +282,11 @@ impl<K: Cached> Store<K> {
 
 fn same<K: Cached>(a: &K, b: &K) -> bool {
     a.fingerprint() == b.fingerprint()
+}
+
+/// Whether `new` is not newer than `old` (by resourceVersion, when both have one).
+fn is_older_or_same(old: &ObjectMeta, new: &ObjectMeta) -> bool {
+    matches!((rv_of(old), rv_of(new)), (Some(o), Some(n)) if n <= o)
 }
 
 /// Inserts `obj`; returns its namespace when something the plan depends on changed.
@@ -238,5 +367,68 @@ mod tests {
         assert_eq!(store.apply(watcher::Event::InitDone), ["a"]);
         assert!(store.is_empty());
         assert!(store.apply(watcher::Event::Delete(cm("a", "x", 6, "3"))).is_empty());
+    }
+
+    fn with_uid(mut c: Cm, uid: &str) -> Cm {
+        c.0.metadata.uid = Some(uid.into());
+        c
+    }
+
+    /// Issue 15, item 8: a status write in flight when the watch reports the deletion.
+    #[test]
+    fn a_write_response_never_resurrects_a_deleted_object() {
+        let store = Store::<Cm>::default();
+        store.apply(watcher::Event::InitDone);
+        store.apply(watcher::Event::Apply(with_uid(cm("a", "x", 1, "1"), "u1")));
+        // Our write lands at 2; the object is deleted at 3; the watch reports the deletion,
+        // then the write's response arrives.
+        assert_eq!(
+            store.apply(watcher::Event::Delete(with_uid(cm("a", "x", 3, "1"), "u1"))),
+            ["a"]
+        );
+        assert!(!store.store_written(with_uid(cm("a", "x", 2, "2"), "u1")));
+        assert!(store.is_empty(), "the deleted object came back");
+        // Without uids the resourceVersion decides.
+        store.apply(watcher::Event::Apply(cm("a", "y", 4, "1")));
+        store.apply(watcher::Event::Delete(cm("a", "y", 6, "1")));
+        assert!(!store.store_written(cm("a", "y", 5, "2")));
+        assert!(!store.store_written(cm("a", "y", 6, "2")));
+        assert_eq!(store.len(), 0);
+        // A new object under the same name (another uid) is stored.
+        assert!(store.store_written(with_uid(cm("a", "x", 7, "3"), "u2")));
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.tombstones(), 1, "the name's tombstone is cleared");
+        // The watch re-creating a name clears its tombstone.
+        store.apply(watcher::Event::Apply(cm("a", "y", 8, "1")));
+        assert_eq!(store.tombstones(), 0);
+    }
+
+    #[test]
+    fn a_relist_that_misses_an_object_buries_it() {
+        let store = Store::<Cm>::default();
+        store.apply(watcher::Event::Init);
+        store.apply(watcher::Event::InitApply(with_uid(cm("a", "x", 1, "1"), "u1")));
+        store.apply(watcher::Event::InitDone);
+        // Deleted while the watch was down: the relist no longer finds it.
+        store.apply(watcher::Event::Init);
+        assert_eq!(store.apply(watcher::Event::InitDone), ["a"]);
+        // A write of the old object that completes now stays out.
+        assert!(!store.store_written(with_uid(cm("a", "x", 9, "2"), "u1")));
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn tombstones_are_bounded() {
+        let store = Store::<Cm>::default();
+        for i in 0..(TOMBSTONES as u64 + 100) {
+            store.apply(watcher::Event::Delete(cm("a", &format!("o{i}"), i + 1, "1")));
+            // The same name deleted again does not grow anything.
+            store.apply(watcher::Event::Delete(cm("a", "same", i + 1, "1")));
+        }
+        assert_eq!(store.tombstones(), TOMBSTONES);
+        assert!(store.lock().tombstones.order.len() <= 2 * TOMBSTONES + 1);
+        // The newest are remembered.
+        let last = TOMBSTONES as u64 + 99;
+        assert!(!store.store_written(cm("a", &format!("o{last}"), 1, "x")));
     }
 }

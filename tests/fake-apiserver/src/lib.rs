@@ -21,7 +21,10 @@
 //! - a monotonic resourceVersion shared by every kind, `metadata.generation` bumped on
 //!   changes outside metadata (and status), `uid`, `creationTimestamp`; a write that
 //!   changes nothing changes no version and sends no event, as in Kubernetes;
-//! - injected failures ([`FakeApiServer::fail_requests`]) to test retries;
+//! - injected failures ([`FakeApiServer::fail_requests`]) to test retries, late responses
+//!   ([`FakeApiServer::delay_responses`]: served at once, answered later) and late watch
+//!   events ([`FakeApiServer::delay_watch_events`]: Kubernetes does not order events across
+//!   watches) to test races;
 //! - metadata-only lists and watches (`Accept: application/json;as=PartialObjectMetadataList`
 //!   or `;as=PartialObjectMetadata`, what kube-runtime's `metadata_watcher` asks for):
 //!   objects are answered as `meta.k8s.io/v1` `PartialObjectMetadata`, without their content;
@@ -113,6 +116,8 @@ impl Builder {
             store: Mutex::new(Store::new(self.resources, self.history)),
             requests: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
+            delays: Mutex::new(Vec::new()),
+            watch_delays: Mutex::new(Default::default()),
             access: Mutex::new(Vec::new()),
             access_reviews: Mutex::new(Vec::new()),
             bookmark_interval: self.bookmark_interval,
@@ -332,6 +337,37 @@ impl FakeApiServer {
                 code,
                 remaining: count,
             });
+    }
+
+    /// Serves the next `count` requests with `method` whose path contains `path_contains` at
+    /// once (their effect is visible, watches report it) but sends each response only
+    /// `delay` later, as a slow API server or network would: a write still in flight while
+    /// other things happen. Recorded like any request.
+    pub fn delay_responses(&self, method: &str, path_contains: &str, delay: Duration, count: usize) {
+        self.shared
+            .delays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(server::Delay {
+                method: method.to_owned(),
+                path_contains: path_contains.to_owned(),
+                delay,
+                remaining: count,
+            });
+    }
+
+    /// From now on, watch streams of `resource` (kubectl name: `secrets`,
+    /// `apiroutes.portcullis.dev`) deliver each live change `delay` after it happened (in
+    /// order, and with no bookmark past it), while other resources' watches are on time:
+    /// events across watches arrive reordered. `Duration::ZERO` ends the delay.
+    pub fn delay_watch_events(&self, resource: &str, delay: Duration) -> Result<(), ApiError> {
+        let resource = self.resource_named(resource)?;
+        self.shared
+            .watch_delays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(resource, delay);
+        Ok(())
     }
 
     /// Lets SubjectAccessReviews that match `rule` be allowed (none is, by default).

@@ -75,11 +75,24 @@ pub(crate) struct Fault {
     pub remaining: usize,
 }
 
+/// A response held back (see [`crate::FakeApiServer::delay_responses`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Delay {
+    pub method: String,
+    pub path_contains: String,
+    pub delay: Duration,
+    /// How many more matching requests are delayed.
+    pub remaining: usize,
+}
+
 /// State shared by every connection.
 pub(crate) struct Shared {
     pub store: Mutex<Store>,
     pub requests: Mutex<Vec<RecordedRequest>>,
     pub faults: Mutex<Vec<Fault>>,
+    pub delays: Mutex<Vec<Delay>>,
+    /// Resource index → how late its watch streams deliver live changes.
+    pub watch_delays: Mutex<BTreeMap<usize, Duration>>,
     /// Who may do what, for SubjectAccessReviews.
     pub access: Mutex<Vec<crate::AccessRule>>,
     /// SubjectAccessReviews answered.
@@ -93,6 +106,15 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn watch_delay(&self, resource: usize) -> Option<Duration> {
+        self.watch_delays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&resource)
+            .copied()
+            .filter(|d| !d.is_zero())
     }
 }
 
@@ -143,7 +165,23 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Resul
         };
         return Ok(error_response(&error));
     }
-    Ok(route(shared, req, query).await.unwrap_or_else(|e| error_response(&e)))
+    let delay = injected_delay(&shared, req.method().as_str(), req.uri().path());
+    let response = route(shared, req, query).await.unwrap_or_else(|e| error_response(&e));
+    if let Some(delay) = delay {
+        // Served (its effect is visible to everyone), answered late.
+        tokio::time::sleep(delay).await;
+    }
+    Ok(response)
+}
+
+/// The delay of this request's response, if any (and counts it).
+fn injected_delay(shared: &Shared, method: &str, path: &str) -> Option<Duration> {
+    let mut delays = shared.delays.lock().unwrap_or_else(|e| e.into_inner());
+    let delay = delays
+        .iter_mut()
+        .find(|d| d.remaining > 0 && d.method.eq_ignore_ascii_case(method) && path.contains(&d.path_contains))?;
+    delay.remaining -= 1;
+    Some(delay.delay)
 }
 
 /// The status code of an injected failure for this request, if any (and counts it).
@@ -519,6 +557,8 @@ fn watch(
     let mut expire = shared.expire.subscribe();
     let interval = shared.bookmark_interval;
     tokio::spawn(async move {
+        // Live lines held back by a watch delay, in order, with when they are due.
+        let mut late: std::collections::VecDeque<(tokio::time::Instant, Bytes)> = Default::default();
         let (mut changes, initial, mut seen) = match subscription {
             Ok(s) => s,
             Err(gone) => {
@@ -539,6 +579,7 @@ fn watch(
         let mut ticker = tokio::time::interval(interval);
         ticker.tick().await;
         loop {
+            let due = late.front().map(|(at, _)| *at);
             let line = tokio::select! {
                 change = changes.recv() => match change {
                     Ok(change) if change.resource_version <= seen => continue,
@@ -547,15 +588,35 @@ fn watch(
                         if change.resource != resource {
                             continue;
                         }
-                        match translate(&change, &filter) {
+                        let line = match translate(&change, &filter) {
                             Some((kind, object)) => object_line(kind, &object, metadata_only),
                             None => continue,
+                        };
+                        match shared.watch_delay(resource) {
+                            Some(delay) => {
+                                late.push_back((tokio::time::Instant::now() + delay, line));
+                                continue;
+                            }
+                            None if !late.is_empty() => {
+                                // Behind the held-back lines: order within a stream is kept.
+                                let at = late.back().map(|(at, _)| *at).unwrap_or_else(tokio::time::Instant::now);
+                                late.push_back((at, line));
+                                continue;
+                            }
+                            None => line,
                         }
                     }
                     // Lagged or closed: end the stream; the client resumes from its last version.
                     Err(broadcast::error::RecvError::Lagged(_) | broadcast::error::RecvError::Closed) => return,
                 },
-                _ = ticker.tick(), if bookmarks => bookmark(seen, false),
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                    match late.pop_front() {
+                        Some((_, line)) => line,
+                        None => continue,
+                    }
+                }
+                // No bookmark past a held-back change (a client resuming from it would miss it).
+                _ = ticker.tick(), if bookmarks && late.is_empty() => bookmark(seen, false),
                 _ = &mut deadline => return,
                 _ = shutdown.changed() => return,
                 _ = expire.changed() => return,

@@ -361,3 +361,83 @@ fn settings_reach_every_group() {
         assert_eq!(config.trusted_proxies.len(), 1);
     }
 }
+
+/// Two label sets whose group names collide (the first 32 bits of their SHA-256 agree).
+const COLLIDING: [&str; 2] = ["w91044", "w147913"];
+
+/// Issue 15, item 12: a hash collision between two workloads' group names is an error on
+/// the routes, and the shared objects carry no route and no credential of either.
+#[test]
+fn two_workloads_whose_group_names_collide_are_not_merged() {
+    let (x, y) = (COLLIDING[0], COLLIDING[1]);
+    assert_eq!(
+        group::group_name_for_pod(&pod(x, "1")),
+        group::group_name_for_pod(&pod(y, "1")),
+        "the test needs colliding names"
+    );
+    let mut w = World::new();
+    w.routes.push(route("rx", x, &["pa"]));
+    w.routes.push(route("ry", y, &["pb"]));
+    w.pods.extend([pod(x, "1"), pod(x, "2"), pod(y, "1")]);
+    let plan = w.plan();
+    let shared = group_of(&plan, x);
+    assert!(shared.routes.is_empty(), "served: {:?}", shared.routes);
+    let secrets = secrets_json(&shared);
+    assert!(
+        !secrets.contains("password-a") && !secrets.contains("password-b"),
+        "no credential in a group two workloads share: {secrets}"
+    );
+    assert_eq!(shared.pods, 3);
+    let annotations = shared.configmap.metadata.annotations.as_ref().unwrap();
+    let sets = &annotations[GROUP_COLLISION_ANNOTATION];
+    assert!(
+        sets.contains(&format!("app={x}")) && sets.contains(&format!("app={y}")),
+        "{sets}"
+    );
+    // Both routes own the objects (deleting them deletes the objects).
+    let owners: Vec<&str> = shared
+        .configmap
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .map(|o| o.name.as_str())
+        .collect();
+    assert_eq!(owners, ["rx", "ry"]);
+    for name in ["rx", "ry"] {
+        let desired = &plan.routes[name];
+        assert!(desired.rejection().is_none(), "the spec itself is valid");
+        let ready = desired
+            .conditions
+            .iter()
+            .find(|c| c.type_ == status::condition::READY)
+            .unwrap();
+        assert!(!ready.status);
+        assert_eq!(ready.reason, status::reason::GROUP_COLLISION);
+        assert!(ready.message.contains(&format!("app={x}")) && ready.message.contains(&format!("app={y}")));
+    }
+    // The other groups are untouched.
+    let a = group_of(&plan, "a");
+    assert_eq!(a.routes, ["ra"]);
+    let ready = plan.routes["ra"]
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::condition::READY)
+        .unwrap();
+    assert!(ready.status);
+
+    // One workload relabelled: no collision, each served again.
+    w.pods.retain(|p| p["app"] != y);
+    let plan = w.plan();
+    let g = group_of(&plan, x);
+    assert_eq!(g.routes, ["rx"]);
+    assert!(
+        !g.configmap
+            .metadata
+            .annotations
+            .as_ref()
+            .unwrap()
+            .contains_key(GROUP_COLLISION_ANNOTATION)
+    );
+    assert!(secrets_json(&g).contains("password-a"));
+}
