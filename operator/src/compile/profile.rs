@@ -304,14 +304,67 @@ pub(crate) fn check_url(field: &str, url: &str) -> Result<(), Problem> {
             )
         })?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if authority.is_empty() || rest.contains(char::is_whitespace) {
+    if authority.is_empty() || rest.contains(char::is_whitespace) || rest.contains('\\') {
         return Err(Problem::new(
             reason::INVALID_SPEC,
             field,
             format!("{url:?} is not a valid URL"),
         ));
     }
+    // Credentials come from Secrets, never from the URL; and `user@host` is a host an allow
+    // list could misread.
+    if authority.contains('@') {
+        return Err(Problem::new(
+            reason::INVALID_SPEC,
+            field,
+            format!("{url:?} carries userinfo (`user@`): put credentials in a Secret"),
+        ));
+    }
+    // A port, when given, is 1 to 65535: an empty or out-of-range one would be read as the
+    // scheme's default by one parser and refused or wrapped by another.
+    let port = match authority.rsplit_once(':') {
+        Some((_, p)) if !p.contains(']') => Some(p),
+        _ => None,
+    };
+    if let Some(p) = port
+        && !(p.len() <= 5
+            && !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && (1..=65535).contains(&p.parse::<u32>().unwrap_or(0)))
+    {
+        return Err(Problem::new(
+            reason::INVALID_SPEC,
+            field,
+            format!("{url:?} has port {p:?}, not a number from 1 to 65535"),
+        ));
+    }
     Ok(())
+}
+
+/// Whether the host of `url` (checked by [`check_url`]) is this pod itself: `localhost` (and
+/// `*.localhost`), a loopback or an unspecified address. An origin there would be the pod's
+/// own app (or the sidecar) reached around the route that guards it.
+pub(crate) fn is_own_pod(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    match host.parse::<IpAddr>() {
+        Ok(ip) => {
+            let ip = match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                v4 => v4,
+            };
+            ip.is_loopback() || ip.is_unspecified()
+        }
+        Err(_) => false,
+    }
 }
 
 /// Suffix of the Secret keys that list a Builtin client's scopes: `<client id>.scopes`.

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use portcullis_api as api;
 use portcullis_config as cfg;
 
-use super::profile::{CompiledProfile, algorithm, check_identity_url, check_url, hash, standard};
+use super::profile::{CompiledProfile, algorithm, check_identity_url, check_url, hash, is_own_pod, standard};
 use super::secrets::{self, Outbound, SecretIndex, Sender};
 use super::{Problem, Verdict, check_selector, reason};
 
@@ -327,6 +327,17 @@ fn backend(
         }
     };
     check_url("spec.backend.origin.url", &origin.url)?;
+    if is_own_pod(&origin.url) {
+        return Err(Problem::new(
+            reason::INVALID_SPEC,
+            "spec.backend.origin.url",
+            format!(
+                "{:?} is this pod itself (localhost, a loopback or unspecified address): \
+                 use backend.port for the pod's own app",
+                origin.url
+            ),
+        ));
+    }
     let origin_url = [("spec.backend.origin.url", origin.url.as_str())];
     let outbound = Outbound {
         sender: Sender::Route(route),

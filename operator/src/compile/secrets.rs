@@ -116,14 +116,39 @@ impl<'a> SecretIndex<'a> {
         }
         if let Some(allowed) = annotation(ALLOWED_ORIGINS_ANNOTATION) {
             for (url_field, url) in outbound.urls {
-                let Some((host, port)) = url_host_port(url) else {
-                    continue;
+                // A URL the allow list cannot be checked against is refused (fail closed).
+                let Some((host, port, plain)) = url_host_port(url) else {
+                    return Err(Problem::new(
+                        reason::SECRET_NOT_ALLOWED,
+                        field,
+                        format!(
+                            "Secret {name:?}: {url_field} ({url:?}) cannot be checked against {ALLOWED_ORIGINS_ANNOTATION}"
+                        ),
+                    ));
                 };
-                if !allowed
-                    .split(',')
-                    .map(str::trim)
-                    .any(|entry| origin_matches(entry, &host, port))
+                let entries = || allowed.split(',').map(str::trim);
+                if plain
+                    && entries().any(|entry| origin_matches(entry, &host, port))
+                    && !entries().any(|entry| {
+                        entry
+                            .strip_prefix("http://")
+                            .is_some_and(|e| origin_matches(e, &host, port))
+                    })
                 {
+                    return Err(Problem::new(
+                        reason::SECRET_NOT_ALLOWED,
+                        field,
+                        format!(
+                            "Secret {name:?} may be sent to {host} over TLS only, and {url_field} is http://; \
+                             to allow plain HTTP, list http://{host} in {ALLOWED_ORIGINS_ANNOTATION}"
+                        ),
+                    ));
+                }
+                let matches = |entry: &str| match entry.strip_prefix("http://") {
+                    Some(e) => plain && origin_matches(e, &host, port),
+                    None => !plain && origin_matches(entry, &host, port),
+                };
+                if !entries().any(matches) {
                     return Err(Problem::new(
                         reason::SECRET_NOT_ALLOWED,
                         field,
@@ -177,8 +202,9 @@ impl<'a> SecretIndex<'a> {
     }
 }
 
-/// The host (lower case, IPv6 without brackets) and port of an `http(s)://` URL.
-fn url_host_port(url: &str) -> Option<(String, u16)> {
+/// The host (lower case, IPv6 without brackets), the port of an `http(s)://` URL, and whether
+/// it is plain `http://`.
+fn url_host_port(url: &str) -> Option<(String, u16, bool)> {
     let (rest, default_port) = match url.split_once("://")? {
         ("https", rest) => (rest, 443),
         ("http", rest) => (rest, 80),
@@ -189,9 +215,9 @@ fn url_host_port(url: &str) -> Option<(String, u16)> {
     let (host, port) = split_host_port(authority)?;
     let port = match port {
         None => default_port,
-        Some(p) => p.parse().ok()?,
+        Some(p) => p.parse().ok().filter(|&p| p != 0)?,
     };
-    Some((host.to_ascii_lowercase(), port))
+    Some((host.to_ascii_lowercase(), port, default_port == 80))
 }
 
 /// `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address.

@@ -97,7 +97,11 @@ fn allowed_origins_limit_where_the_credentials_go() {
         ("https://BACKEND.example.com", "other.example.com, backend.example.com"),
         ("https://backend.example.com:8443", "backend.example.com"),
         ("https://backend.example.com", "backend.example.com:443"),
-        ("http://backend.example.com:8080", "backend.example.com:8080"),
+        ("http://backend.example.com:8080", "http://backend.example.com:8080"),
+        (
+            "http://backend.example.com",
+            "backend.example.com, http://backend.example.com",
+        ),
         ("https://[fd00::1]:8443", "[fd00::1]:8443"),
         ("https://[fd00::1]", "fd00::1"),
     ];
@@ -113,8 +117,10 @@ fn allowed_origins_limit_where_the_credentials_go() {
         ("https://attacker.example.net", "backend.example.com"),
         ("https://backend.example.com.attacker.net", "backend.example.com"),
         ("https://backend.example.com:8443", "backend.example.com:443"),
-        ("https://user@attacker.example.net", "backend.example.com"),
         ("https://backend.example.com", ""),
+        // A bare entry is TLS only.
+        ("http://backend.example.com:8080", "backend.example.com:8080"),
+        ("http://backend.example.com", "backend.example.com"),
     ];
     for (url, origins) in refused {
         let out = world_with_origin_secret(url, &allowed(origins)).compile();
@@ -123,6 +129,35 @@ fn allowed_origins_limit_where_the_credentials_go() {
         assert_eq!(field, "spec.backend.origin.auth.basic.secretRef.name");
         assert!(message.contains("portcullis.dev/allowed-origins"), "{message}");
         assert!(message.contains("spec.backend.origin.url"), "{message}");
+        assert_nowhere(&out, "origin-password-9");
+    }
+    // URLs that one parser could read as another destination, and the pod itself, are not
+    // origins at all.
+    let invalid = [
+        ("https://user@attacker.example.net", "backend.example.com"),
+        (
+            "https://backend.example.com@attacker.example.net",
+            "backend.example.com",
+        ),
+        ("https://backend.example.com:/x", "backend.example.com:8443"),
+        ("https://backend.example.com:65536", "backend.example.com:8443"),
+        ("https://backend.example.com:99999999999", "backend.example.com:8443"),
+        ("https://backend.example.com:0", "backend.example.com"),
+        ("http://127.0.0.1:8080", "127.0.0.1"),
+        ("http://localhost:8080", "localhost"),
+        ("http://[::1]:8080", "::1"),
+        ("http://0.0.0.0:8080", "0.0.0.0"),
+        ("http://[::ffff:127.0.0.2]:8080", "::ffff:127.0.0.2"),
+        ("http://app.localhost.:8080", "app.localhost"),
+    ];
+    for (url, origins) in invalid {
+        let out = world_with_origin_secret(url, &allowed(origins)).compile();
+        let (reason, field, _) = rejected(&out, "gw");
+        assert_eq!(
+            (reason, field.as_str()),
+            (reason::INVALID_SPEC, "spec.backend.origin.url"),
+            "{url}"
+        );
         assert_nowhere(&out, "origin-password-9");
     }
 }
@@ -540,7 +575,7 @@ fn identity_urls_must_be_https_unless_the_object_opts_in() {
             ),
             &[
                 (ALLOWED_ROUTES_ANNOTATION, "gw"),
-                (ALLOWED_ORIGINS_ANNOTATION, "backend.example.com,idp.example.com"),
+                (ALLOWED_ORIGINS_ANNOTATION, "backend.example.com,idp.example.com,http://idp.example.com"),
             ],
         ));
         let mut r = gateway("gw", "https://backend.example.com", "unused");
