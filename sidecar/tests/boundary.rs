@@ -373,6 +373,7 @@ async fn an_identity_header_changes_the_audit_line_not_who_the_app_is_told() {
     assert_eq!(h["x-portcullis-identity"], json!(["bob"]), "{h}");
     let audit = sidecar.wait_audit(1).await;
     assert_eq!(audit[0]["identity"], "alice");
+    assert_eq!(audit[0]["authenticated"], "bob", "the line names who really called");
 }
 
 #[tokio::test]

@@ -119,6 +119,7 @@ impl Trip<'_> {
             route: "-",
             profile: "-",
             identity: "-",
+            authenticated: None,
             client_ip: self.peer,
             method: self.method.as_str(),
             path: &self.path,
@@ -282,6 +283,11 @@ fn admitted<'a>(admission: &'a Admission<'a>, record: &mut Record<'a>) -> &'a st
     // The audit line names the profile's identity header when present (seed 002 section 5);
     // the app is told who authenticated.
     record.identity = admission.audit_identity.as_deref().unwrap_or(&admission.identity);
+    record.authenticated = admission
+        .audit_identity
+        .as_deref()
+        .filter(|a| *a != admission.identity)
+        .map(|_| &*admission.identity);
     record.client_ip = admission.client_ip;
     route
 }

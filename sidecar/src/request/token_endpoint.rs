@@ -117,6 +117,7 @@ pub async fn serve(
         route,
         profile: endpoint.profile,
         identity,
+        authenticated: None,
         client_ip,
         method: &method,
         path: &path,

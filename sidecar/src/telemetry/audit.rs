@@ -45,8 +45,11 @@ pub struct Record<'a> {
     pub route: &'a str,
     /// Profile that admitted (or last refused) the call, `-` when none.
     pub profile: &'a str,
-    /// Identity admitted, `-` when none.
+    /// Identity admitted, `-` when none (a profile's `identityHeader` value when it has one).
     pub identity: &'a str,
+    /// Who authenticated, when `identity` is the client-chosen `identityHeader` value and
+    /// differs from it: the line then names both, so the header cannot hide the caller.
+    pub authenticated: Option<&'a str>,
     /// The client address (after trusted proxies).
     pub client_ip: IpAddr,
     pub method: &'a str,
@@ -69,6 +72,9 @@ impl Record<'_> {
         string_field(out, "route", self.route);
         string_field(out, "profile", self.profile);
         string_field(out, "identity", self.identity);
+        if let Some(authenticated) = self.authenticated {
+            string_field(out, "authenticated", authenticated);
+        }
         out.extend_from_slice(b",\"client_ip\":\"");
         // An address is ASCII digits, dots, colons and hex: nothing to escape.
         crate::base::headers::push_ip(out, self.client_ip);
@@ -327,6 +333,7 @@ mod tests {
             route: "orders",
             profile: "partners",
             identity,
+            authenticated: None,
             client_ip: "10.0.0.7".parse().unwrap(),
             method: "GET",
             path,

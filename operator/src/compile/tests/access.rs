@@ -575,7 +575,10 @@ fn identity_urls_must_be_https_unless_the_object_opts_in() {
             ),
             &[
                 (ALLOWED_ROUTES_ANNOTATION, "gw"),
-                (ALLOWED_ORIGINS_ANNOTATION, "backend.example.com,idp.example.com,http://idp.example.com"),
+                (
+                    ALLOWED_ORIGINS_ANNOTATION,
+                    "backend.example.com,idp.example.com,http://idp.example.com",
+                ),
             ],
         ));
         let mut r = gateway("gw", "https://backend.example.com", "unused");
