@@ -664,6 +664,14 @@ impl<L: Limiter> Engine<L> {
             Ok(None) => return Outcome::NoRoute,
             Err(reason) => return Outcome::BadRequest { reason },
         };
+        // Letters outside ASCII that some platforms' case-insensitive comparisons take for
+        // ASCII ones (Java's `equalsIgnoreCase` reads `ı` as `i`): a path that routes
+        // elsewhere once they are folded could be served as that other route.
+        if let Some(folded) = path::fold_unicode_case(&path)
+            && !matches!(self.route_for(egress, host, &folded, req.method), Ok(Some(r)) if std::ptr::eq(r, route))
+        {
+            return Outcome::BadRequest { reason: CASE_VARIANT };
+        }
         let client_ip = ip::client_ip(req.peer, req.headers, &self.trusted_proxies);
         if route.ssl_only && !req.tls && !self.https_at_trusted_proxy(req) {
             return match host {

@@ -259,6 +259,26 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     }
 }
 
+/// The letters outside ASCII that a case-insensitive comparison somewhere takes for an ASCII
+/// letter, in normal form (percent-encoded UTF-8, upper-case hex), with that letter: `ı`
+/// (U+0131) and `İ` (U+0130) for `i`, `ſ` (U+017F) for `s`, the Kelvin sign `K` (U+212A)
+/// for `k`.
+const UNICODE_CASE_VARIANTS: [(&str, &str); 4] =
+    [("%C4%B1", "i"), ("%C4%B0", "i"), ("%C5%BF", "s"), ("%E2%84%AA", "k")];
+
+/// `path` (in normal form) with the [`UNICODE_CASE_VARIANTS`] replaced by their ASCII
+/// letters; `None`, without allocating, when it holds none.
+pub fn fold_unicode_case(path: &str) -> Option<String> {
+    if !path.contains('%') || (!path.contains("%C4%B") && !path.contains("%C5%BF") && !path.contains("%E2%84%AA")) {
+        return None;
+    }
+    let mut folded = path.to_owned();
+    for (variant, ascii) in UNICODE_CASE_VARIANTS {
+        folded = folded.replace(variant, ascii);
+    }
+    (folded != path).then_some(folded)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -519,6 +519,48 @@ fn methods_cannot_walk_around_a_method_route() {
     );
 }
 
+/// Letters outside ASCII that Java's case-insensitive comparisons take for ASCII ones do not
+/// walk around a route: `/adm%C4%B1n` (`ı`) is not an anonymous call to `/`.
+#[test]
+fn unicode_case_variants_are_refused() {
+    let mut admin = route("admin", "/admin", &["office"]);
+    admin["caseInsensitive"] = json!(true);
+    let e = engine(
+        json!({
+            "profiles": [{"name": "office", "auth": {"type": "Basic"}},
+                         {"name": "open", "auth": {"type": "Anonymous"}}],
+            "routes": [admin, route("secure", "/secure", &["office"]), route("open", "/", &["open"])],
+        }),
+        json!({"profiles": {"office": {"basic": {"username": "u", "password": "pw"}}}}),
+    );
+    for path in [
+        "/adm%C4%B1n/x",
+        "/ADM%C4%B0N",
+        "/%C5%BFecure/x",
+        "/admin%E2%84%AA/..",
+        "/%C5%BFECURE",
+    ] {
+        let status = verdict(&e, &get(path), T0).0;
+        assert!(status == 400 || status == 401, "{path}: {status}");
+        assert_ne!(
+            verdict(&e, &get(path), T0).1,
+            "open",
+            "{path} reached the anonymous route"
+        );
+    }
+    assert_eq!(verdict(&e, &get("/adm%C4%B1n/x"), T0).0, 400);
+    assert_eq!(
+        verdict(&e, &get("/caf%C3%A9"), T0).1,
+        "open",
+        "other letters are just letters"
+    );
+    assert_eq!(
+        verdict(&e, &get("/%C4%B1"), T0).1,
+        "open",
+        "a dotless i alone routes where i would"
+    );
+}
+
 /// Hosts an app could read as another host are refused, not routed to a broader route.
 #[test]
 fn malformed_hosts_are_refused() {
