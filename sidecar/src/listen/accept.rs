@@ -120,18 +120,36 @@ pub struct Serving {
 /// take to go (a client that never acknowledges an HTTP/2 GOAWAY).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// What serves the requests of a connection: a hyper service whose every outcome is an
+/// answer (errors included), sendable to the connection's task.
+pub trait HttpService:
+    hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<ProxyBody>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S> HttpService for S where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<ProxyBody>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static
+{
+}
+
 /// Accepts connections until `stopped` turns true, then waits up to `drain` for the open
 /// connections to finish their requests (each told to close once idle).
 pub async fn accept_loop<F, S>(listener: TcpListener, serving: Serving, make_service: F)
 where
     F: Fn(SocketAddr) -> S,
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<ProxyBody>,
-            Error = Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: HttpService,
 {
     let gate = Gate::new(&serving);
     let mut stopped = serving.stopped.clone();
@@ -293,13 +311,7 @@ async fn first_bytes<S: AsyncRead + Unpin>(
 async fn serve<I, S>(io: I, service: S, peer: SocketAddr, serving: &Serving)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<ProxyBody>,
-            Error = Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: HttpService,
 {
     let activity = Arc::new(Activity::new());
     let service = {
@@ -504,13 +516,7 @@ pub async fn tls_accept_loop<T, F, S>(listener: TcpListener, serving: Serving, c
 where
     T: Fn() -> Option<Arc<ServerTls>> + Send + Sync + 'static,
     F: Fn(Connection) -> S + Send + Sync + 'static,
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<ProxyBody>,
-            Error = Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: HttpService,
 {
     let gate = Gate::new(&serving);
     let mut stopped = serving.stopped.clone();
