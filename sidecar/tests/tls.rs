@@ -750,3 +750,61 @@ async fn the_handshake_timeout_covers_tls_and_the_first_bytes_after_it() {
         "{metrics}"
     );
 }
+
+/// A connection whose client certificate was verified against a CA that a reload removed is
+/// closed (once idle): its next request cannot ride on the old verification, and a new
+/// connection is verified against the CAs now in force.
+#[tokio::test]
+async fn a_reload_that_removes_a_ca_closes_the_connections_it_verified() {
+    let backend = Backend::start().await;
+    let server_ca = Ca::new("Server CA");
+    let partners_ca = Ca::new("Partners CA");
+    let other_ca = Ca::new("Other CA");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |generation: &str, client_ca: &str| {
+        let mut route = tls_route("partners", &[HOST], backend.port());
+        route["profiles"] = json!(["partners"]);
+        loaded(
+            generation,
+            json!({
+                "profiles": [{"name": "partners", "auth": {"type": "ClientCertificate", "allowedSubjects": []}}],
+                "routes": [route],
+            }),
+            json!({
+                "profiles": {"partners": {"clientCaPem": client_ca}},
+                "routes": {"partners": {"tls": server_ca.server("api", &[HOST]).material()}},
+            }),
+        )
+        .write_dir(dir.path())
+        .unwrap();
+    };
+    write("g1", &partners_ca.pem);
+    let sidecar = Sidecar::start(dir.path()).await;
+    wait_tls(&sidecar, HOST, &server_ca.pem).await;
+    let leaf = partners_ca.client("partner-a", &[]);
+    let config = default_client(&server_ca.pem, Some(&leaf));
+    let mut conn = TlsConn::open(sidecar.inbound_tls, HOST, config.clone())
+        .await
+        .expect("connect");
+    assert_eq!(conn.get("/orders").await.expect("first call").status, 200);
+
+    write("g2", &other_ca.pem);
+    assert!(sidecar.wait_generation("g2", Duration::from_secs(10)).await);
+    // Bounded: the connection is told to close within a few seconds of the reload.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        match conn.get("/orders").await {
+            Err(_) => break,
+            Ok(answer) => {
+                assert_eq!(answer.status, 200);
+                assert!(Instant::now() < deadline, "the connection outlived its CA");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let again = tls_get(sidecar.inbound_tls, HOST, config, "/orders").await;
+    assert!(
+        again.is_err() || again.as_ref().is_ok_and(|a| a.status != 200),
+        "a new connection with the removed CA's certificate was served: {again:?}"
+    );
+}

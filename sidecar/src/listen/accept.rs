@@ -166,7 +166,7 @@ where
             let Some(prefix) = first_bytes(&mut stream, deadline, peer, &serving).await else {
                 return;
             };
-            serve(Prefixed::new(stream, prefix), service, peer, &serving).await;
+            serve(Prefixed::new(stream, prefix), service, peer, &serving, None).await;
             drop(slot);
         });
     }
@@ -308,7 +308,13 @@ async fn first_bytes<S: AsyncRead + Unpin>(
 
 /// Serves HTTP on `io` until the connection ends: closes it once it has had no request in
 /// progress for the idle timeout, and gracefully on shutdown.
-async fn serve<I, S>(io: I, service: S, peer: SocketAddr, serving: &Serving)
+/// Whether a connection's verification no longer holds (polled every [`STALE_CHECK`]).
+type Stale = Box<dyn Fn() -> bool + Send>;
+
+/// How often a connection with a client certificate checks that its CAs are still in force.
+const STALE_CHECK: Duration = Duration::from_secs(1);
+
+async fn serve<I, S>(io: I, service: S, peer: SocketAddr, serving: &Serving, stale: Option<Stale>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService,
@@ -337,8 +343,18 @@ where
     // be dropped.
     let timer = tokio::time::sleep(idle);
     let mut timer = pin!(timer);
+    let mut stale_check = tokio::time::interval(STALE_CHECK);
+    stale_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = stale_check.tick(), if !closing && stale.is_some() => {
+                if stale.as_ref().is_some_and(|stale| stale()) {
+                    tracing::debug!(%peer, "client certificate verified under a replaced configuration: closing");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                    timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
+                }
+            }
             result = conn.as_mut() => {
                 if let Err(error) = result {
                     tracing::debug!(%peer, %error, "connection ended with an error");
@@ -532,7 +548,7 @@ where
         let make_service = make_service.clone();
         tokio::spawn(async move {
             let deadline = Instant::now() + serving.limits.handshake_timeout;
-            let (mut stream, conn) =
+            let (mut stream, conn, used) =
                 match tokio::time::timeout_at(deadline, tls_handshake(&*current_tls, stream, peer)).await {
                     Ok(Ok(done)) => done,
                     Ok(Err(HandshakeError::ClientCertificate(error))) => {
@@ -554,6 +570,13 @@ where
             let Some(prefix) = first_bytes(&mut stream, deadline, peer, &serving).await else {
                 return;
             };
+            // A client certificate was verified against the CAs in force at the handshake: once
+            // a reload replaces them, the connection is closed (gracefully, when idle) so that
+            // the next request is verified against the new ones.
+            let stale: Option<Stale> = conn.client_cert.is_some().then(|| {
+                let current_tls = current_tls.clone();
+                Box::new(move || !current_tls().is_some_and(|now| Arc::ptr_eq(&now, &used))) as Stale
+            });
             let inner = make_service(conn);
             let service = service_fn(move |req| {
                 let response = inner.call(req);
@@ -563,7 +586,7 @@ where
                     Ok::<_, Infallible>(resp)
                 }
             });
-            serve(Prefixed::new(stream, prefix), service, peer, &serving).await;
+            serve(Prefixed::new(stream, prefix), service, peer, &serving, stale).await;
             drop(slot);
         });
     }
@@ -578,7 +601,7 @@ async fn tls_handshake(
     current_tls: &(dyn Fn() -> Option<Arc<ServerTls>> + Send + Sync),
     stream: TcpStream,
     peer: SocketAddr,
-) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Connection), HandshakeError> {
+) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Connection, Arc<ServerTls>), HandshakeError> {
     let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
         .await
         .map_err(|e| HandshakeError::Other(format!("reading the ClientHello: {e}")))?;
@@ -609,7 +632,7 @@ async fn tls_handshake(
         tls: true,
         client_cert,
     };
-    Ok((stream, conn))
+    Ok((stream, conn, tls))
 }
 
 /// Why a TLS handshake did not complete.
