@@ -160,11 +160,14 @@ impl Matcher {
 }
 
 /// Whether `prefix` matches `path` on segment boundaries: `/api` matches `/api`, `/api/` and
-/// `/api/v1`, never `/apix`.
+/// `/api/v1`, never `/apix`. A `.` or a percent-escape after the prefix is a boundary too:
+/// `/api` covers `/api.json`, which frameworks with format suffixes (Rails, Spring's suffix
+/// patterns) serve as `/api`, and `/api%20` or `/api%3F`, which an app that trims or decodes
+/// the path reads as `/api`.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
         None => false,
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '.', '%']),
     }
 }
 
@@ -178,7 +181,11 @@ pub fn prefix_matches_ignoring_case(prefix: &str, path: &str) -> bool {
 fn segment_head<'p>(prefix: &str, path: &'p str) -> Option<&'p [u8]> {
     let (prefix, path) = (prefix.as_bytes(), path.as_bytes());
     let rest = path.get(prefix.len()..)?;
-    let boundary = rest.is_empty() || rest.starts_with(b"/") || prefix.ends_with(b"/");
+    let boundary = rest.is_empty()
+        || rest.starts_with(b"/")
+        || rest.starts_with(b".")
+        || rest.starts_with(b"%")
+        || prefix.ends_with(b"/");
     path.get(..prefix.len()).filter(|_| boundary)
 }
 
@@ -253,6 +260,9 @@ mod tests {
         assert!(prefix_matches("/api", "/api/"));
         assert!(prefix_matches("/api", "/api/v1"));
         assert!(!prefix_matches("/api", "/apix"));
+        assert!(prefix_matches("/api", "/api.json"), "format suffixes are the route's");
+        assert!(prefix_matches("/api", "/api."));
+        assert!(prefix_matches("/api", "/api%20"));
         assert!(!prefix_matches("/api/", "/api"));
         assert!(prefix_matches("/api/", "/api/v1"));
         assert!(!prefix_matches("/api", "/ap"));

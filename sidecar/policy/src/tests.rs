@@ -561,6 +561,32 @@ fn unicode_case_variants_are_refused() {
     );
 }
 
+/// Look-alikes of a prefix that apps serve as it (format suffixes, trailing escapes) are the
+/// route's, not a broader route's.
+#[test]
+fn look_alike_paths_belong_to_the_route_they_look_like() {
+    let e = engine(
+        json!({
+            "profiles": [{"name": "office", "auth": {"type": "Basic"}},
+                         {"name": "open", "auth": {"type": "Anonymous"}}],
+            "routes": [route("admin", "/admin", &["office"]), route("open", "/", &["open"])],
+        }),
+        json!({"profiles": {"office": {"basic": {"username": "u", "password": "pw"}}}}),
+    );
+    for path in ["/admin.json", "/admin.", "/admin%20", "/admin%3F", "/admin.json/x"] {
+        assert_eq!(
+            verdict(&e, &get(path), T0),
+            (401, "admin".into(), "office".into(), "-".into()),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        verdict(&e, &get("/administrator"), T0).1,
+        "open",
+        "a longer name is another segment"
+    );
+}
+
 /// Hosts an app could read as another host are refused, not routed to a broader route.
 #[test]
 fn malformed_hosts_are_refused() {
