@@ -117,6 +117,11 @@ pub struct ServeArgs {
     /// before requests for that user get 429 (0: no limit).
     #[arg(long, default_value_t = 10)]
     pub auth_failures_per_user: u32,
+    /// Allow origins on this host (`backend.origin` resolving to a loopback or unspecified
+    /// address), for tests and single-host setups. Off by default: in a pod such an origin is
+    /// the pod's own app or the sidecar itself, reached around the routes that guard them.
+    #[arg(long)]
+    pub allow_loopback_origins: bool,
     /// On SIGTERM, time allowed for open requests to finish before the process exits.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub drain_timeout: Duration,

@@ -102,6 +102,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     spawn_log_rotation(Arc::clone(&audit));
     credentials::set_max_signed_body_bytes(args.max_signed_body_bytes as u64);
     crate::base::body::set_body_buffer_budget(args.body_buffer_budget as usize);
+    crate::upstream::outside::set_allow_loopback(args.allow_loopback_origins);
     let forwarder = Forwarder::new(args.backend_connect_timeout, args.backend_timeout).refusing_ports(
         [args.inbound, args.inbound_tls, args.egress, args.admin]
             .iter()

@@ -58,6 +58,22 @@ async fn two_hosts_with(port: u16, extra: &[&str]) -> (Sidecar, tempfile::TempDi
     .await
 }
 
+/// The status of a `GET /x` whose `Host` is the raw bytes `host`.
+async fn raw_bytes(sidecar: &Sidecar, host: &[u8]) -> u16 {
+    let mut stream = TcpStream::connect(sidecar.inbound).await.unwrap();
+    let mut request = b"GET /x HTTP/1.1\r\nHost: ".to_vec();
+    request.extend_from_slice(host);
+    request.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    stream.write_all(&request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the sidecar answers and closes within 5 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
 /// Sends `head` (CRLF line ends, no final blank line) as one HTTP/1.1 request with
 /// `Connection: close`, and returns the status and the body of the answer.
 async fn raw(sidecar: &Sidecar, head: &str) -> (u16, Value) {
@@ -137,6 +153,11 @@ async fn a_host_no_app_can_misread() {
         let (status, body) = raw(&sidecar, &format!("GET /x HTTP/1.1\r\nHost: {host}")).await;
         assert_eq!(status, 400, "{host}: {body}");
         assert!(body.get("headers").is_none(), "the app was reached: {body}");
+    }
+    // Bytes outside ASCII (a soft hyphen, `ª`), which Node's URL parser drops or folds.
+    for host in [&b"admin\xC2\xAD.example"[..], b"\xAAdmin.example", b"admin\xAD.example"] {
+        let status = raw_bytes(&sidecar, host).await;
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(host));
     }
 }
 
@@ -459,5 +480,37 @@ async fn a_route_cannot_point_at_the_sidecars_own_listeners() {
             !String::from_utf8_lossy(&body).contains("routes"),
             "the admin listener answered"
         );
+    }
+}
+
+/// In a pod, an origin on this host is the pod's own app or the sidecar itself, reached
+/// around the routes that guard them: without `--allow-loopback-origins` every spelling of
+/// it (an address literal, a name that resolves to it) is refused per call (502), and the
+/// origin never sees the call.
+#[tokio::test]
+async fn an_origin_on_this_host_is_refused() {
+    let origin = Backend::start().await;
+    let port = origin.port();
+    let dir = tempfile::tempdir().unwrap();
+    let routes: Vec<Value> = ["127.0.0.1", "127.1", "2130706433", "localhost", "[::ffff:127.0.0.1]"]
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            json!({"name": format!("o{i}"), "pathPrefix": format!("/o{i}"), "profiles": ["open"],
+                   "backend": {"type": "Origin", "url": format!("http://{host}:{port}"), "tlsMode": "None"}})
+        })
+        .collect();
+    loaded(
+        "g1",
+        json!({"profiles": [{"name": "open", "auth": {"type": "Anonymous"}}], "routes": routes}),
+        json!({}),
+    )
+    .write_dir(dir.path())
+    .unwrap();
+    let sidecar = Sidecar::start_strict(dir.path(), &[]).await;
+    for i in 0..5 {
+        let (status, _, body) = get_with(&sidecar.url(&format!("/o{i}/x")), &[]).await;
+        assert_eq!(status, 502, "route o{i}: {}", String::from_utf8_lossy(&body));
+        assert!(json_of(&body).get("headers").is_none(), "the origin was reached");
     }
 }

@@ -73,7 +73,7 @@ start_sidecar() {
   inbound=$(free_port); admin=$(free_port); tls=$(free_port); egress=$(free_port)
   "$SIDECAR" --config-dir "$dir" --inbound "127.0.0.1:$inbound" --admin "127.0.0.1:$admin" \
     --inbound-tls "127.0.0.1:$tls" --egress "127.0.0.1:$egress" --audit-log "$work/audit.log" \
-    "$@" >"$work/sidecar.log" 2>&1 & pids+=($!)
+    --allow-loopback-origins "$@" >"$work/sidecar.log" 2>&1 & pids+=($!)
   for _ in $(seq 200); do
     curl -fsS "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && return 0
     sleep 0.1

@@ -446,6 +446,11 @@ fn forward_failure(route: &str, error: ForwardError) -> (Answer<'_>, &'static st
             "error",
             "origin token endpoint failed",
         ),
+        ForwardError::ThisPod => (
+            Answer::NotServed { route },
+            "error",
+            "the origin is this pod (a loopback or unspecified address)",
+        ),
         ForwardError::OwnPort(_) => (
             Answer::NotServed { route },
             "error",
@@ -465,6 +470,12 @@ fn authority_conflict<B>(req: &Request<B>) -> Option<&'static str> {
     let host = hosts.next();
     if hosts.next().is_some() {
         return Some("repeated Host header");
+    }
+    // Bytes outside visible ASCII: the engine would see no host at all (and route as for a
+    // host-less request), while an app may read it as a name it knows (Node drops a soft
+    // hyphen).
+    if host.is_some_and(|h| h.to_str().is_err()) {
+        return Some("malformed host");
     }
     match (req.uri().authority(), host) {
         (Some(authority), Some(host)) if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) => {

@@ -15,6 +15,7 @@ pub mod consumed;
 pub mod credentials;
 pub mod local;
 pub mod origin;
+pub mod outside;
 pub mod pool;
 
 pub use crate::base::headers::Verdict;
@@ -42,6 +43,9 @@ pub enum ForwardError {
     /// The route's backend port is one of the sidecar's own listeners.
     #[error("backend port {0} is one of the sidecar's own listeners")]
     OwnPort(u16),
+    /// The route's origin is this pod (a loopback or unspecified address).
+    #[error("the origin is this pod (a loopback or unspecified address)")]
+    ThisPod,
 }
 
 impl ForwardError {
@@ -51,7 +55,7 @@ impl ForwardError {
             Self::Timeout(_) => BackendErrorKind::Timeout,
             Self::Connect(_) => BackendErrorKind::Connect,
             Self::Protocol(_) | Self::Address(_) => BackendErrorKind::Protocol,
-            Self::OwnPort(_) => BackendErrorKind::Unsupported,
+            Self::OwnPort(_) | Self::ThisPod => BackendErrorKind::Unsupported,
             Self::Credentials(CredentialError::Token(_)) => BackendErrorKind::Connect,
             Self::Credentials(_) => BackendErrorKind::Protocol,
         }

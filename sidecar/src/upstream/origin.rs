@@ -26,6 +26,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use super::ForwardError;
 use super::consumed::Consumed;
 use super::credentials::{self, OriginCredentials};
+use super::outside::{OutsideThePod, is_this_pod};
 use crate::base::body::{ProxyBody, full};
 use crate::base::clock::unix_now;
 use crate::base::headers::{Verdict, remove_hop_by_hop, remove_portcullis, set_forwarded, set_verdict};
@@ -33,7 +34,7 @@ use crate::base::tls::{self, TlsError};
 
 /// A pooled client toward one route's origin, built at compile time.
 pub struct Origin {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector<OutsideThePod>>, ProxyBody>,
     scheme: Scheme,
     authority: Authority,
     /// The origin URL's path without its trailing `/` (empty for `/`).
@@ -224,7 +225,7 @@ impl Origin {
             _ => Consumed::of(loaded, r),
         };
 
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(OutsideThePod::new());
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
         http.enforce_http(false);
@@ -267,6 +268,12 @@ impl Origin {
     where
         B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
     {
+        // An address literal is not resolved ([`OutsideThePod`] never sees it): judged here.
+        let host = self.authority.host();
+        let literal = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>();
+        if literal.is_ok_and(is_this_pod) {
+            return Err(ForwardError::ThisPod);
+        }
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());

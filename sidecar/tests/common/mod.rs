@@ -67,8 +67,16 @@ impl Sidecar {
         Self::start_with(dir, &[]).await
     }
 
-    /// Same, with extra flags.
+    /// Same, with extra flags. Origins on 127.0.0.1 are allowed (`--allow-loopback-origins`:
+    /// every test peer is on this host); [`Sidecar::start_strict`] starts without it.
     pub async fn start_with(dir: &Path, extra: &[&str]) -> Self {
+        let mut flags = vec!["--allow-loopback-origins"];
+        flags.extend_from_slice(extra);
+        Self::start_strict(dir, &flags).await
+    }
+
+    /// Starts the sidecar on `dir` with exactly the flags `extra` (and the listeners').
+    pub async fn start_strict(dir: &Path, extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let (inbound, admin) = (free_addr(), free_addr());
         let (inbound_tls, egress) = (free_addr(), free_addr());
