@@ -259,17 +259,32 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     }
 }
 
-/// The letters outside ASCII that a case-insensitive comparison somewhere takes for an ASCII
-/// letter, in normal form (percent-encoded UTF-8, upper-case hex), with that letter: `ı`
-/// (U+0131) and `İ` (U+0130) for `i`, `ſ` (U+017F) for `s`, the Kelvin sign `K` (U+212A)
-/// for `k`.
-const UNICODE_CASE_VARIANTS: [(&str, &str); 4] =
-    [("%C4%B1", "i"), ("%C4%B0", "i"), ("%C5%BF", "s"), ("%E2%84%AA", "k")];
+/// Letters outside ASCII that a case-insensitive comparison somewhere takes for ASCII letters,
+/// in normal form (percent-encoded UTF-8, upper-case hex), with those letters: `ı` (U+0131)
+/// and `İ` (U+0130) for `i`, `ſ` (U+017F) for `s`, the Kelvin sign (U+212A) for `k` (Java's
+/// `equalsIgnoreCase`); `ß` and `ẞ` for `ss` and the ligatures `ﬀ ﬁ ﬂ ﬃ ﬄ ﬅ ﬆ` (U+FB00 to
+/// U+FB06) for their letters (full case mapping: Python's `upper()`/`casefold()`, Java's and
+/// JavaScript's `toUpperCase()`).
+const UNICODE_CASE_VARIANTS: [(&str, &str); 13] = [
+    ("%C4%B1", "i"),
+    ("%C4%B0", "i"),
+    ("%C5%BF", "s"),
+    ("%E2%84%AA", "k"),
+    ("%C3%9F", "ss"),
+    ("%E1%BA%9E", "ss"),
+    ("%EF%AC%80", "ff"),
+    ("%EF%AC%81", "fi"),
+    ("%EF%AC%82", "fl"),
+    ("%EF%AC%83", "ffi"),
+    ("%EF%AC%84", "ffl"),
+    ("%EF%AC%85", "st"),
+    ("%EF%AC%86", "st"),
+];
 
 /// `path` (in normal form) with the [`UNICODE_CASE_VARIANTS`] replaced by their ASCII
 /// letters; `None`, without allocating, when it holds none.
 pub fn fold_unicode_case(path: &str) -> Option<String> {
-    if !path.contains('%') || (!path.contains("%C4%B") && !path.contains("%C5%BF") && !path.contains("%E2%84%AA")) {
+    if !path.contains('%') || !UNICODE_CASE_VARIANTS.iter().any(|(v, _)| path.contains(v)) {
         return None;
     }
     let mut folded = path.to_owned();

@@ -549,6 +549,19 @@ fn unicode_case_variants_are_refused() {
         );
     }
     assert_eq!(verdict(&e, &get("/adm%C4%B1n/x"), T0).0, 400);
+    // Full case mappings: `ﬁ` upper-cases to `FI`, `ß` to `SS`.
+    let e2 = engine(
+        json!({
+            "profiles": [{"name": "office", "auth": {"type": "Basic"}},
+                         {"name": "open", "auth": {"type": "Anonymous"}}],
+            "routes": [route("files", "/files", &["office"]), route("pass", "/pass", &["office"]),
+                       route("open", "/", &["open"])],
+        }),
+        json!({"profiles": {"office": {"basic": {"username": "u", "password": "pw"}}}}),
+    );
+    assert_eq!(verdict(&e2, &get("/%EF%AC%81les/x"), T0).0, 400);
+    assert_eq!(verdict(&e2, &get("/pa%C3%9F"), T0).0, 400);
+    assert_eq!(verdict(&e2, &get("/pa%E1%BA%9E/x"), T0).0, 400);
     assert_eq!(
         verdict(&e, &get("/caf%C3%A9"), T0).1,
         "open",

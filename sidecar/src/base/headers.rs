@@ -33,10 +33,11 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Client-supplied forwarding headers the sidecar does not pass on.
 /// Headers a client may send that some framework or library takes as the word of a proxy in
 /// front (the client's address, the scheme, the host, the path or the method it "really"
-/// used): the sidecar does not vouch for them, so the app never gets them. Compared with `_`
+/// used, its client certificate, the user a proxy signed in): the sidecar does not vouch for
+/// them, so the app never gets them. Compared with `_`
 /// taken for `-`, as CGI, WSGI and Rack fold them. (`X-Forwarded-For` and
 /// `X-Forwarded-Proto` are the sidecar's own and set, not removed.)
-const CLIENT_FORWARDING: [&str; 25] = [
+const CLIENT_FORWARDING: [&str; 40] = [
     "forwarded",
     "x-forwarded-host",
     "x-forwarded-port",
@@ -62,6 +63,21 @@ const CLIENT_FORWARDING: [&str; 25] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "x-scheme",
+    "wl-proxy-client-ip",
+    "x-forwarded-client-cert",
+    "x-client-cert",
+    "x-ssl-client-cert",
+    "ssl-client-cert",
+    "x-arr-clientcert",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-preferred-username",
+    "x-forwarded-groups",
+    "x-remote-user",
+    "remote-user",
+    "x-auth-request-user",
+    "x-auth-request-email",
 ];
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
