@@ -206,7 +206,8 @@ async fn the_app_gets_only_the_sidecars_verdict() {
          X-Real-IP: 203.0.113.66\r\nForwarded: for=203.0.113.66;host=admin.example;proto=https\r\n\
          X-Forwarded-Host: admin.example\r\nX-Forwarded-Port: 443\r\nX-Forwarded-Proto: https\r\n\
          X-Forwarded-Ssl: on\r\nX_Forwarded_Scheme: https\r\nX_Client_IP: 10.0.0.1\r\n\
-         True-Client-IP: 10.0.0.1\r\nX-Original-URL: /admin\r\nX-HTTP-Method-Override: DELETE",
+         True-Client-IP: 10.0.0.1\r\nX-Original-URL: /admin\r\nX-HTTP-Method-Override: DELETE\r\n\
+         X-Scheme: https\r\nX_Forwarded_Client_Cert: Hash=1\r\nX-Forwarded-User: admin",
     )
     .await;
     assert_eq!(status, 200, "{echo}");
@@ -232,6 +233,9 @@ async fn the_app_gets_only_the_sidecars_verdict() {
         "true-client-ip",
         "x-original-url",
         "x-http-method-override",
+        "x-scheme",
+        "x-forwarded-client-cert",
+        "x-forwarded-user",
     ] {
         assert!(!folded.iter().any(|k| k == gone), "{gone} reached the app: {echo}");
     }
