@@ -320,6 +320,16 @@ pub(crate) fn check_url(field: &str, url: &str) -> Result<(), Problem> {
             format!("{url:?} carries userinfo (`user@`): put credentials in a Secret"),
         ));
     }
+    // The host the sidecar will accept (a DNS name, an IPv4 or a bracketed IPv6 address):
+    // anything else (`%7a.example`, full-width letters) would be refused by every sidecar
+    // that loads it, freezing their configuration.
+    if !cfg::valid_authority(authority) {
+        return Err(Problem::new(
+            reason::INVALID_SPEC,
+            field,
+            format!("{url:?}: the host is not a DNS name (letters, digits, '-', '_', dots) or an IP address"),
+        ));
+    }
     // A port, when given, is 1 to 65535: an empty or out-of-range one would be read as the
     // scheme's default by one parser and refused or wrapped by another.
     let port = match authority.rsplit_once(':') {

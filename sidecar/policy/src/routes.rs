@@ -189,38 +189,7 @@ fn segment_head<'p>(prefix: &str, path: &'p str) -> Option<&'p [u8]> {
     path.get(..prefix.len()).filter(|_| boundary)
 }
 
-/// Whether `authority` (`host[:port]`, as in a `Host` header or an absolute URI) is one the
-/// sidecar routes on: a DNS name (letters, digits, `-`, `_`, dots between non-empty labels,
-/// one trailing dot at most), an IPv4 address or a bracketed IPv6 address, then an optional
-/// port of 1 to 5 digits. Anything else (userinfo `a@b`, `/`, `?`, `#`, `\`, spaces, empty
-/// labels) is a host that an app could read as another one.
-pub fn valid_authority(authority: &str) -> bool {
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !p.contains(']') => (h, Some(p)),
-        _ => (authority, None),
-    };
-    port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit())) && valid_host(host)
-}
-
-/// Whether `host` (without port) is a DNS name, an IPv4 address or a bracketed IPv6 address
-/// ([`valid_authority`]).
-pub fn valid_host(host: &str) -> bool {
-    if let Some(inner) = host.strip_prefix('[') {
-        return inner
-            .strip_suffix(']')
-            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
-    }
-    let name = host.strip_suffix('.').unwrap_or(host);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-}
+pub use portcullis_config::{valid_authority, valid_host};
 
 /// Normalizes a request host for matching: lower case, without a trailing dot. Returns the
 /// input when it is already normal.

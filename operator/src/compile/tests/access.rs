@@ -149,6 +149,10 @@ fn allowed_origins_limit_where_the_credentials_go() {
         ("http://0.0.0.0:8080", "0.0.0.0"),
         ("http://[::ffff:127.0.0.2]:8080", "::ffff:127.0.0.2"),
         ("http://app.localhost.:8080", "app.localhost"),
+        ("https://%7a.example", "z.example"),
+        ("https://local%68ost", "localhost"),
+        ("https://\u{ff4c}ocalhost", "localhost"),
+        ("https://backend..example.com", "backend..example.com"),
     ];
     for (url, origins) in invalid {
         let out = world_with_origin_secret(url, &allowed(origins)).compile();
