@@ -116,6 +116,7 @@ pub(crate) fn compile(
                     Outbound {
                         sender: Sender::Profile(name),
                         urls: &[("spec.oauth2.introspection.url", i.url.as_str())],
+                        unverified_origin: false,
                     },
                 )?;
                 out.introspection_client = Some(cfg::ClientCredentials {

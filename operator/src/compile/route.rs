@@ -339,11 +339,14 @@ fn backend(
         ));
     }
     let origin_url = [("spec.backend.origin.url", origin.url.as_str())];
+    let https = origin.url.starts_with("https://");
     let outbound = Outbound {
         sender: Sender::Route(route),
         urls: &origin_url,
+        // TLS without verification protects nothing from whoever answers in the origin's
+        // place: for the allow list it is plain HTTP.
+        unverified_origin: https && origin.tls.as_ref().is_some_and(|t| t.mode == api::OriginTlsMode::None),
     };
-    let https = origin.url.starts_with("https://");
     let tls_mode = match (&origin.tls, https) {
         (None, true) => cfg::OriginTlsMode::Verify,
         (None, false) => cfg::OriginTlsMode::None,

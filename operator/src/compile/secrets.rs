@@ -38,6 +38,9 @@ pub enum Sender<'a> {
 pub struct Outbound<'a> {
     pub sender: Sender<'a>,
     pub urls: &'a [(&'a str, &'a str)],
+    /// The first URL (a route's origin) is `https://` with `tls.mode: None`: as plain HTTP
+    /// for [`ALLOWED_ORIGINS_ANNOTATION`].
+    pub unverified_origin: bool,
 }
 
 /// The Secrets of one namespace, by name.
@@ -115,9 +118,9 @@ impl<'a> SecretIndex<'a> {
             ));
         }
         if let Some(allowed) = annotation(ALLOWED_ORIGINS_ANNOTATION) {
-            for (url_field, url) in outbound.urls {
+            for (i, (url_field, url)) in outbound.urls.iter().enumerate() {
                 // A URL the allow list cannot be checked against is refused (fail closed).
-                let Some((host, port, plain)) = url_host_port(url) else {
+                let Some((host, port, http)) = url_host_port(url) else {
                     return Err(Problem::new(
                         reason::SECRET_NOT_ALLOWED,
                         field,
@@ -126,6 +129,7 @@ impl<'a> SecretIndex<'a> {
                         ),
                     ));
                 };
+                let plain = http || (i == 0 && outbound.unverified_origin);
                 let entries = || allowed.split(',').map(str::trim);
                 if plain
                     && entries().any(|entry| origin_matches(entry, &host, port))
@@ -139,8 +143,8 @@ impl<'a> SecretIndex<'a> {
                         reason::SECRET_NOT_ALLOWED,
                         field,
                         format!(
-                            "Secret {name:?} may be sent to {host} over TLS only, and {url_field} is http://; \
-                             to allow plain HTTP, list http://{host} in {ALLOWED_ORIGINS_ANNOTATION}"
+                            "Secret {name:?} may be sent to {host} over verified TLS only, and {url_field} is \
+                             http:// or TLS mode None; to allow that, list http://{host} in {ALLOWED_ORIGINS_ANNOTATION}"
                         ),
                     ));
                 }

@@ -618,3 +618,27 @@ fn identity_urls_must_be_https_unless_the_object_opts_in() {
         Verdict::Accepted
     );
 }
+
+/// TLS without verification protects the credentials from nobody who answers in the origin's
+/// place: for the allow list it is plain HTTP.
+#[test]
+fn unverified_tls_counts_as_plain_http_for_allowed_origins() {
+    let unverified = |origins: &str| {
+        let mut w = world_with_origin_secret(
+            "https://backend.example.com",
+            &[(ALLOWED_ROUTES_ANNOTATION, "*"), (ALLOWED_ORIGINS_ANNOTATION, origins)],
+        );
+        w.routes[0].spec.backend.origin.as_mut().unwrap().tls = Some(OriginTls {
+            mode: OriginTlsMode::None,
+            ca_secret_ref: None,
+            client_certificate: None,
+        });
+        w.compile()
+    };
+    let out = unverified("backend.example.com");
+    let (reason, _, message) = rejected(&out, "gw");
+    assert_eq!(reason, reason::SECRET_NOT_ALLOWED);
+    assert!(message.contains("verified TLS only"), "{message}");
+    assert_nowhere(&out, "origin-password-9");
+    assert_eq!(unverified("http://backend.example.com").routes["gw"], Verdict::Accepted);
+}
