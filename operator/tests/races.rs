@@ -25,6 +25,19 @@ fn seed(server: &FakeApiServer, objects: Vec<Value>) {
     }
 }
 
+/// Workload `a` as most tests here start: pod `a-1`, route `ra` guarded by the Basic profile
+/// `pa` with Secret `sa`, and `more`.
+fn workload_a(more: Vec<Value>) -> Vec<Value> {
+    let mut objects = vec![
+        basic_secret("sa", "alice", "password-a"),
+        basic_profile("pa", "sa"),
+        route("ra", "a", &["pa"]),
+        pod("a-1", "a"),
+    ];
+    objects.extend(more);
+    objects
+}
+
 async fn routes_of_group(server: &FakeApiServer, op: &Operator, app: &str, want: &[&str]) {
     let group = group_of(app);
     wait_until(WAIT, &format!("group {app} serving {want:?}"), op, || {
@@ -41,16 +54,7 @@ async fn routes_of_group(server: &FakeApiServer, op: &Operator, app: &str, want:
 async fn a_route_deleted_while_its_status_write_is_in_flight_stays_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let server = server(&dir).await;
-    seed(
-        &server,
-        vec![
-            basic_secret("sa", "alice", "password-a"),
-            basic_profile("pa", "sa"),
-            route("ra", "a", &["pa"]),
-            route("ra2", "a", &["pa"]),
-            pod("a-1", "a"),
-        ],
-    );
+    seed(&server, workload_a(vec![route("ra2", "a", &["pa"])]));
     let mut op = Operator::start(&dir, "op", &[]);
     routes_of_group(&server, &op, "a", &["ra", "ra2"]).await;
     wait_until(WAIT, "ra2 Ready", &op, || {
@@ -158,15 +162,7 @@ async fn a_secret_whose_event_comes_after_its_profiles_is_not_reported_missing()
 async fn a_leader_whose_renewals_hang_steps_down_within_the_lease_duration() {
     let dir = tempfile::tempdir().unwrap();
     let server = server(&dir).await;
-    seed(
-        &server,
-        vec![
-            basic_secret("sa", "alice", "password-a"),
-            basic_profile("pa", "sa"),
-            route("ra", "a", &["pa"]),
-            pod("a-1", "a"),
-        ],
-    );
+    seed(&server, workload_a(vec![]));
     // --lease-duration 3, --lease-renew 1.
     let mut op = Operator::start(&dir, "op", &[]);
     wait_until(WAIT, "the operator to lead", &op, || {
@@ -200,15 +196,7 @@ async fn a_standby_judges_expiry_by_its_own_observations_not_the_leaders_clock()
     use k8s_openapi::jiff::{SignedDuration, Timestamp};
     let dir = tempfile::tempdir().unwrap();
     let server = server(&dir).await;
-    seed(
-        &server,
-        vec![
-            basic_secret("sa", "alice", "password-a"),
-            basic_profile("pa", "sa"),
-            route("ra", "a", &["pa"]),
-            pod("a-1", "a"),
-        ],
-    );
+    seed(&server, workload_a(vec![]));
     let behind = || serde_json::to_value(MicroTime(Timestamp::now() - SignedDuration::from_hours(1))).unwrap();
     server
         .create(&json!({

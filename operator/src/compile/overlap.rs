@@ -83,13 +83,7 @@ impl<'a> Prepared<'a> {
 /// history, can only refuse the newer route). A route's own consent (its annotation) or
 /// owner label changing is not a new overlap: withdrawing consent is the older owner's right.
 pub fn taken_over(route: &ApiRoute, old: Option<&ApiRoute>, others: &[ApiRoute]) -> Vec<String> {
-    let mut all: Vec<&ApiRoute> = others.iter().filter(|o| name(o) != name(route)).collect();
-    all.push(route);
-    let ordered = by_age(&all);
-    let at = ordered
-        .iter()
-        .position(|r| std::ptr::eq(*r, route))
-        .expect("the route is in the list");
+    let (ordered, at) = by_age_with(route, others);
     let (new, old) = (Prepared::new(route), old.map(Prepared::new));
     let mut out: Vec<String> = ordered[at + 1..]
         .iter()
@@ -110,13 +104,7 @@ pub fn taken_over(route: &ApiRoute, old: Option<&ApiRoute>, others: &[ApiRoute])
 /// [`OWNER_LABEL`] (they overlap, and no [`ALLOW_OVERLAP_ANNOTATION`] allows it): for the
 /// validating webhook, which accepts the claim only from a user who may update those routes.
 pub fn shared_owner_routes(route: &ApiRoute, others: &[ApiRoute]) -> Vec<String> {
-    let mut all: Vec<&ApiRoute> = others.iter().filter(|o| name(o) != name(route)).collect();
-    all.push(route);
-    let ordered = by_age(&all);
-    let at = ordered
-        .iter()
-        .position(|r| std::ptr::eq(*r, route))
-        .expect("the route is in the list");
+    let (ordered, at) = by_age_with(route, others);
     let mut out: Vec<String> = ordered
         .iter()
         .enumerate()
@@ -129,6 +117,18 @@ pub fn shared_owner_routes(route: &ApiRoute, others: &[ApiRoute]) -> Vec<String>
         .collect();
     out.sort();
     out
+}
+
+/// `route` among `others` (any other version of it left out), oldest first, and its place.
+fn by_age_with<'a>(route: &'a ApiRoute, others: &'a [ApiRoute]) -> (Vec<&'a ApiRoute>, usize) {
+    let mut all: Vec<&ApiRoute> = others.iter().filter(|o| name(o) != name(route)).collect();
+    all.push(route);
+    let ordered = by_age(&all);
+    let at = ordered
+        .iter()
+        .position(|r| std::ptr::eq(*r, route))
+        .expect("the route is in the list");
+    (ordered, at)
 }
 
 fn name(route: &ApiRoute) -> &str {
