@@ -90,6 +90,12 @@ pub struct ServeArgs {
     /// Most requests in progress at once on one HTTP/2 connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_streams: u32,
+    /// Longest wait for the next part of a request body: a client that sends nothing of its
+    /// body for this long gets 408 (or, when the app has answered already, its upload toward
+    /// the app is cut). Like nginx's `client_body_timeout`: the time between two reads, not
+    /// for the whole body.
+    #[arg(long, value_parser = parse_positive_duration, default_value = "30s")]
+    pub body_read_timeout: Duration,
     /// Time allowed for the backend to answer with its response headers (else 504).
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub backend_timeout: Duration,

@@ -23,7 +23,7 @@ use crate::listen::accept::{
 };
 use crate::ops::admin;
 use crate::ops::reload::{self, Snapshot};
-use crate::ops::state::{Active, Shared, Sizes};
+use crate::ops::state::{Active, Bounds, Shared};
 use crate::request;
 use crate::telemetry::audit::AuditLog;
 use crate::telemetry::metrics::{ListenerMetrics, Metrics, ReloadResult};
@@ -137,9 +137,10 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         initial,
         metrics,
         forwarder,
-        Sizes {
+        Bounds {
             max_header_bytes: args.max_header_bytes as usize,
             max_signed_body_bytes: args.max_signed_body_bytes,
+            body_read_timeout: args.body_read_timeout,
         },
         limiter,
         audit.clone(),

@@ -96,6 +96,75 @@ async fn a_stalled_upload_does_not_block_the_next_call() {
     drop(uploader);
 }
 
+/// A request body that stops coming gets 408 after `--body-read-timeout`, long before
+/// `--backend-timeout`; one that keeps trickling in (each part within the timeout) is
+/// forwarded whole.
+#[tokio::test]
+async fn a_stalled_request_body_gets_408_a_trickling_one_is_forwarded() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = anonymous_sidecar(
+        backend.port(),
+        &["--body-read-timeout", "1s", "--backend-timeout", "20s"],
+    )
+    .await;
+
+    let mut stalled = TcpStream::connect(sidecar.inbound).await.unwrap();
+    stalled
+        .write_all(b"POST /count HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nab")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let answer = read_until(&mut stalled, "\r\n\r\n", Duration::from_secs(10)).await;
+    let took = start.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    assert!(
+        closed_within(&mut stalled, Duration::from_secs(3)).await,
+        "connection kept open"
+    );
+
+    // Ten bytes, one every 300 ms: each within the 1 s timeout, 3 s in all.
+    let mut trickle = TcpStream::connect(sidecar.inbound).await.unwrap();
+    trickle
+        .write_all(b"POST /count HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        trickle.write_all(b"z").await.unwrap();
+    }
+    let answer = read_until(&mut trickle, "10", Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let lines = sidecar.wait_audit(2).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["status"] == 408 && l["reason"] == "request body stalled"),
+        "{lines:?}"
+    );
+}
+
+/// An app that answered before reading the body does not hold the uploader's connection
+/// for as long as it keeps reading: the stalled upload is cut after `--body-read-timeout`.
+#[tokio::test]
+async fn a_stalled_upload_to_an_app_that_answered_is_cut() {
+    let (port, _app) = eager_app().await;
+    let (sidecar, _dir) = anonymous_sidecar(port, &["--body-read-timeout", "1s"]).await;
+
+    let mut uploader = TcpStream::connect(sidecar.inbound).await.unwrap();
+    uploader
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\nab")
+        .await
+        .unwrap();
+    let answer = read_until(&mut uploader, "/upload", Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        closed_within(&mut uploader, Duration::from_secs(5)).await,
+        "the stalled upload's connection is still open"
+    );
+}
+
 /// Whether the peer closed `stream` within `within` (end of stream or a reset; bytes the
 /// sidecar may send first, such as an HTTP/2 GOAWAY, are read past).
 async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {

@@ -1,9 +1,11 @@
 //! The one body type every response of the sidecar carries, the small local answers made of
 //! it, and the memory budget of request bodies held in memory. Uses nothing of the crate.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
@@ -11,12 +13,113 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use serde::Serialize;
 
-/// A streamed body: either the backend's body passed through, or a small local answer.
-pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+/// Why a streamed body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The peer's connection failed.
+    #[error(transparent)]
+    Peer(#[from] hyper::Error),
+    /// The client stopped sending its request body.
+    #[error("{0}")]
+    Stalled(BodyStalled),
+}
+
+/// A streamed body: a request's body on its way to the app, the backend's body passed
+/// through, or a small local answer.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BodyError>;
 
 /// A body holding `bytes`, sent at once.
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// `body` (a peer's, failing with [`hyper::Error`]) as a [`ProxyBody`].
+pub fn streamed<B>(body: B) -> ProxyBody
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+{
+    body.map_err(BodyError::Peer).boxed_unsync()
+}
+
+/// The client sent nothing of its request body for `--body-read-timeout`: answered 408, or
+/// the upload toward the app is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the client sent no part of the request body for {0:?}")]
+pub struct BodyStalled(pub Duration);
+
+/// Whether `error`, or an error it was caused by, is a stalled request body.
+pub fn is_stalled(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<BodyStalled>() || matches!(e.downcast_ref::<BodyError>(), Some(BodyError::Stalled(_))) {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// A request body that must keep coming: when `timeout` passes without a frame from the
+/// client, it fails with [`BodyStalled`]. The timer exists only once the client made the
+/// body wait (a body that arrives with its head costs nothing).
+pub fn paced<B>(body: B, timeout: Duration) -> ProxyBody
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
+{
+    Paced {
+        inner: body,
+        timeout,
+        timer: None,
+        armed: false,
+    }
+    .boxed_unsync()
+}
+
+struct Paced<B> {
+    inner: B,
+    timeout: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `timer` runs from the last frame (else it must be restarted before waiting).
+    armed: bool,
+}
+
+impl<B> hyper::body::Body for Paced<B>
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.armed = false;
+            return Poll::Ready(frame.map(|f| f.map_err(BodyError::Peer)));
+        }
+        if !this.armed {
+            let deadline = tokio::time::Instant::now() + this.timeout;
+            match &mut this.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            this.armed = true;
+        }
+        if let Some(timer) = &mut this.timer {
+            ready!(timer.as_mut().poll(cx));
+        }
+        Poll::Ready(Some(Err(BodyError::Stalled(BodyStalled(this.timeout)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// An empty body.
@@ -101,12 +204,12 @@ struct Leased {
 
 impl hyper::body::Body for Leased {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
         Pin::new(&mut self.inner)
             .poll_frame(cx)
             .map(|frame| frame.map(|f| f.map_err(|never| match never {})))

@@ -5,6 +5,7 @@
 //! either the old or the new configuration, never a mix, and never waits on a lock.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use portcullis_config::{Loaded, SidecarConfig};
@@ -78,6 +79,8 @@ pub struct Shared {
     pub max_header_bytes: usize,
     /// Largest body read to check a signed digest (`--max-signed-body-bytes`).
     pub max_signed_body_bytes: usize,
+    /// Longest wait for the next part of a request body (`--body-read-timeout`).
+    pub body_read_timeout: Duration,
     /// Rate-limit counts (and the replay caches of HttpSignature profiles), kept across
     /// reloads.
     pub limiter: Arc<InMemoryLimiter>,
@@ -88,13 +91,15 @@ pub struct Shared {
     pub introspector: Introspector,
 }
 
-/// The sizes the request path bounds.
+/// The sizes and waits the request path bounds.
 #[derive(Debug, Clone, Copy)]
-pub struct Sizes {
+pub struct Bounds {
     /// Largest request head accepted (`--max-header-bytes`).
     pub max_header_bytes: usize,
     /// Largest body read to check a signed digest (`--max-signed-body-bytes`).
     pub max_signed_body_bytes: usize,
+    /// Longest wait for the next part of a request body (`--body-read-timeout`).
+    pub body_read_timeout: Duration,
 }
 
 impl Shared {
@@ -103,7 +108,7 @@ impl Shared {
         active: Active,
         metrics: Metrics,
         forwarder: Forwarder,
-        sizes: Sizes,
+        bounds: Bounds,
         limiter: Arc<InMemoryLimiter>,
         audit: Arc<AuditLog>,
         introspector: Introspector,
@@ -114,8 +119,9 @@ impl Shared {
             active: ArcSwap::from_pointee(active),
             metrics,
             forwarder,
-            max_header_bytes: sizes.max_header_bytes,
-            max_signed_body_bytes: sizes.max_signed_body_bytes,
+            max_header_bytes: bounds.max_header_bytes,
+            max_signed_body_bytes: bounds.max_signed_body_bytes,
+            body_read_timeout: bounds.body_read_timeout,
             limiter,
             audit,
             introspector,

@@ -7,10 +7,9 @@
 use bytes::BytesMut;
 use http::{HeaderMap, Request};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use portcullis_policy::BodyDigest;
 
-use crate::base::body::{BufferLease, ProxyBody, empty, leased};
+use crate::base::body::{BodyError, BufferLease, ProxyBody, empty, leased};
 use crate::base::engine::Outcome;
 
 /// Why the body of a signed request was refused.
@@ -22,6 +21,8 @@ pub(super) enum BodyRefused {
     Mismatch,
     /// The client failed to send it: 400.
     Unreadable,
+    /// The client stopped sending it for `--body-read-timeout`: 408.
+    Stalled,
     /// The bodies held in memory are at their budget: 503, retry later.
     Busy,
 }
@@ -30,7 +31,7 @@ pub(super) enum BodyRefused {
 /// digest, the body is read into memory (at most `limit` bytes) and checked against it;
 /// otherwise it streams untouched.
 pub(super) async fn check_signed_body(
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     outcome: &Outcome<'_>,
     limit: usize,
 ) -> (Request<ProxyBody>, Option<BodyRefused>) {
@@ -39,7 +40,7 @@ pub(super) async fn check_signed_body(
         _ => None,
     };
     let Some(digest) = digest else {
-        return (req.map(BodyExt::boxed_unsync), None);
+        return (req, None);
     };
     let (parts, body) = req.into_parts();
     let refused = |parts, why| (Request::from_parts(parts, empty()), Some(why));
@@ -55,8 +56,10 @@ pub(super) async fn check_signed_body(
     let mut lease = BufferLease::default();
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            return refused(parts, BodyRefused::Unreadable);
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(BodyError::Stalled(_)) => return refused(parts, BodyRefused::Stalled),
+            Err(_) => return refused(parts, BodyRefused::Unreadable),
         };
         let Ok(data) = frame.into_data() else { continue };
         if buf.len() + data.len() > limit {

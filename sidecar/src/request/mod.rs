@@ -22,7 +22,7 @@ use http::header::HOST;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::base::body::ProxyBody;
+use crate::base::body::{ProxyBody, paced};
 use crate::base::clock::{decision_clock, unix_millis};
 use crate::base::engine::{Admission, Denial, DenialKind, NormalPath, Outcome, RequestView};
 use crate::identity::introspection::IntrospectError;
@@ -60,6 +60,8 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     if let Some(reason) = authority_conflict(&req) {
         return trip.early(Answer::BadRequest.response(), "deny", "-", "-", trip.peer, reason);
     }
+    // From here on the body must keep coming (`--body-read-timeout`), whoever reads it.
+    let req = req.map(|body| paced(body, shared.body_read_timeout));
     let active = shared.active.load_full();
     let view = request_view(&req, &conn);
     // 2. The Builtin OAuth2 token endpoint.
@@ -166,7 +168,7 @@ impl Trip<'_> {
 
 /// The facts of the request the engine decides on. Hosts as sent: the engine compares them
 /// case-insensitively (`routes::normal_host`).
-fn request_view<'r>(req: &'r Request<Incoming>, conn: &'r Connection) -> RequestView<'r> {
+fn request_view<'r>(req: &'r Request<ProxyBody>, conn: &'r Connection) -> RequestView<'r> {
     let host = req
         .uri()
         .host()
@@ -308,6 +310,10 @@ fn refuse_body<'a>(
             record.reason = "signed request body larger than --max-signed-body-bytes";
             Answer::SignedBodyTooLarge { route }
         }
+        BodyRefused::Stalled => {
+            record.reason = "request body stalled";
+            Answer::BodyStalled { route }
+        }
         BodyRefused::Unreadable => {
             record.reason = "signed request body could not be read";
             Answer::BadRequest
@@ -421,6 +427,9 @@ fn with_normal_path(req: Request<ProxyBody>, path: &NormalPath) -> Result<Reques
 /// A failed forward as an answer, with the audit line's decision and reason: `deny` when
 /// the request itself could not be sent, `error` when the backend failed.
 fn forward_failure(route: &str, error: ForwardError) -> (Answer<'_>, &'static str, &'static str) {
+    if error.is_body_stalled() {
+        return (Answer::BodyStalled { route }, "deny", "request body stalled");
+    }
     match error {
         ForwardError::Timeout(_) => (Answer::BackendTimeout { route }, "error", "backend timeout"),
         ForwardError::Credentials(CredentialError::BodyTooLarge { limit }) => (

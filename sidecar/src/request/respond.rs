@@ -62,6 +62,8 @@ pub enum Answer<'a> {
     IntrospectionBusy { route: &'a str },
     /// The client's introspection budget is used up: 429 with `Retry-After`.
     IntrospectionThrottled { route: &'a str, retry_after_secs: u64 },
+    /// The client stopped sending its request body for `--body-read-timeout`.
+    BodyStalled { route: &'a str },
     /// The backend refused the connection or failed.
     BackendDown { route: &'a str },
     /// The backend did not answer in time.
@@ -135,6 +137,11 @@ impl Answer<'_> {
             Self::IntrospectionThrottled { route, .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many token introspections for this client",
+                Some(*route),
+            ),
+            Self::BodyStalled { route } => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time",
                 Some(*route),
             ),
             Self::BackendDown { route } => (StatusCode::BAD_GATEWAY, "backend unavailable", Some(*route)),

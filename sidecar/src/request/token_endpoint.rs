@@ -11,7 +11,6 @@ use std::time::Instant;
 use http::header::{CACHE_CONTROL, HeaderValue, PRAGMA, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use portcullis_policy::{TokenEndpoint, TokenError};
 use serde::Serialize;
 
@@ -43,7 +42,7 @@ struct TokenErrorBody {
 pub async fn serve(
     shared: &Shared,
     endpoint: TokenEndpoint<'_>,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     start: Instant,
 ) -> Response<ProxyBody> {
     let method = req.method().as_str().to_owned();

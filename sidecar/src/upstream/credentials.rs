@@ -44,7 +44,7 @@ use portcullis_signatures::digest::{self, DigestAlgorithm};
 use portcullis_signatures::rfc9421;
 use portcullis_signatures::{Algorithm, Key, MasheryHash, Message, mashery_sig};
 
-use crate::base::body::{BufferLease, OverBudget, ProxyBody, full, leased};
+use crate::base::body::{BodyError, BodyStalled, BufferLease, OverBudget, ProxyBody, full, leased};
 use crate::base::clock::unix_secs;
 use crate::base::form::{form_encode, percent_decode};
 use crate::identity::client::IdpError;
@@ -100,6 +100,9 @@ pub enum CredentialError {
     /// The request body could not be read (the client went away or was too slow).
     #[error("request body could not be read: {0}")]
     RequestBody(String),
+    /// The client stopped sending the body (`--body-read-timeout`).
+    #[error(transparent)]
+    Stalled(#[from] BodyStalled),
     /// The request lacks something the signature must cover.
     #[error("request cannot be signed: {0}")]
     Sign(#[from] portcullis_signatures::Error),
@@ -289,7 +292,7 @@ impl OriginCredentials {
         scheme: &str,
     ) -> Result<Outgoing, CredentialError>
     where
-        B: Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+        B: Body<Data = Bytes, Error = BodyError> + Send + 'static,
     {
         match &self.kind {
             Kind::None => Ok(streamed(body)),
@@ -375,7 +378,7 @@ impl OriginCredentials {
     /// budget of held bodies (whose share it returns with the bytes).
     async fn buffer<B>(&self, headers: &HeaderMap, body: B) -> Result<(Bytes, BufferLease), CredentialError>
     where
-        B: Body<Data = Bytes, Error = hyper::Error>,
+        B: Body<Data = Bytes, Error = BodyError>,
     {
         let limit = self.max_body;
         let declared = headers
@@ -390,7 +393,10 @@ impl OriginCredentials {
             let mut buf = BytesMut::new();
             let mut lease = BufferLease::default();
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| CredentialError::RequestBody(e.to_string()))?;
+                let frame = frame.map_err(|e| match e {
+                    BodyError::Stalled(stalled) => CredentialError::Stalled(stalled),
+                    BodyError::Peer(e) => CredentialError::RequestBody(e.to_string()),
+                })?;
                 if let Ok(data) = frame.into_data() {
                     if (buf.len() + data.len()) as u64 > limit {
                         return Err(CredentialError::BodyTooLarge { limit });
@@ -413,7 +419,7 @@ impl OriginCredentials {
 
 fn streamed<B>(body: B) -> Outgoing
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+    B: Body<Data = Bytes, Error = BodyError> + Send + 'static,
 {
     Outgoing {
         body: body.boxed_unsync(),

@@ -8,11 +8,10 @@ use std::time::Duration;
 use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, Version};
-use http_body_util::BodyExt;
 
 use super::ForwardError;
 use super::pool::{LocalPool, PoolError};
-use crate::base::body::ProxyBody;
+use crate::base::body::{ProxyBody, streamed};
 use crate::base::headers::{Verdict, remove_hop_by_hop, remove_portcullis, set_forwarded, set_verdict};
 
 /// The pooled client toward local backends.
@@ -101,6 +100,6 @@ impl Forwarder {
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         parts.version = client_version;
-        Ok(Response::from_parts(parts, body.boxed_unsync()))
+        Ok(Response::from_parts(parts, streamed(body)))
     }
 }

@@ -61,16 +61,28 @@ impl ForwardError {
         }
     }
 
+    /// Whether the client stopped sending the request body (`--body-read-timeout`) while it
+    /// was on its way.
+    pub fn is_body_stalled(&self) -> bool {
+        match self {
+            Self::Credentials(CredentialError::Stalled(_)) => true,
+            Self::Protocol(e) | Self::Connect(e) => crate::base::body::is_stalled(&**e),
+            _ => false,
+        }
+    }
+
     /// Whether the backend (or the token endpoint) failed, rather than the request.
     pub fn is_backend(&self) -> bool {
-        !matches!(
-            self,
-            Self::Credentials(
-                CredentialError::BodyTooLarge { .. }
-                    | CredentialError::RequestBody(_)
-                    | CredentialError::Sign(_)
-                    | CredentialError::Busy(_)
+        !self.is_body_stalled()
+            && !matches!(
+                self,
+                Self::Credentials(
+                    CredentialError::BodyTooLarge { .. }
+                        | CredentialError::RequestBody(_)
+                        | CredentialError::Sign(_)
+                        | CredentialError::Busy(_)
+                        | CredentialError::Stalled(_)
+                )
             )
-        )
     }
 }

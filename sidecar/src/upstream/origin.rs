@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -27,7 +26,7 @@ use super::ForwardError;
 use super::consumed::Consumed;
 use super::credentials::{self, OriginCredentials};
 use super::outside::{OutsideThePod, is_this_pod};
-use crate::base::body::{ProxyBody, full};
+use crate::base::body::{BodyError, ProxyBody, full, streamed};
 use crate::base::clock::unix_now;
 use crate::base::headers::{Verdict, remove_hop_by_hop, remove_portcullis, set_forwarded, set_verdict};
 use crate::base::tls::{self, TlsError};
@@ -266,7 +265,7 @@ impl Origin {
         verdict: Verdict<'_>,
     ) -> Result<Response<ProxyBody>, ForwardError>
     where
-        B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+        B: http_body::Body<Data = Bytes, Error = BodyError> + Send + 'static,
     {
         // An address literal is not resolved ([`OutsideThePod`] never sees it): judged here.
         let host = self.authority.host();
@@ -325,7 +324,7 @@ impl Origin {
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         parts.version = client_version;
-        Ok(Response::from_parts(parts, body.boxed_unsync()))
+        Ok(Response::from_parts(parts, streamed(body)))
     }
 
     async fn send(&self, upstream: Request<ProxyBody>) -> Result<Response<hyper::body::Incoming>, ForwardError> {
