@@ -187,6 +187,41 @@ pub struct Admission<'e> {
     /// says so (`X-Forwarded-Proto: https`). The app is told this scheme.
     pub https: bool,
     grant: Option<(usize, Grant)>,
+    /// The limits are still to be taken on the shared store ([`Engine::settle`]).
+    pending: Option<Pending>,
+}
+
+/// The limits one call takes, all or none: the org allowance first, then the profile's.
+#[derive(Debug)]
+pub struct LimitHits<'e, C> {
+    hits: [(&'e C, u32); 2],
+    len: usize,
+    scopes: [Scope; 2],
+}
+
+impl<'e, C> LimitHits<'e, C> {
+    /// Each counter with its limit, in the order [`Refusal::index`] refers to.
+    pub fn as_slice(&self) -> &[(&'e C, u32)] {
+        &self.hits[..self.len]
+    }
+}
+
+/// What an admission waiting for its limits still has to do once they are taken.
+#[derive(Debug)]
+struct Pending {
+    /// The admitting profile.
+    index: usize,
+    /// Its signature, recorded against replay only once the limits admit the call (as when
+    /// they are taken at once: a call refused for its rate keeps its signature usable).
+    signed: Option<Signed>,
+}
+
+impl Admission<'_> {
+    /// Whether the call's rate limits are still to be taken on the shared store before it may
+    /// be forwarded ([`Engine::pending_hits`], [`Engine::settle`]).
+    pub fn limits_pending(&self) -> bool {
+        self.pending.is_some()
+    }
 }
 
 /// Why a configuration does not compile into an engine (names the object; never a secret).
@@ -826,57 +861,146 @@ impl<L: Limiter> Engine<L> {
         now: Now,
         path: NormalPath,
     ) -> Outcome<'e> {
-        let profile = &self.profiles[index];
-        let window_ms = now.mono_ms;
-        let taken = match (&self.org, &profile.limit) {
-            (None, None) => None,
-            (Some((o, on)), None) => Some((self.limiter.acquire(&[(o, *on)], window_ms), [Scope::Org; 2])),
-            (None, Some((p, pn))) => Some((self.limiter.acquire(&[(p, *pn)], window_ms), [Scope::Profile; 2])),
-            (Some((o, on)), Some((p, pn))) => Some((
-                self.limiter.acquire(&[(o, *on), (p, *pn)], window_ms),
-                [Scope::Org, Scope::Profile],
-            )),
-        };
-        let (rate, grant) = match taken {
-            None => (None, None),
-            Some((Ok(grant), _)) => (Some(grant.info), Some((index, grant))),
-            Some((Err(refusal), scopes)) => {
-                let scope = scopes[refusal.index];
-                return Outcome::Deny(Denial {
-                    route: &route.name,
-                    profile: &profile.name,
-                    client_ip,
-                    kind: DenialKind::RateLimited {
-                        scope,
-                        info: refusal.info,
-                    },
-                    reason: match scope {
-                        Scope::Org => "org allowance exceeded",
-                        Scope::Profile => "profile rate limit exceeded",
-                    },
-                });
-            }
-        };
-        let mut body_digest = None;
-        if let (Some(signed), Auth::HttpSignature(verifier)) = (signed, &profile.auth) {
-            // Only an otherwise admitted call uses its signature up (see [`signature`]).
-            // The identity of a signed call is the key id that signed it.
-            if let Err(r) = verifier.record(&signed, &identity, now.unix_ms / 1000) {
-                if let Some((index, grant)) = &grant {
-                    self.refund_grant(*index, grant);
+        let taken = match self.hits(index) {
+            None => None,
+            Some(hits) => match self.limiter.try_acquire(hits.as_slice(), now.mono_ms) {
+                Some(taken) => Some((taken, hits.scopes)),
+                None => {
+                    // Decided on the shared store: nothing taken yet, nothing recorded.
+                    let digest = signed.as_ref().and_then(|s| s.digest);
+                    let mut admission = self.admission(route, index, identity, req, client_ip, path, digest);
+                    admission.pending = Some(Pending { index, signed });
+                    return Outcome::Allow(admission);
                 }
-                return Outcome::Deny(Denial {
-                    route: &route.name,
-                    profile: &profile.name,
-                    client_ip,
-                    kind: DenialKind::Unauthorized {
-                        challenges: &route.challenges,
-                    },
-                    reason: r.reason(),
-                });
+            },
+        };
+        let grant = match taken {
+            None => None,
+            Some((Ok(grant), _)) => Some((index, grant)),
+            Some((Err(refusal), scopes)) => {
+                return Outcome::Deny(self.rate_denial(route, index, client_ip, scopes[refusal.index], refusal.info));
             }
-            body_digest = signed.digest;
+        };
+        let digest = signed.as_ref().and_then(|s| s.digest);
+        let mut admission = self.admission(route, index, identity, req, client_ip, path, digest);
+        admission.rate = grant.as_ref().map(|(_, g)| g.info);
+        admission.grant = grant;
+        if let Some(signed) = signed
+            && let Err(denial) = self.record_signature(index, &admission, signed, now)
+        {
+            self.refund(&admission);
+            return Outcome::Deny(denial);
         }
+        Outcome::Allow(admission)
+    }
+
+    /// The limits that apply to a call admitted by profile `index`; `None` when none does.
+    fn hits(&self, index: usize) -> Option<LimitHits<'_, L::Counter>> {
+        let (hits, len, scopes) = match (&self.org, &self.profiles[index].limit) {
+            (None, None) => return None,
+            (Some((o, on)), None) => ([(o, *on), (o, *on)], 1, [Scope::Org; 2]),
+            (None, Some((p, pn))) => ([(p, *pn), (p, *pn)], 1, [Scope::Profile; 2]),
+            (Some((o, on)), Some((p, pn))) => ([(o, *on), (p, *pn)], 2, [Scope::Org, Scope::Profile]),
+        };
+        Some(LimitHits { hits, len, scopes })
+    }
+
+    /// The hits an admission waiting for its limits must take on the shared store; `None`
+    /// when it waits for nothing.
+    pub fn pending_hits(&self, admission: &Admission<'_>) -> Option<LimitHits<'_, L::Counter>> {
+        self.hits(admission.pending.as_ref()?.index)
+    }
+
+    /// Completes an admission that was waiting for its limits with what the shared store
+    /// answered: the call stays admitted (its signature now recorded against replay), or the
+    /// denial it gets instead (429 over a limit, nothing consumed; 401 for a replayed
+    /// signature, the hit given back).
+    pub fn settle<'e>(
+        &'e self,
+        admission: &mut Admission<'e>,
+        taken: Result<Grant, Refusal>,
+        now: Now,
+    ) -> Result<(), Denial<'e>> {
+        let Some(pending) = admission.pending.take() else {
+            return Ok(());
+        };
+        let grant = match taken {
+            Ok(grant) => grant,
+            Err(refusal) => {
+                let scopes = self.hits(pending.index).map_or([Scope::Profile; 2], |h| h.scopes);
+                let scope = scopes.get(refusal.index).copied().unwrap_or(Scope::Profile);
+                return Err(self.rate_denial(admission.route, pending.index, admission.client_ip, scope, refusal.info));
+            }
+        };
+        admission.rate = Some(grant.info);
+        admission.grant = Some((pending.index, grant));
+        if let Some(signed) = pending.signed
+            && let Err(denial) = self.record_signature(pending.index, admission, signed, now)
+        {
+            self.refund(admission);
+            return Err(denial);
+        }
+        Ok(())
+    }
+
+    fn rate_denial<'e>(
+        &'e self,
+        route: &'e CompiledRoute,
+        index: usize,
+        client_ip: IpAddr,
+        scope: Scope,
+        info: RateInfo,
+    ) -> Denial<'e> {
+        Denial {
+            route: &route.name,
+            profile: &self.profiles[index].name,
+            client_ip,
+            kind: DenialKind::RateLimited { scope, info },
+            reason: match scope {
+                Scope::Org => "org allowance exceeded",
+                Scope::Profile => "profile rate limit exceeded",
+            },
+        }
+    }
+
+    /// Records the signature that admitted a call against replay (only an otherwise admitted
+    /// call uses its signature up, see [`signature`]).
+    fn record_signature<'e>(
+        &'e self,
+        index: usize,
+        admission: &Admission<'e>,
+        signed: Signed,
+        now: Now,
+    ) -> Result<(), Denial<'e>> {
+        let Auth::HttpSignature(verifier) = &self.profiles[index].auth else {
+            return Ok(());
+        };
+        verifier
+            .record(&signed, &admission.identity, now.unix_ms / 1000)
+            .map_err(|r| Denial {
+                route: &admission.route.name,
+                profile: admission.profile,
+                client_ip: admission.client_ip,
+                kind: DenialKind::Unauthorized {
+                    challenges: &admission.route.challenges,
+                },
+                reason: r.reason(),
+            })
+    }
+
+    /// An admission by profile `index`, its limits not taken yet.
+    #[allow(clippy::too_many_arguments)]
+    fn admission<'e>(
+        &'e self,
+        route: &'e CompiledRoute,
+        index: usize,
+        identity: Cow<'e, str>,
+        req: &RequestView<'_>,
+        client_ip: IpAddr,
+        path: NormalPath,
+        body_digest: Option<BodyDigest>,
+    ) -> Admission<'e> {
+        let profile = &self.profiles[index];
         // Seed 002 section 5: the identity header overrides what is audited, never who was
         // authenticated (the client chooses its value).
         let audit_identity = profile
@@ -886,18 +1010,19 @@ impl<L: Limiter> Engine<L> {
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
             .map(|v| Cow::Owned(v.to_owned()));
-        Outcome::Allow(Admission {
+        Admission {
             route,
             profile: &profile.name,
             identity,
             audit_identity,
             client_ip,
-            rate,
+            rate: None,
             body_digest,
             path,
             https: req.tls || self.https_at_trusted_proxy(req),
-            grant,
-        })
+            grant: None,
+            pending: None,
+        }
     }
 
     /// Gives back the hit an admission took (the backend answered 404).

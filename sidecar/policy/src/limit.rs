@@ -76,6 +76,15 @@ pub trait Limiter: Send + Sync + 'static {
     /// (in the order given) that is at its limit.
     fn acquire(&self, hits: &[(&Self::Counter, u32)], now_ms: u64) -> Result<Grant, Refusal>;
 
+    /// [`acquire`](Self::acquire) when this limiter can decide at once, from what it holds;
+    /// `None` when the decision needs a shared store first (nothing taken yet): the engine
+    /// then admits the call pending its limits ([`crate::Admission::limits_pending`]), and the
+    /// caller takes them on the store and [`crate::Engine::settle`]s. The in-memory limiter
+    /// always decides at once.
+    fn try_acquire(&self, hits: &[(&Self::Counter, u32)], now_ms: u64) -> Option<Result<Grant, Refusal>> {
+        Some(self.acquire(hits, now_ms))
+    }
+
     /// Gives back a hit taken by `acquire` with `grant` (the backend answered 404).
     fn refund(&self, counters: &[&Self::Counter], grant: &Grant);
 

@@ -342,3 +342,79 @@ fn bad_keys_are_compile_errors_naming_the_key_id_only() {
     let l = loaded(config("RFC9421", &[]), json!({}));
     assert!(Engine::compile(&l, Arc::new(InMemoryLimiter::new())).is_err());
 }
+
+/// A limiter that decides nothing at once, as a shared store far from its counters: every
+/// admission waits for its limits, taken afterwards with [`Engine::settle`].
+struct Deferring(InMemoryLimiter);
+
+impl Limiter for Deferring {
+    type Counter = crate::limit::SharedWindow;
+
+    fn counter(&self, scope: Scope, name: &str) -> Self::Counter {
+        self.0.counter(scope, name)
+    }
+
+    fn acquire(&self, hits: &[(&Self::Counter, u32)], now_ms: u64) -> Result<Grant, Refusal> {
+        self.0.acquire(hits, now_ms)
+    }
+
+    fn try_acquire(&self, _: &[(&Self::Counter, u32)], _: u64) -> Option<Result<Grant, Refusal>> {
+        None
+    }
+
+    fn refund(&self, counters: &[&Self::Counter], grant: &Grant) {
+        self.0.refund(counters, grant)
+    }
+
+    fn replay_cache(&self, profile: &str) -> Arc<portcullis_signatures::ReplayCache> {
+        self.0.replay_cache(profile)
+    }
+}
+
+/// (status, identity or denial reason), the limits taken after the decision.
+fn settled(e: &Engine<Deferring>, limiter: &Deferring, r: &Req, now_secs: u64) -> (u16, String) {
+    let now = now_secs * 1000;
+    match e.decide(&r.view(), now) {
+        Outcome::Allow(mut a) => {
+            assert!(a.limits_pending(), "nothing may be taken before the store answers");
+            assert!(a.rate.is_none());
+            let taken = limiter.acquire(e.pending_hits(&a).unwrap().as_slice(), now);
+            match e.settle(&mut a, taken, now.into()) {
+                Ok(()) => {
+                    assert!(!a.limits_pending() && a.rate.is_some());
+                    (200, a.identity.into_owned())
+                }
+                Err(d) => match d.kind {
+                    DenialKind::RateLimited { .. } => (429, d.reason.to_owned()),
+                    DenialKind::Unauthorized { .. } => (401, d.reason.to_owned()),
+                    other => panic!("unexpected {other:?}"),
+                },
+            }
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Limits taken on a shared store after the decision keep the order of limits taken at once:
+/// a call refused for its rate keeps its signature usable, a replay gives its hit back.
+#[test]
+fn limits_settled_after_the_decision_record_the_signature_only_when_admitted() {
+    let mut config = config("RFC9421", &[]);
+    config["profiles"][0]["rateLimitPerMinute"] = json!(1);
+    let limiter = Arc::new(Deferring(InMemoryLimiter::new()));
+    let e = Engine::compile(&loaded(config, secrets()), Arc::clone(&limiter)).unwrap();
+    let first = sign_9421(get("/1"), SECRET, NOW, COMPONENTS);
+    let second = sign_9421(get("/2"), SECRET, NOW, COMPONENTS);
+    assert_eq!(settled(&e, &limiter, &first, NOW), (200, "gw-1".into()));
+    assert_eq!(
+        settled(&e, &limiter, &second, NOW + 1),
+        (429, "profile rate limit exceeded".into())
+    );
+    assert_eq!(settled(&e, &limiter, &second, NOW + 61), (200, "gw-1".into()));
+    assert_eq!(
+        settled(&e, &limiter, &second, NOW + 122),
+        (401, "signature replayed".into())
+    );
+    let third = sign_9421(get("/3"), SECRET, NOW + 122, COMPONENTS);
+    assert_eq!(settled(&e, &limiter, &third, NOW + 122), (200, "gw-1".into()));
+}
