@@ -1,12 +1,16 @@
 //! Black-box tests of hostile clients over real sockets: stalled uploads toward the app's
 //! keep-alive pool, silent and half-open connections, idle keep-alive connections, the
-//! connection cap and HTTP/2 streams per connection. (Clients that leave mid-introspection:
+//! connection cap, HTTP/2 streams per connection, and the sidecar's memory under a mix of
+//! them all. (Clients that leave mid-introspection:
 //! `introspection.rs`; huge signature headers: `signatures_inbound.rs`; TLS: `tls.rs`.)
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use common::*;
@@ -388,4 +392,297 @@ async fn http2_streams_per_connection_are_capped() {
         took >= Duration::from_millis(780),
         "4 calls of 400 ms with 2 at a time took {took:?}"
     );
+}
+
+/// The memory bound of [`rss_stays_bounded_under_a_mix_of_hostile_clients`]: the sidecar's
+/// peak resident set (`VmHWM`), in MiB, as built for the tests (unoptimized: about 24 MiB
+/// idle). Measured 53-58 MiB under the mix; with `--body-buffer-budget` not limiting, 117
+/// MiB. Stated in docs/api.md, "Connections".
+const RSS_BOUND_MIB: u64 = 80;
+
+/// A stream of one request body that sends `first` and then nothing, for as long as the
+/// returned sender is kept.
+fn stalled_body(
+    first: Bytes,
+) -> (
+    futures::channel::mpsc::Sender<Result<hyper::body::Frame<Bytes>, Infallible>>,
+    BoxedBody,
+) {
+    let (mut tx, rx) = futures::channel::mpsc::channel(1);
+    tx.try_send(Ok(hyper::body::Frame::data(first)))
+        .expect("room for the first frame");
+    (tx, BodyExt::boxed(http_body_util::StreamBody::new(rx)))
+}
+
+type BoxedBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// Connects to `addr` and writes `first`; reads until the sidecar closes the connection,
+/// then does it again (a pause between, so that a refused connection does not spin), until
+/// `until`.
+async fn reconnect_loop(addr: std::net::SocketAddr, until: Instant, first: &'static [u8]) {
+    while Instant::now() < until {
+        if let Ok(mut s) = TcpStream::connect(addr).await {
+            let _ = s.write_all(first).await;
+            let left = until.saturating_duration_since(Instant::now());
+            let _ = closed_within(&mut s, left).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 15: a mix of hostile clients for 5 s, up to the connection cap (256 here) and
+/// beyond: 160 silent connections, 48 half HTTP/2 prefaces, 32 slowloris heads, 32 stalled
+/// uploads toward the app, 8 clients sending 55 KB `Signature-Input` headers in a loop, and 4
+/// HTTP/2 connections each with 64 streams whose signed bodies (held in memory to check their
+/// digest) stall one byte short: 64 MiB offered against an 8 MiB `--body-buffer-budget`.
+/// Meanwhile two well-behaved clients (HTTP/1.1 and HTTP/2, connected first) get every
+/// answer, and the sidecar's peak resident set stays under [`RSS_BOUND_MIB`]: a leak, or
+/// buffering that does not stop at the connection cap, the head limits or the body budget,
+/// would cross it.
+#[tokio::test]
+async fn rss_stays_bounded_under_a_mix_of_hostile_clients() {
+    use portcullis_signatures::digest::{DigestAlgorithm, content_digest};
+    use portcullis_signatures::{Algorithm, Key, Message, rfc9421};
+
+    const SECRET: &str = "a shared secret for gw-1";
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    loaded(
+        "g1",
+        json!({
+            "profiles": [{"name": "signed", "auth": {"type": "HttpSignature", "standard": "RFC9421",
+                "algorithms": ["hmac-sha256"], "requiredComponents": ["@method", "@path"], "maxAgeSeconds": 300}}],
+            "routes": [
+                {"name": "app", "pathPrefix": "/", "backend": {"type": "Local", "port": backend.port()}},
+                {"name": "signed", "pathPrefix": "/signed", "profiles": ["signed"],
+                 "backend": {"type": "Local", "port": backend.port()}},
+            ],
+        }),
+        json!({"profiles": {"signed": {"signatureKeys": {"gw-1": SECRET}}}}),
+    )
+    .write_dir(dir.path())
+    .unwrap();
+    let flags = [
+        "--max-connections",
+        "256",
+        "--handshake-timeout",
+        "1s",
+        "--header-read-timeout",
+        "1s",
+        "--backend-timeout",
+        "2s",
+        "--body-buffer-budget",
+        "8388608",
+    ];
+    let sidecar = Sidecar::start_with(dir.path(), &flags).await;
+    let addr = sidecar.inbound;
+    let baseline_kib = sidecar.proc_status_kib("VmRSS");
+
+    // The well-behaved clients connect first (the cap is about to be reached).
+    let good: Vec<_> = [client(), h2c_client()]
+        .into_iter()
+        .map(|c| (c, sidecar.url("/good")))
+        .collect();
+    for (c, url) in &good {
+        let req = Request::get(url.as_str()).body(Full::default()).unwrap();
+        assert_eq!(send(c, req).await.expect("good client connects").0, 200);
+    }
+    let run = Duration::from_secs(5);
+    let until = Instant::now() + run;
+    let mut hostile = tokio::task::JoinSet::new();
+
+    // HTTP/2 connections, 64 streams each, signed bodies of 256 KiB sent but for their last
+    // byte: 64 MiB offered, 8 MiB held (`--body-buffer-budget`), the rest refused (503).
+    let body = Bytes::from(vec![b'x'; 256 * 1024]);
+    let digest = content_digest(DigestAlgorithm::Sha256, &body);
+    let refused_bodies = Arc::new(AtomicUsize::new(0));
+    for c in 0..4 {
+        let (body, digest, refused) = (body.clone(), digest.clone(), refused_bodies.clone());
+        hostile.spawn(async move {
+            let Ok(stream) = TcpStream::connect(addr).await else {
+                return;
+            };
+            let Ok((sender, conn)) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream)).await
+            else {
+                return;
+            };
+            tokio::spawn(conn);
+            let key = Key::from_secret(SECRET.as_bytes()).unwrap();
+            let created = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+            let mut held = Vec::new();
+            for s in 0..64 {
+                let uri: http::Uri = format!("http://{addr}/signed/{c}/{s}").parse().unwrap();
+                let mut headers = http::HeaderMap::new();
+                headers.insert("content-digest", digest.parse().unwrap());
+                let params = rfc9421::SignParams::new(
+                    "sig1",
+                    "gw-1",
+                    Algorithm::HmacSha256,
+                    created,
+                    &["@method", "@path", "content-digest"],
+                );
+                let message = Message::from_parts(&http::Method::POST, &uri, &headers, "http");
+                rfc9421::sign(&message, &key, &params)
+                    .unwrap()
+                    .apply(&mut headers)
+                    .unwrap();
+                let (tx, stalled) = stalled_body(body.slice(..body.len() - 1));
+                let mut req = Request::post(uri).header("content-length", body.len());
+                for (k, v) in &headers {
+                    req = req.header(k, v);
+                }
+                let mut sender = sender.clone();
+                let call = sender.send_request(req.body(stalled).unwrap());
+                let refused = refused.clone();
+                held.push((
+                    tx,
+                    tokio::spawn(async move {
+                        if let Ok(resp) = call.await
+                            && resp.status() == http::StatusCode::SERVICE_UNAVAILABLE
+                        {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }),
+                ));
+            }
+            tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+            drop(held);
+        });
+    }
+    // Huge `Signature-Input` headers, over keep-alive connections.
+    let components: Vec<String> = (0..7000).map(|i| format!("\"h{i}\"")).collect();
+    let input = format!(
+        "sig1=(\"@method\" \"@path\" {});created=1;keyid=\"gw-1\";alg=\"hmac-sha256\"",
+        components.join(" ")
+    );
+    let huge_answers = Arc::new(Mutex::new(BTreeMap::<u16, usize>::new()));
+    for _ in 0..8 {
+        let (url, input, answers) = (sidecar.url("/signed/x"), input.clone(), huge_answers.clone());
+        hostile.spawn(async move {
+            let c = client();
+            while Instant::now() < until {
+                let req = Request::get(url.as_str())
+                    .header("signature-input", input.as_str())
+                    .header("signature", "sig1=:AAAA:")
+                    .body(Full::default())
+                    .unwrap();
+                let status = send(&c, req).await.map_or(0, |a| a.0.as_u16());
+                *answers.lock().unwrap().entry(status).or_default() += 1;
+            }
+        });
+    }
+    // Stalled uploads toward the app.
+    for _ in 0..32 {
+        hostile.spawn(async move {
+            let mut head = b"POST /count HTTP/1.1\r\nhost: x\r\ncontent-length: 10000000\r\n\r\n".to_vec();
+            head.extend(std::iter::repeat_n(b'u', 256 * 1024));
+            let head: &'static [u8] = Box::leak(head.into_boxed_slice());
+            reconnect_loop(addr, until, head).await;
+        });
+    }
+    // Slowloris: a head that never ends, one byte at a time.
+    for _ in 0..32 {
+        hostile.spawn(async move {
+            while Instant::now() < until {
+                if let Ok(mut s) = TcpStream::connect(addr).await {
+                    let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ").await;
+                    while Instant::now() < until && s.write_all(b"a").await.is_ok() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+    // Half HTTP/2 prefaces, then silent connections past the cap.
+    for _ in 0..48 {
+        hostile.spawn(reconnect_loop(addr, until, &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..23]));
+    }
+    for _ in 0..160 {
+        hostile.spawn(reconnect_loop(addr, until, b""));
+    }
+
+    // The well-behaved clients, and the resident set sampled, while it lasts.
+    let pid = sidecar.pid();
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0;
+        while Instant::now() < until {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let rss = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            peak = peak.max(rss);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        peak
+    });
+    let good_clients: Vec<_> = good
+        .into_iter()
+        .map(|(c, url)| {
+            tokio::spawn(async move {
+                let (mut ok, mut failures) = (0usize, Vec::new());
+                while Instant::now() < until {
+                    let req = Request::get(url.as_str()).body(Full::default()).unwrap();
+                    match send(&c, req).await {
+                        Some((status, _, body)) if status == 200 && json_of(&body)["path"] == "/good" => ok += 1,
+                        other => failures.push(format!("{other:?}")),
+                    }
+                }
+                (ok, failures)
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for g in good_clients {
+        let (ok, failures) = g.await.unwrap();
+        assert!(failures.is_empty(), "the good client failed: {failures:?}");
+        served += ok;
+    }
+    let peak_kib = sampler.await.unwrap();
+    let metrics = sidecar.metrics().await;
+    let hwm_kib = sidecar.proc_status_kib("VmHWM");
+    hostile.abort_all();
+    while hostile.join_next().await.is_some() {}
+
+    let huge = huge_answers.lock().unwrap().clone();
+    eprintln!(
+        "hostile mix: RSS baseline {} KiB, peak sampled {peak_kib} KiB, VmHWM {hwm_kib} KiB; good calls {served}; \
+         huge-header answers {huge:?}; signed bodies refused for the budget {}; {}",
+        baseline_kib,
+        refused_bodies.load(Ordering::Relaxed),
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("portcullis_connections_"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    assert!(served > 20, "the good clients got too few answers: {served}");
+    assert!(
+        hwm_kib < RSS_BOUND_MIB * 1024,
+        "peak RSS {hwm_kib} KiB over the bound of {RSS_BOUND_MIB} MiB"
+    );
+    // The mix was what it says: the cap was reached, the timeouts cut, the huge headers were
+    // refused, the body budget was filled.
+    assert!(
+        metric(&metrics, "portcullis_connections_refused_total{listener=\"inbound\"}") >= Some(1.0),
+        "the cap was never reached: {metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "portcullis_connections_timed_out_total{listener=\"inbound\",phase=\"handshake\"}"
+        ) >= Some(100.0),
+        "{metrics}"
+    );
+    assert!(huge.get(&401) >= Some(&10), "huge headers: {huge:?}");
+    assert!(huge.keys().all(|s| [0, 401].contains(s)), "huge headers: {huge:?}");
+    assert!(
+        refused_bodies.load(Ordering::Relaxed) >= 1,
+        "the body budget was never full"
+    );
+    // Still serving.
+    assert_eq!(get_with(&sidecar.url("/after"), &[]).await.0, 200);
 }

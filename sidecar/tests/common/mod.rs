@@ -118,6 +118,27 @@ impl Sidecar {
         format!("http://{}{}", self.inbound, path)
     }
 
+    /// The process id of the sidecar.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running (it has not exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+
+    /// A `kB` line of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, ...), in KiB.
+    pub fn proc_status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/<pid>/status"))
+    }
+
     /// Sends the sidecar process `signal` (a `kill -s` name such as `HUP`).
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
