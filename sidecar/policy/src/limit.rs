@@ -50,8 +50,11 @@ pub struct RateInfo {
 /// A hit taken: what it takes to give it back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant {
-    /// When the hit was taken (ms).
+    /// When the hit was taken (ms): on the limiter's own monotonic clock, or on the shared
+    /// store's clock when `shared`.
     pub at_ms: u64,
+    /// Taken on a shared store (the hit is given back there).
+    pub shared: bool,
     /// The tightest of the limits that applied.
     pub info: RateInfo,
 }
@@ -206,7 +209,11 @@ impl Limiter for InMemoryLimiter {
             remaining: u32::MAX,
             reset_secs: 0,
         });
-        Ok(Grant { at_ms: now_ms, info })
+        Ok(Grant {
+            at_ms: now_ms,
+            shared: false,
+            info,
+        })
     }
 
     fn refund(&self, counters: &[&Self::Counter], grant: &Grant) {

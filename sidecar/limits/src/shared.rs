@@ -1,0 +1,621 @@
+//! [`SharedLimiter`]: the engine's [`Limiter`] when the counts live in a shared store.
+//!
+//! Far from a limit, a request takes its hit from a *block*: hits this sidecar reserved in
+//! the store for the current 100 ms bucket, counted there at once, so every other replica
+//! sees them. A background task reserves the next bucket's block shortly before the bucket
+//! begins, sized by the demand it saw (at most `max_block`, and at most the smallest
+//! remaining budget / `divisor`), and gives back what a block did not use once its bucket
+//! has ended: far from the limit no request waits for the store. Near the limit blocks
+//! shrink to nothing and each request takes its own hit in one round trip (the price of
+//! exactness): the hits admitted in any window are never more than the limit, and a refusal
+//! happens only when the store's count, every replica's hits included, is at the limit.
+//!
+//! A hit is counted in the bucket it was used in (a block is only used inside its bucket),
+//! so the window is the in-memory one: a hit leaves it 59.9 to 60 s after it was taken.
+//!
+//! When the store fails or is slow (`timeout`), the limiter says so once in the log and
+//! counts locally instead, each replica enforcing its share of each limit (the limit divided
+//! by the replica count, rounded up; [`SharedLimiter::set_replicas`]), and probes the store
+//! every second until it answers again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use portcullis_policy::limit::SharedWindow;
+use portcullis_policy::{Grant, InMemoryLimiter, Limiter, RateInfo, Refusal, Scope};
+use portcullis_signatures::ReplayCache;
+
+use crate::store::{Store, StoreError, Take, Taken};
+
+/// The length of a bucket, ms (the in-memory window's).
+const BUCKET_MS: u64 = 100;
+
+/// How blocks are sized.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Most hits one block reserves.
+    pub max_block: u32,
+    /// A block is at most the smallest remaining budget divided by this (keep it above the
+    /// replica count, so that the replicas' blocks together never hold the whole budget).
+    pub divisor: u32,
+    /// Key prefix, with the Redis Cluster hash tag that keeps one decision's keys in one
+    /// slot (every counter shares it: the org allowance is in every decision).
+    pub prefix: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_block: 64,
+            divisor: 32,
+            prefix: "portcullis:{limits}:",
+        }
+    }
+}
+
+/// Which counts a limiter is enforcing with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// No store configured: this sidecar's own counts.
+    Local,
+    /// The shared store.
+    Shared,
+    /// The store is unavailable: this sidecar's share of each limit, counted locally.
+    LocalShare,
+}
+
+impl Mode {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Shared => "shared",
+            Self::LocalShare => "local_share",
+        }
+    }
+}
+
+/// A counter: its key in the store, its local window (used when the store is unavailable)
+/// and the block of hits this sidecar holds for it.
+#[derive(Debug)]
+pub struct Counter {
+    key: String,
+    window: SharedWindow,
+    blocks: Mutex<Blocks>,
+    /// One round trip at a time per counter: waiters after the first find its block.
+    refill: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct Blocks {
+    current: Option<Block>,
+    next: Option<Block>,
+    /// Hits of ended blocks (and refunds) not given back yet, at most [`MAX_UNUSED`]; beyond,
+    /// they stay counted until they leave the window (never more than the limit).
+    unused: Vec<Unused>,
+}
+
+/// Most batches of hits owed back to the store per counter.
+const MAX_UNUSED: usize = 8;
+
+/// Hits to give back to the store.
+#[derive(Debug, Clone)]
+struct Unused {
+    bucket: u64,
+    hits: u32,
+    keys: Vec<Arc<Counter>>,
+}
+
+impl Unused {
+    fn same_keys(&self, keys: &[Arc<Counter>]) -> bool {
+        self.keys.len() == keys.len() && self.keys.iter().zip(keys).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+/// Adds `hits` in `bucket` on `keys` to what is owed back.
+fn owe(blocks: &mut Blocks, bucket: u64, hits: u32, keys: &[Arc<Counter>]) {
+    if hits == 0 {
+        return;
+    }
+    if let Some(u) = blocks
+        .unused
+        .iter_mut()
+        .find(|u| u.bucket == bucket && u.same_keys(keys))
+    {
+        u.hits += hits;
+    } else if blocks.unused.len() < MAX_UNUSED {
+        blocks.unused.push(Unused {
+            bucket,
+            hits,
+            keys: keys.to_vec(),
+        });
+    }
+}
+
+/// Hits reserved in one bucket for one set of counters.
+#[derive(Debug, Clone)]
+struct Block {
+    bucket: u64,
+    left: u32,
+    used: u32,
+    /// The counters (org first) and limits it was reserved for.
+    keys: Vec<Arc<Counter>>,
+    limits: Vec<u32>,
+    /// The state of the tightest limit when it was reserved.
+    info: RateInfo,
+}
+
+impl Block {
+    fn serves(&self, hits: &[(&Arc<Counter>, u32)]) -> bool {
+        self.keys.len() == hits.len()
+            && self
+                .keys
+                .iter()
+                .zip(&self.limits)
+                .zip(hits)
+                .all(|((k, l), (c, n))| Arc::ptr_eq(k, c) && l == n)
+    }
+}
+
+/// The limiter. Everything but the counts (replay caches, key sets, introspection caches,
+/// failed-authentication throttling) is the in-memory limiter's.
+pub struct SharedLimiter {
+    local: InMemoryLimiter,
+    store: Option<Store>,
+    options: Options,
+    counters: Mutex<HashMap<(Scope, String), Arc<Counter>>>,
+    available: AtomicBool,
+    /// Store clock minus this process's monotonic clock, ms (`i64::MIN`: not known yet).
+    offset_ms: AtomicI64,
+    replicas: AtomicU32,
+    started: Instant,
+    on_mode: Box<dyn Fn(Mode) + Send + Sync>,
+    on_round_trip: Box<dyn Fn(Duration, bool) + Send + Sync>,
+}
+
+impl std::fmt::Debug for SharedLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedLimiter")
+            .field("mode", &self.mode())
+            .field("replicas", &self.replicas.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedLimiter {
+    /// A limiter over `local` (which keeps everything but the counts) and, when given, the
+    /// shared `store`.
+    pub fn new(local: InMemoryLimiter, store: Option<Store>, options: Options) -> Self {
+        Self {
+            local,
+            store,
+            options,
+            counters: Mutex::default(),
+            available: AtomicBool::new(true),
+            offset_ms: AtomicI64::new(i64::MIN),
+            replicas: AtomicU32::new(1),
+            started: Instant::now(),
+            on_mode: Box::new(|_| {}),
+            on_round_trip: Box::new(|_, _| {}),
+        }
+    }
+
+    /// Calls `f` with the mode at start and on every change (metrics).
+    pub fn on_mode(mut self, f: impl Fn(Mode) + Send + Sync + 'static) -> Self {
+        f(self.mode());
+        self.on_mode = Box::new(f);
+        self
+    }
+
+    /// Calls `f` with each store round trip's time and whether it failed (metrics).
+    pub fn on_round_trip(mut self, f: impl Fn(Duration, bool) + Send + Sync + 'static) -> Self {
+        self.on_round_trip = Box::new(f);
+        self
+    }
+
+    /// The counts in force.
+    pub fn mode(&self) -> Mode {
+        match (&self.store, self.available.load(Ordering::Relaxed)) {
+            (None, _) => Mode::Local,
+            (Some(_), true) => Mode::Shared,
+            (Some(_), false) => Mode::LocalShare,
+        }
+    }
+
+    /// The replicas of this sidecar's pod group: while the store is unavailable, each
+    /// enforces 1/`n` of every limit.
+    pub fn set_replicas(&self, n: u32) {
+        self.replicas.store(n.max(1), Ordering::Relaxed);
+    }
+
+    fn mono_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The store's bucket at `now_ms` on the engine's clock, once the offset is known.
+    fn bucket(&self, now_ms: u64) -> Option<u64> {
+        let offset = self.offset_ms.load(Ordering::Relaxed);
+        if offset == i64::MIN {
+            return None;
+        }
+        // The engine's monotonic clock and ours differ by a constant: use ours.
+        let _ = now_ms;
+        Some((self.mono_ms() as i64 + offset).max(0) as u64 / BUCKET_MS)
+    }
+
+    fn set_available(&self, up: bool, error: Option<&StoreError>) {
+        if self.available.swap(up, Ordering::Relaxed) != up {
+            match error {
+                Some(e) => tracing::warn!(error = %e, mode = Mode::LocalShare.as_str(),
+                    "limits store unavailable: each replica enforces its share of every limit"),
+                None => tracing::info!(mode = Mode::Shared.as_str(), "limits store available again"),
+            }
+            (self.on_mode)(self.mode());
+        }
+    }
+
+    /// A hit from the current block of `hits`' last counter, if it holds one.
+    fn hit_from_block(&self, hits: &[(&Arc<Counter>, u32)], now_ms: u64) -> Option<Grant> {
+        let (last, _) = hits.last()?;
+        let bucket = self.bucket(now_ms)?;
+        let mut blocks = lock(&last.blocks);
+        promote(&mut blocks, bucket);
+        let block = blocks
+            .current
+            .as_mut()
+            .filter(|b| b.bucket == bucket && b.serves(hits))?;
+        if block.left == 0 {
+            return None;
+        }
+        block.left -= 1;
+        block.used += 1;
+        block.info.remaining = block.info.remaining.saturating_sub(1);
+        Some(Grant {
+            at_ms: bucket * BUCKET_MS,
+            shared: true,
+            info: block.info,
+        })
+    }
+
+    /// This sidecar's share of `hits`' limits, counted locally.
+    fn local_share(&self, hits: &[(&Arc<Counter>, u32)], now_ms: u64) -> Result<Grant, Refusal> {
+        let replicas = self.replicas.load(Ordering::Relaxed).max(1);
+        let mut windows: [(&SharedWindow, u32); 2] = [(&hits[0].0.window, 0); 2];
+        for (slot, (c, n)) in windows.iter_mut().zip(hits) {
+            *slot = (&c.window, n.div_ceil(replicas));
+        }
+        self.local.acquire(&windows[..hits.len().min(2)], now_ms)
+    }
+
+    /// Takes `hits` on the store for a request that found no block (one round trip), or
+    /// counts locally when the store is unavailable.
+    pub async fn take(&self, hits: &[(&Arc<Counter>, u32)], now_ms: u64) -> Result<Grant, Refusal> {
+        let (Some(store), Some((last, _))) = (&self.store, hits.last()) else {
+            return self.local_share(hits, now_ms);
+        };
+        if !self.available.load(Ordering::Relaxed) {
+            return self.local_share(hits, now_ms);
+        }
+        let _one_at_a_time = last.refill.lock().await;
+        if let Some(grant) = self.hit_from_block(hits, now_ms) {
+            return Ok(grant);
+        }
+        let (want, release) = {
+            let mut blocks = lock(&last.blocks);
+            let demand = blocks.current.as_ref().map_or(0, |b| b.used);
+            let same = blocks.unused.iter().position(|u| {
+                u.keys.len() == hits.len() && u.keys.iter().zip(hits).all(|(a, (b, _))| Arc::ptr_eq(a, b))
+            });
+            (
+                demand.saturating_mul(2).clamp(1, self.options.max_block),
+                same.map(|i| blocks.unused.swap_remove(i)),
+            )
+        };
+        let keys: Vec<&str> = hits.iter().map(|(c, _)| c.key.as_str()).collect();
+        let limits: Vec<u32> = hits.iter().map(|&(_, n)| n).collect();
+        let call = Take {
+            keys: &keys,
+            limits: &limits,
+            want,
+            divisor: self.options.divisor,
+            lead: 0,
+            release: release.as_ref().map_or((0, 0), |u| (u.bucket, u.hits)),
+        };
+        let taken = match self.round_trip(store, &call).await {
+            Ok(taken) => taken,
+            Err(e) => {
+                if let Some(u) = release {
+                    owe(&mut lock(&last.blocks), u.bucket, u.hits, &u.keys);
+                }
+                self.set_available(false, Some(&e));
+                return self.local_share(hits, now_ms);
+            }
+        };
+        if let Some(index) = taken.refused {
+            return Err(Refusal {
+                index,
+                info: RateInfo {
+                    limit: limits[index],
+                    remaining: 0,
+                    reset_secs: taken.reset_ms.div_ceil(1000),
+                },
+            });
+        }
+        let info = RateInfo {
+            limit: limits[taken.tightest],
+            remaining: taken.remaining + taken.taken.saturating_sub(1),
+            reset_secs: taken.reset_ms.div_ceil(1000),
+        };
+        let block = Block {
+            bucket: taken.bucket,
+            left: taken.taken.saturating_sub(1),
+            used: 1,
+            keys: hits.iter().map(|(c, _)| Arc::clone(c)).collect(),
+            limits,
+            info,
+        };
+        let mut blocks = lock(&last.blocks);
+        if let Some(old) = blocks.current.replace(block) {
+            retire(&mut blocks, old);
+        }
+        Ok(Grant {
+            at_ms: taken.bucket * BUCKET_MS,
+            shared: true,
+            info,
+        })
+    }
+
+    async fn round_trip(&self, store: &Store, call: &Take<'_>) -> Result<Taken, StoreError> {
+        let sent = self.mono_ms();
+        let start = Instant::now();
+        let result = store.take(call).await;
+        (self.on_round_trip)(start.elapsed(), result.is_err());
+        if let Ok(taken) = &result {
+            let received = self.mono_ms();
+            let local = (sent + received) / 2;
+            self.offset_ms
+                .store(taken.now_ms as i64 - local as i64, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Runs until the process ends: reserves each bucket's blocks ahead (about 20 ms before
+    /// the bucket begins), gives back what ended blocks did not use, and probes an
+    /// unavailable store every second.
+    pub async fn run(self: Arc<Self>) {
+        let Some(store) = &self.store else { return };
+        loop {
+            if !self.available.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                self.probe(store).await;
+                continue;
+            }
+            let Some(bucket) = self.bucket(0) else {
+                // Learn the store's clock.
+                self.probe(store).await;
+                tokio::time::sleep(Duration::from_millis(BUCKET_MS)).await;
+                continue;
+            };
+            let into = (self.mono_ms() as i64 + self.offset_ms.load(Ordering::Relaxed)).max(0) as u64 % BUCKET_MS;
+            let wait = (BUCKET_MS - 20).saturating_sub(into);
+            tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
+            let counters: Vec<Arc<Counter>> = lock(&self.counters).values().cloned().collect();
+            for counter in counters {
+                self.ahead(store, &counter, bucket).await;
+            }
+            // Into the next bucket before looking again.
+            let into = (self.mono_ms() as i64 + self.offset_ms.load(Ordering::Relaxed)).max(0) as u64 % BUCKET_MS;
+            if into >= BUCKET_MS - 20 {
+                tokio::time::sleep(Duration::from_millis(BUCKET_MS - into + 1)).await;
+            }
+        }
+    }
+
+    async fn probe(&self, store: &Store) {
+        let key = format!("{}probe", self.options.prefix);
+        let call = Take {
+            keys: &[key.as_str()],
+            limits: &[1],
+            want: 0,
+            divisor: 1,
+            lead: 1,
+            release: (0, 0),
+        };
+        match self.round_trip(store, &call).await {
+            Ok(_) => self.set_available(true, None),
+            Err(e) => self.set_available(false, Some(&e)),
+        }
+    }
+
+    /// For `counter` in bucket `bucket`: reserves the next bucket's block when this one saw
+    /// demand, and gives back ended blocks' unused hits.
+    async fn ahead(&self, store: &Store, counter: &Arc<Counter>, bucket: u64) {
+        let Ok(_one_at_a_time) = counter.refill.try_lock() else {
+            return;
+        };
+        let (reserve, mut owed) = {
+            let mut blocks = lock(&counter.blocks);
+            promote(&mut blocks, bucket);
+            if blocks.current.as_ref().is_some_and(|b| b.bucket < bucket)
+                && let Some(ended) = blocks.current.take()
+            {
+                retire(&mut blocks, ended);
+            }
+            let reserve = blocks
+                .current
+                .as_ref()
+                .filter(|b| b.used > 0 && blocks.next.is_none())
+                .cloned();
+            (reserve, std::mem::take(&mut blocks.unused))
+        };
+        if let Some(template) = reserve {
+            let release = owed
+                .iter()
+                .position(|u| u.same_keys(&template.keys))
+                .map(|i| owed.swap_remove(i));
+            let want = template.used.saturating_mul(2).min(self.options.max_block);
+            let keys: Vec<&str> = template.keys.iter().map(|c| c.key.as_str()).collect();
+            let call = Take {
+                keys: &keys,
+                limits: &template.limits,
+                want,
+                divisor: self.options.divisor,
+                lead: 1,
+                release: release.as_ref().map_or((0, 0), |u| (u.bucket, u.hits)),
+            };
+            match self.round_trip(store, &call).await {
+                Ok(taken) if taken.taken > 0 => {
+                    let info = RateInfo {
+                        limit: template.limits[taken.tightest],
+                        remaining: taken.remaining + taken.taken,
+                        reset_secs: taken.reset_ms.div_ceil(1000),
+                    };
+                    lock(&counter.blocks).next = Some(Block {
+                        bucket: taken.bucket,
+                        left: taken.taken,
+                        used: 0,
+                        info,
+                        ..template
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    owed.extend(release);
+                    self.keep_owed(counter, owed);
+                    self.set_available(false, Some(&e));
+                    return;
+                }
+            }
+        }
+        while let Some(u) = owed.pop() {
+            let keys: Vec<&str> = u.keys.iter().map(|c| c.key.as_str()).collect();
+            let limits = vec![u32::MAX; keys.len()];
+            let call = Take {
+                keys: &keys,
+                limits: &limits,
+                want: 0,
+                divisor: 1,
+                lead: 1,
+                release: (u.bucket, u.hits),
+            };
+            if let Err(e) = self.round_trip(store, &call).await {
+                owed.push(u);
+                self.keep_owed(counter, owed);
+                self.set_available(false, Some(&e));
+                return;
+            }
+        }
+    }
+
+    /// Puts back what could not be given back yet.
+    fn keep_owed(&self, counter: &Counter, owed: Vec<Unused>) {
+        let mut blocks = lock(&counter.blocks);
+        for u in owed {
+            owe(&mut blocks, u.bucket, u.hits, &u.keys);
+        }
+    }
+}
+
+/// Makes the block of `bucket` current, retiring an ended one.
+fn promote(blocks: &mut Blocks, bucket: u64) {
+    if blocks.current.as_ref().is_some_and(|b| b.bucket >= bucket) {
+        return;
+    }
+    if blocks.next.as_ref().is_some_and(|b| b.bucket <= bucket)
+        && let Some(next) = blocks.next.take()
+        && let Some(old) = blocks.current.replace(next)
+    {
+        retire(blocks, old);
+    }
+}
+
+/// Notes an ended block's unused hits, to give back.
+fn retire(blocks: &mut Blocks, old: Block) {
+    owe(blocks, old.bucket, old.left, &old.keys);
+}
+
+impl Limiter for SharedLimiter {
+    type Counter = Arc<Counter>;
+
+    fn counter(&self, scope: Scope, name: &str) -> Self::Counter {
+        let key = format!("{}{}:{name}", self.options.prefix, scope.as_str());
+        let window = self.local.counter(scope, name);
+        lock(&self.counters)
+            .entry((scope, name.to_owned()))
+            .or_insert_with(|| {
+                Arc::new(Counter {
+                    key,
+                    window,
+                    blocks: Mutex::default(),
+                    refill: tokio::sync::Mutex::new(()),
+                })
+            })
+            .clone()
+    }
+
+    fn acquire(&self, hits: &[(&Self::Counter, u32)], now_ms: u64) -> Result<Grant, Refusal> {
+        if self.store.is_none() {
+            let mut windows: [(&SharedWindow, u32); 2] = [(&hits[0].0.window, 0); 2];
+            for (slot, (c, n)) in windows.iter_mut().zip(hits) {
+                *slot = (&c.window, *n);
+            }
+            return self.local.acquire(&windows[..hits.len().min(2)], now_ms);
+        }
+        self.local_share(hits, now_ms)
+    }
+
+    fn try_acquire(&self, hits: &[(&Self::Counter, u32)], now_ms: u64) -> Option<Result<Grant, Refusal>> {
+        if self.store.is_none() || !self.available.load(Ordering::Relaxed) {
+            return Some(self.acquire(hits, now_ms));
+        }
+        self.hit_from_block(hits, now_ms).map(Ok)
+    }
+
+    fn refund(&self, counters: &[&Self::Counter], grant: &Grant) {
+        if !grant.shared {
+            let windows: Vec<&SharedWindow> = counters.iter().map(|c| &c.window).collect();
+            self.local.refund(&windows, grant);
+            return;
+        }
+        // Back into the block it came from (given back with its unused hits), or owed.
+        let Some(last) = counters.last() else { return };
+        let bucket = grant.at_ms / BUCKET_MS;
+        let mut blocks = lock(&last.blocks);
+        match blocks.current.as_mut().filter(|b| b.bucket == bucket) {
+            Some(block) => {
+                block.left += 1;
+                block.used = block.used.saturating_sub(1);
+            }
+            None => {
+                let keys: Vec<Arc<Counter>> = counters.iter().map(|c| Arc::clone(c)).collect();
+                owe(&mut blocks, bucket, 1, &keys);
+            }
+        }
+    }
+
+    fn replay_cache(&self, profile: &str) -> Arc<ReplayCache> {
+        self.local.replay_cache(profile)
+    }
+
+    fn jwks(&self, uri: &str) -> Arc<portcullis_policy::oauth2::KeySlot> {
+        self.local.jwks(uri)
+    }
+
+    fn introspection(
+        &self,
+        profile: &str,
+        url: &str,
+    ) -> Arc<portcullis_policy::oauth2::introspection::IntrospectionCache> {
+        self.local.introspection(profile, url)
+    }
+
+    fn throttle(&self) -> Option<&portcullis_policy::throttle::Throttle> {
+        self.local.throttle()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,207 @@
+//! The shared limiter against a real `redis-server` (Debian's package), started by each test
+//! on 127.0.0.1: several limiters stand for several sidecars.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use portcullis_limits::{Mode, Options, SharedLimiter, Store, Target};
+use portcullis_policy::{InMemoryLimiter, Limiter, Scope};
+
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port, _dir: dir }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn limiter(url: &str) -> Arc<SharedLimiter> {
+    let store = Store::new(&Target::parse(url).unwrap(), None, Duration::from_millis(200)).unwrap();
+    let l = Arc::new(SharedLimiter::new(
+        InMemoryLimiter::new(),
+        Some(store),
+        Options::default(),
+    ));
+    tokio::spawn(Arc::clone(&l).run());
+    l
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// One hit on (org, profile) through `l`, as the request path takes it: from a block, or
+/// one round trip. Counts the round trips in `trips`.
+async fn hit(l: &SharedLimiter, org: u32, profile: u32, trips: &AtomicU32) -> bool {
+    let o = l.counter(Scope::Org, "");
+    let p = l.counter(Scope::Profile, "demo/p");
+    let hits = [(&o, org), (&p, profile)];
+    match l.try_acquire(&hits, now_ms()) {
+        Some(r) => r.is_ok(),
+        None => {
+            trips.fetch_add(1, Ordering::Relaxed);
+            l.take(&hits, now_ms()).await.is_ok()
+        }
+    }
+}
+
+/// Three sidecars, 12 clients, demand far above the limit: exactly the limit is admitted,
+/// whichever sidecar takes the hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_admit_exactly_the_limit() {
+    let redis = Redis::start();
+    let sidecars: Vec<_> = (0..3).map(|_| limiter(&redis.url())).collect();
+    let admitted = Arc::new(AtomicU32::new(0));
+    let trips = Arc::new(AtomicU32::new(0));
+    let mut clients = Vec::new();
+    for i in 0..12 {
+        let l = Arc::clone(&sidecars[i % 3]);
+        let (admitted, trips) = (Arc::clone(&admitted), Arc::clone(&trips));
+        clients.push(tokio::spawn(async move {
+            for _ in 0..300 {
+                if hit(&l, 1_000_000, 1000, &trips).await {
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    // Blocks reserved ahead and not used are given back within a few buckets; a last round
+    // of demand then takes exactly what is left.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for l in &sidecars {
+        for _ in 0..50 {
+            if hit(l, 1_000_000, 1000, &trips).await {
+                admitted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    assert_eq!(admitted.load(Ordering::Relaxed), 1000, "3,750 asked, limit 1,000");
+    for l in &sidecars {
+        assert_eq!(l.mode(), Mode::Shared);
+    }
+}
+
+/// Far from the limit, steady demand is served from blocks reserved ahead: few requests wait
+/// for the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_from_the_limit_requests_do_not_wait_for_the_store() {
+    let redis = Redis::start();
+    let l = limiter(&redis.url());
+    let trips = AtomicU32::new(0);
+    let mut admitted = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        for _ in 0..20 {
+            admitted += u32::from(hit(&l, 10_000_000, 10_000_000, &trips).await);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let trips = trips.load(Ordering::Relaxed);
+    assert!(admitted > 1000, "{admitted}");
+    assert!(trips * 20 < admitted, "{trips} round trips for {admitted} hits");
+}
+
+/// A refunded hit (the backend answered 404) is not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_are_given_back_to_the_store() {
+    let redis = Redis::start();
+    let (a, b) = (limiter(&redis.url()), limiter(&redis.url()));
+    let trips = AtomicU32::new(0);
+    let o = a.counter(Scope::Org, "");
+    let p = a.counter(Scope::Profile, "demo/p");
+    for _ in 0..5 {
+        let grant = a.take(&[(&o, 1000), (&p, 5)], now_ms()).await.unwrap();
+        a.refund(&[&o, &p], &grant);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut admitted = 0;
+    for _ in 0..10 {
+        admitted += u32::from(hit(&b, 1000, 5, &trips).await);
+    }
+    assert_eq!(admitted, 5, "the 5 refunded hits were given back");
+}
+
+/// Redis stopped: each sidecar enforces its share (limit / replicas) locally, says so, and
+/// goes back to the shared counts when Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_store_means_a_local_share_until_it_is_back() {
+    let mut redis = Redis::start();
+    let l = limiter(&redis.url());
+    l.set_replicas(3);
+    let trips = AtomicU32::new(0);
+    assert!(hit(&l, 1_000_000, 30, &trips).await);
+    redis.stop();
+    // The first call after the stop finds out.
+    let mut admitted = 0;
+    for _ in 0..40 {
+        admitted += u32::from(hit(&l, 1_000_000, 30, &trips).await);
+    }
+    assert_eq!(l.mode(), Mode::LocalShare);
+    assert_eq!(admitted, 10, "a third of 30, counted here");
+    let _back = Redis::start_on(redis.port);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while l.mode() != Mode::Shared {
+        assert!(Instant::now() < deadline, "still {:?}", l.mode());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut admitted = 0;
+    for _ in 0..40 {
+        admitted += u32::from(hit(&l, 1_000_000, 30, &trips).await);
+    }
+    assert_eq!(admitted, 30, "the fresh Redis holds the whole limit");
+}
