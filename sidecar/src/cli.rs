@@ -128,6 +128,18 @@ pub struct ServeArgs {
     /// the pod's own app or the sidecar itself, reached around the routes that guard them.
     #[arg(long)]
     pub allow_loopback_origins: bool,
+    /// Count rate limits and the org allowance in this Redis, shared by every replica:
+    /// `redis://HOST:PORT[/DB]`, `rediss://...` (TLS), or `redis-cluster://HOST:PORT,HOST:PORT`
+    /// (`rediss-cluster://` with TLS). Without it each sidecar counts alone.
+    #[arg(long, env = "PORTCULLIS_LIMITS_STORE")]
+    pub limits_store: Option<String>,
+    /// File holding the Redis password (a mounted Secret), for `--limits-store`.
+    #[arg(long)]
+    pub limits_store_password_file: Option<PathBuf>,
+    /// Time allowed for each call to the limits store; beyond, the store counts as unavailable
+    /// and each replica enforces its share of every limit until it answers again.
+    #[arg(long, value_parser = parse_positive_duration, default_value = "100ms")]
+    pub limits_store_timeout: Duration,
     /// On SIGTERM, time allowed for open requests to finish before the process exits.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub drain_timeout: Duration,

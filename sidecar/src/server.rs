@@ -12,7 +12,7 @@ use hyper::service::service_fn;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::base::engine::{Budget, InMemoryLimiter, Listener};
+use crate::base::engine::{Budget, InMemoryLimiter, Limits, Listener};
 use crate::cli::ServeArgs;
 use crate::identity::introspection::{self, Introspector};
 use crate::identity::jwks::{self, RefreshPolicy};
@@ -69,12 +69,54 @@ pub enum ServeError {
     },
     #[error("--config-dir is required")]
     NoConfigDir,
+    #[error(transparent)]
+    LimitsStore(#[from] portcullis_limits::StoreError),
+    #[error("cannot read --limits-store-password-file {path}: {source}")]
+    LimitsStorePassword {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open the audit log {path}: {source}")]
     AuditLog {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The limiter: in process, or shared through `--limits-store` (its background task
+/// spawned, its metrics registered).
+fn limits(args: &ServeArgs, metrics: &Metrics) -> Result<Limits, ServeError> {
+    let local = InMemoryLimiter::new().with_auth_failure_budget(Budget {
+        per_address: args.auth_failures_per_address,
+        per_user: args.auth_failures_per_user,
+        ..Budget::default()
+    });
+    let Some(url) = &args.limits_store else {
+        return Ok(Limits::new(local, None, Default::default()));
+    };
+    let password = match &args.limits_store_password_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|source| ServeError::LimitsStorePassword {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let target = portcullis_limits::Target::parse(url)?;
+    let store = portcullis_limits::Store::new(&target, password, args.limits_store_timeout)?;
+    let store_metrics = metrics.limits_store();
+    let on_mode = store_metrics.clone();
+    let limiter = Limits::new(local, Some(store), Default::default())
+        .on_mode(move |mode| on_mode.mode(mode.as_str()))
+        .on_round_trip(move |took, failed| store_metrics.round_trip(took, failed));
+    tracing::info!(store = %url, "rate limits counted in the shared store");
+    Ok(limiter)
 }
 
 /// Binds every listener, loads the configuration and serves until the future ends (never,
@@ -114,11 +156,8 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     };
     let dir = sources.current().to_owned();
     let snapshot = Snapshot::read(&dir);
-    let limiter = Arc::new(InMemoryLimiter::new().with_auth_failure_budget(Budget {
-        per_address: args.auth_failures_per_address,
-        per_user: args.auth_failures_per_user,
-        ..Budget::default()
-    }));
+    let limiter = Arc::new(limits(&args, &metrics)?);
+    tokio::spawn(Arc::clone(&limiter).run());
     let initial = match reload::load(&dir, &limiter, &forwarder) {
         Ok(active) => {
             tracing::info!(generation = active.generation(), routes = active.config.routes.len(),

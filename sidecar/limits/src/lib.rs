@@ -9,6 +9,8 @@
 
 pub mod shared;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use shared::{Counter, Mode, Options, SharedLimiter};
 pub use store::{Store, StoreError, Target};

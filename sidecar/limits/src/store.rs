@@ -192,24 +192,15 @@ impl Store {
             .arg(take.lead)
             .arg(take.release.0)
             .arg(take.release.1);
+        // A connection lost since the last call (a restarted or failed-over server) is made
+        // again at once: one more try within the same timeout.
         let call = async {
-            let reply: Vec<i64> = match &self.conn {
-                Conn::Single(conn) => invocation.invoke_async(&mut conn.clone()).await?,
-                Conn::Cluster(cluster) => {
-                    let Cluster { client, conn } = &**cluster;
-                    let mut c = self.cluster(client, conn).await?;
-                    match invocation.invoke_async(&mut c).await {
-                        Ok(r) => r,
-                        Err(e) => {
-                            if e.is_io_error() || e.is_connection_dropped() {
-                                *conn.lock().await = None;
-                            }
-                            return Err(e.into());
-                        }
-                    }
+            match self.invoke(&invocation).await {
+                Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
+                    self.invoke(&invocation).await
                 }
-            };
-            Ok::<_, StoreError>(reply)
+                other => other,
+            }
         };
         let reply = tokio::time::timeout(self.timeout, call)
             .await
@@ -217,11 +208,32 @@ impl Store {
         parse(&reply, take.keys.len())
     }
 
+    async fn invoke(&self, invocation: &redis::ScriptInvocation<'_>) -> redis::RedisResult<Vec<i64>> {
+        {
+            let reply: Vec<i64> = match &self.conn {
+                Conn::Single(conn) => invocation.invoke_async(&mut conn.clone()).await?,
+                Conn::Cluster(cluster) => {
+                    let Cluster { client, conn } = &**cluster;
+                    let mut c = Self::cluster(client, conn).await?;
+                    match invocation.invoke_async(&mut c).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            if e.is_io_error() || e.is_connection_dropped() {
+                                *conn.lock().await = None;
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+            };
+            Ok(reply)
+        }
+    }
+
     async fn cluster(
-        &self,
         client: &ClusterClient,
         conn: &Mutex<Option<ClusterConnection>>,
-    ) -> Result<ClusterConnection, StoreError> {
+    ) -> redis::RedisResult<ClusterConnection> {
         let mut slot = conn.lock().await;
         if let Some(c) = &*slot {
             return Ok(c.clone());

@@ -1,68 +1,13 @@
 //! The shared limiter against a real `redis-server` (Debian's package), started by each test
 //! on 127.0.0.1: several limiters stand for several sidecars.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use portcullis_limits::testing::Redis;
 use portcullis_limits::{Mode, Options, SharedLimiter, Store, Target};
 use portcullis_policy::{InMemoryLimiter, Limiter, Scope};
-
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Self::start_on(port)
-    }
-
-    fn start_on(port: u16) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, port, _dir: dir }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn limiter(url: &str) -> Arc<SharedLimiter> {
     let store = Store::new(&Target::parse(url).unwrap(), None, Duration::from_millis(200)).unwrap();
@@ -204,4 +149,28 @@ async fn an_unavailable_store_means_a_local_share_until_it_is_back() {
         admitted += u32::from(hit(&l, 1_000_000, 30, &trips).await);
     }
     assert_eq!(admitted, 30, "the fresh Redis holds the whole limit");
+}
+
+/// A refund that comes after its bucket ended (a slow backend) is given back too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_refunds_are_given_back_to_the_store() {
+    let redis = Redis::start();
+    let (a, b) = (limiter(&redis.url()), limiter(&redis.url()));
+    let trips = AtomicU32::new(0);
+    let o = a.counter(Scope::Org, "");
+    let p = a.counter(Scope::Profile, "demo/p");
+    let mut grants = Vec::new();
+    for _ in 0..5 {
+        grants.push(a.take(&[(&o, 1000), (&p, 5)], now_ms()).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    for grant in &grants {
+        a.refund(&[&o, &p], grant);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut admitted = 0;
+    for _ in 0..10 {
+        admitted += u32::from(hit(&b, 1000, 5, &trips).await);
+    }
+    assert_eq!(admitted, 5, "the 5 refunded hits were given back");
 }

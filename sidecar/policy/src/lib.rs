@@ -451,7 +451,13 @@ impl<L: Limiter> Engine<L> {
                 trusted: IpSet::new(&p.trusted_ip_ranges),
                 limit: p
                     .rate_limit_per_minute
-                    .map(|n| (limiter.counter(Scope::Profile, &p.name), n)),
+                    // By namespace and name: a shared store counts for every namespace.
+                    .map(|n| {
+                        (
+                            limiter.counter(Scope::Profile, &format!("{}/{}", config.namespace, p.name)),
+                            n,
+                        )
+                    }),
                 identity_header,
             });
         }

@@ -1,5 +1,6 @@
 //! The seam between the proxy and the policy engine ([`portcullis_policy`]): the engine the
-//! sidecar runs, with the in-process limiter whose counts outlive configuration reloads.
+//! sidecar runs, with the limiter whose counts outlive configuration reloads (in process, or
+//! shared through Redis: [`portcullis_limits`]).
 
 pub use portcullis_policy::path::NormalPath;
 pub use portcullis_policy::throttle::Budget;
@@ -9,4 +10,7 @@ pub use portcullis_policy::{
 };
 
 /// The engine as the sidecar runs it.
-pub type Engine = portcullis_policy::Engine<InMemoryLimiter>;
+pub type Engine = portcullis_policy::Engine<Limits>;
+
+/// The limiter the sidecar counts with.
+pub type Limits = portcullis_limits::SharedLimiter;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use portcullis_config::{CONFIG_FILE, ConfigError, SECRETS_FILE, load_dir};
 
 use super::state::{Active, Shared};
-use crate::base::engine::{CompileError, InMemoryLimiter};
+use crate::base::engine::{CompileError, Limits};
 use crate::base::tls::TlsError;
 use crate::listen::ServerTls;
 use crate::telemetry::metrics::ReloadResult;
@@ -35,7 +35,7 @@ pub enum LoadError {
 
 /// Reads, checks and compiles the configuration in `dir`, with its client-facing TLS and
 /// its origin clients (timeouts from `forwarder`).
-pub fn load(dir: &Path, limiter: &Arc<InMemoryLimiter>, forwarder: &Forwarder) -> Result<Active, LoadError> {
+pub fn load(dir: &Path, limiter: &Arc<Limits>, forwarder: &Forwarder) -> Result<Active, LoadError> {
     let loaded = load_dir(dir)?;
     let tls = ServerTls::build(&loaded)?;
     let (connect_timeout, timeout) = forwarder.timeouts();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use portcullis_config::{Loaded, SidecarConfig};
 
-use crate::base::engine::{CompileError, Engine, InMemoryLimiter};
+use crate::base::engine::{CompileError, Engine, Limits};
 use crate::identity::introspection::Introspector;
 use crate::listen::ServerTls;
 use crate::telemetry::audit::AuditLog;
@@ -34,7 +34,7 @@ pub struct Active {
 
 impl Active {
     /// The configuration served before any valid one was loaded: no routes, not ready.
-    pub fn empty(limiter: Arc<InMemoryLimiter>) -> Self {
+    pub fn empty(limiter: Arc<Limits>) -> Self {
         Self {
             config: SidecarConfig::empty(""),
             engine: Engine::empty(limiter),
@@ -48,7 +48,7 @@ impl Active {
     /// origin clients (built aside by the caller).
     pub fn compile(
         loaded: &Loaded,
-        limiter: Arc<InMemoryLimiter>,
+        limiter: Arc<Limits>,
         tls: Option<ServerTls>,
         origins: Origins,
     ) -> Result<Self, CompileError> {
@@ -83,7 +83,7 @@ pub struct Shared {
     pub body_read_timeout: Duration,
     /// Rate-limit counts (and the replay caches of HttpSignature profiles), kept across
     /// reloads.
-    pub limiter: Arc<InMemoryLimiter>,
+    pub limiter: Arc<Limits>,
     /// Where audit lines go.
     pub audit: Arc<AuditLog>,
     /// Asks OAuth2 introspection endpoints about opaque tokens (one call per token at once,
@@ -109,7 +109,7 @@ impl Shared {
         metrics: Metrics,
         forwarder: Forwarder,
         bounds: Bounds,
-        limiter: Arc<InMemoryLimiter>,
+        limiter: Arc<Limits>,
         audit: Arc<AuditLog>,
         introspector: Introspector,
     ) -> Arc<Self> {

@@ -73,7 +73,25 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         Ok(now) => now,
         Err(answer) => return answer,
     };
-    let outcome = active.engine.decide(&view, decision_clock(now));
+    let clock = decision_clock(now);
+    let outcome = match active.engine.decide(&view, clock) {
+        // 4b. Limits the shared store must decide: one round trip (near a limit, or before
+        // this sidecar holds a block of hits).
+        Outcome::Allow(mut admission) if admission.limits_pending() => {
+            let settled = match active.engine.pending_hits(&admission) {
+                Some(hits) => {
+                    let taken = shared.limiter.take(hits.as_slice(), clock.mono_ms).await;
+                    active.engine.settle(&mut admission, taken, clock)
+                }
+                None => Ok(()),
+            };
+            match settled {
+                Ok(()) => Outcome::Allow(admission),
+                Err(denial) => Outcome::Deny(denial),
+            }
+        }
+        outcome => outcome,
+    };
     // 5. The body check of a signed digest.
     let (req, body_refused) = check_signed_body(req, &outcome, shared.max_signed_body_bytes).await;
     // 6. The answer.

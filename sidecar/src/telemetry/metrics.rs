@@ -27,6 +27,31 @@ pub struct Metrics {
     introspections_pending: IntGauge,
 }
 
+/// The metrics of the shared limits store.
+#[derive(Clone)]
+pub struct LimitsStoreMetrics {
+    mode: IntGaugeVec,
+    round_trip: prometheus::Histogram,
+    errors: IntCounter,
+}
+
+impl LimitsStoreMetrics {
+    /// The counts now in force (`shared` or `local_share`).
+    pub fn mode(&self, mode: &str) {
+        for m in ["shared", "local_share"] {
+            self.mode.with_label_values(&[m]).set(i64::from(m == mode));
+        }
+    }
+
+    /// One call to the store.
+    pub fn round_trip(&self, took: Duration, failed: bool) {
+        self.round_trip.observe(took.as_secs_f64());
+        if failed {
+            self.errors.inc();
+        }
+    }
+}
+
 /// The connection metrics of one listener, resolved once (nothing is looked up per
 /// connection).
 #[derive(Clone)]
@@ -260,6 +285,47 @@ impl Metrics {
         self.certificate_expiry.reset();
         for (route, not_after) in expiry {
             self.certificate_expiry.with_label_values(&[route]).set(*not_after);
+        }
+    }
+
+    /// The metrics of the shared limits store, registered when one is configured.
+    pub fn limits_store(&self) -> LimitsStoreMetrics {
+        let mode = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_limits_store_mode",
+                "1 for the counts in force: shared (the store), local_share (the store is unavailable: this replica's share of each limit).",
+            ),
+            &["mode"],
+        )
+        .expect("valid metric");
+        let round_trip = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "portcullis_limits_store_round_trip_seconds",
+                "Calls to the limits store, requests waiting and blocks reserved ahead.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            ]),
+        )
+        .expect("valid metric");
+        let errors = IntCounter::new(
+            "portcullis_limits_store_errors_total",
+            "Calls to the limits store that failed or timed out.",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(mode.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(round_trip.clone()),
+            Box::new(errors.clone()),
+        ] {
+            if let Err(e) = self.registry.register(c) {
+                tracing::warn!(error = %e, "cannot register a metric");
+            }
+        }
+        LimitsStoreMetrics {
+            mode,
+            round_trip,
+            errors,
         }
     }
 
