@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use portcullis_limits::testing::Redis;
+use portcullis_limits::testing::{Redis, RedisCluster};
 use portcullis_limits::{Mode, Options, SharedLimiter, Store, Target};
 use portcullis_policy::{InMemoryLimiter, Limiter, Scope};
 
@@ -47,7 +47,18 @@ async fn hit(l: &SharedLimiter, org: u32, profile: u32, trips: &AtomicU32) -> bo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_admit_exactly_the_limit() {
     let redis = Redis::start();
-    let sidecars: Vec<_> = (0..3).map(|_| limiter(&redis.url())).collect();
+    exactly_the_limit(&redis.url()).await;
+}
+
+/// The same against a Redis Cluster of three masters: one decision's keys share a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_on_a_redis_cluster_admit_exactly_the_limit() {
+    let cluster = RedisCluster::start();
+    exactly_the_limit(&cluster.url()).await;
+}
+
+async fn exactly_the_limit(url: &str) {
+    let sidecars: Vec<_> = (0..3).map(|_| limiter(url)).collect();
     let admitted = Arc::new(AtomicU32::new(0));
     let trips = Arc::new(AtomicU32::new(0));
     let mut clients = Vec::new();
