@@ -44,9 +44,13 @@ fi
 command -v taskset >/dev/null || { log "taskset (util-linux) is required"; exit 1; }
 
 # --- build and configure -------------------------------------------------------------------
-log "building release binaries"
-cargo build --release --quiet -p portcullis-sidecar -p portcullis-operator -p portcullis-bench
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+# The static release binaries the images ship (tests/lib/release.sh); in CI,
+# tests/suite.d/70-images.sh has built the sidecar and the operator already.
+log "building release binaries (static, as in the images)"
+source tests/lib/release.sh
+release_build portcullis-sidecar portcullis-operator
+release_build portcullis-bench
+BIN=$(release_dir)
 "$BIN/portcullis-operator" render -f tests/bench/policy.yaml --out "$RUN/config" --org-allowance 100000000 >/dev/null
 
 BACKEND_PORT=18080 SIDECAR_PORT=18081 NGINX_PORT=18082 ADMIN_PORT=18090

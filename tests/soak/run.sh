@@ -23,9 +23,13 @@ rm -rf "$RUN" && mkdir -p "$RUN/config"
 log() { printf '[soak] %s\n' "$*" >&2; }
 command -v oha >/dev/null || { log "installing oha"; cargo install oha --locked --quiet --root "$TOOLS"; }
 
-log "building release binaries"
-cargo build --release --quiet -p portcullis-sidecar -p portcullis-operator -p portcullis-bench
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+# The static release binaries the images ship (tests/lib/release.sh); in CI,
+# tests/suite.d/70-images.sh has built the sidecar and the operator already.
+log "building release binaries (static, as in the images)"
+source tests/lib/release.sh
+release_build portcullis-sidecar portcullis-operator
+release_build portcullis-bench
+BIN=$(release_dir)
 "$BIN/portcullis-operator" render -f tests/bench/policy.yaml --out "$RUN/config" --org-allowance 100000000 >/dev/null
 
 # The backend port is the one tests/bench/policy.yaml routes to.

@@ -16,7 +16,9 @@
 #      sidecar and operator export (names from their metrics.rs) and, with promtool on the
 #      PATH, parse as PromQL;
 #   5. the settings the chart hands the operator carry the values they were given, and every
-#      flag the Deployment passes to `portcullis-operator run` is one `run --help` lists.
+#      flag the Deployment passes to `portcullis-operator run` is one `run --help` lists;
+#   8. the default images (operator Deployment, injected sidecar) are exactly the references
+#      tests/images/build.sh tags.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TOOLS="${PORTCULLIS_TOOLS:-$PWD/target/tools}"
@@ -321,6 +323,25 @@ for e in errors:
     print("   -", e, file=sys.stderr)
 sys.exit(1 if errors else 0)
 PY
+
+echo "default images == tests/images/build.sh --print-refs"
+if [ -s "$work/default.yaml" ]; then
+  mapfile -t built < <(tests/images/build.sh --print-refs)
+  if "$PY" - "$work/default.yaml" "${built[@]}" >"$work/images.out" 2>&1 <<'PY'; then
+import json, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+(dep,) = [d for d in docs if d["kind"] == "Deployment"]
+(cm,) = [d for d in docs if d["kind"] == "ConfigMap" and "settings.json" in d.get("data", {})]
+operator = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+sidecar = json.loads(cm["data"]["settings.json"])["sidecar"]["image"]
+print(operator, sidecar)
+sys.exit(0 if sorted([operator, sidecar]) == sorted(sys.argv[2:]) else 1)
+PY
+    pass "the chart installs the images build.sh tags: $(cat "$work/images.out")"
+  else
+    fail "the chart's default images ($(cat "$work/images.out")) are not build.sh's (${built[*]})"
+  fi
+fi
 
 echo "portcullis-operator run --help"
 if [ -s "$work/flags" ]; then
