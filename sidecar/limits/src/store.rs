@@ -1,14 +1,20 @@
 //! The connection to the Redis store and the one script every decision runs there
-//! (`take.lua`): a standalone server (`redis://`, `rediss://`) or a Redis Cluster
-//! (`redis-cluster://host:port,host:port`, `rediss-cluster://...`). Every call is bounded by
-//! the store timeout; the connection comes back by itself after a failure.
+//! (`take.lua`): a standalone server (`redis://`, `rediss://`), a Redis Cluster
+//! (`redis-cluster://host:port,host:port`, `rediss-cluster://...`), or the master a set of
+//! Redis Sentinels name (`redis-sentinel://host:port,host:port/master`,
+//! `rediss-sentinel://...`). Every call is bounded by the store timeout; the connection comes
+//! back by itself after a failure (behind Sentinel: to the master the sentinels name then).
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{IntoConnectionInfo, Script};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
+    RedisResult, Script, ServerErrorKind, TlsMode, Value,
+};
 use tokio::sync::Mutex;
 
 /// Why the store could not be used. Never carries the password.
@@ -35,6 +41,9 @@ impl From<redis::RedisError> for StoreError {
     }
 }
 
+/// The port of a sentinel named without one.
+pub const SENTINEL_PORT: u16 = 26379;
+
 /// Where the shared counts live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -42,6 +51,17 @@ pub enum Target {
     Single(String),
     /// A Redis Cluster, by some of its nodes: `redis-cluster://` or `rediss-cluster://`.
     Cluster(Vec<String>),
+    /// The master a set of Redis Sentinels monitor under `master`:
+    /// `redis-sentinel://HOST:PORT,HOST:PORT/MASTER` or `rediss-sentinel://...` (TLS to the
+    /// data nodes; the sentinels are asked in plain TCP).
+    Sentinel {
+        /// The sentinels (host, port).
+        sentinels: Vec<(String, u16)>,
+        /// The master's name in the sentinels' configuration (`sentinel monitor NAME ...`).
+        master: String,
+        /// TLS to the master.
+        tls: bool,
+    },
 }
 
 impl Target {
@@ -49,20 +69,20 @@ impl Target {
     pub fn parse(url: &str) -> Result<Self, StoreError> {
         let bad = |why: &str| {
             StoreError::Url(format!(
-                "{why} (expected redis://HOST:PORT[/DB], rediss://..., or redis-cluster://HOST:PORT,HOST:PORT)"
+                "{why} (expected redis://HOST:PORT[/DB], rediss://..., \
+                 redis-cluster://HOST:PORT,HOST:PORT, rediss-cluster://..., \
+                 redis-sentinel://HOST:PORT,HOST:PORT/MASTER or rediss-sentinel://...)"
             ))
         };
         let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
         if rest.contains('@') {
             return Err(bad("put the password in --limits-store-password-file, not in the URL"));
         }
+        fn nodes(list: &str) -> Vec<&str> {
+            list.split(',').map(str::trim).filter(|n| !n.is_empty()).collect()
+        }
         let hosts = |plain: &str| -> Result<Vec<String>, StoreError> {
-            let nodes: Vec<String> = rest
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(|n| format!("{plain}://{n}"))
-                .collect();
+            let nodes: Vec<String> = nodes(rest).iter().map(|n| format!("{plain}://{n}")).collect();
             if nodes.is_empty() {
                 return Err(bad("no node"));
             }
@@ -71,6 +91,32 @@ impl Target {
             }
             Ok(nodes)
         };
+        let sentinel = |tls: bool| -> Result<Self, StoreError> {
+            let (list, master) = rest
+                .split_once('/')
+                .ok_or_else(|| bad("no master name after the sentinels"))?;
+            if master.is_empty()
+                || !master
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(bad(&format!(
+                    "{master:?} is not a master name (letters, digits, '-', '_', '.')"
+                )));
+            }
+            let sentinels: Vec<(String, u16)> = nodes(list)
+                .into_iter()
+                .map(|n| host_port(n, SENTINEL_PORT).ok_or_else(|| bad(&format!("{n:?} is not HOST[:PORT]"))))
+                .collect::<Result<_, _>>()?;
+            if sentinels.is_empty() {
+                return Err(bad("no sentinel"));
+            }
+            Ok(Self::Sentinel {
+                sentinels,
+                master: master.to_owned(),
+                tls,
+            })
+        };
         match scheme {
             "redis" | "rediss" => {
                 url.into_connection_info().map_err(|e| bad(&e.to_string()))?;
@@ -78,9 +124,44 @@ impl Target {
             }
             "redis-cluster" => Ok(Self::Cluster(hosts("redis")?)),
             "rediss-cluster" => Ok(Self::Cluster(hosts("rediss")?)),
+            "redis-sentinel" => sentinel(false),
+            "rediss-sentinel" => sentinel(true),
             other => Err(bad(&format!("unknown scheme {other:?}"))),
         }
     }
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`; `default` when the port is left out.
+fn host_port(node: &str, default: u16) -> Option<(String, u16)> {
+    let (host, port) = if let Some(v6) = node.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        if host.is_empty() || !host.chars().all(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '.')) {
+            return None;
+        }
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?),
+        };
+        (host, port)
+    } else {
+        let (host, port) = match node.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (node, None),
+        };
+        if host.is_empty()
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        {
+            return None;
+        }
+        (host, port)
+    };
+    let port = match port {
+        None => default,
+        Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0)?,
+    };
+    Some((host.to_owned(), port))
 }
 
 /// One call of the script.
@@ -120,14 +201,125 @@ pub struct Taken {
     pub tightest: usize,
 }
 
+/// How the store is reached.
 enum Conn {
+    /// Reconnects by itself.
     Single(ConnectionManager),
-    Cluster(Box<Cluster>),
+    /// Made on first use, and again after it was lost.
+    Cluster(Box<Lazy<ClusterClient>>),
+    /// Made on first use through the sentinels, and again (asking them anew, so to the
+    /// current master) after it was lost, timed out or met a demoted master.
+    Sentinel(Box<Lazy<SentinelClient>>),
 }
 
-struct Cluster {
-    client: ClusterClient,
-    conn: Mutex<Option<ClusterConnection>>,
+/// A client and the connection it made, if any: the lock is held while connecting, so that
+/// concurrent calls wait for one connection instead of each making their own.
+struct Lazy<C: Connect> {
+    state: Mutex<(C, Option<C::Conn>)>,
+}
+
+/// A client that makes connections. (The future is boxed: the sentinel lookup's type is too
+/// deep to nest in the limiter's.)
+trait Connect {
+    type Conn: Clone + Send;
+    fn connect(&mut self, timeout: Duration) -> RedisFuture<'_, Self::Conn>;
+}
+
+impl Connect for ClusterClient {
+    type Conn = ClusterConnection;
+    fn connect(&mut self, _: Duration) -> RedisFuture<'_, ClusterConnection> {
+        // The builder holds the timeouts.
+        Box::pin(self.get_async_connection())
+    }
+}
+
+impl Connect for SentinelClient {
+    type Conn = MultiplexedConnection;
+    /// Asks the sentinels for the master (and checks it is one), then connects to it.
+    fn connect(&mut self, timeout: Duration) -> RedisFuture<'_, MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        Box::pin(async move { self.get_async_connection_with_config(&config).await })
+    }
+}
+
+impl<C: Connect> Lazy<C> {
+    fn new(client: C) -> Self {
+        Self {
+            state: Mutex::new((client, None)),
+        }
+    }
+
+    /// The connection, made if there is none.
+    async fn get(&self, timeout: Duration) -> RedisResult<C::Conn> {
+        let mut state = self.state.lock().await;
+        let (client, conn) = &mut *state;
+        if let Some(c) = conn {
+            return Ok(c.clone());
+        }
+        let c = client.connect(timeout).await?;
+        *conn = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Drops the connection: the next call makes a new one. Skipped while a call is making
+    /// one (it is new).
+    fn forget(&self) {
+        if let Ok(mut state) = self.state.try_lock() {
+            state.1 = None;
+        }
+    }
+}
+
+/// A connection to the store, whichever its kind: commands and scripts run on it as on any
+/// redis-rs async connection.
+#[derive(Clone)]
+pub(crate) enum Handle {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+    Sentinel(MultiplexedConnection),
+}
+
+impl ConnectionLike for Handle {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Sentinel(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+            Self::Sentinel(c) => c.get_db(),
+        }
+    }
+}
+
+/// Whether `e` means the connection is gone (a restarted or failed server, a dropped link) or
+/// leads to a node that is no longer the master (a failover): worth one more try on a new
+/// connection.
+fn lost(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
 }
 
 /// The store: its connection and the script.
@@ -139,7 +331,9 @@ pub struct Store {
 
 impl Store {
     /// A store at `target`, connected lazily (the sidecar starts whether or not the store is
-    /// up), each call bounded by `timeout`.
+    /// up), each call bounded by `timeout`. The password is the data nodes'; behind Sentinel
+    /// it is offered to the sentinels too, as the default user's (`AUTH default PASSWORD`),
+    /// which sentinels without a password accept as well.
     pub fn new(target: &Target, password: Option<String>, timeout: Duration) -> Result<Self, StoreError> {
         let conn = match target {
             Target::Single(url) => {
@@ -164,10 +358,23 @@ impl Store {
                 if let Some(p) = password {
                     builder = builder.password(p);
                 }
-                Conn::Cluster(Box::new(Cluster {
-                    client: builder.build()?,
-                    conn: Mutex::new(None),
-                }))
+                Conn::Cluster(Box::new(Lazy::new(builder.build()?)))
+            }
+            Target::Sentinel { sentinels, master, tls } => {
+                let addrs = sentinels
+                    .iter()
+                    .map(|(host, port)| ConnectionAddr::Tcp(host.clone(), *port));
+                let mut builder = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)?;
+                if *tls {
+                    builder = builder.set_client_to_redis_tls_mode(TlsMode::Secure);
+                }
+                if let Some(p) = password {
+                    builder = builder
+                        .set_client_to_redis_password(&p)
+                        .set_client_to_sentinel_username("default")
+                        .set_client_to_sentinel_password(&p);
+                }
+                Conn::Sentinel(Box::new(Lazy::new(builder.build()?)))
             }
         };
         Ok(Self {
@@ -192,55 +399,64 @@ impl Store {
             .arg(take.lead)
             .arg(take.release.0)
             .arg(take.release.1);
-        // A connection lost since the last call (a restarted or failed-over server) is made
-        // again at once: one more try within the same timeout.
-        let call = async {
-            match self.invoke(&invocation).await {
-                Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
-                    self.invoke(&invocation).await
-                }
-                other => other,
-            }
-        };
-        let reply = tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| StoreError::Timeout(self.timeout))??;
+        let invocation = &invocation;
+        let reply: Vec<i64> = self
+            .call(|mut c| async move { invocation.invoke_async(&mut c).await })
+            .await?;
         parse(&reply, take.keys.len())
     }
 
-    async fn invoke(&self, invocation: &redis::ScriptInvocation<'_>) -> redis::RedisResult<Vec<i64>> {
-        {
-            let reply: Vec<i64> = match &self.conn {
-                Conn::Single(conn) => invocation.invoke_async(&mut conn.clone()).await?,
-                Conn::Cluster(cluster) => {
-                    let Cluster { client, conn } = &**cluster;
-                    let mut c = Self::cluster(client, conn).await?;
-                    match invocation.invoke_async(&mut c).await {
-                        Ok(r) => r,
-                        Err(e) => {
-                            if e.is_io_error() || e.is_connection_dropped() {
-                                *conn.lock().await = None;
-                            }
-                            return Err(e);
-                        }
-                    }
+    /// Runs `f` on the store's connection within the timeout. A connection lost since the
+    /// last call (a restarted or failed-over server) is made again at once: one more try
+    /// within the same timeout.
+    async fn call<T, F>(&self, f: impl Fn(Handle) -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = RedisResult<T>>,
+    {
+        let once = async || {
+            let result = f(self.connection().await?).await;
+            if let Err(e) = &result
+                && lost(e)
+            {
+                self.forget();
+            }
+            result
+        };
+        let call = async {
+            match once().await {
+                Err(e) if lost(&e) => once().await,
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => Ok(result?),
+            Err(_) => {
+                // Behind Sentinel, a master that stopped answering (a node gone without a
+                // word) is asked for again on the next call.
+                if let Conn::Sentinel(lazy) = &self.conn {
+                    lazy.forget();
                 }
-            };
-            Ok(reply)
+                Err(StoreError::Timeout(self.timeout))
+            }
         }
     }
 
-    async fn cluster(
-        client: &ClusterClient,
-        conn: &Mutex<Option<ClusterConnection>>,
-    ) -> redis::RedisResult<ClusterConnection> {
-        let mut slot = conn.lock().await;
-        if let Some(c) = &*slot {
-            return Ok(c.clone());
+    /// The connection to run a call on.
+    async fn connection(&self) -> RedisResult<Handle> {
+        match &self.conn {
+            Conn::Single(c) => Ok(Handle::Single(c.clone())),
+            Conn::Cluster(lazy) => lazy.get(self.timeout).await.map(Handle::Cluster),
+            Conn::Sentinel(lazy) => lazy.get(self.timeout).await.map(Handle::Sentinel),
         }
-        let c = client.get_async_connection().await?;
-        *slot = Some(c.clone());
-        Ok(c)
+    }
+
+    /// Drops the connection after it was lost (the connection manager reconnects by itself).
+    fn forget(&self) {
+        match &self.conn {
+            Conn::Single(_) => {}
+            Conn::Cluster(lazy) => lazy.forget(),
+            Conn::Sentinel(lazy) => lazy.forget(),
+        }
     }
 }
 
@@ -291,6 +507,89 @@ mod tests {
         assert!(Target::parse("memcached://x:1").is_err());
         assert!(Target::parse("redis-cluster://").is_err());
         assert!(Target::parse("127.0.0.1:6379").is_err());
+    }
+
+    #[test]
+    fn sentinel_urls_name_the_sentinels_and_the_master() {
+        assert_eq!(
+            Target::parse("redis-sentinel://10.0.0.1:26380, sentinel-1.redis ,[fd00::1]:5000,[::1]/limits").unwrap(),
+            Target::Sentinel {
+                sentinels: vec![
+                    ("10.0.0.1".into(), 26380),
+                    ("sentinel-1.redis".into(), SENTINEL_PORT),
+                    ("fd00::1".into(), 5000),
+                    ("::1".into(), SENTINEL_PORT),
+                ],
+                master: "limits".into(),
+                tls: false,
+            }
+        );
+        assert_eq!(
+            Target::parse("rediss-sentinel://s:26379/my_master.1").unwrap(),
+            Target::Sentinel {
+                sentinels: vec![("s".into(), 26379)],
+                master: "my_master.1".into(),
+                tls: true,
+            }
+        );
+        for (url, why) in [
+            ("redis-sentinel://10.0.0.1:26379", "no master name"),
+            ("redis-sentinel://10.0.0.1:26379/", "is not a master name"),
+            ("redis-sentinel://10.0.0.1:26379/a/b", "is not a master name"),
+            ("redis-sentinel://10.0.0.1:26379/a?db=1", "is not a master name"),
+            ("redis-sentinel:///limits", "no sentinel"),
+            ("redis-sentinel://,/limits", "no sentinel"),
+            ("redis-sentinel://h:0/limits", "\"h:0\" is not HOST[:PORT]"),
+            ("redis-sentinel://h:65536/limits", "is not HOST[:PORT]"),
+            ("redis-sentinel://h:/limits", "is not HOST[:PORT]"),
+            ("redis-sentinel://fd00::1/limits", "is not HOST[:PORT]"),
+            ("redis-sentinel://[fd00::1/limits", "is not HOST[:PORT]"),
+            ("redis-sentinel://[fd00::1]x/limits", "is not HOST[:PORT]"),
+            ("redis-sentinel://h h:1/limits", "is not HOST[:PORT]"),
+            ("redis-sentinels://h:1/limits", "unknown scheme"),
+        ] {
+            let err = Target::parse(url).unwrap_err().to_string();
+            assert!(err.starts_with("--limits-store: "), "{url}: {err}");
+            assert!(err.contains(why), "{url}: {err}");
+            assert!(
+                err.contains("redis-sentinel://HOST:PORT,HOST:PORT/MASTER") && err.contains("redis://HOST:PORT"),
+                "{url}: the expected forms are named: {err}"
+            );
+        }
+        let err = Target::parse("redis-sentinel://:hunter2@10.0.0.1:26379/limits")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--limits-store-password-file") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+
+    /// The store is made without a round trip: the sidecar starts whether or not the
+    /// sentinels answer.
+    #[tokio::test]
+    async fn a_sentinel_store_connects_lazily_and_its_errors_hold_no_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let target = Target::parse(&format!("redis-sentinel://127.0.0.1:{port}/limits")).unwrap();
+        let store = Store::new(&target, Some("hunter2".into()), Duration::from_millis(200)).unwrap();
+        let err = store
+            .take(&Take {
+                keys: &["k"],
+                limits: &[1],
+                want: 1,
+                divisor: 1,
+                lead: 0,
+                release: (0, 0),
+            })
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("limits store"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]
