@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Base tools: rustfmt and clippy for the toolchain, and Debian packages the tests drive
-# (openssl for TLS probes, curl for the quickstart, redis-server for the shared limits).
+# (openssl for TLS probes, curl for the quickstart, redis-server for the shared limits: a server,
+# a cluster, and sentinels with `redis-server --sentinel`; procps for `kill -STOP` of a master).
 # Idempotent.
 set -euo pipefail
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -10,7 +11,7 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
 fi
 
 missing=()
-for pkg in openssl curl ca-certificates python3-pip redis-server; do
+for pkg in openssl curl ca-certificates python3-pip redis-server procps; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,46 +1,15 @@
 //! The shared limiter against a real `redis-server` (Debian's package), started by each test
 //! on 127.0.0.1: several limiters stand for several sidecars.
 
-use std::sync::Arc;
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{exactly_the_limit, hit, limiter, now_ms};
+use portcullis_limits::Mode;
 use portcullis_limits::testing::{Redis, RedisCluster};
-use portcullis_limits::{Mode, Options, SharedLimiter, Store, Target};
-use portcullis_policy::{InMemoryLimiter, Limiter, Scope};
-
-fn limiter(url: &str) -> Arc<SharedLimiter> {
-    let store = Store::new(&Target::parse(url).unwrap(), None, Duration::from_millis(200)).unwrap();
-    let l = Arc::new(SharedLimiter::new(
-        InMemoryLimiter::new(),
-        Some(store),
-        Options::default(),
-    ));
-    tokio::spawn(Arc::clone(&l).run());
-    l
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// One hit on (org, profile) through `l`, as the request path takes it: from a block, or
-/// one round trip. Counts the round trips in `trips`.
-async fn hit(l: &SharedLimiter, org: u32, profile: u32, trips: &AtomicU32) -> bool {
-    let o = l.counter(Scope::Org, "");
-    let p = l.counter(Scope::Profile, "demo/p");
-    let hits = [(&o, org), (&p, profile)];
-    match l.try_acquire(&hits, now_ms()) {
-        Some(r) => r.is_ok(),
-        None => {
-            trips.fetch_add(1, Ordering::Relaxed);
-            l.take(&hits, now_ms()).await.is_ok()
-        }
-    }
-}
+use portcullis_policy::{Limiter, Scope};
 
 /// Three sidecars, 12 clients, demand far above the limit: exactly the limit is admitted,
 /// whichever sidecar takes the hits.
@@ -55,41 +24,6 @@ async fn three_replicas_admit_exactly_the_limit() {
 async fn three_replicas_on_a_redis_cluster_admit_exactly_the_limit() {
     let cluster = RedisCluster::start();
     exactly_the_limit(&cluster.url()).await;
-}
-
-async fn exactly_the_limit(url: &str) {
-    let sidecars: Vec<_> = (0..3).map(|_| limiter(url)).collect();
-    let admitted = Arc::new(AtomicU32::new(0));
-    let trips = Arc::new(AtomicU32::new(0));
-    let mut clients = Vec::new();
-    for i in 0..12 {
-        let l = Arc::clone(&sidecars[i % 3]);
-        let (admitted, trips) = (Arc::clone(&admitted), Arc::clone(&trips));
-        clients.push(tokio::spawn(async move {
-            for _ in 0..300 {
-                if hit(&l, 1_000_000, 1000, &trips).await {
-                    admitted.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    for c in clients {
-        c.await.unwrap();
-    }
-    // Blocks reserved ahead and not used are given back within a few buckets; a last round
-    // of demand then takes exactly what is left.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for l in &sidecars {
-        for _ in 0..50 {
-            if hit(l, 1_000_000, 1000, &trips).await {
-                admitted.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    assert_eq!(admitted.load(Ordering::Relaxed), 1000, "3,750 asked, limit 1,000");
-    for l in &sidecars {
-        assert_eq!(l.mode(), Mode::Shared);
-    }
 }
 
 /// Far from the limit, steady demand is served from blocks reserved ahead: few requests wait
