@@ -129,11 +129,15 @@ pub struct ServeArgs {
     #[arg(long)]
     pub allow_loopback_origins: bool,
     /// Count rate limits and the org allowance in this Redis, shared by every replica:
-    /// `redis://HOST:PORT[/DB]`, `rediss://...` (TLS), or `redis-cluster://HOST:PORT,HOST:PORT`
-    /// (`rediss-cluster://` with TLS). Without it each sidecar counts alone.
+    /// `redis://HOST:PORT[/DB]`, `rediss://...` (TLS), `redis-cluster://HOST:PORT,HOST:PORT`
+    /// (`rediss-cluster://` with TLS), or the master Redis Sentinels name,
+    /// `redis-sentinel://HOST:PORT,HOST:PORT/MASTER` (`rediss-sentinel://`: TLS to the data
+    /// nodes). Without it each sidecar counts alone.
     #[arg(long, env = "PORTCULLIS_LIMITS_STORE")]
     pub limits_store: Option<String>,
-    /// File holding the Redis password (a mounted Secret), for `--limits-store`.
+    /// File holding the Redis password (a mounted Secret), for `--limits-store`. Behind
+    /// Sentinel it is the data nodes' password, also offered to the sentinels (as the default
+    /// user's, which sentinels without a password accept).
     #[arg(long)]
     pub limits_store_password_file: Option<PathBuf>,
     /// Time allowed for each call to the limits store; beyond, the store counts as unavailable

@@ -212,10 +212,13 @@ enum Conn {
     Sentinel(Box<Lazy<SentinelClient>>),
 }
 
-/// A client and the connection it made, if any: the lock is held while connecting, so that
-/// concurrent calls wait for one connection instead of each making their own.
+/// A client and the connection it made, if any. The client's lock is held while connecting,
+/// so that concurrent calls wait for one connection instead of each making their own; the
+/// connection's only while it is read or replaced.
 struct Lazy<C: Connect> {
-    state: Mutex<(C, Option<C::Conn>)>,
+    client: Mutex<C>,
+    /// The connection and its number (one more for each made).
+    conn: std::sync::Mutex<(u64, Option<C::Conn>)>,
 }
 
 /// A client that makes connections. (The future is boxed: the sentinel lookup's type is too
@@ -247,27 +250,37 @@ impl Connect for SentinelClient {
 impl<C: Connect> Lazy<C> {
     fn new(client: C) -> Self {
         Self {
-            state: Mutex::new((client, None)),
+            client: Mutex::new(client),
+            conn: std::sync::Mutex::new((0, None)),
         }
     }
 
-    /// The connection, made if there is none.
-    async fn get(&self, timeout: Duration) -> RedisResult<C::Conn> {
-        let mut state = self.state.lock().await;
-        let (client, conn) = &mut *state;
-        if let Some(c) = conn {
-            return Ok(c.clone());
+    fn current(&self) -> (u64, Option<C::Conn>) {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The connection and its number, made if there is none.
+    async fn get(&self, timeout: Duration) -> RedisResult<(u64, C::Conn)> {
+        if let (n, Some(c)) = self.current() {
+            return Ok((n, c));
+        }
+        let mut client = self.client.lock().await;
+        // Made by another call while this one waited.
+        if let (n, Some(c)) = self.current() {
+            return Ok((n, c));
         }
         let c = client.connect(timeout).await?;
-        *conn = Some(c.clone());
-        Ok(c)
+        let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = (slot.0 + 1, Some(c.clone()));
+        Ok((slot.0, c))
     }
 
-    /// Drops the connection: the next call makes a new one. Skipped while a call is making
-    /// one (it is new).
-    fn forget(&self) {
-        if let Ok(mut state) = self.state.try_lock() {
-            state.1 = None;
+    /// Drops connection `n` (every connection with `None`): the next call makes a new one. A
+    /// newer connection than the one that failed is kept.
+    fn forget(&self, n: Option<u64>) {
+        let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if n.is_none_or(|n| n == slot.0) {
+            slot.1 = None;
         }
     }
 }
@@ -414,11 +427,12 @@ impl Store {
         F: Future<Output = RedisResult<T>>,
     {
         let once = async || {
-            let result = f(self.connection().await?).await;
+            let (n, c) = self.connection().await?;
+            let result = f(c).await;
             if let Err(e) = &result
                 && lost(e)
             {
-                self.forget();
+                self.forget(Some(n));
             }
             result
         };
@@ -434,28 +448,28 @@ impl Store {
                 // Behind Sentinel, a master that stopped answering (a node gone without a
                 // word) is asked for again on the next call.
                 if let Conn::Sentinel(lazy) = &self.conn {
-                    lazy.forget();
+                    lazy.forget(None);
                 }
                 Err(StoreError::Timeout(self.timeout))
             }
         }
     }
 
-    /// The connection to run a call on.
-    async fn connection(&self) -> RedisResult<Handle> {
+    /// The connection to run a call on, and its number (for [`Self::forget`]).
+    async fn connection(&self) -> RedisResult<(u64, Handle)> {
         match &self.conn {
-            Conn::Single(c) => Ok(Handle::Single(c.clone())),
-            Conn::Cluster(lazy) => lazy.get(self.timeout).await.map(Handle::Cluster),
-            Conn::Sentinel(lazy) => lazy.get(self.timeout).await.map(Handle::Sentinel),
+            Conn::Single(c) => Ok((0, Handle::Single(c.clone()))),
+            Conn::Cluster(lazy) => lazy.get(self.timeout).await.map(|(n, c)| (n, Handle::Cluster(c))),
+            Conn::Sentinel(lazy) => lazy.get(self.timeout).await.map(|(n, c)| (n, Handle::Sentinel(c))),
         }
     }
 
-    /// Drops the connection after it was lost (the connection manager reconnects by itself).
-    fn forget(&self) {
+    /// Drops connection `n` after it was lost (the connection manager reconnects by itself).
+    fn forget(&self, n: Option<u64>) {
         match &self.conn {
             Conn::Single(_) => {}
-            Conn::Cluster(lazy) => lazy.forget(),
-            Conn::Sentinel(lazy) => lazy.forget(),
+            Conn::Cluster(lazy) => lazy.forget(n),
+            Conn::Sentinel(lazy) => lazy.forget(n),
         }
     }
 }
