@@ -13,6 +13,11 @@
 //!     the per-replica ones, [`group::group_name_for_pod`]). Not optional: the app never
 //!     starts before the operator has written its configuration;
 //!   - a downward-API volume at [`PODINFO_DIR`] with the pod's `labels` and `namespace`;
+//!   - with a limits store ([`LimitsStore`], Helm `sidecar.limitsStore`): the flags
+//!     `--limits-store` and `--limits-store-timeout`, and, when it names a password Secret,
+//!     that Secret of the pod's namespace as the volume [`LIMITS_STORE_VOLUME`] at
+//!     [`LIMITS_STORE_DIR`] with `--limits-store-password-file` (the password is never in
+//!     an argument, the environment or a ConfigMap);
 //!   - startup, readiness (`/readyz`) and liveness (`/healthz`) probes on the admin port,
 //!     the configured resources and a non-root, read-only, no-capability security context.
 //!
@@ -47,8 +52,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::authentication::v1::UserInfo;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource, ResourceRequirements,
-    SeccompProfile, Secret, SecretProjection, SecurityContext, Volume, VolumeMount, VolumeProjection,
+    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, Secret, SecretProjection, SecretVolumeSource, SecurityContext, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::core::DynamicObject;
@@ -70,6 +76,13 @@ pub const SIDECAR_NAME: &str = "portcullis-sidecar";
 pub const CONFIG_VOLUME: &str = "portcullis-config";
 /// The downward-API volume with the pod's labels and namespace.
 pub const PODINFO_VOLUME: &str = "portcullis-podinfo";
+/// The Secret volume with the limits store's password (only with
+/// `sidecar.limitsStore.passwordSecret`).
+pub const LIMITS_STORE_VOLUME: &str = "portcullis-limits-store";
+/// Where the limits store's password Secret is mounted; the key's file is [`LIMITS_STORE_PASSWORD_FILE`].
+pub const LIMITS_STORE_DIR: &str = "/etc/portcullis/limits-store";
+/// The password's file (`--limits-store-password-file`), whatever the Secret's key.
+pub const LIMITS_STORE_PASSWORD_FILE: &str = "/etc/portcullis/limits-store/password";
 /// Where the sidecar reads its configuration (`--config-dir`).
 pub const CONFIG_DIR: &str = "/etc/portcullis/config";
 /// Where the downward-API files (`labels`, `namespace`) are mounted.
@@ -144,6 +157,189 @@ pub struct SidecarSettings {
     pub native: bool,
     /// More sidecar flags, after the ones the webhook sets (Helm `sidecar.extraArgs`).
     pub extra_args: Vec<String>,
+    /// The Redis the sidecars count rate limits in (Helm `sidecar.limitsStore`).
+    pub limits_store: LimitsStore,
+}
+
+/// `sidecar.limitsStore`: where every sidecar counts rate limits, so that they hold across
+/// replicas (`--limits-store`, docs/api.md "Limits across replicas"). An empty `url`: each
+/// sidecar counts alone.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct LimitsStore {
+    /// `redis://`, `rediss://`, `redis-cluster://`, `rediss-cluster://`, `redis-sentinel://`
+    /// or `rediss-sentinel://`, without a password.
+    pub url: String,
+    /// The Secret, in the pod's own namespace, holding the password; mounted into the sidecar
+    /// (never in its arguments or environment).
+    pub password_secret: PasswordSecret,
+    /// `--limits-store-timeout` (`100ms`, `1s`).
+    pub timeout: String,
+}
+
+impl Default for LimitsStore {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            password_secret: PasswordSecret::default(),
+            timeout: "100ms".to_owned(),
+        }
+    }
+}
+
+/// `sidecar.limitsStore.passwordSecret`: a Secret of the pod's namespace, and its key.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct PasswordSecret {
+    /// Empty: no password.
+    pub name: String,
+    pub key: String,
+}
+
+impl Default for PasswordSecret {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            key: "password".to_owned(),
+        }
+    }
+}
+
+/// The URL schemes `--limits-store` takes.
+pub const LIMITS_STORE_SCHEMES: &[&str] = &[
+    "redis",
+    "rediss",
+    "redis-cluster",
+    "rediss-cluster",
+    "redis-sentinel",
+    "rediss-sentinel",
+];
+
+/// A settings file the operator refuses to start with.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("{field} = {value:?}: {why}")]
+    Invalid {
+        /// The Helm value, e.g. `sidecar.limitsStore.url`.
+        field: &'static str,
+        value: String,
+        why: String,
+    },
+}
+
+impl LimitsStore {
+    /// The checks the sidecar would fail at start on, made once in the operator: the URL's
+    /// form (the sidecar parses it fully), the timeout, the Secret's name and key.
+    fn validate(&self, extra_args: &[String]) -> Result<(), SettingsError> {
+        let invalid = |field: &'static str, value: &str, why: &str| SettingsError::Invalid {
+            field,
+            value: value.to_owned(),
+            why: why.to_owned(),
+        };
+        let secret = &self.password_secret;
+        if self.url.is_empty() {
+            if !secret.name.is_empty() {
+                return Err(invalid(
+                    "sidecar.limitsStore.passwordSecret.name",
+                    &secret.name,
+                    "a password without sidecar.limitsStore.url",
+                ));
+            }
+            return Ok(());
+        }
+        let url = &self.url;
+        let forms = "expected redis://HOST:PORT[/DB], rediss://..., redis-cluster://HOST:PORT,HOST:PORT, \
+                     rediss-cluster://..., redis-sentinel://HOST:PORT,HOST:PORT/MASTER or rediss-sentinel://...";
+        match url.split_once("://") {
+            Some((scheme, rest)) if LIMITS_STORE_SCHEMES.contains(&scheme) && !rest.is_empty() => {
+                if rest.contains('@') {
+                    return Err(invalid(
+                        "sidecar.limitsStore.url",
+                        "<redacted: it holds a password>",
+                        "put the password in the Secret sidecar.limitsStore.passwordSecret names, not in the URL",
+                    ));
+                }
+                // Lists of nodes may have spaces after their commas; nothing else has any.
+                let single = matches!(scheme, "redis" | "rediss");
+                if rest
+                    .chars()
+                    .any(|c| c.is_control() || (c.is_whitespace() && (single || c != ' ')))
+                {
+                    return Err(invalid("sidecar.limitsStore.url", url, forms));
+                }
+                if scheme.ends_with("-sentinel") && rest.split_once('/').is_none_or(|(_, master)| master.is_empty()) {
+                    return Err(invalid(
+                        "sidecar.limitsStore.url",
+                        url,
+                        &format!("no master name after the sentinels ({forms})"),
+                    ));
+                }
+            }
+            _ => return Err(invalid("sidecar.limitsStore.url", url, forms)),
+        }
+        let timeout = &self.timeout;
+        let digits = timeout.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let unit = &timeout[digits.len()..];
+        let positive = digits.bytes().all(|b| b.is_ascii_digit()) && digits.parse::<u64>().is_ok_and(|n| n > 0);
+        if !positive || !matches!(unit, "ms" | "s" | "m") {
+            return Err(invalid(
+                "sidecar.limitsStore.timeout",
+                timeout,
+                "expected a duration longer than zero like 100ms, 1s or 1m",
+            ));
+        }
+        if !secret.name.is_empty() {
+            let dns_subdomain = secret.name.len() <= 253
+                && secret.name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                });
+            if !dns_subdomain {
+                return Err(invalid(
+                    "sidecar.limitsStore.passwordSecret.name",
+                    &secret.name,
+                    "not a Secret name (a DNS subdomain)",
+                ));
+            }
+            let key = &secret.key;
+            if key.is_empty()
+                || key.len() > 253
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(invalid(
+                    "sidecar.limitsStore.passwordSecret.key",
+                    key,
+                    "not a Secret key (letters, digits, '-', '_', '.')",
+                ));
+            }
+        }
+        if let Some(flag) = extra_args
+            .iter()
+            .find(|a| a.split('=').next().is_some_and(|f| f.starts_with("--limits-store")))
+        {
+            return Err(invalid(
+                "sidecar.extraArgs",
+                flag,
+                "sidecar.limitsStore sets the --limits-store flags",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SidecarSettings {
+    /// Refuses values the injected sidecars would fail on (each names its Helm value).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.limits_store.validate(&self.extra_args)
+    }
 }
 
 impl Default for SidecarSettings {
@@ -159,6 +355,7 @@ impl Default for SidecarSettings {
             run_as_user: 65532,
             native: true,
             extra_args: Vec::new(),
+            limits_store: LimitsStore::default(),
         }
     }
 }
@@ -192,9 +389,11 @@ pub struct WebhookSettings {
 }
 
 impl OperatorSettings {
-    /// Parses a settings file's content.
-    pub fn from_json(json: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(json)
+    /// Parses a settings file's content, and refuses values the sidecars would fail on.
+    pub fn from_json(json: &[u8]) -> Result<Self, SettingsError> {
+        let settings: Self = serde_json::from_slice(json)?;
+        settings.sidecar.validate()?;
+        Ok(settings)
     }
 }
 
@@ -305,7 +504,12 @@ pub fn inject(
         INJECTED_ANNOTATION,
         &config_name,
     );
-    let volumes = [config_volume(&config_name), podinfo_volume()].map(to_value);
+    let volumes: Vec<Value> = [Some(config_volume(&config_name)), Some(podinfo_volume())]
+        .into_iter()
+        .chain([limits_store_volume(&settings.limits_store)])
+        .flatten()
+        .map(to_value)
+        .collect();
     if spec.volumes.is_some() {
         for v in volumes {
             ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": v}));
@@ -373,12 +577,11 @@ fn check_conflicts(pod: &Pod, settings: &SidecarSettings) -> Result<(), InjectEr
             }
         }
     }
-    if let Some(v) = spec
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == CONFIG_VOLUME || v.name == PODINFO_VOLUME)
-    {
+    if let Some(v) = spec.volumes.iter().flatten().find(|v| {
+        v.name == CONFIG_VOLUME
+            || v.name == PODINFO_VOLUME
+            || (v.name == LIMITS_STORE_VOLUME && limits_store_volume(&settings.limits_store).is_some())
+    }) {
         return Err(InjectError::VolumeTaken(v.name.clone()));
     }
     Ok(())
@@ -436,6 +639,53 @@ fn podinfo_volume() -> Volume {
     }
 }
 
+/// The `--limits-store` flags: none without a URL; the password as a file, never a value.
+fn limits_store_args(store: &LimitsStore) -> Vec<String> {
+    if store.url.is_empty() {
+        return Vec::new();
+    }
+    let mut args = vec![
+        "--limits-store".to_owned(),
+        store.url.clone(),
+        "--limits-store-timeout".to_owned(),
+        store.timeout.clone(),
+    ];
+    if !store.password_secret.name.is_empty() {
+        args.extend([
+            "--limits-store-password-file".to_owned(),
+            LIMITS_STORE_PASSWORD_FILE.to_owned(),
+        ]);
+    }
+    args
+}
+
+/// The volume of the limits store's password Secret (in the pod's namespace), its key
+/// mounted as `password`; `None` without a URL or a Secret.
+fn limits_store_volume(store: &LimitsStore) -> Option<Volume> {
+    let secret = &store.password_secret;
+    if store.url.is_empty() || secret.name.is_empty() {
+        return None;
+    }
+    Some(Volume {
+        name: LIMITS_STORE_VOLUME.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.name.clone()),
+            items: Some(vec![KeyToPath {
+                key: secret.key.clone(),
+                path: "password".to_owned(),
+                ..Default::default()
+            }]),
+            // Read by the sidecar's non-root user; the app's containers do not mount it.
+            default_mode: Some(0o444),
+            // Not optional: the pod waits for the Secret instead of starting a sidecar that
+            // the store would refuse.
+            optional: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
 /// The sidecar container.
 pub fn sidecar_container(settings: &SidecarSettings) -> Container {
     let p = &settings.ports;
@@ -491,6 +741,7 @@ pub fn sidecar_container(settings: &SidecarSettings) -> Container {
                 format!("0.0.0.0:{}", p.admin),
             ]
             .into_iter()
+            .chain(limits_store_args(&settings.limits_store))
             .chain(settings.extra_args.iter().cloned())
             .collect(),
         ),
@@ -528,10 +779,16 @@ pub fn sidecar_container(settings: &SidecarSettings) -> Container {
             }),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![
-            mount(CONFIG_VOLUME, CONFIG_DIR),
-            mount(PODINFO_VOLUME, PODINFO_DIR),
-        ]),
+        volume_mounts: Some(
+            [
+                Some(mount(CONFIG_VOLUME, CONFIG_DIR)),
+                Some(mount(PODINFO_VOLUME, PODINFO_DIR)),
+                limits_store_volume(&settings.limits_store).map(|_| mount(LIMITS_STORE_VOLUME, LIMITS_STORE_DIR)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        ),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Default::default()
     }
@@ -1208,6 +1465,269 @@ spec:
         // Marked, labels unchanged.
         assert_eq!(after.metadata.annotations.as_ref().unwrap()[INJECTED_ANNOTATION], name);
         assert_eq!(after.metadata.labels, before.metadata.labels);
+    }
+
+    fn store(url: &str, secret: &str) -> SidecarSettings {
+        SidecarSettings {
+            limits_store: LimitsStore {
+                url: url.into(),
+                password_secret: PasswordSecret {
+                    name: secret.into(),
+                    key: "redis-password".into(),
+                },
+                timeout: "250ms".into(),
+            },
+            extra_args: vec!["--drain-timeout".into(), "10s".into()],
+            ..Default::default()
+        }
+    }
+
+    /// Without a store URL the sidecar gets no store flag and no extra volume (in-memory
+    /// limits), whatever else `limitsStore` says.
+    #[test]
+    fn without_a_limits_store_the_sidecar_counts_alone() {
+        let after = injected(&pod(APP_POD), &BTreeMap::new(), &SidecarSettings::default());
+        let spec = after.spec.as_ref().unwrap();
+        let c = &spec.init_containers.as_ref().unwrap()[0];
+        assert!(!c.args.as_ref().unwrap().iter().any(|a| a.starts_with("--limits-store")));
+        let volumes: Vec<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+        assert_eq!(volumes, [CONFIG_VOLUME, PODINFO_VOLUME]);
+        assert_eq!(c.volume_mounts.as_ref().unwrap().len(), 2);
+    }
+
+    /// A store without a password: the URL and the timeout as flags, before `extraArgs`.
+    #[test]
+    fn a_limits_store_without_password_is_two_flags() {
+        let settings = store(
+            "redis-sentinel://sentinel-0.redis:26379,sentinel-1.redis:26379/limits",
+            "",
+        );
+        let after = injected(&pod(APP_POD), &BTreeMap::new(), &settings);
+        let spec = after.spec.as_ref().unwrap();
+        let c = &spec.init_containers.as_ref().unwrap()[0];
+        let args = c.args.as_ref().unwrap().join(" ");
+        assert!(
+            args.ends_with(
+                "--admin 0.0.0.0:15090 \
+                 --limits-store redis-sentinel://sentinel-0.redis:26379,sentinel-1.redis:26379/limits \
+                 --limits-store-timeout 250ms --drain-timeout 10s"
+            ),
+            "{args}"
+        );
+        let volumes: Vec<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+        assert_eq!(volumes, [CONFIG_VOLUME, PODINFO_VOLUME]);
+    }
+
+    /// With a password Secret: mounted read-only from the pod's namespace, its key as the
+    /// file `--limits-store-password-file` names; the password itself is nowhere in the pod.
+    #[test]
+    fn a_limits_store_password_is_a_mounted_secret() {
+        let settings = store("rediss://redis.cache:6380", "redis-auth");
+        let before = pod(APP_POD);
+        let after = injected(&before, &BTreeMap::new(), &settings);
+        let spec = after.spec.as_ref().unwrap();
+        let c = &spec.init_containers.as_ref().unwrap()[0];
+        let args = c.args.as_ref().unwrap();
+        let flag = args.iter().position(|a| a == "--limits-store-password-file").unwrap();
+        assert_eq!(args[flag + 1], LIMITS_STORE_PASSWORD_FILE);
+        assert_eq!(
+            args[args.iter().position(|a| a == "--limits-store").unwrap() + 1],
+            "rediss://redis.cache:6380"
+        );
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == LIMITS_STORE_VOLUME)
+            .unwrap();
+        assert_eq!(mount.mount_path, LIMITS_STORE_DIR);
+        assert_eq!(mount.read_only, Some(true));
+        assert_eq!(
+            std::path::Path::new(LIMITS_STORE_DIR).join("password"),
+            std::path::Path::new(LIMITS_STORE_PASSWORD_FILE)
+        );
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == LIMITS_STORE_VOLUME)
+            .unwrap();
+        let secret = volume.secret.as_ref().unwrap();
+        // A Secret volume is always the pod's own namespace's.
+        assert_eq!(secret.secret_name.as_deref(), Some("redis-auth"));
+        assert_eq!(secret.optional, Some(false));
+        let items: Vec<(&str, &str)> = secret
+            .items
+            .iter()
+            .flatten()
+            .map(|i| (i.key.as_str(), i.path.as_str()))
+            .collect();
+        assert_eq!(items, [("redis-password", "password")]);
+        // Only the sidecar mounts it, and no environment variable carries anything of it.
+        assert_eq!(spec.containers, before.spec.as_ref().unwrap().containers);
+        let env = serde_json::to_string(&c.env).unwrap();
+        assert!(!env.contains("redis-auth") && !env.contains("secretKeyRef"), "{env}");
+        // A pod with its own volume of that name is refused.
+        let taken = pod(&APP_POD.replace(
+            "  containers:",
+            "  volumes: [{name: portcullis-limits-store, emptyDir: {}}]\n  containers:",
+        ));
+        assert_eq!(
+            inject(&taken, &BTreeMap::new(), &settings),
+            Err(InjectError::VolumeTaken(LIMITS_STORE_VOLUME.into()))
+        );
+        assert!(inject(&taken, &BTreeMap::new(), &SidecarSettings::default()).is_ok());
+        // The pod's other volumes stay; the Secret's is added after the sidecar's own.
+        let with_volumes = pod(&APP_POD.replace(
+            "  containers:",
+            "  volumes: [{name: data, emptyDir: {}}]\n  containers:",
+        ));
+        let after = injected(&with_volumes, &BTreeMap::new(), &settings);
+        let volumes: Vec<&str> = after
+            .spec
+            .as_ref()
+            .unwrap()
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(volumes, ["data", CONFIG_VOLUME, PODINFO_VOLUME, LIMITS_STORE_VOLUME]);
+    }
+
+    /// The settings file carries `sidecar.limitsStore` as the chart renders it; values the
+    /// sidecars would fail on stop the operator at start, naming the value.
+    #[test]
+    fn limits_store_settings_are_checked_at_start() {
+        let file = |store: Value| {
+            OperatorSettings::from_json(json!({"sidecar": {"limitsStore": store}}).to_string().as_bytes())
+        };
+        let s = file(
+            json!({"url": "redis://redis:6379", "passwordSecret": {"name": "redis", "key": "pw"}, "timeout": "1s"}),
+        )
+        .unwrap();
+        assert_eq!(
+            s.sidecar.limits_store,
+            LimitsStore {
+                url: "redis://redis:6379".into(),
+                password_secret: PasswordSecret {
+                    name: "redis".into(),
+                    key: "pw".into()
+                },
+                timeout: "1s".into(),
+            }
+        );
+        // The chart's defaults: no store.
+        let s =
+            file(json!({"url": "", "passwordSecret": {"name": "", "key": "password"}, "timeout": "100ms"})).unwrap();
+        assert_eq!(s.sidecar.limits_store, LimitsStore::default());
+        for url in [
+            "redis://r:6379/1",
+            "rediss://r:6380",
+            "redis-cluster://a:7000, b:7000",
+            "rediss-cluster://a:7000",
+            "redis-sentinel://s0:26379,s1:26379/limits",
+            "rediss-sentinel://s0/limits",
+        ] {
+            file(json!({"url": url})).unwrap();
+        }
+        for (store, field, why) in [
+            (
+                json!({"url": "memcached://m:11211"}),
+                "sidecar.limitsStore.url",
+                "expected redis://",
+            ),
+            (
+                json!({"url": "redis.cache:6379"}),
+                "sidecar.limitsStore.url",
+                "expected redis://",
+            ),
+            (
+                json!({"url": "redis://"}),
+                "sidecar.limitsStore.url",
+                "expected redis://",
+            ),
+            (
+                json!({"url": "redis://r:6379\n"}),
+                "sidecar.limitsStore.url",
+                "expected redis://",
+            ),
+            (
+                json!({"url": "redis://r 1:6379"}),
+                "sidecar.limitsStore.url",
+                "expected redis://",
+            ),
+            (
+                json!({"url": "redis-sentinel://s0:26379"}),
+                "sidecar.limitsStore.url",
+                "no master name",
+            ),
+            (
+                json!({"url": "redis-sentinel://s0:26379/"}),
+                "sidecar.limitsStore.url",
+                "no master name",
+            ),
+            (
+                json!({"url": "redis://r", "timeout": "0ms"}),
+                "sidecar.limitsStore.timeout",
+                "longer than zero",
+            ),
+            (
+                json!({"url": "redis://r", "timeout": "1h"}),
+                "sidecar.limitsStore.timeout",
+                "like 100ms",
+            ),
+            (
+                json!({"url": "redis://r", "timeout": "fast"}),
+                "sidecar.limitsStore.timeout",
+                "like 100ms",
+            ),
+            (
+                json!({"url": "redis://r", "timeout": "-1s"}),
+                "sidecar.limitsStore.timeout",
+                "like 100ms",
+            ),
+            (
+                json!({"url": "redis://r", "passwordSecret": {"name": "Redis_Auth"}}),
+                "sidecar.limitsStore.passwordSecret.name",
+                "not a Secret name",
+            ),
+            (
+                json!({"url": "redis://r", "passwordSecret": {"name": "r", "key": "a/b"}}),
+                "sidecar.limitsStore.passwordSecret.key",
+                "not a Secret key",
+            ),
+            (
+                json!({"url": "redis://r", "passwordSecret": {"name": "r", "key": ""}}),
+                "sidecar.limitsStore.passwordSecret.key",
+                "not a Secret key",
+            ),
+            (
+                json!({"passwordSecret": {"name": "redis"}}),
+                "sidecar.limitsStore.passwordSecret.name",
+                "without sidecar.limitsStore.url",
+            ),
+        ] {
+            let err = file(store.clone()).unwrap_err().to_string();
+            assert!(err.starts_with(field) && err.contains(why), "{store}: {err}");
+        }
+        // A password in the URL is refused without being repeated.
+        let err = file(json!({"url": "redis://:hunter2@r:6379"})).unwrap_err().to_string();
+        assert!(
+            err.starts_with("sidecar.limitsStore.url") && !err.contains("hunter2"),
+            "{err}"
+        );
+        // Unknown keys are typos.
+        assert!(file(json!({"url": "redis://r", "password": "x"})).is_err());
+        // The flags are limitsStore's: extraArgs setting them would make the sidecar exit.
+        let err = OperatorSettings::from_json(
+            json!({"sidecar": {"limitsStore": {"url": "redis://r"}, "extraArgs": ["--limits-store-timeout=1s"]}})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("sidecar.extraArgs"), "{err}");
     }
 
     #[test]
