@@ -1906,11 +1906,41 @@ spec:
             native: false,
             ..settings.clone()
         };
-        let pods = [
-            ("native.json", injected(&pod(APP_POD), &BTreeMap::new(), &settings)),
-            ("native-by-namespace.json", injected(&full, &ns, &settings)),
-            ("container.json", injected(&full, &ns, &legacy)),
+        let with_store = SidecarSettings {
+            limits_store: store("redis://redis.cache:6379", "redis-auth").limits_store,
+            ..settings.clone()
+        };
+        let mut pods = vec![
+            (
+                "native.json".to_owned(),
+                injected(&pod(APP_POD), &BTreeMap::new(), &settings),
+            ),
+            ("native-by-namespace.json".to_owned(), injected(&full, &ns, &settings)),
+            ("container.json".to_owned(), injected(&full, &ns, &legacy)),
+            ("limits-store.json".to_owned(), injected(&full, &ns, &with_store)),
         ];
+        // Settings files as the chart rendered them (tests/suite.d/20-chart.sh): each is read
+        // as the operator reads it at start, and either injects `chart-NAME.json` or is
+        // refused with the message in `chart-NAME.error`.
+        if let (Some(from), Some(dir)) = (
+            std::env::var_os("PORTCULLIS_CHART_SETTINGS_DIR"),
+            std::env::var_os("PORTCULLIS_INJECTED_PODS_DIR"),
+        ) {
+            for entry in std::fs::read_dir(from).unwrap() {
+                let path = entry.unwrap().path();
+                let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+                match OperatorSettings::from_json(&std::fs::read(&path).unwrap()) {
+                    Ok(s) => pods.push((
+                        format!("chart-{stem}.json"),
+                        injected(&pod(APP_POD), &BTreeMap::new(), &s.sidecar),
+                    )),
+                    Err(e) => {
+                        let out = std::path::Path::new(&dir).join(format!("chart-{stem}.error"));
+                        std::fs::write(out, e.to_string()).unwrap();
+                    }
+                }
+            }
+        }
         if let Some(dir) = std::env::var_os("PORTCULLIS_INJECTED_PODS_DIR") {
             for (file, pod) in &pods {
                 // The API server names a generateName pod after admission; validators want a name.

@@ -16,7 +16,9 @@
 #      sidecar and operator export (names from their metrics.rs) and, with promtool on the
 #      PATH, parse as PromQL;
 #   5. the settings the chart hands the operator carry the values they were given, and every
-#      flag the Deployment passes to `portcullis-operator run` is one `run --help` lists;
+#      flag the Deployment passes to `portcullis-operator run` is one `run --help` lists; the
+#      operator reads the rendered settings as at start (sidecar.limitsStore: the injected
+#      sidecar's --limits-store flags and password Secret volume; values it refuses);
 #   8. the default images (operator Deployment, injected sidecar) are exactly the references
 #      tests/images/build.sh tags.
 set -euo pipefail
@@ -133,6 +135,16 @@ render() { # NAME VALUES...
 render default || true
 render custom -f "$work/values-custom.yaml" || true
 render minimal -f "$work/values-minimal.yaml" || true
+# A shared limits store behind Sentinel (commas in --set values are escaped), with a password
+# Secret; and one the schema lets through but the operator refuses at start (extraArgs that
+# repeat the store's flags).
+STORE_URL='redis-sentinel://redis-sentinel-0.cache:26379,redis-sentinel-1.cache:26379/limits'
+render store --set-string "sidecar.limitsStore.url=${STORE_URL//,/\\,}" \
+  --set sidecar.limitsStore.passwordSecret.name=redis-auth \
+  --set sidecar.limitsStore.passwordSecret.key=redis-password \
+  --set sidecar.limitsStore.timeout=250ms || true
+render store-extra --set sidecar.limitsStore.url=redis://redis.cache:6379 \
+  --set-json 'sidecar.extraArgs=["--limits-store-timeout","1s"]' || true
 
 refused() { # WHAT EXPECTED_MESSAGE HELM_ARGS...
   local what="$1" want="$2"; shift 2
@@ -154,10 +166,18 @@ refused "sidecar.ports.admin=70000" "maximum" --set sidecar.ports.admin=70000
 refused "webhook.failurePolicy=Sometimes" "failurePolicy" --set webhook.failurePolicy=Sometimes
 refused "sidecar.image.pullPolicy=Maybe" "pullPolicy" --set sidecar.image.pullPolicy=Maybe
 refused "networkPolicy.enabled=maybe" "enabled" --set-string networkPolicy.enabled=maybe
+refused "sidecar.limitsStore.url=memcached://m:11211" "limitsStore/url" --set sidecar.limitsStore.url=memcached://m:11211
+refused "sidecar.limitsStore.url without a scheme" "limitsStore/url" --set sidecar.limitsStore.url=redis.cache:6379
+refused "sidecar.limitsStore.url with a password" "limitsStore/url" --set 'sidecar.limitsStore.url=redis://:hunter2@redis.cache:6379'
+refused "sidecar.limitsStore.url Sentinel without a master" "limitsStore/url" --set sidecar.limitsStore.url=redis-sentinel://s0:26379
+refused "sidecar.limitsStore.timeout=0ms" "limitsStore/timeout" --set sidecar.limitsStore.timeout=0ms
+refused "sidecar.limitsStore.timeout=1h" "limitsStore/timeout" --set sidecar.limitsStore.timeout=1h
+refused "sidecar.limitsStore.passwordSecret.name=Redis_Auth" "passwordSecret/name" --set sidecar.limitsStore.passwordSecret.name=Redis_Auth
+refused "unknown sidecar.limitsStore key" "additional properties" --set sidecar.limitsStore.password=hunter2
 
 # --- 4. validate every manifest ------------------------------------------------------------
 echo "kubernetes-validate (${K8S_VERSIONS[*]})"
-for name in default custom minimal; do
+for name in default custom minimal store; do
   [ -s "$work/$name.yaml" ] || continue
   mkdir -p "$work/split-$name"
   "$PY" - "$work/$name.yaml" "$work/split-$name" <<'PY' || fail "$name: split"
@@ -318,6 +338,16 @@ check(settings["sidecar"]["native"] is False and settings["sidecar"]["runAsUser"
 check(settings["sidecar"]["extraArgs"] == ["--auth-failures-per-address", "60"], f"sidecar extraArgs {settings['sidecar'].get('extraArgs')}")
 dsettings = json.loads(one(default, "ConfigMap", "portcullis-settings")["data"]["settings.json"])
 check(dsettings["orgAllowance"]["requestsPerMinute"] is None, "default org allowance is unlimited")
+# The limits store: none by default (in-memory limits); as given, the Secret by name only.
+check(dsettings["sidecar"]["limitsStore"] == {"url": "", "passwordSecret": {"name": "", "key": "password"}, "timeout": "100ms"},
+      f"default limitsStore {dsettings['sidecar'].get('limitsStore')}")
+store = docs("store")
+ssettings = json.loads(one(store, "ConfigMap", "portcullis-settings")["data"]["settings.json"])
+check(ssettings["sidecar"]["limitsStore"] == {
+    "url": "redis-sentinel://redis-sentinel-0.cache:26379,redis-sentinel-1.cache:26379/limits",
+    "passwordSecret": {"name": "redis-auth", "key": "redis-password"},
+    "timeout": "250ms"}, f"limitsStore {ssettings['sidecar'].get('limitsStore')}")
+check(not [d for d in store if d["kind"] == "Secret"], "the chart renders no Secret for the store")
 
 for e in errors:
     print("   -", e, file=sys.stderr)
@@ -358,11 +388,63 @@ if [ -s "$work/flags" ]; then
   fi
 fi
 
-echo "injected pods (webhook::inject)"
-mkdir -p "$work/pods"
-if PORTCULLIS_INJECTED_PODS_DIR="$work/pods" cargo test -q -p portcullis-operator --lib -- \
+echo "injected pods (webhook::inject, with the settings the chart rendered)"
+mkdir -p "$work/pods" "$work/settings"
+for name in default custom store store-extra; do
+  [ -s "$work/$name.yaml" ] || continue
+  "$PY" - "$work/$name.yaml" >"$work/settings/$name.json" <<'PY' || fail "$name: settings.json"
+import sys, yaml
+(cm,) = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "ConfigMap" and "settings.json" in d.get("data", {})]
+print(cm["data"]["settings.json"])
+PY
+done
+if PORTCULLIS_INJECTED_PODS_DIR="$work/pods" PORTCULLIS_CHART_SETTINGS_DIR="$work/settings" \
+     cargo test -q -p portcullis-operator --lib -- \
      webhook::tests::injected_pods_for_schema_validation --exact >"$work/pods.out" 2>&1 \
    && [ -n "$(ls "$work/pods")" ]; then
+  # The operator starts with what the chart renders, and injects the store's flags and Secret.
+  if "$PY" - "$work/pods" >"$work/store-pod.out" 2>&1 <<'PY'; then
+import json, os, sys
+pods = sys.argv[1]
+errors = []
+def check(ok, what):
+    if not ok:
+        errors.append(what)
+def sidecar(name):
+    pod = json.load(open(os.path.join(pods, f"chart-{name}.json")))
+    spec = pod["spec"]
+    (c,) = [c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == "portcullis-sidecar"]
+    return spec, c
+for name in ("default", "custom"):
+    check(os.path.exists(os.path.join(pods, f"chart-{name}.json")), f"no pod from the {name} settings: "
+          + (open(os.path.join(pods, f"chart-{name}.error")).read() if os.path.exists(os.path.join(pods, f"chart-{name}.error")) else ""))
+_, c = sidecar("default")
+check(not any(a.startswith("--limits-store") for a in c["args"]), f"store flags without a store: {c['args']}")
+spec, c = sidecar("store")
+args = c["args"]
+tail = args[args.index("--limits-store"):]
+check(tail == ["--limits-store", "redis-sentinel://redis-sentinel-0.cache:26379,redis-sentinel-1.cache:26379/limits",
+               "--limits-store-timeout", "250ms",
+               "--limits-store-password-file", "/etc/portcullis/limits-store/password"], f"store args {tail}")
+(vol,) = [v for v in spec["volumes"] if v["name"] == "portcullis-limits-store"]
+check(vol["secret"]["secretName"] == "redis-auth" and vol["secret"]["items"] == [{"key": "redis-password", "path": "password"}],
+      f"store volume {vol}")
+(mount,) = [m for m in c["volumeMounts"] if m["name"] == "portcullis-limits-store"]
+check(mount == {"name": "portcullis-limits-store", "mountPath": "/etc/portcullis/limits-store", "readOnly": True}, f"mount {mount}")
+check(not any("portcullis-limits-store" in json.dumps(a) for a in spec["containers"]), "the app mounts the password")
+check(not any(k in json.dumps(c.get("env", [])) for k in ("redis-auth", "secretKeyRef")), f"store in env {c.get('env')}")
+err = os.path.join(pods, "chart-store-extra.error")
+check(os.path.exists(err) and open(err).read().startswith("sidecar.extraArgs"),
+      "extraArgs repeating the store's flags: not refused at start")
+for e in errors:
+    print("   -", e)
+print("sidecar args end with", " ".join(tail))
+sys.exit(1 if errors else 0)
+PY
+    pass "limits store: $(tail -n1 "$work/store-pod.out"); refused at start: $(cat "$work/pods/chart-store-extra.error")"
+  else
+    cat "$work/store-pod.out" >&2; fail "limits store in the injected sidecar"
+  fi
   for v in "${K8S_VERSIONS[@]}"; do
     if kubernetes-validate --strict --quiet -k "$v" "$work"/pods/*.json >"$work/validate.out" 2>&1; then
       pass "injected pods ($(cd "$work/pods" && ls | tr '\n' ' ')) valid for Kubernetes $v"

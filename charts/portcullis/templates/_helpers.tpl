@@ -61,7 +61,8 @@ app.kubernetes.io/component: operator
 
 {{/*
 The operator's settings file (/etc/portcullis/settings.json): what `portcullis-operator run
---settings` reads. The "sidecar" object deserializes into webhook::SidecarSettings.
+--settings` reads. The "sidecar" object deserializes into webhook::SidecarSettings; its
+"limitsStore" names the password's Secret, never the password.
 */}}
 {{- define "portcullis.settings" -}}
 {{- $sidecar := dict
@@ -71,7 +72,8 @@ The operator's settings file (/etc/portcullis/settings.json): what `portcullis-o
       "ports" .Values.sidecar.ports
       "runAsUser" .Values.sidecar.runAsUser
       "native" .Values.sidecar.native
-      "extraArgs" (default (list) .Values.sidecar.extraArgs) -}}
+      "extraArgs" (default (list) .Values.sidecar.extraArgs)
+      "limitsStore" (default (dict) .Values.sidecar.limitsStore) -}}
 {{- $webhook := dict
       "service" (include "portcullis.webhookService" .)
       "namespace" .Release.Namespace
