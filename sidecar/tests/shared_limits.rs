@@ -1,7 +1,8 @@
 //! Rate limits shared by three sidecar processes through a real `redis-server` (started by
 //! the test on 127.0.0.1): the hits admitted across all three equal the limit exactly, for a
 //! profile limit and the org allowance, 404s from the app are not counted, and a stopped
-//! store leaves each sidecar its share of every limit until the store is back.
+//! store leaves each sidecar its share of every limit until the store is back. The same
+//! through Redis Sentinel, with the data nodes' password in a file.
 
 mod common;
 
@@ -9,12 +10,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use portcullis_limits::testing::Redis;
+use portcullis_limits::testing::{Redis, RedisSentinel};
 use serde_json::json;
 
 /// Three sidecars sharing `redis`, each serving `/status/` (profile limit `profile`) and `/q/`
 /// (unlimited profile) under an org allowance of `org`.
 async fn three_sidecars(redis: &Redis, app: u16, profile: u32, org: u32) -> (Vec<Sidecar>, tempfile::TempDir) {
+    let url = redis.url();
+    three_sidecars_on(
+        &["--limits-store", url.as_str(), "--limits-store-timeout", "200ms"],
+        app,
+        profile,
+        org,
+    )
+    .await
+}
+
+/// The same with the store flags `args`.
+async fn three_sidecars_on(args: &[&str], app: u16, profile: u32, org: u32) -> (Vec<Sidecar>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     loaded(
         "g1",
@@ -33,11 +46,9 @@ async fn three_sidecars(redis: &Redis, app: u16, profile: u32, org: u32) -> (Vec
     )
     .write_dir(dir.path())
     .unwrap();
-    let url = redis.url();
-    let args = ["--limits-store", url.as_str(), "--limits-store-timeout", "200ms"];
     let mut sidecars = Vec::new();
     for _ in 0..3 {
-        sidecars.push(Sidecar::start_with(dir.path(), &args).await);
+        sidecars.push(Sidecar::start_with(dir.path(), args).await);
     }
     (sidecars, dir)
 }
@@ -127,4 +138,35 @@ async fn a_stopped_store_leaves_each_sidecar_its_share_until_it_is_back() {
     }
     // A fresh store: the whole limit again, across the three.
     assert_eq!(drive(&sidecars, "/status/200", 60).await, (30, 30));
+}
+
+/// Behind Redis Sentinel, the password from `--limits-store-password-file` (a Secret's file,
+/// with its trailing newline): the three sidecars admit exactly the limit, counted on the
+/// master the sentinels name.
+#[tokio::test]
+async fn three_sidecars_behind_sentinel_with_a_password_file_admit_exactly_the_limit() {
+    let set = RedisSentinel::start_with_password("s3cret-pw", false);
+    let backend = Backend::start().await;
+    let secret = tempfile::tempdir().unwrap();
+    let password = secret.path().join("password");
+    std::fs::write(&password, "s3cret-pw\n").unwrap();
+    let url = set.url();
+    let args = [
+        "--limits-store",
+        url.as_str(),
+        "--limits-store-password-file",
+        password.to_str().unwrap(),
+        "--limits-store-timeout",
+        "200ms",
+    ];
+    let (sidecars, _dir) = three_sidecars_on(&args, backend.port(), 300, 1_000_000).await;
+    assert_eq!(drive(&sidecars, "/status/200", 900).await, (300, 600));
+    for s in &sidecars {
+        let metrics = s.metrics().await;
+        assert!(
+            metrics.contains("portcullis_limits_store_mode{mode=\"shared\"} 1"),
+            "{metrics}"
+        );
+        assert!(!s.log().contains("s3cret-pw"), "the password in the log");
+    }
 }
