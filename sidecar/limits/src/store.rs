@@ -1,5 +1,5 @@
-//! The connection to the Redis store and the one script every decision runs there
-//! (`take.lua`): a standalone server (`redis://`, `rediss://`) or a Redis Cluster
+//! The connection to the Redis store, the script every limits decision runs there
+//! (`take.lua`) and the one that remembers signatures against replay (`remember.lua`): a standalone server (`redis://`, `rediss://`) or a Redis Cluster
 //! (`redis-cluster://host:port,host:port`, `rediss-cluster://...`). Every call is bounded by
 //! the store timeout; the connection comes back by itself after a failure.
 
@@ -130,10 +130,66 @@ struct Cluster {
     conn: Mutex<Option<ClusterConnection>>,
 }
 
-/// The store: its connection and the script.
+/// A signature to remember ([`Store::remember`]).
+#[derive(Debug, Clone)]
+pub struct Remember {
+    /// The entry, then its key's counts of the current and the previous window.
+    keys: [String; 3],
+    ttl_ms: u64,
+    budget: u64,
+    window_ms: u64,
+}
+
+impl Remember {
+    /// The keys of `entry` under `prefix` (`{profile key}` is the hash tag: one slot per
+    /// signing key), the count windows on this process's wall clock.
+    pub fn new(prefix: &str, entry: &portcullis_policy::ReplayEntry<'_>) -> Self {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Self::at(prefix, entry, now_ms)
+    }
+
+    fn at(prefix: &str, entry: &portcullis_policy::ReplayEntry<'_>, now_ms: u64) -> Self {
+        use std::fmt::Write;
+        let owner = format!("{prefix}{{{}\0{}}}", entry.profile, entry.key_id);
+        let mut signature = String::with_capacity(owner.len() + 65);
+        signature.push_str(&owner);
+        signature.push(':');
+        for b in entry.replay_key {
+            let _ = write!(signature, "{b:02x}");
+        }
+        let window_ms = entry.window_secs.max(1) * 1000;
+        let bucket = now_ms / window_ms;
+        Self {
+            keys: [
+                signature,
+                format!("{owner}:n:{bucket}"),
+                format!("{owner}:n:{}", bucket.saturating_sub(1)),
+            ],
+            ttl_ms: entry.ttl_secs.max(1) * 1000,
+            budget: entry.budget as u64,
+            window_ms,
+        }
+    }
+}
+
+/// What the store said of a signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remembered {
+    /// Not seen before: now remembered.
+    Fresh,
+    /// Seen before: a replay.
+    Seen,
+    /// Its key holds its budget of live signatures.
+    Full,
+}
+
+/// The store: its connection and the scripts.
 pub struct Store {
     conn: Conn,
     script: Script,
+    remember: Script,
     timeout: Duration,
 }
 
@@ -173,11 +229,27 @@ impl Store {
         Ok(Self {
             conn,
             script: Script::new(include_str!("take.lua")),
+            remember: Script::new(include_str!("remember.lua")),
             timeout,
         })
     }
 
-    /// Runs the script once, within the timeout.
+    /// Remembers a signature (`remember.lua`), within the timeout.
+    pub async fn remember(&self, call: &Remember) -> Result<Remembered, StoreError> {
+        let mut invocation = self.remember.prepare_invoke();
+        for key in &call.keys {
+            invocation.key(key.as_str());
+        }
+        invocation.arg(call.ttl_ms).arg(call.budget).arg(call.window_ms);
+        match self.run::<i64>(&invocation).await? {
+            0 => Ok(Remembered::Fresh),
+            1 => Ok(Remembered::Seen),
+            2 => Ok(Remembered::Full),
+            other => Err(StoreError::Reply(format!("{other:?}"))),
+        }
+    }
+
+    /// Runs the limits script once, within the timeout.
     pub async fn take(&self, take: &Take<'_>) -> Result<Taken, StoreError> {
         let mut invocation = self.script.prepare_invoke();
         for key in take.keys {
@@ -192,25 +264,33 @@ impl Store {
             .arg(take.lead)
             .arg(take.release.0)
             .arg(take.release.1);
-        // A connection lost since the last call (a restarted or failed-over server) is made
-        // again at once: one more try within the same timeout.
+        let reply: Vec<i64> = self.run(&invocation).await?;
+        parse(&reply, take.keys.len())
+    }
+
+    /// Runs a script invocation within the timeout. A connection lost since the last call (a
+    /// restarted or failed-over server) is made again at once: one more try within the same
+    /// timeout.
+    async fn run<T: redis::FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, StoreError> {
         let call = async {
-            match self.invoke(&invocation).await {
+            match self.invoke(invocation).await {
                 Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
-                    self.invoke(&invocation).await
+                    self.invoke(invocation).await
                 }
                 other => other,
             }
         };
-        let reply = tokio::time::timeout(self.timeout, call)
+        Ok(tokio::time::timeout(self.timeout, call)
             .await
-            .map_err(|_| StoreError::Timeout(self.timeout))??;
-        parse(&reply, take.keys.len())
+            .map_err(|_| StoreError::Timeout(self.timeout))??)
     }
 
-    async fn invoke(&self, invocation: &redis::ScriptInvocation<'_>) -> redis::RedisResult<Vec<i64>> {
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<T> {
         {
-            let reply: Vec<i64> = match &self.conn {
+            let reply: T = match &self.conn {
                 Conn::Single(conn) => invocation.invoke_async(&mut conn.clone()).await?,
                 Conn::Cluster(cluster) => {
                     let Cluster { client, conn } = &**cluster;
