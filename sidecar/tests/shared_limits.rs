@@ -1,7 +1,8 @@
 //! Rate limits shared by three sidecar processes through a real `redis-server` (started by
 //! the test on 127.0.0.1): the hits admitted across all three equal the limit exactly, for a
-//! profile limit and the org allowance, 404s from the app are not counted, and a stopped
-//! store leaves each sidecar its share of every limit until the store is back. The same
+//! profile limit and the org allowance, 404s from the app are not counted; a signed request
+//! admitted by one sidecar is a replay for the others; a stopped store has each profile do
+//! what its `onStoreUnavailable` says until the store is back. The limits hold the same
 //! through Redis Sentinel, with the data nodes' password in a file.
 
 mod common;
@@ -10,11 +11,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use http::{Request, StatusCode};
+use http_body_util::Full;
 use portcullis_limits::testing::{Redis, RedisSentinel};
+use portcullis_signatures::{Algorithm, Key, Message, rfc9421};
 use serde_json::json;
 
-/// Three sidecars sharing `redis`, each serving `/status/` (profile limit `profile`) and `/q/`
-/// (unlimited profile) under an org allowance of `org`.
+const SECRET: &str = "a shared secret for gw-1";
+
+/// Three sidecars sharing `redis`, each serving, under an org allowance of `org`:
+/// - `/status/`: profile limit `profile` (`onStoreUnavailable` LocalShare, 3 sidecars);
+/// - `/q/`: no profile limit;
+/// - `/allow/`: limit 5, `Allow`; `/deny/`: limit 1000, `Deny`;
+/// - `/signed/`: HMAC-signed calls (replays refused cluster-wide, fail closed without the
+///   store); `/signed-local/`: the same, remembered locally while the store is unavailable.
 async fn three_sidecars(redis: &Redis, app: u16, profile: u32, org: u32) -> (Vec<Sidecar>, tempfile::TempDir) {
     let url = redis.url();
     three_sidecars_on(
@@ -29,20 +39,39 @@ async fn three_sidecars(redis: &Redis, app: u16, profile: u32, org: u32) -> (Vec
 /// The same with the store flags `args`.
 async fn three_sidecars_on(args: &[&str], app: u16, profile: u32, org: u32) -> (Vec<Sidecar>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
+    let local = |name: &str, path: &str, profile: &str| json!({"name": name, "pathPrefix": path, "profiles": [profile], "backend": {"type": "Local", "port": app}});
+    let signed = |name: &str, fallback: &str| {
+        json!({"name": name, "auth": {"type": "HttpSignature", "standard": "RFC9421",
+            "algorithms": ["hmac-sha256"], "maxAgeSeconds": 300, "onStoreUnavailable": fallback}})
+    };
     loaded(
         "g1",
         json!({
             "orgAllowance": org,
+            "replicas": 3,
             "profiles": [
-                {"name": "limited", "auth": {"type": "Anonymous"}, "rateLimitPerMinute": profile},
+                {"name": "limited", "auth": {"type": "Anonymous"}, "rateLimitPerMinute": profile, "replicas": 3},
                 {"name": "open", "auth": {"type": "Anonymous"}},
+                {"name": "allow", "auth": {"type": "Anonymous"}, "rateLimitPerMinute": 5,
+                    "onStoreUnavailable": "Allow", "replicas": 3},
+                {"name": "deny", "auth": {"type": "Anonymous"}, "rateLimitPerMinute": 1000,
+                    "onStoreUnavailable": "Deny", "replicas": 3},
+                signed("signed", "Deny"),
+                signed("signed-local", "Local"),
             ],
             "routes": [
-                {"name": "p", "pathPrefix": "/status", "profiles": ["limited"], "backend": {"type": "Local", "port": app}},
-                {"name": "q", "pathPrefix": "/q", "profiles": ["open"], "backend": {"type": "Local", "port": app}},
+                local("p", "/status", "limited"),
+                local("q", "/q", "open"),
+                local("a", "/allow", "allow"),
+                local("d", "/deny", "deny"),
+                local("s", "/signed", "signed"),
+                local("sl", "/signed-local", "signed-local"),
             ],
         }),
-        json!({}),
+        json!({"profiles": {
+            "signed": {"signatureKeys": {"gw-1": SECRET}},
+            "signed-local": {"signatureKeys": {"gw-1": SECRET}},
+        }}),
     )
     .write_dir(dir.path())
     .unwrap();
@@ -108,17 +137,113 @@ async fn three_sidecars_admit_exactly_the_profile_limit_and_the_org_allowance() 
     }
 }
 
+/// A GET of `path` signed (RFC 9421, HMAC) over its method and path only, so that the same
+/// signature is valid on every sidecar: the headers to send.
+fn signed_get(path: &str) -> http::HeaderMap {
+    let uri: http::Uri = format!("http://127.0.0.1{path}").parse().unwrap();
+    let mut headers = http::HeaderMap::new();
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let key = Key::from_secret(SECRET.as_bytes()).unwrap();
+    let params = rfc9421::SignParams::new("sig1", "gw-1", Algorithm::HmacSha256, created, &["@method", "@path"]);
+    let signed = rfc9421::sign(
+        &Message::from_parts(&http::Method::GET, &uri, &headers, "http"),
+        &key,
+        &params,
+    )
+    .unwrap();
+    signed.apply(&mut headers).unwrap();
+    headers
+}
+
+/// `headers` sent with a GET of `path` to `sidecar`: the status and the audit reason's
+/// error body.
+async fn send_signed(sidecar: &Sidecar, path: &str, headers: &http::HeaderMap) -> StatusCode {
+    let mut req = Request::get(sidecar.url(path));
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let (status, _, _) = send(&client(), req.body(Full::default()).unwrap())
+        .await
+        .expect("sidecar answers");
+    status
+}
+
+/// A captured signed request is admitted once in the cluster, not once per sidecar.
 #[tokio::test]
-async fn a_stopped_store_leaves_each_sidecar_its_share_until_it_is_back() {
+async fn a_signed_request_admitted_by_one_sidecar_is_a_replay_for_the_others() {
+    let redis = Redis::start();
+    let backend = Backend::start().await;
+    let (sidecars, _dir) = three_sidecars(&redis, backend.port(), 300, 1_000_000).await;
+    for (i, path) in ["/signed/a", "/signed/b", "/signed/c"].into_iter().enumerate() {
+        let captured = signed_get(path);
+        assert_eq!(send_signed(&sidecars[i], path, &captured).await, 200);
+        for (j, other) in sidecars.iter().enumerate() {
+            assert_eq!(
+                send_signed(other, path, &captured).await,
+                401,
+                "sidecar {j} admitted a replay of a call sidecar {i} admitted"
+            );
+        }
+    }
+    for s in &sidecars {
+        assert!(audited(s, "signature replayed").await);
+    }
+}
+
+/// Whether `sidecar` wrote an audit line with `reason` (within 2 s: the audit log is
+/// written in the background).
+async fn audited(sidecar: &Sidecar, reason: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if sidecar.audit_lines().iter().any(|l| l["reason"] == reason) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_store_means_each_profiles_fallback_until_it_is_back() {
     let mut redis = Redis::start();
     let backend = Backend::start().await;
     let (sidecars, _dir) = three_sidecars(&redis, backend.port(), 30, 1_000_000).await;
     assert_eq!(drive(&sidecars[..1], "/status/200", 1).await, (1, 0));
+    let before = signed_get("/signed-local/x");
+    assert_eq!(send_signed(&sidecars[0], "/signed-local/x", &before).await, 200);
     redis.stop();
-    // The configuration names no replica count: one replica, the whole limit for each.
-    // Each sidecar learns on its first call that the store is gone.
+    // LocalShare: the configuration counts 3 sidecars for the profile, so each enforces a
+    // third of 30. Each sidecar learns on its first call that the store is gone.
     let (ok, _) = drive(&sidecars[..1], "/status/200", 40).await;
-    assert_eq!(ok, 30, "the local share of a sidecar alone: the whole limit");
+    assert_eq!(ok, 10, "the local share of one sidecar of three");
+    // Allow: admitted without counting, far beyond the limit of 5.
+    assert_eq!(drive(&sidecars[..1], "/allow/200", 20).await, (20, 0));
+    // Deny: refused with 503 and Retry-After.
+    let (status, headers, _) = get(&sidecars[0].url("/deny/200")).await.unwrap();
+    assert_eq!(
+        (status, headers.get("retry-after").map(|v| v.to_str().unwrap())),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("1"))
+    );
+    // Signed calls: refused (their replay check needs the store), unless the profile says
+    // Local: then remembered by this sidecar (a replay to it is refused, not to the others).
+    let fresh = signed_get("/signed/y");
+    assert_eq!(send_signed(&sidecars[0], "/signed/y", &fresh).await, 503);
+    let fresh = signed_get("/signed-local/y");
+    assert_eq!(send_signed(&sidecars[0], "/signed-local/y", &fresh).await, 200);
+    assert_eq!(send_signed(&sidecars[0], "/signed-local/y", &fresh).await, 401);
+    assert!(
+        audited(
+            &sidecars[0],
+            "limits store unavailable (the profile refuses calls then)"
+        )
+        .await
+    );
+    assert!(audited(&sidecars[0], "replay store unavailable (signed calls refused)").await);
     let metrics = sidecars[0].metrics().await;
     assert!(
         metrics.contains("portcullis_limits_store_mode{mode=\"local_share\"} 1"),
@@ -138,6 +263,11 @@ async fn a_stopped_store_leaves_each_sidecar_its_share_until_it_is_back() {
     }
     // A fresh store: the whole limit again, across the three.
     assert_eq!(drive(&sidecars, "/status/200", 60).await, (30, 30));
+    assert_eq!(drive(&sidecars, "/allow/200", 10).await, (5, 5));
+    assert_eq!(drive(&sidecars, "/deny/200", 10).await, (10, 0));
+    let fresh = signed_get("/signed/z");
+    assert_eq!(send_signed(&sidecars[1], "/signed/z", &fresh).await, 200);
+    assert_eq!(send_signed(&sidecars[2], "/signed/z", &fresh).await, 401);
 }
 
 /// Behind Redis Sentinel, the password from `--limits-store-password-file` (a Secret's file,

@@ -268,6 +268,23 @@ pub struct HttpSignatureProfile {
     #[serde(default = "default_max_age")]
     #[schemars(range(min = 1, max = 86400))]
     pub max_age_seconds: u32,
+    /// With a shared limits store (`--limits-store`), signatures are remembered there, so a
+    /// captured signed request is admitted once in the cluster. While the store is
+    /// unavailable: `Deny` (default) refuses signed calls with 503 (fail closed); `Local`
+    /// has each sidecar remember them itself (a capture may then be replayed once per
+    /// replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_store_unavailable: Option<ReplayStoreFallback>,
+}
+
+/// Where an HttpSignature profile remembers signatures while the shared store is unavailable.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ReplayStoreFallback {
+    /// Refuse signed calls (503): fail closed.
+    #[default]
+    Deny,
+    /// Each sidecar remembers signatures itself.
+    Local,
 }
 
 fn default_max_age() -> u32 {
@@ -320,6 +337,24 @@ pub struct RateLimit {
     /// Hits per rolling minute across every ApiRoute using this profile.
     #[schemars(range(min = 1, max = 100000000))]
     pub requests_per_minute: u32,
+    /// With a shared limits store (`--limits-store`), what the limit does while the store is
+    /// unavailable: `LocalShare` (default) has each sidecar enforce the limit divided by the
+    /// sidecars serving the profile (rounded up), `Allow` admits calls without counting,
+    /// `Deny` refuses them with 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_store_unavailable: Option<StoreFallback>,
+}
+
+/// What a rate limit does while the shared limits store is unavailable.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum StoreFallback {
+    /// Each sidecar enforces its share of the limit.
+    #[default]
+    LocalShare,
+    /// Admit without counting.
+    Allow,
+    /// Refuse with 503.
+    Deny,
 }
 
 /// Audit settings.

@@ -147,6 +147,31 @@ impl Problem {
     }
 }
 
+/// Writes into a group's compiled configuration how many sidecars enforce each of its limits
+/// (`namespace`: every sidecar of the namespace, for the org allowance; `per_profile`: those
+/// serving each profile's routes), the divisors of `onStoreUnavailable: LocalShare`, and
+/// names the result anew. Only limits that are set get a count, so that scaling a workload
+/// changes no configuration without limits.
+pub fn set_replicas(
+    loaded: &mut Loaded,
+    generation_key: &GenerationKey,
+    namespace: u32,
+    per_profile: &BTreeMap<String, u32>,
+) {
+    let config = &mut loaded.config;
+    config.replicas = config.org_allowance.map(|_| namespace.max(1));
+    for p in &mut config.profiles {
+        p.replicas = p
+            .rate_limit_per_minute
+            .map(|_| per_profile.get(&p.name).copied().unwrap_or(1).max(1));
+    }
+    config.generation.clear();
+    loaded.secrets.generation.clear();
+    let generation = generation::generation(generation_key, &loaded.config, &loaded.secrets);
+    loaded.config.generation = generation.clone();
+    loaded.secrets.generation = generation;
+}
+
 /// Compiles one namespace, the generation keyed with this process's random key
 /// ([`GenerationKey::process`]): for callers that want the verdicts, or compare outputs
 /// within one process. What is published (the controllers, `render`) is compiled with

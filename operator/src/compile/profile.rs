@@ -153,6 +153,10 @@ pub(crate) fn compile(
                 algorithms: h.algorithms.iter().map(|a| algorithm(*a)).collect(),
                 required_components: h.required_components.clone(),
                 max_age_seconds: h.max_age_seconds,
+                on_store_unavailable: match h.on_store_unavailable.unwrap_or_default() {
+                    api::ReplayStoreFallback::Deny => cfg::ReplayFallback::Deny,
+                    api::ReplayStoreFallback::Local => cfg::ReplayFallback::Local,
+                },
             }
         }
         api::ProfileType::ClientCertificate => {
@@ -181,6 +185,13 @@ pub(crate) fn compile(
             auth,
             trusted_ip_ranges: ip_ranges(trusted_ip_ranges)?,
             rate_limit_per_minute: rate_limit.as_ref().map(|l| l.requests_per_minute),
+            on_store_unavailable: match rate_limit.as_ref().and_then(|l| l.on_store_unavailable) {
+                None | Some(api::StoreFallback::LocalShare) => cfg::StoreFallback::LocalShare,
+                Some(api::StoreFallback::Allow) => cfg::StoreFallback::Allow,
+                Some(api::StoreFallback::Deny) => cfg::StoreFallback::Deny,
+            },
+            // Counted by the plan, which sees the namespace's pods.
+            replicas: None,
             identity_header: audit.as_ref().and_then(|a| a.identity_header.clone()),
         },
         secrets: out,

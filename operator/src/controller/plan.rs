@@ -95,6 +95,35 @@ struct Members {
     pods: usize,
 }
 
+/// How many sidecars enforce the limits: every pod with a sidecar in the namespace (the org
+/// allowance), and by profile, the pods of the groups that serve one of its routes (a group
+/// whose name two label sets share serves none).
+fn sidecars(
+    s: &Snapshot,
+    members: &BTreeMap<String, Members>,
+    verdicts: &compile::Output,
+) -> (u32, BTreeMap<String, u32>) {
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let mut per_profile: BTreeMap<String, u32> = BTreeMap::new();
+    for member in members.values().filter(|m| m.labels.len() == 1) {
+        let served: BTreeSet<&str> = s
+            .routes
+            .iter()
+            .filter(|r| member.labels.iter().any(|l| compile::route_selects(r, l)))
+            .filter(|r| {
+                let name = r.metadata.name.as_deref().unwrap_or_default();
+                verdicts.routes.get(name).is_some_and(compile::Verdict::is_accepted)
+            })
+            .flat_map(|r| r.spec.profiles.iter().map(|p| p.name.as_str()))
+            .collect();
+        for profile in served {
+            let n = per_profile.entry(profile.to_owned()).or_default();
+            *n = n.saturating_add(count(member.pods));
+        }
+    }
+    (count(s.pods.len()), per_profile)
+}
+
 /// Plans one namespace.
 ///
 /// A group's name keeps 32 bits of a hash of its labels (compatible with the objects pods
@@ -130,6 +159,7 @@ pub fn plan(s: &Snapshot) -> Plan {
     }
     // The verdicts, and the profiles' route lists, need the whole namespace.
     let verdicts = compile::compile_with_key(&inputs(s, s.profiles, s.routes, s.secrets, None), s.generation_key);
+    let (namespace_sidecars, profile_sidecars) = sidecars(s, &members, &verdicts);
 
     let mut groups = BTreeMap::new();
     // Route → the collision message of a group it selects.
@@ -193,8 +223,14 @@ pub fn plan(s: &Snapshot) -> Plan {
             .filter(|x| x.metadata.name.as_ref().is_some_and(|n| wanted.contains(n)))
             .cloned()
             .collect();
-        let output =
+        let mut output =
             compile::compile_with_key(&inputs(s, &profiles, &routes, &secrets, Some(labels)), s.generation_key);
+        compile::set_replicas(
+            &mut output.loaded,
+            s.generation_key,
+            namespace_sidecars,
+            &profile_sidecars,
+        );
         let routes: Vec<String> = output.loaded.config.routes.iter().map(|r| r.name.clone()).collect();
         let owners = owner_references(&selecting);
         let mut meta = group_meta(s.namespace, name, labels, &output.loaded.config.generation, owners);

@@ -43,6 +43,11 @@ pub struct SidecarConfig {
     /// Hits per rolling minute across all routes; takes precedence over every profile limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org_allowance: Option<u32>,
+    /// Sidecars in this namespace (every configuration group), as the operator last counted
+    /// them: while a shared limits store is unavailable, each enforces this share of the org
+    /// allowance. Absent: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
     /// Peers whose `X-Forwarded-For` is believed for the client address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -69,9 +74,54 @@ pub struct Profile {
     /// Hits per rolling minute through this profile, across all its routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_per_minute: Option<u32>,
+    /// What the limit does while a shared limits store is unavailable.
+    #[serde(default, skip_serializing_if = "StoreFallback::is_default")]
+    pub on_store_unavailable: StoreFallback,
+    /// Sidecars serving this profile's routes in this namespace, as the operator last counted
+    /// them (the divisor of [`StoreFallback::LocalShare`]). Absent: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
     /// Header whose value is logged as the identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_header: Option<String>,
+}
+
+/// What a profile's rate limit does while the shared limits store is unavailable.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StoreFallback {
+    /// Each sidecar enforces its share: the limit divided by the replicas, rounded up.
+    #[default]
+    LocalShare,
+    /// Calls are admitted without counting.
+    Allow,
+    /// Calls are refused (503).
+    Deny,
+}
+
+impl StoreFallback {
+    /// The default (left out of the JSON).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// What an HttpSignature profile's replay protection does while the shared store is
+/// unavailable.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReplayFallback {
+    /// Signed calls are refused (503): fail closed.
+    #[default]
+    Deny,
+    /// Each sidecar remembers signatures itself: a captured call can be replayed once per
+    /// replica during the outage.
+    Local,
+}
+
+impl ReplayFallback {
+    /// The default (left out of the JSON).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// An inclusive range of addresses of one family.
@@ -152,6 +202,9 @@ pub enum ProfileAuth {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         required_components: Vec<String>,
         max_age_seconds: u32,
+        /// With a shared store, where signatures are remembered while it is unavailable.
+        #[serde(default, skip_serializing_if = "ReplayFallback::is_default")]
+        on_store_unavailable: ReplayFallback,
     },
     /// TLS client certificates; the CA bundle is in [`ProfileSecrets::client_ca_pem`].
     ClientCertificate {
@@ -411,6 +464,7 @@ impl SidecarConfig {
             generation: String::new(),
             namespace: namespace.into(),
             org_allowance: None,
+            replicas: None,
             trusted_proxies: Vec::new(),
             profiles: Vec::new(),
             routes: Vec::new(),

@@ -11,6 +11,8 @@ fn basic_config() -> (SidecarConfig, SecretMaterial) {
             to: "10.0.255.255".parse().unwrap(),
         }],
         rate_limit_per_minute: Some(5),
+        on_store_unavailable: StoreFallback::default(),
+        replicas: None,
         identity_header: None,
     });
     config.routes.push(Route {

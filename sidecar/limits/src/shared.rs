@@ -13,21 +13,27 @@
 //! A hit is counted in the bucket it was used in (a block is only used inside its bucket),
 //! so the window is the in-memory one: a hit leaves it 59.9 to 60 s after it was taken.
 //!
-//! When the store fails or is slow (`timeout`), the limiter says so once in the log and
-//! counts locally instead, each replica enforcing its share of each limit (the limit divided
-//! by the replica count, rounded up; [`SharedLimiter::set_replicas`]), and probes the store
-//! every second until it answers again.
+//! When the store fails or is slow (`timeout`), the limiter says so once in the log and each
+//! decision follows its profile's `onStoreUnavailable` ([`Fallback`]): counted locally
+//! against this replica's share of each limit (the limit divided by the replica count the
+//! operator wrote into the configuration, rounded up), admitted without counting, or refused;
+//! it probes the store every second until it answers again.
+//!
+//! With a store, signatures of HttpSignature profiles are remembered there too
+//! ([`SharedLimiter::remember`]): a captured signed request is admitted once in the cluster.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use portcullis_policy::limit::SharedWindow;
-use portcullis_policy::{Grant, InMemoryLimiter, Limiter, RateInfo, Refusal, Scope};
+use portcullis_policy::{
+    Counted, Fallback, Grant, InMemoryLimiter, Limiter, RateInfo, Refusal, ReplayEntry, Scope, SharedReplay,
+};
 use portcullis_signatures::ReplayCache;
 
-use crate::store::{Store, StoreError, Take, Taken};
+use crate::store::{Remember, Remembered, Store, StoreError, Take, Taken};
 
 /// The length of a bucket, ms (the in-memory window's).
 const BUCKET_MS: u64 = 100;
@@ -43,6 +49,8 @@ pub struct Options {
     /// Key prefix, with the Redis Cluster hash tag that keeps one decision's keys in one
     /// slot (every counter shares it: the org allowance is in every decision).
     pub prefix: &'static str,
+    /// Key prefix of remembered signatures (each key's signatures in a slot of their own).
+    pub replay_prefix: &'static str,
 }
 
 impl Default for Options {
@@ -51,6 +59,7 @@ impl Default for Options {
             max_block: 64,
             divisor: 32,
             prefix: "portcullis:{limits}:",
+            replay_prefix: "portcullis:replay:",
         }
     }
 }
@@ -169,7 +178,6 @@ pub struct SharedLimiter {
     available: AtomicBool,
     /// Store clock minus this process's monotonic clock, ms (`i64::MIN`: not known yet).
     offset_ms: AtomicI64,
-    replicas: AtomicU32,
     started: Instant,
     on_mode: Box<dyn Fn(Mode) + Send + Sync>,
     on_round_trip: Box<dyn Fn(Duration, bool) + Send + Sync>,
@@ -179,7 +187,6 @@ impl std::fmt::Debug for SharedLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedLimiter")
             .field("mode", &self.mode())
-            .field("replicas", &self.replicas.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -195,7 +202,6 @@ impl SharedLimiter {
             counters: Mutex::default(),
             available: AtomicBool::new(true),
             offset_ms: AtomicI64::new(i64::MIN),
-            replicas: AtomicU32::new(1),
             started: Instant::now(),
             on_mode: Box::new(|_| {}),
             on_round_trip: Box::new(|_, _| {}),
@@ -222,12 +228,6 @@ impl SharedLimiter {
             (Some(_), true) => Mode::Shared,
             (Some(_), false) => Mode::LocalShare,
         }
-    }
-
-    /// The replicas of this sidecar's pod group: while the store is unavailable, each
-    /// enforces 1/`n` of every limit.
-    pub fn set_replicas(&self, n: u32) {
-        self.replicas.store(n.max(1), Ordering::Relaxed);
     }
 
     fn mono_ms(&self) -> u64 {
@@ -274,29 +274,70 @@ impl SharedLimiter {
         block.info.remaining = block.info.remaining.saturating_sub(1);
         Some(Grant {
             at_ms: bucket * BUCKET_MS,
-            shared: true,
+            counted: Counted::Shared,
             info: block.info,
         })
     }
 
-    /// This sidecar's share of `hits`' limits, counted locally.
-    fn local_share(&self, hits: &[(&Arc<Counter>, u32)], now_ms: u64) -> Result<Grant, Refusal> {
-        let replicas = self.replicas.load(Ordering::Relaxed).max(1);
+    /// `hits` counted in this process against `limits` (in the same order).
+    fn local(
+        &self,
+        hits: &[(&Arc<Counter>, u32)],
+        limits: impl Fn(usize) -> u32,
+        now_ms: u64,
+    ) -> Result<Grant, Refusal> {
         let mut windows: [(&SharedWindow, u32); 2] = [(&hits[0].0.window, 0); 2];
-        for (slot, (c, n)) in windows.iter_mut().zip(hits) {
-            *slot = (&c.window, n.div_ceil(replicas));
+        for (i, (slot, (c, _))) in windows.iter_mut().zip(hits).enumerate() {
+            *slot = (&c.window, limits(i));
         }
         self.local.acquire(&windows[..hits.len().min(2)], now_ms)
     }
 
-    /// Takes `hits` on the store for a request that found no block (one round trip), or
-    /// counts locally when the store is unavailable.
-    pub async fn take(&self, hits: &[(&Arc<Counter>, u32)], now_ms: u64) -> Result<Grant, Refusal> {
-        let (Some(store), Some((last, _))) = (&self.store, hits.last()) else {
-            return self.local_share(hits, now_ms);
+    /// What a decision does while the store is unavailable: its profile's `fallback`.
+    fn fallback(&self, hits: &[(&Arc<Counter>, u32)], fallback: Fallback, now_ms: u64) -> Result<Grant, Refusal> {
+        let tightest = hits.iter().map(|&(_, n)| n).min().unwrap_or(u32::MAX);
+        match fallback {
+            Fallback::LocalShare(shares) => self.local(hits, |i| shares[i], now_ms),
+            Fallback::Allow => Ok(Grant {
+                at_ms: now_ms,
+                counted: Counted::Nowhere,
+                info: RateInfo {
+                    limit: tightest,
+                    remaining: tightest,
+                    reset_secs: 0,
+                },
+            }),
+            Fallback::Deny => Err(Refusal {
+                index: hits.len().saturating_sub(1),
+                info: RateInfo {
+                    limit: tightest,
+                    remaining: 0,
+                    reset_secs: 1,
+                },
+                store_unavailable: true,
+            }),
+        }
+    }
+
+    /// Takes `hits` on the store for a request that found no block (one round trip); while
+    /// the store is unavailable, does what `fallback` says. Without a store, counts exactly
+    /// in this process.
+    pub async fn take(&self, hits: &[(&Arc<Counter>, u32)], fallback: Fallback, now_ms: u64) -> Result<Grant, Refusal> {
+        let Some((last, _)) = hits.last() else {
+            return Err(Refusal::over_limit(
+                0,
+                RateInfo {
+                    limit: 0,
+                    remaining: 0,
+                    reset_secs: 0,
+                },
+            ));
+        };
+        let Some(store) = &self.store else {
+            return self.local(hits, |i| hits[i].1, now_ms);
         };
         if !self.available.load(Ordering::Relaxed) {
-            return self.local_share(hits, now_ms);
+            return self.fallback(hits, fallback, now_ms);
         }
         let _one_at_a_time = last.refill.lock().await;
         if let Some(grant) = self.hit_from_block(hits, now_ms) {
@@ -330,18 +371,18 @@ impl SharedLimiter {
                     owe(&mut lock(&last.blocks), u.bucket, u.hits, &u.keys);
                 }
                 self.set_available(false, Some(&e));
-                return self.local_share(hits, now_ms);
+                return self.fallback(hits, fallback, now_ms);
             }
         };
         if let Some(index) = taken.refused {
-            return Err(Refusal {
+            return Err(Refusal::over_limit(
                 index,
-                info: RateInfo {
+                RateInfo {
                     limit: limits[index],
                     remaining: 0,
                     reset_secs: taken.reset_ms.div_ceil(1000),
                 },
-            });
+            ));
         }
         let info = RateInfo {
             limit: limits[taken.tightest],
@@ -362,9 +403,33 @@ impl SharedLimiter {
         }
         Ok(Grant {
             at_ms: taken.bucket * BUCKET_MS,
-            shared: true,
+            counted: Counted::Shared,
             info,
         })
+    }
+
+    /// Remembers a signature on the store: whether it was seen before. `Unavailable` at once
+    /// (no round trip) while the store is known to be down, or without a store.
+    pub async fn remember(&self, entry: &ReplayEntry<'_>) -> SharedReplay {
+        let Some(store) = &self.store else {
+            return SharedReplay::Unavailable;
+        };
+        if !self.available.load(Ordering::Relaxed) {
+            return SharedReplay::Unavailable;
+        }
+        let call = Remember::new(self.options.replay_prefix, entry);
+        let start = Instant::now();
+        let result = store.remember(&call).await;
+        (self.on_round_trip)(start.elapsed(), result.is_err());
+        match result {
+            Ok(Remembered::Fresh) => SharedReplay::Fresh,
+            Ok(Remembered::Seen) => SharedReplay::Seen,
+            Ok(Remembered::Full) => SharedReplay::Full,
+            Err(e) => {
+                self.set_available(false, Some(&e));
+                SharedReplay::Unavailable
+            }
+        }
     }
 
     async fn round_trip(&self, store: &Store, call: &Take<'_>) -> Result<Taken, StoreError> {
@@ -555,29 +620,37 @@ impl Limiter for SharedLimiter {
             .clone()
     }
 
+    /// Counts in this process against the full limits (what a sidecar without a store does).
     fn acquire(&self, hits: &[(&Self::Counter, u32)], now_ms: u64) -> Result<Grant, Refusal> {
-        if self.store.is_none() {
-            let mut windows: [(&SharedWindow, u32); 2] = [(&hits[0].0.window, 0); 2];
-            for (slot, (c, n)) in windows.iter_mut().zip(hits) {
-                *slot = (&c.window, *n);
-            }
-            return self.local.acquire(&windows[..hits.len().min(2)], now_ms);
-        }
-        self.local_share(hits, now_ms)
+        self.local(hits, |i| hits[i].1, now_ms)
     }
 
+    /// Without a store: at once, in this process. With one: a hit from this sidecar's block,
+    /// or `None` (the caller [`take`](SharedLimiter::take)s, which also applies the profile's
+    /// fallback while the store is unavailable).
     fn try_acquire(&self, hits: &[(&Self::Counter, u32)], now_ms: u64) -> Option<Result<Grant, Refusal>> {
-        if self.store.is_none() || !self.available.load(Ordering::Relaxed) {
+        if self.store.is_none() {
             return Some(self.acquire(hits, now_ms));
+        }
+        if !self.available.load(Ordering::Relaxed) {
+            return None;
         }
         self.hit_from_block(hits, now_ms).map(Ok)
     }
 
+    fn shares_replays(&self) -> bool {
+        self.store.is_some()
+    }
+
     fn refund(&self, counters: &[&Self::Counter], grant: &Grant) {
-        if !grant.shared {
-            let windows: Vec<&SharedWindow> = counters.iter().map(|c| &c.window).collect();
-            self.local.refund(&windows, grant);
-            return;
+        match grant.counted {
+            Counted::Nowhere => return,
+            Counted::Local => {
+                let windows: Vec<&SharedWindow> = counters.iter().map(|c| &c.window).collect();
+                self.local.refund(&windows, grant);
+                return;
+            }
+            Counted::Shared => {}
         }
         // Back into the block it came from (given back with its unused hits), or owed.
         let Some(last) = counters.last() else { return };

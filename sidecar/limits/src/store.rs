@@ -1,5 +1,6 @@
-//! The connection to the Redis store and the one script every decision runs there
-//! (`take.lua`): a standalone server (`redis://`, `rediss://`), a Redis Cluster
+//! The connection to the Redis store, the script every limits decision runs there
+//! (`take.lua`) and the one that remembers signatures against replay (`remember.lua`): a
+//! standalone server (`redis://`, `rediss://`), a Redis Cluster
 //! (`redis-cluster://host:port,host:port`, `rediss-cluster://...`), or the master a set of
 //! Redis Sentinels name (`redis-sentinel://host:port,host:port/master`,
 //! `rediss-sentinel://...`). Every call is bounded by the store timeout; the connection comes
@@ -335,10 +336,66 @@ fn lost(e: &RedisError) -> bool {
         || e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
 }
 
-/// The store: its connection and the script.
+/// A signature to remember ([`Store::remember`]).
+#[derive(Debug, Clone)]
+pub struct Remember {
+    /// The entry, then its key's counts of the current and the previous window.
+    keys: [String; 3],
+    ttl_ms: u64,
+    budget: u64,
+    window_ms: u64,
+}
+
+impl Remember {
+    /// The keys of `entry` under `prefix` (`{profile key}` is the hash tag: one slot per
+    /// signing key), the count windows on this process's wall clock.
+    pub fn new(prefix: &str, entry: &portcullis_policy::ReplayEntry<'_>) -> Self {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Self::at(prefix, entry, now_ms)
+    }
+
+    fn at(prefix: &str, entry: &portcullis_policy::ReplayEntry<'_>, now_ms: u64) -> Self {
+        use std::fmt::Write;
+        let owner = format!("{prefix}{{{}\0{}}}", entry.profile, entry.key_id);
+        let mut signature = String::with_capacity(owner.len() + 65);
+        signature.push_str(&owner);
+        signature.push(':');
+        for b in entry.replay_key {
+            let _ = write!(signature, "{b:02x}");
+        }
+        let window_ms = entry.window_secs.max(1) * 1000;
+        let bucket = now_ms / window_ms;
+        Self {
+            keys: [
+                signature,
+                format!("{owner}:n:{bucket}"),
+                format!("{owner}:n:{}", bucket.saturating_sub(1)),
+            ],
+            ttl_ms: entry.ttl_secs.max(1) * 1000,
+            budget: entry.budget as u64,
+            window_ms,
+        }
+    }
+}
+
+/// What the store said of a signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remembered {
+    /// Not seen before: now remembered.
+    Fresh,
+    /// Seen before: a replay.
+    Seen,
+    /// Its key holds its budget of live signatures.
+    Full,
+}
+
+/// The store: its connection and the scripts.
 pub struct Store {
     conn: Conn,
     script: Script,
+    remember: Script,
     timeout: Duration,
 }
 
@@ -393,11 +450,27 @@ impl Store {
         Ok(Self {
             conn,
             script: Script::new(include_str!("take.lua")),
+            remember: Script::new(include_str!("remember.lua")),
             timeout,
         })
     }
 
-    /// Runs the script once, within the timeout.
+    /// Remembers a signature (`remember.lua`), within the timeout.
+    pub async fn remember(&self, call: &Remember) -> Result<Remembered, StoreError> {
+        let mut invocation = self.remember.prepare_invoke();
+        for key in &call.keys {
+            invocation.key(key.as_str());
+        }
+        invocation.arg(call.ttl_ms).arg(call.budget).arg(call.window_ms);
+        match self.run::<i64>(&invocation).await? {
+            0 => Ok(Remembered::Fresh),
+            1 => Ok(Remembered::Seen),
+            2 => Ok(Remembered::Full),
+            other => Err(StoreError::Reply(format!("{other:?}"))),
+        }
+    }
+
+    /// Runs the limits script once, within the timeout.
     pub async fn take(&self, take: &Take<'_>) -> Result<Taken, StoreError> {
         let mut invocation = self.script.prepare_invoke();
         for key in take.keys {
@@ -412,11 +485,14 @@ impl Store {
             .arg(take.lead)
             .arg(take.release.0)
             .arg(take.release.1);
-        let invocation = &invocation;
-        let reply: Vec<i64> = self
-            .call(|mut c| async move { invocation.invoke_async(&mut c).await })
-            .await?;
+        let reply: Vec<i64> = self.run(&invocation).await?;
         parse(&reply, take.keys.len())
+    }
+
+    /// Runs a script invocation within the timeout (see [`Self::call`]).
+    async fn run<T: redis::FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, StoreError> {
+        self.call(|mut c| async move { invocation.invoke_async(&mut c).await })
+            .await
     }
 
     /// Runs `f` on the store's connection within the timeout. A connection lost since the

@@ -6,10 +6,10 @@ mod common;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{exactly_the_limit, hit, limiter, now_ms};
+use common::{exactly_the_limit, hit, hit_or, limiter, now_ms};
 use portcullis_limits::Mode;
 use portcullis_limits::testing::{Redis, RedisCluster};
-use portcullis_policy::{Limiter, Scope};
+use portcullis_policy::{Fallback, Limiter, ReplayEntry, Scope, SharedReplay};
 
 /// Three sidecars, 12 clients, demand far above the limit: exactly the limit is admitted,
 /// whichever sidecar takes the hits.
@@ -55,7 +55,7 @@ async fn refunds_are_given_back_to_the_store() {
     let o = a.counter(Scope::Org, "");
     let p = a.counter(Scope::Profile, "demo/p");
     for _ in 0..5 {
-        let grant = a.take(&[(&o, 1000), (&p, 5)], now_ms()).await.unwrap();
+        let grant = a.take(&[(&o, 1000), (&p, 5)], Fallback::Deny, now_ms()).await.unwrap();
         a.refund(&[&o, &p], &grant);
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -66,23 +66,43 @@ async fn refunds_are_given_back_to_the_store() {
     assert_eq!(admitted, 5, "the 5 refunded hits were given back");
 }
 
-/// Redis stopped: each sidecar enforces its share (limit / replicas) locally, says so, and
-/// goes back to the shared counts when Redis is back.
+/// Redis stopped: each decision follows its profile's fallback (a local share of limit /
+/// replicas, admitted uncounted, or refused as unavailable), the limiter says so, and goes
+/// back to the shared counts when Redis is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unavailable_store_means_a_local_share_until_it_is_back() {
+async fn an_unavailable_store_means_each_profiles_fallback_until_it_is_back() {
     let mut redis = Redis::start();
     let l = limiter(&redis.url());
-    l.set_replicas(3);
     let trips = AtomicU32::new(0);
     assert!(hit(&l, 1_000_000, 30, &trips).await);
     redis.stop();
-    // The first call after the stop finds out.
+    // The first call after the stop finds out. Three replicas: a third of each limit.
+    let share = Fallback::LocalShare([333_334, 10]);
     let mut admitted = 0;
     for _ in 0..40 {
-        admitted += u32::from(hit(&l, 1_000_000, 30, &trips).await);
+        admitted += u32::from(hit_or(&l, 1_000_000, 30, share, &trips).await.is_ok());
     }
     assert_eq!(l.mode(), Mode::LocalShare);
     assert_eq!(admitted, 10, "a third of 30, counted here");
+    for _ in 0..40 {
+        assert_eq!(
+            hit_or(&l, 1_000_000, 30, Fallback::Allow, &trips).await,
+            Ok(()),
+            "Allow: uncounted"
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            hit_or(&l, 1_000_000, 30, Fallback::Deny, &trips).await,
+            Err(true),
+            "Deny: refused as unavailable"
+        );
+    }
+    assert_eq!(
+        hit_or(&l, 1_000_000, 30, share, &trips).await,
+        Err(false),
+        "the Allowed hits were not counted against the share, nor did they free any"
+    );
     let _back = Redis::start_on(redis.port);
     let deadline = Instant::now() + Duration::from_secs(5);
     while l.mode() != Mode::Shared {
@@ -106,7 +126,7 @@ async fn late_refunds_are_given_back_to_the_store() {
     let p = a.counter(Scope::Profile, "demo/p");
     let mut grants = Vec::new();
     for _ in 0..5 {
-        grants.push(a.take(&[(&o, 1000), (&p, 5)], now_ms()).await.unwrap());
+        grants.push(a.take(&[(&o, 1000), (&p, 5)], Fallback::Deny, now_ms()).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(250)).await;
     for grant in &grants {
@@ -118,4 +138,79 @@ async fn late_refunds_are_given_back_to_the_store() {
         admitted += u32::from(hit(&b, 1000, 5, &trips).await);
     }
     assert_eq!(admitted, 5, "the 5 refunded hits were given back");
+}
+
+fn entry<'a>(replay_key: &'a [u8; 32], budget: usize) -> ReplayEntry<'a> {
+    ReplayEntry {
+        profile: "demo/signed",
+        key_id: "gw-1",
+        replay_key,
+        ttl_secs: 2,
+        window_secs: 20,
+        budget,
+    }
+}
+
+/// A signature remembered through one sidecar is a replay for the others; it is forgotten
+/// once its window has passed; one key holds at most its budget; a stopped store says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_are_remembered_once_for_every_replica() {
+    let mut redis = Redis::start();
+    let sidecars = [limiter(&redis.url()), limiter(&redis.url()), limiter(&redis.url())];
+    assert!(sidecars.iter().all(|l| l.shares_replays()));
+    let key = [7u8; 32];
+    assert_eq!(sidecars[0].remember(&entry(&key, 100)).await, SharedReplay::Fresh);
+    for l in &sidecars {
+        assert_eq!(l.remember(&entry(&key, 100)).await, SharedReplay::Seen);
+    }
+    let other_profile = ReplayEntry {
+        profile: "demo/other",
+        ..entry(&key, 100)
+    };
+    assert_eq!(sidecars[1].remember(&other_profile).await, SharedReplay::Fresh);
+    // Its time to live (2 s) passed: forgotten (the signature would be stale by now).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(sidecars[2].remember(&entry(&key, 100)).await, SharedReplay::Fresh);
+    // A budget of 3 live signatures per key (two recorded already under this key).
+    let keys: Vec<[u8; 32]> = (0..4u8).map(|i| [i + 100; 32]).collect();
+    let verdicts: Vec<SharedReplay> = {
+        let mut v = Vec::new();
+        for k in &keys {
+            v.push(sidecars[0].remember(&entry(k, 3)).await);
+        }
+        v
+    };
+    assert_eq!(
+        verdicts,
+        [
+            SharedReplay::Fresh,
+            SharedReplay::Full,
+            SharedReplay::Full,
+            SharedReplay::Full
+        ],
+        "the key already held 2 of 3"
+    );
+    redis.stop();
+    assert_eq!(
+        sidecars[0].remember(&entry(&[9; 32], 100)).await,
+        SharedReplay::Unavailable
+    );
+    assert_eq!(sidecars[0].mode(), Mode::LocalShare);
+}
+
+/// The same on a Redis Cluster: a signature's keys share one slot (its key's hash tag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_are_remembered_once_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let sidecars = [limiter(&cluster.url()), limiter(&cluster.url())];
+    for i in 0..20u8 {
+        let key = [i; 32];
+        let profile = format!("demo/p{i}");
+        let e = ReplayEntry {
+            profile: &profile,
+            ..entry(&key, 100)
+        };
+        assert_eq!(sidecars[usize::from(i % 2)].remember(&e).await, SharedReplay::Fresh);
+        assert_eq!(sidecars[usize::from(1 - i % 2)].remember(&e).await, SharedReplay::Seen);
+    }
 }

@@ -11,13 +11,16 @@ use common::{exactly_the_limit, hit_profile, limiter, limiter_with_password};
 use portcullis_limits::store::Take;
 use portcullis_limits::testing::RedisSentinel;
 use portcullis_limits::{Mode, SharedLimiter, Store, Target};
+use portcullis_policy::{Fallback, ReplayEntry, SharedReplay};
 
-/// Hits on the profile `name` (limit `limit`) out of `n` asked through `l`.
+/// Hits on the profile `name` (limit `limit`) out of `n` asked through `l`; while the store
+/// is unavailable, this sidecar's share is a third (three replicas).
 async fn admitted(l: &SharedLimiter, name: &str, limit: u32, n: u32) -> u32 {
     let trips = AtomicU32::new(0);
+    let share = Fallback::LocalShare([333_334, limit.div_ceil(3)]);
     let mut admitted = 0;
     for _ in 0..n {
-        admitted += u32::from(hit_profile(l, name, 1_000_000, limit, &trips).await);
+        admitted += u32::from(hit_profile(l, name, 1_000_000, limit, share, &trips).await.is_ok());
     }
     admitted
 }
@@ -35,7 +38,6 @@ async fn three_replicas_behind_sentinel_admit_exactly_the_limit() {
 async fn after_a_failover_the_limiter_counts_on_the_promoted_replica() {
     let mut set = RedisSentinel::start();
     let l = limiter(&set.url());
-    l.set_replicas(3);
     assert_eq!(
         admitted(&l, "demo/before", 30, 40).await,
         30,
@@ -71,6 +73,19 @@ async fn after_a_failover_the_limiter_counts_on_the_promoted_replica() {
         "the whole limit again: counted on the new master"
     );
     assert_eq!(l.mode(), Mode::Shared);
+    // Signatures are remembered on the new master too, once for every sidecar.
+    let other = limiter(&set.url());
+    let key = [9u8; 32];
+    let entry = ReplayEntry {
+        profile: "demo/signed",
+        key_id: "gw-1",
+        replay_key: &key,
+        ttl_secs: 30,
+        window_secs: 30,
+        budget: 100,
+    };
+    assert_eq!(l.remember(&entry).await, SharedReplay::Fresh);
+    assert_eq!(other.remember(&entry).await, SharedReplay::Seen);
 }
 
 /// The master stops answering without closing its connections (a node lost without a word):
@@ -81,7 +96,6 @@ async fn after_a_failover_the_limiter_counts_on_the_promoted_replica() {
 async fn a_silent_master_is_left_for_the_promoted_replica() {
     let mut set = RedisSentinel::start();
     let l = limiter(&set.url());
-    l.set_replicas(3);
     assert_eq!(admitted(&l, "demo/before", 30, 40).await, 30);
     let old = set.freeze_master();
     assert_eq!(
@@ -132,7 +146,6 @@ async fn the_password_reaches_the_master_behind_password_less_sentinels() {
     let url = set.url();
     take_with(&url, Some("s3cret-pw")).await.unwrap();
     let l = limiter_with_password(&url, Some("s3cret-pw"));
-    l.set_replicas(3);
     assert_eq!(admitted(&l, "demo/p", 30, 40).await, 30);
     assert_eq!(l.mode(), Mode::Shared);
     let err = take_with(&url, Some("hunter2")).await.unwrap_err();

@@ -53,7 +53,7 @@ pub mod throttle;
 
 pub use auth::{PeerCertificate, Rejection};
 pub use ip::IpSet;
-pub use limit::{Grant, InMemoryLimiter, Limiter, RateInfo, Refusal, Scope};
+pub use limit::{Counted, Fallback, Grant, InMemoryLimiter, Limiter, RateInfo, Refusal, Scope};
 pub use path::{NormalPath, PathError};
 pub use signature::{BodyDigest, ReplayRegistry};
 
@@ -156,6 +156,10 @@ pub enum DenialKind<'e> {
     InsufficientScope { challenges: &'e [String] },
     /// Over a limit: 429.
     RateLimited { scope: Scope, info: RateInfo },
+    /// The shared store could not be asked, and the profile refuses calls then
+    /// (`onStoreUnavailable: Deny`, or a signature that cannot be checked against replay
+    /// cluster-wide): 503 with `Retry-After`.
+    StoreUnavailable { retry_after_secs: u64 },
     /// Too many failed authentications from this address or for this user
     /// ([`throttle`]): 429 with `Retry-After`, credentials not looked at.
     Throttled { retry_after_secs: u64 },
@@ -187,7 +191,8 @@ pub struct Admission<'e> {
     /// says so (`X-Forwarded-Proto: https`). The app is told this scheme.
     pub https: bool,
     grant: Option<(usize, Grant)>,
-    /// The limits are still to be taken on the shared store ([`Engine::settle`]).
+    /// The limits or the replay check still to be done on the shared store
+    /// ([`Engine::settle`]).
     pending: Option<Pending>,
 }
 
@@ -197,6 +202,7 @@ pub struct LimitHits<'e, C> {
     hits: [(&'e C, u32); 2],
     len: usize,
     scopes: [Scope; 2],
+    fallback: Fallback,
 }
 
 impl<'e, C> LimitHits<'e, C> {
@@ -204,21 +210,60 @@ impl<'e, C> LimitHits<'e, C> {
     pub fn as_slice(&self) -> &[(&'e C, u32)] {
         &self.hits[..self.len]
     }
+
+    /// What to do when the shared store cannot be asked (the admitting profile's
+    /// `onStoreUnavailable`).
+    pub fn fallback(&self) -> Fallback {
+        self.fallback
+    }
 }
 
-/// What an admission waiting for its limits still has to do once they are taken.
+/// A signature to remember on the shared store ([`Engine::pending_replay`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayEntry<'e> {
+    /// The profile, `<namespace>/<name>`: signatures are remembered per profile.
+    pub profile: &'e str,
+    /// The key that signed.
+    pub key_id: &'e str,
+    /// Names the signature (a hash of the key id and what it signed).
+    pub replay_key: &'e [u8; 32],
+    /// How long it must be remembered, seconds (until it could no longer be admitted).
+    pub ttl_secs: u64,
+    /// The longest any signature of the profile is remembered, seconds.
+    pub window_secs: u64,
+    /// Most live signatures one key may hold.
+    pub budget: usize,
+}
+
+/// What the shared store said of a signature ([`Engine::settle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedReplay {
+    /// Not seen before: now remembered.
+    Fresh,
+    /// Seen before inside its window: a replay.
+    Seen,
+    /// Its key holds its whole budget of live signatures (refused, fails closed).
+    Full,
+    /// The store could not be asked.
+    Unavailable,
+}
+
+/// What an admission waiting for the shared store still has to do.
 #[derive(Debug)]
 struct Pending {
     /// The admitting profile.
     index: usize,
+    /// Its limits are still to be taken.
+    limits: bool,
     /// Its signature, recorded against replay only once the limits admit the call (as when
     /// they are taken at once: a call refused for its rate keeps its signature usable).
     signed: Option<Signed>,
 }
 
 impl Admission<'_> {
-    /// Whether the call's rate limits are still to be taken on the shared store before it may
-    /// be forwarded ([`Engine::pending_hits`], [`Engine::settle`]).
+    /// Whether the call waits for the shared store (its rate limits, or its signature's
+    /// replay check) before it may be forwarded ([`Engine::pending_hits`],
+    /// [`Engine::pending_replay`], [`Engine::settle`]).
     pub fn limits_pending(&self) -> bool {
         self.pending.is_some()
     }
@@ -292,8 +337,19 @@ struct CompiledProfile<C> {
     auth: Auth,
     /// Empty: any address.
     trusted: IpSet,
-    limit: Option<(C, u32)>,
+    limit: Option<ProfileLimit<C>>,
     identity_header: Option<http::HeaderName>,
+    /// `<namespace>/<name>`: how the shared store knows it.
+    store_name: Box<str>,
+}
+
+/// A profile's rate limit, compiled.
+struct ProfileLimit<C> {
+    counter: C,
+    limit: u32,
+    /// Its share per sidecar while the shared store is unavailable.
+    share: u32,
+    on_unavailable: portcullis_config::StoreFallback,
 }
 
 /// The name of the implicit profile of a route that lists none.
@@ -303,7 +359,9 @@ pub const ANONYMOUS: &str = "anonymous";
 pub struct Engine<L: Limiter = InMemoryLimiter> {
     routes: Vec<CompiledRoute>,
     profiles: Vec<CompiledProfile<L::Counter>>,
-    org: Option<(L::Counter, u32)>,
+    /// The org allowance: counter, limit, and its share per sidecar while the shared store is
+    /// unavailable.
+    org: Option<(L::Counter, u32, u32)>,
     trusted_proxies: IpSet,
     limiter: Arc<L>,
     /// The key slots of the OAuth2 profiles' `jwksUri`s, for the sidecar to feed.
@@ -417,6 +475,7 @@ impl<L: Limiter> Engine<L> {
                     algorithms,
                     required_components,
                     max_age_seconds,
+                    on_store_unavailable,
                 } => {
                     let secrets = secrets.ok_or_else(|| missing("signatureKeys"))?;
                     let replays = limiter.replay_cache(&p.name);
@@ -431,7 +490,8 @@ impl<L: Limiter> Engine<L> {
                     .map_err(|e| CompileError::Invalid {
                         profile: p.name.clone(),
                         message: e.to_string(),
-                    })?;
+                    })?
+                    .with_store_fallback(*on_store_unavailable);
                     Auth::HttpSignature(verifier)
                 }
             };
@@ -445,20 +505,20 @@ impl<L: Limiter> Engine<L> {
                     })
                 })
                 .transpose()?;
+            let store_name = format!("{}/{}", config.namespace, p.name);
             profiles.push(CompiledProfile {
                 name: p.name.as_str().into(),
                 auth,
                 trusted: IpSet::new(&p.trusted_ip_ranges),
-                limit: p
-                    .rate_limit_per_minute
-                    // By namespace and name: a shared store counts for every namespace.
-                    .map(|n| {
-                        (
-                            limiter.counter(Scope::Profile, &format!("{}/{}", config.namespace, p.name)),
-                            n,
-                        )
-                    }),
+                // By namespace and name: a shared store counts for every namespace.
+                limit: p.rate_limit_per_minute.map(|n| ProfileLimit {
+                    counter: limiter.counter(Scope::Profile, &store_name),
+                    limit: n,
+                    share: n.div_ceil(p.replicas.unwrap_or(1).max(1)),
+                    on_unavailable: p.on_store_unavailable,
+                }),
                 identity_header,
+                store_name: store_name.into(),
             });
         }
         let mut anonymous = None;
@@ -472,6 +532,7 @@ impl<L: Limiter> Engine<L> {
                         trusted: IpSet::default(),
                         limit: None,
                         identity_header: None,
+                        store_name: format!("{}/{ANONYMOUS}", config.namespace).into(),
                     });
                     profiles.len() - 1
                 });
@@ -529,7 +590,13 @@ impl<L: Limiter> Engine<L> {
         }
         routes.sort_by(|a, b| (a.matcher.precedence(), &a.name).cmp(&(b.matcher.precedence(), &b.name)));
         Ok(Self {
-            org: config.org_allowance.map(|n| (limiter.counter(Scope::Org, ""), n)),
+            org: config.org_allowance.map(|n| {
+                (
+                    limiter.counter(Scope::Org, ""),
+                    n,
+                    n.div_ceil(config.replicas.unwrap_or(1).max(1)),
+                )
+            }),
             trusted_proxies: IpSet::from_nets(&config.trusted_proxies),
             introspects: profiles
                 .iter()
@@ -875,7 +942,11 @@ impl<L: Limiter> Engine<L> {
                     // Decided on the shared store: nothing taken yet, nothing recorded.
                     let digest = signed.as_ref().and_then(|s| s.digest);
                     let mut admission = self.admission(route, index, identity, req, client_ip, path, digest);
-                    admission.pending = Some(Pending { index, signed });
+                    admission.pending = Some(Pending {
+                        index,
+                        limits: true,
+                        signed,
+                    });
                     return Outcome::Allow(admission);
                 }
             },
@@ -884,13 +955,22 @@ impl<L: Limiter> Engine<L> {
             None => None,
             Some((Ok(grant), _)) => Some((index, grant)),
             Some((Err(refusal), scopes)) => {
-                return Outcome::Deny(self.rate_denial(route, index, client_ip, scopes[refusal.index], refusal.info));
+                return Outcome::Deny(self.rate_denial(route, index, client_ip, scopes[refusal.index], refusal));
             }
         };
         let digest = signed.as_ref().and_then(|s| s.digest);
         let mut admission = self.admission(route, index, identity, req, client_ip, path, digest);
         admission.rate = grant.as_ref().map(|(_, g)| g.info);
         admission.grant = grant;
+        if signed.is_some() && self.limiter.shares_replays() {
+            // Remembered on the shared store, by the caller, before the call goes on.
+            admission.pending = Some(Pending {
+                index,
+                limits: false,
+                signed,
+            });
+            return Outcome::Allow(admission);
+        }
         if let Some(signed) = signed
             && let Err(denial) = self.record_signature(index, &admission, signed, now)
         {
@@ -902,51 +982,154 @@ impl<L: Limiter> Engine<L> {
 
     /// The limits that apply to a call admitted by profile `index`; `None` when none does.
     fn hits(&self, index: usize) -> Option<LimitHits<'_, L::Counter>> {
-        let (hits, len, scopes) = match (&self.org, &self.profiles[index].limit) {
+        use portcullis_config::StoreFallback;
+        let profile = self.profiles[index].limit.as_ref();
+        let (hits, len, scopes, shares) = match (&self.org, profile) {
             (None, None) => return None,
-            (Some((o, on)), None) => ([(o, *on), (o, *on)], 1, [Scope::Org; 2]),
-            (None, Some((p, pn))) => ([(p, *pn), (p, *pn)], 1, [Scope::Profile; 2]),
-            (Some((o, on)), Some((p, pn))) => ([(o, *on), (p, *pn)], 2, [Scope::Org, Scope::Profile]),
+            (Some((o, on, os)), None) => ([(o, *on), (o, *on)], 1, [Scope::Org; 2], [*os; 2]),
+            (None, Some(p)) => (
+                [(&p.counter, p.limit), (&p.counter, p.limit)],
+                1,
+                [Scope::Profile; 2],
+                [p.share; 2],
+            ),
+            (Some((o, on, os)), Some(p)) => (
+                [(o, *on), (&p.counter, p.limit)],
+                2,
+                [Scope::Org, Scope::Profile],
+                [*os, p.share],
+            ),
         };
-        Some(LimitHits { hits, len, scopes })
+        // The admitting profile's choice, for the org allowance too (a profile without a
+        // limit of its own enforces its share of the org allowance).
+        let fallback = match profile.map_or(StoreFallback::LocalShare, |p| p.on_unavailable) {
+            StoreFallback::LocalShare => Fallback::LocalShare(shares),
+            StoreFallback::Allow => Fallback::Allow,
+            StoreFallback::Deny => Fallback::Deny,
+        };
+        Some(LimitHits {
+            hits,
+            len,
+            scopes,
+            fallback,
+        })
     }
 
     /// The hits an admission waiting for its limits must take on the shared store; `None`
-    /// when it waits for nothing.
+    /// when it waits for none.
     pub fn pending_hits(&self, admission: &Admission<'_>) -> Option<LimitHits<'_, L::Counter>> {
-        self.hits(admission.pending.as_ref()?.index)
+        let pending = admission.pending.as_ref().filter(|p| p.limits)?;
+        self.hits(pending.index)
+    }
+
+    /// The signature an admission waiting for the shared store must remember there before
+    /// it is settled (only once its limits admitted it); `None` when there is none, or the
+    /// limiter keeps signatures in this process.
+    pub fn pending_replay<'a>(&'a self, admission: &'a Admission<'_>, now: Now) -> Option<ReplayEntry<'a>> {
+        if !self.limiter.shares_replays() {
+            return None;
+        }
+        let pending = admission.pending.as_ref()?;
+        let signed = pending.signed.as_ref()?;
+        let profile = &self.profiles[pending.index];
+        let Auth::HttpSignature(verifier) = &profile.auth else {
+            return None;
+        };
+        Some(ReplayEntry {
+            profile: &profile.store_name,
+            key_id: &admission.identity,
+            replay_key: &signed.replay_key,
+            ttl_secs: verifier.remember_for(signed, now.unix_ms / 1000),
+            window_secs: verifier.remember_at_most(),
+            budget: verifier.replay_share(),
+        })
     }
 
     /// Completes an admission that was waiting for its limits with what the shared store
     /// answered: the call stays admitted (its signature now recorded against replay), or the
     /// denial it gets instead (429 over a limit, nothing consumed; 401 for a replayed
     /// signature, the hit given back).
+    ///
+    /// `taken`: what the store answered for [`Engine::pending_hits`] (`None` when there were
+    /// none); `replay`: what it said of [`Engine::pending_replay`] (`None` when there was
+    /// none: a signature is then recorded in this process).
     pub fn settle<'e>(
         &'e self,
         admission: &mut Admission<'e>,
-        taken: Result<Grant, Refusal>,
+        taken: Option<Result<Grant, Refusal>>,
+        replay: Option<SharedReplay>,
         now: Now,
     ) -> Result<(), Denial<'e>> {
         let Some(pending) = admission.pending.take() else {
             return Ok(());
         };
-        let grant = match taken {
-            Ok(grant) => grant,
-            Err(refusal) => {
+        match taken {
+            Some(Ok(grant)) => {
+                admission.rate = Some(grant.info);
+                admission.grant = Some((pending.index, grant));
+            }
+            Some(Err(refusal)) => {
                 let scopes = self.hits(pending.index).map_or([Scope::Profile; 2], |h| h.scopes);
                 let scope = scopes.get(refusal.index).copied().unwrap_or(Scope::Profile);
-                return Err(self.rate_denial(admission.route, pending.index, admission.client_ip, scope, refusal.info));
+                return Err(self.rate_denial(admission.route, pending.index, admission.client_ip, scope, refusal));
+            }
+            // Limits still owed and not taken: fail closed.
+            None if pending.limits => {
+                return Err(self.store_denial(admission, "rate limits not checked"));
+            }
+            None => {}
+        }
+        let Some(signed) = pending.signed else {
+            return Ok(());
+        };
+        let refused = |reason| {
+            self.refund(admission);
+            Err(self.unauthorized(admission, reason))
+        };
+        let local = |admission: &mut Admission<'e>| match self.record_signature(pending.index, admission, signed, now) {
+            Ok(()) => Ok(()),
+            Err(denial) => {
+                self.refund(admission);
+                Err(denial)
             }
         };
-        admission.rate = Some(grant.info);
-        admission.grant = Some((pending.index, grant));
-        if let Some(signed) = pending.signed
-            && let Err(denial) = self.record_signature(pending.index, admission, signed, now)
-        {
-            self.refund(admission);
-            return Err(denial);
+        match replay {
+            None => local(admission),
+            Some(SharedReplay::Fresh) => Ok(()),
+            Some(SharedReplay::Seen) => refused("signature replayed"),
+            Some(SharedReplay::Full) => refused("replay cache full (refused, fails closed)"),
+            Some(SharedReplay::Unavailable) => match &self.profiles[pending.index].auth {
+                Auth::HttpSignature(v) if v.store_fallback() == portcullis_config::ReplayFallback::Local => {
+                    local(admission)
+                }
+                _ => {
+                    self.refund(admission);
+                    Err(self.store_denial(admission, "replay store unavailable (signed calls refused)"))
+                }
+            },
         }
-        Ok(())
+    }
+
+    fn unauthorized<'e>(&'e self, admission: &Admission<'e>, reason: &'static str) -> Denial<'e> {
+        Denial {
+            route: &admission.route.name,
+            profile: admission.profile,
+            client_ip: admission.client_ip,
+            kind: DenialKind::Unauthorized {
+                challenges: &admission.route.challenges,
+            },
+            reason,
+        }
+    }
+
+    fn store_denial<'e>(&'e self, admission: &Admission<'e>, reason: &'static str) -> Denial<'e> {
+        Denial {
+            route: &admission.route.name,
+            profile: admission.profile,
+            client_ip: admission.client_ip,
+            kind: DenialKind::StoreUnavailable { retry_after_secs: 1 },
+            reason,
+        }
     }
 
     fn rate_denial<'e>(
@@ -955,17 +1138,31 @@ impl<L: Limiter> Engine<L> {
         index: usize,
         client_ip: IpAddr,
         scope: Scope,
-        info: RateInfo,
+        refusal: Refusal,
     ) -> Denial<'e> {
+        let (kind, reason) = if refusal.store_unavailable {
+            (
+                DenialKind::StoreUnavailable { retry_after_secs: 1 },
+                "limits store unavailable (the profile refuses calls then)",
+            )
+        } else {
+            (
+                DenialKind::RateLimited {
+                    scope,
+                    info: refusal.info,
+                },
+                match scope {
+                    Scope::Org => "org allowance exceeded",
+                    Scope::Profile => "profile rate limit exceeded",
+                },
+            )
+        };
         Denial {
             route: &route.name,
             profile: &self.profiles[index].name,
             client_ip,
-            kind: DenialKind::RateLimited { scope, info },
-            reason: match scope {
-                Scope::Org => "org allowance exceeded",
-                Scope::Profile => "profile rate limit exceeded",
-            },
+            kind,
+            reason,
         }
     }
 
@@ -983,15 +1180,7 @@ impl<L: Limiter> Engine<L> {
         };
         verifier
             .record(&signed, &admission.identity, now.unix_ms / 1000)
-            .map_err(|r| Denial {
-                route: &admission.route.name,
-                profile: admission.profile,
-                client_ip: admission.client_ip,
-                kind: DenialKind::Unauthorized {
-                    challenges: &admission.route.challenges,
-                },
-                reason: r.reason(),
-            })
+            .map_err(|r| self.unauthorized(admission, r.reason()))
     }
 
     /// An admission by profile `index`, its limits not taken yet.
@@ -1039,11 +1228,15 @@ impl<L: Limiter> Engine<L> {
     }
 
     fn refund_grant(&self, index: usize, grant: &Grant) {
-        let profile = self.profiles.get(index).and_then(|p| p.limit.as_ref());
-        match (&self.org, profile) {
+        let profile = self
+            .profiles
+            .get(index)
+            .and_then(|p| p.limit.as_ref())
+            .map(|p| &p.counter);
+        match (self.org.as_ref().map(|(o, _, _)| o), profile) {
             (None, None) => {}
-            (Some((o, _)), None) | (None, Some((o, _))) => self.limiter.refund(&[o], grant),
-            (Some((o, _)), Some((p, _))) => self.limiter.refund(&[o, p], grant),
+            (Some(o), None) | (None, Some(o)) => self.limiter.refund(&[o], grant),
+            (Some(o), Some(p)) => self.limiter.refund(&[o, p], grant),
         }
     }
 }

@@ -47,14 +47,26 @@ pub struct RateInfo {
     pub reset_secs: u64,
 }
 
+/// Where a hit was counted: where it is given back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// In this process's windows.
+    Local,
+    /// On the shared store.
+    Shared,
+    /// Nowhere: admitted without counting while the store was unavailable
+    /// ([`Fallback::Allow`]).
+    Nowhere,
+}
+
 /// A hit taken: what it takes to give it back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant {
     /// When the hit was taken (ms): on the limiter's own monotonic clock, or on the shared
-    /// store's clock when `shared`.
+    /// store's clock when counted there.
     pub at_ms: u64,
-    /// Taken on a shared store (the hit is given back there).
-    pub shared: bool,
+    /// Where it was counted.
+    pub counted: Counted,
     /// The tightest of the limits that applied.
     pub info: RateInfo,
 }
@@ -64,6 +76,32 @@ pub struct Grant {
 pub struct Refusal {
     pub index: usize,
     pub info: RateInfo,
+    /// Refused because the shared store could not be asked and the profile says
+    /// [`Fallback::Deny`] (503), not because a limit was reached (429).
+    pub store_unavailable: bool,
+}
+
+impl Refusal {
+    /// The counter at `index` is at its limit.
+    pub fn over_limit(index: usize, info: RateInfo) -> Self {
+        Self {
+            index,
+            info,
+            store_unavailable: false,
+        }
+    }
+}
+
+/// What one decision's limits do when the shared store cannot be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// Count in this process, against these shares of the limits (in the order of the hits:
+    /// each limit divided by the sidecars that enforce it, rounded up).
+    LocalShare([u32; 2]),
+    /// Admit without counting.
+    Allow,
+    /// Refuse (503).
+    Deny,
 }
 
 /// Counts hits against limits.
@@ -90,6 +128,13 @@ pub trait Limiter: Send + Sync + 'static {
 
     /// Gives back a hit taken by `acquire` with `grant` (the backend answered 404).
     fn refund(&self, counters: &[&Self::Counter], grant: &Grant);
+
+    /// Whether signatures are remembered against replay on a shared store: the engine then
+    /// leaves them to the caller ([`crate::Engine::pending_replay`]) instead of recording
+    /// them in [`replay_cache`](Self::replay_cache).
+    fn shares_replays(&self) -> bool {
+        false
+    }
 
     /// The replay cache of HttpSignature profile `profile`. Like counters, it should be the
     /// same cache every time it is asked for, so that a reload forgets no signature; this
@@ -190,7 +235,7 @@ impl Limiter for InMemoryLimiter {
                     remaining: 0,
                     reset_secs: window.reset_secs(now_ms),
                 };
-                return Err(Refusal { index, info });
+                return Err(Refusal::over_limit(index, info));
             }
         }
         for (window, &(_, limit)) in guards.iter_mut().flatten().zip(hits) {
@@ -211,12 +256,15 @@ impl Limiter for InMemoryLimiter {
         });
         Ok(Grant {
             at_ms: now_ms,
-            shared: false,
+            counted: Counted::Local,
             info,
         })
     }
 
     fn refund(&self, counters: &[&Self::Counter], grant: &Grant) {
+        if grant.counted == Counted::Nowhere {
+            return;
+        }
         for counter in counters {
             lock(counter).give_back(grant.at_ms);
         }

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use portcullis_config::{ProfileSecrets, SignatureAlgorithm, SignatureStandard};
+use portcullis_config::{ProfileSecrets, ReplayFallback, SignatureAlgorithm, SignatureStandard};
 use portcullis_signatures::{Algorithm, Error, Key, Message, Owner, ReplayCache, ReplayError, cavage, rfc9421};
 
 use crate::RequestView;
@@ -115,6 +115,8 @@ pub struct HttpSignature {
     replays: Arc<ReplayCache>,
     /// Live signatures one key may hold in `replays`: its fair share.
     replay_share: usize,
+    /// With a shared store: where signatures are remembered while it is unavailable.
+    store_fallback: ReplayFallback,
 }
 
 impl std::fmt::Debug for HttpSignature {
@@ -133,7 +135,7 @@ impl std::fmt::Debug for HttpSignature {
 #[derive(Debug)]
 pub(crate) struct Signed {
     pub key_id: String,
-    replay_key: [u8; 32],
+    pub replay_key: [u8; 32],
     valid_until: u64,
     pub digest: Option<BodyDigest>,
 }
@@ -176,7 +178,37 @@ impl HttpSignature {
             keys,
             replays,
             replay_share,
+            store_fallback: ReplayFallback::default(),
         })
+    }
+
+    /// This profile, with `fallback` for when a shared replay store is unavailable.
+    pub fn with_store_fallback(mut self, fallback: ReplayFallback) -> Self {
+        self.store_fallback = fallback;
+        self
+    }
+
+    /// Where signatures are remembered while a shared store is unavailable.
+    pub fn store_fallback(&self) -> ReplayFallback {
+        self.store_fallback
+    }
+
+    /// Most live signatures one key may hold.
+    pub fn replay_share(&self) -> usize {
+        self.replay_share
+    }
+
+    /// How long `signed` must be remembered from `now_secs`, seconds: until it can no
+    /// longer be admitted, with the clock skew allowed and one second more (the replicas'
+    /// clocks differ).
+    pub(crate) fn remember_for(&self, signed: &Signed, now_secs: u64) -> u64 {
+        signed.valid_until.saturating_sub(now_secs) + CLOCK_SKEW_SECONDS + 1
+    }
+
+    /// The longest [`remember_for`](Self::remember_for) gives: a signature created
+    /// `CLOCK_SKEW_SECONDS` in the future and valid for `maxAgeSeconds`.
+    pub(crate) fn remember_at_most(&self) -> u64 {
+        self.max_age + 2 * CLOCK_SKEW_SECONDS + 2
     }
 
     /// Verifies the request's signature at `now_secs` (not yet recorded as seen).

@@ -108,6 +108,7 @@ fn verdict(e: &Engine, r: &Req, now: u64) -> (u16, String, String, String) {
                 DenialKind::Unauthorized { .. } => 401,
                 DenialKind::Forbidden | DenialKind::InsufficientScope { .. } => 403,
                 DenialKind::RateLimited { .. } | DenialKind::Throttled { .. } => 429,
+                DenialKind::StoreUnavailable { .. } => 503,
             };
             (status, d.route.into(), d.profile.into(), "-".into())
         }

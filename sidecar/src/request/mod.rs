@@ -75,17 +75,24 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     };
     let clock = decision_clock(now);
     let outcome = match active.engine.decide(&view, clock) {
-        // 4b. Limits the shared store must decide: one round trip (near a limit, or before
-        // this sidecar holds a block of hits).
+        // 4b. What the shared store must decide: the limits (one round trip near a limit, or
+        // before this sidecar holds a block of hits), then, once they admit, a signature's
+        // replay check.
         Outcome::Allow(mut admission) if admission.limits_pending() => {
-            let settled = match active.engine.pending_hits(&admission) {
-                Some(hits) => {
-                    let taken = shared.limiter.take(hits.as_slice(), clock.mono_ms).await;
-                    active.engine.settle(&mut admission, taken, clock)
-                }
-                None => Ok(()),
+            let taken = match active.engine.pending_hits(&admission) {
+                Some(hits) => Some(
+                    shared
+                        .limiter
+                        .take(hits.as_slice(), hits.fallback(), clock.mono_ms)
+                        .await,
+                ),
+                None => None,
             };
-            match settled {
+            let replay = match active.engine.pending_replay(&admission, clock) {
+                Some(entry) if taken.as_ref().is_none_or(Result::is_ok) => Some(shared.limiter.remember(&entry).await),
+                _ => None,
+            };
+            match active.engine.settle(&mut admission, taken, replay, clock) {
                 Ok(()) => Outcome::Allow(admission),
                 Err(denial) => Outcome::Deny(denial),
             }
@@ -283,6 +290,10 @@ fn deny<'a>(shared: &Shared, denial: &'a Denial<'a>, record: &mut Record<'a>) ->
                 retry_after_secs: *retry_after_secs,
             }
         }
+        DenialKind::StoreUnavailable { retry_after_secs } => Answer::StoreUnavailable {
+            route: denial.route,
+            retry_after_secs: *retry_after_secs,
+        },
         DenialKind::RateLimited { scope, info } => {
             shared.metrics.rate_limited(scope.as_str());
             Answer::RateLimited {

@@ -64,6 +64,10 @@ pub enum Answer<'a> {
     IntrospectionThrottled { route: &'a str, retry_after_secs: u64 },
     /// The client stopped sending its request body for `--body-read-timeout`.
     BodyStalled { route: &'a str },
+    /// The shared limits store could not be asked and the profile refuses calls then
+    /// (`onStoreUnavailable: Deny`, or a signed call whose replay check needs the store): 503
+    /// with `Retry-After`.
+    StoreUnavailable { route: &'a str, retry_after_secs: u64 },
     /// The backend refused the connection or failed.
     BackendDown { route: &'a str },
     /// The backend did not answer in time.
@@ -144,6 +148,11 @@ impl Answer<'_> {
                 "request body not received in time",
                 Some(*route),
             ),
+            Self::StoreUnavailable { route, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "limits store unavailable; retry shortly",
+                Some(*route),
+            ),
             Self::BackendDown { route } => (StatusCode::BAD_GATEWAY, "backend unavailable", Some(*route)),
             Self::BackendTimeout { route } => (StatusCode::GATEWAY_TIMEOUT, "backend timeout", Some(*route)),
             Self::NotServed { route } => (
@@ -187,7 +196,9 @@ impl Answer<'_> {
             Self::IntrospectionBusy { .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(1u64));
             }
-            Self::Throttled { retry_after_secs, .. } | Self::IntrospectionThrottled { retry_after_secs, .. } => {
+            Self::Throttled { retry_after_secs, .. }
+            | Self::IntrospectionThrottled { retry_after_secs, .. }
+            | Self::StoreUnavailable { retry_after_secs, .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             Self::BodyBufferFull { .. } => {

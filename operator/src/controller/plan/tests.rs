@@ -330,7 +330,7 @@ fn each_group_holds_what_compiling_the_whole_namespace_for_its_labels_gives() {
     let plan = w.plan();
     for pod in &w.pods {
         let labels = group::group_labels(pod);
-        let full = crate::compile::compile_with_key(
+        let mut full = crate::compile::compile_with_key(
             &Inputs {
                 namespace: NS,
                 profiles: &w.profiles,
@@ -343,10 +343,73 @@ fn each_group_holds_what_compiling_the_whole_namespace_for_its_labels_gives() {
             &w.generation_key,
         );
         let g = &plan.groups[&group::group_name(&labels)];
+        // The sidecar counts need the namespace's pods (checked on their own below).
+        let config: portcullis_config::SidecarConfig = serde_json::from_str(config_json(g)).unwrap();
+        let counts = config
+            .profiles
+            .iter()
+            .filter_map(|p| Some((p.name.clone(), p.replicas?)))
+            .collect();
+        crate::compile::set_replicas(
+            &mut full.loaded,
+            &w.generation_key,
+            config.replicas.unwrap_or(1),
+            &counts,
+        );
         assert_eq!(g.generation, full.loaded.config.generation);
         assert_eq!(config_json(g).as_bytes(), full.loaded.config_json().as_slice());
         assert_eq!(secrets_json(g).as_bytes(), full.loaded.secrets_json().as_slice());
     }
+}
+
+/// Issue 20: the divisors of `onStoreUnavailable: LocalShare`. The org allowance's is every
+/// sidecar of the namespace; a profile's, the sidecars of the groups serving its routes.
+/// Limits that are not set get no count, so scaling changes no configuration without limits.
+#[test]
+fn groups_learn_how_many_sidecars_share_each_limit() {
+    let mut w = World::new();
+    let counts = |plan: &Plan, app: &str| {
+        let config: portcullis_config::SidecarConfig = serde_json::from_str(config_json(&group_of(plan, app))).unwrap();
+        let profiles: Vec<(String, Option<u32>)> =
+            config.profiles.iter().map(|p| (p.name.clone(), p.replicas)).collect();
+        (config.replicas, profiles)
+    };
+    let before = w.plan();
+    assert_eq!(counts(&before, "a"), (None, vec![("pa".into(), None)]));
+    w.pods.push(pod("a", "3"));
+    assert_eq!(
+        w.plan().groups[&group_of(&before, "a").configmap.metadata.name.clone().unwrap()].generation,
+        group_of(&before, "a").generation,
+        "no limit: scaling changes nothing"
+    );
+    w.settings.org_allowance = Some(600);
+    for p in &mut w.profiles {
+        p.spec.rate_limit = Some(portcullis_api::RateLimit {
+            requests_per_minute: 100,
+            on_store_unavailable: None,
+        });
+    }
+    // pc is served by both workloads: a (3 pods) and b (1 pod).
+    w.profiles.push(basic_profile("pc", "sa"));
+    w.profiles.last_mut().unwrap().spec.rate_limit = w.profiles[0].spec.rate_limit.clone();
+    w.routes.push(route("rc-a", "a", &["pc"]));
+    w.routes.push(route("rc-b", "b", &["pc"]));
+    let plan = w.plan();
+    assert_eq!(
+        counts(&plan, "a"),
+        (Some(4), vec![("pa".into(), Some(3)), ("pc".into(), Some(4))])
+    );
+    assert_eq!(
+        counts(&plan, "b"),
+        (Some(4), vec![("pb".into(), Some(1)), ("pc".into(), Some(4))])
+    );
+    let scaled = group_of(&plan, "a").generation;
+    w.pods.pop();
+    assert_ne!(
+        group_of(&w.plan(), "a").generation,
+        scaled,
+        "with limits, scaling is a new configuration"
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use portcullis_limits::{Mode, Options, SharedLimiter, Store, Target};
-use portcullis_policy::{InMemoryLimiter, Limiter, Scope};
+use portcullis_policy::{Fallback, InMemoryLimiter, Limiter, Scope};
 
 /// A sidecar's limiter on the store at `url`, its background task running.
 pub fn limiter(url: &str) -> Arc<SharedLimiter> {
@@ -38,23 +38,46 @@ pub fn now_ms() -> u64 {
 }
 
 /// One hit on (org, profile) through `l`, as the request path takes it: from a block, or
-/// one round trip. Counts the round trips in `trips`.
+/// one round trip. Counts the round trips in `trips`. While the store is unavailable, the
+/// whole limits are this process's share.
 pub async fn hit(l: &SharedLimiter, org: u32, profile: u32, trips: &AtomicU32) -> bool {
-    hit_profile(l, "demo/p", org, profile, trips).await
+    hit_or(l, org, profile, Fallback::LocalShare([org, profile]), trips)
+        .await
+        .is_ok()
 }
 
-/// The same on the profile `name`.
-pub async fn hit_profile(l: &SharedLimiter, name: &str, org: u32, profile: u32, trips: &AtomicU32) -> bool {
+/// [`hit`], with `fallback` while the store is unavailable: whether admitted, or refused
+/// for the store (`Err(true)`) or a limit (`Err(false)`).
+pub async fn hit_or(
+    l: &SharedLimiter,
+    org: u32,
+    profile: u32,
+    fallback: Fallback,
+    trips: &AtomicU32,
+) -> Result<(), bool> {
+    hit_profile(l, "demo/p", org, profile, fallback, trips).await
+}
+
+/// [`hit_or`] on the profile `name`.
+pub async fn hit_profile(
+    l: &SharedLimiter,
+    name: &str,
+    org: u32,
+    profile: u32,
+    fallback: Fallback,
+    trips: &AtomicU32,
+) -> Result<(), bool> {
     let o = l.counter(Scope::Org, "");
     let p = l.counter(Scope::Profile, name);
     let hits = [(&o, org), (&p, profile)];
-    match l.try_acquire(&hits, now_ms()) {
-        Some(r) => r.is_ok(),
+    let taken = match l.try_acquire(&hits, now_ms()) {
+        Some(r) => r,
         None => {
             trips.fetch_add(1, Ordering::Relaxed);
-            l.take(&hits, now_ms()).await.is_ok()
+            l.take(&hits, fallback, now_ms()).await
         }
-    }
+    };
+    taken.map(drop).map_err(|r| r.store_unavailable)
 }
 
 /// Three sidecars on the store at `url`, 12 clients, demand far above the limit: exactly the

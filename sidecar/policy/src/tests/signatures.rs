@@ -69,6 +69,7 @@ fn outcome(e: &Engine, r: &Req, now_secs: u64) -> (u16, String) {
                 DenialKind::Unauthorized { .. } => 401,
                 DenialKind::Forbidden | DenialKind::InsufficientScope { .. } => 403,
                 DenialKind::RateLimited { .. } | DenialKind::Throttled { .. } => 429,
+                DenialKind::StoreUnavailable { .. } => 503,
             };
             (status, d.reason.to_owned())
         }
@@ -379,7 +380,7 @@ fn settled(e: &Engine<Deferring>, limiter: &Deferring, r: &Req, now_secs: u64) -
             assert!(a.limits_pending(), "nothing may be taken before the store answers");
             assert!(a.rate.is_none());
             let taken = limiter.acquire(e.pending_hits(&a).unwrap().as_slice(), now);
-            match e.settle(&mut a, taken, now.into()) {
+            match e.settle(&mut a, Some(taken), None, now.into()) {
                 Ok(()) => {
                     assert!(!a.limits_pending() && a.rate.is_some());
                     (200, a.identity.into_owned())
@@ -417,4 +418,137 @@ fn limits_settled_after_the_decision_record_the_signature_only_when_admitted() {
     );
     let third = sign_9421(get("/3"), SECRET, NOW + 122, COMPONENTS);
     assert_eq!(settled(&e, &limiter, &third, NOW + 122), (200, "gw-1".into()));
+}
+
+/// A limiter whose counts are decided at once but whose signatures live on a shared store:
+/// the engine leaves each signature to the caller ([`Engine::pending_replay`]).
+struct SharingReplays(InMemoryLimiter);
+
+impl Limiter for SharingReplays {
+    type Counter = crate::limit::SharedWindow;
+
+    fn counter(&self, scope: Scope, name: &str) -> Self::Counter {
+        self.0.counter(scope, name)
+    }
+
+    fn acquire(&self, hits: &[(&Self::Counter, u32)], now_ms: u64) -> Result<Grant, Refusal> {
+        self.0.acquire(hits, now_ms)
+    }
+
+    fn refund(&self, counters: &[&Self::Counter], grant: &Grant) {
+        self.0.refund(counters, grant)
+    }
+
+    fn replay_cache(&self, profile: &str) -> Arc<portcullis_signatures::ReplayCache> {
+        self.0.replay_cache(profile)
+    }
+
+    fn shares_replays(&self) -> bool {
+        true
+    }
+}
+
+/// (status, identity or denial reason) of `r` when the store says `store` of its signature;
+/// the entry the engine asked about is checked.
+fn with_store(e: &Engine<SharingReplays>, r: &Req, now_secs: u64, store: SharedReplay) -> (u16, String) {
+    let now = now_secs * 1000;
+    match e.decide(&r.view(), now) {
+        Outcome::Allow(mut a) => {
+            assert!(a.limits_pending(), "the signature waits for the store");
+            assert!(e.pending_hits(&a).is_none(), "the limits were taken at once");
+            let entry = e.pending_replay(&a, now.into()).expect("a signature to remember");
+            assert_eq!(
+                (entry.profile, entry.key_id),
+                ("demo/signed", "gw-1"),
+                "remembered per profile, namespace included"
+            );
+            assert!(
+                (300..=300 + 2 * 5 + 2).contains(&entry.ttl_secs) && entry.window_secs == 312,
+                "{entry:?}"
+            );
+            match e.settle(&mut a, None, Some(store), now.into()) {
+                Ok(()) => (200, a.identity.into_owned()),
+                Err(d) => match d.kind {
+                    DenialKind::Unauthorized { .. } => (401, d.reason.to_owned()),
+                    DenialKind::StoreUnavailable { retry_after_secs: 1 } => (503, d.reason.to_owned()),
+                    other => panic!("unexpected {other:?}"),
+                },
+            }
+        }
+        Outcome::Deny(d) => (429, d.reason.to_owned()),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// With the replay cache on a shared store, the store's word decides: a signature seen there
+/// (through any replica) is a replay and gives its hit back; an unavailable store refuses
+/// signed calls (503, fail closed) unless the profile says `Local`, which remembers them in
+/// this process.
+#[test]
+fn a_shared_replay_cache_decides_replays_and_fails_closed_without_its_store() {
+    let mut config = config("RFC9421", &[]);
+    config["profiles"][0]["rateLimitPerMinute"] = json!(2);
+    let limiter = Arc::new(SharingReplays(InMemoryLimiter::new()));
+    let e = Engine::compile(&loaded(config.clone(), secrets()), Arc::clone(&limiter)).unwrap();
+    let first = sign_9421(get("/1"), SECRET, NOW, COMPONENTS);
+    assert_eq!(with_store(&e, &first, NOW, SharedReplay::Fresh), (200, "gw-1".into()));
+    // Seen through another replica: refused, and its hit given back (the limit is 2).
+    assert_eq!(
+        with_store(&e, &first, NOW, SharedReplay::Seen),
+        (401, "signature replayed".into())
+    );
+    assert_eq!(
+        with_store(&e, &first, NOW, SharedReplay::Full),
+        (401, "replay cache full (refused, fails closed)".into())
+    );
+    assert_eq!(
+        with_store(&e, &first, NOW, SharedReplay::Unavailable),
+        (503, "replay store unavailable (signed calls refused)".into())
+    );
+    let second = sign_9421(get("/2"), SECRET, NOW, COMPONENTS);
+    assert_eq!(with_store(&e, &second, NOW, SharedReplay::Fresh), (200, "gw-1".into()));
+    assert_eq!(
+        with_store(&e, &second, NOW, SharedReplay::Fresh),
+        (429, "profile rate limit exceeded".into()),
+        "two admitted: the refused ones took nothing"
+    );
+
+    config["profiles"][0]["auth"]["onStoreUnavailable"] = json!("Local");
+    let limiter = Arc::new(SharingReplays(InMemoryLimiter::new()));
+    let e = Engine::compile(&loaded(config, secrets()), limiter).unwrap();
+    assert_eq!(
+        with_store(&e, &first, NOW, SharedReplay::Unavailable),
+        (200, "gw-1".into())
+    );
+    assert_eq!(
+        with_store(&e, &first, NOW, SharedReplay::Unavailable),
+        (401, "signature replayed".into()),
+        "remembered in this process meanwhile"
+    );
+}
+
+/// What a decision's limits do while the shared store is unavailable comes from the admitting
+/// profile: its share of each limit (divided by the sidecars the operator counted, rounded
+/// up), or admit, or refuse.
+#[test]
+fn limits_carry_the_profiles_fallback_and_shares() {
+    let mut config = config("RFC9421", &[]);
+    config["orgAllowance"] = json!(1000);
+    config["replicas"] = json!(3);
+    config["profiles"][0]["rateLimitPerMinute"] = json!(10);
+    config["profiles"][0]["replicas"] = json!(4);
+    let fallback = |config: &Value| {
+        let limiter = Arc::new(Deferring(InMemoryLimiter::new()));
+        let e = Engine::compile(&loaded(config.clone(), secrets()), limiter).unwrap();
+        let r = sign_9421(get("/1"), SECRET, NOW, COMPONENTS);
+        match e.decide(&r.view(), NOW * 1000) {
+            Outcome::Allow(a) => e.pending_hits(&a).unwrap().fallback(),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(fallback(&config), Fallback::LocalShare([334, 3]));
+    config["profiles"][0]["onStoreUnavailable"] = json!("Allow");
+    assert_eq!(fallback(&config), Fallback::Allow);
+    config["profiles"][0]["onStoreUnavailable"] = json!("Deny");
+    assert_eq!(fallback(&config), Fallback::Deny);
 }
