@@ -241,6 +241,65 @@ async fn the_app_gets_only_the_sidecars_verdict() {
     }
 }
 
+/// CGI-style gateways (lighttpd's CGI, FastCGI and SCGI, among others) turn every character
+/// of a header name that is not a letter or a digit into `_`: `X-Portcullis.Identity` and
+/// `Remote.User` would reach such an app as the sidecar's or a proxy's word. Every spelling of
+/// a sidecar-only name goes.
+#[tokio::test]
+async fn no_spelling_of_a_sidecar_only_header_reaches_the_app() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = two_hosts(backend.port()).await;
+    let (status, echo) = raw(
+        &sidecar,
+        "GET /x HTTP/1.1\r\nHost: public.example\r\n\
+         X-Portcullis.Identity: dot\r\nX~Portcullis~Profile: tilde\r\n\
+         X-Portcullis.Identity-Encoding: percent\r\nRemote.User: root\r\n\
+         X-Forwarded.Host: evil.example\r\nX!Real!IP: 6.6.6.6\r\nX-Forwarded+Proto: https\r\n\
+         X-Forwarded.For: 6.6.6.6\r\nX-Webauth-User: admin\r\nX-Amzn-Oidc-Identity: admin\r\n\
+         X-Ms-Client-Principal-Name: admin\r\nX-Forwarded-Uri: /admin\r\nX-Envoy-Original-Path: /admin",
+    )
+    .await;
+    assert_eq!(status, 200, "{echo}");
+    let h = echo["headers"].as_object().unwrap();
+    let cgi = |k: &str| -> String {
+        k.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let arrived: Vec<String> = h.keys().map(|k| cgi(k)).collect();
+    let count = |name: &str| arrived.iter().filter(|k| **k == cgi(name)).count();
+    for own in [
+        "x-portcullis-identity",
+        "x-portcullis-profile",
+        "x-real-ip",
+        "x-forwarded-proto",
+        "x-forwarded-for",
+    ] {
+        assert_eq!(count(own), 1, "{own}: only the sidecar's: {echo}");
+    }
+    assert_eq!(h["x-portcullis-identity"], json!(["anonymous"]));
+    assert_eq!(h["x-real-ip"], json!(["127.0.0.1"]));
+    assert_eq!(h["x-forwarded-proto"], json!(["http"]));
+    for gone in [
+        "x-portcullis-identity-encoding",
+        "remote-user",
+        "x-forwarded-host",
+        "x-webauth-user",
+        "x-amzn-oidc-identity",
+        "x-ms-client-principal-name",
+        "x-forwarded-uri",
+        "x-envoy-original-path",
+    ] {
+        assert_eq!(count(gone), 0, "{gone} reached the app: {echo}");
+    }
+}
+
 #[tokio::test]
 async fn an_identity_that_is_no_header_value_arrives_encoded() {
     let backend = Backend::start().await;

@@ -8,7 +8,7 @@ import os
 import statistics
 import sys
 
-TARGETS = ["direct", "sidecar", "nginx"]
+TARGETS = ["direct", "sidecar", "sidecar-redis", "nginx"]
 
 
 def load(path):
@@ -33,7 +33,8 @@ def main():
     ap = argparse.ArgumentParser()
     for name in ["dir", "mode", "command"]:
         ap.add_argument(f"--{name}", required=True)
-    for name in ["rounds", "duration", "conns", "rate", "sidecar-rss-kib", "nginx-rss-kib", "audit-lines"]:
+    for name in ["rounds", "duration", "conns", "rate", "sidecar-rss-kib", "nginx-rss-kib", "audit-lines",
+                 "redis-round-trips", "redis-errors"]:
         ap.add_argument(f"--{name}", type=int, required=True)
     a = ap.parse_args()
 
@@ -80,6 +81,12 @@ def main():
         out.append(f"- p99 at fixed rate, sidecar/nginx: {s['p99'] / n['p99']:.2f}x")
         out.append(f"- added p50 over direct at the fixed rate: sidecar {s['p50'] - d['p50']:.0f} µs, nginx {n['p50'] - d['p50']:.0f} µs")
         out.append(f"- sidecar peak RSS {a.sidecar_rss_kib / 1024:.1f} MiB; audit lines written: {a.audit_lines}")
+    if "sidecar" in rows and "sidecar-redis" in rows:
+        s, r = rows["sidecar"], rows["sidecar-redis"]
+        out.append(f"- limits in Redis (`--limits-store`) vs in memory: requests/s {r['rps'] / s['rps']:.2f}x, "
+                   f"added p50 {r['p50'] - s['p50']:+.0f} µs, p99 {r['p99'] - s['p99']:+.0f} µs at the fixed rate; "
+                   f"{a.redis_round_trips} Redis round trips in all (blocks reserved ahead, given back), "
+                   f"{a.redis_errors} over the store timeout")
     print("\n".join(out))
     if failures:
         print("\n".join(["", "FAILED:"] + failures))

@@ -764,6 +764,13 @@ impl<L: Limiter> Engine<L> {
                 reason: "method not in upper case",
             };
         }
+        // One credential per request: with two `Authorization` fields the sidecar would check
+        // one and the app might read the other (RFC 9110 allows only one).
+        if req.headers.get_all(http::header::AUTHORIZATION).iter().nth(1).is_some() {
+            return Outcome::BadRequest {
+                reason: "more than one Authorization header",
+            };
+        }
         let host = req.host.map(routes::normal_host);
         let host = host.as_deref();
         let egress = req.listener == Listener::Egress;

@@ -207,6 +207,18 @@ fn basic_401_and_403() {
     );
 }
 
+/// Two `Authorization` fields: the sidecar would check one while the app may read the other
+/// (a valid one first, `x:y` after it). Refused before any credential is looked at.
+#[test]
+fn two_authorization_headers_are_a_bad_request() {
+    let e = basic_routes();
+    let two = get("/x").basic("alice", "wonderland").basic("x", "y");
+    assert_eq!(verdict(&e, &two, T0).0, 400);
+    let two = get("/x").basic("x", "y").basic("alice", "wonderland");
+    assert_eq!(verdict(&e, &two, T0).0, 400);
+    assert_eq!(verdict(&e, &get("/x").basic("alice", "wonderland"), T0).0, 200);
+}
+
 #[test]
 fn outside_the_ranges_credentials_are_not_looked_at() {
     let e = engine(

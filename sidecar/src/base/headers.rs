@@ -34,10 +34,11 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Headers a client may send that some framework or library takes as the word of a proxy in
 /// front (the client's address, the scheme, the host, the path or the method it "really"
 /// used, its client certificate, the user a proxy signed in): the sidecar does not vouch for
-/// them, so the app never gets them. Compared with `_`
-/// taken for `-`, as CGI, WSGI and Rack fold them. (`X-Forwarded-For` and
-/// `X-Forwarded-Proto` are the sidecar's own and set, not removed.)
-const CLIENT_FORWARDING: [&str; 40] = [
+/// them, so the app never gets them. Compared with any character other than a letter or a
+/// digit taken for `-`, as CGI, WSGI, Rack and lighttpd fold them (`X.Forwarded~Host` reads
+/// as `HTTP_X_FORWARDED_HOST`). (`X-Forwarded-For` and `X-Forwarded-Proto` are the sidecar's
+/// own and set, not removed; their other spellings are removed.)
+const CLIENT_FORWARDING: [&str; 59] = [
     "forwarded",
     "x-forwarded-host",
     "x-forwarded-port",
@@ -78,6 +79,25 @@ const CLIENT_FORWARDING: [&str; 40] = [
     "remote-user",
     "x-auth-request-user",
     "x-auth-request-email",
+    "x-auth-request-preferred-username",
+    "x-auth-request-groups",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-envoy-original-path",
+    "x-webauth-user",
+    "x-ms-client-principal",
+    "x-ms-client-principal-name",
+    "x-ms-client-principal-id",
+    "x-goog-authenticated-user-email",
+    "x-goog-authenticated-user-id",
+    "x-amzn-oidc-identity",
+    "x-amzn-oidc-data",
+    "x-amzn-oidc-accesstoken",
+    "x-ssl-client-dn",
+    "ssl-client-verify",
+    "x-ssl-client-verify",
+    "x-forwarded-tls-client-cert",
+    "x-forwarded-tls-client-cert-info",
 ];
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
@@ -129,11 +149,17 @@ pub fn remove_portcullis(headers: &mut HeaderMap) {
 
 fn is_sidecar_only(name: &HeaderName) -> bool {
     let name = name.as_str();
-    folds_to(name, PORTCULLIS_PREFIX, true) || CLIENT_FORWARDING.iter().any(|f| folds_to(name, f, false))
+    folds_to(name, PORTCULLIS_PREFIX, true)
+        || CLIENT_FORWARDING.iter().any(|f| folds_to(name, f, false))
+        // The sidecar's own, in another spelling that would read as them.
+        || [X_FORWARDED_FOR.as_str(), X_FORWARDED_PROTO.as_str()]
+            .iter()
+            .any(|own| name != *own && folds_to(name, own, false))
 }
 
 /// Whether `name` (lower case, as `HeaderName` keeps it) reads as `target` (or, with
-/// `prefix`, as something starting with it) once `_` is taken for `-`.
+/// `prefix`, as something starting with it) once every character other than a letter or a
+/// digit is taken for `-` (CGI's `HTTP_*` names turn them all into `_`).
 fn folds_to(name: &str, target: &str, prefix: bool) -> bool {
     let (name, target) = (name.as_bytes(), target.as_bytes());
     (if prefix {
@@ -143,7 +169,7 @@ fn folds_to(name: &str, target: &str, prefix: bool) -> bool {
     }) && name
         .iter()
         .zip(target)
-        .all(|(b, t)| b == t || (*b == b'_' && *t == b'-'))
+        .all(|(b, t)| b == t || (!b.is_ascii_alphanumeric() && *t == b'-'))
 }
 
 /// Who the sidecar admitted, told to the app in `X-Portcullis-*` headers and `X-Real-IP`.
