@@ -577,3 +577,42 @@ async fn an_origin_on_this_host_is_refused() {
         assert!(json_of(&body).get("headers").is_none(), "the origin was reached");
     }
 }
+
+/// A route that lists methods owns its path for every method: `DELETE /basic/x` is `405`
+/// with `Allow`, never an anonymous call through the broader `/` route (the app may serve
+/// `DELETE` under `/basic` too). The app is not reached.
+#[tokio::test]
+async fn a_method_a_route_does_not_list_is_not_handed_to_a_broader_route() {
+    let backend = Backend::start().await;
+    let port = backend.port();
+    let (sidecar, _dir) = serving(
+        json!({
+            "profiles": [
+                {"name": "open", "auth": {"type": "Anonymous"}},
+                {"name": "staff", "auth": {"type": "Basic"}},
+            ],
+            "routes": [
+                {"name": "basic", "pathPrefix": "/basic", "methods": ["GET", "POST"], "profiles": ["staff"],
+                 "backend": {"type": "Local", "port": port}},
+                {"name": "pub", "pathPrefix": "/", "profiles": ["open"], "backend": {"type": "Local", "port": port}},
+            ],
+        }),
+        json!({"profiles": {"staff": {"basic": {"username": "alice", "password": "pw"}}}}),
+    )
+    .await;
+    for method in ["DELETE", "PUT", "PATCH", "OPTIONS"] {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(sidecar.url("/basic/x"))
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let (status, headers, body) = send(&client(), req).await.expect("answer");
+        assert_eq!(status, 405, "{method}");
+        assert_eq!(headers["allow"], "GET, POST, HEAD", "{method}");
+        // The sidecar's answer, not the app's echo.
+        assert_eq!(json_of(&body)["error"], "method not allowed", "{method}");
+    }
+    assert_eq!(get(&sidecar.url("/basic/x")).await.unwrap().0, 401);
+    let (status, _, body) = get(&sidecar.url("/elsewhere")).await.unwrap();
+    assert_eq!((status.as_u16(), &json_of(&body)["path"]), (200, &json!("/elsewhere")));
+}

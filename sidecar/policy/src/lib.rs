@@ -160,6 +160,10 @@ pub enum DenialKind<'e> {
     /// (`onStoreUnavailable: Deny`, or a signature that cannot be checked against replay
     /// cluster-wide): 503 with `Retry-After`.
     StoreUnavailable { retry_after_secs: u64 },
+    /// The most specific route for the path does not list the method (nor does another
+    /// route on the same path): 405 with `Allow`. Never handed to a broader route, whose
+    /// profiles would then guard a path the app serves as this route's.
+    MethodNotAllowed { allow: &'e str },
     /// Too many failed authentications from this address or for this user
     /// ([`throttle`]): 429 with `Retry-After`, credentials not looked at.
     Throttled { retry_after_secs: u64 },
@@ -297,6 +301,8 @@ pub struct CompiledRoute {
     invalid_token: Box<[String]>,
     /// The challenge of a 403 for a missing scope.
     insufficient_scope: Box<[String]>,
+    /// `Allow` of a 405: the methods it lists.
+    allow: Box<str>,
 }
 
 impl CompiledRoute {
@@ -321,6 +327,15 @@ impl CompiledRoute {
 
 /// Why a path that a more specific route matches only when letter case is ignored is refused.
 const CASE_VARIANT: &str = "path differs only in letter case from a more specific route's prefix";
+
+/// Why a request is not handed to a route ([`Engine::route_for`]).
+#[derive(Debug, Clone, Copy)]
+enum NotRouted<'e> {
+    /// A more specific case-sensitive route matches the path only when case is ignored: 400.
+    CaseVariant,
+    /// The most specific route on the path does not list the method: 405.
+    OtherMethod(&'e CompiledRoute),
+}
 
 #[derive(Debug)]
 enum Auth {
@@ -572,6 +587,8 @@ impl<L: Limiter> Engine<L> {
                     .collect()
             };
             let invalid_token = with_error("invalid_token");
+            let matcher = Matcher::new(r);
+            let allow = matcher.allow().into();
             let insufficient_scope = with_error("insufficient_scope")
                 .into_iter()
                 .filter(|c| c.starts_with("Bearer "))
@@ -580,12 +597,13 @@ impl<L: Limiter> Engine<L> {
                 name: r.name.as_str().into(),
                 index,
                 backend: r.backend.clone(),
-                matcher: Matcher::new(r),
+                matcher,
                 ssl_only: r.ssl_only,
                 profiles: indices,
                 challenges,
                 invalid_token,
                 insufficient_scope,
+                allow,
             });
         }
         routes.sort_by(|a, b| (a.matcher.precedence(), &a.name).cmp(&(b.matcher.precedence(), &b.name)));
@@ -728,17 +746,31 @@ impl<L: Limiter> Engine<L> {
         host: Option<&str>,
         path: &str,
         method: &str,
-    ) -> Result<Option<&CompiledRoute>, &'static str> {
+    ) -> Result<Option<&CompiledRoute>, NotRouted<'_>> {
         let mut case_variant = false;
+        // The most specific route on the path that does not list the method: only another
+        // route at the same place (host and prefix) may take the call.
+        let mut other_method: Option<&CompiledRoute> = None;
         for route in &self.routes {
             match route.matcher.path_match(egress, host, path, method) {
-                PathMatch::Yes if case_variant => return Err(CASE_VARIANT),
-                PathMatch::Yes => return Ok(Some(route)),
+                PathMatch::Yes if case_variant => return Err(NotRouted::CaseVariant),
+                PathMatch::Yes => match other_method {
+                    Some(blocked) if blocked.matcher.place(host) != route.matcher.place(host) => {
+                        return Err(NotRouted::OtherMethod(blocked));
+                    }
+                    _ => return Ok(Some(route)),
+                },
                 PathMatch::OnlyIgnoringCase => case_variant = true,
+                PathMatch::OtherMethod => {
+                    other_method.get_or_insert(route);
+                }
                 PathMatch::No => {}
             }
         }
-        Ok(None)
+        match other_method {
+            Some(blocked) => Err(NotRouted::OtherMethod(blocked)),
+            None => Ok(None),
+        }
     }
 
     /// Decides what to do with `req` at `now` ([`Now`]).
@@ -777,7 +809,16 @@ impl<L: Limiter> Engine<L> {
         let route = match self.route_for(egress, host, &path, req.method) {
             Ok(Some(route)) => route,
             Ok(None) => return Outcome::NoRoute,
-            Err(reason) => return Outcome::BadRequest { reason },
+            Err(NotRouted::CaseVariant) => return Outcome::BadRequest { reason: CASE_VARIANT },
+            Err(NotRouted::OtherMethod(route)) => {
+                return Outcome::Deny(Denial {
+                    route: &route.name,
+                    profile: "-",
+                    client_ip: ip::client_ip(req.peer, req.headers, &self.trusted_proxies),
+                    kind: DenialKind::MethodNotAllowed { allow: &route.allow },
+                    reason: "method not allowed on this route",
+                });
+            }
         };
         // Letters outside ASCII that some platforms' case-insensitive comparisons take for
         // ASCII ones (Java's `equalsIgnoreCase` reads `ı` as `i`): a path that routes

@@ -74,6 +74,8 @@ pub enum PathMatch {
     /// A case-sensitive route that would match if letter case were ignored (host, method and
     /// listener match too).
     OnlyIgnoringCase,
+    /// Host, path and listener match; the route does not list the method.
+    OtherMethod,
 }
 
 impl Matcher {
@@ -139,13 +141,32 @@ impl Matcher {
         // HEAD is GET without the body: frameworks serve it with the GET handler, so a route
         // that lists GET guards HEAD too (never left to a broader route).
         let allowed = |m: &str| m == method || (method == "HEAD" && m == "GET");
-        if m == PathMatch::No
-            || !(self.methods.is_empty() || self.methods.iter().any(|m| allowed(m)))
-            || self.host_rank(host).is_none()
-        {
+        if m == PathMatch::No || self.host_rank(host).is_none() {
             return PathMatch::No;
         }
+        if !(self.methods.is_empty() || self.methods.iter().any(|m| allowed(m))) {
+            return if m == PathMatch::Yes {
+                PathMatch::OtherMethod
+            } else {
+                PathMatch::No
+            };
+        }
         m
+    }
+
+    /// Where a matching route sits for a request to `host`: its host's rank and its prefix's
+    /// length. Routes at the same place share a path (and differ in methods at most).
+    pub fn place(&self, host: Option<&str>) -> (Option<(u8, usize)>, usize) {
+        (self.host_rank(host), self.prefix.len())
+    }
+
+    /// The methods it lists, for `Allow` (`HEAD` with `GET`); empty: all.
+    pub fn allow(&self) -> String {
+        let mut out: Vec<&str> = self.methods.iter().map(|m| &**m).collect();
+        if out.contains(&"GET") && !out.contains(&"HEAD") {
+            out.push("HEAD");
+        }
+        out.join(", ")
     }
 
     /// Sort key: smaller sorts first (most specific).
@@ -321,7 +342,10 @@ mod tests {
         insensitive.case_insensitive = true;
         assert_eq!(insensitive.path_match(false, None, "/Admin/x", "GET"), PathMatch::Yes);
         assert_eq!(insensitive.path_match(false, None, "/aDMIN", "GET"), PathMatch::Yes);
-        assert_eq!(insensitive.path_match(false, None, "/Admin/x", "POST"), PathMatch::No);
+        assert_eq!(
+            insensitive.path_match(false, None, "/Admin/x", "POST"),
+            PathMatch::OtherMethod
+        );
         assert_eq!(insensitive.path_match(false, None, "/Admins", "GET"), PathMatch::No);
         // Other criteria still apply to a case variant.
         let bound = route(&["api.example.com"], "/admin", &["GET"]);

@@ -109,6 +109,7 @@ fn verdict(e: &Engine, r: &Req, now: u64) -> (u16, String, String, String) {
                 DenialKind::Forbidden | DenialKind::InsufficientScope { .. } => 403,
                 DenialKind::RateLimited { .. } | DenialKind::Throttled { .. } => 429,
                 DenialKind::StoreUnavailable { .. } => 503,
+                DenialKind::MethodNotAllowed { .. } => 405,
             };
             (status, d.route.into(), d.profile.into(), "-".into())
         }
@@ -525,10 +526,64 @@ fn methods_cannot_walk_around_a_method_route() {
     );
     assert_eq!(verdict(&e, &with("get"), T0).0, 400);
     assert_eq!(verdict(&e, &with("Delete"), T0).0, 400);
+    // A method the route does not list is not handed to the broader anonymous route: the app
+    // may serve it under /report as well.
+    match e.decide(&with("POST").view(), T0) {
+        Outcome::Deny(d) => {
+            assert!(
+                matches!(
+                    d.kind,
+                    DenialKind::MethodNotAllowed {
+                        allow: "GET, DELETE, HEAD"
+                    }
+                ),
+                "{d:?}"
+            );
+            assert_eq!((d.route, d.reason), ("reports", "method not allowed on this route"));
+        }
+        other => panic!("POST went on: {other:?}"),
+    }
+    assert_eq!(verdict(&e, &with("PATCH"), T0).0, 405);
+    assert_eq!(verdict(&e, &get("/elsewhere"), T0).1, "open");
+}
+
+/// Routes on the same path may split its methods: another route at the same place (host and
+/// prefix) takes what the first does not list, and only then is a method refused.
+#[test]
+fn routes_on_one_path_may_split_its_methods() {
+    let mut reads = route("reads", "/report", &["open"]);
+    reads["methods"] = json!(["GET"]);
+    let mut writes = route("writes", "/report", &["office"]);
+    writes["methods"] = json!(["POST"]);
+    let e = engine(
+        json!({
+            "profiles": [{"name": "office", "auth": {"type": "Basic"}},
+                         {"name": "open", "auth": {"type": "Anonymous"}}],
+            "routes": [reads, writes, route("rest", "/", &["open"])],
+        }),
+        json!({"profiles": {"office": {"basic": {"username": "u", "password": "pw"}}}}),
+    );
+    let with = |method: &'static str| Req {
+        method,
+        ..get("/report/q")
+    };
+    assert_eq!(verdict(&e, &with("GET"), T0).1, "reads");
+    assert_eq!(verdict(&e, &with("POST"), T0).0, 401, "writes, which needs credentials");
+    assert_eq!(verdict(&e, &with("DELETE"), T0).0, 405);
+    let mut catch_all = route("report-rest", "/report", &["open"]);
+    catch_all["methods"] = json!([]);
+    let e = engine(
+        json!({
+            "profiles": [{"name": "open", "auth": {"type": "Anonymous"}}],
+            "routes": [{"name": "reads", "pathPrefix": "/report", "methods": ["GET"], "profiles": ["open"],
+                        "backend": {"type": "Local", "port": 8080}}, catch_all],
+        }),
+        json!({}),
+    );
     assert_eq!(
-        verdict(&e, &with("POST"), T0).1,
-        "open",
-        "methods the route does not list go on"
+        verdict(&e, &with("DELETE"), T0).1,
+        "report-rest",
+        "a route for every method on the same path"
     );
 }
 

@@ -279,6 +279,10 @@ fn deny<'a>(shared: &Shared, denial: &'a Denial<'a>, record: &mut Record<'a>) ->
             challenges,
         },
         DenialKind::Forbidden => Answer::Forbidden { route: denial.route },
+        DenialKind::MethodNotAllowed { allow } => Answer::MethodNotAllowed {
+            route: denial.route,
+            allow,
+        },
         DenialKind::InsufficientScope { challenges } => Answer::InsufficientScope {
             route: denial.route,
             challenges,

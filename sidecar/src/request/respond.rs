@@ -26,6 +26,8 @@ pub enum Answer<'a> {
     Unauthorized { route: &'a str, challenges: &'a [String] },
     /// Credentials right, but not allowed (e.g. outside the trusted IP ranges).
     Forbidden { route: &'a str },
+    /// The route on the path does not list the method: 405 with `Allow`.
+    MethodNotAllowed { route: &'a str, allow: &'a str },
     /// A valid OAuth2 token without a required scope: 403 with `challenges`.
     InsufficientScope { route: &'a str, challenges: &'a [String] },
     /// Over a rate limit (`scope`: `org` or `profile`).
@@ -91,6 +93,9 @@ impl Answer<'_> {
             Self::Redirect { route, .. } => (StatusCode::PERMANENT_REDIRECT, "https required", Some(*route)),
             Self::Unauthorized { route, .. } => (StatusCode::UNAUTHORIZED, "unauthorized", Some(*route)),
             Self::Forbidden { route } => (StatusCode::FORBIDDEN, "forbidden", Some(*route)),
+            Self::MethodNotAllowed { route, .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method not allowed", Some(*route))
+            }
             Self::InsufficientScope { route, .. } => (StatusCode::FORBIDDEN, "insufficient scope", Some(*route)),
             Self::BodyDigestMismatch { route, .. } => (
                 StatusCode::UNAUTHORIZED,
@@ -192,6 +197,11 @@ impl Answer<'_> {
             Self::RateLimited { info, .. } => {
                 rate_limit_headers(headers, *info);
                 headers.insert(RETRY_AFTER, HeaderValue::from(info.reset_secs.max(1)));
+            }
+            Self::MethodNotAllowed { allow, .. } => {
+                if let Ok(v) = HeaderValue::from_str(allow) {
+                    headers.insert(http::header::ALLOW, v);
+                }
             }
             Self::IntrospectionBusy { .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(1u64));
