@@ -33,6 +33,10 @@ use crate::upstream::{Forwarder, credentials};
 /// budget of its own, so that it answers however full the other listeners are.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
 
+/// Most admin connections one client address may hold: one client (a pod that can reach the
+/// admin port) cannot take the whole budget and starve the kubelet's probes.
+const ADMIN_MAX_PER_CLIENT: usize = 8;
+
 /// The connection events of one listener, counted in its metrics.
 struct Observed(ListenerMetrics);
 
@@ -203,6 +207,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         handshake_timeout: args.handshake_timeout,
         idle_timeout: args.idle_timeout,
         max_connections: args.max_connections as usize,
+        max_per_client: None,
     };
     let serving_as = |name: &'static str, limits: ConnectionLimits| Serving {
         builder: builder.clone(),
@@ -249,9 +254,11 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
                 async move { Ok::<_, Infallible>(resp) }
             })
         };
-        // Its own budget: probes and scrapes get through however full the others are.
+        // Its own budget: probes and scrapes get through however full the others are; and a
+        // share per client address, so that one client cannot hold that budget either.
         let limits = ConnectionLimits {
             max_connections: ADMIN_MAX_CONNECTIONS,
+            max_per_client: Some(ADMIN_MAX_PER_CLIENT),
             ..limits
         };
         serving.push(tokio::spawn(accept_loop(

@@ -686,3 +686,36 @@ async fn rss_stays_bounded_under_a_mix_of_hostile_clients() {
     // Still serving.
     assert_eq!(get_with(&sidecar.url("/after"), &[]).await.0, 200);
 }
+
+/// One client cannot hold the admin listener's whole budget: silent connections from one
+/// address (127.0.0.2) beyond its share of 8 are closed as accepted, and the kubelet's probe
+/// (127.0.0.1 here) is answered however many that client opens.
+#[tokio::test]
+async fn one_client_cannot_fill_the_admin_listener() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = anonymous_sidecar(backend.port(), &[]).await;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..70 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut stream = socket.connect(sidecar.admin).await.unwrap();
+        if closed_within(&mut stream, Duration::from_millis(200)).await {
+            refused += 1;
+        } else {
+            held.push(stream);
+        }
+    }
+    assert_eq!(
+        (held.len(), refused),
+        (8, 62),
+        "the client's share of the admin listener"
+    );
+    let (status, _, _) = get(&sidecar.admin_url("/healthz")).await.expect("admin answers");
+    assert_eq!(status, 200);
+    let metrics = sidecar.metrics().await;
+    assert!(
+        metric(&metrics, "portcullis_connections_refused_total{listener=\"admin\"}") >= Some(62.0),
+        "{metrics}"
+    );
+}

@@ -6,12 +6,13 @@
 //! each loop is handed the service that answers a connection's requests, and what it observes
 //! goes to the [`ConnectionEvents`] it is handed.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::{Pin, pin};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -70,6 +71,9 @@ pub struct ConnectionLimits {
     /// Most connections open at once; beyond, a new connection is closed as soon as it is
     /// accepted.
     pub max_connections: usize,
+    /// Most connections one client address may hold open at once (`None`: no share): so
+    /// that one client cannot take a small listener's whole budget (the admin listener's).
+    pub max_per_client: Option<usize>,
 }
 
 /// Why a connection was closed by a timeout.
@@ -154,7 +158,7 @@ where
     let gate = Gate::new(&serving);
     let mut stopped = serving.stopped.clone();
     while let Some((stream, peer)) = next_connection(&listener, &mut stopped).await {
-        let Some(slot) = gate.admit(&serving) else {
+        let Some(slot) = gate.admit(&serving, peer.ip()) else {
             drop(stream);
             continue;
         };
@@ -207,6 +211,9 @@ async fn next_connection(
 struct Gate {
     permits: Arc<Semaphore>,
     max: u32,
+    /// Open connections by client address, when clients have a share (entries only while
+    /// they hold one: bounded by the listener's budget).
+    clients: Option<(usize, Arc<Mutex<HashMap<IpAddr, usize>>>)>,
 }
 
 impl Gate {
@@ -218,16 +225,37 @@ impl Gate {
         Self {
             permits: Arc::new(Semaphore::new(max)),
             max: max as u32,
+            clients: serving.limits.max_per_client.map(|n| (n.max(1), Arc::default())),
         }
     }
 
-    /// A place for one more connection, or `None` (counted) when the listener is full.
-    fn admit(&self, serving: &Serving) -> Option<Slot> {
+    /// A place for one more connection from `peer`, or `None` (counted) when the listener
+    /// is full or the client holds its share.
+    fn admit(&self, serving: &Serving, peer: IpAddr) -> Option<Slot> {
+        let client = match &self.clients {
+            None => None,
+            Some((share, clients)) => {
+                let mut open = clients.lock().unwrap_or_else(|p| p.into_inner());
+                let held = open.entry(peer).or_insert(0);
+                if *held >= *share {
+                    drop(open);
+                    serving.events.refused();
+                    tracing::debug!(share, %peer, "connection refused: the client holds its share");
+                    return None;
+                }
+                *held += 1;
+                Some(ClientShare {
+                    peer,
+                    clients: Arc::clone(clients),
+                })
+            }
+        };
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 serving.events.opened();
                 Some(Slot {
                     _permit: permit,
+                    _client: client,
                     events: serving.events.clone(),
                 })
             }
@@ -254,7 +282,26 @@ impl Gate {
 /// One open connection's place; gives it back (and says so) when dropped.
 struct Slot {
     _permit: OwnedSemaphorePermit,
+    _client: Option<ClientShare>,
     events: Arc<dyn ConnectionEvents>,
+}
+
+/// One connection of a client's share; given back when dropped.
+struct ClientShare {
+    peer: IpAddr,
+    clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for ClientShare {
+    fn drop(&mut self) {
+        let mut open = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = open.get_mut(&self.peer) {
+            *held -= 1;
+            if *held == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
 }
 
 impl Drop for Slot {
@@ -539,7 +586,7 @@ where
     let current_tls = Arc::new(current_tls);
     let make_service = Arc::new(make_service);
     while let Some((stream, peer)) = next_connection(&listener, &mut stopped).await {
-        let Some(slot) = gate.admit(&serving) else {
+        let Some(slot) = gate.admit(&serving, peer.ip()) else {
             drop(stream);
             continue;
         };
