@@ -271,6 +271,32 @@ fn verify_one<K: KeyResolver + ?Sized>(
     let nonce = string("nonce")?;
     let tag = string("tag")?;
 
+    // Time.
+    let created = created.ok_or(Error::MissingCreated)?;
+    if created > now.saturating_add(policy.clock_skew) {
+        return Err(Error::FromTheFuture { created, now });
+    }
+    if now > created.saturating_add(policy.max_age) {
+        return Err(Error::Stale {
+            created,
+            now,
+            max_age: policy.max_age,
+        });
+    }
+    if let Some(e) = expires
+        && now >= e
+    {
+        return Err(Error::Expired { expires: e, now });
+    }
+    let valid_until = created
+        .saturating_add(policy.max_age)
+        .saturating_add(1)
+        .min(expires.unwrap_or(u64::MAX));
+
+    // The key before the components: a signature by an unknown key costs no more than its
+    // parameters (a request may carry up to `sfv::MAX_MEMBERS` of them).
+    let key = keys.resolve(&key_id).ok_or_else(|| Error::UnknownKey(key_id.clone()))?;
+
     // Covered components: names, duplicates, required ones. (At most
     // `sfv::MAX_INNER_LIST_ITEMS` of them: the parser refuses more.)
     let mut covered: Vec<String> = Vec::with_capacity(list.items.len());
@@ -300,30 +326,7 @@ fn verify_one<K: KeyResolver + ?Sized>(
         }
     }
 
-    // Time.
-    let created = created.ok_or(Error::MissingCreated)?;
-    if created > now.saturating_add(policy.clock_skew) {
-        return Err(Error::FromTheFuture { created, now });
-    }
-    if now > created.saturating_add(policy.max_age) {
-        return Err(Error::Stale {
-            created,
-            now,
-            max_age: policy.max_age,
-        });
-    }
-    if let Some(e) = expires
-        && now >= e
-    {
-        return Err(Error::Expired { expires: e, now });
-    }
-    let valid_until = created
-        .saturating_add(policy.max_age)
-        .saturating_add(1)
-        .min(expires.unwrap_or(u64::MAX));
-
-    // Key and algorithm.
-    let key = keys.resolve(&key_id).ok_or_else(|| Error::UnknownKey(key_id.clone()))?;
+    // Algorithm.
     let candidates: Vec<Algorithm> = match &alg_param {
         Some(name) => {
             let alg = Algorithm::from_name(name)

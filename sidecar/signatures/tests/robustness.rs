@@ -177,3 +177,31 @@ fn huge_signature_headers_are_refused_by_their_bounds() {
     let err = cavage::parse_params(&value).unwrap_err();
     assert!(err.to_string().contains("more than 64 headers"), "{err}");
 }
+
+/// A signature by an unknown key costs its parameters only: the key is looked up before the
+/// covered components are (a request may carry 32 signatures of 64 components each). Here
+/// every member covers a component twice, which would be refused as malformed if the
+/// components were read first: the answer is the unknown key.
+#[test]
+fn an_unknown_key_is_refused_before_the_components_are_read() {
+    let components: Vec<String> = (0..64).map(|i| format!("\"h{}\"", i % 63)).collect();
+    let members: Vec<String> = (0..32)
+        .map(|m| format!("s{m}=({});created={RFC_CREATED};keyid=\"nobody\"", components.join(" ")))
+        .collect();
+    let sigs: Vec<String> = (0..32).map(|m| format!("s{m}=:AAAA:")).collect();
+    let secret = Key::hmac(b"s").unwrap();
+    let mut h = rfc_request_headers();
+    h.insert("signature-input", HeaderValue::from_str(&members.join(", ")).unwrap());
+    h.insert("signature", HeaderValue::from_str(&sigs.join(", ")).unwrap());
+    let result = rfc9421::verify(
+        &rfc_message(&h),
+        None,
+        &("test-key", &secret),
+        &Policy::new(&Algorithm::ALL, 60),
+        RFC_CREATED,
+    );
+    assert!(
+        matches!(&result, Err(portcullis_signatures::Error::UnknownKey(k)) if k == "nobody"),
+        "{result:?}"
+    );
+}
