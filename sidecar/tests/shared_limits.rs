@@ -128,6 +128,14 @@ async fn three_sidecars_admit_exactly_the_profile_limit_and_the_org_allowance() 
     // The org allowance holds 200 more (500 - 300), taken through the unlimited profile.
     let (ok, limited) = drive(&sidecars, "/q/x", 600).await;
     assert_eq!((ok, limited), (200, 400), "the org allowance across the three sidecars");
+    // A refusal for a limit names who was refused.
+    assert!(audited(&sidecars[0], "org allowance exceeded").await);
+    let lines = sidecars[0].audit_lines();
+    let refused: Vec<_> = lines
+        .iter()
+        .filter(|l| l["reason"] == "org allowance exceeded")
+        .collect();
+    assert!(refused.iter().all(|l| l["identity"] == "anonymous"), "{refused:?}");
     for s in &sidecars {
         let metrics = s.metrics().await;
         assert!(
@@ -190,6 +198,13 @@ async fn a_signed_request_admitted_by_one_sidecar_is_a_replay_for_the_others() {
     }
     for s in &sidecars {
         assert!(audited(s, "signature replayed").await);
+        // The refusal names who signed.
+        assert!(
+            s.audit_lines()
+                .iter()
+                .filter(|l| l["reason"] == "signature replayed")
+                .all(|l| l["identity"] == "gw-1")
+        );
     }
 }
 

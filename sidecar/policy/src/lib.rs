@@ -142,6 +142,9 @@ pub struct Denial<'e> {
     pub kind: DenialKind<'e>,
     /// Why, for the audit log; never a secret.
     pub reason: &'static str,
+    /// Who was authenticated when the refusal came after (a rate limit, a replay): the audit
+    /// line names them.
+    pub identity: Option<Cow<'e, str>>,
 }
 
 /// How a call was refused.
@@ -817,6 +820,7 @@ impl<L: Limiter> Engine<L> {
                     client_ip: ip::client_ip(req.peer, req.headers, &self.trusted_proxies),
                     kind: DenialKind::MethodNotAllowed { allow: &route.allow },
                     reason: "method not allowed on this route",
+                    identity: None,
                 });
             }
         };
@@ -841,6 +845,7 @@ impl<L: Limiter> Engine<L> {
                     client_ip,
                     kind: DenialKind::Forbidden,
                     reason: "https required and no host to redirect to",
+                    identity: None,
                 }),
             };
         }
@@ -856,6 +861,7 @@ impl<L: Limiter> Engine<L> {
                 client_ip,
                 kind: DenialKind::Throttled { retry_after_secs },
                 reason: "too many failed authentications",
+                identity: None,
             });
         }
         let mut guessed = false;
@@ -922,6 +928,7 @@ impl<L: Limiter> Engine<L> {
                 client_ip,
                 kind: DenialKind::Forbidden,
                 reason: "client address outside the profile's trusted IP ranges",
+                identity: None,
             });
         }
         if let Some(profile) = insufficient {
@@ -933,6 +940,7 @@ impl<L: Limiter> Engine<L> {
                     challenges: &route.insufficient_scope,
                 },
                 reason: "token lacks a required scope",
+                identity: None,
             });
         }
         if guessed && let Some(t) = throttle {
@@ -951,6 +959,7 @@ impl<L: Limiter> Engine<L> {
                 },
             },
             reason,
+            identity: None,
         })
     }
 
@@ -1003,7 +1012,9 @@ impl<L: Limiter> Engine<L> {
             None => None,
             Some((Ok(grant), _)) => Some((index, grant)),
             Some((Err(refusal), scopes)) => {
-                return Outcome::Deny(self.rate_denial(route, index, client_ip, scopes[refusal.index], refusal));
+                let mut denial = self.rate_denial(route, index, client_ip, scopes[refusal.index], refusal);
+                denial.identity = Some(identity);
+                return Outcome::Deny(denial);
             }
         };
         let digest = signed.as_ref().and_then(|s| s.digest);
@@ -1119,7 +1130,9 @@ impl<L: Limiter> Engine<L> {
             Some(Err(refusal)) => {
                 let scopes = self.hits(pending.index).map_or([Scope::Profile; 2], |h| h.scopes);
                 let scope = scopes.get(refusal.index).copied().unwrap_or(Scope::Profile);
-                return Err(self.rate_denial(admission.route, pending.index, admission.client_ip, scope, refusal));
+                let mut denial = self.rate_denial(admission.route, pending.index, admission.client_ip, scope, refusal);
+                denial.identity = Some(admission.identity.clone());
+                return Err(denial);
             }
             // Limits still owed and not taken: fail closed.
             None if pending.limits => {
@@ -1167,6 +1180,7 @@ impl<L: Limiter> Engine<L> {
                 challenges: &admission.route.challenges,
             },
             reason,
+            identity: Some(admission.identity.clone()),
         }
     }
 
@@ -1177,6 +1191,7 @@ impl<L: Limiter> Engine<L> {
             client_ip: admission.client_ip,
             kind: DenialKind::StoreUnavailable { retry_after_secs: 1 },
             reason,
+            identity: Some(admission.identity.clone()),
         }
     }
 
@@ -1211,6 +1226,7 @@ impl<L: Limiter> Engine<L> {
             client_ip,
             kind,
             reason,
+            identity: None,
         }
     }
 

@@ -273,6 +273,9 @@ fn deny<'a>(shared: &Shared, denial: &'a Denial<'a>, record: &mut Record<'a>) ->
     record.client_ip = denial.client_ip;
     record.decision = "deny";
     record.reason = denial.reason;
+    if let Some(identity) = &denial.identity {
+        record.identity = identity;
+    }
     let answer = match &denial.kind {
         DenialKind::Unauthorized { challenges } => Answer::Unauthorized {
             route: denial.route,

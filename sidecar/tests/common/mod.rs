@@ -76,7 +76,38 @@ impl Sidecar {
     }
 
     /// Starts the sidecar on `dir` with exactly the flags `extra` (and the listeners').
+    ///
+    /// The listeners' ports are picked free (bound to `:0`, then let go): another process of
+    /// a parallel test may take one before the sidecar binds it. A sidecar that exits before
+    /// it answers is started again on other ports (three tries), and the last one's log is
+    /// shown if none comes up.
     pub async fn start_strict(dir: &Path, extra: &[&str]) -> Self {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut sidecar = Self::spawn(dir, extra);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if get(&sidecar.admin_url("/healthz")).await.map(|r| r.0) == Some(StatusCode::OK) {
+                    return sidecar;
+                }
+                if let Ok(Some(status)) = sidecar.child.try_wait() {
+                    let log = sidecar.log();
+                    assert!(tries < 3, "sidecar exited ({status}) before it answered:\n{log}");
+                    eprintln!("sidecar exited ({status}) before it answered, starting it again:\n{log}");
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "sidecar did not come up within 30 s:\n{}",
+                    sidecar.log()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    fn spawn(dir: &Path, extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let (inbound, admin) = (free_addr(), free_addr());
         let (inbound_tls, egress) = (free_addr(), free_addr());
@@ -96,7 +127,7 @@ impl Sidecar {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start portcullis-sidecar");
-        let sidecar = Self {
+        Self {
             child,
             inbound,
             inbound_tls,
@@ -105,13 +136,7 @@ impl Sidecar {
             audit,
             stdout,
             _tmp: tmp,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while get(&sidecar.admin_url("/healthz")).await.map(|r| r.0) != Some(StatusCode::OK) {
-            assert!(Instant::now() < deadline, "sidecar did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        sidecar
     }
 
     pub fn url(&self, path: &str) -> String {
