@@ -213,7 +213,7 @@ struct Gate {
     max: u32,
     /// Open connections by client address, when clients have a share (entries only while
     /// they hold one: bounded by the listener's budget).
-    clients: Option<(usize, Arc<Mutex<HashMap<IpAddr, usize>>>)>,
+    clients: Option<(usize, ClientCounts)>,
 }
 
 impl Gate {
@@ -286,10 +286,13 @@ struct Slot {
     events: Arc<dyn ConnectionEvents>,
 }
 
+/// Open connections by client address.
+type ClientCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
 /// One connection of a client's share; given back when dropped.
 struct ClientShare {
     peer: IpAddr,
-    clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    clients: ClientCounts,
 }
 
 impl Drop for ClientShare {
