@@ -17,6 +17,8 @@
 //! (listener and open connections closed at once) and started again on the same port.
 
 mod common;
+#[path = "common/jwt.rs"]
+mod jwt;
 #[path = "common/pki.rs"]
 mod pki;
 
@@ -26,9 +28,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use bytes::Bytes;
 use common::*;
 use futures::future::BoxFuture;
@@ -38,8 +39,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use jwt::{ISSUER, Signer, now};
 use pki::*;
-use portcullis_signatures::{Algorithm, Key};
 use serde_json::{Value, json};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -800,43 +801,10 @@ async fn malformed_configurations_dropped_in_under_load() {
 // ---------------------------------------------------------------------------------------
 // 5. The identity provider stopped.
 
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-const ISSUER: &str = "https://idp.example.com";
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// An Ed25519 JWT signer with its key id.
-struct Signer {
-    kid: &'static str,
-    key: Key,
-    public: Vec<u8>,
-}
-
-impl Signer {
-    fn new(kid: &'static str) -> Self {
-        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        Self {
-            kid,
-            key: Key::from_pem(&pair.serialize_pem()).unwrap(),
-            public: pair.public_key_raw().to_vec(),
-        }
-    }
-
-    fn jwk(&self) -> Value {
-        json!({"kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": self.kid,
-               "x": B64.encode(&self.public)})
-    }
-
-    fn token(&self, sub: &str) -> String {
-        let header = json!({"alg": "EdDSA", "typ": "at+jwt", "kid": self.kid});
-        let claims = json!({"iss": ISSUER, "sub": sub, "aud": "finance-api", "iat": now(),
-                            "exp": now() + 300, "scope": "read"});
-        let signed = format!("{}.{}", B64.encode(header.to_string()), B64.encode(claims.to_string()));
-        let sig = self.key.sign(Algorithm::Ed25519, signed.as_bytes()).unwrap();
-        format!("{signed}.{}", B64.encode(sig))
-    }
+/// An access token for `sub` by `signer`, valid for five minutes.
+fn token(signer: &Signer, sub: &str) -> String {
+    signer.token(json!({"iss": ISSUER, "sub": sub, "aud": "finance-api", "iat": now(),
+                        "exp": now() + 300, "scope": "read"}))
 }
 
 /// What the identity provider serves: its key set at `/jwks`, RFC 7662 answers at
@@ -935,7 +903,7 @@ async fn the_identity_provider_stopped_under_load() {
         let auth = format!("Bearer {token}");
         async move { get_with(&url, &[("authorization", &auth)]).await }
     };
-    let jwt = k1.token("alice");
+    let jwt = token(&k1, "alice");
     assert_eq!(call(&jwt).await.0, StatusCode::OK);
     assert_eq!(call("tok-cached").await.0, StatusCode::OK);
     assert_eq!(state.introspections.load(Ordering::SeqCst), 1);
@@ -965,7 +933,7 @@ async fn the_identity_provider_stopped_under_load() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // New tokens fail closed, quickly.
-    let unknown_kid = k2.token("bob");
+    let unknown_kid = token(&k2, "bob");
     for i in 0..5 {
         let started = Instant::now();
         let (status, _, body) = call(&format!("tok-new-{i}")).await;

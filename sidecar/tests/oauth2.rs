@@ -3,11 +3,13 @@
 //! rotation, and the Builtin token provider (client credentials in, token out, token used).
 
 mod common;
+#[path = "common/jwt.rs"]
+mod jwt;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -17,46 +19,10 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use jwt::{B64, ISSUER, Signer, now};
 use portcullis_signatures::{Algorithm, Key};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-const ISSUER: &str = "https://idp.example.com";
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// An Ed25519 signing key with its key id.
-struct Signer {
-    kid: &'static str,
-    key: Key,
-    public: Vec<u8>,
-}
-
-impl Signer {
-    fn new(kid: &'static str) -> Self {
-        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        Self {
-            kid,
-            key: Key::from_pem(&pair.serialize_pem()).unwrap(),
-            public: pair.public_key_raw().to_vec(),
-        }
-    }
-
-    fn jwk(&self) -> Value {
-        json!({"kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": self.kid,
-               "x": B64.encode(&self.public)})
-    }
-
-    fn token(&self, claims: Value) -> String {
-        let header = json!({"alg": "EdDSA", "typ": "at+jwt", "kid": self.kid});
-        let signed = format!("{}.{}", B64.encode(header.to_string()), B64.encode(claims.to_string()));
-        let sig = self.key.sign(Algorithm::Ed25519, signed.as_bytes()).unwrap();
-        format!("{signed}.{}", B64.encode(sig))
-    }
-}
 
 fn claims(sub: &str, scope: &str, exp: u64) -> Value {
     json!({"iss": ISSUER, "sub": sub, "aud": "finance-api", "iat": now(), "exp": exp, "scope": scope})
