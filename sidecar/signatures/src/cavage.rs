@@ -441,25 +441,7 @@ pub fn verify<K: KeyResolver + ?Sized>(
                 .as_secs()
         }
     };
-    if created > now.saturating_add(policy.clock_skew) {
-        return Err(Error::FromTheFuture { created, now });
-    }
-    if now > created.saturating_add(policy.max_age) {
-        return Err(Error::Stale {
-            created,
-            now,
-            max_age: policy.max_age,
-        });
-    }
-    if let Some(e) = signed_expires
-        && now >= e
-    {
-        return Err(Error::Expired { expires: e, now });
-    }
-    let valid_until = created
-        .saturating_add(policy.max_age)
-        .saturating_add(1)
-        .min(signed_expires.unwrap_or(u64::MAX));
+    let valid_until = crate::validity(created, signed_expires, now, policy.max_age, policy.clock_skew)?;
 
     let key = keys
         .resolve(&params.key_id)

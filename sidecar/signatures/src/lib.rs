@@ -95,6 +95,34 @@ pub fn http_date(unix_seconds: u64) -> String {
     httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds))
 }
 
+/// The time checks both standards share: `created` not after `now` plus the clock skew
+/// allowed, not older than `max_age`, and `expires` (when signed) not reached. Returns the
+/// first second at which the signature is no longer accepted (what the replay cache keeps it
+/// for).
+pub(crate) fn validity(
+    created: u64,
+    expires: Option<u64>,
+    now: u64,
+    max_age: u64,
+    clock_skew: u64,
+) -> Result<u64, Error> {
+    if created > now.saturating_add(clock_skew) {
+        return Err(Error::FromTheFuture { created, now });
+    }
+    if now > created.saturating_add(max_age) {
+        return Err(Error::Stale { created, now, max_age });
+    }
+    if let Some(e) = expires
+        && now >= e
+    {
+        return Err(Error::Expired { expires: e, now });
+    }
+    Ok(created
+        .saturating_add(max_age)
+        .saturating_add(1)
+        .min(expires.unwrap_or(u64::MAX)))
+}
+
 /// The replay-cache key of a verified signature: SHA-256 over the keyId and the signed bytes
 /// (signature base or signing string). Keyed on what was signed rather than on the signature
 /// bytes, so a re-encoded or malleated signature (ECDSA `s` → `n - s`, DER vs `r || s`) is

@@ -273,25 +273,7 @@ fn verify_one<K: KeyResolver + ?Sized>(
 
     // Time.
     let created = created.ok_or(Error::MissingCreated)?;
-    if created > now.saturating_add(policy.clock_skew) {
-        return Err(Error::FromTheFuture { created, now });
-    }
-    if now > created.saturating_add(policy.max_age) {
-        return Err(Error::Stale {
-            created,
-            now,
-            max_age: policy.max_age,
-        });
-    }
-    if let Some(e) = expires
-        && now >= e
-    {
-        return Err(Error::Expired { expires: e, now });
-    }
-    let valid_until = created
-        .saturating_add(policy.max_age)
-        .saturating_add(1)
-        .min(expires.unwrap_or(u64::MAX));
+    let valid_until = crate::validity(created, expires, now, policy.max_age, policy.clock_skew)?;
 
     // The key before the components: a signature by an unknown key costs no more than its
     // parameters (a request may carry up to `sfv::MAX_MEMBERS` of them).
