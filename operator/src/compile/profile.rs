@@ -185,6 +185,8 @@ pub(crate) fn compile(
             auth,
             trusted_ip_ranges: ip_ranges(trusted_ip_ranges)?,
             rate_limit_per_minute: rate_limit.as_ref().map(|l| l.requests_per_minute),
+            rate_limit_per: Default::default(),
+            quota: None,
             on_store_unavailable: match rate_limit.as_ref().and_then(|l| l.on_store_unavailable) {
                 None | Some(api::StoreFallback::LocalShare) => cfg::StoreFallback::LocalShare,
                 Some(api::StoreFallback::Allow) => cfg::StoreFallback::Allow,

@@ -74,6 +74,13 @@ pub struct Profile {
     /// Hits per rolling minute through this profile, across all its routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_per_minute: Option<u32>,
+    /// Whom the rate limit and the quota count: the profile as a whole, or each consumer
+    /// (the identity the profile established) on its own.
+    #[serde(default, skip_serializing_if = "LimitPer::is_default")]
+    pub rate_limit_per: LimitPer,
+    /// Hits per calendar period (UTC); counted only on a shared limits store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
     /// What the limit does while a shared limits store is unavailable.
     #[serde(default, skip_serializing_if = "StoreFallback::is_default")]
     pub on_store_unavailable: StoreFallback,
@@ -84,6 +91,42 @@ pub struct Profile {
     /// Header whose value is logged as the identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_header: Option<String>,
+}
+
+/// Whom a profile's rate limit and quota count.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LimitPer {
+    /// Every call through the profile, whoever makes it.
+    #[default]
+    Profile,
+    /// Each consumer on its own: the Basic username, the API key, the token's subject (or
+    /// client), the signature's key id, the certificate's subject.
+    Consumer,
+}
+
+impl LimitPer {
+    /// The default (left out of the JSON).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Hits per calendar period.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Quota {
+    /// Hits admitted per period.
+    pub requests: u32,
+    pub period: QuotaPeriod,
+}
+
+/// A calendar period, in UTC: it starts at the full hour, at midnight, on the first of the
+/// month.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuotaPeriod {
+    Hour,
+    Day,
+    Month,
 }
 
 /// What a profile's rate limit does while the shared limits store is unavailable.

@@ -11,6 +11,8 @@ fn basic_config() -> (SidecarConfig, SecretMaterial) {
             to: "10.0.255.255".parse().unwrap(),
         }],
         rate_limit_per_minute: Some(5),
+        rate_limit_per: Default::default(),
+        quota: None,
         on_store_unavailable: StoreFallback::default(),
         replicas: None,
         identity_header: None,
