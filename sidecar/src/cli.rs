@@ -123,6 +123,12 @@ pub struct ServeArgs {
     /// before requests for that user get 429 (0: no limit).
     #[arg(long, default_value_t = 10)]
     pub auth_failures_per_user: u32,
+    /// Most consumers (the identities of `rateLimit.per: Consumer` profiles) with counters
+    /// kept at once. A consumer is dropped once its hits left their windows; a new consumer
+    /// beyond this while every kept one has live hits gets 429 (fails closed).
+    #[arg(long, default_value_t = portcullis_policy::limit::DEFAULT_MAX_CONSUMERS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
+    pub max_consumers: usize,
     /// Allow origins on this host (`backend.origin` resolving to a loopback or unspecified
     /// address), for tests and single-host setups. Off by default: in a pod such an origin is
     /// the pod's own app or the sidecar itself, reached around the routes that guard them.

@@ -92,13 +92,19 @@ pub enum ServeError {
 /// The limiter: in process, or shared through `--limits-store` (its background task
 /// spawned, its metrics registered).
 fn limits(args: &ServeArgs, metrics: &Metrics) -> Result<Limits, ServeError> {
-    let local = InMemoryLimiter::new().with_auth_failure_budget(Budget {
-        per_address: args.auth_failures_per_address,
-        per_user: args.auth_failures_per_user,
-        ..Budget::default()
-    });
+    let local = InMemoryLimiter::new()
+        .with_auth_failure_budget(Budget {
+            per_address: args.auth_failures_per_address,
+            per_user: args.auth_failures_per_user,
+            ..Budget::default()
+        })
+        .with_max_consumers(args.max_consumers);
+    let options = portcullis_limits::Options {
+        max_consumers: args.max_consumers,
+        ..Default::default()
+    };
     let Some(url) = &args.limits_store else {
-        return Ok(Limits::new(local, None, Default::default()));
+        return Ok(Limits::new(local, None, options));
     };
     let password = match &args.limits_store_password_file {
         Some(path) => Some(
@@ -116,7 +122,7 @@ fn limits(args: &ServeArgs, metrics: &Metrics) -> Result<Limits, ServeError> {
     let store = portcullis_limits::Store::new(&target, password, args.limits_store_timeout)?;
     let store_metrics = metrics.limits_store();
     let on_mode = store_metrics.clone();
-    let limiter = Limits::new(local, Some(store), Default::default())
+    let limiter = Limits::new(local, Some(store), options)
         .on_mode(move |mode| on_mode.mode(mode.as_str()))
         .on_round_trip(move |took, failed| store_metrics.round_trip(took, failed));
     tracing::info!(store = %url, "rate limits counted in the shared store");

@@ -3,7 +3,8 @@
 //! profile limit and the org allowance, 404s from the app are not counted; a signed request
 //! admitted by one sidecar is a replay for the others; a stopped store has each profile do
 //! what its `onStoreUnavailable` says until the store is back. The limits hold the same
-//! through Redis Sentinel, with the data nodes' password in a file.
+//! through Redis Sentinel, with the data nodes' password in a file. Per-consumer limits and a
+//! daily quota hold exactly too, on one Redis and on a Redis Cluster.
 
 mod common;
 
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use portcullis_limits::testing::{Redis, RedisSentinel};
+use portcullis_limits::testing::{Redis, RedisCluster, RedisSentinel};
 use portcullis_signatures::{Algorithm, Key, Message, rfc9421};
 use serde_json::json;
 
@@ -85,6 +86,11 @@ async fn three_sidecars_on(args: &[&str], app: u16, profile: u32, org: u32) -> (
 /// `n` GETs of `path` spread over the sidecars by 12 concurrent clients: (admitted, 429s),
 /// admitted being 200 (or 404 for `/status/404`, the app's own).
 async fn drive(sidecars: &[Sidecar], path: &str, n: usize) -> (usize, usize) {
+    drive_as(sidecars, path, None, n).await
+}
+
+/// [`drive`], with the `Host` header `host`.
+async fn drive_as(sidecars: &[Sidecar], path: &str, host: Option<&'static str>, n: usize) -> (usize, usize) {
     let urls: Arc<Vec<String>> = Arc::new(sidecars.iter().map(|s| s.url(path)).collect());
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut clients = Vec::new();
@@ -92,13 +98,18 @@ async fn drive(sidecars: &[Sidecar], path: &str, n: usize) -> (usize, usize) {
         let (urls, next) = (Arc::clone(&urls), Arc::clone(&next));
         clients.push(tokio::spawn(async move {
             let (mut ok, mut limited) = (0, 0);
-            let admitted = if urls[0].ends_with("/status/404") { 404 } else { 200 };
+            let admitted = if urls[0].contains("/status/404") { 404 } else { 200 };
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= n {
                     return (ok, limited);
                 }
-                match get(&urls[i % urls.len()]).await.map(|r| r.0.as_u16()) {
+                let url = &urls[i % urls.len()];
+                let answer = match host {
+                    None => get(url).await.map(|r| r.0.as_u16()),
+                    Some(host) => Some(get_with(url, &[("host", host)]).await.0.as_u16()),
+                };
+                match answer {
                     Some(s) if s == admitted => ok += 1,
                     Some(429) => limited += 1,
                     other => panic!("unexpected answer {other:?}"),
@@ -314,4 +325,99 @@ async fn three_sidecars_behind_sentinel_with_a_password_file_admit_exactly_the_l
         );
         assert!(!s.log().contains("s3cret-pw"), "the password in the log");
     }
+}
+
+/// A per-consumer limit (`rateLimit.per: Consumer`, API keys) and a daily quota, through three
+/// sidecars on one Redis: each key gets exactly its limit, the quota admits exactly its
+/// requests, the app's 404s are given back, and the refusals say which limit and when it
+/// resets. A sidecar without the store refuses the configuration (quotas need the store).
+#[tokio::test]
+async fn three_sidecars_hold_a_per_consumer_limit_and_a_daily_quota_exactly() {
+    let redis = Redis::start();
+    per_consumer_and_quota(&redis.url()).await;
+}
+
+/// The same on a Redis Cluster of three masters (`redis-cluster://`).
+#[tokio::test]
+async fn three_sidecars_on_a_redis_cluster_hold_a_per_consumer_limit_and_a_daily_quota_exactly() {
+    let cluster = RedisCluster::start();
+    per_consumer_and_quota(&cluster.url()).await;
+}
+
+async fn per_consumer_and_quota(url: &str) {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = backend.port();
+    loaded(
+        "g1",
+        json!({
+            "profiles": [
+                {"name": "partners", "auth": {"type": "ApiKey", "keyParam": "apikey"},
+                    "rateLimitPerMinute": 40, "rateLimitPer": "Consumer", "replicas": 3},
+                {"name": "metered", "auth": {"type": "Anonymous"},
+                    "quota": {"requests": 120, "period": "Day"}, "replicas": 3},
+            ],
+            "routes": [
+                {"name": "c", "pathPrefix": "/status", "profiles": ["partners"],
+                    "backend": {"type": "Local", "port": app}},
+                {"name": "m", "hosts": ["metered.test"], "pathPrefix": "/status", "profiles": ["metered"],
+                    "backend": {"type": "Local", "port": app}},
+            ],
+        }),
+        json!({"profiles": {"partners": {"apiKeys": {"k1": "s1", "k2": "s2"}}}}),
+    )
+    .write_dir(dir.path())
+    .unwrap();
+    let mut sidecars = Vec::new();
+    for _ in 0..3 {
+        let args = ["--limits-store", url, "--limits-store-timeout", "200ms"];
+        sidecars.push(Sidecar::start_with(dir.path(), &args).await);
+    }
+
+    // Each consumer its own 40, across the three; the app's 404s take nothing.
+    assert_eq!(drive(&sidecars, "/status/404?apikey=k1", 60).await, (60, 0));
+    assert_eq!(drive(&sidecars, "/status/200?apikey=k1", 150).await, (40, 110));
+    assert_eq!(drive(&sidecars, "/status/200?apikey=k2", 150).await, (40, 110));
+    assert!(audited(&sidecars[0], "consumer rate limit exceeded").await);
+    let (status, headers, _) = get_with(&sidecars[2].url("/status/200?apikey=k2"), &[]).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["ratelimit-limit"], "40");
+
+    // The daily quota: 120 across the three, 404s given back.
+    let host = Some("metered.test");
+    assert_eq!(drive_as(&sidecars, "/status/404", host, 60).await, (60, 0));
+    assert_eq!(drive_as(&sidecars, "/status/200", host, 300).await, (120, 180));
+    let (status, headers, _) = get_with(&sidecars[1].url("/status/200"), &[("host", "metered.test")]).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["ratelimit-limit"], "120");
+    assert_eq!(headers["ratelimit-remaining"], "0");
+    let reset: u64 = headers["ratelimit-reset"].to_str().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let to_midnight = 86_400 - now % 86_400;
+    assert!(
+        reset.abs_diff(to_midnight) <= 2,
+        "reset {reset} s, midnight UTC in {to_midnight} s"
+    );
+    assert!(audited(&sidecars[1], "quota exceeded").await);
+    let line = sidecars[1]
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["reason"] == "quota exceeded")
+        .unwrap();
+    assert_eq!(line["status"], 429, "{line}");
+
+    // Without the store, a quota is refused when the configuration loads: nothing is served.
+    let alone = Sidecar::start_with(dir.path(), &[]).await;
+    let (status, _, _) = get_with(&alone.url("/status/200"), &[("host", "metered.test")]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        alone
+            .log()
+            .contains("quota needs a shared limits store (--limits-store)"),
+        "{}",
+        alone.log()
+    );
 }

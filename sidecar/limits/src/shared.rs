@@ -27,13 +27,15 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use portcullis_policy::limit::SharedWindow;
+use portcullis_policy::limit::{ConsumerTable, CounterKey, DEFAULT_MAX_CONSUMERS, SharedWindow, Window};
 use portcullis_policy::{
-    Counted, Fallback, Grant, InMemoryLimiter, Limiter, RateInfo, Refusal, ReplayEntry, Scope, SharedReplay,
+    Counted, CounterId, Fallback, Grant, InMemoryLimiter, Limiter, MAX_HITS, Now, RateInfo, Refusal, Refused,
+    ReplayEntry, SharedReplay, Span,
 };
 use portcullis_signatures::ReplayCache;
+use sha2::{Digest, Sha256};
 
-use crate::store::{Remember, Remembered, Store, StoreError, Take, Taken};
+use crate::store::{Remember, Remembered, Store, StoreError, Take, Taken, span_code};
 
 /// The length of a bucket, ms (the in-memory window's).
 const BUCKET_MS: u64 = 100;
@@ -51,6 +53,8 @@ pub struct Options {
     pub prefix: &'static str,
     /// Key prefix of remembered signatures (each key's signatures in a slot of their own).
     pub replay_prefix: &'static str,
+    /// Most consumers with counters kept (`rateLimit.per: Consumer`).
+    pub max_consumers: usize,
 }
 
 impl Default for Options {
@@ -60,6 +64,7 @@ impl Default for Options {
             divisor: 32,
             prefix: "portcullis:{limits}:",
             replay_prefix: "portcullis:replay:",
+            max_consumers: DEFAULT_MAX_CONSUMERS,
         }
     }
 }
@@ -91,6 +96,8 @@ impl Mode {
 #[derive(Debug)]
 pub struct Counter {
     key: String,
+    /// The script's code of its window ([`span_code`]).
+    span: u8,
     window: SharedWindow,
     blocks: Mutex<Blocks>,
     /// One round trip at a time per counter: waiters after the first find its block.
@@ -174,7 +181,8 @@ pub struct SharedLimiter {
     local: InMemoryLimiter,
     store: Option<Store>,
     options: Options,
-    counters: Mutex<HashMap<(Scope, String), Arc<Counter>>>,
+    counters: Mutex<HashMap<CounterKey, Arc<Counter>>>,
+    consumers: Mutex<ConsumerTable<Arc<Counter>>>,
     available: AtomicBool,
     /// Store clock minus this process's monotonic clock, ms (`i64::MIN`: not known yet).
     offset_ms: AtomicI64,
@@ -200,6 +208,7 @@ impl SharedLimiter {
             store,
             options,
             counters: Mutex::default(),
+            consumers: Mutex::new(ConsumerTable::new(options.max_consumers)),
             available: AtomicBool::new(true),
             offset_ms: AtomicI64::new(i64::MIN),
             started: Instant::now(),
@@ -234,14 +243,12 @@ impl SharedLimiter {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// The store's bucket at `now_ms` on the engine's clock, once the offset is known.
-    fn bucket(&self, now_ms: u64) -> Option<u64> {
+    /// The store's bucket now, once the offset of its clock to ours is known.
+    fn bucket(&self) -> Option<u64> {
         let offset = self.offset_ms.load(Ordering::Relaxed);
         if offset == i64::MIN {
             return None;
         }
-        // The engine's monotonic clock and ours differ by a constant: use ours.
-        let _ = now_ms;
         Some((self.mono_ms() as i64 + offset).max(0) as u64 / BUCKET_MS)
     }
 
@@ -257,9 +264,9 @@ impl SharedLimiter {
     }
 
     /// A hit from the current block of `hits`' last counter, if it holds one.
-    fn hit_from_block(&self, hits: &[(&Arc<Counter>, u32)], now_ms: u64) -> Option<Grant> {
+    fn hit_from_block(&self, hits: &[(&Arc<Counter>, u32)]) -> Option<Grant> {
         let (last, _) = hits.last()?;
-        let bucket = self.bucket(now_ms)?;
+        let bucket = self.bucket()?;
         let mut blocks = lock(&last.blocks);
         promote(&mut blocks, bucket);
         let block = blocks
@@ -274,32 +281,29 @@ impl SharedLimiter {
         block.info.remaining = block.info.remaining.saturating_sub(1);
         Some(Grant {
             at_ms: bucket * BUCKET_MS,
+            at_unix_ms: bucket * BUCKET_MS,
             counted: Counted::Shared,
             info: block.info,
         })
     }
 
     /// `hits` counted in this process against `limits` (in the same order).
-    fn local(
-        &self,
-        hits: &[(&Arc<Counter>, u32)],
-        limits: impl Fn(usize) -> u32,
-        now_ms: u64,
-    ) -> Result<Grant, Refusal> {
-        let mut windows: [(&SharedWindow, u32); 2] = [(&hits[0].0.window, 0); 2];
+    fn local(&self, hits: &[(&Arc<Counter>, u32)], limits: impl Fn(usize) -> u32, now: Now) -> Result<Grant, Refusal> {
+        let mut windows: [(&SharedWindow, u32); MAX_HITS] = [(&hits[0].0.window, 0); MAX_HITS];
         for (i, (slot, (c, _))) in windows.iter_mut().zip(hits).enumerate() {
             *slot = (&c.window, limits(i));
         }
-        self.local.acquire(&windows[..hits.len().min(2)], now_ms)
+        self.local.acquire(&windows[..hits.len().min(MAX_HITS)], now)
     }
 
     /// What a decision does while the store is unavailable: its profile's `fallback`.
-    fn fallback(&self, hits: &[(&Arc<Counter>, u32)], fallback: Fallback, now_ms: u64) -> Result<Grant, Refusal> {
+    fn fallback(&self, hits: &[(&Arc<Counter>, u32)], fallback: Fallback, now: Now) -> Result<Grant, Refusal> {
         let tightest = hits.iter().map(|&(_, n)| n).min().unwrap_or(u32::MAX);
         match fallback {
-            Fallback::LocalShare(shares) => self.local(hits, |i| shares[i], now_ms),
+            Fallback::LocalShare(shares) => self.local(hits, |i| shares[i], now),
             Fallback::Allow => Ok(Grant {
-                at_ms: now_ms,
+                at_ms: now.mono_ms,
+                at_unix_ms: now.unix_ms,
                 counted: Counted::Nowhere,
                 info: RateInfo {
                     limit: tightest,
@@ -314,7 +318,7 @@ impl SharedLimiter {
                     remaining: 0,
                     reset_secs: 1,
                 },
-                store_unavailable: true,
+                why: Refused::StoreUnavailable,
             }),
         }
     }
@@ -322,7 +326,7 @@ impl SharedLimiter {
     /// Takes `hits` on the store for a request that found no block (one round trip); while
     /// the store is unavailable, does what `fallback` says. Without a store, counts exactly
     /// in this process.
-    pub async fn take(&self, hits: &[(&Arc<Counter>, u32)], fallback: Fallback, now_ms: u64) -> Result<Grant, Refusal> {
+    pub async fn take(&self, hits: &[(&Arc<Counter>, u32)], fallback: Fallback, now: Now) -> Result<Grant, Refusal> {
         let Some((last, _)) = hits.last() else {
             return Err(Refusal::over_limit(
                 0,
@@ -334,13 +338,13 @@ impl SharedLimiter {
             ));
         };
         let Some(store) = &self.store else {
-            return self.local(hits, |i| hits[i].1, now_ms);
+            return self.local(hits, |i| hits[i].1, now);
         };
         if !self.available.load(Ordering::Relaxed) {
-            return self.fallback(hits, fallback, now_ms);
+            return self.fallback(hits, fallback, now);
         }
         let _one_at_a_time = last.refill.lock().await;
-        if let Some(grant) = self.hit_from_block(hits, now_ms) {
+        if let Some(grant) = self.hit_from_block(hits) {
             return Ok(grant);
         }
         let (want, release) = {
@@ -355,6 +359,7 @@ impl SharedLimiter {
             )
         };
         let keys: Vec<&str> = hits.iter().map(|(c, _)| c.key.as_str()).collect();
+        let spans: Vec<u8> = hits.iter().map(|(c, _)| c.span).collect();
         let limits: Vec<u32> = hits.iter().map(|&(_, n)| n).collect();
         let call = Take {
             keys: &keys,
@@ -363,6 +368,7 @@ impl SharedLimiter {
             divisor: self.options.divisor,
             lead: 0,
             release: release.as_ref().map_or((0, 0), |u| (u.bucket, u.hits)),
+            spans: &spans,
         };
         let taken = match self.round_trip(store, &call).await {
             Ok(taken) => taken,
@@ -371,7 +377,7 @@ impl SharedLimiter {
                     owe(&mut lock(&last.blocks), u.bucket, u.hits, &u.keys);
                 }
                 self.set_available(false, Some(&e));
-                return self.fallback(hits, fallback, now_ms);
+                return self.fallback(hits, fallback, now);
             }
         };
         if let Some(index) = taken.refused {
@@ -403,6 +409,7 @@ impl SharedLimiter {
         }
         Ok(Grant {
             at_ms: taken.bucket * BUCKET_MS,
+            at_unix_ms: taken.bucket * BUCKET_MS,
             counted: Counted::Shared,
             info,
         })
@@ -457,7 +464,7 @@ impl SharedLimiter {
                 self.probe(store).await;
                 continue;
             }
-            let Some(bucket) = self.bucket(0) else {
+            let Some(bucket) = self.bucket() else {
                 // Learn the store's clock.
                 self.probe(store).await;
                 tokio::time::sleep(Duration::from_millis(BUCKET_MS)).await;
@@ -466,7 +473,8 @@ impl SharedLimiter {
             let into = (self.mono_ms() as i64 + self.offset_ms.load(Ordering::Relaxed)).max(0) as u64 % BUCKET_MS;
             let wait = (BUCKET_MS - 20).saturating_sub(into);
             tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
-            let counters: Vec<Arc<Counter>> = lock(&self.counters).values().cloned().collect();
+            let mut counters: Vec<Arc<Counter>> = lock(&self.counters).values().cloned().collect();
+            counters.extend(lock(&self.consumers).values().cloned());
             for counter in counters {
                 self.ahead(store, &counter, bucket).await;
             }
@@ -487,6 +495,7 @@ impl SharedLimiter {
             divisor: 1,
             lead: 1,
             release: (0, 0),
+            spans: &[],
         };
         match self.round_trip(store, &call).await {
             Ok(_) => self.set_available(true, None),
@@ -522,6 +531,7 @@ impl SharedLimiter {
                 .map(|i| owed.swap_remove(i));
             let want = template.used.saturating_mul(2).min(self.options.max_block);
             let keys: Vec<&str> = template.keys.iter().map(|c| c.key.as_str()).collect();
+            let spans: Vec<u8> = template.keys.iter().map(|c| c.span).collect();
             let call = Take {
                 keys: &keys,
                 limits: &template.limits,
@@ -529,6 +539,7 @@ impl SharedLimiter {
                 divisor: self.options.divisor,
                 lead: 1,
                 release: release.as_ref().map_or((0, 0), |u| (u.bucket, u.hits)),
+                spans: &spans,
             };
             match self.round_trip(store, &call).await {
                 Ok(taken) if taken.taken > 0 => {
@@ -556,6 +567,7 @@ impl SharedLimiter {
         }
         while let Some(u) = owed.pop() {
             let keys: Vec<&str> = u.keys.iter().map(|c| c.key.as_str()).collect();
+            let spans: Vec<u8> = u.keys.iter().map(|c| c.span).collect();
             let limits = vec![u32::MAX; keys.len()];
             let call = Take {
                 keys: &keys,
@@ -564,6 +576,7 @@ impl SharedLimiter {
                 divisor: 1,
                 lead: 1,
                 release: (u.bucket, u.hits),
+                spans: &spans,
             };
             if let Err(e) = self.round_trip(store, &call).await {
                 owed.push(u);
@@ -581,6 +594,54 @@ impl SharedLimiter {
             owe(&mut blocks, u.bucket, u.hits, &u.keys);
         }
     }
+}
+
+impl SharedLimiter {
+    /// The counter `id`, counting in `window` while the store is unavailable. Its key: the
+    /// prefix, scope and name (a quota's also its period); a consumer by a hash of who it is
+    /// (a username or an API key is not written into the store).
+    fn make(&self, id: CounterId<'_>, window: SharedWindow) -> Arc<Counter> {
+        let mut key = format!("{}{}:", self.options.prefix, id.scope.as_str());
+        if let Span::Period(_) = id.span {
+            key.push_str(id.span.as_str());
+            key.push(':');
+        }
+        key.push_str(id.name);
+        if let Some(consumer) = id.consumer {
+            let digest = Sha256::digest(consumer.as_bytes());
+            key.push(':');
+            for b in &digest[..16] {
+                key.push_str(&format!("{b:02x}"));
+            }
+        }
+        Arc::new(Counter {
+            key,
+            span: span_code(id.span),
+            window,
+            blocks: Mutex::default(),
+            refill: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Consumers with counters now.
+    pub fn consumers(&self) -> usize {
+        lock(&self.consumers).len()
+    }
+}
+
+/// Whether a consumer's counter may be dropped: nobody holds it, it holds no block of the
+/// store and owes it nothing, and its local window is empty.
+fn idle(counter: &Arc<Counter>, now: Now) -> bool {
+    // Only the table holds it (a block names its counters, itself included: a counter with
+    // a block is never idle, and none is dropped in a cycle).
+    if Arc::strong_count(counter) > 1 {
+        return false;
+    }
+    let blocks = lock(&counter.blocks);
+    blocks.current.is_none()
+        && blocks.next.is_none()
+        && blocks.unused.is_empty()
+        && lock(&counter.window).is_empty_at(now)
 }
 
 /// Makes the block of `bucket` current, retiring an ended one.
@@ -604,38 +665,54 @@ fn retire(blocks: &mut Blocks, old: Block) {
 impl Limiter for SharedLimiter {
     type Counter = Arc<Counter>;
 
-    fn counter(&self, scope: Scope, name: &str) -> Self::Counter {
-        let key = format!("{}{}:{name}", self.options.prefix, scope.as_str());
-        let window = self.local.counter(scope, name);
+    fn counter(&self, id: CounterId<'_>) -> Self::Counter {
         lock(&self.counters)
-            .entry((scope, name.to_owned()))
-            .or_insert_with(|| {
-                Arc::new(Counter {
-                    key,
-                    window,
-                    blocks: Mutex::default(),
-                    refill: tokio::sync::Mutex::new(()),
-                })
-            })
+            .entry(CounterKey::new(&id))
+            .or_insert_with(|| self.make(id, self.local.counter(id)))
             .clone()
     }
 
+    fn consumer(&self, id: CounterId<'_>, now: Now) -> Option<Self::Counter> {
+        let window = || self.local.consumer(id, now);
+        lock(&self.consumers).get_or_make(
+            CounterKey::new(&id),
+            now.mono_ms,
+            |c| idle(c, now),
+            // The local window is only needed while the store is unavailable; without room
+            // for it, the consumer is refused then (fail closed) but counted on the store now.
+            || {
+                self.make(
+                    id,
+                    window().unwrap_or_else(|| Arc::new(Mutex::new(Window::new(id.span)))),
+                )
+            },
+        )
+    }
+
+    fn kept_consumer(&self, id: CounterId<'_>) -> Option<Self::Counter> {
+        lock(&self.consumers).get(&CounterKey::new(&id))
+    }
+
+    fn counts_quotas(&self) -> bool {
+        self.store.is_some()
+    }
+
     /// Counts in this process against the full limits (what a sidecar without a store does).
-    fn acquire(&self, hits: &[(&Self::Counter, u32)], now_ms: u64) -> Result<Grant, Refusal> {
-        self.local(hits, |i| hits[i].1, now_ms)
+    fn acquire(&self, hits: &[(&Self::Counter, u32)], now: Now) -> Result<Grant, Refusal> {
+        self.local(hits, |i| hits[i].1, now)
     }
 
     /// Without a store: at once, in this process. With one: a hit from this sidecar's block,
     /// or `None` (the caller [`take`](SharedLimiter::take)s, which also applies the profile's
     /// fallback while the store is unavailable).
-    fn try_acquire(&self, hits: &[(&Self::Counter, u32)], now_ms: u64) -> Option<Result<Grant, Refusal>> {
+    fn try_acquire(&self, hits: &[(&Self::Counter, u32)], now: Now) -> Option<Result<Grant, Refusal>> {
         if self.store.is_none() {
-            return Some(self.acquire(hits, now_ms));
+            return Some(self.acquire(hits, now));
         }
         if !self.available.load(Ordering::Relaxed) {
             return None;
         }
-        self.hit_from_block(hits, now_ms).map(Ok)
+        self.hit_from_block(hits).map(Ok)
     }
 
     fn shares_replays(&self) -> bool {

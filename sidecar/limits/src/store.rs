@@ -181,6 +181,20 @@ pub struct Take<'a> {
     pub lead: u8,
     /// Hits of an earlier block given back first: (bucket, hits).
     pub release: (u64, u32),
+    /// Each counter's window ([`span_code`]); empty: every one a rolling minute.
+    pub spans: &'a [u8],
+}
+
+/// How the script knows a counter's window: 0 a rolling minute, 1 an hour, 2 a day, 3 a
+/// month.
+pub fn span_code(span: portcullis_policy::Span) -> u8 {
+    use portcullis_policy::{QuotaPeriod, Span};
+    match span {
+        Span::Minute => 0,
+        Span::Period(QuotaPeriod::Hour) => 1,
+        Span::Period(QuotaPeriod::Day) => 2,
+        Span::Period(QuotaPeriod::Month) => 3,
+    }
 }
 
 /// What the script did.
@@ -485,6 +499,9 @@ impl Store {
             .arg(take.lead)
             .arg(take.release.0)
             .arg(take.release.1);
+        for span in take.spans {
+            invocation.arg(*span);
+        }
         let reply: Vec<i64> = self.run(&invocation).await?;
         parse(&reply, take.keys.len())
     }
@@ -674,6 +691,7 @@ mod tests {
                 divisor: 1,
                 lead: 0,
                 release: (0, 0),
+                spans: &[],
             })
             .await
             .unwrap_err()

@@ -1,10 +1,15 @@
--- Takes hits on one or two rolling-minute counters at once, all or none: the org allowance
--- and a profile's limit of one decision. Each counter is a hash: field `h` the newest bucket
--- (100 ms, on this server's clock), `t` the hits in the live buckets, `o` at or before the
--- oldest non-empty live bucket, and one field per bucket holding its hits. A bucket leaves
--- the window 600 buckets (60 s) after it began, as in the sidecar's in-memory counters.
+-- Takes hits on up to three counters at once, all or none: the org allowance, a profile's
+-- (or a consumer's) per-minute limit and a quota of one decision.
 --
--- KEYS: the counters (1 or 2, in one hash slot).
+-- A rolling-minute counter is a hash: field `h` the newest bucket (100 ms, on this server's
+-- clock), `t` the hits in the live buckets, `o` at or before the oldest non-empty live
+-- bucket, and one field per bucket holding its hits. A bucket leaves the window 600 buckets
+-- (60 s) after it began, as in the sidecar's in-memory counters.
+--
+-- A quota counter is a hash: `p` the calendar period (UTC) it counts, `t` its hits. Hits are
+-- counted in the period their bucket begins in; the counter starts over with each period.
+--
+-- KEYS: the counters (1 to 3, in one hash slot).
 -- ARGV[1..#KEYS]: their limits.
 -- ARGV[#KEYS+1]  want: hits wanted (a block reserved ahead; at least 1 is taken when `lead` is 0)
 -- ARGV[#KEYS+2]  divisor: a block is at most the smallest remaining / divisor
@@ -13,6 +18,8 @@
 --                remaining budget is too small for a block: the request path then asks)
 -- ARGV[#KEYS+4]  release_bucket, ARGV[#KEYS+5] release_n: hits of an earlier block that
 --                were not used, given back first (0 for none)
+-- ARGV[#KEYS+6..2*#KEYS+5]: each counter's span: 0 a rolling minute, 1 an hour, 2 a day,
+--                3 a month (absent: 0)
 --
 -- Returns {taken, refused (1-based index of the counter at its limit, 0 for none),
 --          remaining (smallest, after), reset_ms (until the oldest hit of the tightest
@@ -25,6 +32,11 @@ local divisor = tonumber(ARGV[n + 2])
 local lead = tonumber(ARGV[n + 3])
 local release_bucket = tonumber(ARGV[n + 4])
 local release_n = tonumber(ARGV[n + 5])
+
+local spans = {}
+for i = 1, n do
+  spans[i] = tonumber(ARGV[n + 5 + i] or '0')
+end
 
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -58,6 +70,63 @@ local function advance(key, to)
   return to, t, o
 end
 
+-- Year and month of a day counted from 1970-01-01 (H. Hinnant's algorithm).
+local function year_month(days)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then
+    y = y + 1
+  end
+  return y, m
+end
+
+-- Days from 1970-01-01 to the first of a month.
+local function first_of(y, m)
+  if m <= 2 then
+    y = y - 1
+  end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mm = m > 2 and m - 3 or m + 9
+  local doy = math.floor((153 * mm + 2) / 5)
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+-- The calendar period of `span` holding `ms`, and when it ends (ms).
+local function period(span, ms)
+  if span == 1 then
+    local p = math.floor(ms / 3600000)
+    return p, (p + 1) * 3600000
+  elseif span == 2 then
+    local p = math.floor(ms / 86400000)
+    return p, (p + 1) * 86400000
+  end
+  local y, m = year_month(math.floor(ms / 86400000))
+  if m == 12 then
+    return y * 12 + m - 1, first_of(y + 1, 1) * 86400000
+  end
+  return y * 12 + m - 1, first_of(y, m + 1) * 86400000
+end
+
+-- Moves quota counter `key` to the period of bucket `to`.
+local function advance_period(key, span, to)
+  local p = period(span, to * 100)
+  local had = tonumber(redis.call('HGET', key, 'p') or '-1')
+  if had >= p then
+    return tonumber(redis.call('HGET', key, 't') or '0')
+  end
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'p', p, 't', 0)
+  return 0
+end
+
 -- Milliseconds until the oldest hit of `key` leaves the window (0 when empty).
 local function reset_ms(key, h, t, o)
   if t <= 0 then
@@ -76,8 +145,22 @@ end
 
 local state = {}
 for i = 1, n do
-  local h, t, o = advance(KEYS[i], bucket)
-  state[i] = {h = h, t = t, o = o}
+  if spans[i] > 0 then
+    state[i] = {t = advance_period(KEYS[i], spans[i], bucket)}
+  else
+    local h, t, o = advance(KEYS[i], bucket)
+    state[i] = {h = h, t = t, o = o}
+  end
+end
+
+-- Milliseconds until counter `i` has room again.
+local function reset(i)
+  local s = state[i]
+  if spans[i] > 0 then
+    local _, ends = period(spans[i], bucket * 100)
+    return math.max(ends - now_ms, 0)
+  end
+  return reset_ms(KEYS[i], s.h, s.t, s.o)
 end
 
 -- Hits reserved earlier and not used go back to the bucket they were counted in, while it
@@ -85,7 +168,14 @@ end
 if release_n > 0 then
   for i = 1, n do
     local s = state[i]
-    if release_bucket > s.h - SPAN then
+    if spans[i] > 0 then
+      -- Back to the period they were counted in, if it is still the current one.
+      if period(spans[i], release_bucket * 100) == period(spans[i], bucket * 100) then
+        local back = math.min(s.t, release_n)
+        s.t = s.t - back
+        redis.call('HSET', KEYS[i], 't', s.t)
+      end
+    elseif release_bucket > s.h - SPAN then
       local c = tonumber(redis.call('HGET', KEYS[i], release_bucket) or '0')
       local back = math.min(c, release_n)
       if back > 0 then
@@ -102,7 +192,7 @@ local tightest = 1
 for i = 1, n do
   local left = tonumber(ARGV[i]) - state[i].t
   if left <= 0 then
-    return {0, i, 0, reset_ms(KEYS[i], state[i].h, state[i].t, state[i].o), bucket, now_ms, i}
+    return {0, i, 0, reset(i), bucket, now_ms, i}
   end
   if remaining == nil or left < remaining then
     remaining = left
@@ -119,14 +209,19 @@ if take < 1 then
 end
 for i = 1, n do
   local s = state[i]
-  if s.t == 0 or bucket < s.o then
-    s.o = bucket
-    redis.call('HSET', KEYS[i], 'o', bucket)
-  end
-  redis.call('HINCRBY', KEYS[i], bucket, take)
   s.t = s.t + take
-  redis.call('HSET', KEYS[i], 't', s.t)
-  redis.call('PEXPIRE', KEYS[i], 61000 + 100 * lead)
+  if spans[i] > 0 then
+    local _, ends = period(spans[i], bucket * 100)
+    redis.call('HSET', KEYS[i], 't', s.t)
+    redis.call('PEXPIREAT', KEYS[i], ends + 60000)
+  else
+    if s.t == take or bucket < s.o then
+      s.o = bucket
+      redis.call('HSET', KEYS[i], 'o', bucket)
+    end
+    redis.call('HINCRBY', KEYS[i], bucket, take)
+    redis.call('HSET', KEYS[i], 't', s.t)
+    redis.call('PEXPIRE', KEYS[i], 61000 + 100 * lead)
+  end
 end
-local s = state[tightest]
-return {take, 0, remaining - take, reset_ms(KEYS[tightest], s.h, s.t, s.o), bucket, now_ms, tightest}
+return {take, 0, remaining - take, reset(tightest), bucket, now_ms, tightest}

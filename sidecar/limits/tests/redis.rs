@@ -6,10 +6,10 @@ mod common;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{exactly_the_limit, hit, hit_or, limiter, now_ms};
+use common::{counters, exactly, exactly_the_limit, exactly_through, hit, hit_ids, hit_or, limiter, now};
 use portcullis_limits::Mode;
 use portcullis_limits::testing::{Redis, RedisCluster};
-use portcullis_policy::{Fallback, Limiter, ReplayEntry, Scope, SharedReplay};
+use portcullis_policy::{CounterId, Fallback, Limiter, QuotaPeriod, ReplayEntry, Scope, SharedReplay, Span};
 
 /// Three sidecars, 12 clients, demand far above the limit: exactly the limit is admitted,
 /// whichever sidecar takes the hits.
@@ -52,10 +52,10 @@ async fn refunds_are_given_back_to_the_store() {
     let redis = Redis::start();
     let (a, b) = (limiter(&redis.url()), limiter(&redis.url()));
     let trips = AtomicU32::new(0);
-    let o = a.counter(Scope::Org, "");
-    let p = a.counter(Scope::Profile, "demo/p");
+    let o = a.counter(CounterId::org());
+    let p = a.counter(CounterId::profile("demo/p"));
     for _ in 0..5 {
-        let grant = a.take(&[(&o, 1000), (&p, 5)], Fallback::Deny, now_ms()).await.unwrap();
+        let grant = a.take(&[(&o, 1000), (&p, 5)], Fallback::Deny, now()).await.unwrap();
         a.refund(&[&o, &p], &grant);
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -77,7 +77,7 @@ async fn an_unavailable_store_means_each_profiles_fallback_until_it_is_back() {
     assert!(hit(&l, 1_000_000, 30, &trips).await);
     redis.stop();
     // The first call after the stop finds out. Three replicas: a third of each limit.
-    let share = Fallback::LocalShare([333_334, 10]);
+    let share = Fallback::LocalShare([333_334, 10, 0]);
     let mut admitted = 0;
     for _ in 0..40 {
         admitted += u32::from(hit_or(&l, 1_000_000, 30, share, &trips).await.is_ok());
@@ -122,11 +122,11 @@ async fn late_refunds_are_given_back_to_the_store() {
     let redis = Redis::start();
     let (a, b) = (limiter(&redis.url()), limiter(&redis.url()));
     let trips = AtomicU32::new(0);
-    let o = a.counter(Scope::Org, "");
-    let p = a.counter(Scope::Profile, "demo/p");
+    let o = a.counter(CounterId::org());
+    let p = a.counter(CounterId::profile("demo/p"));
     let mut grants = Vec::new();
     for _ in 0..5 {
-        grants.push(a.take(&[(&o, 1000), (&p, 5)], Fallback::Deny, now_ms()).await.unwrap());
+        grants.push(a.take(&[(&o, 1000), (&p, 5)], Fallback::Deny, now()).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(250)).await;
     for grant in &grants {
@@ -213,4 +213,121 @@ async fn signatures_are_remembered_once_on_a_redis_cluster() {
         assert_eq!(sidecars[usize::from(i % 2)].remember(&e).await, SharedReplay::Fresh);
         assert_eq!(sidecars[usize::from(1 - i % 2)].remember(&e).await, SharedReplay::Seen);
     }
+}
+
+fn consumer(name: &'static str) -> CounterId<'static> {
+    CounterId {
+        scope: Scope::Consumer,
+        name: "demo/partners",
+        consumer: Some(name),
+        span: Span::Minute,
+    }
+}
+
+fn daily(consumer: Option<&'static str>) -> CounterId<'static> {
+    CounterId {
+        scope: Scope::Quota,
+        name: "demo/metered",
+        consumer,
+        span: Span::Period(QuotaPeriod::Day),
+    }
+}
+
+/// `rateLimit.per: Consumer` across three sidecars: each consumer gets exactly the limit,
+/// apart from the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_consumer_gets_exactly_its_limit_across_replicas() {
+    let redis = Redis::start();
+    let sidecars: Vec<_> = (0..3).map(|_| limiter(&redis.url())).collect();
+    for name in ["alice", "bob"] {
+        let ids = [(CounterId::org(), 1_000_000), (consumer(name), 200)];
+        exactly_through(&sidecars, &ids, 200).await;
+    }
+    assert!(sidecars.iter().all(|l| l.consumers() == 2));
+}
+
+/// A daily quota across three sidecars: exactly the quota is admitted; a hit given back
+/// (404) is admitted again; the refusal says when the day ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_quota_admits_exactly_its_requests_across_replicas() {
+    let redis = Redis::start();
+    let ids = [(CounterId::org(), 1_000_000), (daily(None), 700)];
+    exactly(&redis.url(), &ids, 700).await;
+    let l = limiter(&redis.url());
+    let c = counters(&l, &ids);
+    let hits = [(&c[0], 1_000_000), (&c[1], 700)];
+    let refusal = l.take(&hits, Fallback::Deny, now()).await.unwrap_err();
+    assert_eq!(refusal.index, 1);
+    let to_midnight = 86_400 - (now().unix_ms / 1000) % 86_400;
+    assert!(
+        refusal.info.reset_secs.abs_diff(to_midnight) <= 1,
+        "{refusal:?}, {to_midnight} s to midnight UTC"
+    );
+    // Another profile's quota, and another consumer's, are their own.
+    let trips = AtomicU32::new(0);
+    let alice = [(CounterId::org(), 1_000_000), (daily(Some("alice")), 1)];
+    assert_eq!(hit_ids(&l, &alice, Fallback::Deny, &trips).await, Ok(()));
+    assert_eq!(hit_ids(&l, &alice, Fallback::Deny, &trips).await, Err(false));
+}
+
+/// A hit refunded (the backend answered 404) goes back to the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_are_given_back_to_a_quota() {
+    let redis = Redis::start();
+    let (a, b) = (limiter(&redis.url()), limiter(&redis.url()));
+    let ids = [(daily(None), 5)];
+    let c = counters(&a, &ids);
+    for _ in 0..5 {
+        let grant = a.take(&[(&c[0], 5)], Fallback::Deny, now()).await.unwrap();
+        a.refund(&[&c[0]], &grant);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let trips = AtomicU32::new(0);
+    let mut admitted = 0;
+    for _ in 0..10 {
+        admitted += u32::from(hit_ids(&b, &ids, Fallback::Deny, &trips).await.is_ok());
+    }
+    assert_eq!(admitted, 5, "the 5 refunded hits were given back");
+}
+
+/// On a Redis Cluster: the org allowance, a consumer's per-minute limit and the consumer's
+/// daily quota in one decision (one slot), the tightest holding exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumers_limit_and_quota_hold_together_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let ids = [
+        (CounterId::org(), 1_000_000),
+        (consumer("alice"), 1000),
+        (daily(Some("alice")), 300),
+    ];
+    exactly(&cluster.url(), &ids, 300).await;
+    let ids = [
+        (CounterId::org(), 1_000_000),
+        (consumer("bob"), 250),
+        (daily(Some("bob")), 1000),
+    ];
+    exactly(&cluster.url(), &ids, 250).await;
+}
+
+/// While the store is unavailable a quota is counted here against its share (LocalShare).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_store_means_a_local_share_of_the_quota() {
+    let mut redis = Redis::start();
+    let l = limiter(&redis.url());
+    let trips = AtomicU32::new(0);
+    let ids = [(daily(None), 30)];
+    assert_eq!(
+        hit_ids(&l, &ids, Fallback::LocalShare([10, 0, 0]), &trips).await,
+        Ok(())
+    );
+    redis.stop();
+    let mut admitted = 0;
+    for _ in 0..40 {
+        admitted += u32::from(
+            hit_ids(&l, &ids, Fallback::LocalShare([10, 0, 0]), &trips)
+                .await
+                .is_ok(),
+        );
+    }
+    assert_eq!(admitted, 10, "a third of 30, counted here");
 }

@@ -17,7 +17,7 @@ use portcullis_policy::{Fallback, ReplayEntry, SharedReplay};
 /// is unavailable, this sidecar's share is a third (three replicas).
 async fn admitted(l: &SharedLimiter, name: &str, limit: u32, n: u32) -> u32 {
     let trips = AtomicU32::new(0);
-    let share = Fallback::LocalShare([333_334, limit.div_ceil(3)]);
+    let share = Fallback::LocalShare([333_334, limit.div_ceil(3), 0]);
     let mut admitted = 0;
     for _ in 0..n {
         admitted += u32::from(hit_profile(l, name, 1_000_000, limit, share, &trips).await.is_ok());
@@ -133,6 +133,7 @@ async fn take_with(url: &str, password: Option<&str>) -> Result<(), String> {
         divisor: 1,
         lead: 0,
         release: (0, 0),
+        spans: &[],
     };
     store.take(&call).await.map(|_| ()).map_err(|e| e.to_string())
 }

@@ -53,8 +53,11 @@ pub mod throttle;
 
 pub use auth::{PeerCertificate, Rejection};
 pub use ip::IpSet;
-pub use limit::{Counted, Fallback, Grant, InMemoryLimiter, Limiter, RateInfo, Refusal, Scope};
+pub use limit::{
+    Counted, CounterId, Fallback, Grant, InMemoryLimiter, Limiter, MAX_HITS, RateInfo, Refusal, Refused, Scope, Span,
+};
 pub use path::{NormalPath, PathError};
+pub use portcullis_config::QuotaPeriod;
 pub use signature::{BodyDigest, ReplayRegistry};
 
 use auth::{ApiKey, Basic, ClientCertificate};
@@ -203,19 +206,80 @@ pub struct Admission<'e> {
     pending: Option<Pending>,
 }
 
-/// The limits one call takes, all or none: the org allowance first, then the profile's.
+/// The limits one call takes, all or none: the org allowance first, then the profile's (or
+/// the consumer's) per-minute limit, then the quota.
 #[derive(Debug)]
 pub struct LimitHits<'e, C> {
-    hits: [(&'e C, u32); 2],
+    held: [Option<(Held<'e, C>, u32)>; MAX_HITS],
     len: usize,
-    scopes: [Scope; 2],
+    scopes: [Scope; MAX_HITS],
+    shares: [u32; MAX_HITS],
     fallback: Fallback,
 }
 
+/// A counter a call takes a hit on.
+#[derive(Debug)]
+enum Held<'e, C> {
+    /// The engine's (the org allowance, a profile's limit).
+    Engine(&'e C),
+    /// A consumer's, resolved for this call.
+    Consumer(C),
+}
+
+impl<C> Held<'_, C> {
+    fn counter(&self) -> &C {
+        match self {
+            Self::Engine(c) => c,
+            Self::Consumer(c) => c,
+        }
+    }
+}
+
+/// Counters with their limits, as [`Limiter::acquire`] takes them.
+pub struct HitList<'a, C> {
+    items: [(&'a C, u32); MAX_HITS],
+    len: usize,
+}
+
+impl<'a, C> std::ops::Deref for HitList<'a, C> {
+    type Target = [(&'a C, u32)];
+
+    fn deref(&self) -> &Self::Target {
+        &self.items[..self.len]
+    }
+}
+
 impl<'e, C> LimitHits<'e, C> {
+    fn new() -> Self {
+        Self {
+            held: [None, None, None],
+            len: 0,
+            scopes: [Scope::Org; MAX_HITS],
+            shares: [0; MAX_HITS],
+            fallback: Fallback::Allow,
+        }
+    }
+
+    fn push(&mut self, held: Held<'e, C>, limit: u32, scope: Scope, share: u32) {
+        self.held[self.len] = Some((held, limit));
+        self.scopes[self.len] = scope;
+        self.shares[self.len] = share;
+        self.len += 1;
+    }
+
     /// Each counter with its limit, in the order [`Refusal::index`] refers to.
-    pub fn as_slice(&self) -> &[(&'e C, u32)] {
-        &self.hits[..self.len]
+    pub fn list(&self) -> HitList<'_, C> {
+        let first = self.held[0].as_ref().expect("at least one hit").0.counter();
+        let mut items = [(first, 0); MAX_HITS];
+        for (item, (held, limit)) in items.iter_mut().zip(self.held.iter().flatten()) {
+            *item = (held.counter(), *limit);
+        }
+        HitList { items, len: self.len }
+    }
+
+    /// The scope of the counter at `index` of [`list`](Self::list).
+    pub fn scope(&self, index: usize) -> Scope {
+        self.scopes.get(index).copied().unwrap_or(Scope::Profile)
     }
 
     /// What to do when the shared store cannot be asked (the admitting profile's
@@ -265,6 +329,8 @@ struct Pending {
     /// Its signature, recorded against replay only once the limits admit the call (as when
     /// they are taken at once: a call refused for its rate keeps its signature usable).
     signed: Option<Signed>,
+    /// The scope of each of its limits, in the order of [`LimitHits::list`].
+    scopes: [Scope; MAX_HITS],
 }
 
 impl Admission<'_> {
@@ -355,19 +421,38 @@ struct CompiledProfile<C> {
     auth: Auth,
     /// Empty: any address.
     trusted: IpSet,
-    limit: Option<ProfileLimit<C>>,
+    limits: ProfileLimits<C>,
     identity_header: Option<http::HeaderName>,
     /// `<namespace>/<name>`: how the shared store knows it.
     store_name: Box<str>,
 }
 
-/// A profile's rate limit, compiled.
+/// A profile's per-minute limit and quota, compiled.
+struct ProfileLimits<C> {
+    minute: Option<ProfileLimit<C>>,
+    quota: Option<ProfileLimit<C>>,
+    on_unavailable: portcullis_config::StoreFallback,
+}
+
+impl<C> ProfileLimits<C> {
+    fn none() -> Self {
+        Self {
+            minute: None,
+            quota: None,
+            on_unavailable: portcullis_config::StoreFallback::LocalShare,
+        }
+    }
+}
+
+/// One limit of a profile.
 struct ProfileLimit<C> {
-    counter: C,
+    /// The profile's counter; `None` when each consumer has its own ([`Limiter::consumer`]).
+    counter: Option<C>,
+    scope: Scope,
+    span: Span,
     limit: u32,
     /// Its share per sidecar while the shared store is unavailable.
     share: u32,
-    on_unavailable: portcullis_config::StoreFallback,
 }
 
 /// The name of the implicit profile of a route that lists none.
@@ -524,17 +609,47 @@ impl<L: Limiter> Engine<L> {
                 })
                 .transpose()?;
             let store_name = format!("{}/{}", config.namespace, p.name);
+            if p.quota.is_some() && !limiter.counts_quotas() {
+                return Err(CompileError::Invalid {
+                    profile: p.name.clone(),
+                    message: "quota needs a shared limits store (--limits-store): a sidecar's own count \
+                              would multiply with the replicas and restart from zero"
+                        .into(),
+                });
+            }
+            // By namespace and name: a shared store counts for every namespace.
+            let per_consumer = p.rate_limit_per == portcullis_config::LimitPer::Consumer;
+            let limit = |n: u32, span: Span| {
+                let scope = match (span, per_consumer) {
+                    (Span::Minute, false) => Scope::Profile,
+                    (Span::Minute, true) => Scope::Consumer,
+                    (Span::Period(_), _) => Scope::Quota,
+                };
+                ProfileLimit {
+                    counter: (!per_consumer).then(|| {
+                        limiter.counter(CounterId {
+                            scope,
+                            name: &store_name,
+                            consumer: None,
+                            span,
+                        })
+                    }),
+                    scope,
+                    span,
+                    limit: n,
+                    share: n.div_ceil(p.replicas.unwrap_or(1).max(1)),
+                }
+            };
+            let limits = ProfileLimits {
+                minute: p.rate_limit_per_minute.map(|n| limit(n, Span::Minute)),
+                quota: p.quota.map(|q| limit(q.requests, Span::Period(q.period))),
+                on_unavailable: p.on_store_unavailable,
+            };
             profiles.push(CompiledProfile {
                 name: p.name.as_str().into(),
                 auth,
                 trusted: IpSet::new(&p.trusted_ip_ranges),
-                // By namespace and name: a shared store counts for every namespace.
-                limit: p.rate_limit_per_minute.map(|n| ProfileLimit {
-                    counter: limiter.counter(Scope::Profile, &store_name),
-                    limit: n,
-                    share: n.div_ceil(p.replicas.unwrap_or(1).max(1)),
-                    on_unavailable: p.on_store_unavailable,
-                }),
+                limits,
                 identity_header,
                 store_name: store_name.into(),
             });
@@ -548,7 +663,7 @@ impl<L: Limiter> Engine<L> {
                         name: ANONYMOUS.into(),
                         auth: Auth::Anonymous,
                         trusted: IpSet::default(),
-                        limit: None,
+                        limits: ProfileLimits::none(),
                         identity_header: None,
                         store_name: format!("{}/{ANONYMOUS}", config.namespace).into(),
                     });
@@ -613,7 +728,7 @@ impl<L: Limiter> Engine<L> {
         Ok(Self {
             org: config.org_allowance.map(|n| {
                 (
-                    limiter.counter(Scope::Org, ""),
+                    limiter.counter(CounterId::org()),
                     n,
                     n.div_ceil(config.replicas.unwrap_or(1).max(1)),
                 )
@@ -991,22 +1106,30 @@ impl<L: Limiter> Engine<L> {
         now: Now,
         path: NormalPath,
     ) -> Outcome<'e> {
-        let taken = match self.hits(index) {
-            None => None,
-            Some(hits) => match self.limiter.try_acquire(hits.as_slice(), now.mono_ms) {
+        let taken = match self.hits(index, &identity, now) {
+            Ok(None) => None,
+            Ok(Some(hits)) => match self.limiter.try_acquire(&hits.list(), now) {
                 Some(taken) => Some((taken, hits.scopes)),
                 None => {
                     // Decided on the shared store: nothing taken yet, nothing recorded.
                     let digest = signed.as_ref().and_then(|s| s.digest);
+                    let scopes = hits.scopes;
+                    drop(hits);
                     let mut admission = self.admission(route, index, identity, req, client_ip, path, digest);
                     admission.pending = Some(Pending {
                         index,
                         limits: true,
                         signed,
+                        scopes,
                     });
                     return Outcome::Allow(admission);
                 }
             },
+            Err((scope, refusal)) => {
+                let mut denial = self.rate_denial(route, index, client_ip, scope, refusal);
+                denial.identity = Some(identity);
+                return Outcome::Deny(denial);
+            }
         };
         let grant = match taken {
             None => None,
@@ -1027,6 +1150,7 @@ impl<L: Limiter> Engine<L> {
                 index,
                 limits: false,
                 signed,
+                scopes: [Scope::Profile; MAX_HITS],
             });
             return Outcome::Allow(admission);
         }
@@ -1039,46 +1163,74 @@ impl<L: Limiter> Engine<L> {
         Outcome::Allow(admission)
     }
 
-    /// The limits that apply to a call admitted by profile `index`; `None` when none does.
-    fn hits(&self, index: usize) -> Option<LimitHits<'_, L::Counter>> {
+    /// The limits that apply to a call admitted by profile `index` for `consumer`; `None`
+    /// when none does; the scope and refusal when a consumer's counters cannot be kept.
+    fn hits(
+        &self,
+        index: usize,
+        consumer: &str,
+        now: Now,
+    ) -> Result<Option<LimitHits<'_, L::Counter>>, (Scope, Refusal)> {
         use portcullis_config::StoreFallback;
-        let profile = self.profiles[index].limit.as_ref();
-        let (hits, len, scopes, shares) = match (&self.org, profile) {
-            (None, None) => return None,
-            (Some((o, on, os)), None) => ([(o, *on), (o, *on)], 1, [Scope::Org; 2], [*os; 2]),
-            (None, Some(p)) => (
-                [(&p.counter, p.limit), (&p.counter, p.limit)],
-                1,
-                [Scope::Profile; 2],
-                [p.share; 2],
-            ),
-            (Some((o, on, os)), Some(p)) => (
-                [(o, *on), (&p.counter, p.limit)],
-                2,
-                [Scope::Org, Scope::Profile],
-                [*os, p.share],
-            ),
-        };
+        let profile = &self.profiles[index];
+        let limits = &profile.limits;
+        let mut hits = LimitHits::new();
+        if let Some((o, n, share)) = &self.org {
+            hits.push(Held::Engine(o), *n, Scope::Org, *share);
+        }
+        for l in [&limits.minute, &limits.quota].into_iter().flatten() {
+            let held = match &l.counter {
+                Some(c) => Held::Engine(c),
+                None => {
+                    let id = CounterId {
+                        scope: l.scope,
+                        name: &profile.store_name,
+                        consumer: Some(consumer),
+                        span: l.span,
+                    };
+                    match self.limiter.consumer(id, now) {
+                        Some(c) => Held::Consumer(c),
+                        None => {
+                            let info = RateInfo {
+                                limit: l.limit,
+                                remaining: 0,
+                                reset_secs: 1,
+                            };
+                            let why = Refused::TooManyConsumers;
+                            return Err((
+                                l.scope,
+                                Refusal {
+                                    index: hits.len,
+                                    info,
+                                    why,
+                                },
+                            ));
+                        }
+                    }
+                }
+            };
+            hits.push(held, l.limit, l.scope, l.share);
+        }
+        if hits.len == 0 {
+            return Ok(None);
+        }
         // The admitting profile's choice, for the org allowance too (a profile without a
         // limit of its own enforces its share of the org allowance).
-        let fallback = match profile.map_or(StoreFallback::LocalShare, |p| p.on_unavailable) {
-            StoreFallback::LocalShare => Fallback::LocalShare(shares),
+        hits.fallback = match limits.on_unavailable {
+            StoreFallback::LocalShare => Fallback::LocalShare(hits.shares),
             StoreFallback::Allow => Fallback::Allow,
             StoreFallback::Deny => Fallback::Deny,
         };
-        Some(LimitHits {
-            hits,
-            len,
-            scopes,
-            fallback,
-        })
+        Ok(Some(hits))
     }
 
     /// The hits an admission waiting for its limits must take on the shared store; `None`
     /// when it waits for none.
-    pub fn pending_hits(&self, admission: &Admission<'_>) -> Option<LimitHits<'_, L::Counter>> {
+    /// (A consumer's counters dropped since the decision for want of room: `None`, and the
+    /// call is refused by [`settle`](Self::settle), fail closed.)
+    pub fn pending_hits(&self, admission: &Admission<'_>, now: Now) -> Option<LimitHits<'_, L::Counter>> {
         let pending = admission.pending.as_ref().filter(|p| p.limits)?;
-        self.hits(pending.index)
+        self.hits(pending.index, &admission.identity, now).ok().flatten()
     }
 
     /// The signature an admission waiting for the shared store must remember there before
@@ -1128,8 +1280,7 @@ impl<L: Limiter> Engine<L> {
                 admission.grant = Some((pending.index, grant));
             }
             Some(Err(refusal)) => {
-                let scopes = self.hits(pending.index).map_or([Scope::Profile; 2], |h| h.scopes);
-                let scope = scopes.get(refusal.index).copied().unwrap_or(Scope::Profile);
+                let scope = pending.scopes.get(refusal.index).copied().unwrap_or(Scope::Profile);
                 let mut denial = self.rate_denial(admission.route, pending.index, admission.client_ip, scope, refusal);
                 denial.identity = Some(admission.identity.clone());
                 return Err(denial);
@@ -1203,22 +1354,25 @@ impl<L: Limiter> Engine<L> {
         scope: Scope,
         refusal: Refusal,
     ) -> Denial<'e> {
-        let (kind, reason) = if refusal.store_unavailable {
-            (
+        let limited = DenialKind::RateLimited {
+            scope,
+            info: refusal.info,
+        };
+        let (kind, reason) = match refusal.why {
+            Refused::StoreUnavailable => (
                 DenialKind::StoreUnavailable { retry_after_secs: 1 },
                 "limits store unavailable (the profile refuses calls then)",
-            )
-        } else {
-            (
-                DenialKind::RateLimited {
-                    scope,
-                    info: refusal.info,
-                },
+            ),
+            Refused::TooManyConsumers => (limited, "too many consumers with live counters (fails closed)"),
+            Refused::OverLimit => (
+                limited,
                 match scope {
                     Scope::Org => "org allowance exceeded",
                     Scope::Profile => "profile rate limit exceeded",
+                    Scope::Consumer => "consumer rate limit exceeded",
+                    Scope::Quota => "quota exceeded",
                 },
-            )
+            ),
         };
         Denial {
             route: &route.name,
@@ -1286,21 +1440,41 @@ impl<L: Limiter> Engine<L> {
 
     /// Gives back the hit an admission took (the backend answered 404).
     pub fn refund(&self, admission: &Admission<'_>) {
-        if let Some((index, grant)) = &admission.grant {
-            self.refund_grant(*index, grant);
+        let Some((index, grant)) = &admission.grant else {
+            return;
+        };
+        let Some(profile) = self.profiles.get(*index) else {
+            return;
+        };
+        let mut consumers: [Option<L::Counter>; MAX_HITS] = [None, None, None];
+        let mut counters: [Option<&L::Counter>; MAX_HITS] = [None; MAX_HITS];
+        let mut len = 0;
+        if let Some((o, _, _)) = &self.org {
+            counters[len] = Some(o);
+            len += 1;
         }
-    }
-
-    fn refund_grant(&self, index: usize, grant: &Grant) {
-        let profile = self
-            .profiles
-            .get(index)
-            .and_then(|p| p.limit.as_ref())
-            .map(|p| &p.counter);
-        match (self.org.as_ref().map(|(o, _, _)| o), profile) {
-            (None, None) => {}
-            (Some(o), None) | (None, Some(o)) => self.limiter.refund(&[o], grant),
-            (Some(o), Some(p)) => self.limiter.refund(&[o, p], grant),
+        let limits = [&profile.limits.minute, &profile.limits.quota];
+        for (slot, l) in consumers.iter_mut().zip(limits.into_iter().flatten()) {
+            if l.counter.is_none() {
+                // A consumer's counter no longer kept holds none of its hits: nothing to give.
+                *slot = self.limiter.kept_consumer(CounterId {
+                    scope: l.scope,
+                    name: &profile.store_name,
+                    consumer: Some(&admission.identity),
+                    span: l.span,
+                });
+                if slot.is_none() {
+                    return;
+                }
+            }
+        }
+        for (l, consumer) in limits.into_iter().flatten().zip(&consumers) {
+            counters[len] = l.counter.as_ref().or(consumer.as_ref());
+            len += 1;
+        }
+        let counters: Vec<&L::Counter> = counters[..len].iter().flatten().copied().collect();
+        if !counters.is_empty() {
+            self.limiter.refund(&counters, grant);
         }
     }
 }

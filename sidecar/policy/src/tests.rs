@@ -103,17 +103,18 @@ fn verdict(e: &Engine, r: &Req, now: u64) -> (u16, String, String, String) {
         Outcome::BadRequest { .. } => (400, "-".into(), "-".into(), "-".into()),
         Outcome::NoRoute => (404, "-".into(), "-".into(), "-".into()),
         Outcome::Redirect { route, .. } => (308, route.into(), "-".into(), "-".into()),
-        Outcome::Deny(d) => {
-            let status = match d.kind {
-                DenialKind::Unauthorized { .. } => 401,
-                DenialKind::Forbidden | DenialKind::InsufficientScope { .. } => 403,
-                DenialKind::RateLimited { .. } | DenialKind::Throttled { .. } => 429,
-                DenialKind::StoreUnavailable { .. } => 503,
-                DenialKind::MethodNotAllowed { .. } => 405,
-            };
-            (status, d.route.into(), d.profile.into(), "-".into())
-        }
+        Outcome::Deny(d) => (denial_status(&d), d.route.into(), d.profile.into(), "-".into()),
         Outcome::Allow(a) => (200, a.route.name.to_string(), a.profile.into(), a.identity.into_owned()),
+    }
+}
+
+fn denial_status(d: &Denial<'_>) -> u16 {
+    match d.kind {
+        DenialKind::Unauthorized { .. } => 401,
+        DenialKind::Forbidden | DenialKind::InsufficientScope { .. } => 403,
+        DenialKind::RateLimited { .. } | DenialKind::Throttled { .. } => 429,
+        DenialKind::StoreUnavailable { .. } => 503,
+        DenialKind::MethodNotAllowed { .. } => 405,
     }
 }
 
@@ -842,4 +843,89 @@ fn password_guessing_is_throttled_per_user_and_address() {
     // Another user from another address is not affected; the window ends after a minute.
     assert_eq!(status(&e, &get("/x").basic("carol", "x").from("10.9.9.8")), 401);
     assert_eq!(verdict(&e, &right, T0 + 61_000).0, 200);
+}
+
+fn per_consumer(max_consumers: usize) -> Engine {
+    let config = json!({
+        "orgAllowance": 100,
+        "profiles": [{"name": "partners", "auth": {"type": "ApiKey", "keyParam": "apikey"},
+            "rateLimitPerMinute": 2, "rateLimitPer": "Consumer"}],
+        "routes": [route("catalog", "/", &["partners"])],
+    });
+    let secrets = json!({"profiles": {"partners": {"apiKeys": {"k1": "s1", "k2": "s2", "k3": "s3"}}}});
+    let limiter = InMemoryLimiter::new().with_max_consumers(max_consumers);
+    Engine::compile(&loaded(config, secrets), Arc::new(limiter)).unwrap()
+}
+
+/// (status, reason or identity) of `apikey=key` at `now`.
+fn by_key(e: &Engine, key: &str, now: u64) -> (u16, String) {
+    match e.decide(&get(&format!("/items?apikey={key}")).view(), now) {
+        Outcome::Allow(a) => (200, a.identity.into_owned()),
+        Outcome::Deny(d) => (denial_status(&d), d.reason.into()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn per_consumer_limits_count_each_consumer_apart() {
+    let e = per_consumer(100);
+    for key in ["k1", "k2"] {
+        assert_eq!(by_key(&e, key, T0), (200, key.into()));
+        assert_eq!(by_key(&e, key, T0), (200, key.into()));
+        assert_eq!(by_key(&e, key, T0), (429, "consumer rate limit exceeded".into()));
+    }
+    match e.decide(&get("/items?apikey=k1").view(), T0) {
+        Outcome::Deny(Denial {
+            kind: DenialKind::RateLimited { scope, info },
+            identity,
+            ..
+        }) => {
+            assert_eq!(scope, Scope::Consumer);
+            assert_eq!((info.limit, info.remaining, info.reset_secs), (2, 0, 60));
+            assert_eq!(identity.as_deref(), Some("k1"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A refund gives the consumer's hit back (and the org's), not another consumer's.
+    match e.decide(&get("/items?apikey=k3").view(), T0) {
+        Outcome::Allow(a) => e.refund(&a),
+        other => panic!("{other:?}"),
+    }
+    for _ in 0..2 {
+        assert_eq!(by_key(&e, "k3", T0).0, 200);
+    }
+    assert_eq!(by_key(&e, "k3", T0).0, 429);
+    assert_eq!(by_key(&e, "k1", T0 + 60_000).0, 200, "the window rolls per consumer");
+}
+
+#[test]
+fn per_consumer_counters_are_bounded_and_fail_closed() {
+    let e = per_consumer(2);
+    assert_eq!(by_key(&e, "k1", T0).0, 200);
+    assert_eq!(by_key(&e, "k2", T0).0, 200);
+    assert_eq!(
+        by_key(&e, "k3", T0),
+        (429, "too many consumers with live counters (fails closed)".into())
+    );
+    assert_eq!(by_key(&e, "k1", T0).0, 200, "kept consumers go on");
+    assert_eq!(by_key(&e, "k3", T0 + 60_000).0, 200, "idle consumers make room");
+}
+
+#[test]
+fn quotas_need_a_shared_store() {
+    let l = loaded(
+        json!({
+            "profiles": [{"name": "metered", "auth": {"type": "Anonymous"},
+                "quota": {"requests": 1000, "period": "Day"}}],
+            "routes": [route("app", "/", &["metered"])],
+        }),
+        json!({}),
+    );
+    let err = Engine::compile(&l, Arc::new(InMemoryLimiter::new()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("profile \"metered\": quota needs a shared limits store (--limits-store)"),
+        "{err}"
+    );
 }

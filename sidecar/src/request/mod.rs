@@ -79,13 +79,8 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         // before this sidecar holds a block of hits), then, once they admit, a signature's
         // replay check.
         Outcome::Allow(mut admission) if admission.limits_pending() => {
-            let taken = match active.engine.pending_hits(&admission) {
-                Some(hits) => Some(
-                    shared
-                        .limiter
-                        .take(hits.as_slice(), hits.fallback(), clock.mono_ms)
-                        .await,
-                ),
+            let taken = match active.engine.pending_hits(&admission, clock) {
+                Some(hits) => Some(shared.limiter.take(&hits.list(), hits.fallback(), clock).await),
                 None => None,
             };
             let replay = match active.engine.pending_replay(&admission, clock) {

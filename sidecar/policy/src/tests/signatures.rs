@@ -352,15 +352,23 @@ struct Deferring(InMemoryLimiter);
 impl Limiter for Deferring {
     type Counter = crate::limit::SharedWindow;
 
-    fn counter(&self, scope: Scope, name: &str) -> Self::Counter {
-        self.0.counter(scope, name)
+    fn counter(&self, id: CounterId<'_>) -> Self::Counter {
+        self.0.counter(id)
     }
 
-    fn acquire(&self, hits: &[(&Self::Counter, u32)], now_ms: u64) -> Result<Grant, Refusal> {
-        self.0.acquire(hits, now_ms)
+    fn consumer(&self, id: CounterId<'_>, now: Now) -> Option<Self::Counter> {
+        self.0.consumer(id, now)
     }
 
-    fn try_acquire(&self, _: &[(&Self::Counter, u32)], _: u64) -> Option<Result<Grant, Refusal>> {
+    fn kept_consumer(&self, id: CounterId<'_>) -> Option<Self::Counter> {
+        self.0.kept_consumer(id)
+    }
+
+    fn acquire(&self, hits: &[(&Self::Counter, u32)], now: Now) -> Result<Grant, Refusal> {
+        self.0.acquire(hits, now)
+    }
+
+    fn try_acquire(&self, _: &[(&Self::Counter, u32)], _: Now) -> Option<Result<Grant, Refusal>> {
         None
     }
 
@@ -380,7 +388,7 @@ fn settled(e: &Engine<Deferring>, limiter: &Deferring, r: &Req, now_secs: u64) -
         Outcome::Allow(mut a) => {
             assert!(a.limits_pending(), "nothing may be taken before the store answers");
             assert!(a.rate.is_none());
-            let taken = limiter.acquire(e.pending_hits(&a).unwrap().as_slice(), now);
+            let taken = limiter.acquire(&e.pending_hits(&a, now.into()).unwrap().list(), now.into());
             match e.settle(&mut a, Some(taken), None, now.into()) {
                 Ok(()) => {
                     assert!(!a.limits_pending() && a.rate.is_some());
@@ -428,12 +436,20 @@ struct SharingReplays(InMemoryLimiter);
 impl Limiter for SharingReplays {
     type Counter = crate::limit::SharedWindow;
 
-    fn counter(&self, scope: Scope, name: &str) -> Self::Counter {
-        self.0.counter(scope, name)
+    fn counter(&self, id: CounterId<'_>) -> Self::Counter {
+        self.0.counter(id)
     }
 
-    fn acquire(&self, hits: &[(&Self::Counter, u32)], now_ms: u64) -> Result<Grant, Refusal> {
-        self.0.acquire(hits, now_ms)
+    fn consumer(&self, id: CounterId<'_>, now: Now) -> Option<Self::Counter> {
+        self.0.consumer(id, now)
+    }
+
+    fn kept_consumer(&self, id: CounterId<'_>) -> Option<Self::Counter> {
+        self.0.kept_consumer(id)
+    }
+
+    fn acquire(&self, hits: &[(&Self::Counter, u32)], now: Now) -> Result<Grant, Refusal> {
+        self.0.acquire(hits, now)
     }
 
     fn refund(&self, counters: &[&Self::Counter], grant: &Grant) {
@@ -456,7 +472,10 @@ fn with_store(e: &Engine<SharingReplays>, r: &Req, now_secs: u64, store: SharedR
     match e.decide(&r.view(), now) {
         Outcome::Allow(mut a) => {
             assert!(a.limits_pending(), "the signature waits for the store");
-            assert!(e.pending_hits(&a).is_none(), "the limits were taken at once");
+            assert!(
+                e.pending_hits(&a, now.into()).is_none(),
+                "the limits were taken at once"
+            );
             let entry = e.pending_replay(&a, now.into()).expect("a signature to remember");
             assert_eq!(
                 (entry.profile, entry.key_id),
@@ -543,11 +562,11 @@ fn limits_carry_the_profiles_fallback_and_shares() {
         let e = Engine::compile(&loaded(config.clone(), secrets()), limiter).unwrap();
         let r = sign_9421(get("/1"), SECRET, NOW, COMPONENTS);
         match e.decide(&r.view(), NOW * 1000) {
-            Outcome::Allow(a) => e.pending_hits(&a).unwrap().fallback(),
+            Outcome::Allow(a) => e.pending_hits(&a, (NOW * 1000).into()).unwrap().fallback(),
             other => panic!("unexpected {other:?}"),
         }
     };
-    assert_eq!(fallback(&config), Fallback::LocalShare([334, 3]));
+    assert_eq!(fallback(&config), Fallback::LocalShare([334, 3, 0]));
     config["profiles"][0]["onStoreUnavailable"] = json!("Allow");
     assert_eq!(fallback(&config), Fallback::Allow);
     config["profiles"][0]["onStoreUnavailable"] = json!("Deny");
