@@ -30,7 +30,7 @@ pub enum Answer<'a> {
     MethodNotAllowed { route: &'a str, allow: &'a str },
     /// A valid OAuth2 token without a required scope: 403 with `challenges`.
     InsufficientScope { route: &'a str, challenges: &'a [String] },
-    /// Over a rate limit (`scope`: `org` or `profile`).
+    /// Over a rate limit (`scope`: `org`, `profile`, `consumer` or `quota`).
     RateLimited {
         route: &'a str,
         scope: &'a str,

@@ -253,7 +253,7 @@ impl Metrics {
         self.latency.with_label_values(&[route]).observe(latency.as_secs_f64());
     }
 
-    /// Counts a rate-limit rejection (`scope`: `org`, `profile`, `auth_failures`,
+    /// Counts a rate-limit rejection (`scope`: `org`, `profile`, `consumer`, `quota`, `auth_failures`,
     /// `introspection` or `introspection_client`).
     pub fn rate_limited(&self, scope: &str) {
         self.rate_limited.with_label_values(&[scope]).inc();
