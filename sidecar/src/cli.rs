@@ -15,6 +15,11 @@ pub struct Cli {
     /// Log format of the operational log (audit lines are always JSON).
     #[arg(long, value_enum, default_value_t = LogFormat::Json, global = true)]
     pub log_format: LogFormat,
+    /// Most runtime workers. Without it, one per CPU the process may use (its affinity and
+    /// its cgroup's CPU quota, rounded up), and 2 when no quota bounds it; one worker runs the
+    /// current-thread scheduler. (`TOKIO_WORKER_THREADS` is read when this is not given.)
+    #[arg(long, global = true, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub workers: Option<usize>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
+use portcullis_sidecar::base::cpus::Budget;
 use portcullis_sidecar::cli::{Cli, Command, LogFormat};
 use portcullis_sidecar::demo;
 use tracing_subscriber::filter::EnvFilter;
@@ -17,7 +18,15 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format)?;
-    runtime()?.block_on(async {
+    let cap = cli.workers.or_else(|| {
+        std::env::var("TOKIO_WORKER_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+    });
+    let workers = Budget::read().workers(cap);
+    tracing::info!(workers = workers.count, affinity = ?workers.budget.affinity,
+        cpu_quota = ?workers.budget.quota, cap = ?workers.cap, "runtime");
+    runtime(workers.count)?.block_on(async {
         match cli.command {
             Some(Command::DemoBackend { listen }) => demo::serve(listen).await.context("demo backend"),
             None => portcullis_sidecar::run(cli.serve).await.context("sidecar"),
@@ -25,15 +34,15 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-/// The tokio runtime: one worker per CPU, or `TOKIO_WORKER_THREADS`. With a single worker
-/// (the usual sidecar budget) the current-thread scheduler does the same work without
-/// cross-thread wake-ups.
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let single = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
-    let mut builder = if single {
+/// The tokio runtime with `workers` workers ([`portcullis_sidecar::base::cpus`]). With one
+/// worker the current-thread scheduler does the same work without cross-thread wake-ups.
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = if workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
     };
     builder.enable_all().build().context("cannot start the tokio runtime")
 }

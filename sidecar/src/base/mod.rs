@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod clock;
+pub mod cpus;
 pub mod engine;
 pub mod form;
 pub mod headers;
