@@ -230,6 +230,11 @@ pub enum SettingsError {
 }
 
 impl LimitsStore {
+    /// Whether the sidecars count in a shared store (a `url` is set): quotas need one.
+    pub fn is_configured(&self) -> bool {
+        !self.url.is_empty()
+    }
+
     /// The checks the sidecar would fail at start on, made once in the operator: the URL's
     /// form (the sidecar parses it fully), the timeout, the Secret's name and key.
     fn validate(&self, extra_args: &[String]) -> Result<(), SettingsError> {
@@ -797,12 +802,14 @@ pub fn sidecar_container(settings: &SidecarSettings) -> Container {
 /// Checks an ApiRoute the way the controller does, against the SecurityProfiles, Secrets and
 /// other ApiRoutes of its namespace (`routes_in_ns`: as stored, the route's own earlier
 /// version included or not): `Err(message)` with the exact status message when the compiler
-/// rejects it for one of [`REJECTED_AT_ADMISSION`]'s reasons.
+/// rejects it for one of [`REJECTED_AT_ADMISSION`]'s reasons (`limits_store_configured`: as
+/// the controller compiles, [`LimitsStore::is_configured`]).
 pub fn validate_route(
     route: &ApiRoute,
     profiles_in_ns: &[SecurityProfile],
     secrets_in_ns: &[Secret],
     routes_in_ns: &[ApiRoute],
+    limits_store_configured: bool,
 ) -> Result<(), String> {
     let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
     let profiles: Vec<SecurityProfile> = profiles_in_ns
@@ -818,6 +825,7 @@ pub fn validate_route(
         secrets: secrets_in_ns,
         org_allowance: None,
         trusted_proxies: &[],
+        limits_store_configured,
         workload_labels: None,
     });
     let name = route.metadata.name.clone().unwrap_or_default();
@@ -1265,6 +1273,7 @@ fn review(
                         &cluster.profiles(&namespace),
                         &cluster.secrets(&namespace),
                         &routes,
+                        settings.limits_store.is_configured(),
                     )
                 })
                 .and_then(|()| no_takeover(&route, old.as_ref(), &routes));
@@ -2134,6 +2143,7 @@ stringData: {username: bob, password: builder}
             secrets: &secrets,
             org_allowance: Some(100),
             trusted_proxies: &[],
+            limits_store_configured: false,
             workload_labels: None,
         });
         match &out.routes["finance"] {
@@ -2148,6 +2158,7 @@ stringData: {username: bob, password: builder}
             &docs::<SecurityProfile>(PROFILES),
             &docs::<Secret>(SECRETS),
             &[],
+            false,
         )
     }
 
@@ -2199,13 +2210,19 @@ stringData: {username: bob, password: builder}
             assert_eq!(controller_message(&route(ok)), None);
         }
         // The profile's Secret is not there yet: the route waits in its status, not at the door.
-        let no_secrets = validate_route(&route(&["accounting"]), &docs::<SecurityProfile>(PROFILES), &[], &[]);
+        let no_secrets = validate_route(
+            &route(&["accounting"]),
+            &docs::<SecurityProfile>(PROFILES),
+            &[],
+            &[],
+            false,
+        );
         assert_eq!(no_secrets, Ok(()));
         // Likewise the route's own TLS Secret.
         let mut with_tls = route(&["readers"]);
         with_tls.spec.tls = Some(serde_json::from_value(json!({"secretName": "finance-tls"})).unwrap());
         assert_eq!(
-            validate_route(&with_tls, &docs::<SecurityProfile>(PROFILES), &[], &[]),
+            validate_route(&with_tls, &docs::<SecurityProfile>(PROFILES), &[], &[], false),
             Ok(())
         );
         assert!(controller_message(&with_tls).unwrap().contains("finance-tls"));
@@ -2215,7 +2232,7 @@ stringData: {username: bob, password: builder}
     fn invalid_fields_are_refused_like_the_status_says() {
         let mut bad = route(&["readers"]);
         bad.spec.path_prefix = "finance".into();
-        let message = validate_route(&bad, &docs::<SecurityProfile>(PROFILES), &[], &[]).unwrap_err();
+        let message = validate_route(&bad, &docs::<SecurityProfile>(PROFILES), &[], &[], false).unwrap_err();
         assert!(message.starts_with("spec.pathPrefix: "), "{message}");
         assert_eq!(Some(message), controller_message(&bad));
     }
@@ -2506,7 +2523,7 @@ spec: {workloadSelector: {matchLabels: {app: finance-api}}, pathPrefix: /interna
         takeover.spec.workload_selector = serde_json::from_value(json!({"matchLabels": {"app": "shop"}})).unwrap();
         takeover.spec.path_prefix = "/shop/checkout".into();
         let stored = docs::<ApiRoute>(STORED_ROUTES);
-        let message = validate_route(&takeover, &docs::<SecurityProfile>(PROFILES), &[], &stored).unwrap_err();
+        let message = validate_route(&takeover, &docs::<SecurityProfile>(PROFILES), &[], &stored, false).unwrap_err();
         assert!(message.starts_with("spec.pathPrefix: \"/shop/checkout\""), "{message}");
         assert!(message.contains("overlaps ApiRoute \"shop\""), "{message}");
         let r = review_route(&takeover, "CREATE");
@@ -2525,6 +2542,7 @@ spec: {workloadSelector: {matchLabels: {app: finance-api}}, pathPrefix: /interna
             secrets: &[],
             org_allowance: None,
             trusted_proxies: &[],
+            limits_store_configured: false,
             workload_labels: None,
         });
         assert!(matches!(&out.routes["takeover"], Verdict::Rejected { message: m, .. } if *m == message));
