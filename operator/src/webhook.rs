@@ -44,6 +44,10 @@
 //!   review's `userInfo`) before the review is decided, and the answers reach these pure
 //!   functions through [`ClusterView::access`]; an answer that could not be had refuses the
 //!   object (fail closed).
+//! - **Profile settings** ([`compile::check_profile_settings`], `POST /validate-securityprofiles`):
+//!   a SecurityProfile whose `rateLimit` sets neither `requestsPerMinute` nor `quota`, or has
+//!   a `quota` while the sidecars have no shared limits store ([`LimitsStore::is_configured`]),
+//!   is refused with the message the controller writes into its status.
 //!
 //! [`handle_review`] takes an `AdmissionReview` body and returns the response body.
 
@@ -1287,7 +1291,9 @@ fn review(
                 Ok(profile) => placed(profile, req),
                 Err(e) => return allow.deny(format!("cannot read the SecurityProfile: {e}")),
             };
-            match check_access(&profile_requirements(&profile), &req.user_info, cluster) {
+            let checked = check_access(&profile_requirements(&profile), &req.user_info, cluster)
+                .and_then(|()| compile::check_profile_settings(&profile, settings.limits_store.is_configured()));
+            match checked {
                 Ok(()) => allow,
                 Err(message) => allow.deny(message),
             }
@@ -2514,6 +2520,64 @@ spec: {workloadSelector: {matchLabels: {app: finance-api}}, pathPrefix: /interna
             profile("payroll-user"),
         ));
         assert_eq!(r["allowed"], true);
+    }
+
+    #[test]
+    fn a_profile_with_a_quota_is_refused_without_a_limits_store_and_admitted_with_one() {
+        let kind = json!({"group": "portcullis.dev", "version": "v1alpha1", "kind": "SecurityProfile"});
+        let profile = |rate_limit: Value| {
+            json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "SecurityProfile",
+                   "metadata": {"name": "metered", "namespace": NS},
+                   "spec": {"type": "Anonymous", "rateLimit": rate_limit}})
+        };
+        let quota = profile(json!({"per": "Consumer", "quota": {"requests": 1000, "period": "Day"}}));
+        let review = |settings: &SidecarSettings, object: &Value, operation: &str| {
+            let body = review_body(kind.clone(), "securityprofiles", NS, operation, object.clone());
+            let v: Value = serde_json::from_slice(&handle_review(&body, settings, &Fake)).unwrap();
+            v["response"].clone()
+        };
+        let none = SidecarSettings::default();
+        let with_store = store("redis://redis.cache:6379", "");
+        for operation in ["CREATE", "UPDATE"] {
+            let r = review(&none, &quota, operation);
+            assert_eq!(r["allowed"], false, "{r}");
+            let message = r["status"]["message"].as_str().unwrap();
+            assert_eq!(
+                message,
+                "spec.rateLimit.quota: SecurityProfile prod/metered sets a quota, which only a shared limits store \
+                 counts, and the operator has none configured: set the Helm value sidecar.limitsStore.url, or \
+                 remove spec.rateLimit.quota"
+            );
+            // The status the controller would write says the same.
+            let object: SecurityProfile = serde_json::from_value(quota.clone()).unwrap();
+            let out = compile::compile(&Inputs {
+                namespace: NS,
+                profiles: &[object],
+                routes: &[],
+                secrets: &[],
+                org_allowance: None,
+                trusted_proxies: &[],
+                limits_store_configured: false,
+                workload_labels: None,
+            });
+            assert!(
+                matches!(&out.profiles["metered"], Verdict::Rejected { reason: "InvalidSpec", message: m, .. } if m == message)
+            );
+
+            assert_eq!(review(&with_store, &quota, operation)["allowed"], true);
+        }
+        // A per-minute limit needs no store; deleting is never refused.
+        let per_minute = profile(json!({"requestsPerMinute": 60, "per": "Consumer"}));
+        assert_eq!(review(&none, &per_minute, "CREATE")["allowed"], true);
+        assert_eq!(review(&none, &quota, "DELETE")["allowed"], true);
+        // Neither field: refused with or without a store (the CRD's rule says so too).
+        let neither = profile(json!({"per": "Consumer"}));
+        let r = review(&with_store, &neither, "CREATE");
+        assert_eq!(r["allowed"], false);
+        assert!(
+            r["status"]["message"].as_str().unwrap().starts_with("spec.rateLimit: "),
+            "{r}"
+        );
     }
 
     #[test]

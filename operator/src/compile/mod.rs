@@ -141,9 +141,14 @@ impl Problem {
         }
     }
 
+    /// What the verdict says: the field, then what is wrong with it.
+    fn message(&self) -> String {
+        format!("{}: {}", self.field, self.detail)
+    }
+
     fn into_verdict(self) -> Verdict {
         Verdict::Rejected {
-            message: format!("{}: {}", self.field, self.detail),
+            message: self.message(),
             reason: self.reason,
             field: self.field,
         }
@@ -276,6 +281,21 @@ pub fn compile_with_key(inputs: &Inputs, generation_key: &GenerationKey) -> Outp
         routes: route_verdicts,
         profile_routes,
     }
+}
+
+/// The problem of a SecurityProfile that its spec and the operator's settings decide alone,
+/// without Secrets or other objects (`spec.rateLimit`: neither field set, a quota without a
+/// shared limits store): `Err` with the message its status would carry, for admission.
+pub fn check_profile_settings(profile: &SecurityProfile, limits_store_configured: bool) -> Result<(), String> {
+    let namespace = profile.metadata.namespace.as_deref().unwrap_or("default");
+    let name = profile.metadata.name.as_deref().unwrap_or_default();
+    profile::check_rate_limit(
+        namespace,
+        name,
+        profile.spec.rate_limit.as_ref(),
+        limits_store_configured,
+    )
+    .map_err(|problem| problem.message())
 }
 
 /// Whether a route selects a pod with `labels` (re-exported for the controllers).

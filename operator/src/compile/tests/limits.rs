@@ -148,3 +148,20 @@ fn zero_limits_are_refused() {
         (reason::INVALID_SPEC, "spec.rateLimit.quota.requests")
     );
 }
+
+#[test]
+fn admission_gives_the_message_the_status_carries() {
+    let mut p = basic("finance", "finance-user");
+    p.spec.rate_limit = Some(limit(None, None, Some((10, QuotaPeriod::Month))));
+    let status = rejected(&limited(p.spec.rate_limit.clone().unwrap(), false), "finance").2;
+    assert_eq!(check_profile_settings(&p, false), Err(status));
+    assert_eq!(check_profile_settings(&p, true), Ok(()));
+    p.spec.rate_limit = Some(limit(None, None, None));
+    assert!(
+        check_profile_settings(&p, true)
+            .unwrap_err()
+            .starts_with("spec.rateLimit: ")
+    );
+    p.spec.rate_limit = None;
+    assert_eq!(check_profile_settings(&p, false), Ok(()));
+}
