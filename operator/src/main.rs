@@ -106,6 +106,10 @@ struct RenderArgs {
     /// Peers (CIDRs, comma-separated) whose X-Forwarded-For the sidecar believes.
     #[arg(long, value_delimiter = ',')]
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// The sidecar will count limits in a shared store (its --limits-store, Helm value
+    /// sidecar.limitsStore.url): profiles may have a quota, which is refused without one.
+    #[arg(long)]
+    with_limits_store: bool,
     /// File whose bytes (at least 32) key the configuration generation, e.g. the operator's
     /// Secret portcullis-generation-key, data `key`, decoded. Without it a new random key is
     /// used, so each render of the same input has another generation.
@@ -178,6 +182,7 @@ fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
             } else {
                 args.trusted_proxies
             },
+            limits_store_configured: settings.sidecar.limits_store.is_configured(),
             network_policy: args.network_policy,
         },
         admin: args.admin,
@@ -295,6 +300,7 @@ fn run_render(args: RenderArgs) -> Result<(), render::RenderError> {
         org_allowance: args.org_allowance,
         namespace: args.namespace,
         trusted_proxies: args.trusted_proxies,
+        limits_store_configured: args.with_limits_store,
         generation_key_file: args.generation_key_file,
     };
     let done = render::render(&req)?;

@@ -75,6 +75,9 @@ pub struct Request {
     pub org_allowance: Option<u32>,
     pub namespace: Option<String>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The sidecars will count limits in a shared limits store (`--limits-store`): allows
+    /// quotas, which are refused without one.
+    pub limits_store_configured: bool,
     /// A file whose bytes (at least 32) key the generation, such as the operator's
     /// `portcullis-generation-key` Secret's `key`. `None`: a new random key.
     pub generation_key_file: Option<PathBuf>,
@@ -129,6 +132,7 @@ pub fn render(req: &Request) -> Result<Rendered, RenderError> {
             secrets: &objects.secrets,
             org_allowance: req.org_allowance,
             trusted_proxies: &req.trusted_proxies,
+            limits_store_configured: req.limits_store_configured,
             workload_labels: req.workload_labels.as_ref(),
         },
         &generation_key,

@@ -44,6 +44,10 @@
 //!   review's `userInfo`) before the review is decided, and the answers reach these pure
 //!   functions through [`ClusterView::access`]; an answer that could not be had refuses the
 //!   object (fail closed).
+//! - **Profile settings** ([`compile::check_profile_settings`], `POST /validate-securityprofiles`):
+//!   a SecurityProfile whose `rateLimit` sets neither `requestsPerMinute` nor `quota`, or has
+//!   a `quota` while the sidecars have no shared limits store ([`LimitsStore::is_configured`]),
+//!   is refused with the message the controller writes into its status.
 //!
 //! [`handle_review`] takes an `AdmissionReview` body and returns the response body.
 
@@ -230,6 +234,11 @@ pub enum SettingsError {
 }
 
 impl LimitsStore {
+    /// Whether the sidecars count in a shared store (a `url` is set): quotas need one.
+    pub fn is_configured(&self) -> bool {
+        !self.url.is_empty()
+    }
+
     /// The checks the sidecar would fail at start on, made once in the operator: the URL's
     /// form (the sidecar parses it fully), the timeout, the Secret's name and key.
     fn validate(&self, extra_args: &[String]) -> Result<(), SettingsError> {
@@ -797,12 +806,14 @@ pub fn sidecar_container(settings: &SidecarSettings) -> Container {
 /// Checks an ApiRoute the way the controller does, against the SecurityProfiles, Secrets and
 /// other ApiRoutes of its namespace (`routes_in_ns`: as stored, the route's own earlier
 /// version included or not): `Err(message)` with the exact status message when the compiler
-/// rejects it for one of [`REJECTED_AT_ADMISSION`]'s reasons.
+/// rejects it for one of [`REJECTED_AT_ADMISSION`]'s reasons (`limits_store_configured`: as
+/// the controller compiles, [`LimitsStore::is_configured`]).
 pub fn validate_route(
     route: &ApiRoute,
     profiles_in_ns: &[SecurityProfile],
     secrets_in_ns: &[Secret],
     routes_in_ns: &[ApiRoute],
+    limits_store_configured: bool,
 ) -> Result<(), String> {
     let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
     let profiles: Vec<SecurityProfile> = profiles_in_ns
@@ -818,6 +829,7 @@ pub fn validate_route(
         secrets: secrets_in_ns,
         org_allowance: None,
         trusted_proxies: &[],
+        limits_store_configured,
         workload_labels: None,
     });
     let name = route.metadata.name.clone().unwrap_or_default();
@@ -1265,6 +1277,7 @@ fn review(
                         &cluster.profiles(&namespace),
                         &cluster.secrets(&namespace),
                         &routes,
+                        settings.limits_store.is_configured(),
                     )
                 })
                 .and_then(|()| no_takeover(&route, old.as_ref(), &routes));
@@ -1278,7 +1291,9 @@ fn review(
                 Ok(profile) => placed(profile, req),
                 Err(e) => return allow.deny(format!("cannot read the SecurityProfile: {e}")),
             };
-            match check_access(&profile_requirements(&profile), &req.user_info, cluster) {
+            let checked = check_access(&profile_requirements(&profile), &req.user_info, cluster)
+                .and_then(|()| compile::check_profile_settings(&profile, settings.limits_store.is_configured()));
+            match checked {
                 Ok(()) => allow,
                 Err(message) => allow.deny(message),
             }
@@ -2134,6 +2149,7 @@ stringData: {username: bob, password: builder}
             secrets: &secrets,
             org_allowance: Some(100),
             trusted_proxies: &[],
+            limits_store_configured: false,
             workload_labels: None,
         });
         match &out.routes["finance"] {
@@ -2148,6 +2164,7 @@ stringData: {username: bob, password: builder}
             &docs::<SecurityProfile>(PROFILES),
             &docs::<Secret>(SECRETS),
             &[],
+            false,
         )
     }
 
@@ -2199,13 +2216,19 @@ stringData: {username: bob, password: builder}
             assert_eq!(controller_message(&route(ok)), None);
         }
         // The profile's Secret is not there yet: the route waits in its status, not at the door.
-        let no_secrets = validate_route(&route(&["accounting"]), &docs::<SecurityProfile>(PROFILES), &[], &[]);
+        let no_secrets = validate_route(
+            &route(&["accounting"]),
+            &docs::<SecurityProfile>(PROFILES),
+            &[],
+            &[],
+            false,
+        );
         assert_eq!(no_secrets, Ok(()));
         // Likewise the route's own TLS Secret.
         let mut with_tls = route(&["readers"]);
         with_tls.spec.tls = Some(serde_json::from_value(json!({"secretName": "finance-tls"})).unwrap());
         assert_eq!(
-            validate_route(&with_tls, &docs::<SecurityProfile>(PROFILES), &[], &[]),
+            validate_route(&with_tls, &docs::<SecurityProfile>(PROFILES), &[], &[], false),
             Ok(())
         );
         assert!(controller_message(&with_tls).unwrap().contains("finance-tls"));
@@ -2215,7 +2238,7 @@ stringData: {username: bob, password: builder}
     fn invalid_fields_are_refused_like_the_status_says() {
         let mut bad = route(&["readers"]);
         bad.spec.path_prefix = "finance".into();
-        let message = validate_route(&bad, &docs::<SecurityProfile>(PROFILES), &[], &[]).unwrap_err();
+        let message = validate_route(&bad, &docs::<SecurityProfile>(PROFILES), &[], &[], false).unwrap_err();
         assert!(message.starts_with("spec.pathPrefix: "), "{message}");
         assert_eq!(Some(message), controller_message(&bad));
     }
@@ -2500,13 +2523,71 @@ spec: {workloadSelector: {matchLabels: {app: finance-api}}, pathPrefix: /interna
     }
 
     #[test]
+    fn a_profile_with_a_quota_is_refused_without_a_limits_store_and_admitted_with_one() {
+        let kind = json!({"group": "portcullis.dev", "version": "v1alpha1", "kind": "SecurityProfile"});
+        let profile = |rate_limit: Value| {
+            json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "SecurityProfile",
+                   "metadata": {"name": "metered", "namespace": NS},
+                   "spec": {"type": "Anonymous", "rateLimit": rate_limit}})
+        };
+        let quota = profile(json!({"per": "Consumer", "quota": {"requests": 1000, "period": "Day"}}));
+        let review = |settings: &SidecarSettings, object: &Value, operation: &str| {
+            let body = review_body(kind.clone(), "securityprofiles", NS, operation, object.clone());
+            let v: Value = serde_json::from_slice(&handle_review(&body, settings, &Fake)).unwrap();
+            v["response"].clone()
+        };
+        let none = SidecarSettings::default();
+        let with_store = store("redis://redis.cache:6379", "");
+        for operation in ["CREATE", "UPDATE"] {
+            let r = review(&none, &quota, operation);
+            assert_eq!(r["allowed"], false, "{r}");
+            let message = r["status"]["message"].as_str().unwrap();
+            assert_eq!(
+                message,
+                "spec.rateLimit.quota: SecurityProfile prod/metered sets a quota, which only a shared limits store \
+                 counts, and the operator has none configured: set the Helm value sidecar.limitsStore.url, or \
+                 remove spec.rateLimit.quota"
+            );
+            // The status the controller would write says the same.
+            let object: SecurityProfile = serde_json::from_value(quota.clone()).unwrap();
+            let out = compile::compile(&Inputs {
+                namespace: NS,
+                profiles: &[object],
+                routes: &[],
+                secrets: &[],
+                org_allowance: None,
+                trusted_proxies: &[],
+                limits_store_configured: false,
+                workload_labels: None,
+            });
+            assert!(
+                matches!(&out.profiles["metered"], Verdict::Rejected { reason: "InvalidSpec", message: m, .. } if m == message)
+            );
+
+            assert_eq!(review(&with_store, &quota, operation)["allowed"], true);
+        }
+        // A per-minute limit needs no store; deleting is never refused.
+        let per_minute = profile(json!({"requestsPerMinute": 60, "per": "Consumer"}));
+        assert_eq!(review(&none, &per_minute, "CREATE")["allowed"], true);
+        assert_eq!(review(&none, &quota, "DELETE")["allowed"], true);
+        // Neither field: refused with or without a store (the CRD's rule says so too).
+        let neither = profile(json!({"per": "Consumer"}));
+        let r = review(&with_store, &neither, "CREATE");
+        assert_eq!(r["allowed"], false);
+        assert!(
+            r["status"]["message"].as_str().unwrap().starts_with("spec.rateLimit: "),
+            "{r}"
+        );
+    }
+
+    #[test]
     fn a_route_over_an_older_routes_paths_is_refused_like_the_status_says() {
         let mut takeover = route(&["public"]);
         takeover.metadata.name = Some("takeover".into());
         takeover.spec.workload_selector = serde_json::from_value(json!({"matchLabels": {"app": "shop"}})).unwrap();
         takeover.spec.path_prefix = "/shop/checkout".into();
         let stored = docs::<ApiRoute>(STORED_ROUTES);
-        let message = validate_route(&takeover, &docs::<SecurityProfile>(PROFILES), &[], &stored).unwrap_err();
+        let message = validate_route(&takeover, &docs::<SecurityProfile>(PROFILES), &[], &stored, false).unwrap_err();
         assert!(message.starts_with("spec.pathPrefix: \"/shop/checkout\""), "{message}");
         assert!(message.contains("overlaps ApiRoute \"shop\""), "{message}");
         let r = review_route(&takeover, "CREATE");
@@ -2525,6 +2606,7 @@ spec: {workloadSelector: {matchLabels: {app: finance-api}}, pathPrefix: /interna
             secrets: &[],
             org_allowance: None,
             trusted_proxies: &[],
+            limits_store_configured: false,
             workload_labels: None,
         });
         assert!(matches!(&out.routes["takeover"], Verdict::Rejected { message: m, .. } if *m == message));

@@ -317,3 +317,49 @@ fn the_generation_is_keyed_by_the_generation_key_file_else_random() {
     );
     assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
 }
+
+/// A quota is counted only in a shared limits store: refused unless `--with-limits-store`
+/// says the sidecar will have one.
+#[test]
+fn a_quota_needs_with_limits_store() {
+    let input = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(examples().join("anonymous.yaml"))
+        .unwrap()
+        .replacen(
+            "requestsPerMinute: 5",
+            "requestsPerMinute: 5\n    per: Consumer\n    quota: {requests: 1000, period: Day}",
+            1,
+        );
+    assert!(text.contains("quota"));
+    std::fs::write(input.path().join("anonymous.yaml"), text).unwrap();
+
+    let out_dir = tempfile::tempdir().unwrap();
+    let args = [
+        "-f",
+        input.path().to_str().unwrap(),
+        "--out",
+        out_dir.path().to_str().unwrap(),
+    ];
+    let out = render(&args);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("SecurityProfile demo/public: spec.rateLimit.quota: SecurityProfile demo/public sets a quota"),
+        "{err}"
+    );
+    assert!(err.contains("sidecar.limitsStore.url"), "{err}");
+    assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
+
+    let out = render(&[&args[..], &["--with-limits-store"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let loaded = portcullis_config::load_dir(out_dir.path()).unwrap();
+    let public = &loaded.config.profiles[0];
+    assert_eq!(public.rate_limit_per, portcullis_config::LimitPer::Consumer);
+    assert_eq!(
+        public.quota,
+        Some(portcullis_config::Quota {
+            requests: 1000,
+            period: portcullis_config::QuotaPeriod::Day
+        })
+    );
+}

@@ -58,8 +58,9 @@ pub struct SecurityProfileSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10000))]
     pub trusted_ip_ranges: Vec<IpRange>,
-    /// Hits allowed through this profile per rolling minute, across all ApiRoutes that use it.
-    /// The org allowance still takes precedence.
+    /// Hits allowed through this profile per rolling minute and per calendar period (quota),
+    /// across all ApiRoutes that use it, for the profile as a whole or for each consumer. The
+    /// org allowance still takes precedence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
     /// How hits through this profile are recorded in the audit log.
@@ -330,19 +331,73 @@ pub struct IpRange {
     pub to: Option<String>,
 }
 
-/// A per-profile rate limit.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+/// A profile's rate limit and quota: at least one of `requestsPerMinute` and `quota`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.requestsPerMinute) || has(self.quota)").message("spec.rateLimit must set requestsPerMinute, quota or both"),
+)]
 pub struct RateLimit {
-    /// Hits per rolling minute across every ApiRoute using this profile.
+    /// Hits per rolling minute across every ApiRoute using this profile (for the profile, or
+    /// for each consumer: `per`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000000))]
-    pub requests_per_minute: u32,
-    /// With a shared limits store (`--limits-store`), what the limit does while the store is
-    /// unavailable: `LocalShare` (default) has each sidecar enforce the limit divided by the
-    /// sidecars serving the profile (rounded up), `Allow` admits calls without counting,
-    /// `Deny` refuses them with 503.
+    pub requests_per_minute: Option<u32>,
+    /// Whom the per-minute limit and the quota count: `Profile` (default) every hit through
+    /// the profile as a whole, `Consumer` each consumer on its own — the identity the profile
+    /// established: the Basic username, the API key, the token's subject (or client), the
+    /// signature's key id, the certificate's subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per: Option<LimitPer>,
+    /// Hits per calendar period (UTC) across every ApiRoute using this profile (for the
+    /// profile, or for each consumer: `per`). Counted only in the shared limits store (Helm
+    /// `sidecar.limitsStore.url`), so a profile with a quota is refused when the operator has
+    /// no limits store configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+    /// With a shared limits store (`--limits-store`), what the per-minute limit and the quota
+    /// do while the store is unavailable: `LocalShare` (default) has each sidecar enforce
+    /// each of them divided by the sidecars serving the profile (rounded up), `Allow` admits
+    /// calls without counting, `Deny` refuses them with 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_store_unavailable: Option<StoreFallback>,
+}
+
+/// Whom the per-minute limit and the quota count: the profile as a whole (`Profile`, the
+/// default), or each consumer on its own (`Consumer`) — the identity the profile established:
+/// the Basic username, the API key, the token's subject (or client), the signature's key id,
+/// the certificate's subject.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum LimitPer {
+    /// Every hit through the profile, whoever makes it.
+    #[default]
+    Profile,
+    /// Each consumer on its own (the identity the profile established).
+    Consumer,
+}
+
+/// Hits admitted per calendar period.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Quota {
+    /// Hits admitted per period.
+    #[schemars(range(min = 1, max = 1000000000))]
+    pub requests: u32,
+    /// The calendar period, in UTC: `Hour` (from the full hour), `Day` (from midnight) or
+    /// `Month` (from the first of the month).
+    pub period: QuotaPeriod,
+}
+
+/// A calendar period, in UTC: `Hour` (from the full hour), `Day` (from midnight) or `Month`
+/// (from the first of the month).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum QuotaPeriod {
+    /// From the full hour to the next.
+    Hour,
+    /// From midnight to midnight.
+    Day,
+    /// From the first of the month to the first of the next.
+    Month,
 }
 
 /// What a rate limit does while the shared limits store is unavailable.

@@ -202,3 +202,23 @@ fn oauth2_rules() {
     let ok = json!({"tokenUrl": "http://idp.example/t", "clientSecretRef": {"name": "c"}, "allowHttp": true});
     assert_eq!(token(ok), Vec::<String>::new());
 }
+
+#[test]
+fn a_rate_limit_needs_requests_per_minute_or_a_quota() {
+    let with = |limit: Value| violations::<SecurityProfile>(&profile(json!({"type": "Anonymous", "rateLimit": limit})));
+    let e = with(json!({"per": "Consumer", "onStoreUnavailable": "Deny"}));
+    assert!(
+        e.iter()
+            .any(|e| e.contains("spec.rateLimit must set requestsPerMinute, quota or both")),
+        "{e:?}"
+    );
+    assert_eq!(with(json!({"requestsPerMinute": 60})), Vec::<String>::new());
+    assert_eq!(
+        with(json!({"quota": {"requests": 1000, "period": "Month"}, "per": "Consumer"})),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        with(json!({"requestsPerMinute": 60, "quota": {"requests": 1, "period": "Hour"}})),
+        Vec::<String>::new()
+    );
+}

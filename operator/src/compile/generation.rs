@@ -122,6 +122,7 @@ mod tests {
                 secrets: &[secret],
                 org_allowance: None,
                 trusted_proxies: &[],
+                limits_store_configured: false,
                 workload_labels: None,
             },
             key,

@@ -67,6 +67,9 @@ pub struct Inputs<'a> {
     pub org_allowance: Option<u32>,
     /// Peers whose `X-Forwarded-For` the sidecars believe.
     pub trusted_proxies: &'a [ipnet::IpNet],
+    /// Whether the sidecars count limits in a shared limits store (Helm
+    /// `sidecar.limitsStore.url`): a profile with a quota is refused without one.
+    pub limits_store_configured: bool,
     /// `Some(labels)`: compile only the routes whose `workloadSelector` selects a pod with
     /// these labels. `None`: every route.
     pub workload_labels: Option<&'a BTreeMap<String, String>>,
@@ -138,9 +141,14 @@ impl Problem {
         }
     }
 
+    /// What the verdict says: the field, then what is wrong with it.
+    fn message(&self) -> String {
+        format!("{}: {}", self.field, self.detail)
+    }
+
     fn into_verdict(self) -> Verdict {
         Verdict::Rejected {
-            message: format!("{}: {}", self.field, self.detail),
+            message: self.message(),
             reason: self.reason,
             field: self.field,
         }
@@ -150,8 +158,8 @@ impl Problem {
 /// Writes into a group's compiled configuration how many sidecars enforce each of its limits
 /// (`namespace`: every sidecar of the namespace, for the org allowance; `per_profile`: those
 /// serving each profile's routes), the divisors of `onStoreUnavailable: LocalShare`, and
-/// names the result anew. Only limits that are set get a count, so that scaling a workload
-/// changes no configuration without limits.
+/// names the result anew. Only limits that are set (a profile's per-minute limit or quota)
+/// get a count, so that scaling a workload changes no configuration without limits.
 pub fn set_replicas(
     loaded: &mut Loaded,
     generation_key: &GenerationKey,
@@ -161,9 +169,8 @@ pub fn set_replicas(
     let config = &mut loaded.config;
     config.replicas = config.org_allowance.map(|_| namespace.max(1));
     for p in &mut config.profiles {
-        p.replicas = p
-            .rate_limit_per_minute
-            .map(|_| per_profile.get(&p.name).copied().unwrap_or(1).max(1));
+        let limited = p.rate_limit_per_minute.is_some() || p.quota.is_some();
+        p.replicas = limited.then(|| per_profile.get(&p.name).copied().unwrap_or(1).max(1));
     }
     config.generation.clear();
     loaded.secrets.generation.clear();
@@ -190,7 +197,7 @@ pub fn compile_with_key(inputs: &Inputs, generation_key: &GenerationKey) -> Outp
     let mut profile_verdicts = BTreeMap::new();
     for sp in inputs.profiles {
         let name = sp.metadata.name.clone().unwrap_or_default();
-        match profile::compile(&name, &sp.spec, &secrets) {
+        match profile::compile(&name, &sp.spec, &secrets, inputs.limits_store_configured) {
             Ok(compiled) => {
                 profile_verdicts.insert(name.clone(), Verdict::Accepted);
                 profiles.insert(name, compiled);
@@ -274,6 +281,21 @@ pub fn compile_with_key(inputs: &Inputs, generation_key: &GenerationKey) -> Outp
         routes: route_verdicts,
         profile_routes,
     }
+}
+
+/// The problem of a SecurityProfile that its spec and the operator's settings decide alone,
+/// without Secrets or other objects (`spec.rateLimit`: neither field set, a quota without a
+/// shared limits store): `Err` with the message its status would carry, for admission.
+pub fn check_profile_settings(profile: &SecurityProfile, limits_store_configured: bool) -> Result<(), String> {
+    let namespace = profile.metadata.namespace.as_deref().unwrap_or("default");
+    let name = profile.metadata.name.as_deref().unwrap_or_default();
+    profile::check_rate_limit(
+        namespace,
+        name,
+        profile.spec.rate_limit.as_ref(),
+        limits_store_configured,
+    )
+    .map_err(|problem| problem.message())
 }
 
 /// Whether a route selects a pod with `labels` (re-exported for the controllers).

@@ -16,10 +16,13 @@ pub(crate) struct CompiledProfile {
     pub secrets: cfg::ProfileSecrets,
 }
 
+/// Compiles profile `name` of the namespace of `secrets`; `limits_store`: whether the sidecars
+/// count in a shared limits store (quotas need one).
 pub(crate) fn compile(
     name: &str,
     spec: &api::SecurityProfileSpec,
     secrets: &SecretIndex<'_>,
+    limits_store: bool,
 ) -> Result<CompiledProfile, Problem> {
     let api::SecurityProfileSpec {
         profile_type,
@@ -34,6 +37,8 @@ pub(crate) fn compile(
     } = spec;
 
     check_blocks(spec)?;
+    // Before the Secrets: the problem admission refuses is the one the status reports.
+    check_rate_limit(secrets.namespace(), name, rate_limit.as_ref(), limits_store)?;
     let mut out = cfg::ProfileSecrets::default();
     let auth = match profile_type {
         api::ProfileType::Anonymous => cfg::ProfileAuth::Anonymous,
@@ -169,24 +174,24 @@ pub(crate) fn compile(
         }
     };
 
-    if let Some(limit) = rate_limit
-        && limit.requests_per_minute == 0
-    {
-        return Err(Problem::new(
-            reason::INVALID_SPEC,
-            "spec.rateLimit.requestsPerMinute",
-            "must be at least 1",
-        ));
-    }
-
     Ok(CompiledProfile {
         profile: cfg::Profile {
             name: name.to_owned(),
             auth,
             trusted_ip_ranges: ip_ranges(trusted_ip_ranges)?,
-            rate_limit_per_minute: rate_limit.as_ref().map(|l| l.requests_per_minute),
-            rate_limit_per: Default::default(),
-            quota: None,
+            rate_limit_per_minute: rate_limit.as_ref().and_then(|l| l.requests_per_minute),
+            rate_limit_per: match rate_limit.as_ref().and_then(|l| l.per).unwrap_or_default() {
+                api::LimitPer::Profile => cfg::LimitPer::Profile,
+                api::LimitPer::Consumer => cfg::LimitPer::Consumer,
+            },
+            quota: rate_limit.as_ref().and_then(|l| l.quota.as_ref()).map(|q| cfg::Quota {
+                requests: q.requests,
+                period: match q.period {
+                    api::QuotaPeriod::Hour => cfg::QuotaPeriod::Hour,
+                    api::QuotaPeriod::Day => cfg::QuotaPeriod::Day,
+                    api::QuotaPeriod::Month => cfg::QuotaPeriod::Month,
+                },
+            }),
             on_store_unavailable: match rate_limit.as_ref().and_then(|l| l.on_store_unavailable) {
                 None | Some(api::StoreFallback::LocalShare) => cfg::StoreFallback::LocalShare,
                 Some(api::StoreFallback::Allow) => cfg::StoreFallback::Allow,
@@ -198,6 +203,53 @@ pub(crate) fn compile(
         },
         secrets: out,
     })
+}
+
+/// The rules on `spec.rateLimit` of profile `namespace/name`, which its spec and the
+/// operator's settings decide alone (`limits_store`: whether the sidecars count in a shared
+/// limits store): checked by the compiler and at admission, with the same message.
+pub(crate) fn check_rate_limit(
+    namespace: &str,
+    name: &str,
+    rate_limit: Option<&api::RateLimit>,
+    limits_store: bool,
+) -> Result<(), Problem> {
+    let Some(limit) = rate_limit else { return Ok(()) };
+    if limit.requests_per_minute.is_none() && limit.quota.is_none() {
+        return Err(Problem::new(
+            reason::INVALID_SPEC,
+            "spec.rateLimit",
+            "sets neither requestsPerMinute nor quota: set one or both, or leave rateLimit out",
+        ));
+    }
+    if limit.requests_per_minute == Some(0) {
+        return Err(Problem::new(
+            reason::INVALID_SPEC,
+            "spec.rateLimit.requestsPerMinute",
+            "must be at least 1",
+        ));
+    }
+    if let Some(quota) = &limit.quota {
+        if quota.requests == 0 {
+            return Err(Problem::new(
+                reason::INVALID_SPEC,
+                "spec.rateLimit.quota.requests",
+                "must be at least 1",
+            ));
+        }
+        if !limits_store {
+            return Err(Problem::new(
+                reason::INVALID_SPEC,
+                "spec.rateLimit.quota",
+                format!(
+                    "SecurityProfile {namespace}/{name} sets a quota, which only a shared limits store counts, and \
+                     the operator has none configured: set the Helm value sidecar.limitsStore.url, or remove \
+                     spec.rateLimit.quota"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The block named by `type` must be set, and no other.

@@ -134,6 +134,8 @@ struct World {
     profiles: Vec<SecurityProfile>,
     routes: Vec<ApiRoute>,
     secrets: Vec<Secret>,
+    /// The sidecars count in a shared limits store.
+    limits_store: bool,
 }
 
 impl World {
@@ -154,6 +156,7 @@ impl World {
                 basic_secret("accounting-user", "acc", "acc-password-2"),
                 secret("partner-keys", "Opaque", &[("key-1", "secret-1")]),
             ],
+            limits_store: false,
         }
     }
 
@@ -169,6 +172,7 @@ impl World {
             secrets: &self.secrets,
             org_allowance: Some(10),
             trusted_proxies: &[],
+            limits_store_configured: self.limits_store,
             workload_labels: labels,
         })
     }
@@ -664,6 +668,10 @@ fn api_key_secrets_map_keys_to_shared_secrets() {
 /// Who may reach what: Secrets that opt in to be sent to origins, routes of other owners on
 /// an older route's paths.
 mod access;
+
+/// `spec.rateLimit`: per-minute limits, quotas (which need a shared limits store) and whom
+/// they count.
+mod limits;
 
 fn builtin(name: &str, clients: &str) -> SecurityProfile {
     let mut p = oauth2(name);

@@ -36,6 +36,9 @@ pub struct Settings {
     pub org_allowance: Option<u32>,
     /// Peers whose `X-Forwarded-For` the sidecars believe.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Whether the sidecars count limits in a shared limits store (Helm
+    /// `sidecar.limitsStore.url`): profiles with a quota are refused without one.
+    pub limits_store_configured: bool,
     /// Give every group a NetworkPolicy that admits ingress to the sidecar's ports only
     /// (`run --network-policy`, Helm value `networkPolicy.enabled`).
     pub network_policy: bool,
@@ -154,6 +157,7 @@ pub fn plan(s: &Snapshot) -> Plan {
             secrets,
             org_allowance: s.settings.org_allowance,
             trusted_proxies: &s.settings.trusted_proxies,
+            limits_store_configured: s.settings.limits_store_configured,
             workload_labels: labels,
         }
     }

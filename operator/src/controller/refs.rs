@@ -145,6 +145,7 @@ mod tests {
                 secrets,
                 org_allowance: None,
                 trusted_proxies: &[],
+                limits_store_configured: false,
                 workload_labels: None,
             };
             let with_all = compile(&inputs(&all));

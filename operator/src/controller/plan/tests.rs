@@ -338,6 +338,7 @@ fn each_group_holds_what_compiling_the_whole_namespace_for_its_labels_gives() {
                 secrets: &w.secrets,
                 org_allowance: w.settings.org_allowance,
                 trusted_proxies: &w.settings.trusted_proxies,
+                limits_store_configured: w.settings.limits_store_configured,
                 workload_labels: Some(&labels),
             },
             &w.generation_key,
@@ -385,7 +386,9 @@ fn groups_learn_how_many_sidecars_share_each_limit() {
     w.settings.org_allowance = Some(600);
     for p in &mut w.profiles {
         p.spec.rate_limit = Some(portcullis_api::RateLimit {
-            requests_per_minute: 100,
+            requests_per_minute: Some(100),
+            per: None,
+            quota: None,
             on_store_unavailable: None,
         });
     }
@@ -410,6 +413,54 @@ fn groups_learn_how_many_sidecars_share_each_limit() {
         scaled,
         "with limits, scaling is a new configuration"
     );
+}
+
+/// A profile with only a quota is limited too: while the store is down each sidecar enforces
+/// its share of the quota, so its sidecars are counted like a per-minute limit's.
+#[test]
+fn a_quota_alone_gets_its_sidecar_count() {
+    let mut w = World::new();
+    w.settings.limits_store_configured = true;
+    w.profiles[0].spec.rate_limit = Some(portcullis_api::RateLimit {
+        requests_per_minute: None,
+        per: Some(portcullis_api::LimitPer::Consumer),
+        quota: Some(portcullis_api::Quota {
+            requests: 10_000,
+            period: portcullis_api::QuotaPeriod::Month,
+        }),
+        on_store_unavailable: None,
+    });
+    w.pods.push(pod("a", "3"));
+    let plan = w.plan();
+    assert!(plan.profiles["pa"].rejection().is_none(), "{:?}", plan.profiles["pa"]);
+    let config: portcullis_config::SidecarConfig = serde_json::from_str(config_json(&group_of(&plan, "a"))).unwrap();
+    let pa = &config.profiles[0];
+    assert_eq!(pa.name, "pa");
+    assert_eq!(pa.rate_limit_per_minute, None);
+    assert_eq!(pa.rate_limit_per, portcullis_config::LimitPer::Consumer);
+    assert_eq!(
+        pa.quota,
+        Some(portcullis_config::Quota {
+            requests: 10_000,
+            period: portcullis_config::QuotaPeriod::Month,
+        })
+    );
+    assert_eq!(pa.replicas, Some(3), "a: 3 pods serve pa's route");
+    let config: portcullis_config::SidecarConfig = serde_json::from_str(config_json(&group_of(&plan, "b"))).unwrap();
+    assert_eq!(config.profiles[0].replicas, None, "pb has no limit");
+
+    // Without a limits store the profile is refused, and its route is not served.
+    w.settings.limits_store_configured = false;
+    let plan = w.plan();
+    let (reason, message) = plan.profiles["pa"].rejection().unwrap();
+    assert_eq!(reason, "InvalidSpec");
+    assert!(
+        message.starts_with("spec.rateLimit.quota: SecurityProfile prod/pa"),
+        "{message}"
+    );
+    assert!(plan.routes["ra"].rejection().is_some());
+    assert!(group_of(&plan, "a").routes.is_empty());
+    assert_eq!(group_of(&plan, "b").routes, ["rb"]);
 }
 
 #[test]
