@@ -163,6 +163,9 @@ pub struct SidecarSettings {
     pub extra_args: Vec<String>,
     /// The Redis the sidecars count rate limits in (Helm `sidecar.limitsStore`).
     pub limits_store: LimitsStore,
+    /// `--workers`: the most runtime workers (Helm `sidecar.workers`); `None`: the sidecar
+    /// follows its CPU limit (2 without one).
+    pub workers: Option<u32>,
 }
 
 /// `sidecar.limitsStore`: where every sidecar counts rate limits, so that they hold across
@@ -347,6 +350,27 @@ impl LimitsStore {
 impl SidecarSettings {
     /// Refuses values the injected sidecars would fail on (each names its Helm value).
     pub fn validate(&self) -> Result<(), SettingsError> {
+        if let Some(n) = self.workers
+            && !(1..=1024).contains(&n)
+        {
+            return Err(SettingsError::Invalid {
+                field: "sidecar.workers",
+                value: n.to_string(),
+                why: "between 1 and 1024, or null to follow the CPU limit".into(),
+            });
+        }
+        if self.workers.is_some()
+            && let Some(flag) = self
+                .extra_args
+                .iter()
+                .find(|a| a.split('=').next() == Some("--workers"))
+        {
+            return Err(SettingsError::Invalid {
+                field: "sidecar.extraArgs",
+                value: flag.clone(),
+                why: "sidecar.workers sets --workers".into(),
+            });
+        }
         self.limits_store.validate(&self.extra_args)
     }
 }
@@ -365,6 +389,7 @@ impl Default for SidecarSettings {
             native: true,
             extra_args: Vec::new(),
             limits_store: LimitsStore::default(),
+            workers: None,
         }
     }
 }
@@ -751,6 +776,12 @@ pub fn sidecar_container(settings: &SidecarSettings) -> Container {
             ]
             .into_iter()
             .chain(limits_store_args(&settings.limits_store))
+            .chain(
+                settings
+                    .workers
+                    .into_iter()
+                    .flat_map(|n| ["--workers".to_owned(), n.to_string()]),
+            )
             .chain(settings.extra_args.iter().cloned())
             .collect(),
         ),
@@ -1372,6 +1403,30 @@ spec:
             name.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         );
+    }
+
+    /// `sidecar.workers` caps the injected sidecar's runtime workers; without it the sidecar
+    /// follows its CPU limit. Out of range, or repeated in `extraArgs`: refused at start.
+    #[test]
+    fn workers_are_passed_to_the_sidecar() {
+        let settings = SidecarSettings {
+            workers: Some(2),
+            ..Default::default()
+        };
+        let args = sidecar_container(&settings).args.unwrap();
+        let at = args.iter().position(|a| a == "--workers").expect("--workers");
+        assert_eq!(args[at + 1], "2");
+        let none = sidecar_container(&SidecarSettings::default()).args.unwrap();
+        assert!(!none.iter().any(|a| a == "--workers"));
+        let file = |sidecar: Value| OperatorSettings::from_json(json!({"sidecar": sidecar}).to_string().as_bytes());
+        assert_eq!(file(json!({"workers": 4})).unwrap().sidecar.workers, Some(4));
+        assert_eq!(file(json!({"workers": null})).unwrap().sidecar.workers, None);
+        let err = file(json!({"workers": 0})).unwrap_err().to_string();
+        assert!(err.starts_with("sidecar.workers = \"0\""), "{err}");
+        let err = file(json!({"workers": 2, "extraArgs": ["--workers=3"]}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("sidecar.extraArgs"), "{err}");
     }
 
     #[test]

@@ -89,6 +89,7 @@ sidecar:
   runAsUser: 10002
   native: false
   extraArgs: ["--auth-failures-per-address", "60"]
+  workers: 2
 webhook:
   failurePolicy: Ignore
   timeoutSeconds: 5
@@ -166,6 +167,7 @@ refused "sidecar.ports.admin=70000" "maximum" --set sidecar.ports.admin=70000
 refused "webhook.failurePolicy=Sometimes" "failurePolicy" --set webhook.failurePolicy=Sometimes
 refused "sidecar.image.pullPolicy=Maybe" "pullPolicy" --set sidecar.image.pullPolicy=Maybe
 refused "networkPolicy.enabled=maybe" "enabled" --set-string networkPolicy.enabled=maybe
+refused "sidecar.workers=0" "workers" --set sidecar.workers=0
 refused "sidecar.limitsStore.url=memcached://m:11211" "limitsStore/url" --set sidecar.limitsStore.url=memcached://m:11211
 refused "sidecar.limitsStore.url without a scheme" "limitsStore/url" --set sidecar.limitsStore.url=redis.cache:6379
 refused "sidecar.limitsStore.url with a password" "limitsStore/url" --set 'sidecar.limitsStore.url=redis://:hunter2@redis.cache:6379'
@@ -336,6 +338,7 @@ check(settings["sidecar"]["ports"] == {"inbound": 8081, "inboundTls": 8443, "egr
 check(settings["webhook"]["service"] == "pc-webhook", "webhook service in settings")
 check(settings["sidecar"]["native"] is False and settings["sidecar"]["runAsUser"] == 10002, "sidecar settings")
 check(settings["sidecar"]["extraArgs"] == ["--auth-failures-per-address", "60"], f"sidecar extraArgs {settings['sidecar'].get('extraArgs')}")
+check(settings["sidecar"]["workers"] == 2, f"sidecar workers {settings['sidecar'].get('workers')}")
 dsettings = json.loads(one(default, "ConfigMap", "portcullis-settings")["data"]["settings.json"])
 check(dsettings["orgAllowance"]["requestsPerMinute"] is None, "default org allowance is unlimited")
 # The limits store: none by default (in-memory limits); as given, the Secret by name only.

@@ -73,7 +73,8 @@ The operator's settings file (/etc/portcullis/settings.json): what `portcullis-o
       "runAsUser" .Values.sidecar.runAsUser
       "native" .Values.sidecar.native
       "extraArgs" (default (list) .Values.sidecar.extraArgs)
-      "limitsStore" (default (dict) .Values.sidecar.limitsStore) -}}
+      "limitsStore" (default (dict) .Values.sidecar.limitsStore)
+      "workers" .Values.sidecar.workers -}}
 {{- $webhook := dict
       "service" (include "portcullis.webhookService" .)
       "namespace" .Release.Namespace
