@@ -17,7 +17,8 @@
 # run (wrk, 64 keep-alive connections, fixed duration, as fast as possible) and a latency run
 # (oha, 8 connections at a fixed 2,000 req/s). Around each throughput run the proxy's user and
 # system CPU time (/proc/PID/stat; nginx's worker, the sidecar's process) and both cores' use
-# (/proc/stat) are read: CPU per request is the delta over the requests wrk counted. Medians
+# (/proc/stat, whose softirq column holds loopback TCP work the kernel does not charge to the
+# process) are read: CPU per request is the delta over the requests wrk counted. Medians
 # over rounds go to target/bench/results.md, with ratios sidecar/nginx and sidecar/direct.
 #
 # Validity: "direct" (wrk straight to the backend) must be at least 2.5x the fastest proxy's
