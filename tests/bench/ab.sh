@@ -3,30 +3,71 @@
 #
 #   tests/bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]     # DUR=8 seconds per run by default
 #
-# Same setup as run.sh (tests/bench/policy.yaml, bench-backend, one worker pinned to core 0,
-# oha with 64 keep-alive connections on core 1); prints requests/s and peak RSS per run.
-# Needs the release portcullis-operator and bench-backend (`cargo build --release -p
-# portcullis-operator -p portcullis-bench`) and oha (run.sh installs it).
+# Same setup as run.sh (tests/bench/common.sh, policy.yaml): the nginx backend and wrk (64
+# keep-alive connections) on core 0, the sidecar alone on core 1, started without
+# TOKIO_WORKER_THREADS (one CPU, one worker). The order alternates every round (OLD NEW, NEW
+# OLD, ...). Prints, per run, requests/s and the sidecar's user and system CPU per request
+# (/proc/PID/stat around the run, over the requests wrk counted), then the medians.
+# Builds the release portcullis-operator (to render the policy) as run.sh does; needs wrk and
+# nginx (run.sh installs them).
 set -euo pipefail
+[ $# -ge 2 ] || { echo "usage: $0 OLD_BINARY NEW_BINARY [ROUNDS]" >&2; exit 2; }
+A=$(realpath "$1") B=$(realpath "$2") ROUNDS=${3:-3} DUR=${DUR:-8}
 cd "$(dirname "$0")/../.."
-A=$1 B=$2 ROUNDS=${3:-3} DUR=${DUR:-8}
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
-TOOLS=${PORTCULLIS_TOOLS:-$PWD/target/tools}
-export PATH="$TOOLS/bin:$PATH"
+source tests/bench/common.sh
+source tests/lib/release.sh
+bench_need nginx:nginx-light wrk:wrk curl:curl pgrep:procps python3:python3
+release_build portcullis-sidecar portcullis-operator
+BIN=$(release_dir)
+CLK_TCK=$(getconf CLK_TCK)
+SIDECAR_PORT=$((BENCH_PORT_BASE + 1001)) ADMIN_PORT=$((BENCH_PORT_BASE + 1011))
+bench_ports_free "$BENCH_PORT_BASE" "$SIDECAR_PORT" "$ADMIN_PORT"
 RUN=$(mktemp -d)
-AUTH="Authorization: Basic $(printf 'bench:bench-password' | base64)"
-"$BIN/portcullis-operator" render -f tests/bench/policy.yaml --out "$RUN/config" >/dev/null
-taskset -c 1 "$BIN/bench-backend" 127.0.0.1:18080 2>/dev/null & BACKEND=$!
-trap 'kill $BACKEND 2>/dev/null; rm -rf "$RUN"' EXIT
+bench_render_config "$BIN/portcullis-operator" "$RUN/config"
+bench_start_backend "$RUN/backend"
+SIDECAR=
+trap 'kill $SIDECAR $BACKEND_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$RUN"' EXIT
+URL=http://127.0.0.1:$SIDECAR_PORT/bench
+
+: > "$RUN/results.tsv"
 for round in $(seq "$ROUNDS"); do
-  for bin in "$A" "$B"; do
-    TOKIO_WORKER_THREADS=1 taskset -c 0 "$bin" --config-dir "$RUN/config" --inbound 127.0.0.1:19081 \
-      --inbound-tls 127.0.0.1:0 --egress 127.0.0.1:0 --admin 127.0.0.1:19091 --audit-log "$RUN/audit.log" \
-      >"$RUN/sidecar.log" 2>&1 & SIDECAR=$!
-    for _ in $(seq 50); do curl -fs -o /dev/null -H "$AUTH" http://127.0.0.1:19081/bench && break; sleep 0.1; done
-    rps=$(taskset -c 1 oha --no-tui -z "${DUR}s" -c 64 -H "$AUTH" http://127.0.0.1:19081/bench | awk '/Requests\/sec/ {print $2}')
-    echo "round $round $bin requests/s=$rps peak_rss=$(awk '/VmHWM/ {print $2}' /proc/$SIDECAR/status) kB"
-    kill $SIDECAR; wait $SIDECAR 2>/dev/null || true
+  if [ $((round % 2)) = 1 ]; then order=(OLD NEW); else order=(NEW OLD); fi
+  for which in "${order[@]}"; do
+    if [ "$which" = OLD ]; then bin=$A; else bin=$B; fi
+    env -u TOKIO_WORKER_THREADS taskset -c "$BENCH_PROXY_CPU" "$bin" --config-dir "$RUN/config" \
+      --inbound "127.0.0.1:$SIDECAR_PORT" --inbound-tls 127.0.0.1:0 --egress 127.0.0.1:0 \
+      --admin "127.0.0.1:$ADMIN_PORT" --audit-log "$RUN/audit.log" >"$RUN/sidecar.log" 2>&1 & SIDECAR=$!
+    code=$(bench_wait_200 "$URL") || { echo "$bin does not answer 200 (got $code)" >&2; cat "$RUN/sidecar.log" >&2; exit 1; }
+    before=$(bench_ticks "$SIDECAR")
+    bench_wrk "$RUN/wrk.json" "$URL" "$DUR" 64
+    after=$(bench_ticks "$SIDECAR")
+    # requests/s, user and system µs per request, problems (errors, error statuses)
+    read -r rps user sys problems < <(python3 - "$RUN/wrk.json" "$before" "$after" "$CLK_TCK" <<'PY'
+import json, sys
+w = json.load(open(sys.argv[1]))
+(u0, s0), (u1, s1), tck = map(int, sys.argv[2].split()), map(int, sys.argv[3].split()), int(sys.argv[4])
+n = w["requests"]
+bad = sum(w["errors"].values()) + w["non2xx"]
+print(f"{n / (w['duration_us'] / 1e6):.0f} {(u1 - u0) / tck * 1e6 / n:.2f} {(s1 - s0) / tck * 1e6 / n:.2f} {bad}")
+PY
+)
+    workers=$(grep -m1 -o '"workers":[0-9]*' "$RUN/sidecar.log" || echo '"workers":?')
+    echo "round $round $which requests/s=$rps user_cpu/req=${user}us sys_cpu/req=${sys}us ${workers//\"/} errors=$problems peak_rss=$(awk '/VmHWM/ {print $2}' "/proc/$SIDECAR/status") kB"
+    printf '%s\t%s\t%s\t%s\n' "$which" "$rps" "$user" "$sys" >> "$RUN/results.tsv"
+    kill "$SIDECAR"; wait "$SIDECAR" 2>/dev/null || true
+    SIDECAR=
     rm -f "$RUN/audit.log"
   done
 done
+python3 - "$RUN/results.tsv" "$A" "$B" <<'PY'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+med = {}
+for name, path in zip(["OLD", "NEW"], sys.argv[2:]):
+    runs = [r for r in rows if r[0] == name]
+    med[name] = [statistics.median(float(r[i]) for r in runs) for i in (1, 2, 3)]
+    rps, user, sys_ = med[name]
+    print(f"median {name} requests/s={rps:.0f} user_cpu/req={user:.2f}us sys_cpu/req={sys_:.2f}us ({path})")
+a, b = med["OLD"], med["NEW"]
+print(f"NEW/OLD: requests/s {b[0] / a[0]:.3f}x, CPU per request {(b[1] + b[2]) / (a[1] + a[2]):.3f}x")
+PY

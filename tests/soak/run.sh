@@ -4,10 +4,11 @@
 #   tests/soak/run.sh                  # 10 minutes at 80% of the saturated rate
 #   SOAK_SECONDS=60 tests/soak/run.sh  # a shorter look
 #
-# The setup is the benchmark's (tests/bench): release binaries, bench-backend (1 KiB answers)
-# on core 1, the sidecar with one tokio worker on core 0, the bench policy (trusted ranges,
-# Basic, a limit that never triggers, the audit log to a file). First 10 s as fast as
-# possible (oha, 64 connections) give the saturated rate R; then SOAK_SECONDS at 0.8 R. The
+# The setup is the benchmark's (tests/bench/common.sh): release binaries, the nginx backend
+# (1 KiB answers) and the load generators on core 0, the sidecar alone on core 1 (without
+# TOKIO_WORKER_THREADS: one CPU, one worker), the bench policy (trusted ranges, Basic, a limit
+# that never triggers, the audit log to a file). First 10 s as fast as possible (wrk, 64
+# connections) give the saturated rate R; then SOAK_SECONDS at 0.8 R (oha, 64 connections). The
 # sidecar's RSS is read from /proc every 10 s. The run fails (non-zero) when any request was
 # not answered 200, or when RSS grew more than 5% from the end of the first minute to the end.
 # Results: target/soak/results.md.
@@ -19,8 +20,10 @@ OUT=$ROOT/target/soak
 RUN=$OUT/run
 TOOLS=${PORTCULLIS_TOOLS:-$ROOT/target/tools}
 export PATH="$TOOLS/bin:$PATH"
-rm -rf "$RUN" && mkdir -p "$RUN/config"
+rm -rf "$RUN" && mkdir -p "$RUN"
 log() { printf '[soak] %s\n' "$*" >&2; }
+source tests/bench/common.sh
+bench_need nginx:nginx-light wrk:wrk curl:curl pgrep:procps python3:python3 taskset:util-linux
 command -v oha >/dev/null || { log "installing oha"; cargo install oha --locked --quiet --root "$TOOLS"; }
 
 # The static release binaries the images ship (tests/lib/release.sh); in CI,
@@ -28,39 +31,38 @@ command -v oha >/dev/null || { log "installing oha"; cargo install oha --locked 
 log "building release binaries (static, as in the images)"
 source tests/lib/release.sh
 release_build portcullis-sidecar portcullis-operator
-release_build portcullis-bench
 BIN=$(release_dir)
-"$BIN/portcullis-operator" render -f tests/bench/policy.yaml --out "$RUN/config" --org-allowance 100000000 >/dev/null
 
-# The backend port is the one tests/bench/policy.yaml routes to.
-BACKEND_PORT=18080 SIDECAR_PORT=18181 ADMIN_PORT=18190
-AUTH="Authorization: Basic $(printf 'bench:bench-password' | base64)"
+# The backend is on BENCH_PORT_BASE (18080), where the rendered policy routes.
+SIDECAR_PORT=$((BENCH_PORT_BASE + 101)) ADMIN_PORT=$((BENCH_PORT_BASE + 110))
+bench_ports_free "$BENCH_PORT_BASE" "$SIDECAR_PORT" "$ADMIN_PORT"
+bench_render_config "$BIN/portcullis-operator" "$RUN/config"
 PIDS=()
+# shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-taskset -c 1 "$BIN/bench-backend" "127.0.0.1:$BACKEND_PORT" 2>"$RUN/backend.log" & PIDS+=($!)
-TOKIO_WORKER_THREADS=1 taskset -c 0 "$BIN/portcullis-sidecar" --config-dir "$RUN/config" \
+bench_start_backend "$RUN/backend"
+PIDS+=("$BACKEND_PID")
+env -u TOKIO_WORKER_THREADS taskset -c "$BENCH_PROXY_CPU" "$BIN/portcullis-sidecar" --config-dir "$RUN/config" \
   --inbound "127.0.0.1:$SIDECAR_PORT" --inbound-tls 127.0.0.1:0 --egress 127.0.0.1:0 \
   --admin "127.0.0.1:$ADMIN_PORT" --audit-log "$RUN/audit.log" >"$RUN/sidecar.log" 2>&1 & SIDECAR=$!
-PIDS+=($SIDECAR)
+PIDS+=("$SIDECAR")
 URL="http://127.0.0.1:$SIDECAR_PORT/bench"
-ready=
-for _ in $(seq 100); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "$AUTH" "$URL" || true)" = 200 ] && { ready=1; break; }
-  sleep 0.1
-done
-[ -n "$ready" ] || { log "the sidecar does not answer 200 on $URL"; exit 1; }
+bench_wait_200 "http://127.0.0.1:$BENCH_PORT_BASE/bench" >/dev/null || { log "the backend does not answer 200"; exit 1; }
+bench_wait_200 "$URL" >/dev/null || { log "the sidecar does not answer 200 on $URL"; exit 1; }
+workers=$(grep -m1 -o '"workers":[0-9]*' "$RUN/sidecar.log" || echo '"workers":unknown')
+log "sidecar runtime: ${workers//\"/} (pinned to CPU $BENCH_PROXY_CPU, no TOKIO_WORKER_THREADS)"
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$SIDECAR/status"; }
-log "saturated rate (10 s, 64 connections)"
-taskset -c 1 oha --no-tui --output-format json -z 10s -c 64 -H "$AUTH" "$URL" >"$RUN/saturated.json"
-R=$(python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['summary']['requestsPerSec']))" "$RUN/saturated.json")
+log "saturated rate (10 s, wrk, 64 connections)"
+bench_wrk "$RUN/saturated.json" "$URL" 10 64
+R=$(python3 -c "import json,sys; w=json.load(open(sys.argv[1])); print(int(w['requests'] / (w['duration_us'] / 1e6)))" "$RUN/saturated.json")
 RATE=$(( R * 8 / 10 ))
 log "saturated: $R requests/s; soaking ${SECONDS_TOTAL}s at $RATE requests/s"
 
 : >"$RUN/rss.tsv"
 ( for t in $(seq 0 10 "$SECONDS_TOTAL"); do echo -e "$t\t$(rss_kib)" >>"$RUN/rss.tsv"; sleep 10; done ) & SAMPLER=$!
-taskset -c 1 oha --no-tui --output-format json -z "${SECONDS_TOTAL}s" -q "$RATE" -c 64 -H "$AUTH" "$URL" >"$RUN/soak.json"
+taskset -c "$BENCH_LOAD_CPU" oha --no-tui --output-format json -z "${SECONDS_TOTAL}s" -q "$RATE" -c 64 -H "$BENCH_AUTH" "$URL" >"$RUN/soak.json"
 kill "$SAMPLER" 2>/dev/null || true
 echo -e "$SECONDS_TOTAL\t$(rss_kib)" >>"$RUN/rss.tsv"
 
