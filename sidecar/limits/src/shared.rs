@@ -23,7 +23,7 @@
 //! ([`SharedLimiter::remember`]): a captured signed request is admitted once in the cluster.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,9 @@ use crate::store::{Remember, Remembered, Store, StoreError, Take, Taken, span_co
 
 /// The length of a bucket, ms (the in-memory window's).
 const BUCKET_MS: u64 = 100;
+
+/// Calls that must fail in a row before the store is taken for unavailable.
+const FAILURES_TO_SWITCH: u32 = 2;
 
 /// How blocks are sized.
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +114,31 @@ struct Blocks {
     /// Hits of ended blocks (and refunds) not given back yet, at most [`MAX_UNUSED`]; beyond,
     /// they stay counted until they leave the window (never more than the limit).
     unused: Vec<Unused>,
+    /// The store's last refusal, repeated without a round trip for the rest of its bucket:
+    /// a flood of calls over a limit costs the store at most one call per bucket and sidecar.
+    refused: Option<Memo>,
+}
+
+/// A refusal of the store, for one set of counters and limits, in one bucket.
+#[derive(Debug, Clone)]
+struct Memo {
+    bucket: u64,
+    keys: Vec<Arc<Counter>>,
+    limits: Vec<u32>,
+    refusal: Refusal,
+}
+
+impl Memo {
+    fn matches(&self, bucket: u64, hits: &[(&Arc<Counter>, u32)]) -> bool {
+        self.bucket == bucket
+            && self.keys.len() == hits.len()
+            && self
+                .keys
+                .iter()
+                .zip(&self.limits)
+                .zip(hits)
+                .all(|((k, l), (c, n))| Arc::ptr_eq(k, c) && l == n)
+    }
 }
 
 /// Most batches of hits owed back to the store per counter.
@@ -184,6 +212,8 @@ pub struct SharedLimiter {
     counters: Mutex<HashMap<CounterKey, Arc<Counter>>>,
     consumers: Mutex<ConsumerTable<Arc<Counter>>>,
     available: AtomicBool,
+    /// Calls failed in a row.
+    failures: AtomicU32,
     /// Store clock minus this process's monotonic clock, ms (`i64::MIN`: not known yet).
     offset_ms: AtomicI64,
     started: Instant,
@@ -210,6 +240,7 @@ impl SharedLimiter {
             counters: Mutex::default(),
             consumers: Mutex::new(ConsumerTable::new(options.max_consumers)),
             available: AtomicBool::new(true),
+            failures: AtomicU32::new(0),
             offset_ms: AtomicI64::new(i64::MIN),
             started: Instant::now(),
             on_mode: Box::new(|_| {}),
@@ -250,6 +281,15 @@ impl SharedLimiter {
             return None;
         }
         Some((self.mono_ms() as i64 + offset).max(0) as u64 / BUCKET_MS)
+    }
+
+    /// A call failed: the store is taken for unavailable after [`FAILURES_TO_SWITCH`] in a
+    /// row (one slow answer on a busy sidecar does not switch every profile to its fallback;
+    /// the call that failed follows its own).
+    fn failed(&self, error: &StoreError) {
+        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= FAILURES_TO_SWITCH {
+            self.set_available(false, Some(error));
+        }
     }
 
     fn set_available(&self, up: bool, error: Option<&StoreError>) {
@@ -347,6 +387,11 @@ impl SharedLimiter {
         if let Some(grant) = self.hit_from_block(hits) {
             return Ok(grant);
         }
+        if let Some(bucket) = self.bucket()
+            && let Some(memo) = lock(&last.blocks).refused.as_ref().filter(|m| m.matches(bucket, hits))
+        {
+            return Err(memo.refusal);
+        }
         let (want, release) = {
             let mut blocks = lock(&last.blocks);
             let demand = blocks.current.as_ref().map_or(0, |b| b.used);
@@ -376,19 +421,26 @@ impl SharedLimiter {
                 if let Some(u) = release {
                     owe(&mut lock(&last.blocks), u.bucket, u.hits, &u.keys);
                 }
-                self.set_available(false, Some(&e));
+                self.failed(&e);
                 return self.fallback(hits, fallback, now);
             }
         };
         if let Some(index) = taken.refused {
-            return Err(Refusal::over_limit(
+            let refusal = Refusal::over_limit(
                 index,
                 RateInfo {
                     limit: limits[index],
                     remaining: 0,
                     reset_secs: taken.reset_ms.div_ceil(1000),
                 },
-            ));
+            );
+            lock(&last.blocks).refused = Some(Memo {
+                bucket: taken.bucket,
+                keys: hits.iter().map(|(c, _)| Arc::clone(c)).collect(),
+                limits,
+                refusal,
+            });
+            return Err(refusal);
         }
         let info = RateInfo {
             limit: limits[taken.tightest],
@@ -428,12 +480,15 @@ impl SharedLimiter {
         let start = Instant::now();
         let result = store.remember(&call).await;
         (self.on_round_trip)(start.elapsed(), result.is_err());
+        if result.is_ok() {
+            self.failures.store(0, Ordering::Relaxed);
+        }
         match result {
             Ok(Remembered::Fresh) => SharedReplay::Fresh,
             Ok(Remembered::Seen) => SharedReplay::Seen,
             Ok(Remembered::Full) => SharedReplay::Full,
             Err(e) => {
-                self.set_available(false, Some(&e));
+                self.failed(&e);
                 SharedReplay::Unavailable
             }
         }
@@ -444,6 +499,9 @@ impl SharedLimiter {
         let start = Instant::now();
         let result = store.take(call).await;
         (self.on_round_trip)(start.elapsed(), result.is_err());
+        if result.is_ok() {
+            self.failures.store(0, Ordering::Relaxed);
+        }
         if let Ok(taken) = &result {
             let received = self.mono_ms();
             let local = (sent + received) / 2;
@@ -499,6 +557,7 @@ impl SharedLimiter {
         };
         match self.round_trip(store, &call).await {
             Ok(_) => self.set_available(true, None),
+            // The probe confirms: no second failure is waited for.
             Err(e) => self.set_available(false, Some(&e)),
         }
     }
@@ -512,6 +571,9 @@ impl SharedLimiter {
         let (reserve, mut owed) = {
             let mut blocks = lock(&counter.blocks);
             promote(&mut blocks, bucket);
+            if blocks.refused.as_ref().is_some_and(|m| m.bucket < bucket) {
+                blocks.refused = None;
+            }
             if blocks.current.as_ref().is_some_and(|b| b.bucket < bucket)
                 && let Some(ended) = blocks.current.take()
             {
@@ -560,7 +622,7 @@ impl SharedLimiter {
                 Err(e) => {
                     owed.extend(release);
                     self.keep_owed(counter, owed);
-                    self.set_available(false, Some(&e));
+                    self.failed(&e);
                     return;
                 }
             }
@@ -581,7 +643,7 @@ impl SharedLimiter {
             if let Err(e) = self.round_trip(store, &call).await {
                 owed.push(u);
                 self.keep_owed(counter, owed);
-                self.set_available(false, Some(&e));
+                self.failed(&e);
                 return;
             }
         }
@@ -641,6 +703,7 @@ fn idle(counter: &Arc<Counter>, now: Now) -> bool {
     blocks.current.is_none()
         && blocks.next.is_none()
         && blocks.unused.is_empty()
+        && blocks.refused.is_none()
         && lock(&counter.window).is_empty_at(now)
 }
 
@@ -733,6 +796,8 @@ impl Limiter for SharedLimiter {
         let Some(last) = counters.last() else { return };
         let bucket = grant.at_ms / BUCKET_MS;
         let mut blocks = lock(&last.blocks);
+        // A hit given back may be one the store would now admit.
+        blocks.refused = None;
         match blocks.current.as_mut().filter(|b| b.bucket == bucket) {
             Some(block) => {
                 block.left += 1;

@@ -195,7 +195,12 @@ async fn signatures_are_remembered_once_for_every_replica() {
         sidecars[0].remember(&entry(&[9; 32], 100)).await,
         SharedReplay::Unavailable
     );
-    assert_eq!(sidecars[0].mode(), Mode::LocalShare);
+    assert_eq!(sidecars[0].mode(), Mode::Shared, "one failure does not switch the mode");
+    assert_eq!(
+        sidecars[0].remember(&entry(&[10; 32], 100)).await,
+        SharedReplay::Unavailable
+    );
+    assert_eq!(sidecars[0].mode(), Mode::LocalShare, "the second in a row does");
 }
 
 /// The same on a Redis Cluster: a signature's keys share one slot (its key's hash tag).
@@ -330,4 +335,36 @@ async fn an_unavailable_store_means_a_local_share_of_the_quota() {
         );
     }
     assert_eq!(admitted, 10, "a third of 30, counted here");
+}
+
+/// Calls over a limit are refused from the store's last answer for the rest of its 100 ms
+/// bucket: a flood costs the store about one call per bucket, not one per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_over_a_limit_costs_the_store_one_call_per_bucket() {
+    use portcullis_limits::{Options, SharedLimiter, Store, Target};
+    use portcullis_policy::InMemoryLimiter;
+    use std::sync::Arc;
+    let redis = Redis::start();
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&calls);
+    let store = Store::new(&Target::parse(&redis.url()).unwrap(), None, Duration::from_millis(200)).unwrap();
+    let l = Arc::new(
+        SharedLimiter::new(InMemoryLimiter::new(), Some(store), Options::default()).on_round_trip(move |_, _| {
+            counted.fetch_add(1, Ordering::Relaxed);
+        }),
+    );
+    tokio::spawn(Arc::clone(&l).run());
+    let trips = AtomicU32::new(0);
+    for _ in 0..5 {
+        assert!(hit(&l, 1_000_000, 5, &trips).await);
+    }
+    let before = calls.load(Ordering::Relaxed);
+    let start = Instant::now();
+    let mut refused = 0;
+    while start.elapsed() < Duration::from_millis(500) {
+        refused += u32::from(!hit(&l, 1_000_000, 5, &trips).await);
+    }
+    let made = calls.load(Ordering::Relaxed) - before;
+    assert!(refused > 100, "{refused}");
+    assert!(made <= 15, "{made} store calls for {refused} refusals in 500 ms");
 }

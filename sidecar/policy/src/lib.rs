@@ -1305,8 +1305,15 @@ impl<L: Limiter> Engine<L> {
                 Err(denial)
             }
         };
+        let local_fallback = matches!(&self.profiles[pending.index].auth,
+            Auth::HttpSignature(v) if v.store_fallback() == portcullis_config::ReplayFallback::Local);
         match replay {
             None => local(admission),
+            // A profile that falls back on this sidecar's memory remembers here too: a
+            // signature it admitted while the store was unavailable (not in the store) is
+            // refused when the store is back, and one admitted before is refused here during
+            // an outage.
+            Some(SharedReplay::Fresh) if local_fallback => local(admission),
             Some(SharedReplay::Fresh) => Ok(()),
             Some(SharedReplay::Seen) => refused("signature replayed"),
             Some(SharedReplay::Full) => refused("replay cache full (refused, fails closed)"),

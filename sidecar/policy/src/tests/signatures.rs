@@ -534,6 +534,7 @@ fn a_shared_replay_cache_decides_replays_and_fails_closed_without_its_store() {
     );
 
     config["profiles"][0]["auth"]["onStoreUnavailable"] = json!("Local");
+    config["profiles"][0]["rateLimitPerMinute"] = json!(10);
     let limiter = Arc::new(SharingReplays(InMemoryLimiter::new()));
     let e = Engine::compile(&loaded(config, secrets()), limiter).unwrap();
     assert_eq!(
@@ -544,6 +545,19 @@ fn a_shared_replay_cache_decides_replays_and_fails_closed_without_its_store() {
         with_store(&e, &first, NOW, SharedReplay::Unavailable),
         (401, "signature replayed".into()),
         "remembered in this process meanwhile"
+    );
+    // The store back, not knowing it: still a replay here. And one the store admitted is
+    // remembered here too, for the next outage.
+    assert_eq!(
+        with_store(&e, &first, NOW, SharedReplay::Fresh),
+        (401, "signature replayed".into()),
+        "admitted here during the outage"
+    );
+    assert_eq!(with_store(&e, &second, NOW, SharedReplay::Fresh), (200, "gw-1".into()));
+    assert_eq!(
+        with_store(&e, &second, NOW, SharedReplay::Unavailable),
+        (401, "signature replayed".into()),
+        "admitted here before the outage"
     );
 }
 
