@@ -99,7 +99,7 @@ fn limits(args: &ServeArgs, metrics: &Metrics) -> Result<Limits, ServeError> {
             ..Budget::default()
         })
         .with_max_consumers(args.max_consumers);
-    let options = portcullis_limits::Options {
+    let mut options = portcullis_limits::Options {
         max_consumers: args.max_consumers,
         ..Default::default()
     };
@@ -118,6 +118,7 @@ fn limits(args: &ServeArgs, metrics: &Metrics) -> Result<Limits, ServeError> {
         ),
         None => None,
     };
+    options.consumer_key = password.as_deref().map(|p| p.as_bytes().into());
     let target = portcullis_limits::Target::parse(url)?;
     let store = portcullis_limits::Store::new(&target, password, args.limits_store_timeout)?;
     let store_metrics = metrics.limits_store();

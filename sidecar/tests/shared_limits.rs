@@ -249,6 +249,12 @@ async fn a_stopped_store_means_each_profiles_fallback_until_it_is_back() {
     assert_eq!(ok, 10, "the local share of one sidecar of three");
     // Allow: admitted without counting, far beyond the limit of 5.
     assert_eq!(drive(&sidecars[..1], "/allow/200", 20).await, (20, 0));
+    let (status, headers, _) = get(&sidecars[0].url("/allow/200")).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers.get("ratelimit-remaining").is_none(),
+        "uncounted: no budget is advertised: {headers:?}"
+    );
     // Deny: refused with 503 and Retry-After.
     let (status, headers, _) = get(&sidecars[0].url("/deny/200")).await.unwrap();
     assert_eq!(

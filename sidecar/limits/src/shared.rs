@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use hmac::{Hmac, Mac};
 use portcullis_policy::limit::{ConsumerTable, CounterKey, DEFAULT_MAX_CONSUMERS, SharedWindow, Window};
 use portcullis_policy::{
     Counted, CounterId, Fallback, Grant, InMemoryLimiter, Limiter, MAX_HITS, Now, RateInfo, Refusal, Refused,
@@ -43,8 +44,8 @@ const BUCKET_MS: u64 = 100;
 /// Calls that must fail in a row before the store is taken for unavailable.
 const FAILURES_TO_SWITCH: u32 = 2;
 
-/// How blocks are sized.
-#[derive(Debug, Clone, Copy)]
+/// How blocks are sized, and keys named.
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Most hits one block reserves.
     pub max_block: u32,
@@ -58,6 +59,10 @@ pub struct Options {
     pub replay_prefix: &'static str,
     /// Most consumers with counters kept (`rateLimit.per: Consumer`).
     pub max_consumers: usize,
+    /// The key of the HMAC that names a consumer in the store (the store's password: every
+    /// replica has it, a reader of the store's keys alone does not); `None`: SHA-256 of the
+    /// profile and the consumer, which names nobody outright but lets a guess be confirmed.
+    pub consumer_key: Option<std::sync::Arc<[u8]>>,
 }
 
 impl Default for Options {
@@ -68,6 +73,7 @@ impl Default for Options {
             prefix: "portcullis:{limits}:",
             replay_prefix: "portcullis:replay:",
             max_consumers: DEFAULT_MAX_CONSUMERS,
+            consumer_key: None,
         }
     }
 }
@@ -236,9 +242,9 @@ impl SharedLimiter {
         Self {
             local,
             store,
+            consumers: Mutex::new(ConsumerTable::new(options.max_consumers)),
             options,
             counters: Mutex::default(),
-            consumers: Mutex::new(ConsumerTable::new(options.max_consumers)),
             available: AtomicBool::new(true),
             failures: AtomicU32::new(0),
             offset_ms: AtomicI64::new(i64::MIN),
@@ -670,7 +676,21 @@ impl SharedLimiter {
         }
         key.push_str(id.name);
         if let Some(consumer) = id.consumer {
-            let digest = Sha256::digest(consumer.as_bytes());
+            let digest: [u8; 32] = match &self.options.consumer_key {
+                Some(k) => {
+                    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(k).expect("HMAC takes any key length");
+                    mac.update(id.name.as_bytes());
+                    mac.update(b"\0");
+                    mac.update(consumer.as_bytes());
+                    mac.finalize().into_bytes().into()
+                }
+                None => Sha256::new()
+                    .chain_update(id.name.as_bytes())
+                    .chain_update(b"\0")
+                    .chain_update(consumer.as_bytes())
+                    .finalize()
+                    .into(),
+            };
             key.push(':');
             for b in &digest[..16] {
                 key.push_str(&format!("{b:02x}"));
@@ -688,6 +708,13 @@ impl SharedLimiter {
     /// Consumers with counters now.
     pub fn consumers(&self) -> usize {
         lock(&self.consumers).len()
+    }
+}
+
+impl Counter {
+    /// Its key in the store.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 }
 
@@ -833,4 +860,47 @@ impl Limiter for SharedLimiter {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_policy::Scope;
+
+    fn consumer_key(options: Options, who: &str) -> String {
+        let l = SharedLimiter::new(InMemoryLimiter::new(), None, options);
+        let id = CounterId {
+            scope: Scope::Consumer,
+            name: "demo/p",
+            consumer: Some(who),
+            span: Span::Minute,
+        };
+        l.consumer(id, Now::from(0)).unwrap().key().to_owned()
+    }
+
+    /// A consumer is named in the store by an HMAC keyed with the store's password: a reader of
+    /// the keys alone can neither read nor confirm a guessed username or API key.
+    #[test]
+    fn consumers_are_named_by_a_keyed_hash() {
+        let keyed = |k: &[u8]| Options {
+            consumer_key: Some(k.into()),
+            ..Options::default()
+        };
+        let plain = consumer_key(Options::default(), "alice");
+        let a = consumer_key(keyed(b"store password"), "alice");
+        assert!(a.starts_with("portcullis:{limits}:consumer:demo/p:"), "{a}");
+        assert!(!a.contains("alice"));
+        assert_ne!(a, plain);
+        assert_ne!(a, consumer_key(keyed(b"another password"), "alice"));
+        assert_eq!(
+            a,
+            consumer_key(keyed(b"store password"), "alice"),
+            "every replica names it alike"
+        );
+        let bare: String = Sha256::digest(b"alice")[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(!plain.ends_with(&bare), "not the bare SHA-256 of the identity");
+    }
 }

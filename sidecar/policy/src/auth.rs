@@ -12,7 +12,7 @@ use portcullis_config::{ApiKeySignature, ProfileSecrets, Sensitive, SignatureHas
 use portcullis_signatures::{MasheryHash, mashery_verify};
 use subtle::ConstantTimeEq;
 
-use crate::query::query_param;
+use crate::query::{query_param, repeated};
 
 /// Why a profile did not authenticate a request (for the audit log; never a secret).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +187,17 @@ impl ApiKey {
 
     /// The API key, if the request carries a known one (and its valid signature).
     pub fn check<'e>(&'e self, query: Option<&str>, headers: &HeaderMap, now_secs: u64) -> Result<&'e str, Rejection> {
-        let presented: Cow<'_, str> = match query.and_then(|q| query_param(q, &self.key_param)) {
+        // One key per request: with two, the sidecar would count one consumer and the app
+        // might read the other.
+        let in_query = query.and_then(|q| query_param(q, &self.key_param));
+        let in_headers = self
+            .key_header
+            .as_ref()
+            .map_or(0, |h| headers.get_all(h).iter().count());
+        if query.is_some_and(|q| repeated(q, &self.key_param)) || in_headers + usize::from(in_query.is_some()) > 1 {
+            return Err(Rejection::Wrong("more than one API key"));
+        }
+        let presented: Cow<'_, str> = match in_query {
             Some(k) => k,
             None => self
                 .key_header

@@ -166,6 +166,9 @@ pub enum DenialKind<'e> {
     /// (`onStoreUnavailable: Deny`, or a signature that cannot be checked against replay
     /// cluster-wide): 503 with `Retry-After`.
     StoreUnavailable { retry_after_secs: u64 },
+    /// The sidecar keeps as many consumers' counters as it may (`--max-consumers`), each with
+    /// live hits: a new consumer is refused, 503 with `Retry-After` (fails closed).
+    TooManyConsumers { retry_after_secs: u64 },
     /// The most specific route for the path does not list the method (nor does another
     /// route on the same path): 405 with `Allow`. Never handed to a broader route, whose
     /// profiles would then guard a path the app serves as this route's.
@@ -1276,7 +1279,8 @@ impl<L: Limiter> Engine<L> {
         };
         match taken {
             Some(Ok(grant)) => {
-                admission.rate = Some(grant.info);
+                // Admitted uncounted (`Allow` while the store is unavailable): no budget to tell.
+                admission.rate = (grant.counted != Counted::Nowhere).then_some(grant.info);
                 admission.grant = Some((pending.index, grant));
             }
             Some(Err(refusal)) => {
@@ -1370,7 +1374,10 @@ impl<L: Limiter> Engine<L> {
                 DenialKind::StoreUnavailable { retry_after_secs: 1 },
                 "limits store unavailable (the profile refuses calls then)",
             ),
-            Refused::TooManyConsumers => (limited, "too many consumers with live counters (fails closed)"),
+            Refused::TooManyConsumers => (
+                DenialKind::TooManyConsumers { retry_after_secs: 1 },
+                "too many consumers with live counters (fails closed)",
+            ),
             Refused::OverLimit => (
                 limited,
                 match scope {

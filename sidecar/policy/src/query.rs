@@ -10,6 +10,15 @@ pub fn query_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
     })
 }
 
+/// Whether `name` is the name of more than one pair of `query`.
+pub fn repeated(query: &str, name: &str) -> bool {
+    query
+        .split('&')
+        .filter(|pair| decode(pair.split_once('=').map_or(pair, |(k, _)| k)).as_deref() == Some(name))
+        .nth(1)
+        .is_some()
+}
+
 /// Percent- and `+`-decoding; `None` when the result is not UTF-8.
 fn decode(s: &str) -> Option<Cow<'_, str>> {
     if !s.bytes().any(|b| b == b'%' || b == b'+') {
@@ -55,5 +64,9 @@ mod tests {
         assert_eq!(query_param("apikey=100%", "apikey").as_deref(), Some("100%"));
         assert_eq!(query_param("apikey=%ff", "apikey"), None, "not UTF-8");
         assert!(matches!(query_param("apikey=plain", "apikey"), Some(Cow::Borrowed(_))));
+        assert!(repeated("apikey=k1&apikey=k2", "apikey"));
+        assert!(repeated("apikey=k1&a=1&api%6Bey", "apikey"));
+        assert!(!repeated("apikey=k1&xapikey=k2", "apikey"));
+        assert!(!repeated("a=1", "apikey"));
     }
 }

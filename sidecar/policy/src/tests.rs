@@ -113,7 +113,7 @@ fn denial_status(d: &Denial<'_>) -> u16 {
         DenialKind::Unauthorized { .. } => 401,
         DenialKind::Forbidden | DenialKind::InsufficientScope { .. } => 403,
         DenialKind::RateLimited { .. } | DenialKind::Throttled { .. } => 429,
-        DenialKind::StoreUnavailable { .. } => 503,
+        DenialKind::StoreUnavailable { .. } | DenialKind::TooManyConsumers { .. } => 503,
         DenialKind::MethodNotAllowed { .. } => 405,
     }
 }
@@ -905,7 +905,7 @@ fn per_consumer_counters_are_bounded_and_fail_closed() {
     assert_eq!(by_key(&e, "k2", T0).0, 200);
     assert_eq!(
         by_key(&e, "k3", T0),
-        (429, "too many consumers with live counters (fails closed)".into())
+        (503, "too many consumers with live counters (fails closed)".into())
     );
     assert_eq!(by_key(&e, "k1", T0).0, 200, "kept consumers go on");
     assert_eq!(by_key(&e, "k3", T0 + 60_000).0, 200, "idle consumers make room");
@@ -928,4 +928,30 @@ fn quotas_need_a_shared_store() {
         err.starts_with("profile \"metered\": quota needs a shared limits store (--limits-store)"),
         "{err}"
     );
+}
+
+/// One API key per request: two in the query, or one in the query and one in the header, are
+/// refused (the sidecar would count one consumer and the app might read the other).
+#[test]
+fn two_api_keys_are_refused() {
+    let e = engine(
+        json!({
+            "profiles": [{"name": "partners", "auth": {"type": "ApiKey", "keyParam": "apikey", "keyHeader": "x-api-key"}}],
+            "routes": [route("catalog", "/", &["partners"])],
+        }),
+        json!({"profiles": {"partners": {"apiKeys": {"k1": "s1", "k2": "s2"}}}}),
+    );
+    assert_eq!(verdict(&e, &get("/items?apikey=k1"), T0).3, "k1");
+    assert_eq!(verdict(&e, &get("/items").header("x-api-key", "k2"), T0).3, "k2");
+    for r in [
+        get("/items?apikey=k1&apikey=k2"),
+        get("/items?apikey=k1&api%6Bey=k2"),
+        get("/items?apikey=k1").header("x-api-key", "k2"),
+        get("/items").header("x-api-key", "k1").header("x-api-key", "k2"),
+    ] {
+        match e.decide(&r.view(), T0) {
+            Outcome::Deny(d) => assert_eq!((denial_status(&d), d.reason), (401, "more than one API key")),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -296,6 +296,10 @@ fn deny<'a>(shared: &Shared, denial: &'a Denial<'a>, record: &mut Record<'a>) ->
             route: denial.route,
             retry_after_secs: *retry_after_secs,
         },
+        DenialKind::TooManyConsumers { retry_after_secs } => Answer::TooManyConsumers {
+            route: denial.route,
+            retry_after_secs: *retry_after_secs,
+        },
         DenialKind::RateLimited { scope, info } => {
             shared.metrics.rate_limited(scope.as_str());
             Answer::RateLimited {

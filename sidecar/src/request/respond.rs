@@ -70,6 +70,9 @@ pub enum Answer<'a> {
     /// (`onStoreUnavailable: Deny`, or a signed call whose replay check needs the store): 503
     /// with `Retry-After`.
     StoreUnavailable { route: &'a str, retry_after_secs: u64 },
+    /// A new consumer while the sidecar keeps as many consumers' counters as it may
+    /// (`--max-consumers`): 503 with `Retry-After`.
+    TooManyConsumers { route: &'a str, retry_after_secs: u64 },
     /// The backend refused the connection or failed.
     BackendDown { route: &'a str },
     /// The backend did not answer in time.
@@ -158,6 +161,11 @@ impl Answer<'_> {
                 "limits store unavailable; retry shortly",
                 Some(*route),
             ),
+            Self::TooManyConsumers { route, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many consumers at once; retry shortly",
+                Some(*route),
+            ),
             Self::BackendDown { route } => (StatusCode::BAD_GATEWAY, "backend unavailable", Some(*route)),
             Self::BackendTimeout { route } => (StatusCode::GATEWAY_TIMEOUT, "backend timeout", Some(*route)),
             Self::NotServed { route } => (
@@ -208,7 +216,8 @@ impl Answer<'_> {
             }
             Self::Throttled { retry_after_secs, .. }
             | Self::IntrospectionThrottled { retry_after_secs, .. }
-            | Self::StoreUnavailable { retry_after_secs, .. } => {
+            | Self::StoreUnavailable { retry_after_secs, .. }
+            | Self::TooManyConsumers { retry_after_secs, .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             Self::BodyBufferFull { .. } => {

@@ -69,7 +69,7 @@ fn outcome(e: &Engine, r: &Req, now_secs: u64) -> (u16, String) {
                 DenialKind::Unauthorized { .. } => 401,
                 DenialKind::Forbidden | DenialKind::InsufficientScope { .. } => 403,
                 DenialKind::RateLimited { .. } | DenialKind::Throttled { .. } => 429,
-                DenialKind::StoreUnavailable { .. } => 503,
+                DenialKind::StoreUnavailable { .. } | DenialKind::TooManyConsumers { .. } => 503,
                 DenialKind::MethodNotAllowed { .. } => 405,
             };
             (status, d.reason.to_owned())
