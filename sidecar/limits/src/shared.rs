@@ -136,15 +136,18 @@ struct Memo {
 
 impl Memo {
     fn matches(&self, bucket: u64, hits: &[(&Arc<Counter>, u32)]) -> bool {
-        self.bucket == bucket
-            && self.keys.len() == hits.len()
-            && self
-                .keys
-                .iter()
-                .zip(&self.limits)
-                .zip(hits)
-                .all(|((k, l), (c, n))| Arc::ptr_eq(k, c) && l == n)
+        self.bucket == bucket && same_hits(&self.keys, &self.limits, hits)
     }
+}
+
+/// Whether `hits` are exactly the counters `keys` with the limits `limits`.
+fn same_hits(keys: &[Arc<Counter>], limits: &[u32], hits: &[(&Arc<Counter>, u32)]) -> bool {
+    keys.len() == hits.len()
+        && keys
+            .iter()
+            .zip(limits)
+            .zip(hits)
+            .all(|((k, l), (c, n))| Arc::ptr_eq(k, c) && l == n)
 }
 
 /// Most batches of hits owed back to the store per counter.
@@ -199,13 +202,7 @@ struct Block {
 
 impl Block {
     fn serves(&self, hits: &[(&Arc<Counter>, u32)]) -> bool {
-        self.keys.len() == hits.len()
-            && self
-                .keys
-                .iter()
-                .zip(&self.limits)
-                .zip(hits)
-                .all(|((k, l), (c, n))| Arc::ptr_eq(k, c) && l == n)
+        same_hits(&self.keys, &self.limits, hits)
     }
 }
 

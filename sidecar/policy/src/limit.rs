@@ -86,17 +86,25 @@ pub fn period(kind: QuotaPeriod, unix_ms: u64) -> (u64, u64) {
     }
 }
 
-/// Year and month (1..=12) of a day counted from 1970-01-01 (H. Hinnant's algorithm).
+/// Year and month (1..=12) of a day counted from 1970-01-01.
 fn year_month(days: i64) -> (i64, u32) {
+    let (y, m, _) = civil_from_days(days);
+    (y, m)
+}
+
+/// The proleptic Gregorian date (year, month, day) of a day count since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m)
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// Days from 1970-01-01 to the given date (H. Hinnant's algorithm).

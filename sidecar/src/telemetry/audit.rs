@@ -174,7 +174,7 @@ fn padded(out: &mut Vec<u8>, n: u64, width: u32) {
 fn timestamp(now: SystemTime, out: &mut Vec<u8>) {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let (year, month, day) = portcullis_policy::limit::civil_from_days((secs / 86_400) as i64);
     let of_day = secs % 86_400;
     padded(out, year.clamp(0, 9999) as u64, 4);
     out.push(b'-');
@@ -190,21 +190,6 @@ fn timestamp(now: SystemTime, out: &mut Vec<u8>) {
     out.push(b'.');
     padded(out, u64::from(since.subsec_micros()), 6);
     out.push(b'Z');
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Where the audit lines go, buffered (see the module documentation).
