@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 
 /// Prefix of the headers that carry the sidecar's verdict to the app.
 pub const PORTCULLIS_PREFIX: &str = "x-portcullis-";
@@ -104,32 +104,57 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// Removes the headers that describe one connection rather than the message (RFC 9110
 /// section 7.6.1): `Connection` and every header it names, `Keep-Alive`, `TE`, `Trailer`,
 /// `Transfer-Encoding`, `Upgrade` and every `Proxy-*`.
+///
+/// On every request and response: one pass over the names, then only what is there is
+/// removed, by name, without copying any (most responses carry `Connection: keep-alive`
+/// and nothing else of these).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first: most messages carry none of these.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
+    let mut present = [false; 6];
+    let mut proxy = false;
+    for name in headers.keys() {
+        match HOP_BY_HOP.iter().position(|hop| hop == name) {
+            Some(i) => present[i] = true,
+            None => proxy |= name.as_str().starts_with("proxy-"),
+        }
     }
-    // `Connection: close, host` must not take away the authority the call was routed on.
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| *name != HOST)
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if present[0] {
+        // The names `Connection` lists, but for the ones removed below anyway and `Host`
+        // (`Connection: close, host` must not take away the authority the call was routed on).
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|token| !token.is_empty() && !is_never_named(token))
+            .filter_map(|token| HeaderName::from_bytes(token).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    let hop: Vec<HeaderName> = headers.keys().filter(|k| is_hop_by_hop(k)).cloned().collect();
-    for name in hop {
-        headers.remove(name);
+    for (hop, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
+        headers.remove(hop);
+    }
+    if proxy {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in names {
+            headers.remove(name);
+        }
     }
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [CONNECTION, KEEP_ALIVE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE].contains(name)
-        || name.as_str().starts_with("proxy-")
+/// The hop-by-hop headers by name, `Connection` first.
+static HOP_BY_HOP: [HeaderName; 6] = [CONNECTION, KEEP_ALIVE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE];
+
+/// A `Connection` token that needs no header removed for it: a hop-by-hop header removed
+/// anyway, or `Host`, which it may not take away.
+fn is_never_named(token: &[u8]) -> bool {
+    token.eq_ignore_ascii_case(b"host")
+        || HOP_BY_HOP.iter().any(|hop| token.eq_ignore_ascii_case(hop.as_str().as_bytes()))
 }
 
 /// Removes what only the sidecar may say: every header a framework may read as
@@ -333,6 +358,26 @@ mod tests {
         remove_portcullis(&mut h);
         assert_eq!(h.len(), 2, "{h:?}");
         assert!(h.contains_key("x-kept") && h.contains_key("x-portcullisx"));
+    }
+
+    #[test]
+    fn only_what_connection_names_goes() {
+        let mut h = map(&[
+            ("connection", "Keep-Alive,, close ,X-Named"),
+            ("connection", "x-second"),
+            ("keep-alive", "timeout=5"),
+            ("x-named", "1"),
+            ("close", "1"),
+            ("x-second", "1"),
+            ("x-kept", "yes"),
+            ("proxy-x", "1"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"], "{h:?}");
+        let mut h = map(&[("connection", "keep-alive"), ("content-length", "5")]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["content-length"]);
     }
 
     #[test]
