@@ -66,6 +66,12 @@ pub fn paced<B>(body: B, timeout: Duration) -> ProxyBody
 where
     B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
 {
+    if body.is_end_stream() {
+        // Nothing to wait for (a GET, mostly): an empty body, boxed without allocating.
+        return http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+    }
     Paced {
         inner: body,
         timeout,

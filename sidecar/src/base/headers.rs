@@ -154,7 +154,9 @@ static HOP_BY_HOP: [HeaderName; 6] = [CONNECTION, KEEP_ALIVE, TE, TRAILER, TRANS
 /// anyway, or `Host`, which it may not take away.
 fn is_never_named(token: &[u8]) -> bool {
     token.eq_ignore_ascii_case(b"host")
-        || HOP_BY_HOP.iter().any(|hop| token.eq_ignore_ascii_case(hop.as_str().as_bytes()))
+        || HOP_BY_HOP
+            .iter()
+            .any(|hop| token.eq_ignore_ascii_case(hop.as_str().as_bytes()))
 }
 
 /// Removes what only the sidecar may say: every header a framework may read as
@@ -206,6 +208,34 @@ pub struct Verdict<'a> {
     pub identity: &'a str,
     /// The client address the engine decided on (after trusted proxies).
     pub client_ip: IpAddr,
+    /// The route's and its profiles' names as header values, made when the configuration
+    /// was loaded ([`RouteNames`]); `None`: made from `route` and `profile` here.
+    pub names: Option<&'a RouteNames>,
+}
+
+/// A route's name and its profiles' names as header values, made once per configuration so
+/// that admitting a call copies none of them (a clone of a [`HeaderValue`] shares its bytes).
+/// A name that is not a plain header value is left out and written as [`set_verdict`] would.
+#[derive(Debug, Clone, Default)]
+pub struct RouteNames {
+    route: Option<HeaderValue>,
+    profiles: Box<[(Box<str>, HeaderValue)]>,
+}
+
+impl RouteNames {
+    pub fn new<'a>(route: &str, profiles: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            route: plain_value(route),
+            profiles: profiles
+                .into_iter()
+                .filter_map(|name| Some((name.into(), plain_value(name)?)))
+                .collect(),
+        }
+    }
+
+    fn profile(&self, name: &str) -> Option<&HeaderValue> {
+        self.profiles.iter().find(|(n, _)| **n == *name).map(|(_, v)| v)
+    }
 }
 
 /// Writes the verdict: `X-Portcullis-Route`, `-Profile`, `-Identity` and `X-Real-IP`. An
@@ -213,32 +243,47 @@ pub struct Verdict<'a> {
 /// included) and flagged with `X-Portcullis-Identity-Encoding: percent`, so it is never
 /// left out and never ambiguous.
 pub fn set_verdict(headers: &mut HeaderMap, verdict: &Verdict<'_>) {
-    set_plain(headers, ROUTE, verdict.route);
-    set_plain(headers, PROFILE, verdict.profile);
+    match verdict.names.and_then(|n| n.route.as_ref()) {
+        Some(route) => {
+            headers.insert(ROUTE, route.clone());
+        }
+        None => {
+            set_plain(headers, ROUTE, verdict.route);
+        }
+    }
+    match verdict.names.and_then(|n| n.profile(verdict.profile)) {
+        Some(profile) => {
+            headers.insert(PROFILE, profile.clone());
+        }
+        None => {
+            set_plain(headers, PROFILE, verdict.profile);
+        }
+    }
     if !set_plain(headers, IDENTITY, verdict.identity)
         && let Ok(encoded) = HeaderValue::from_str(&percent_encode_identity(verdict.identity))
     {
         headers.insert(IDENTITY, encoded);
         headers.insert(IDENTITY_ENCODING, HeaderValue::from_static("percent"));
     }
-    let mut ip = Vec::with_capacity(40);
-    push_ip(&mut ip, verdict.client_ip);
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(ip)) {
-        headers.insert(X_REAL_IP, value);
-    }
+    headers.insert(X_REAL_IP, ip_value(verdict.client_ip));
 }
 
-/// Sets `name` to `value` when it is visible ASCII (spaces inside allowed) without `%`.
-fn set_plain(headers: &mut HeaderMap, name: HeaderName, value: &str) -> bool {
+/// `value` as a header value when it is plain: visible ASCII (spaces inside allowed), no `%`.
+fn plain_value(value: &str) -> Option<HeaderValue> {
     let plain = value.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'%')
         && !value.starts_with(' ')
         && !value.ends_with(' ');
-    match HeaderValue::from_str(value) {
-        Ok(v) if plain => {
+    if plain { HeaderValue::from_str(value).ok() } else { None }
+}
+
+/// Sets `name` to `value` when it is plain ([`plain_value`]).
+fn set_plain(headers: &mut HeaderMap, name: HeaderName, value: &str) -> bool {
+    match plain_value(value) {
+        Some(v) => {
             headers.insert(name, v);
             true
         }
-        _ => false,
+        None => false,
     }
 }
 
@@ -268,44 +313,78 @@ fn percent_encode_identity(value: &str) -> String {
 /// Appends `peer` to `X-Forwarded-For` (joining earlier values into one line) and sets
 /// `X-Forwarded-Proto`.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str) {
-    let mut chain = Vec::with_capacity(48);
-    for value in headers.get_all(&X_FORWARDED_FOR) {
-        let value = value.as_bytes().trim_ascii();
-        if !value.is_empty() {
+    let mut earlier = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(|v| v.as_bytes().trim_ascii())
+        .filter(|v| !v.is_empty())
+        .peekable();
+    let value = if earlier.peek().is_none() {
+        // The usual case: the peer alone, one copy.
+        ip_value(peer)
+    } else {
+        let mut chain = Vec::with_capacity(64);
+        for value in earlier {
             chain.extend_from_slice(value);
             chain.extend_from_slice(b", ");
         }
-    }
-    push_ip(&mut chain, peer);
-    // Earlier values (valid header values) and an address: cannot fail.
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(chain)) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
+        push_ip(&mut chain, peer);
+        // Earlier values (valid header values) and an address: cannot fail.
+        match HeaderValue::from_maybe_shared(Bytes::from(chain)) {
+            Ok(value) => value,
+            Err(_) => ip_value(peer),
+        }
+    };
+    headers.insert(X_FORWARDED_FOR, value);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
 }
 
-/// Appends `ip` in its usual text form (IPv4 without going through `fmt`).
+/// `ip` in its usual text form as a header value: formatted on the stack, copied once.
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    let (text, len) = ip_text(ip);
+    HeaderValue::from_bytes(&text[..len]).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// Appends `ip` in its usual text form.
 pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
+    let (text, len) = ip_text(ip);
+    out.extend_from_slice(&text[..len]);
+}
+
+/// `ip` in its usual text form on the stack, and its length (IPv4 without going through
+/// `fmt`; IPv6 takes at most 45 characters).
+fn ip_text(ip: IpAddr) -> ([u8; 48], usize) {
+    let mut text = [0u8; 48];
+    let len = match ip {
         IpAddr::V4(v4) => {
+            let mut n = 0;
+            let mut put = |b: u8| {
+                text[n] = b;
+                n += 1;
+            };
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    put(b'.');
                 }
                 if octet >= 100 {
-                    out.push(b'0' + octet / 100);
+                    put(b'0' + octet / 100);
                 }
                 if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
+                    put(b'0' + octet / 10 % 10);
                 }
-                out.push(b'0' + octet % 10);
+                put(b'0' + octet % 10);
             }
+            n
         }
         IpAddr::V6(v6) => {
             use std::io::Write;
+            let mut out = &mut text[..];
             let _ = write!(out, "{v6}");
+            let left = out.len();
+            text.len() - left
         }
-    }
+    };
+    (text, len)
 }
 
 #[cfg(test)]
@@ -394,6 +473,7 @@ mod tests {
             profile: "p",
             identity,
             client_ip: "10.1.2.3".parse().unwrap(),
+            names: None,
         };
         let mut h = HeaderMap::new();
         set_verdict(&mut h, &verdict("alice"));

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use portcullis_config::{Loaded, SidecarConfig};
 
 use crate::base::engine::{CompileError, Engine, Limits};
+use crate::base::headers::RouteNames;
 use crate::identity::introspection::Introspector;
 use crate::listen::ServerTls;
 use crate::telemetry::audit::AuditLog;
@@ -30,6 +31,8 @@ pub struct Active {
     pub origins: Origins,
     /// A valid configuration was loaded (false for the empty startup configuration).
     pub ready: bool,
+    /// The routes' and their profiles' names as header values, by route index.
+    pub names: Box<[RouteNames]>,
 }
 
 impl Active {
@@ -41,6 +44,7 @@ impl Active {
             tls: None,
             origins: Origins::default(),
             ready: false,
+            names: Box::default(),
         }
     }
 
@@ -58,6 +62,12 @@ impl Active {
             origins,
             config: loaded.config.clone(),
             ready: true,
+            names: loaded
+                .config
+                .routes
+                .iter()
+                .map(|route| RouteNames::new(&route.name, route.profiles.iter().map(String::as_str)))
+                .collect(),
         })
     }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::HOST;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
 use crate::base::body::{ProxyBody, paced};
@@ -49,7 +49,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         shared: &shared,
         start: Instant::now(),
         method: req.method().clone(),
-        path: req.uri().path().to_owned(),
+        uri: req.uri().clone(),
         peer: conn.peer.ip(),
     };
     // 1. Early refusals.
@@ -129,8 +129,9 @@ struct Trip<'s> {
     shared: &'s Shared,
     start: Instant,
     method: Method,
-    /// The path as received, without the query string.
-    path: String,
+    /// The request target as received (its path, without the query string, is audited; a
+    /// clone shares the bytes hyper read).
+    uri: Uri,
     peer: IpAddr,
 }
 
@@ -144,7 +145,7 @@ impl Trip<'_> {
             authenticated: None,
             client_ip: self.peer,
             method: self.method.as_str(),
-            path: &self.path,
+            path: self.uri.path(),
             status: 0,
             latency: self.start.elapsed(),
             decision: "no_route",
@@ -396,6 +397,7 @@ async fn forward<'a>(
         profile: admission.profile,
         identity: &admission.identity,
         client_ip: admission.client_ip,
+        names: active.names.get(admission.route.index),
     };
     let proto = if admission.https { "https" } else { "http" };
     let result = match (admission.route.local_port(), conn.listener) {

@@ -241,9 +241,30 @@ struct ErrorBody<'a> {
 
 /// Adds `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
 pub fn rate_limit_headers(headers: &mut HeaderMap, info: RateInfo) {
-    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(info.limit));
-    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(info.remaining));
-    headers.insert(RATELIMIT_RESET, HeaderValue::from(info.reset_secs));
+    headers.insert(RATELIMIT_LIMIT, number_value(info.limit.into()));
+    headers.insert(RATELIMIT_REMAINING, number_value(info.remaining.into()));
+    headers.insert(RATELIMIT_RESET, number_value(info.reset_secs));
+}
+
+/// `n` as a header value: below 100 (a reset in seconds, mostly) a static string, nothing
+/// allocated; else formatted on the stack and copied once (`From<u64>` allocates twice).
+fn number_value(n: u64) -> HeaderValue {
+    const PAIRS: &str = "00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+    match n {
+        0..10 => HeaderValue::from_static(&PAIRS[2 * n as usize + 1..2 * n as usize + 2]),
+        10..100 => HeaderValue::from_static(&PAIRS[2 * n as usize..2 * n as usize + 2]),
+        _ => {
+            let mut text = [0u8; 20];
+            let mut at = text.len();
+            let mut left = n;
+            while left > 0 {
+                at -= 1;
+                text[at] = b'0' + (left % 10) as u8;
+                left /= 10;
+            }
+            HeaderValue::from_bytes(&text[at..]).unwrap_or(HeaderValue::from_static("0"))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -268,6 +289,24 @@ mod tests {
         assert_eq!(r.headers()["ratelimit-limit"], "5");
         assert_eq!(r.headers()["ratelimit-remaining"], "0");
         assert_eq!(r.headers()["ratelimit-reset"], "42");
+    }
+
+    #[test]
+    fn numbers_as_header_values() {
+        for n in [
+            0,
+            7,
+            10,
+            42,
+            99,
+            100,
+            59_999,
+            100_000_000,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            assert_eq!(number_value(n).to_str().unwrap(), n.to_string(), "{n}");
+        }
     }
 
     #[test]
