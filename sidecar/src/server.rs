@@ -169,7 +169,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let snapshot = Snapshot::read(&dir);
     let limiter = Arc::new(limits(&args, &metrics)?);
     tokio::spawn(Arc::clone(&limiter).run());
-    let initial = match reload::load(&dir, &limiter, &forwarder) {
+    let initial = match reload::load(&dir, &limiter, &forwarder, &metrics) {
         Ok(active) => {
             tracing::info!(generation = active.generation(), routes = active.config.routes.len(),
                 dir = %dir.display(), "configuration loaded");

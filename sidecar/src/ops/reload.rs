@@ -19,7 +19,7 @@ use super::state::{Active, Shared};
 use crate::base::engine::{CompileError, Limits};
 use crate::base::tls::TlsError;
 use crate::listen::ServerTls;
-use crate::telemetry::metrics::ReloadResult;
+use crate::telemetry::metrics::{Metrics, ReloadResult};
 use crate::upstream::{Forwarder, Origins};
 
 /// Why a configuration directory was refused.
@@ -34,13 +34,13 @@ pub enum LoadError {
 }
 
 /// Reads, checks and compiles the configuration in `dir`, with its client-facing TLS and
-/// its origin clients (timeouts from `forwarder`).
-pub fn load(dir: &Path, limiter: &Arc<Limits>, forwarder: &Forwarder) -> Result<Active, LoadError> {
+/// its origin clients (timeouts from `forwarder`) and its routes' metrics resolved.
+pub fn load(dir: &Path, limiter: &Arc<Limits>, forwarder: &Forwarder, metrics: &Metrics) -> Result<Active, LoadError> {
     let loaded = load_dir(dir)?;
     let tls = ServerTls::build(&loaded)?;
     let (connect_timeout, timeout) = forwarder.timeouts();
     let origins = Origins::build(&loaded, connect_timeout, timeout)?;
-    Ok(Active::compile(&loaded, limiter.clone(), tls, origins)?)
+    Ok(Active::compile(&loaded, limiter.clone(), tls, origins, metrics)?)
 }
 
 /// The bytes of both files, or the error kind when one cannot be read.
@@ -62,7 +62,7 @@ impl Snapshot {
 /// Loads `dir` once and puts the result in force (or logs and counts the failure).
 /// Returns whether the configuration was accepted.
 pub fn apply(shared: &Shared, dir: &Path) -> bool {
-    match load(dir, &shared.limiter, &shared.forwarder) {
+    match load(dir, &shared.limiter, &shared.forwarder, &shared.metrics) {
         Ok(active) => {
             let previous = shared.active.load().generation().to_owned();
             tracing::info!(

@@ -15,7 +15,7 @@ use crate::base::headers::RouteNames;
 use crate::identity::introspection::Introspector;
 use crate::listen::ServerTls;
 use crate::telemetry::audit::AuditLog;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Metrics, RouteMetrics};
 use crate::upstream::{Forwarder, Origins};
 
 /// One compiled configuration.
@@ -33,6 +33,8 @@ pub struct Active {
     pub ready: bool,
     /// The routes' and their profiles' names as header values, by route index.
     pub names: Box<[RouteNames]>,
+    /// The routes' request metrics, resolved, by route index.
+    pub route_metrics: Box<[RouteMetrics]>,
 }
 
 impl Active {
@@ -45,6 +47,7 @@ impl Active {
             origins: Origins::default(),
             ready: false,
             names: Box::default(),
+            route_metrics: Box::default(),
         }
     }
 
@@ -55,6 +58,7 @@ impl Active {
         limiter: Arc<Limits>,
         tls: Option<ServerTls>,
         origins: Origins,
+        metrics: &Metrics,
     ) -> Result<Self, CompileError> {
         Ok(Self {
             engine: Engine::compile(loaded, limiter)?,
@@ -67,6 +71,12 @@ impl Active {
                 .routes
                 .iter()
                 .map(|route| RouteNames::new(&route.name, route.profiles.iter().map(String::as_str)))
+                .collect(),
+            route_metrics: loaded
+                .config
+                .routes
+                .iter()
+                .map(|route| metrics.route(&route.name, &route.profiles))
                 .collect(),
         })
     }

@@ -29,7 +29,7 @@ use crate::identity::introspection::IntrospectError;
 use crate::listen::Connection;
 use crate::ops::state::{Active, Shared};
 use crate::telemetry::audit::Record;
-use crate::telemetry::metrics::BackendErrorKind;
+use crate::telemetry::metrics::{BackendErrorKind, RouteMetrics};
 use crate::upstream::{CredentialError, ForwardError, Verdict};
 use body_check::{BodyRefused, check_signed_body};
 use respond::{Answer, rate_limit_headers};
@@ -121,7 +121,11 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         }
     };
     // 7. The record.
-    trip.finish(record, label, response)
+    let resolved = match &outcome {
+        Outcome::Allow(admission) => active.route_metrics.get(admission.route.index),
+        _ => None,
+    };
+    trip.finish(record, label, response, resolved)
 }
 
 /// One request's journey: what its audit line and metrics need from start to end.
@@ -171,17 +175,32 @@ impl Trip<'_> {
             reason,
             ..self.record()
         };
-        self.finish(record, decision, response)
+        self.finish(record, decision, response, None)
     }
 
-    /// Writes the audit line and the request metrics (`label` is the metrics' decision),
-    /// and answers.
-    fn finish(&self, mut record: Record<'_>, label: &str, response: Response<ProxyBody>) -> Response<ProxyBody> {
+    /// Writes the audit line and the request metrics (`label` is the metrics' decision; the
+    /// route's metrics `resolved` when it was admitted), and answers.
+    fn finish(
+        &self,
+        mut record: Record<'_>,
+        label: &str,
+        response: Response<ProxyBody>,
+        resolved: Option<&RouteMetrics>,
+    ) -> Response<ProxyBody> {
         record.status = response.status().as_u16();
         record.latency = self.start.elapsed();
-        self.shared
-            .metrics
-            .request(record.route, record.profile, label, record.status, record.latency);
+        let metrics = &self.shared.metrics;
+        match resolved {
+            Some(resolved) => metrics.request_on(
+                resolved,
+                record.route,
+                record.profile,
+                label,
+                record.status,
+                record.latency,
+            ),
+            None => metrics.request(record.route, record.profile, label, record.status, record.latency),
+        }
         self.shared.audit.record(&record);
         response
     }

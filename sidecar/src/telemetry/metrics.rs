@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the sidecar exports.
@@ -25,6 +26,26 @@ pub struct Metrics {
     connections_refused: IntCounterVec,
     connections_timed_out: IntCounterVec,
     introspections_pending: IntGauge,
+}
+
+/// The request metrics of one route, resolved when the configuration is loaded: its latency
+/// histogram and, per profile, the counter of calls admitted and answered 2xx (the common
+/// case), so that recording them hashes no label and takes no lock.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    latency: Histogram,
+    allowed: Box<[(Box<str>, IntCounter)]>,
+}
+
+/// `portcullis_requests_total`'s status class.
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
 }
 
 /// The metrics of the shared limits store.
@@ -240,17 +261,46 @@ impl Metrics {
 
     /// Counts one request and its latency.
     pub fn request(&self, route: &str, profile: &str, decision: &str, status: u16, latency: Duration) {
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
         self.requests
-            .with_label_values(&[route, profile, decision, class])
+            .with_label_values(&[route, profile, decision, status_class(status)])
             .inc();
         self.latency.with_label_values(&[route]).observe(latency.as_secs_f64());
+    }
+
+    /// The request metrics of a route, resolved once per configuration ([`RouteMetrics`]).
+    pub fn route(&self, route: &str, profiles: &[String]) -> RouteMetrics {
+        RouteMetrics {
+            latency: self.latency.with_label_values(&[route]),
+            allowed: profiles
+                .iter()
+                .map(|profile| {
+                    let counter = self.requests.with_label_values(&[route, profile, "allow", "2xx"]);
+                    (profile.as_str().into(), counter)
+                })
+                .collect(),
+        }
+    }
+
+    /// Counts one request of the route `resolved` is for, as [`Metrics::request`] does,
+    /// looking nothing up when it was admitted and answered 2xx.
+    pub fn request_on(
+        &self,
+        resolved: &RouteMetrics,
+        route: &str,
+        profile: &str,
+        decision: &str,
+        status: u16,
+        latency: Duration,
+    ) {
+        let class = status_class(status);
+        match resolved.allowed.iter().find(|(p, _)| **p == *profile) {
+            Some((_, counter)) if decision == "allow" && class == "2xx" => counter.inc(),
+            _ => self
+                .requests
+                .with_label_values(&[route, profile, decision, class])
+                .inc(),
+        }
+        resolved.latency.observe(latency.as_secs_f64());
     }
 
     /// Counts a rate-limit rejection (`scope`: `org`, `profile`, `consumer`, `quota`, `auth_failures`,
