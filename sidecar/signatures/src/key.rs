@@ -273,6 +273,21 @@ impl Key {
     }
 }
 
+impl Key {
+    /// RSASSA-PKCS1-v1_5 with SHA-1 (OAuth 1.0a's `RSA-SHA1`, RFC 5849 section 3.4.3): only
+    /// there, never for HTTP message signatures.
+    pub(crate) fn rsa_sha1_verify(&self, data: &[u8], signature: &[u8]) -> Result<(), Error> {
+        let public: &[u8] = match &self.inner {
+            Inner::RsaPublic(der) => der,
+            Inner::RsaPrivate(k) => k.public().as_ref(),
+            _ => return Err(Error::InvalidKey("RSA-SHA1 needs an RSA key")),
+        };
+        sig::UnparsedPublicKey::new(&sig::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY, public)
+            .verify(data, signature)
+            .map_err(|_| Error::BadSignature)
+    }
+}
+
 fn rsa_public(pkcs1: &[u8]) -> Result<Inner, Error> {
     let bits = der::rsa_public_modulus_bits(pkcs1).ok_or(Error::InvalidKey("bad RSA public key"))?;
     if bits < MIN_RSA_BITS {

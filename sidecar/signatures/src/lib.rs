@@ -4,6 +4,7 @@
 //! - [`cavage`]: draft-cavage-http-signatures-10, `Signature` or `Authorization: Signature`.
 //! - [`digest`]: `Content-Digest` (RFC 9530) and the legacy `Digest` header.
 //! - [`mashery`]: Mashery-style shared-secret signatures (`hex(HASH(apikey + secret + ts))`).
+//! - [`oauth1`]: OAuth 1.0a request signatures (RFC 5849): HMAC-SHA1/SHA256, RSA-SHA1, PLAINTEXT.
 //! - [`ReplayCache`]: a bounded, sharded cache of seen signatures that fails closed.
 //!
 //! Keys ([`Key`]) come from Secret values: HMAC secret bytes, or PEM (RSA, EC P-256, Ed25519).
@@ -51,6 +52,7 @@ mod error;
 mod key;
 pub mod mashery;
 mod message;
+pub mod oauth1;
 mod replay;
 pub mod rfc9421;
 pub mod sfv;
