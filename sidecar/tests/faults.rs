@@ -405,9 +405,11 @@ async fn the_app_killed_and_restarted_under_load() {
     assert!(before.len() > 100, "too little load before the kill: {}", before.len());
     assert!(before.iter().all(|s| s.ok()), "failures before the kill: {summary:?}");
     // Calls in progress when the app died were answered (a gateway error), not left hanging.
+    // (In progress: started before the kill began, ended after it began. The sidecar, another
+    // process, may answer a cut call before `down()` has returned here.)
     let cut = samples
         .iter()
-        .filter(|s| s.start < down_at && s.end > killed_at && !s.ok())
+        .filter(|s| s.start < down_at && s.end > down_at && !s.ok())
         .count();
     assert!(cut >= 1, "no call was in progress at the kill: {summary:?}");
     // The outage was real: calls made while the app was down all failed (and there were many).
