@@ -86,6 +86,8 @@ pub enum BackendErrorKind {
     Unsupported,
     /// An OAuth2 introspection endpoint failed (the call was answered 503).
     Introspection,
+    /// An OpenID provider of a sign-in was not discovered, or its token endpoint failed.
+    Login,
 }
 
 impl BackendErrorKind {
@@ -97,6 +99,7 @@ impl BackendErrorKind {
             Self::Protocol => "protocol",
             Self::Unsupported => "unsupported",
             Self::Introspection => "introspection",
+            Self::Login => "login",
         }
     }
 }

@@ -590,6 +590,8 @@ impl Login {
         if !self.allowed(email.as_deref().filter(|_| verified)) {
             return Err(LoginError::NotAllowed);
         }
+        // Only a verified email is passed on to the app.
+        let email = email.filter(|_| verified);
         let exp = claims
             .get("exp")
             .and_then(Value::as_u64)
