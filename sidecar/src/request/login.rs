@@ -165,7 +165,16 @@ pub(super) async fn endpoint(trip: &Trip<'_>, ep: LoginEndpoint<'_>, view: &Requ
     if ep.step == LoginStep::Logout {
         let post_logout = format!("{scheme}://{authority}/");
         let location = login.logout_location(login.discovered().as_deref(), &post_logout);
-        let resp = redirect(&location, &login.clear_cookies());
+        // Signing out ends every sign-in of this browser with the sidecar (profiles may share
+        // the sign-out path): this profile's cookies and any other sign-in cookie it sent.
+        let mut clear: Vec<String> = login.clear_cookies().to_vec();
+        for pair in cookie_pairs(view.headers) {
+            let name = pair.split('=').next().unwrap_or("");
+            if is_ours(name) && !clear.iter().any(|c| c.split('=').next() == Some(name)) {
+                clear.push(format!("{name}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax"));
+            }
+        }
+        let resp = redirect(&location, &clear);
         return trip.early(resp, "redirect", route, profile, ip, "signed out");
     }
     let now = unix_secs();
@@ -293,7 +302,7 @@ pub(super) fn replace_cookie(headers: &mut http::HeaderMap, name: &str, value: &
 /// Removes the sidecar's sign-in cookies (`portcullis-session-*`, `portcullis-login-*`) from
 /// the request's `Cookie` headers.
 pub(super) fn strip_cookies(headers: &mut http::HeaderMap) {
-    let ours = |p: &String| p.starts_with("portcullis-session-") || p.starts_with("portcullis-login-");
+    let ours = |p: &String| is_ours(p);
     if !cookie_pairs(headers).any(|p| ours(&p)) {
         return;
     }
@@ -302,6 +311,11 @@ pub(super) fn strip_cookies(headers: &mut http::HeaderMap) {
     if let (false, Ok(v)) = (kept.is_empty(), HeaderValue::from_str(&kept.join("; "))) {
         headers.insert(http::header::COOKIE, v);
     }
+}
+
+/// A sign-in cookie of the sidecar (by its name, or a `name=value` pair).
+fn is_ours(name: &str) -> bool {
+    name.starts_with("portcullis-session-") || name.starts_with("portcullis-login-")
 }
 
 fn cookie_pairs(headers: &http::HeaderMap) -> impl Iterator<Item = String> + '_ {
