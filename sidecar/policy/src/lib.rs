@@ -595,6 +595,17 @@ impl<L: Limiter> Engine<L> {
                     // Without a jwksUri, bearer tokens are verified with the sign-in
                     // provider's discovered keys.
                     let slot = slot.or_else(|| discovery.as_ref().map(|d| d.keys.clone()));
+                    // A sign-in profile that names no audience holds bearer tokens to its own
+                    // client id: the provider's keys sign tokens for every client it has.
+                    let login_audience: Vec<String> = match login {
+                        Some(l) if audiences.is_empty() => vec![l.client_id.clone()],
+                        _ => Vec::new(),
+                    };
+                    let audiences = if login_audience.is_empty() {
+                        &audiences[..]
+                    } else {
+                        &login_audience[..]
+                    };
                     let mut verifier = OAuth2::new(issuer.as_deref(), audiences, required_scopes, slot, builtin);
                     if let (Some(l), Some(discovery)) = (login, discovery) {
                         let login_secrets = secrets.and_then(|s| s.login.as_ref()).ok_or_else(|| missing("login"))?;

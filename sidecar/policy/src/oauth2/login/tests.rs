@@ -386,6 +386,12 @@ fn sessions_admit_browsers_through_the_engine_and_bearer_tokens_still_work() {
     let token = signer.token_with(json!({"alg": "ES256", "kid": "op1"}), &id_claims("n"));
     bearer.insert("authorization", format!("Bearer {token}").parse().unwrap());
     assert_eq!(decide(&bearer, NOW).unwrap().0, "248289761001");
+    // ... for this client only: the provider's token for another client is refused.
+    let mut other = id_claims("n");
+    other["aud"] = json!("someone-else");
+    let token = signer.token_with(json!({"alg": "ES256", "kid": "op1"}), &other);
+    bearer.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    assert!(decide(&bearer, NOW).is_err());
     // Refresh: wanted once the session is within a minute of its expiry, not before.
     assert!(e.refresh_wanted(&view("/x", None, &jar, true), NOW).is_none());
     let wanted = e.refresh_wanted(&view("/x", None, &jar, true), NOW + 550).unwrap();
