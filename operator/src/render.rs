@@ -46,6 +46,8 @@ pub enum RenderError {
     },
     #[error("no SecurityProfile, ApiRoute or Secret found in the input")]
     Empty,
+    #[error("no random bytes from the operating system for a session key")]
+    Random,
     #[error("the input spans namespaces {0}; a sidecar serves one namespace, pick one with --namespace")]
     Namespaces(String),
     #[error("invalid --workload-labels {0:?}: expected k=v,k2=v2")]
@@ -124,6 +126,8 @@ pub fn render(req: &Request) -> Result<Rendered, RenderError> {
         }
     };
     let generation_key = generation_key(req.generation_key_file.as_deref())?;
+    let mut objects = objects;
+    add_session_keys(&namespace, &mut objects)?;
     let output = compile::compile_with_key(
         &Inputs {
             namespace: &namespace,
@@ -151,6 +155,51 @@ pub fn render(req: &Request) -> Result<Rendered, RenderError> {
         routes: output.loaded.config.routes.iter().map(|r| r.name.clone()).collect(),
         profiles: output.loaded.config.profiles.iter().map(|p| p.name.clone()).collect(),
     })
+}
+
+/// For each profile with sign-in whose session-key Secret the input lacks, one made here
+/// with a new random key (what the operator makes in a cluster): sessions then last until
+/// the next render. Supply the Secret (`<profile>-portcullis-session`, data
+/// `key-<unix seconds>`: base64 of 32 random bytes) to keep them across renders.
+fn add_session_keys(namespace: &str, objects: &mut Objects) -> Result<(), RenderError> {
+    use base64::Engine as _;
+    use ring::rand::SecureRandom as _;
+    for p in &objects.profiles {
+        if p.spec.oauth2.as_ref().and_then(|o| o.login.as_ref()).is_none() {
+            continue;
+        }
+        let name = compile::login::session_secret_name(&p.metadata.name.clone().unwrap_or_default());
+        if objects
+            .secrets
+            .iter()
+            .any(|s| s.metadata.name.as_deref() == Some(&*name))
+        {
+            continue;
+        }
+        let mut key = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| RenderError::Random)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut data = BTreeMap::new();
+        data.insert(
+            format!("{}{now}", compile::login::SESSION_KEY_PREFIX),
+            k8s_openapi::ByteString(base64::engine::general_purpose::STANDARD.encode(key).into_bytes()),
+        );
+        objects.secrets.push(Secret {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name),
+                namespace: Some(namespace.to_owned()),
+                ..Default::default()
+            },
+            data: Some(data),
+            ..Default::default()
+        });
+    }
+    Ok(())
 }
 
 /// The key in `file` (its bytes as they are), or a new random one.

@@ -315,6 +315,17 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             min_interval: args.jwks_min_refresh_interval,
         },
     ));
+    let providers = {
+        let shared = shared.clone();
+        move || shared.active.load().engine.login_providers().to_vec()
+    };
+    tokio::spawn(crate::identity::discovery::refresh_discovery(
+        providers,
+        RefreshPolicy {
+            interval: args.jwks_refresh_interval,
+            min_interval: args.jwks_min_refresh_interval,
+        },
+    ));
     let watcher = tokio::spawn(reload::watch(shared, sources, args.reload_interval, snapshot));
 
     shutdown_signal().await;

@@ -169,7 +169,10 @@ fn default_clock_skew() -> u32 {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("self.provider != 'Builtin' || has(self.builtin)").message("oauth2.builtin is required when provider is Builtin").field_path(".builtin"),
-    validation = Rule::new("self.provider == 'Builtin' || has(self.jwksUri) || has(self.introspection)").message("oauth2 needs jwksUri or introspection unless provider is Builtin"),
+    validation = Rule::new("self.provider == 'Builtin' || has(self.jwksUri) || has(self.introspection) || has(self.login)").message("oauth2 needs jwksUri, introspection or login unless provider is Builtin"),
+    validation = Rule::new("!has(self.login) || self.provider != 'Builtin'").message("oauth2.login needs an identity provider: Google, Salesforce or Generic").field_path(".login"),
+    validation = Rule::new("!has(self.login) || self.provider != 'Generic' || has(self.issuer)").message("oauth2.login with provider Generic needs issuer (the OpenID provider's issuer URL)").field_path(".issuer"),
+    validation = Rule::new("(has(self.allowHttp) && self.allowHttp) || !has(self.login) || !has(self.issuer) || self.issuer.startsWith('https://')").message("issuer must be https:// for login unless allowHttp is true").field_path(".issuer"),
     validation = Rule::new("(has(self.allowHttp) && self.allowHttp) || !has(self.jwksUri) || self.jwksUri.startsWith('https://')").message("jwksUri must be https:// unless allowHttp is true").field_path(".jwksUri"),
     validation = Rule::new("(has(self.allowHttp) && self.allowHttp) || !has(self.introspection) || self.introspection.url.startsWith('https://')").message("introspection.url must be https:// unless allowHttp is true").field_path(".introspection.url"),
 )]
@@ -199,6 +202,14 @@ pub struct OAuth2Profile {
     /// Provider Builtin: the sidecar itself issues tokens (client-credentials grant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builtin: Option<OAuth2Builtin>,
+    /// Sign-in for people (OpenID Connect authorization code flow with PKCE): a browser
+    /// without a session is sent to the provider's sign-in page and comes back with an
+    /// encrypted session cookie. API clients keep sending bearer tokens. The provider is
+    /// found by OpenID discovery at `<issuer>/.well-known/openid-configuration` (issuer
+    /// default: `https://accounts.google.com` for Google, `https://login.salesforce.com`
+    /// for Salesforce; set it to a My Domain or Experience Cloud URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<OAuth2Login>,
     /// Permit `http://` for `jwksUri` and `introspection.url`. Default false: keys and
     /// introspection answers fetched in clear text can be replaced by anyone on the path, and
     /// the introspection client secret would travel in clear text.
@@ -218,6 +229,71 @@ pub enum OAuth2Provider {
     /// Any OpenID Connect / OAuth 2.0 provider.
     #[default]
     Generic,
+}
+
+/// Sign-in for people through the profile's OpenID provider.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.scopes.exists(s, s == 'openid')").message("login.scopes must include openid").field_path(".scopes"),
+    validation = Rule::new("self.redirectPath != self.logoutPath").message("login.redirectPath and login.logoutPath must differ").field_path(".logoutPath"),
+)]
+pub struct OAuth2Login {
+    /// The OAuth 2.0 client id registered with the provider (Google: the "Client ID";
+    /// Salesforce: the Connected App's "Consumer Key").
+    #[schemars(length(min = 1, max = 512))]
+    pub client_id: String,
+    /// Secret with the key `clientSecret` (Google: the "Client secret"; Salesforce: the
+    /// "Consumer Secret"). It is sent to the provider's token endpoint, so the Secret must
+    /// allow this profile: `portcullis.dev/allowed-profiles`.
+    pub client_secret_ref: SecretRef,
+    /// The callback path, on the route's host: register `https://<host><redirectPath>` with
+    /// the provider as an authorized redirect URI. Default `/oauth2/callback`.
+    #[serde(default = "default_redirect_path")]
+    #[schemars(regex(pattern = r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$"), length(max = 256))]
+    pub redirect_path: String,
+    /// Signing out: clears the session and, when the provider offers it, ends the
+    /// provider's session too (RP-initiated logout). Default `/oauth2/logout`.
+    #[serde(default = "default_logout_path")]
+    #[schemars(regex(pattern = r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$"), length(max = 256))]
+    pub logout_path: String,
+    /// Scopes asked for; must include `openid`. Default `openid email profile`.
+    #[serde(default = "default_login_scopes")]
+    #[schemars(
+        length(min = 1, max = 32),
+        inner(regex(pattern = r"^[!#-\[\]-~]+$"), length(min = 1, max = 128))
+    )]
+    pub scopes: Vec<String>,
+    /// Only people whose verified email is in one of these domains (Google Workspace
+    /// domains, for example). Empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub allowed_domains: Vec<String>,
+    /// Only people with one of these verified emails. Empty: any (with `allowedDomains`, a
+    /// person passes when either list admits them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024), inner(length(min = 3, max = 320)))]
+    pub allowed_emails: Vec<String>,
+    /// The longest a session lasts, refreshes included, in seconds. Default 28800 (8 h).
+    #[serde(default = "default_session_max")]
+    #[schemars(range(min = 300, max = 2592000))]
+    pub session_max_seconds: u32,
+}
+
+fn default_redirect_path() -> String {
+    "/oauth2/callback".to_owned()
+}
+
+fn default_logout_path() -> String {
+    "/oauth2/logout".to_owned()
+}
+
+fn default_login_scopes() -> Vec<String> {
+    ["openid", "email", "profile"].map(String::from).to_vec()
+}
+
+fn default_session_max() -> u32 {
+    28800
 }
 
 /// RFC 7662 token introspection.

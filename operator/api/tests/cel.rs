@@ -176,8 +176,40 @@ fn oauth2_rules() {
     let e = violations::<SecurityProfile>(&profile(json!({"type": "OAuth2", "oauth2": {"provider": "Builtin"}})));
     assert!(e.iter().any(|e| e.contains("oauth2.builtin is required")), "{e:?}");
     let e = violations::<SecurityProfile>(&profile(json!({"type": "OAuth2", "oauth2": {"provider": "Generic"}})));
-    assert!(e.iter().any(|e| e.contains("needs jwksUri or introspection")), "{e:?}");
+    assert!(
+        e.iter().any(|e| e.contains("needs jwksUri, introspection or login")),
+        "{e:?}"
+    );
     let oauth2 = |o: Value| violations::<SecurityProfile>(&profile(json!({"type": "OAuth2", "oauth2": o})));
+    // Sign-in: an identity provider, an issuer for Generic (https:// unless allowHttp), openid.
+    let login = json!({"clientId": "c", "clientSecretRef": {"name": "s"}, "redirectPath": "/cb",
+                       "logoutPath": "/out", "scopes": ["openid"], "sessionMaxSeconds": 3600});
+    assert_eq!(
+        oauth2(json!({"provider": "Google", "login": login})),
+        Vec::<String>::new()
+    );
+    let e = oauth2(json!({"provider": "Builtin", "builtin": {"clientsSecretRef": {"name": "b"}}, "login": login}));
+    assert!(
+        e.iter().any(|e| e.contains("oauth2.login needs an identity provider")),
+        "{e:?}"
+    );
+    let e = oauth2(json!({"provider": "Generic", "login": login}));
+    assert!(
+        e.iter().any(|e| e.contains("with provider Generic needs issuer")),
+        "{e:?}"
+    );
+    let e = oauth2(json!({"provider": "Generic", "issuer": "http://op.example", "login": login}));
+    assert!(
+        e.iter().any(|e| e.contains("issuer must be https:// for login")),
+        "{e:?}"
+    );
+    let mut no_openid = login.clone();
+    no_openid["scopes"] = json!(["email"]);
+    let e = oauth2(json!({"provider": "Google", "login": no_openid}));
+    assert!(
+        e.iter().any(|e| e.contains("login.scopes must include openid")),
+        "{e:?}"
+    );
     let e = oauth2(json!({"jwksUri": "http://idp.example/jwks"}));
     assert!(e.iter().any(|e| e.contains("jwksUri must be https://")), "{e:?}");
     let e = oauth2(json!({"introspection": {"url": "http://idp.example/i", "clientSecretRef": {"name": "c"}}}));

@@ -20,6 +20,7 @@ use portcullis_api::{ApiRoute, SecurityProfile};
 use portcullis_config::{Loaded, SCHEMA_VERSION, SecretMaterial, SidecarConfig};
 
 pub mod generation;
+pub mod login;
 mod overlap;
 mod profile;
 mod route;

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use portcullis_api as api;
 use portcullis_config as cfg;
 
+use super::login;
 use super::secrets::{self, Outbound, SecretIndex, Sender};
 use super::{Problem, reason};
 
@@ -98,13 +99,21 @@ pub(crate) fn compile(
                 )?;
                 (out.oauth2_clients, out.oauth2_client_scopes) =
                     builtin_clients("spec.oauth2.builtin.clientsSecretRef.name", data.all()?)?;
-            } else if o.jwks_uri.is_none() && o.introspection.is_none() {
+            } else if o.jwks_uri.is_none() && o.introspection.is_none() && o.login.is_none() {
                 return Err(Problem::new(
                     reason::INVALID_SPEC,
                     "spec.oauth2.jwksUri",
-                    "jwksUri or introspection is required unless provider is Builtin",
+                    "jwksUri, introspection or login is required unless provider is Builtin",
                 ));
             }
+            let login = match &o.login {
+                Some(l) => {
+                    let (login, login_secrets) = login::compile(name, o, l, secrets)?;
+                    out.login = Some(login_secrets);
+                    Some(Box::new(login))
+                }
+                None => None,
+            };
             if let Some(i) = &o.introspection {
                 check_identity_url(
                     "spec.oauth2.introspection.url",
@@ -134,12 +143,14 @@ pub(crate) fn compile(
             }
             cfg::ProfileAuth::OAuth2 {
                 provider: format!("{:?}", o.provider),
-                issuer: o.issuer.clone(),
+                // With sign-in, bearer tokens are held to the provider's issuer too.
+                issuer: login.as_ref().map(|l| l.issuer.clone()).or_else(|| o.issuer.clone()),
                 jwks_uri: o.jwks_uri.clone(),
                 introspection_url: o.introspection.as_ref().map(|i| i.url.clone()),
                 audiences: o.audiences.clone(),
                 required_scopes: o.required_scopes.clone(),
                 builtin_token_ttl_seconds: o.builtin.as_ref().filter(|_| builtin).map(|b| b.token_ttl_seconds),
+                login,
             }
         }
         api::ProfileType::HttpSignature => {

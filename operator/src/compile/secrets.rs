@@ -29,6 +29,8 @@ pub enum Sender<'a> {
     Route(&'a str),
     /// A SecurityProfile, toward its introspection endpoint.
     Profile(&'a str),
+    /// A SecurityProfile's sign-in, toward its OpenID provider's token endpoint.
+    Login(&'a str),
 }
 
 /// Where a Secret's credentials would go: who sends them, and every URL that receives them
@@ -103,6 +105,12 @@ impl<'a> SecretIndex<'a> {
                 profile,
                 ALLOWED_PROFILES_ANNOTATION,
                 "its introspection endpoint",
+            ),
+            Sender::Login(profile) => (
+                "SecurityProfile",
+                profile,
+                ALLOWED_PROFILES_ANNOTATION,
+                "its OpenID provider",
             ),
         };
         if !annotation(key).is_some_and(|v| listed(v, sender)) {

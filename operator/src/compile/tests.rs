@@ -85,6 +85,7 @@ fn oauth2(name: &str) -> SecurityProfile {
         audiences: vec![],
         required_scopes: vec![],
         builtin: None,
+        login: None,
         allow_http: false,
     });
     profile(name, s)

@@ -21,10 +21,23 @@ pub fn profile_secrets(profile: &SecurityProfile, out: &mut BTreeSet<String>) {
             .as_ref()
             .and_then(|o| o.builtin.as_ref())
             .map(|b| &b.clients_secret_ref.name),
+        spec.oauth2
+            .as_ref()
+            .and_then(|o| o.login.as_ref())
+            .map(|l| &l.client_secret_ref.name),
         spec.http_signature.as_ref().map(|h| &h.secret_ref.name),
         spec.client_certificate.as_ref().map(|c| &c.ca_secret_ref.name),
     ];
     out.extend(names.into_iter().flatten().cloned());
+}
+
+/// The session-key Secret of a profile with sign-in (made by the operator, so not one its
+/// author names: watched, never checked against the author's access).
+pub fn profile_session_secret(profile: &SecurityProfile) -> Option<String> {
+    profile.spec.oauth2.as_ref().and_then(|o| o.login.as_ref())?;
+    Some(crate::compile::login::session_secret_name(
+        profile.metadata.name.as_deref().unwrap_or_default(),
+    ))
 }
 
 /// Names of the Secrets a route reads, including those the operator's CA issues for it.
@@ -70,7 +83,10 @@ pub fn referenced_secrets<'a>(
     routes: impl IntoIterator<Item = &'a ApiRoute>,
 ) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    profiles.into_iter().for_each(|p| profile_secrets(p, &mut out));
+    profiles.into_iter().for_each(|p| {
+        profile_secrets(p, &mut out);
+        out.extend(profile_session_secret(p));
+    });
     routes.into_iter().for_each(|r| route_secrets(r, &mut out));
     out
 }

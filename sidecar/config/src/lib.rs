@@ -236,6 +236,10 @@ pub enum ProfileAuth {
         /// Set when the sidecar issues tokens itself (provider Builtin).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         builtin_token_ttl_seconds: Option<u32>,
+        /// Sign-in for people (OpenID Connect); the client secret and the session keys are in
+        /// [`ProfileSecrets::login`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        login: Option<Box<Login>>,
     },
     /// HTTP message signatures; keys in [`ProfileSecrets::signature_keys`].
     HttpSignature {
@@ -268,6 +272,54 @@ impl ProfileAuth {
             Self::ClientCertificate { .. } => "ClientCertificate",
         }
     }
+}
+
+/// An OAuth2 profile's sign-in for people: the OpenID Connect authorization code flow with
+/// PKCE, against the provider found at `discovery_url`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Login {
+    /// The provider's issuer: the discovery document and every ID token must name it.
+    pub issuer: String,
+    /// `<issuer>/.well-known/openid-configuration`.
+    pub discovery_url: String,
+    /// The client id registered with the provider.
+    pub client_id: String,
+    /// The callback path, on the route's host.
+    pub redirect_path: String,
+    /// The sign-out path, on the route's host.
+    pub logout_path: String,
+    /// Scopes asked for (`openid` among them).
+    pub scopes: Vec<String>,
+    /// Verified email domains admitted; empty with `allowed_emails` empty: anyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_domains: Vec<String>,
+    /// Verified emails admitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_emails: Vec<String>,
+    /// Longest a session lasts, refreshes included.
+    pub session_max_seconds: u32,
+}
+
+/// The secret half of a profile's sign-in.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoginSecrets {
+    /// The client secret, sent to the provider's token endpoint.
+    pub client_secret: Sensitive,
+    /// Keys that seal the session and sign-in cookies (AES-256-GCM), newest first: the first
+    /// seals, every one opens (so a rotation leaves sessions valid for the overlap).
+    pub session_keys: Vec<SessionKey>,
+}
+
+/// One session key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SessionKey {
+    /// The name of the key in its Secret (`key-<unix seconds created>`).
+    pub name: String,
+    /// 32 bytes, base64 (standard alphabet, padded).
+    pub key: Sensitive,
 }
 
 /// The signature that must accompany an API key.
@@ -405,6 +457,9 @@ pub struct ProfileSecrets {
     /// OAuth2 Builtin: client id to the scopes its tokens may carry (none when absent).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub oauth2_client_scopes: BTreeMap<String, Vec<String>>,
+    /// OAuth2 sign-in: the client secret and the session keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<LoginSecrets>,
     /// HttpSignature: keyId to HMAC secret or PEM public key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub signature_keys: BTreeMap<String, Sensitive>,
@@ -560,6 +615,12 @@ impl SidecarConfig {
                 ProfileAuth::ApiKey { .. } => s.is_none_or(|s| s.api_keys.is_empty()),
                 ProfileAuth::HttpSignature { .. } => s.is_none_or(|s| s.signature_keys.is_empty()),
                 ProfileAuth::ClientCertificate { .. } => s.and_then(|s| s.client_ca_pem.as_ref()).is_none(),
+                ProfileAuth::OAuth2 { login: Some(_), .. }
+                    if s.and_then(|s| s.login.as_ref())
+                        .is_none_or(|l| l.session_keys.is_empty()) =>
+                {
+                    true
+                }
                 ProfileAuth::OAuth2 {
                     builtin_token_ttl_seconds: Some(_),
                     ..

@@ -842,6 +842,10 @@ impl Limiter for SharedLimiter {
         self.local.jwks(uri)
     }
 
+    fn discovery(&self, url: &str) -> Arc<portcullis_policy::oauth2::login::DiscoverySlot> {
+        self.local.discovery(url)
+    }
+
     fn introspection(
         &self,
         profile: &str,

@@ -203,6 +203,9 @@ pub struct Admission<'e> {
     /// The client used HTTPS: to the sidecar itself, or to a trusted proxy in front that
     /// says so (`X-Forwarded-Proto: https`). The app is told this scheme.
     pub https: bool,
+    /// The signed-in person's email (a sign-in session whose ID token had one): the app is
+    /// told it too.
+    pub email: Option<Cow<'e, str>>,
     grant: Option<(usize, Grant)>,
     /// The limits or the replay check still to be done on the shared store
     /// ([`Engine::settle`]).
@@ -474,6 +477,20 @@ pub struct Engine<L: Limiter = InMemoryLimiter> {
     jwks: Vec<(Box<str>, Arc<KeySlot>)>,
     /// Some OAuth2 profile introspects tokens.
     introspects: bool,
+    /// The OpenID providers of the profiles with sign-in, for the sidecar to discover.
+    logins: Vec<LoginProvider>,
+}
+
+/// An OpenID provider some profile signs people in with: its discovery URL and the slot its
+/// document (and keys) go to.
+#[derive(Debug, Clone)]
+pub struct LoginProvider {
+    pub url: Box<str>,
+    /// The issuer the document must name.
+    pub issuer: Box<str>,
+    /// Every endpoint must be `https://` (the discovery URL is).
+    pub https_only: bool,
+    pub slot: Arc<oauth2::login::DiscoverySlot>,
 }
 
 impl<L: Limiter> std::fmt::Debug for Engine<L> {
@@ -491,6 +508,7 @@ impl<L: Limiter> Engine<L> {
         let config = &loaded.config;
         let mut profiles = Vec::with_capacity(config.profiles.len() + 1);
         let mut jwks: Vec<(Box<str>, Arc<KeySlot>)> = Vec::new();
+        let mut logins: Vec<LoginProvider> = Vec::new();
         for p in &config.profiles {
             let secrets = loaded.secrets.profiles.get(&p.name);
             let missing = |what| CompileError::MissingSecret {
@@ -529,6 +547,7 @@ impl<L: Limiter> Engine<L> {
                     required_scopes,
                     builtin_token_ttl_seconds,
                     introspection_url,
+                    login,
                 } => {
                     let builtin = match builtin_token_ttl_seconds {
                         Some(ttl) => {
@@ -554,6 +573,18 @@ impl<L: Limiter> Engine<L> {
                         }
                         None => None,
                     };
+                    let discovery = login.as_ref().map(|l| {
+                        let slot = limiter.discovery(&l.discovery_url);
+                        if !logins.iter().any(|d| *d.url == *l.discovery_url) {
+                            logins.push(LoginProvider {
+                                url: l.discovery_url.as_str().into(),
+                                issuer: l.issuer.as_str().into(),
+                                https_only: l.discovery_url.starts_with("https://"),
+                                slot: slot.clone(),
+                            });
+                        }
+                        slot
+                    });
                     let slot = jwks_uri.as_deref().map(|uri| {
                         let slot = limiter.jwks(uri);
                         if !jwks.iter().any(|(u, _)| **u == *uri) {
@@ -561,7 +592,31 @@ impl<L: Limiter> Engine<L> {
                         }
                         slot
                     });
+                    // Without a jwksUri, bearer tokens are verified with the sign-in
+                    // provider's discovered keys.
+                    let slot = slot.or_else(|| discovery.as_ref().map(|d| d.keys.clone()));
+                    // A sign-in profile that names no audience holds bearer tokens to its own
+                    // client id: the provider's keys sign tokens for every client it has.
+                    let login_audience: Vec<String> = match login {
+                        Some(l) if audiences.is_empty() => vec![l.client_id.clone()],
+                        _ => Vec::new(),
+                    };
+                    let audiences = if login_audience.is_empty() {
+                        &audiences[..]
+                    } else {
+                        &login_audience[..]
+                    };
                     let mut verifier = OAuth2::new(issuer.as_deref(), audiences, required_scopes, slot, builtin);
+                    if let (Some(l), Some(discovery)) = (login, discovery) {
+                        let login_secrets = secrets.and_then(|s| s.login.as_ref()).ok_or_else(|| missing("login"))?;
+                        let owner = format!("{}/{}", config.namespace, p.name);
+                        let compiled = oauth2::login::Login::new(&owner, &p.name, l, login_secrets, discovery)
+                            .map_err(|message| CompileError::Invalid {
+                                profile: p.name.clone(),
+                                message,
+                            })?;
+                        verifier = verifier.with_login(compiled);
+                    }
                     if let Some(url) = introspection_url {
                         let client = secrets
                             .and_then(|s| s.introspection_client.as_ref())
@@ -744,6 +799,7 @@ impl<L: Limiter> Engine<L> {
             profiles,
             limiter,
             jwks,
+            logins,
         })
     }
 
@@ -756,6 +812,7 @@ impl<L: Limiter> Engine<L> {
             trusted_proxies: IpSet::default(),
             limiter,
             jwks: Vec::new(),
+            logins: Vec::new(),
             introspects: false,
         }
     }
@@ -805,6 +862,144 @@ impl<L: Limiter> Engine<L> {
                 }),
                 _ => None,
             }
+        })
+    }
+
+    /// The OpenID providers of the profiles with sign-in: the sidecar fetches each discovery
+    /// document (and the keys it names) into its slot.
+    pub fn login_providers(&self) -> &[LoginProvider] {
+        &self.logins
+    }
+
+    /// The sign-in step `req` is addressed to, if any: the callback (`redirectPath`) or the
+    /// sign-out path (`logoutPath`) of a profile with sign-in on a route of the request's
+    /// host, on the inbound listeners, whatever the route's path prefix. When several
+    /// profiles share a callback path, the one whose pending sign-in cookie the browser
+    /// holds is chosen.
+    pub fn login_endpoint(&self, req: &RequestView<'_>) -> Option<LoginEndpoint<'_>> {
+        if self.logins.is_empty() || req.listener != Listener::Inbound {
+            return None;
+        }
+        if !matches!(req.method, "GET" | "HEAD" | "POST") {
+            return None;
+        }
+        let path = path::normalize(req.path).ok()?;
+        let host = req.host.map(routes::normal_host);
+        let https = req.tls || self.https_at_trusted_proxy(req);
+        let client_ip = ip::client_ip(req.peer, req.headers, &self.trusted_proxies);
+        let mut fallback = None;
+        for route in &self.routes {
+            if route.matcher.egress() || !route.matcher.host_matches(host.as_deref()) {
+                continue;
+            }
+            for &i in route.profiles.iter() {
+                let profile = &self.profiles[i];
+                let Auth::OAuth2(o) = &profile.auth else { continue };
+                let Some(login) = o.login() else { continue };
+                let step = if *login.config.redirect_path == *path {
+                    LoginStep::Callback
+                } else if *login.config.logout_path == *path {
+                    LoginStep::Logout
+                } else {
+                    continue;
+                };
+                let endpoint = LoginEndpoint {
+                    route: &route.name,
+                    profile: &profile.name,
+                    login,
+                    step,
+                    https,
+                    https_required: route.ssl_only && !https,
+                    client_ip,
+                    trusted: profile.trusted.is_empty() || profile.trusted.contains(client_ip),
+                };
+                if step == LoginStep::Callback
+                    && oauth2::login::cookie_value(req.headers, login.state_cookie_name()).is_none()
+                {
+                    fallback.get_or_insert(endpoint);
+                    continue;
+                }
+                return Some(endpoint);
+            }
+        }
+        fallback
+    }
+
+    /// Whether refusal `denial` of `req` is to be answered by sending the browser to sign
+    /// in rather than with `401`: a `GET` or `HEAD` that accepts `text/html`, carries no
+    /// `Authorization` header (API clients keep the `401` and its Bearer challenge, and a
+    /// wrong token is never traded for a sign-in), refused for missing or expired
+    /// credentials on a route with a sign-in profile whose trusted ranges admit the client.
+    pub fn login_redirect(&self, req: &RequestView<'_>, denial: &Denial<'_>) -> Option<LoginStart<'_>> {
+        if self.logins.is_empty() || !matches!(denial.kind, DenialKind::Unauthorized { .. }) {
+            return None;
+        }
+        if !oauth2::login::is_browser_navigation(req.method, req.headers) {
+            return None;
+        }
+        let route = self.routes.iter().find(|r| *r.name == *denial.route)?;
+        let https = req.tls || self.https_at_trusted_proxy(req);
+        if route.ssl_only && !https {
+            return None;
+        }
+        route.profiles.iter().find_map(|&i| {
+            let profile = &self.profiles[i];
+            let Auth::OAuth2(o) = &profile.auth else { return None };
+            let login = o.login()?;
+            if !profile.trusted.is_empty() && !profile.trusted.contains(denial.client_ip) {
+                return None;
+            }
+            Some(LoginStart {
+                route: &route.name,
+                profile: &profile.name,
+                login,
+                https,
+            })
+        })
+    }
+
+    /// The sign-in a refused browser is sent to: the first profile of route `route` with
+    /// sign-in.
+    pub fn login_of_route(&self, route: &str) -> Option<(&str, &oauth2::login::Login)> {
+        let route = self.routes.iter().find(|r| *r.name == *route)?;
+        route.profiles.iter().find_map(|&i| {
+            let profile = &self.profiles[i];
+            match &profile.auth {
+                Auth::OAuth2(o) => o.login().map(|l| (&*profile.name, l)),
+                _ => None,
+            }
+        })
+    }
+
+    /// The session `req` carries that is to be refreshed before [`Engine::decide`] judges
+    /// it (close to or past its expiry, with a refresh token), at `now_secs`: for a request
+    /// without a bearer token, on a route whose sign-in profile admits the client's address.
+    pub fn refresh_wanted(&self, req: &RequestView<'_>, now_secs: u64) -> Option<RefreshRequest<'_>> {
+        if self.logins.is_empty() || oauth2::bearer_token(req.headers).is_some() {
+            return None;
+        }
+        let path = path::normalize(req.path).ok()?;
+        let host = req.host.map(routes::normal_host);
+        let egress = req.listener == Listener::Egress;
+        let route = self.route_for(egress, host.as_deref(), &path, req.method).ok()??;
+        if route.ssl_only && !req.tls && !self.https_at_trusted_proxy(req) {
+            return None;
+        }
+        let client_ip = ip::client_ip(req.peer, req.headers, &self.trusted_proxies);
+        route.profiles.iter().find_map(|&i| {
+            let profile = &self.profiles[i];
+            let Auth::OAuth2(o) = &profile.auth else { return None };
+            let login = o.login()?;
+            if !profile.trusted.is_empty() && !profile.trusted.contains(client_ip) {
+                return None;
+            }
+            let session = login.session(req.headers)?;
+            session.wants_refresh(now_secs).then_some(RefreshRequest {
+                route: &route.name,
+                profile: &profile.name,
+                login,
+                session,
+            })
         })
     }
 
@@ -987,6 +1182,7 @@ impl<L: Limiter> Engine<L> {
         let mut insufficient: Option<&str> = None;
         let mut rejection: Option<(&str, Rejection)> = None;
         let mut bearer_refused = false;
+        let mut email: Option<String> = None;
         for &i in route.profiles.iter() {
             let profile = &self.profiles[i];
             // Trusted ranges before credentials: a client outside them learns nothing about
@@ -1011,6 +1207,10 @@ impl<L: Limiter> Engine<L> {
                 }),
                 Auth::OAuth2(o) => match o.check(req.headers, now_ms) {
                     Ok(TokenCheck::Admitted(identity)) => Ok(Cow::Owned(identity)),
+                    Ok(TokenCheck::Session { subject, email: e }) => {
+                        email = e;
+                        Ok(Cow::Owned(subject))
+                    }
                     Ok(TokenCheck::InsufficientScope) => {
                         insufficient.get_or_insert(&profile.name);
                         continue;
@@ -1036,7 +1236,13 @@ impl<L: Limiter> Engine<L> {
                     continue;
                 }
             };
-            return self.admit(route, i, identity, signed, req, client_ip, now, path.into());
+            return match self.admit(route, i, identity, signed, req, client_ip, now, path.into()) {
+                Outcome::Allow(mut admission) => {
+                    admission.email = email.map(Cow::Owned);
+                    Outcome::Allow(admission)
+                }
+                other => other,
+            };
         }
         // 403 only when no profile whose ranges admit the client looked at its credentials.
         if let Some(profile) = forbidden.filter(|_| rejection.is_none() && insufficient.is_none()) {
@@ -1447,6 +1653,7 @@ impl<L: Limiter> Engine<L> {
             body_digest,
             path,
             https: req.tls || self.https_at_trusted_proxy(req),
+            email: None,
             grant: None,
             pending: None,
         }
@@ -1509,6 +1716,50 @@ fn challenges<'a>(route: &str, auths: impl Iterator<Item = &'a Auth>) -> Box<[St
         }
     }
     out.into_boxed_slice()
+}
+
+/// Which sign-in step a request is ([`Engine::login_endpoint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginStep {
+    /// The provider sends the browser back here with a code.
+    Callback,
+    /// Signing out.
+    Logout,
+}
+
+/// A request to a sign-in step of a profile ([`Engine::login_endpoint`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LoginEndpoint<'e> {
+    pub route: &'e str,
+    pub profile: &'e str,
+    pub login: &'e oauth2::login::Login,
+    pub step: LoginStep,
+    /// The client used HTTPS (to the sidecar, or to a trusted proxy in front).
+    pub https: bool,
+    /// The route is `sslOnly` and the request came over plain HTTP: refused.
+    pub https_required: bool,
+    pub client_ip: IpAddr,
+    /// The client's address is in the profile's trusted ranges (or it has none).
+    pub trusted: bool,
+}
+
+/// A browser to send to sign in ([`Engine::login_redirect`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LoginStart<'e> {
+    pub route: &'e str,
+    pub profile: &'e str,
+    pub login: &'e oauth2::login::Login,
+    /// The client used HTTPS (the callback URL's scheme).
+    pub https: bool,
+}
+
+/// A session to refresh before deciding ([`Engine::refresh_wanted`]).
+#[derive(Debug)]
+pub struct RefreshRequest<'e> {
+    pub route: &'e str,
+    pub profile: &'e str,
+    pub login: &'e oauth2::login::Login,
+    pub session: oauth2::login::Session,
 }
 
 /// The Builtin token endpoint of a route ([`Engine::token_endpoint`]).

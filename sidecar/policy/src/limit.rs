@@ -300,6 +300,14 @@ pub trait Limiter: Send + Sync + 'static {
         Arc::default()
     }
 
+    /// The discovery document (and ID-token keys) of the OpenID provider at `url`. Like key
+    /// slots, it should be the same slot every time it is asked for, so that a reload keeps
+    /// what was fetched.
+    fn discovery(&self, url: &str) -> Arc<crate::oauth2::login::DiscoverySlot> {
+        let _ = url;
+        Arc::default()
+    }
+
     /// The introspection cache of OAuth2 profile `profile` asking `url`. Like counters, it
     /// should be the same cache every time it is asked for, so that a reload keeps the answers;
     /// this default gives a new, empty one each time.
@@ -414,6 +422,7 @@ pub struct InMemoryLimiter {
     consumers: Mutex<ConsumerTable<SharedWindow>>,
     replays: ReplayRegistry,
     jwks: crate::oauth2::JwksRegistry,
+    discovery: crate::oauth2::login::DiscoveryRegistry,
     introspection: crate::oauth2::introspection::IntrospectionRegistry,
     throttle: crate::throttle::Throttle,
 }
@@ -425,6 +434,7 @@ impl Default for InMemoryLimiter {
             consumers: Mutex::new(ConsumerTable::new(DEFAULT_MAX_CONSUMERS)),
             replays: ReplayRegistry::default(),
             jwks: Default::default(),
+            discovery: Default::default(),
             introspection: Default::default(),
             throttle: Default::default(),
         }
@@ -558,6 +568,10 @@ impl Limiter for InMemoryLimiter {
 
     fn jwks(&self, uri: &str) -> Arc<crate::oauth2::KeySlot> {
         self.jwks.slot(uri)
+    }
+
+    fn discovery(&self, url: &str) -> Arc<crate::oauth2::login::DiscoverySlot> {
+        self.discovery.slot(url)
     }
 
     fn introspection(&self, profile: &str, url: &str) -> Arc<crate::oauth2::introspection::IntrospectionCache> {

@@ -39,6 +39,7 @@ use subtle::ConstantTimeEq;
 use crate::auth::Rejection;
 
 pub mod introspection;
+pub mod login;
 
 use introspection::{Introspected, Introspection};
 
@@ -250,6 +251,8 @@ impl JwksRegistry {
 pub enum TokenCheck {
     /// Valid, with every required scope: the caller.
     Admitted(String),
+    /// No bearer token, but a valid sign-in session: the person and their email.
+    Session { subject: String, email: Option<String> },
     /// Valid, but a required scope is missing: 403.
     InsufficientScope,
 }
@@ -374,6 +377,7 @@ pub struct OAuth2 {
     jwks: Option<Arc<KeySlot>>,
     builtin: Option<Builtin>,
     introspection: Option<Introspection>,
+    login: Option<Box<login::Login>>,
 }
 
 impl OAuth2 {
@@ -392,7 +396,27 @@ impl OAuth2 {
             jwks,
             builtin,
             introspection: None,
+            login: None,
         }
+    }
+
+    /// The same verifier, with sign-in for people (a session cookie admits a browser).
+    pub fn with_login(mut self, login: login::Login) -> Self {
+        self.login = Some(Box::new(login));
+        self
+    }
+
+    /// The profile's sign-in, if it has one.
+    pub fn login(&self) -> Option<&login::Login> {
+        self.login.as_deref()
+    }
+
+    /// The verified claims of an ID token at `now_ms`: signature, `exp`, `nbf`, `iss` and
+    /// `aud` as for bearer tokens (this verifier's issuer and audiences).
+    pub(crate) fn id_token_claims(&self, token: &str, now_ms: u64) -> Result<Value, Rejection> {
+        let claims = self.verify(token)?;
+        self.judge(&claims, now_ms / 1000, true)?;
+        Ok(claims)
     }
 
     /// The same verifier, asking `introspection` about the tokens it cannot verify locally.
@@ -427,7 +451,16 @@ impl OAuth2 {
 
     /// Checks the bearer token of `headers` at `now_ms` (Unix milliseconds).
     pub fn check(&self, headers: &HeaderMap, now_ms: u64) -> Result<TokenCheck, Rejection> {
-        let token = bearer_token(headers).ok_or(Rejection::Missing("no bearer token"))?;
+        let Some(token) = bearer_token(headers) else {
+            // Without a bearer token, a browser's sign-in session (bearer tokens win: an API
+            // client is judged by what it sends).
+            let login = self.login.as_ref().ok_or(Rejection::Missing("no bearer token"))?;
+            let session = login.check(headers, now_ms / 1000)?;
+            return Ok(TokenCheck::Session {
+                subject: session.subject,
+                email: session.email,
+            });
+        };
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Rejection::Wrong("malformed bearer token"));
         }
@@ -611,6 +644,26 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
             .then(|| rest.trim())
             .filter(|t| !t.is_empty())
     })
+}
+
+/// `k=v&k=v`, each form-urlencoded (RFC 6749 appendix B).
+pub(crate) fn form_pairs(pairs: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        let mut out = String::with_capacity(s.len());
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// A scope request is well formed: space-separated tokens of `%x21 / %x23-5B / %x5D-7E`

@@ -101,6 +101,16 @@ impl Matcher {
         &self.prefix
     }
 
+    /// Whether a request to `host` (normal form) is for this route's hosts.
+    pub fn host_matches(&self, host: Option<&str>) -> bool {
+        self.host_rank(host).is_some()
+    }
+
+    /// Whether the route is served on the egress listener.
+    pub fn egress(&self) -> bool {
+        self.egress
+    }
+
     /// Whether the route ignores letter case in paths.
     pub fn case_insensitive(&self) -> bool {
         self.case_insensitive

@@ -23,6 +23,8 @@ pub const IDENTITY: HeaderName = HeaderName::from_static("x-portcullis-identity"
 pub const PROFILE: HeaderName = HeaderName::from_static("x-portcullis-profile");
 /// The route that matched.
 pub const ROUTE: HeaderName = HeaderName::from_static("x-portcullis-route");
+/// The signed-in person's email (a sign-in session whose ID token had a verified one).
+pub const EMAIL: HeaderName = HeaderName::from_static("x-portcullis-email");
 
 /// How the identity header is encoded when the identity is not a plain header value.
 pub const IDENTITY_ENCODING: HeaderName = HeaderName::from_static("x-portcullis-identity-encoding");
@@ -206,6 +208,8 @@ pub struct Verdict<'a> {
     pub profile: &'a str,
     /// The identity the profile authenticated (never a client-chosen audit override).
     pub identity: &'a str,
+    /// The signed-in person's email (sign-in sessions), told in `X-Portcullis-Email`.
+    pub email: Option<&'a str>,
     /// The client address the engine decided on (after trusted proxies).
     pub client_ip: IpAddr,
     /// The route's and its profiles' names as header values, made when the configuration
@@ -258,6 +262,9 @@ pub fn set_verdict(headers: &mut HeaderMap, verdict: &Verdict<'_>) {
         None => {
             set_plain(headers, PROFILE, verdict.profile);
         }
+    }
+    if let Some(email) = verdict.email {
+        set_plain(headers, EMAIL, email);
     }
     if !set_plain(headers, IDENTITY, verdict.identity)
         && let Ok(encoded) = HeaderValue::from_str(&percent_encode_identity(verdict.identity))
@@ -472,6 +479,7 @@ mod tests {
             route: "r",
             profile: "p",
             identity,
+            email: None,
             client_ip: "10.1.2.3".parse().unwrap(),
             names: None,
         };

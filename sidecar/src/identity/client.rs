@@ -39,6 +39,10 @@ pub enum Endpoint {
     Introspection,
     /// A route's `oauth2ClientCredentials.tokenUrl`.
     Token,
+    /// An OpenID provider's discovery document (sign-in for people).
+    Discovery,
+    /// An OpenID provider's token endpoint (sign-in for people: code exchange, refresh).
+    LoginToken,
 }
 
 impl fmt::Display for Endpoint {
@@ -47,6 +51,8 @@ impl fmt::Display for Endpoint {
             Self::KeySet => "key set endpoint",
             Self::Introspection => "introspection endpoint",
             Self::Token => "token endpoint",
+            Self::Discovery => "OpenID discovery document",
+            Self::LoginToken => "sign-in token endpoint",
         })
     }
 }

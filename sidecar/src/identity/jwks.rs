@@ -103,7 +103,7 @@ where
 }
 
 /// Fetches and parses the key set at `uri`: a 2xx JSON key set with at least one usable key.
-async fn fetch(client: &IdpClient, uri: &str) -> Result<JwkSet, IdpError> {
+pub(crate) async fn fetch(client: &IdpClient, uri: &str) -> Result<JwkSet, IdpError> {
     let endpoint = Endpoint::KeySet;
     let req = Request::get(uri)
         .header(ACCEPT, "application/json")

@@ -7,6 +7,7 @@
 //! its callers.
 
 pub mod client;
+pub mod discovery;
 pub mod introspection;
 pub mod jwks;
 pub mod origin_token;

@@ -35,6 +35,7 @@ use body_check::{BodyRefused, check_signed_body};
 use respond::{Answer, rate_limit_headers};
 
 mod body_check;
+mod login;
 pub mod respond;
 pub mod token_endpoint;
 
@@ -68,6 +69,24 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     if let Some(endpoint) = active.engine.token_endpoint(&view) {
         return token_endpoint::serve(&shared, endpoint, req, trip.start).await;
     }
+    // 2b. Sign-in for people: the callback and the sign-out path; a session close to its
+    // expiry is refreshed (the app and the decision see the new one, the browser is told).
+    if let Some(endpoint) = active.engine.login_endpoint(&view) {
+        return login::endpoint(&trip, endpoint, &view).await;
+    }
+    let refreshed = match active.engine.refresh_wanted(&view, crate::base::clock::unix_secs()) {
+        Some(r) => login::refresh(&r, &shared.metrics)
+            .await
+            .map(|(value, line)| (r.login.session_cookie_name().to_owned(), value, line)),
+        None => None,
+    };
+    let mut req = req;
+    let mut set_cookie = None;
+    if let Some((name, value, line)) = refreshed {
+        login::replace_cookie(req.headers_mut(), &name, &value);
+        set_cookie = Some(line);
+    }
+    let view = request_view(&req, &conn);
     // 3. Introspection, then 4. the decision, taken after the answers came.
     let now = match introspect(&trip, &active, &view).await {
         Ok(now) => now,
@@ -94,6 +113,12 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         }
         outcome => outcome,
     };
+    // 4c. A browser refused for want of a session is sent to sign in.
+    if let Outcome::Deny(denial) = &outcome
+        && let Some(start) = active.engine.login_redirect(&view, denial)
+    {
+        return login::start(&trip, start, &view, denial);
+    }
     // 5. The body check of a signed digest.
     let (req, body_refused) = check_signed_body(req, &outcome, shared.max_signed_body_bytes).await;
     // 6. The answer.
@@ -121,6 +146,12 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         }
     };
     // 7. The record.
+    let mut response = response;
+    if let Some(line) = set_cookie
+        && let Ok(value) = http::HeaderValue::from_str(&line)
+    {
+        response.headers_mut().append(http::header::SET_COOKIE, value);
+    }
     let resolved = match &outcome {
         Outcome::Allow(admission) => active.route_metrics.get(admission.route.index),
         _ => None,
@@ -412,10 +443,16 @@ async fn forward<'a>(
             return (Answer::BadRequest.response(), "deny");
         }
     };
+    let mut req = req;
+    if !active.engine.login_providers().is_empty() {
+        // The sidecar's sign-in cookies are its own: the app never sees them.
+        login::strip_cookies(req.headers_mut());
+    }
     let verdict = Verdict {
         route,
         profile: admission.profile,
         identity: &admission.identity,
+        email: admission.email.as_deref(),
         client_ip: admission.client_ip,
         names: active.names.get(admission.route.index),
     };

@@ -107,6 +107,8 @@ pub enum BackendErrorKind {
     Unsupported,
     /// An OAuth2 introspection endpoint failed (the call was answered 503).
     Introspection,
+    /// An OpenID provider of a sign-in was not discovered, or its token endpoint failed.
+    Login,
 }
 
 impl BackendErrorKind {
@@ -118,6 +120,7 @@ impl BackendErrorKind {
             Self::Protocol => "protocol",
             Self::Unsupported => "unsupported",
             Self::Introspection => "introspection",
+            Self::Login => "login",
         }
     }
 }

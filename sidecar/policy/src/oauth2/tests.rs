@@ -15,14 +15,14 @@ use crate::{Denial, DenialKind, Engine, InMemoryLimiter, Listener, Outcome, Requ
 const NOW: u64 = 1_764_000_000;
 const JWKS: &str = "https://idp.example.com/jwks";
 
-struct Signer {
+pub(super) struct Signer {
     kid: String,
     ed: Option<Ed25519KeyPair>,
     ec: Option<EcdsaKeyPair>,
 }
 
 impl Signer {
-    fn ed25519(kid: &str) -> Self {
+    pub(super) fn ed25519(kid: &str) -> Self {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
         let ed = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
         Self {
@@ -31,7 +31,7 @@ impl Signer {
             ec: None,
         }
     }
-    fn es256(kid: &str) -> Self {
+    pub(super) fn es256(kid: &str) -> Self {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
         let ec = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
@@ -41,7 +41,7 @@ impl Signer {
             ec: Some(ec),
         }
     }
-    fn jwk(&self) -> Value {
+    pub(super) fn jwk(&self) -> Value {
         match (&self.ed, &self.ec) {
             (Some(ed), _) => {
                 json!({"kty": "OKP", "crv": "Ed25519", "kid": self.kid, "x": B64.encode(ed.public_key().as_ref())})
@@ -54,10 +54,10 @@ impl Signer {
             _ => unreachable!(),
         }
     }
-    fn alg(&self) -> &'static str {
+    pub(super) fn alg(&self) -> &'static str {
         if self.ed.is_some() { "EdDSA" } else { "ES256" }
     }
-    fn token_with(&self, header: Value, claims: &Value) -> String {
+    pub(super) fn token_with(&self, header: Value, claims: &Value) -> String {
         let signed = format!("{}.{}", B64.encode(header.to_string()), B64.encode(claims.to_string()));
         let sig = match (&self.ed, &self.ec) {
             (Some(ed), _) => ed.sign(signed.as_bytes()).as_ref().to_vec(),
@@ -70,7 +70,7 @@ impl Signer {
         };
         format!("{signed}.{}", B64.encode(sig))
     }
-    fn token(&self, claims: &Value) -> String {
+    pub(super) fn token(&self, claims: &Value) -> String {
         self.token_with(json!({"alg": self.alg(), "kid": self.kid, "typ": "at+jwt"}), claims)
     }
 }

@@ -1,0 +1,602 @@
+//! Sign-in tests: sealed cookies, the authorization redirect, callbacks, ID tokens,
+//! sessions through the engine, return paths and the used-once memory.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http::HeaderMap;
+use portcullis_config::{Loaded, SecretMaterial, SidecarConfig};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::oauth2::JwkSet;
+use crate::oauth2::tests::Signer;
+use crate::{DenialKind, Engine, InMemoryLimiter, Listener, LoginStep, Outcome, RequestView};
+
+const NOW: u64 = 1_764_000_000;
+const ISS: &str = "https://op.example.com";
+const KEY_A: [u8; 32] = [7; 32];
+const KEY_B: [u8; 32] = [9; 32];
+
+fn b64(k: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(k)
+}
+
+fn random(n: u8) -> Random {
+    Random {
+        state: [n; 16],
+        nonce: [n + 1; 16],
+        verifier: [n + 2; 32],
+        seal: [n + 3; 12],
+    }
+}
+
+fn discovered() -> Discovered {
+    Discovered {
+        issuer: ISS.into(),
+        authorization_endpoint: format!("{ISS}/auth"),
+        token_endpoint: format!("{ISS}/token"),
+        jwks_uri: format!("{ISS}/jwks"),
+        end_session_endpoint: Some(format!("{ISS}/session/end")),
+    }
+}
+
+/// An engine with profile `people` (sign-in) on route `app` (`/`), session keys `keys`.
+fn engine_with(keys: &[[u8; 32]], login_extra: Value, signer: &Signer) -> Engine {
+    let mut login = json!({"issuer": ISS, "discoveryUrl": format!("{ISS}/.well-known/openid-configuration"),
+        "clientId": "portcullis", "redirectPath": "/oauth2/callback", "logoutPath": "/oauth2/logout",
+        "scopes": ["openid", "email"], "sessionMaxSeconds": 3600});
+    for (k, v) in login_extra.as_object().unwrap() {
+        login[k] = v.clone();
+    }
+    let config = json!({"schemaVersion": 1, "generation": "g", "namespace": "demo",
+        "profiles": [{"name": "people", "auth": {"type": "OAuth2", "provider": "Generic", "issuer": ISS, "login": login}}],
+        "routes": [{"name": "app", "pathPrefix": "/", "profiles": ["people"], "backend": {"type": "Local", "port": 8080}}]});
+    let session_keys: Vec<Value> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| json!({"name": format!("key-{}", 100 - i), "key": b64(k)}))
+        .collect();
+    let secrets = json!({"schemaVersion": 1, "generation": "g",
+        "profiles": {"people": {"login": {"clientSecret": "s3cret", "sessionKeys": session_keys}}}});
+    let loaded = Loaded {
+        config: serde_json::from_value::<SidecarConfig>(config).unwrap(),
+        secrets: serde_json::from_value::<SecretMaterial>(secrets).unwrap(),
+    };
+    let e = Engine::compile(&loaded, Arc::new(InMemoryLimiter::new())).unwrap();
+    let provider = &e.login_providers()[0];
+    assert_eq!(
+        &*provider.url,
+        "https://op.example.com/.well-known/openid-configuration"
+    );
+    provider.slot.store(discovered());
+    let doc = json!({"keys": [signer.jwk()]});
+    provider
+        .slot
+        .keys
+        .store(JwkSet::from_json(doc.to_string().as_bytes()).unwrap());
+    e
+}
+
+fn login(e: &Engine) -> &Login {
+    e.login_of_route("app").unwrap().1
+}
+
+fn cookies(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let v: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !v.is_empty() {
+        h.insert("cookie", v.join("; ").parse().unwrap());
+    }
+    h
+}
+
+/// The value of a `Set-Cookie` line.
+fn value(set_cookie: &str) -> &str {
+    set_cookie.split(';').next().unwrap().split_once('=').unwrap().1
+}
+
+fn query_of(location: &str, name: &str) -> String {
+    let q = location.split_once('?').unwrap().1;
+    crate::query::query_param(q, name).unwrap().into_owned()
+}
+
+fn id_claims(nonce: &str) -> Value {
+    json!({"iss": ISS, "sub": "248289761001", "aud": "portcullis", "exp": NOW + 600, "iat": NOW,
+           "nonce": nonce, "email": "Jane@Example.com", "email_verified": true})
+}
+
+fn view<'a>(path: &'a str, query: Option<&'a str>, headers: &'a HeaderMap, tls: bool) -> RequestView<'a> {
+    RequestView {
+        method: "GET",
+        host: Some("app.example.com"),
+        authority: Some("app.example.com"),
+        path,
+        query,
+        headers,
+        peer: "10.0.0.1".parse().unwrap(),
+        tls,
+        listener: Listener::Inbound,
+        client_cert: None,
+    }
+}
+
+#[test]
+fn sealed_values_open_only_under_their_keys_and_purpose() {
+    let a = SessionKeys::new(&[&b64(&KEY_A)]).unwrap();
+    let sealed = a.seal(b"p", b"hello", [1; 12]);
+    assert_eq!(a.open(b"p", &sealed).as_deref(), Some(&b"hello"[..]));
+    assert_eq!(a.open(b"other purpose", &sealed), None);
+    // Rotation: a new key in front still opens what the old one sealed; a foreign key does not.
+    let rotated = SessionKeys::new(&[&b64(&KEY_B), &b64(&KEY_A)]).unwrap();
+    assert_eq!(rotated.open(b"p", &sealed).as_deref(), Some(&b"hello"[..]));
+    let foreign = SessionKeys::new(&[&b64(&KEY_B)]).unwrap();
+    assert_eq!(foreign.open(b"p", &sealed), None);
+    // Any flipped bit is refused.
+    let mut raw = B64.decode(&sealed).unwrap();
+    for i in [0, 5, 20, raw.len() - 1] {
+        raw[i] ^= 1;
+        assert_eq!(a.open(b"p", &B64.encode(&raw)), None, "byte {i}");
+        raw[i] ^= 1;
+    }
+    assert_eq!(a.open(b"p", "not base64!"), None);
+    assert_eq!(a.open(b"p", &"A".repeat(5000)), None);
+    assert!(SessionKeys::new(&[&b64(&[1; 16])]).is_err());
+    assert!(SessionKeys::new(&[]).is_err());
+}
+
+#[test]
+fn start_sends_the_browser_to_the_provider_with_state_nonce_and_pkce() {
+    let signer = Signer::es256("op1");
+    let e = engine_with(&[KEY_A], json!({}), &signer);
+    let l = login(&e);
+    let redirect = l.redirect_uri("app.example.com", true);
+    assert_eq!(redirect, "https://app.example.com/oauth2/callback");
+    let (location, set_cookie) = l.start(&discovered(), &redirect, "/reports?q=1", &random(1), NOW);
+    assert!(location.starts_with("https://op.example.com/auth?response_type=code&client_id=portcullis&"));
+    assert_eq!(query_of(&location, "redirect_uri"), redirect);
+    assert_eq!(query_of(&location, "scope"), "openid email");
+    assert_eq!(query_of(&location, "code_challenge_method"), "S256");
+    assert_eq!(query_of(&location, "state"), B64.encode([1u8; 16]));
+    assert_eq!(query_of(&location, "nonce"), B64.encode([2u8; 16]));
+    let verifier = B64.encode([3u8; 32]);
+    assert_eq!(query_of(&location, "code_challenge"), pkce_challenge(&verifier));
+    assert!(
+        !location.contains(&verifier),
+        "the verifier never leaves the browser's sealed cookie"
+    );
+    assert!(set_cookie.starts_with("portcullis-login-people="));
+    assert!(set_cookie.ends_with("; Path=/; Max-Age=600; HttpOnly; Secure; SameSite=Lax"));
+    assert!(!set_cookie.contains(&verifier));
+}
+
+#[test]
+fn callbacks_are_checked_against_the_sealed_state() {
+    let signer = Signer::es256("op1");
+    let e = engine_with(&[KEY_A], json!({}), &signer);
+    let l = login(&e);
+    let (location, set_cookie) = l.start(
+        &discovered(),
+        "https://app.example.com/oauth2/callback",
+        "/r",
+        &random(1),
+        NOW,
+    );
+    let state = query_of(&location, "state");
+    let jar = cookies(&[("portcullis-login-people", value(&set_cookie))]);
+    let ok = l
+        .callback(Some(&format!("code=abc&state={state}")), &jar, NOW + 5)
+        .unwrap();
+    assert_eq!(ok.code, "abc");
+    assert_eq!(ok.pending.return_to, "/r");
+    assert_eq!(ok.pending.verifier, B64.encode([3u8; 32]));
+    // A forged state, no cookie, a cookie from another sign-in, a stale one.
+    let err = |q: &str, h: &HeaderMap, at: u64| l.callback(Some(q), h, at).unwrap_err();
+    assert_eq!(err("code=abc&state=forged", &jar, NOW), LoginError::BadState);
+    assert_eq!(
+        err(&format!("code=abc&state={state}"), &HeaderMap::new(), NOW),
+        LoginError::BadState
+    );
+    let (other_loc, other_cookie) = l.start(&discovered(), "x", "/", &random(40), NOW);
+    let other = cookies(&[("portcullis-login-people", value(&other_cookie))]);
+    assert_eq!(
+        err(&format!("code=abc&state={state}"), &other, NOW),
+        LoginError::BadState
+    );
+    assert!(
+        l.callback(
+            Some(&format!("code=c&state={}", query_of(&other_loc, "state"))),
+            &other,
+            NOW
+        )
+        .is_ok()
+    );
+    assert_eq!(
+        err(&format!("code=abc&state={state}"), &jar, NOW + 600),
+        LoginError::StateExpired
+    );
+    // Tampered cookie, repeated parameters, the provider's error, no code.
+    let mut raw = B64.decode(value(&set_cookie)).unwrap();
+    raw[30] ^= 4;
+    let tampered = cookies(&[("portcullis-login-people", &B64.encode(&raw))]);
+    assert_eq!(
+        err(&format!("code=abc&state={state}"), &tampered, NOW),
+        LoginError::BadState
+    );
+    assert_eq!(
+        err(&format!("code=a&state={state}&state=x"), &jar, NOW),
+        LoginError::BadState
+    );
+    assert_eq!(
+        err(&format!("code=a&code=b&state={state}"), &jar, NOW),
+        LoginError::BadState
+    );
+    assert_eq!(
+        err(&format!("error=access_denied&state={state}"), &jar, NOW),
+        LoginError::ProviderRefused
+    );
+    assert_eq!(err(&format!("state={state}"), &jar, NOW), LoginError::NoCode);
+}
+
+#[test]
+fn id_tokens_are_verified_with_nonce_audience_and_expiry() {
+    let signer = Signer::es256("op1");
+    let e = engine_with(&[KEY_A], json!({}), &signer);
+    let l = login(&e);
+    let answer = |claims: &Value| {
+        json!({"id_token": signer.token_with(json!({"alg": "ES256", "kid": "op1"}), claims),
+                                         "refresh_token": "rt-1", "token_type": "Bearer"})
+        .to_string()
+    };
+    let s = l
+        .accept_tokens(answer(&id_claims("n1")).as_bytes(), Some("n1"), None, NOW)
+        .unwrap();
+    assert_eq!(s.subject, "248289761001");
+    assert_eq!(s.email.as_deref(), Some("jane@example.com"));
+    assert_eq!((s.expires, s.ends), (NOW + 600, NOW + 3600));
+    assert_eq!(s.refresh_token.as_deref(), Some("rt-1"));
+    let refused = |c: Value, nonce: Option<&str>| l.accept_tokens(answer(&c).as_bytes(), nonce, None, NOW).unwrap_err();
+    assert_eq!(refused(id_claims("n1"), Some("n2")), LoginError::WrongNonce);
+    let mut c = id_claims("n1");
+    c.as_object_mut().unwrap().remove("nonce");
+    assert_eq!(refused(c, Some("n1")), LoginError::WrongNonce);
+    let mut c = id_claims("n1");
+    c["aud"] = json!("another-client");
+    assert_eq!(refused(c, Some("n1")), LoginError::BadIdToken);
+    let mut c = id_claims("n1");
+    c["iss"] = json!("https://evil.example.com");
+    assert_eq!(refused(c, Some("n1")), LoginError::BadIdToken);
+    let mut c = id_claims("n1");
+    c["exp"] = json!(NOW - 3600);
+    assert_eq!(refused(c, Some("n1")), LoginError::BadIdToken);
+    // Signed by a key the provider does not publish.
+    let stranger = Signer::es256("op1");
+    let forged = json!({"id_token": stranger.token_with(json!({"alg": "ES256", "kid": "op1"}), &id_claims("n1"))});
+    assert_eq!(
+        l.accept_tokens(forged.to_string().as_bytes(), Some("n1"), None, NOW)
+            .unwrap_err(),
+        LoginError::BadIdToken
+    );
+    assert_eq!(
+        l.accept_tokens(b"{}", Some("n1"), None, NOW).unwrap_err(),
+        LoginError::NoIdToken
+    );
+    // A refresh keeps the session's end and its refresh token when no new one comes.
+    let refreshed = json!({"id_token": signer.token_with(json!({"alg": "ES256", "kid": "op1"}), &id_claims("other"))});
+    let s2 = l
+        .accept_tokens(refreshed.to_string().as_bytes(), None, Some(&s), NOW + 500)
+        .unwrap();
+    assert_eq!((s2.ends, s2.refresh_token.as_deref()), (s.ends, Some("rt-1")));
+    let mut c = id_claims("x");
+    c["sub"] = json!("someone-else");
+    let swapped = json!({"id_token": signer.token_with(json!({"alg": "ES256", "kid": "op1"}), &c)});
+    assert_eq!(
+        l.accept_tokens(swapped.to_string().as_bytes(), None, Some(&s), NOW)
+            .unwrap_err(),
+        LoginError::BadIdToken
+    );
+}
+
+#[test]
+fn allowed_domains_and_emails_need_a_verified_email() {
+    let signer = Signer::es256("op1");
+    let e = engine_with(
+        &[KEY_A],
+        json!({"allowedDomains": ["example.com"], "allowedEmails": ["bob@partner.org"]}),
+        &signer,
+    );
+    let l = login(&e);
+    let try_with = |email: &str, verified: bool| {
+        let mut c = id_claims("n");
+        c["email"] = json!(email);
+        c["email_verified"] = json!(verified);
+        let a = json!({"id_token": signer.token_with(json!({"alg": "ES256", "kid": "op1"}), &c)});
+        l.accept_tokens(a.to_string().as_bytes(), Some("n"), None, NOW)
+            .map(|s| s.subject)
+    };
+    assert!(try_with("jane@example.com", true).is_ok());
+    assert!(try_with("bob@partner.org", true).is_ok());
+    assert_eq!(try_with("jane@example.com", false), Err(LoginError::NotAllowed));
+    assert_eq!(try_with("eve@evil.com", true), Err(LoginError::NotAllowed));
+    assert_eq!(try_with("eve@notexample.com", true), Err(LoginError::NotAllowed));
+}
+
+#[test]
+fn sessions_admit_browsers_through_the_engine_and_bearer_tokens_still_work() {
+    let signer = Signer::es256("op1");
+    let e = engine_with(&[KEY_A], json!({}), &signer);
+    let l = login(&e);
+    let session = Session {
+        subject: "248289761001".into(),
+        email: Some("jane@example.com".into()),
+        expires: NOW + 600,
+        ends: NOW + 3600,
+        refresh_token: Some("rt".into()),
+    };
+    let set_cookie = l.session_cookie(&session, [5; 12], NOW).unwrap();
+    assert!(set_cookie.starts_with("portcullis-session-people="));
+    assert!(set_cookie.ends_with("; Path=/; Max-Age=3600; HttpOnly; Secure; SameSite=Lax"));
+    assert!(
+        !set_cookie.contains("rt") || !set_cookie.contains("jane"),
+        "sealed, not readable"
+    );
+    let jar = cookies(&[("other", "1"), ("portcullis-session-people", value(&set_cookie))]);
+    let decide = |h: &HeaderMap, at: u64| match e.decide(&view("/x", None, h, true), at * 1000) {
+        Outcome::Allow(a) => Ok((a.identity.into_owned(), a.email.map(|e| e.into_owned()))),
+        Outcome::Deny(d) => match d.kind {
+            DenialKind::Unauthorized { challenges } => Err((d.reason, challenges.to_vec())),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        decide(&jar, NOW),
+        Ok(("248289761001".into(), Some("jane@example.com".into())))
+    );
+    assert_eq!(
+        decide(&jar, NOW + 600),
+        Err(("session expired", vec!["Bearer realm=\"app\"".to_string()]))
+    );
+    assert_eq!(decide(&HeaderMap::new(), NOW).unwrap_err().0, "no bearer token");
+    // Tampered, or sealed under a key this profile does not hold: no session.
+    let mut raw = B64.decode(value(&set_cookie)).unwrap();
+    raw[40] ^= 1;
+    assert_eq!(
+        decide(&cookies(&[("portcullis-session-people", &B64.encode(&raw))]), NOW)
+            .unwrap_err()
+            .0,
+        "no valid session"
+    );
+    let foreign = engine_with(&[KEY_B], json!({}), &signer);
+    let foreign_cookie = login(&foreign).session_cookie(&session, [5; 12], NOW).unwrap();
+    assert_eq!(
+        decide(&cookies(&[("portcullis-session-people", value(&foreign_cookie))]), NOW)
+            .unwrap_err()
+            .0,
+        "no valid session"
+    );
+    // After a rotation (new key in front, old kept), the old session still opens.
+    let rotated = engine_with(&[KEY_B, KEY_A], json!({}), &signer);
+    assert!(matches!(
+        rotated.decide(&view("/x", None, &jar, true), NOW * 1000),
+        Outcome::Allow(_)
+    ));
+    // Bearer tokens from the provider are verified with its discovered keys.
+    let mut bearer = HeaderMap::new();
+    let token = signer.token_with(json!({"alg": "ES256", "kid": "op1"}), &id_claims("n"));
+    bearer.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    assert_eq!(decide(&bearer, NOW).unwrap().0, "248289761001");
+    // ... for this client only: the provider's token for another client is refused.
+    let mut other = id_claims("n");
+    other["aud"] = json!("someone-else");
+    let token = signer.token_with(json!({"alg": "ES256", "kid": "op1"}), &other);
+    bearer.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    assert!(decide(&bearer, NOW).is_err());
+    // Refresh: wanted once the session is within a minute of its expiry, not before.
+    assert!(e.refresh_wanted(&view("/x", None, &jar, true), NOW).is_none());
+    let wanted = e.refresh_wanted(&view("/x", None, &jar, true), NOW + 550).unwrap();
+    assert_eq!(
+        (wanted.profile, wanted.session.refresh_token.as_deref()),
+        ("people", Some("rt"))
+    );
+    assert!(
+        e.refresh_wanted(&view("/x", None, &jar, true), NOW + 3600).is_none(),
+        "past its end"
+    );
+}
+
+#[test]
+fn login_endpoints_are_found_on_the_route_host() {
+    let signer = Signer::es256("op1");
+    let e = engine_with(&[KEY_A], json!({}), &signer);
+    let h = HeaderMap::new();
+    let cb = e
+        .login_endpoint(&view("/oauth2/callback", Some("code=x"), &h, true))
+        .unwrap();
+    assert_eq!(
+        (cb.step, cb.profile, cb.https, cb.https_required),
+        (LoginStep::Callback, "people", true, false)
+    );
+    let out = e.login_endpoint(&view("/oauth2/logout", None, &h, false)).unwrap();
+    assert_eq!(out.step, LoginStep::Logout);
+    assert!(e.login_endpoint(&view("/oauth2/other", None, &h, true)).is_none());
+    let l = login(&e);
+    assert_eq!(
+        l.logout_location(Some(&discovered()), "https://app.example.com/"),
+        "https://op.example.com/session/end?client_id=portcullis&post_logout_redirect_uri=https%3A%2F%2Fapp.example.com%2F"
+    );
+    assert_eq!(l.logout_location(None, "/"), "/");
+    for c in l.clear_cookies() {
+        assert!(
+            c.contains("=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax"),
+            "{c}"
+        );
+    }
+}
+
+#[test]
+fn return_paths_stay_on_this_host() {
+    for ok in ["/", "/a/b?c=d", "/reports"] {
+        assert_eq!(safe_return_path(ok), Some(ok));
+    }
+    for bad in [
+        "//evil.example/x",
+        "/\\evil.example",
+        "https://evil.example/",
+        "evil",
+        "",
+        "/a\\b",
+        "/a b",
+        "/\u{7f}",
+    ] {
+        assert_eq!(safe_return_path(bad), None, "{bad:?}");
+    }
+    assert_eq!(safe_return_path(&format!("/{}", "a".repeat(2000))), None);
+}
+
+#[test]
+fn states_and_codes_are_used_once_within_a_bound() {
+    let used = UsedOnce::new(2);
+    assert_eq!(used.first_use("code", "c1", NOW + 600, NOW), Ok(()));
+    assert_eq!(
+        used.first_use("code", "c1", NOW + 600, NOW + 1),
+        Err(LoginError::Replayed)
+    );
+    assert_eq!(used.first_use("state", "c1", NOW + 600, NOW + 1), Ok(()), "kinds apart");
+    // Full of live entries: refused (fail closed) rather than forgotten.
+    assert_eq!(
+        used.first_use("code", "c2", NOW + 600, NOW + 2),
+        Err(LoginError::Replayed)
+    );
+    // Expired entries make room.
+    assert_eq!(used.first_use("code", "c2", NOW + 1200, NOW + 600), Ok(()));
+    assert_eq!(used.len(), 1);
+}
+
+#[test]
+fn discovery_documents_must_name_the_issuer() {
+    let doc = json!({"issuer": ISS, "authorization_endpoint": format!("{ISS}/auth"), "token_endpoint": format!("{ISS}/token"),
+                     "jwks_uri": format!("{ISS}/jwks"), "code_challenge_methods_supported": ["S256"]});
+    let d = Discovered::from_json(doc.to_string().as_bytes(), ISS, true).unwrap();
+    assert_eq!(
+        (d.token_endpoint.as_str(), d.end_session_endpoint),
+        ("https://op.example.com/token", None)
+    );
+    assert!(matches!(
+        Discovered::from_json(doc.to_string().as_bytes(), "https://other.example.com", true),
+        Err(DiscoveryError::WrongIssuer { .. })
+    ));
+    let mut plain = doc.clone();
+    plain["token_endpoint"] = json!("http://op.example.com/token");
+    assert_eq!(
+        Discovered::from_json(plain.to_string().as_bytes(), ISS, true),
+        Err(DiscoveryError::BadUrl("token_endpoint"))
+    );
+    assert!(Discovered::from_json(plain.to_string().as_bytes(), ISS, false).is_ok());
+    let mut no_pkce = doc.clone();
+    no_pkce["code_challenge_methods_supported"] = json!(["plain"]);
+    assert_eq!(
+        Discovered::from_json(no_pkce.to_string().as_bytes(), ISS, true),
+        Err(DiscoveryError::NoPkce)
+    );
+    assert_eq!(
+        Discovered::from_json(b"[]", ISS, true),
+        Err(DiscoveryError::Missing("issuer"))
+    );
+}
+
+#[test]
+fn browsers_are_sent_to_sign_in_and_api_clients_keep_the_401() {
+    let signer = Signer::es256("op1");
+    let e = engine_with(&[KEY_A], json!({}), &signer);
+    let with = |pairs: &[(&str, &str)]| {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    };
+    let redirect = |h: &HeaderMap, method: &'static str, tls: bool| {
+        let mut v = view("/reports", None, h, tls);
+        v.method = method;
+        match e.decide(&v, NOW * 1000) {
+            Outcome::Deny(d) => e.login_redirect(&v, &d).map(|s| (s.profile, s.https)),
+            other => panic!("{other:?}"),
+        }
+    };
+    let browser = with(&[("accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8")]);
+    assert_eq!(redirect(&browser, "GET", true), Some(("people", true)));
+    assert_eq!(redirect(&browser, "HEAD", true), Some(("people", true)));
+    // An expired session: signed in again.
+    let expired = Session {
+        subject: "s".into(),
+        email: None,
+        expires: NOW - 1,
+        ends: NOW + 100,
+        refresh_token: None,
+    };
+    let old = login(&e).session_cookie(&expired, [1; 12], NOW).unwrap();
+    let mut h = browser.clone();
+    h.insert(
+        "cookie",
+        format!("portcullis-session-people={}", value(&old)).parse().unwrap(),
+    );
+    assert_eq!(redirect(&h, "GET", true), Some(("people", true)));
+    // API clients: no text/html, a POST, or an Authorization header (even a wrong one).
+    assert_eq!(redirect(&with(&[("accept", "application/json")]), "GET", true), None);
+    assert_eq!(redirect(&HeaderMap::new(), "GET", true), None);
+    assert_eq!(redirect(&browser, "POST", true), None);
+    let bearer = with(&[("accept", "text/html"), ("authorization", "Bearer nope")]);
+    assert_eq!(redirect(&bearer, "GET", true), None);
+    assert!(is_browser_navigation(
+        "GET",
+        &with(&[("accept", "application/json, TEXT/HTML; q=0.1")])
+    ));
+    assert!(!is_browser_navigation("GET", &with(&[("accept", "text/htmlx")])));
+}
+
+#[test]
+fn sign_in_steps_over_plain_http_on_ssl_only_routes_are_refused() {
+    let signer = Signer::es256("op1");
+    let e = ssl_only_engine(&signer);
+    let h = HeaderMap::new();
+    let cb = e
+        .login_endpoint(&view("/oauth2/callback", Some("code=x&state=y"), &h, false))
+        .unwrap();
+    assert!(cb.https_required && !cb.https);
+    let cb = e
+        .login_endpoint(&view("/oauth2/callback", Some("code=x&state=y"), &h, true))
+        .unwrap();
+    assert!(!cb.https_required && cb.https);
+    // A browser on plain HTTP is sent to HTTPS first, never to the provider.
+    let browser = {
+        let mut h = HeaderMap::new();
+        h.insert("accept", "text/html".parse().unwrap());
+        h
+    };
+    let v = view("/reports", None, &browser, false);
+    assert!(matches!(e.decide(&v, NOW * 1000), Outcome::Redirect { .. }));
+}
+
+fn ssl_only_engine(signer: &Signer) -> Engine {
+    let login = json!({"issuer": ISS, "discoveryUrl": format!("{ISS}/.well-known/openid-configuration"),
+        "clientId": "portcullis", "redirectPath": "/oauth2/callback", "logoutPath": "/oauth2/logout",
+        "scopes": ["openid"], "sessionMaxSeconds": 3600});
+    let config = json!({"schemaVersion": 1, "generation": "g", "namespace": "demo",
+        "profiles": [{"name": "people", "auth": {"type": "OAuth2", "provider": "Generic", "issuer": ISS, "login": login}}],
+        "routes": [{"name": "app", "pathPrefix": "/", "sslOnly": true, "profiles": ["people"], "backend": {"type": "Local", "port": 8080}}]});
+    let secrets = json!({"schemaVersion": 1, "generation": "g",
+        "profiles": {"people": {"login": {"clientSecret": "s3cret", "sessionKeys": [{"name": "key-1", "key": b64(&KEY_A)}]}}}});
+    let loaded = Loaded {
+        config: serde_json::from_value::<SidecarConfig>(config).unwrap(),
+        secrets: serde_json::from_value::<SecretMaterial>(secrets).unwrap(),
+    };
+    let e = Engine::compile(&loaded, Arc::new(InMemoryLimiter::new())).unwrap();
+    e.login_providers()[0].slot.store(discovered());
+    let doc = json!({"keys": [signer.jwk()]});
+    e.login_providers()[0]
+        .slot
+        .keys
+        .store(JwkSet::from_json(doc.to_string().as_bytes()).unwrap());
+    e
+}

@@ -1,0 +1,352 @@
+//! Sign-in for people: the I/O around the engine's pure sign-in
+//! ([`portcullis_policy::oauth2::login`]): randomness, the provider's token endpoint, the
+//! redirects and the cookies. Steps:
+//!
+//! - [`start`]: a browser refused for want of a session is sent to the provider (302), with
+//!   the sealed pending sign-in in a cookie; while the provider was never discovered it gets
+//!   a 503 page instead (and the `login` backend-error metric): never a redirect loop.
+//! - [`endpoint`]: the callback (state checked, state and code used once on this replica,
+//!   code exchanged with the client secret, ID token verified, session cookie set, back to
+//!   the same-host path the browser first asked for) and the sign-out path (cookies cleared,
+//!   RP-initiated logout where the provider offers it).
+//! - [`refresh`]: a session close to its expiry is refreshed with its refresh token before
+//!   the decision.
+
+use std::sync::OnceLock;
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use http::{HeaderValue, Response, StatusCode};
+use portcullis_policy::oauth2::login::{LoginError, Random, STATE_TTL_SECS, Session, UsedOnce};
+use portcullis_policy::{LoginEndpoint, LoginStart, LoginStep, RefreshRequest};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::Trip;
+use crate::base::body::{ProxyBody, full};
+use crate::base::clock::unix_secs;
+use crate::base::engine::{Denial, RequestView};
+use crate::identity::discovery::token_call;
+use crate::telemetry::metrics::BackendErrorKind;
+
+/// States and codes remembered on this replica (each for the life of a pending sign-in).
+const USED_CAPACITY: usize = 100_000;
+
+fn used() -> &'static UsedOnce {
+    static USED: OnceLock<UsedOnce> = OnceLock::new();
+    USED.get_or_init(|| UsedOnce::new(USED_CAPACITY))
+}
+
+fn random<const N: usize>() -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    SystemRandom::new().fill(&mut out).ok()?;
+    Some(out)
+}
+
+/// A small HTML page (a browser reads these), never cached.
+fn page(status: StatusCode, title: &str, message: &str) -> Response<ProxyBody> {
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+         <body><h1>{title}</h1><p>{message}</p></body></html>\n"
+    );
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// A 302 to `location` setting `cookies`.
+fn redirect(location: &str, cookies: &[String]) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(""));
+    *resp.status_mut() = StatusCode::FOUND;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        h.insert(LOCATION, v);
+    }
+    for c in cookies {
+        if let Ok(v) = HeaderValue::from_str(c) {
+            h.append(SET_COOKIE, v);
+        }
+    }
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn unavailable(
+    trip: &Trip<'_>,
+    route: &str,
+    profile: &str,
+    denial_ip: std::net::IpAddr,
+    reason: &str,
+) -> Response<ProxyBody> {
+    trip.shared.metrics.backend_error(BackendErrorKind::Login);
+    let resp = page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Sign-in unavailable",
+        "The identity provider cannot be reached right now. Please try again in a minute.",
+    );
+    trip.early(resp, "error", route, profile, denial_ip, reason)
+}
+
+/// Sends a browser refused by `denial` to sign in.
+pub(super) fn start(
+    trip: &Trip<'_>,
+    s: LoginStart<'_>,
+    view: &RequestView<'_>,
+    denial: &Denial<'_>,
+) -> Response<ProxyBody> {
+    let Some(doc) = s.login.discovered() else {
+        return unavailable(
+            trip,
+            s.route,
+            s.profile,
+            denial.client_ip,
+            "identity provider not discovered",
+        );
+    };
+    let (Some(state), Some(nonce), Some(verifier), Some(seal)) = (random(), random(), random(), random()) else {
+        return unavailable(trip, s.route, s.profile, denial.client_ip, "no randomness");
+    };
+    let authority = view.authority.or(view.host).unwrap_or("");
+    let redirect_uri = s.login.redirect_uri(authority, s.https);
+    let return_to = match view.query {
+        Some(q) => format!("{}?{q}", view.path),
+        None => view.path.to_owned(),
+    };
+    let random = Random {
+        state,
+        nonce,
+        verifier,
+        seal,
+    };
+    let (location, cookie) = s.login.start(&doc, &redirect_uri, &return_to, &random, unix_secs());
+    trip.early(
+        redirect(&location, &[cookie]),
+        "redirect",
+        s.route,
+        s.profile,
+        denial.client_ip,
+        "sign-in required",
+    )
+}
+
+/// Serves the callback or the sign-out path.
+pub(super) async fn endpoint(trip: &Trip<'_>, ep: LoginEndpoint<'_>, view: &RequestView<'_>) -> Response<ProxyBody> {
+    let (route, profile, ip) = (ep.route, ep.profile, ep.client_ip);
+    if ep.https_required {
+        let resp = page(StatusCode::FORBIDDEN, "HTTPS required", "Sign in over HTTPS.");
+        return trip.early(
+            resp,
+            "deny",
+            route,
+            profile,
+            ip,
+            "sign-in over plain HTTP on an sslOnly route",
+        );
+    }
+    if !ep.trusted {
+        let resp = page(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "Sign-in is not offered to this address.",
+        );
+        return trip.early(
+            resp,
+            "deny",
+            route,
+            profile,
+            ip,
+            "client address outside the profile's trusted ranges",
+        );
+    }
+    let login = ep.login;
+    let authority = view.authority.or(view.host).unwrap_or("");
+    let scheme = if ep.https { "https" } else { "http" };
+    if ep.step == LoginStep::Logout {
+        let post_logout = format!("{scheme}://{authority}/");
+        let location = login.logout_location(login.discovered().as_deref(), &post_logout);
+        // Signing out ends every sign-in of this browser with the sidecar (profiles may share
+        // the sign-out path): this profile's cookies and any other sign-in cookie it sent.
+        let mut clear: Vec<String> = login.clear_cookies().to_vec();
+        for pair in cookie_pairs(view.headers) {
+            let name = pair.split('=').next().unwrap_or("");
+            if is_ours(name) && !clear.iter().any(|c| c.split('=').next() == Some(name)) {
+                clear.push(format!("{name}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax"));
+            }
+        }
+        let resp = redirect(&location, &clear);
+        return trip.early(resp, "redirect", route, profile, ip, "signed out");
+    }
+    let now = unix_secs();
+    let refused = |e: LoginError| {
+        let status = match e {
+            LoginError::NotAllowed => StatusCode::FORBIDDEN,
+            LoginError::SessionTooLarge => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let mut resp = page(status, "Sign-in failed", &e.to_string());
+        for c in login.clear_cookies().iter().skip(1) {
+            if let Ok(v) = HeaderValue::from_str(c) {
+                resp.headers_mut().append(SET_COOKIE, v);
+            }
+        }
+        trip.early(resp, "deny", route, profile, ip, e.reason())
+    };
+    let cb = match login.callback(view.query, view.headers, now) {
+        Ok(cb) => cb,
+        Err(e) => return refused(e),
+    };
+    let until = cb.pending.created + STATE_TTL_SECS;
+    if let Err(e) = used()
+        .first_use("state", &cb.pending.state, until, now)
+        .and_then(|()| used().first_use("code", &cb.code, now + STATE_TTL_SECS, now))
+    {
+        return refused(e);
+    }
+    let Some(doc) = login.discovered() else {
+        return unavailable(trip, route, profile, ip, "identity provider not discovered");
+    };
+    let redirect_uri = login.redirect_uri(authority, ep.https);
+    let form = login.code_form(&cb.code, &redirect_uri, &cb.pending.verifier);
+    let (client_id, secret) = login.client();
+    let answer = match token_call(&doc.token_endpoint, client_id, secret.expose(), form).await {
+        Ok(body) => body,
+        Err(crate::identity::client::IdpError::Refused { status, code, .. }) if (400..500).contains(&status) => {
+            tracing::info!(
+                route,
+                profile,
+                status,
+                code = code.as_deref().unwrap_or("-"),
+                "sign-in code refused by the provider"
+            );
+            return refused(LoginError::ProviderRefused);
+        }
+        Err(error) => {
+            tracing::warn!(route, profile, %error, "sign-in token endpoint failed");
+            return unavailable(trip, route, profile, ip, "sign-in token endpoint failed");
+        }
+    };
+    let session = match login.accept_tokens(&answer, Some(&cb.pending.nonce), None, now) {
+        Ok(s) => s,
+        Err(e) => return refused(e),
+    };
+    let Some(seal) = random() else {
+        return unavailable(trip, route, profile, ip, "no randomness");
+    };
+    let cookie = match login.session_cookie(&session, seal, now) {
+        Ok(c) => c,
+        Err(e) => return refused(e),
+    };
+    let [_, clear_state] = login.clear_cookies();
+    let resp = redirect(&cb.pending.return_to, &[cookie, clear_state]);
+    let record = crate::telemetry::audit::Record {
+        route,
+        profile,
+        identity: &session.subject,
+        client_ip: ip,
+        decision: "redirect",
+        reason: "signed in",
+        ..trip.record()
+    };
+    trip.finish(record, "redirect", resp, None)
+}
+
+/// Refreshes the session of `r` with its refresh token: the new session's sealed cookie
+/// value and its `Set-Cookie` line; `None` when it could not be refreshed (the old session is
+/// then judged as it is).
+pub(super) async fn refresh(
+    r: &RefreshRequest<'_>,
+    metrics: &crate::telemetry::metrics::Metrics,
+) -> Option<(String, String)> {
+    let login = r.login;
+    let doc = login.discovered()?;
+    let rt = r.session.refresh_token.as_deref()?;
+    let (client_id, secret) = login.client();
+    let now = unix_secs();
+    let body = match token_call(&doc.token_endpoint, client_id, secret.expose(), login.refresh_form(rt)).await {
+        Ok(body) => body,
+        Err(error) => {
+            metrics.backend_error(BackendErrorKind::Login);
+            tracing::info!(route = r.route, profile = r.profile, %error, "session refresh failed");
+            return None;
+        }
+    };
+    let session: Session = match login.accept_tokens(&body, None, Some(&r.session), now) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(
+                route = r.route,
+                profile = r.profile,
+                reason = e.reason(),
+                "session refresh refused"
+            );
+            return None;
+        }
+    };
+    let line = login.session_cookie(&session, random()?, now).ok()?;
+    let value = line.split(';').next()?.split_once('=')?.1.to_owned();
+    Some((value, line))
+}
+
+/// Puts `name=value` in the request's `Cookie` header in place of the browser's (one line).
+pub(super) fn replace_cookie(headers: &mut http::HeaderMap, name: &str, value: &str) {
+    let mut pairs: Vec<String> = cookie_pairs(headers)
+        .filter(|p| p.split('=').next() != Some(name))
+        .collect();
+    pairs.push(format!("{name}={value}"));
+    if let Ok(v) = HeaderValue::from_str(&pairs.join("; ")) {
+        headers.insert(http::header::COOKIE, v);
+    }
+}
+
+/// Removes the sidecar's sign-in cookies (`portcullis-session-*`, `portcullis-login-*`) from
+/// the request's `Cookie` headers.
+pub(super) fn strip_cookies(headers: &mut http::HeaderMap) {
+    let ours = |p: &String| is_ours(p);
+    if !cookie_pairs(headers).any(|p| ours(&p)) {
+        return;
+    }
+    let kept: Vec<String> = cookie_pairs(headers).filter(|p| !ours(p)).collect();
+    headers.remove(http::header::COOKIE);
+    if let (false, Ok(v)) = (kept.is_empty(), HeaderValue::from_str(&kept.join("; "))) {
+        headers.insert(http::header::COOKIE, v);
+    }
+}
+
+/// A sign-in cookie of the sidecar (by its name, or a `name=value` pair).
+fn is_ours(name: &str) -> bool {
+    name.starts_with("portcullis-session-") || name.starts_with("portcullis-login-")
+}
+
+fn cookie_pairs(headers: &http::HeaderMap) -> impl Iterator<Item = String> + '_ {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_in_cookies_never_reach_the_app_and_a_refreshed_one_replaces_the_old() {
+        let mut h = http::HeaderMap::new();
+        h.append(http::header::COOKIE, "a=1; portcullis-session-p=old".parse().unwrap());
+        h.append(http::header::COOKIE, "portcullis-login-p=x; b=2".parse().unwrap());
+        replace_cookie(&mut h, "portcullis-session-p", "new");
+        assert_eq!(
+            h[http::header::COOKIE],
+            "a=1; portcullis-login-p=x; b=2; portcullis-session-p=new"
+        );
+        strip_cookies(&mut h);
+        assert_eq!(h[http::header::COOKIE], "a=1; b=2");
+        let mut only = http::HeaderMap::new();
+        only.insert(http::header::COOKIE, "portcullis-session-p=v".parse().unwrap());
+        strip_cookies(&mut only);
+        assert!(!only.contains_key(http::header::COOKIE));
+    }
+}
