@@ -522,7 +522,9 @@ async fn a_webhook_replica_is_ready_only_with_a_serving_certificate() {
         || (webhooks.get("/readyz")?.0 == 200).then_some(()),
     )
     .await;
-    assert!(bundle(&server).is_some(), "the CA exists");
+    // The CA bundle is published beside the CA (its own write, which may land just after
+    // the replica turned ready).
+    wait_until(Duration::from_secs(10), "the CA bundle", &webhooks, || bundle(&server)).await;
 }
 
 /// The operator's webhooks with a leader serving them: (operator, address, CA bundle).
