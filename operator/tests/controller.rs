@@ -703,3 +703,64 @@ async fn workloads_whose_group_names_collide_are_refused_not_merged() {
     .await;
     assert!(secrets_of(&get(&server, "secrets", &group).unwrap()).contains("password-a"));
 }
+
+/// A profile with sign-in: the operator makes its session-key Secret (labelled, one key
+/// `key-<unix seconds>` of 32 random bytes), the sidecar's Secret carries the key and the
+/// client secret, and the ConfigMap neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_profile_gets_a_session_key_secret_made_by_the_operator() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir).await;
+    let client_secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "google-oauth", "namespace": NS,
+                     "annotations": {"portcullis.dev/allowed-profiles": "staff"}},
+        "data": {"clientSecret": b64("GOCSPX-test")},
+    });
+    let profile = json!({
+        "apiVersion": "portcullis.dev/v1alpha1", "kind": "SecurityProfile",
+        "metadata": {"name": "staff", "namespace": NS},
+        "spec": {"type": "OAuth2", "oauth2": {"provider": "Google", "login": {
+            "clientId": "1234.apps.googleusercontent.com", "clientSecretRef": {"name": "google-oauth"},
+            "redirectPath": "/oauth2/callback", "logoutPath": "/oauth2/logout",
+            "scopes": ["openid", "email"], "sessionMaxSeconds": 28800}}},
+    });
+    for obj in [client_secret, profile, route("ra", "a", &["staff"]), pod("a-1", "a")] {
+        server.create(&obj).unwrap();
+    }
+    let op = Operator::start(&dir, "op", &[]);
+    let keys = wait_until(WAIT, "the session-key Secret", &op, || {
+        get(&server, "secrets", "staff-portcullis-session")
+    })
+    .await;
+    assert_eq!(keys["metadata"]["labels"]["portcullis.dev/session-keys-for"], "staff");
+    let data = keys["data"].as_object().unwrap();
+    assert_eq!(data.len(), 1);
+    let (name, value) = data.iter().next().unwrap();
+    assert!(name.starts_with("key-"), "{name}");
+    let key_text = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(value.as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(&key_text)
+            .unwrap()
+            .len(),
+        32
+    );
+    let ga = group_of("a");
+    wait_until(WAIT, "ra served with sign-in", &op, || {
+        let cm = get(&server, "configmaps", &ga)?;
+        (route_names(&config_of(&cm)) == ["ra"]).then_some(())
+    })
+    .await;
+    let secrets = secrets_of(&get(&server, "secrets", &ga).unwrap());
+    assert!(secrets.contains(&key_text) && secrets.contains("GOCSPX-test"));
+    let cm = get(&server, "configmaps", &ga).unwrap().to_string();
+    assert!(!cm.contains(&key_text) && !cm.contains("GOCSPX-test"));
+    assert!(cm.contains("https://accounts.google.com/.well-known/openid-configuration"));
+}

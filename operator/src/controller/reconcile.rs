@@ -22,6 +22,7 @@ use super::refs::referenced_secrets;
 use super::rollout;
 use super::status;
 use super::write::{object_writes, run_writes, status_writes};
+use crate::compile::login::{SESSION_SECRET_LABEL, plan_session_keys, session_secret_name};
 
 /// How many referenced Secrets one reconcile reads at once.
 const SECRET_READS: usize = 16;
@@ -32,6 +33,13 @@ const SECRET_READS: usize = 16;
 pub enum ReconcileError {
     #[error("reading Secret {namespace}/{name}: {source}")]
     ReadSecret {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing session-key Secret {namespace}/{name}: {source}")]
+    WriteSessionKeys {
         namespace: String,
         name: String,
         #[source]
@@ -94,6 +102,7 @@ pub async fn reconcile(ctx: &Context, namespace: &str) -> Result<Summary, Reconc
         // References may have changed meanwhile; keep only what is referenced.
         secrets.retain(|s| s.metadata.name.as_ref().is_some_and(|n| wanted.contains(n)));
     }
+    ensure_session_keys(ctx, namespace, &profile_list, &mut secrets).await?;
     let pods = ctx.pods.labels_in(namespace);
 
     let mut plan = plan::plan(&Snapshot {
@@ -152,4 +161,102 @@ pub async fn reconcile(ctx: &Context, namespace: &str) -> Result<Summary, Reconc
             first: first.to_string(),
         }),
     }
+}
+
+/// Makes, and rotates with an overlap, the session-key Secret of each profile with sign-in
+/// (`<profile>-portcullis-session`, labelled [`SESSION_SECRET_LABEL`]; the rules are
+/// [`plan_session_keys`]), so the compile of this pass sees it. A Secret of that name the
+/// operator did not make (no label) is used as it is, never written.
+async fn ensure_session_keys(
+    ctx: &Context,
+    namespace: &str,
+    profiles: &[portcullis_api::SecurityProfile],
+    secrets: &mut Vec<Secret>,
+) -> Result<(), ReconcileError> {
+    use std::collections::BTreeMap;
+
+    use base64::Engine as _;
+    use k8s_openapi::ByteString;
+    use kube::api::{Patch, PatchParams};
+    use ring::rand::SecureRandom as _;
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for p in profiles {
+        let Some(login) = p.spec.oauth2.as_ref().and_then(|o| o.login.as_ref()) else {
+            continue;
+        };
+        let profile = p.metadata.name.as_deref().unwrap_or_default();
+        let name = session_secret_name(profile);
+        let existing = secrets
+            .iter()
+            .position(|s| s.metadata.name.as_deref() == Some(name.as_str()));
+        let ours = |s: &Secret| {
+            s.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(SESSION_SECRET_LABEL))
+        };
+        if existing.is_some_and(|i| !ours(&secrets[i])) {
+            continue;
+        }
+        let current: BTreeMap<String, String> = existing
+            .and_then(|i| secrets[i].data.as_ref())
+            .map(|d| {
+                d.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut failed = false;
+        let fresh = || {
+            let mut key = [0u8; 32];
+            failed = ring::rand::SystemRandom::new().fill(&mut key).is_err();
+            base64::engine::general_purpose::STANDARD.encode(key)
+        };
+        let Some(keys) = plan_session_keys(&current, now, u64::from(login.session_max_seconds), fresh) else {
+            continue;
+        };
+        if failed {
+            tracing::warn!(namespace, name, "no random bytes for a session key; not written");
+            continue;
+        }
+        let secret = Secret {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(namespace.to_owned()),
+                labels: Some(BTreeMap::from([(SESSION_SECRET_LABEL.to_owned(), profile.to_owned())])),
+                ..Default::default()
+            },
+            type_: Some("Opaque".to_owned()),
+            data: Some(keys.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()),
+            ..Default::default()
+        };
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+        let written = api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .map_err(|source| ReconcileError::WriteSessionKeys {
+                namespace: namespace.to_owned(),
+                name: name.clone(),
+                source,
+            })?;
+        tracing::info!(
+            namespace,
+            name,
+            keys = written.data.as_ref().map_or(0, |d| d.len()),
+            "wrote a session-key Secret"
+        );
+        match existing {
+            Some(i) => secrets[i] = written,
+            None => secrets.push(written),
+        }
+    }
+    Ok(())
 }
