@@ -558,7 +558,10 @@ impl OAuth2 {
             return Err(Rejection::Wrong("token not yet valid"));
         }
         if let Some(issuer) = &self.issuer
-            && claims.get("iss").and_then(Value::as_str) != Some(issuer)
+            && !claims
+                .get("iss")
+                .and_then(Value::as_str)
+                .is_some_and(|iss| issuer_matches(issuer, iss))
         {
             return Err(Rejection::Wrong("token issuer not accepted"));
         }
@@ -674,6 +677,14 @@ pub fn valid_scope(scope: &str) -> bool {
             .split(' ')
             .filter(|s| !s.is_empty())
             .all(portcullis_config::is_scope_token)
+}
+
+/// Whether a token's `iss` names the profile's `issuer`: exactly, or for Google the bare
+/// `accounts.google.com` its ID tokens may carry instead of `https://accounts.google.com`
+/// (Google's OpenID Connect documentation names both).
+fn issuer_matches(issuer: &str, iss: &str) -> bool {
+    const GOOGLE: &str = "https://accounts.google.com";
+    iss == issuer || (issuer == GOOGLE && iss == "accounts.google.com")
 }
 
 #[cfg(test)]

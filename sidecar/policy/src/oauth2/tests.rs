@@ -206,6 +206,33 @@ fn wrong_issuer_or_audience_is_refused() {
     assert_eq!(decide(&e, &ed.token(&c), NOW).0, 401);
 }
 
+/// Google's ID tokens may name their issuer without the scheme; that spelling is accepted
+/// for Google's issuer only, and nothing else is.
+#[test]
+fn googles_bare_issuer_is_accepted_for_google_only() {
+    let ed = Signer::ed25519("k1");
+    let google = engine(
+        json!({"provider": "Google", "issuer": "https://accounts.google.com", "jwksUri": JWKS,
+               "audiences": ["finance-api"]}),
+        json!({}),
+    );
+    feed(&google, &[&ed]);
+    for (iss, status) in [
+        ("https://accounts.google.com", 200),
+        ("accounts.google.com", 200),
+        ("http://accounts.google.com", 401),
+        ("accounts.google.com.evil.example", 401),
+    ] {
+        let mut c = claims();
+        c["iss"] = json!(iss);
+        assert_eq!(decide(&google, &ed.token(&c), NOW).0, status, "{iss}");
+    }
+    let e = jwt_engine(&[&ed]);
+    let mut c = claims();
+    c["iss"] = json!("idp.example.com");
+    assert_eq!(decide(&e, &ed.token(&c), NOW).1, "token issuer not accepted");
+}
+
 #[test]
 fn a_missing_scope_is_forbidden() {
     let ed = Signer::ed25519("k1");
