@@ -578,6 +578,13 @@ impl OAuth2 {
                 return Err(Rejection::Wrong("token audience not accepted"));
             }
         }
+        // A sign-in profile's account rules hold for its bearer tokens too: an ID token of a
+        // person sign-in refuses must not reach the app through `Authorization`.
+        if let Some(login) = &self.login
+            && !login.admits(claims)
+        {
+            return Err(Rejection::Wrong("token's account not allowed"));
+        }
         let identity = ["sub", "client_id", "azp"]
             .iter()
             .find_map(|c| claims.get(*c).and_then(Value::as_str).filter(|s| !s.is_empty()))

@@ -583,15 +583,11 @@ impl Login {
         {
             return Err(LoginError::BadIdToken);
         }
-        let email = claims.get("email").and_then(Value::as_str).map(str::to_ascii_lowercase);
-        let verified = claims
-            .get("email_verified")
-            .is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true"));
-        if !self.allowed(email.as_deref().filter(|_| verified)) {
+        if !self.admits(&claims) {
             return Err(LoginError::NotAllowed);
         }
         // Only a verified email is passed on to the app.
-        let email = email.filter(|_| verified);
+        let email = verified_email(&claims);
         let exp = claims
             .get("exp")
             .and_then(Value::as_u64)
@@ -604,6 +600,12 @@ impl Login {
             ends,
             refresh_token,
         })
+    }
+
+    /// Whether the person these verified claims (an ID token's, or a bearer token's) name may
+    /// be admitted: `allowedDomains`/`allowedEmails` hold the verified `email`.
+    pub fn admits(&self, claims: &Value) -> bool {
+        self.allowed(verified_email(claims).as_deref())
     }
 
     /// Whether a person with this verified email (`None`: none, or not verified) may sign in.
@@ -678,6 +680,15 @@ impl Login {
             None => post_logout.to_owned(),
         }
     }
+}
+
+/// The claims' `email` in lower case when `email_verified` says it is verified.
+fn verified_email(claims: &Value) -> Option<String> {
+    let verified = claims
+        .get("email_verified")
+        .is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true"));
+    let email = claims.get("email").and_then(Value::as_str)?;
+    verified.then(|| email.to_ascii_lowercase())
 }
 
 /// Whether a request is a browser navigating (sent to sign in when refused): `GET` or

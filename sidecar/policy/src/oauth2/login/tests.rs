@@ -321,6 +321,56 @@ fn allowed_domains_and_emails_need_a_verified_email() {
     assert_eq!(try_with("eve@notexample.com", true), Err(LoginError::NotAllowed));
 }
 
+/// The account rules hold for bearer tokens too: a person sign-in refuses cannot reach the
+/// app by sending their ID token in `Authorization` (found by the black-box review).
+#[test]
+fn bearer_tokens_of_a_sign_in_profile_meet_its_account_rules() {
+    let signer = Signer::es256("op1");
+    let e = engine_with(
+        &[KEY_A],
+        json!({"allowedDomains": ["example.com"], "allowedEmails": ["bob@partner.org"]}),
+        &signer,
+    );
+    let decide = |claims: &Value| {
+        let token = signer.token_with(json!({"alg": "ES256", "kid": "op1"}), claims);
+        let mut h = HeaderMap::new();
+        h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        match e.decide(&view("/x", None, &h, true), NOW * 1000) {
+            Outcome::Allow(a) => Ok(a.identity.into_owned()),
+            Outcome::Deny(d) => Err(d.reason),
+            other => panic!("{other:?}"),
+        }
+    };
+    let with = |email: Option<&str>, verified: bool| {
+        let mut c = id_claims("n");
+        match email {
+            Some(email) => c["email"] = json!(email),
+            None => drop(c.as_object_mut().unwrap().remove("email")),
+        }
+        c["email_verified"] = json!(verified);
+        c
+    };
+    assert_eq!(decide(&with(Some("Jane@Example.com"), true)), Ok("248289761001".into()));
+    assert_eq!(decide(&with(Some("bob@partner.org"), true)), Ok("248289761001".into()));
+    for (claims, what) in [
+        (with(Some("mallory@evil.com"), true), "another domain"),
+        (with(Some("jane@example.com"), false), "an unverified email"),
+        (with(None, true), "no email"),
+        (with(Some("mallory@evil.com@example.com.evil"), true), "a look-alike"),
+    ] {
+        assert_eq!(decide(&claims), Err("token's account not allowed"), "{what}");
+    }
+    // Without account rules any verified token of the provider for this client is admitted.
+    let open = engine_with(&[KEY_A], json!({}), &signer);
+    let token = signer.token_with(json!({"alg": "ES256", "kid": "op1"}), &with(None, false));
+    let mut h = HeaderMap::new();
+    h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    assert!(matches!(
+        open.decide(&view("/x", None, &h, true), NOW * 1000),
+        Outcome::Allow(_)
+    ));
+}
+
 #[test]
 fn sessions_admit_browsers_through_the_engine_and_bearer_tokens_still_work() {
     let signer = Signer::es256("op1");
