@@ -74,7 +74,13 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     if let Some(endpoint) = active.engine.login_endpoint(&view) {
         return login::endpoint(&trip, endpoint, &view).await;
     }
-    let refreshed = match active.engine.refresh_wanted(&view, crate::base::clock::unix_secs()) {
+    // (No sign-in profile, the common case: no clock read for it.)
+    let wanted = if active.engine.login_providers().is_empty() {
+        None
+    } else {
+        active.engine.refresh_wanted(&view, crate::base::clock::unix_secs())
+    };
+    let refreshed = match wanted {
         Some(r) => login::refresh(&r, &shared.metrics)
             .await
             .map(|(value, line)| (r.login.session_cookie_name().to_owned(), value, line)),
