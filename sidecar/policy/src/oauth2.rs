@@ -658,17 +658,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 
 /// `k=v&k=v`, each form-urlencoded (RFC 6749 appendix B).
 pub(crate) fn form_pairs(pairs: &[(&str, &str)]) -> String {
-    let enc = |s: &str| {
-        let mut out = String::with_capacity(s.len());
-        for b in s.bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-                out.push(b as char);
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-        out
-    };
+    let enc = portcullis_signatures::percent_encode;
     pairs
         .iter()
         .map(|(k, v)| format!("{}={}", enc(k), enc(v)))

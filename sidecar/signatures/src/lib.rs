@@ -63,6 +63,10 @@ pub use error::Error;
 pub use key::{Algorithm, Key, KeyKind};
 pub use mashery::{MasheryHash, mashery_sig, mashery_verify};
 pub use message::Message;
+/// Percent-encodes every byte but the RFC 3986 unreserved `ALPHA / DIGIT / - . _ ~` (upper-case
+/// hex): OAuth 1.0a's encoding (RFC 5849 section 3.6), and what form bodies and query strings
+/// of token requests use.
+pub use oauth1::encode as percent_encode;
 pub use replay::{Owner, ReplayCache, ReplayError};
 
 /// The verifier's key lookup: keyId → key. Any `Fn(&str) -> Option<&Key>` is one.

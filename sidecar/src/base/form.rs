@@ -1,18 +1,9 @@
 //! `application/x-www-form-urlencoded` encoding, as token and introspection requests and
-//! query-string credentials need it. Pure; uses nothing of the crate.
+//! query-string credentials need it. Pure; uses nothing of the crate (the encoding is
+//! [`portcullis_signatures::percent_encode`], the one OAuth 1.0a signatures use).
 
 /// Percent-encodes everything but the RFC 3986 unreserved characters.
-pub fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use portcullis_signatures::percent_encode as form_encode;
 
 /// Decodes `%XX` escapes and `+` (as a space), the way form bodies and query strings are
 /// read; a malformed escape stays as it is.
