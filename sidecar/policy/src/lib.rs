@@ -978,14 +978,7 @@ impl<L: Limiter> Engine<L> {
         if self.logins.is_empty() || oauth2::bearer_token(req.headers).is_some() {
             return None;
         }
-        let path = path::normalize(req.path).ok()?;
-        let host = req.host.map(routes::normal_host);
-        let egress = req.listener == Listener::Egress;
-        let route = self.route_for(egress, host.as_deref(), &path, req.method).ok()??;
-        if route.ssl_only && !req.tls && !self.https_at_trusted_proxy(req) {
-            return None;
-        }
-        let client_ip = ip::client_ip(req.peer, req.headers, &self.trusted_proxies);
+        let (route, client_ip) = self.served_route(req)?;
         route.profiles.iter().find_map(|&i| {
             let profile = &self.profiles[i];
             let Auth::OAuth2(o) = &profile.auth else { return None };
@@ -1003,6 +996,20 @@ impl<L: Limiter> Engine<L> {
         })
     }
 
+    /// The route `req` is for and the client's address, when the route would serve it as it
+    /// came (a valid path, HTTPS where the route is `sslOnly`): what the steps asked about
+    /// before [`Engine::decide`] (introspection, a session refresh) look at.
+    fn served_route(&self, req: &RequestView<'_>) -> Option<(&CompiledRoute, IpAddr)> {
+        let path = path::normalize(req.path).ok()?;
+        let host = req.host.map(routes::normal_host);
+        let egress = req.listener == Listener::Egress;
+        let route = self.route_for(egress, host.as_deref(), &path, req.method).ok()??;
+        if route.ssl_only && !req.tls && !self.https_at_trusted_proxy(req) {
+            return None;
+        }
+        Some((route, ip::client_ip(req.peer, req.headers, &self.trusted_proxies)))
+    }
+
     /// The token `req` carries that must be introspected before [`Engine::decide`] can judge
     /// it, if any: its route's first profile that introspects it, admits the client's address
     /// (no identity provider is asked on behalf of a client the profile refuses anyway) and
@@ -1015,14 +1022,7 @@ impl<L: Limiter> Engine<L> {
         }
         let token = oauth2::bearer_token(req.headers)?;
         // Refused paths are refused before any identity provider is asked.
-        let path = path::normalize(req.path).ok()?;
-        let host = req.host.map(routes::normal_host);
-        let egress = req.listener == Listener::Egress;
-        let route = self.route_for(egress, host.as_deref(), &path, req.method).ok()??;
-        if route.ssl_only && !req.tls && !self.https_at_trusted_proxy(req) {
-            return None;
-        }
-        let client_ip = ip::client_ip(req.peer, req.headers, &self.trusted_proxies);
+        let (route, client_ip) = self.served_route(req)?;
         let mut digest = None;
         route.profiles.iter().find_map(|&i| {
             let profile = &self.profiles[i];

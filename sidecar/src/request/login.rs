@@ -133,29 +133,21 @@ pub(super) fn start(
 /// Serves the callback or the sign-out path.
 pub(super) async fn endpoint(trip: &Trip<'_>, ep: LoginEndpoint<'_>, view: &RequestView<'_>) -> Response<ProxyBody> {
     let (route, profile, ip) = (ep.route, ep.profile, ep.client_ip);
+    let forbidden = |title, text, reason| {
+        let resp = page(StatusCode::FORBIDDEN, title, text);
+        trip.early(resp, "deny", route, profile, ip, reason)
+    };
     if ep.https_required {
-        let resp = page(StatusCode::FORBIDDEN, "HTTPS required", "Sign in over HTTPS.");
-        return trip.early(
-            resp,
-            "deny",
-            route,
-            profile,
-            ip,
+        return forbidden(
+            "HTTPS required",
+            "Sign in over HTTPS.",
             "sign-in over plain HTTP on an sslOnly route",
         );
     }
     if !ep.trusted {
-        let resp = page(
-            StatusCode::FORBIDDEN,
+        return forbidden(
             "Forbidden",
             "Sign-in is not offered to this address.",
-        );
-        return trip.early(
-            resp,
-            "deny",
-            route,
-            profile,
-            ip,
             "client address outside the profile's trusted ranges",
         );
     }
