@@ -1145,6 +1145,38 @@ fn check_access(requirements: &[Requirement], user: &UserInfo, cluster: &dyn Clu
     Ok(())
 }
 
+/// Warnings for an ApiRoute that is neither `sslOnly` nor has client-facing `tls` and uses
+/// a SecurityProfile that signs people in: the sign-in cookies are `Secure`, which browsers
+/// keep only over HTTPS, so people can sign in there only through a proxy that terminates
+/// TLS and is one of the sidecar's trusted proxies (or on a loopback host).
+pub fn sign_in_warnings(route: &ApiRoute, profiles_in_ns: &[SecurityProfile]) -> Vec<String> {
+    if route.spec.ssl_only || route.spec.tls.is_some() {
+        return Vec::new();
+    }
+    let name = route.metadata.name.as_deref().unwrap_or_default();
+    let namespace = route.metadata.namespace.as_deref();
+    route
+        .spec
+        .profiles
+        .iter()
+        .filter(|r| {
+            profiles_in_ns.iter().any(|p| {
+                p.metadata.name.as_deref() == Some(r.name.as_str())
+                    && (namespace.is_none() || p.metadata.namespace.as_deref() == namespace)
+                    && p.spec.oauth2.as_ref().is_some_and(|o| o.login.is_some())
+            })
+        })
+        .map(|r| {
+            format!(
+                "ApiRoute \"{name}\": SecurityProfile \"{}\" signs people in, but the route has neither \
+                 spec.sslOnly nor spec.tls: browsers keep sign-in cookies only over HTTPS, so sign-in works \
+                 only behind a proxy that terminates TLS and is in the sidecar's trustedProxies",
+                r.name
+            )
+        })
+        .collect()
+}
+
 /// Warnings for a pod that gets the sidecar: each app container port that is also the
 /// local backend port of a route selecting the pod (`labels`: the pod's labels once
 /// admitted). The port is reachable on the pod IP without the sidecar's checks, unless the
@@ -1313,7 +1345,14 @@ fn review(
                 })
                 .and_then(|()| no_takeover(&route, old.as_ref(), &routes));
             match checked {
-                Ok(()) => allow,
+                Ok(()) => {
+                    let warnings = sign_in_warnings(&route, &cluster.profiles(&namespace));
+                    let mut allow = allow;
+                    if !warnings.is_empty() {
+                        allow.warnings = Some(warnings);
+                    }
+                    allow
+                }
                 Err(message) => allow.deny(message),
             }
         }
@@ -2734,6 +2773,42 @@ spec: {workloadSelector: {matchLabels: {app: finance-api}}, pathPrefix: /interna
             compile::taken_over(&legacy("/", None), Some(&legacy("/x", None)), &docs(STORED_ROUTES)),
             ["shop"]
         );
+    }
+
+    #[test]
+    fn a_sign_in_profile_on_a_route_without_https_gets_a_warning() {
+        let staff: SecurityProfile = serde_yaml::from_str(
+            r#"
+apiVersion: portcullis.dev/v1alpha1
+kind: SecurityProfile
+metadata: {name: staff, namespace: prod}
+spec:
+  type: OAuth2
+  oauth2:
+    provider: Google
+    login: {clientId: c, clientSecretRef: {name: google-oauth}}
+"#,
+        )
+        .unwrap();
+        let mut profiles = docs::<SecurityProfile>(PROFILES);
+        profiles.push(staff);
+        let plain = route(&["readers", "staff"]);
+        let warnings = sign_in_warnings(&plain, &profiles);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("ApiRoute \"finance\": SecurityProfile \"staff\" signs people in"),
+            "{}",
+            warnings[0]
+        );
+        assert!(warnings[0].contains("spec.sslOnly nor spec.tls"), "{}", warnings[0]);
+        // HTTPS on the route, or no sign-in profile: nothing to say.
+        let mut ssl_only = plain.clone();
+        ssl_only.spec.ssl_only = true;
+        let mut with_tls = plain.clone();
+        with_tls.spec.tls = Some(serde_json::from_value(json!({"issue": true})).unwrap());
+        for quiet in [ssl_only, with_tls, route(&["readers", "accounting"])] {
+            assert_eq!(sign_in_warnings(&quiet, &profiles), Vec::<String>::new());
+        }
     }
 
     #[test]

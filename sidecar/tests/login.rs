@@ -9,6 +9,8 @@
 mod common;
 #[path = "common/jwt.rs"]
 mod jwt;
+#[path = "common/pki.rs"]
+mod pki;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -220,7 +222,23 @@ async fn serve(
 }
 
 fn write_config(dir: &std::path::Path, issuer: &str, port: u16) {
+    write_config_with(dir, issuer, port, None);
+}
+
+/// [`write_config`], plus route `secure` (the same paths on host `secure.example.com`, with
+/// certificate `tls`) when given.
+fn write_config_with(dir: &std::path::Path, issuer: &str, port: u16, tls: Option<Value>) {
     let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let mut routes = vec![json!({"name": "app", "pathPrefix": "/app", "profiles": ["people"],
+        "backend": {"type": "Local", "port": port}})];
+    let mut route_secrets = json!({});
+    if let Some(tls) = tls {
+        routes.push(
+            json!({"name": "secure", "hosts": [SECURE_HOST], "pathPrefix": "/app", "profiles": ["people"],
+            "tls": true, "backend": {"type": "Local", "port": port}}),
+        );
+        route_secrets["secure"] = json!({"tls": tls});
+    }
     loaded(
         "g1",
         json!({
@@ -228,15 +246,16 @@ fn write_config(dir: &std::path::Path, issuer: &str, port: u16) {
                 "login": {"issuer": issuer, "discoveryUrl": format!("{issuer}/.well-known/openid-configuration"),
                     "clientId": CLIENT, "redirectPath": "/oauth2/callback", "logoutPath": "/oauth2/logout",
                     "scopes": ["openid", "email"], "allowedDomains": ["example.com"], "sessionMaxSeconds": 3600}}}],
-            "routes": [{"name": "app", "pathPrefix": "/app", "profiles": ["people"],
-                "backend": {"type": "Local", "port": port}}],
+            "routes": routes,
         }),
         json!({"profiles": {"people": {"login": {"clientSecret": SECRET,
-            "sessionKeys": [{"name": "key-1", "key": key}]}}}}),
+            "sessionKeys": [{"name": "key-1", "key": key}]}}}, "routes": route_secrets}),
     )
     .write_dir(dir)
     .unwrap();
 }
+
+const SECURE_HOST: &str = "secure.example.com";
 
 const HTML: (&str, &str) = ("accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8");
 
@@ -403,5 +422,40 @@ async fn a_provider_that_cannot_be_discovered_gets_an_error_page_never_a_loop() 
             .lines()
             .any(|l| l.contains("kind=\"login\"") && !l.ends_with(" 0")),
         "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_plain_http_browser_of_another_host_goes_to_https_first_or_is_told_it_is_needed() {
+    let backend = Backend::start().await;
+    let op = Op::start(Arc::new(Signer::new("op1"))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki::Ca::new("test CA");
+    let cert = ca.server(SECURE_HOST, &[SECURE_HOST]).material();
+    write_config_with(dir.path(), &op.issuer, backend.port(), Some(cert));
+    let sidecar = Sidecar::start(dir.path()).await;
+    // On 127.0.0.1 (a loopback host keeps `Secure` cookies over plain HTTP) sign-in starts.
+    sent_to_sign_in(&sidecar, "/app/x").await;
+
+    // Another host, route without a certificate: a page saying sign-in needs HTTPS, never a
+    // trip to the provider whose callback would lack the dropped `Secure` state cookie.
+    let (s, h, body) = get_with(&sidecar.url("/app/reports"), &[HTML, ("host", "app.example.com")]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(h.get("location").is_none() && h.get("set-cookie").is_none(), "{h:?}");
+    assert!(String::from_utf8_lossy(&body).contains("HTTPS"));
+    // The route serves HTTPS too: the same URL over HTTPS first.
+    let (s, h, _) = get_with(&sidecar.url("/app/reports?q=1"), &[HTML, ("host", SECURE_HOST)]).await;
+    assert_eq!(s, StatusCode::FOUND);
+    assert_eq!(h["location"], "https://secure.example.com/app/reports?q=1");
+    assert!(h.get("set-cookie").is_none(), "{h:?}");
+    // API clients there keep the 401.
+    let (s, _, _) = get_with(&sidecar.url("/app/reports"), &[("host", SECURE_HOST)]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let audit = sidecar.wait_audit(4).await;
+    let reasons: Vec<&str> = audit.iter().filter_map(|l| l["reason"].as_str()).collect();
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "sign-in needs https").count(),
+        2,
+        "{reasons:?}"
     );
 }

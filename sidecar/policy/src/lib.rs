@@ -370,6 +370,8 @@ pub struct CompiledRoute {
     pub backend: Backend,
     matcher: Matcher,
     ssl_only: bool,
+    /// The route has a client-facing certificate: the sidecar serves it over HTTPS too.
+    tls: bool,
     profiles: Box<[usize]>,
     challenges: Box<[String]>,
     /// The challenges when a bearer token was presented and refused (`error="invalid_token"`).
@@ -775,6 +777,7 @@ impl<L: Limiter> Engine<L> {
                 backend: r.backend.clone(),
                 matcher,
                 ssl_only: r.ssl_only,
+                tls: r.tls,
                 profiles: indices,
                 challenges,
                 invalid_token,
@@ -930,7 +933,12 @@ impl<L: Limiter> Engine<L> {
     /// `Authorization` header (API clients keep the `401` and its Bearer challenge, and a
     /// wrong token is never traded for a sign-in), refused for missing or expired
     /// credentials on a route with a sign-in profile whose trusted ranges admit the client.
-    pub fn login_redirect(&self, req: &RequestView<'_>, denial: &Denial<'_>) -> Option<LoginStart<'_>> {
+    ///
+    /// The sign-in cookies are `Secure`, which a browser keeps only over HTTPS or from a
+    /// loopback host: a plain-HTTP browser of another host is first sent back to the same
+    /// URL over HTTPS when the route has a certificate, and told sign-in needs HTTPS when it
+    /// has none (never sent on a sign-in that could only fail at the callback).
+    pub fn login_redirect(&self, req: &RequestView<'_>, denial: &Denial<'_>) -> Option<LoginRedirect<'_>> {
         if self.logins.is_empty() || !matches!(denial.kind, DenialKind::Unauthorized { .. }) {
             return None;
         }
@@ -942,7 +950,7 @@ impl<L: Limiter> Engine<L> {
         if route.ssl_only && !https {
             return None;
         }
-        route.profiles.iter().find_map(|&i| {
+        let start = route.profiles.iter().find_map(|&i| {
             let profile = &self.profiles[i];
             let Auth::OAuth2(o) = &profile.auth else { return None };
             let login = o.login()?;
@@ -955,7 +963,22 @@ impl<L: Limiter> Engine<L> {
                 login,
                 https,
             })
-        })
+        })?;
+        if https || req.host.is_some_and(is_loopback_host) {
+            return Some(LoginRedirect::SignIn(start));
+        }
+        let (route_name, profile) = (start.route, start.profile);
+        match (route.tls, req.host, path::normalize(req.path)) {
+            (true, Some(host), Ok(path)) => Some(LoginRedirect::Https {
+                route: route_name,
+                profile,
+                location: https_location(host, &path, req.query),
+            }),
+            _ => Some(LoginRedirect::HttpsUnavailable {
+                route: route_name,
+                profile,
+            }),
+        }
     }
 
     /// The sign-in a refused browser is sent to: the first profile of route `route` with
@@ -1743,6 +1766,23 @@ pub struct LoginEndpoint<'e> {
     pub trusted: bool,
 }
 
+/// Where a browser refused for want of a session goes ([`Engine::login_redirect`]).
+#[derive(Debug)]
+pub enum LoginRedirect<'e> {
+    /// To the provider, to sign in.
+    SignIn(LoginStart<'e>),
+    /// Back to `location`, the same URL over HTTPS, first: the browser came over plain HTTP
+    /// to a route that also serves HTTPS.
+    Https {
+        route: &'e str,
+        profile: &'e str,
+        location: String,
+    },
+    /// Nowhere: plain HTTP to a host the browser would not keep `Secure` cookies for, on a
+    /// route without a certificate. An error page says sign-in needs HTTPS.
+    HttpsUnavailable { route: &'e str, profile: &'e str },
+}
+
 /// A browser to send to sign in ([`Engine::login_redirect`]).
 #[derive(Debug, Clone, Copy)]
 pub struct LoginStart<'e> {
@@ -1881,6 +1921,13 @@ impl TokenEndpoint<'_> {
 }
 
 /// `https://host/path?query`.
+/// Whether browsers treat `host` (lower case, without port) as a secure context over plain
+/// HTTP and keep `Secure` cookies from it: `localhost`, `*.localhost` and loopback addresses.
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    host == "localhost" || host.ends_with(".localhost") || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 fn https_location(host: &str, path: &str, query: Option<&str>) -> String {
     let mut l = String::with_capacity(8 + host.len() + path.len() + query.map_or(0, |q| q.len() + 1));
     l.push_str("https://");

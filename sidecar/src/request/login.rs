@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
 use http::{HeaderValue, Response, StatusCode};
 use portcullis_policy::oauth2::login::{LoginError, Random, STATE_TTL_SECS, Session, UsedOnce};
-use portcullis_policy::{LoginEndpoint, LoginStart, LoginStep, RefreshRequest};
+use portcullis_policy::{LoginEndpoint, LoginRedirect, LoginStart, LoginStep, RefreshRequest};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::Trip;
@@ -91,10 +91,41 @@ fn unavailable(
 /// Sends a browser refused by `denial` to sign in.
 pub(super) fn start(
     trip: &Trip<'_>,
-    s: LoginStart<'_>,
+    to: LoginRedirect<'_>,
     view: &RequestView<'_>,
     denial: &Denial<'_>,
 ) -> Response<ProxyBody> {
+    let s = match to {
+        LoginRedirect::SignIn(s) => s,
+        LoginRedirect::Https {
+            route,
+            profile,
+            location,
+        } => {
+            let resp = redirect(&location, &[]);
+            return trip.early(
+                resp,
+                "redirect",
+                route,
+                profile,
+                denial.client_ip,
+                "sign-in needs https",
+            );
+        }
+        LoginRedirect::HttpsUnavailable { route, profile } => {
+            let resp = page(
+                StatusCode::FORBIDDEN,
+                "HTTPS required",
+                "Signing in works over HTTPS only: open this page with https://.",
+            );
+            return trip.early(resp, "deny", route, profile, denial.client_ip, "sign-in needs https");
+        }
+    };
+    sign_in(trip, s, view, denial)
+}
+
+/// Sends the browser to the provider with a pending sign-in cookie.
+fn sign_in(trip: &Trip<'_>, s: LoginStart<'_>, view: &RequestView<'_>, denial: &Denial<'_>) -> Response<ProxyBody> {
     let Some(doc) = s.login.discovered() else {
         return unavailable(
             trip,

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::oauth2::JwkSet;
 use crate::oauth2::tests::Signer;
-use crate::{DenialKind, Engine, InMemoryLimiter, Listener, LoginStep, Outcome, RequestView};
+use crate::{DenialKind, Engine, InMemoryLimiter, Listener, LoginRedirect, LoginStep, Outcome, RequestView};
 
 const NOW: u64 = 1_764_000_000;
 const ISS: &str = "https://op.example.com";
@@ -43,15 +43,25 @@ fn discovered() -> Discovered {
 
 /// An engine with profile `people` (sign-in) on route `app` (`/`), session keys `keys`.
 fn engine_with(keys: &[[u8; 32]], login_extra: Value, signer: &Signer) -> Engine {
+    engine_on(keys, login_extra, json!({}), signer)
+}
+
+/// [`engine_with`] with `route_extra`'s fields (`sslOnly`, `tls`) on the route.
+fn engine_on(keys: &[[u8; 32]], login_extra: Value, route_extra: Value, signer: &Signer) -> Engine {
     let mut login = json!({"issuer": ISS, "discoveryUrl": format!("{ISS}/.well-known/openid-configuration"),
         "clientId": "portcullis", "redirectPath": "/oauth2/callback", "logoutPath": "/oauth2/logout",
         "scopes": ["openid", "email"], "sessionMaxSeconds": 3600});
     for (k, v) in login_extra.as_object().unwrap() {
         login[k] = v.clone();
     }
+    let mut route =
+        json!({"name": "app", "pathPrefix": "/", "profiles": ["people"], "backend": {"type": "Local", "port": 8080}});
+    for (k, v) in route_extra.as_object().unwrap() {
+        route[k] = v.clone();
+    }
     let config = json!({"schemaVersion": 1, "generation": "g", "namespace": "demo",
         "profiles": [{"name": "people", "auth": {"type": "OAuth2", "provider": "Generic", "issuer": ISS, "login": login}}],
-        "routes": [{"name": "app", "pathPrefix": "/", "profiles": ["people"], "backend": {"type": "Local", "port": 8080}}]});
+        "routes": [route]});
     let session_keys: Vec<Value> = keys
         .iter()
         .enumerate()
@@ -570,7 +580,10 @@ fn browsers_are_sent_to_sign_in_and_api_clients_keep_the_401() {
         let mut v = view("/reports", None, h, tls);
         v.method = method;
         match e.decide(&v, NOW * 1000) {
-            Outcome::Deny(d) => e.login_redirect(&v, &d).map(|s| (s.profile, s.https)),
+            Outcome::Deny(d) => e.login_redirect(&v, &d).map(|to| match to {
+                LoginRedirect::SignIn(s) => (s.profile, s.https),
+                other => panic!("{other:?}"),
+            }),
             other => panic!("{other:?}"),
         }
     };
@@ -608,7 +621,7 @@ fn browsers_are_sent_to_sign_in_and_api_clients_keep_the_401() {
 #[test]
 fn sign_in_steps_over_plain_http_on_ssl_only_routes_are_refused() {
     let signer = Signer::es256("op1");
-    let e = ssl_only_engine(&signer);
+    let e = engine_on(&[KEY_A], json!({}), json!({"sslOnly": true}), &signer);
     let h = HeaderMap::new();
     let cb = e
         .login_endpoint(&view("/oauth2/callback", Some("code=x&state=y"), &h, false))
@@ -628,25 +641,39 @@ fn sign_in_steps_over_plain_http_on_ssl_only_routes_are_refused() {
     assert!(matches!(e.decide(&v, NOW * 1000), Outcome::Redirect { .. }));
 }
 
-fn ssl_only_engine(signer: &Signer) -> Engine {
-    let login = json!({"issuer": ISS, "discoveryUrl": format!("{ISS}/.well-known/openid-configuration"),
-        "clientId": "portcullis", "redirectPath": "/oauth2/callback", "logoutPath": "/oauth2/logout",
-        "scopes": ["openid"], "sessionMaxSeconds": 3600});
-    let config = json!({"schemaVersion": 1, "generation": "g", "namespace": "demo",
-        "profiles": [{"name": "people", "auth": {"type": "OAuth2", "provider": "Generic", "issuer": ISS, "login": login}}],
-        "routes": [{"name": "app", "pathPrefix": "/", "sslOnly": true, "profiles": ["people"], "backend": {"type": "Local", "port": 8080}}]});
-    let secrets = json!({"schemaVersion": 1, "generation": "g",
-        "profiles": {"people": {"login": {"clientSecret": "s3cret", "sessionKeys": [{"name": "key-1", "key": b64(&KEY_A)}]}}}});
-    let loaded = Loaded {
-        config: serde_json::from_value::<SidecarConfig>(config).unwrap(),
-        secrets: serde_json::from_value::<SecretMaterial>(secrets).unwrap(),
+#[test]
+fn plain_http_browsers_go_to_https_first_or_are_told_sign_in_needs_it() {
+    let signer = Signer::es256("op1");
+    let mut browser = HeaderMap::new();
+    browser.insert("accept", "text/html".parse().unwrap());
+    let to = |e: &Engine, host: &'static str| {
+        let mut v = view("/reports/x", Some("q=1"), &browser, false);
+        v.host = Some(host);
+        match e.decide(&v, NOW * 1000) {
+            Outcome::Deny(d) => format!("{:?}", e.login_redirect(&v, &d).unwrap()),
+            other => panic!("{other:?}"),
+        }
     };
-    let e = Engine::compile(&loaded, Arc::new(InMemoryLimiter::new())).unwrap();
-    e.login_providers()[0].slot.store(discovered());
-    let doc = json!({"keys": [signer.jwk()]});
-    e.login_providers()[0]
-        .slot
-        .keys
-        .store(JwkSet::from_json(doc.to_string().as_bytes()).unwrap());
-    e
+    // The route serves HTTPS too: back to the same URL over HTTPS, not to the provider
+    // (its `Secure` cookies would be dropped on plain HTTP).
+    let tls = engine_on(&[KEY_A], json!({}), json!({"tls": true}), &signer);
+    assert_eq!(
+        to(&tls, "app.example.com"),
+        r#"Https { route: "app", profile: "people", location: "https://app.example.com/reports/x?q=1" }"#
+    );
+    // No HTTPS to go to: an error page, never a sign-in that fails at the callback.
+    let plain = engine_with(&[KEY_A], json!({}), &signer);
+    assert_eq!(
+        to(&plain, "app.example.com"),
+        r#"HttpsUnavailable { route: "app", profile: "people" }"#
+    );
+    // Browsers keep `Secure` cookies from loopback hosts over plain HTTP: sign in there.
+    for host in ["localhost", "dev.localhost", "127.0.0.1", "[::1]"] {
+        for e in [&tls, &plain] {
+            assert!(to(e, host).starts_with("SignIn("), "{host}");
+        }
+    }
+    for host in ["localhost.example.com", "127.0.0.1.nip.io", "10.0.0.1"] {
+        assert!(!to(&plain, host).starts_with("SignIn("), "{host}");
+    }
 }
