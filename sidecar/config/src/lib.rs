@@ -182,6 +182,28 @@ pub enum SignatureHash {
     SHA256,
 }
 
+/// OAuth 1.0a signature methods (names as on the wire, RFC 5849 section 3.4).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OAuth1Method {
+    #[serde(rename = "HMAC-SHA1")]
+    HmacSha1,
+    #[serde(rename = "HMAC-SHA256")]
+    HmacSha256,
+    #[serde(rename = "RSA-SHA1")]
+    RsaSha1,
+    #[serde(rename = "PLAINTEXT")]
+    Plaintext,
+}
+
+/// Token credentials an OAuth1 profile admits: the token secret and the consumer the token
+/// was issued to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OAuth1Token {
+    pub consumer_key: String,
+    pub secret: Sensitive,
+}
+
 /// HTTP message signature standards.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SignatureStandard {
@@ -253,6 +275,23 @@ pub enum ProfileAuth {
         #[serde(default, skip_serializing_if = "ReplayFallback::is_default")]
         on_store_unavailable: ReplayFallback,
     },
+    /// OAuth 1.0a signed requests (RFC 5849); consumer secrets (or RSA public keys) in
+    /// [`ProfileSecrets::oauth1_consumers`], token credentials in
+    /// [`ProfileSecrets::oauth1_tokens`].
+    OAuth1 {
+        /// Accepted `oauth_signature_method`s; empty: HMAC-SHA1, HMAC-SHA256 and RSA-SHA1
+        /// (PLAINTEXT only when listed, and only over HTTPS).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        signature_methods: Vec<OAuth1Method>,
+        /// Most seconds `oauth_timestamp` may differ from the sidecar's clock.
+        timestamp_window_seconds: u32,
+        /// Every call must carry token credentials (`oauth_token`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        require_token: bool,
+        /// With a shared store, where nonces are remembered while it is unavailable.
+        #[serde(default, skip_serializing_if = "ReplayFallback::is_default")]
+        on_store_unavailable: ReplayFallback,
+    },
     /// TLS client certificates; the CA bundle is in [`ProfileSecrets::client_ca_pem`].
     ClientCertificate {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -269,6 +308,7 @@ impl ProfileAuth {
             Self::ApiKey { .. } => "ApiKey",
             Self::OAuth2 { .. } => "OAuth2",
             Self::HttpSignature { .. } => "HttpSignature",
+            Self::OAuth1 { .. } => "OAuth1",
             Self::ClientCertificate { .. } => "ClientCertificate",
         }
     }
@@ -463,6 +503,12 @@ pub struct ProfileSecrets {
     /// HttpSignature: keyId to HMAC secret or PEM public key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub signature_keys: BTreeMap<String, Sensitive>,
+    /// OAuth1: consumer key to consumer secret (HMAC, PLAINTEXT) or PEM RSA public key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub oauth1_consumers: BTreeMap<String, Sensitive>,
+    /// OAuth1: access token to its secret and consumer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub oauth1_tokens: BTreeMap<String, OAuth1Token>,
     /// ClientCertificate: the CA bundle (PEM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ca_pem: Option<String>,
@@ -614,6 +660,7 @@ impl SidecarConfig {
                 ProfileAuth::Basic => s.and_then(|s| s.basic.as_ref()).is_none(),
                 ProfileAuth::ApiKey { .. } => s.is_none_or(|s| s.api_keys.is_empty()),
                 ProfileAuth::HttpSignature { .. } => s.is_none_or(|s| s.signature_keys.is_empty()),
+                ProfileAuth::OAuth1 { .. } => s.is_none_or(|s| s.oauth1_consumers.is_empty()),
                 ProfileAuth::ClientCertificate { .. } => s.and_then(|s| s.client_ca_pem.as_ref()).is_none(),
                 ProfileAuth::OAuth2 { login: Some(_), .. }
                     if s.and_then(|s| s.login.as_ref())

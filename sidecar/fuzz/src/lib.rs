@@ -70,6 +70,7 @@ impl FuzzRequest {
             tls: self.tls,
             listener: portcullis_policy::Listener::Inbound,
             client_cert: None,
+            form: None,
         }
     }
 }

@@ -77,6 +77,7 @@ fn bench(c: &mut Criterion) {
         tls: false,
         listener: Listener::Inbound,
         client_cert: None,
+        form: None,
     };
     assert!(matches!(engine.decide(&req, now_ms), Outcome::Allow(_)));
     c.bench_function(
@@ -155,6 +156,7 @@ fn bench_signature(c: &mut Criterion) {
         tls: false,
         listener: Listener::Inbound,
         client_cert: None,
+        form: None,
     };
     assert!(matches!(engine.decide(&req, now_ms), Outcome::Allow(_)));
     // Every later call verifies the signature in full, then finds it in the replay cache.

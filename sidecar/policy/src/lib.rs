@@ -44,6 +44,7 @@ use portcullis_config::{Backend, Loaded, ProfileAuth};
 pub mod auth;
 pub mod ip;
 pub mod limit;
+pub mod oauth1;
 pub mod oauth2;
 pub mod path;
 mod query;
@@ -61,6 +62,7 @@ pub use portcullis_config::QuotaPeriod;
 pub use signature::{BodyDigest, ReplayRegistry};
 
 use auth::{ApiKey, Basic, ClientCertificate};
+use oauth1::OAuth1;
 pub use oauth2::introspection::{Introspected, IntrospectionError, IntrospectionRequest};
 use oauth2::{KeySlot, OAuth2, TokenCheck};
 use routes::{Matcher, PathMatch};
@@ -116,6 +118,9 @@ pub struct RequestView<'a> {
     pub listener: Listener,
     /// The client certificate, verified by the TLS layer.
     pub client_cert: Option<&'a PeerCertificate>,
+    /// The body, when [`Engine::form_wanted`] asked for it: a form an OAuth 1.0a signature
+    /// covers.
+    pub form: Option<&'a [u8]>,
 }
 
 /// What to do with a request. Borrows names from the engine that decided it, never the
@@ -421,7 +426,19 @@ enum Auth {
     ApiKey(ApiKey),
     ClientCertificate(ClientCertificate),
     HttpSignature(HttpSignature),
+    OAuth1(OAuth1),
     OAuth2(Box<OAuth2>),
+}
+
+impl Auth {
+    /// The replay protection of a signing profile.
+    fn replay_guard(&self) -> Option<&signature::ReplayGuard> {
+        match self {
+            Auth::HttpSignature(s) => Some(s.guard()),
+            Auth::OAuth1(o) => Some(o.guard()),
+            _ => None,
+        }
+    }
 }
 
 struct CompiledProfile<C> {
@@ -481,6 +498,8 @@ pub struct Engine<L: Limiter = InMemoryLimiter> {
     introspects: bool,
     /// The OpenID providers of the profiles with sign-in, for the sidecar to discover.
     logins: Vec<LoginProvider>,
+    /// Some profile is OAuth1 (a signed form body is read before deciding).
+    oauth1: bool,
 }
 
 /// An OpenID provider some profile signs people in with: its discovery URL and the slot its
@@ -657,6 +676,28 @@ impl<L: Limiter> Engine<L> {
                     .with_store_fallback(*on_store_unavailable);
                     Auth::HttpSignature(verifier)
                 }
+                ProfileAuth::OAuth1 {
+                    signature_methods,
+                    timestamp_window_seconds,
+                    require_token,
+                    on_store_unavailable,
+                } => {
+                    let secrets = secrets.ok_or_else(|| missing("oauth1Consumers"))?;
+                    let replays = limiter.replay_cache(&p.name);
+                    let verifier = OAuth1::new(
+                        signature_methods,
+                        *timestamp_window_seconds,
+                        *require_token,
+                        secrets,
+                        replays,
+                    )
+                    .map_err(|e| CompileError::Invalid {
+                        profile: p.name.clone(),
+                        message: e.to_string(),
+                    })?
+                    .with_store_fallback(*on_store_unavailable);
+                    Auth::OAuth1(verifier)
+                }
             };
             let identity_header = p
                 .identity_header
@@ -798,6 +839,7 @@ impl<L: Limiter> Engine<L> {
             introspects: profiles
                 .iter()
                 .any(|p| matches!(&p.auth, Auth::OAuth2(o) if o.has_introspection())),
+            oauth1: profiles.iter().any(|p| matches!(&p.auth, Auth::OAuth1(_))),
             routes,
             profiles,
             limiter,
@@ -817,6 +859,7 @@ impl<L: Limiter> Engine<L> {
             jwks: Vec::new(),
             logins: Vec::new(),
             introspects: false,
+            oauth1: false,
         }
     }
 
@@ -1017,6 +1060,28 @@ impl<L: Limiter> Engine<L> {
                 session,
             })
         })
+    }
+
+    /// Whether some profile is OAuth1, whose signatures may cover a form body
+    /// ([`Engine::form_wanted`]).
+    pub fn reads_forms(&self) -> bool {
+        self.oauth1
+    }
+
+    /// The route whose decision needs `req`'s body ([`RequestView::form`]), if any: a
+    /// single-part `application/x-www-form-urlencoded` body, whose parameters an OAuth 1.0a
+    /// signature covers, to a route with an OAuth1 profile. The caller reads it, bounded,
+    /// before deciding.
+    pub fn form_wanted(&self, req: &RequestView<'_>) -> Option<&str> {
+        if !self.oauth1 || !oauth1::is_form(req.headers) {
+            return None;
+        }
+        let (route, _) = self.served_route(req)?;
+        route
+            .profiles
+            .iter()
+            .any(|&i| matches!(self.profiles[i].auth, Auth::OAuth1(_)))
+            .then_some(&*route.name)
     }
 
     /// The route `req` is for and the client's address, when the route would serve it as it
@@ -1228,6 +1293,13 @@ impl<L: Limiter> Engine<L> {
                     signed = Some(v);
                     Cow::Owned(key_id)
                 }),
+                Auth::OAuth1(o) => {
+                    let https = req.tls || self.https_at_trusted_proxy(req);
+                    o.check(req, https, now_secs).map(|(consumer, v)| {
+                        signed = v;
+                        Cow::Owned(consumer)
+                    })
+                }
                 Auth::OAuth2(o) => match o.check(req.headers, now_ms) {
                     Ok(TokenCheck::Admitted(identity)) => Ok(Cow::Owned(identity)),
                     Ok(TokenCheck::Session { subject, email: e }) => {
@@ -1475,16 +1547,14 @@ impl<L: Limiter> Engine<L> {
         let pending = admission.pending.as_ref()?;
         let signed = pending.signed.as_ref()?;
         let profile = &self.profiles[pending.index];
-        let Auth::HttpSignature(verifier) = &profile.auth else {
-            return None;
-        };
+        let guard = profile.auth.replay_guard()?;
         Some(ReplayEntry {
             profile: &profile.store_name,
             key_id: &admission.identity,
             replay_key: &signed.replay_key,
-            ttl_secs: verifier.remember_for(signed, now.unix_ms / 1000),
-            window_secs: verifier.remember_at_most(),
-            budget: verifier.replay_share(),
+            ttl_secs: guard.remember_for(signed, now.unix_ms / 1000),
+            window_secs: guard.remember_at_most(),
+            budget: guard.share(),
         })
     }
 
@@ -1538,8 +1608,10 @@ impl<L: Limiter> Engine<L> {
                 Err(denial)
             }
         };
-        let local_fallback = matches!(&self.profiles[pending.index].auth,
-            Auth::HttpSignature(v) if v.store_fallback() == portcullis_config::ReplayFallback::Local);
+        let local_fallback = self.profiles[pending.index]
+            .auth
+            .replay_guard()
+            .is_some_and(|g| g.store_fallback() == portcullis_config::ReplayFallback::Local);
         match replay {
             None => local(admission),
             // A profile that falls back on this sidecar's memory remembers here too: a
@@ -1550,15 +1622,11 @@ impl<L: Limiter> Engine<L> {
             Some(SharedReplay::Fresh) => Ok(()),
             Some(SharedReplay::Seen) => refused("signature replayed"),
             Some(SharedReplay::Full) => refused("replay cache full (refused, fails closed)"),
-            Some(SharedReplay::Unavailable) => match &self.profiles[pending.index].auth {
-                Auth::HttpSignature(v) if v.store_fallback() == portcullis_config::ReplayFallback::Local => {
-                    local(admission)
-                }
-                _ => {
-                    self.refund(admission);
-                    Err(self.store_denial(admission, "replay store unavailable (signed calls refused)"))
-                }
-            },
+            Some(SharedReplay::Unavailable) if local_fallback => local(admission),
+            Some(SharedReplay::Unavailable) => {
+                self.refund(admission);
+                Err(self.store_denial(admission, "replay store unavailable (signed calls refused)"))
+            }
         }
     }
 
@@ -1636,10 +1704,10 @@ impl<L: Limiter> Engine<L> {
         signed: Signed,
         now: Now,
     ) -> Result<(), Denial<'e>> {
-        let Auth::HttpSignature(verifier) = &self.profiles[index].auth else {
+        let Some(guard) = self.profiles[index].auth.replay_guard() else {
             return Ok(());
         };
-        verifier
+        guard
             .record(&signed, &admission.identity, now.unix_ms / 1000)
             .map_err(|r| self.unauthorized(admission, r.reason()))
     }
@@ -1731,6 +1799,7 @@ fn challenges<'a>(route: &str, auths: impl Iterator<Item = &'a Auth>) -> Box<[St
             Auth::Basic(_) => format!("Basic realm=\"{route}\", charset=\"UTF-8\""),
             Auth::ApiKey(k) => format!("APIKey realm=\"{route}\", param=\"{}\"", k.key_param()),
             Auth::HttpSignature(_) => format!("Signature realm=\"{route}\""),
+            Auth::OAuth1(_) => format!("OAuth realm=\"{route}\""),
             Auth::OAuth2(_) => format!("Bearer realm=\"{route}\""),
             Auth::Anonymous | Auth::ClientCertificate(_) => continue,
         };

@@ -112,11 +112,80 @@ pub struct HttpSignature {
     required: Box<[String]>,
     max_age: u64,
     keys: HashMap<String, Key>,
+    guard: ReplayGuard,
+}
+
+/// How a signing profile (HttpSignature, OAuth1) keeps signatures from being used twice: its
+/// replay cache, each signer's share of it, how long a signature lives, and what to do while
+/// a shared store is unavailable.
+#[derive(Debug)]
+pub(crate) struct ReplayGuard {
     replays: Arc<ReplayCache>,
-    /// Live signatures one key may hold in `replays`: its fair share.
-    replay_share: usize,
+    /// Live signatures one signer may hold in `replays`: its fair share.
+    share: usize,
+    /// The longest a signature of the profile is valid after its creation, seconds.
+    max_age: u64,
     /// With a shared store: where signatures are remembered while it is unavailable.
     store_fallback: ReplayFallback,
+}
+
+impl ReplayGuard {
+    /// A guard over `replays` for `signers` signers (keys, consumers) whose signatures are
+    /// valid `max_age` seconds.
+    pub(crate) fn new(replays: Arc<ReplayCache>, signers: usize, max_age: u64) -> Self {
+        let share = (replays.capacity() / signers.max(1)).max(MIN_REPLAY_SHARE);
+        Self {
+            replays,
+            share,
+            max_age,
+            store_fallback: ReplayFallback::default(),
+        }
+    }
+
+    /// This guard, with `fallback` for when a shared replay store is unavailable.
+    pub(crate) fn with_store_fallback(mut self, fallback: ReplayFallback) -> Self {
+        self.store_fallback = fallback;
+        self
+    }
+
+    /// Where signatures are remembered while a shared store is unavailable.
+    pub(crate) fn store_fallback(&self) -> ReplayFallback {
+        self.store_fallback
+    }
+
+    /// Most live signatures one signer may hold.
+    pub(crate) fn share(&self) -> usize {
+        self.share
+    }
+
+    /// How long `signed` must be remembered from `now_secs`, seconds: until it can no
+    /// longer be admitted, with the clock skew allowed and one second more (the replicas'
+    /// clocks differ).
+    pub(crate) fn remember_for(&self, signed: &Signed, now_secs: u64) -> u64 {
+        signed.valid_until.saturating_sub(now_secs) + CLOCK_SKEW_SECONDS + 1
+    }
+
+    /// The longest [`remember_for`](Self::remember_for) gives: a signature created
+    /// `CLOCK_SKEW_SECONDS` in the future and valid for the profile's longest age.
+    pub(crate) fn remember_at_most(&self) -> u64 {
+        self.max_age + 2 * CLOCK_SKEW_SECONDS + 2
+    }
+
+    /// Records `signed` (by signer `key_id`) as seen: refused when it was seen before inside
+    /// its window, or when its signer holds its share of the cache in live signatures
+    /// (another signer's room is never taken), or the cache is full.
+    pub(crate) fn record(&self, signed: &Signed, key_id: &str, now_secs: u64) -> Result<(), Rejection> {
+        let owner = Owner {
+            key_id,
+            share: self.share,
+        };
+        self.replays
+            .check_and_insert_for(owner, &signed.replay_key, signed.valid_until, now_secs)
+            .map_err(|e| match e {
+                ReplayError::Replay => Rejection::Wrong("signature replayed"),
+                ReplayError::Full => Rejection::Wrong("replay cache full (refused, fails closed)"),
+            })
+    }
 }
 
 impl std::fmt::Debug for HttpSignature {
@@ -136,7 +205,8 @@ impl std::fmt::Debug for HttpSignature {
 pub(crate) struct Signed {
     pub key_id: String,
     pub replay_key: [u8; 32],
-    valid_until: u64,
+    /// The last second it may be admitted.
+    pub valid_until: u64,
     pub digest: Option<BodyDigest>,
 }
 
@@ -169,46 +239,27 @@ impl HttpSignature {
                     })
             })
             .collect::<Result<HashMap<_, _>, _>>()?;
-        let replay_share = (replays.capacity() / keys.len().max(1)).max(MIN_REPLAY_SHARE);
+        let max_age = u64::from(max_age_seconds);
+        let guard = ReplayGuard::new(replays, keys.len(), max_age);
         Ok(Self {
             standard,
             algorithms,
             required: required_components.into(),
-            max_age: u64::from(max_age_seconds),
+            max_age,
             keys,
-            replays,
-            replay_share,
-            store_fallback: ReplayFallback::default(),
+            guard,
         })
     }
 
     /// This profile, with `fallback` for when a shared replay store is unavailable.
     pub fn with_store_fallback(mut self, fallback: ReplayFallback) -> Self {
-        self.store_fallback = fallback;
+        self.guard = self.guard.with_store_fallback(fallback);
         self
     }
 
-    /// Where signatures are remembered while a shared store is unavailable.
-    pub fn store_fallback(&self) -> ReplayFallback {
-        self.store_fallback
-    }
-
-    /// Most live signatures one key may hold.
-    pub fn replay_share(&self) -> usize {
-        self.replay_share
-    }
-
-    /// How long `signed` must be remembered from `now_secs`, seconds: until it can no
-    /// longer be admitted, with the clock skew allowed and one second more (the replicas'
-    /// clocks differ).
-    pub(crate) fn remember_for(&self, signed: &Signed, now_secs: u64) -> u64 {
-        signed.valid_until.saturating_sub(now_secs) + CLOCK_SKEW_SECONDS + 1
-    }
-
-    /// The longest [`remember_for`](Self::remember_for) gives: a signature created
-    /// `CLOCK_SKEW_SECONDS` in the future and valid for `maxAgeSeconds`.
-    pub(crate) fn remember_at_most(&self) -> u64 {
-        self.max_age + 2 * CLOCK_SKEW_SECONDS + 2
+    /// Its replay protection.
+    pub(crate) fn guard(&self) -> &ReplayGuard {
+        &self.guard
     }
 
     /// Verifies the request's signature at `now_secs` (not yet recorded as seen).
@@ -259,22 +310,6 @@ impl HttpSignature {
                 })
             }
         }
-    }
-
-    /// Records `signed` (by `key_id`) as seen: refused when it was seen before inside its window, or when
-    /// its key holds its share of the cache in live signatures (another key's room is never
-    /// taken), or the cache is full.
-    pub(crate) fn record(&self, signed: &Signed, key_id: &str, now_secs: u64) -> Result<(), Rejection> {
-        let owner = Owner {
-            key_id,
-            share: self.replay_share,
-        };
-        self.replays
-            .check_and_insert_for(owner, &signed.replay_key, signed.valid_until, now_secs)
-            .map_err(|e| match e {
-                ReplayError::Replay => Rejection::Wrong("signature replayed"),
-                ReplayError::Full => Rejection::Wrong("replay cache full (refused, fails closed)"),
-            })
     }
 }
 

@@ -93,6 +93,7 @@ impl Req {
             tls: self.tls,
             listener: self.listener,
             client_cert: self.cert.as_ref(),
+            form: None,
         }
     }
 }

@@ -1,10 +1,11 @@
 //! The body check: when the signature that admitted a call covers a body digest
 //! (`Content-Digest` or `Digest`), the body is read into memory, up to
 //! `--max-signed-body-bytes`, within the memory budget of held bodies
-//! (`--body-buffer-budget`), and checked against it before anything is forwarded; every other
-//! body streams untouched.
+//! (`--body-buffer-budget`), and checked against it before anything is forwarded. A form body
+//! an OAuth 1.0a signature covers is read the same way, before deciding ([`read_form`]). Every
+//! other body streams untouched.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Request};
 use http_body_util::BodyExt;
 use portcullis_policy::BodyDigest;
@@ -43,38 +44,61 @@ pub(super) async fn check_signed_body(
         return (req, None);
     };
     let (parts, body) = req.into_parts();
-    let refused = |parts, why| (Request::from_parts(parts, empty()), Some(why));
-    let declared = parts
-        .headers
+    let (bytes, lease) = match read_bounded(&parts.headers, body, limit).await {
+        Ok(read) => read,
+        Err(why) => return (Request::from_parts(parts, empty()), Some(why)),
+    };
+    if !digest_matches(&parts.headers, digest, &bytes) {
+        return (Request::from_parts(parts, empty()), Some(BodyRefused::Mismatch));
+    }
+    (Request::from_parts(parts, leased(bytes, lease)), None)
+}
+
+/// Reads the form body an OAuth 1.0a signature covers before deciding, with the same bounds:
+/// the request (its body now held in memory) and the body, or why it was refused.
+pub(super) async fn read_form(
+    req: Request<ProxyBody>,
+    limit: usize,
+) -> (Request<ProxyBody>, Result<Bytes, BodyRefused>) {
+    let (parts, body) = req.into_parts();
+    match read_bounded(&parts.headers, body, limit).await {
+        Ok((bytes, lease)) => (Request::from_parts(parts, leased(bytes.clone(), lease)), Ok(bytes)),
+        Err(why) => (Request::from_parts(parts, empty()), Err(why)),
+    }
+}
+
+/// Reads `body` into memory: at most `limit` bytes (a larger `Content-Length` in `headers`
+/// is refused before reading), within the memory budget of held bodies.
+async fn read_bounded(
+    headers: &HeaderMap,
+    mut body: ProxyBody,
+    limit: usize,
+) -> Result<(Bytes, BufferLease), BodyRefused> {
+    let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return refused(parts, BodyRefused::TooLarge);
+        return Err(BodyRefused::TooLarge);
     }
-    let mut body = body;
     let mut lease = BufferLease::default();
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(frame) => frame,
-            Err(BodyError::Stalled(_)) => return refused(parts, BodyRefused::Stalled),
-            Err(_) => return refused(parts, BodyRefused::Unreadable),
+            Err(BodyError::Stalled(_)) => return Err(BodyRefused::Stalled),
+            Err(_) => return Err(BodyRefused::Unreadable),
         };
         let Ok(data) = frame.into_data() else { continue };
         if buf.len() + data.len() > limit {
-            return refused(parts, BodyRefused::TooLarge);
+            return Err(BodyRefused::TooLarge);
         }
         if lease.grow(data.len()).is_err() {
-            return refused(parts, BodyRefused::Busy);
+            return Err(BodyRefused::Busy);
         }
         buf.extend_from_slice(&data);
     }
-    let bytes = buf.freeze();
-    if !digest_matches(&parts.headers, digest, &bytes) {
-        return refused(parts, BodyRefused::Mismatch);
-    }
-    (Request::from_parts(parts, leased(bytes, lease)), None)
+    Ok((buf.freeze(), lease))
 }
 
 /// Whether the request's digest header (every line, joined as the signature saw it) matches

@@ -4,7 +4,8 @@
 //! 1. early refusals: a head over `--max-header-bytes` (431), more than one authority (400,
 //!    [`authority_conflict`]) ([`Trip::early`]);
 //! 2. the Builtin token endpoint, answered here and never counted ([`token_endpoint`]);
-//! 3. introspection of an opaque bearer token, before deciding ([`introspect`]);
+//! 3. introspection of an opaque bearer token, before deciding ([`introspect`]); a form body
+//!    an OAuth 1.0a signature covers is read first ([`body_check::read_form`]);
 //! 4. the decision, by the pure policy engine ([`crate::base::engine`]);
 //! 5. the body check of a signed digest ([`body_check`]);
 //! 6. the answer: a refusal ([`respond`]) or the call forwarded ([`forward`]);
@@ -92,7 +93,26 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         login::replace_cookie(req.headers_mut(), &name, &value);
         set_cookie = Some(line);
     }
-    let view = request_view(&req, &conn);
+    // 2c. A form body an OAuth 1.0a signature covers is read (bounded) before deciding.
+    let wanted = match active.engine.reads_forms() {
+        true => active.engine.form_wanted(&request_view(&req, &conn)),
+        false => None,
+    };
+    let form = match wanted {
+        Some(route) => match body_check::read_form(req, shared.max_signed_body_bytes).await {
+            (read, Ok(body)) => {
+                req = read;
+                Some(body)
+            }
+            (_, Err(why)) => {
+                let (answer, reason) = body_refusal(why, route, &[]);
+                return trip.early(answer.response(), "deny", route, "-", trip.peer, reason);
+            }
+        },
+        None => None,
+    };
+    let mut view = request_view(&req, &conn);
+    view.form = form.as_deref();
     // 3. Introspection, then 4. the decision, taken after the answers came.
     let now = match introspect(&trip, &active, &view).await {
         Ok(now) => now,
@@ -267,6 +287,7 @@ fn request_view<'r>(req: &'r Request<ProxyBody>, conn: &'r Connection) -> Reques
         tls: conn.tls,
         listener: conn.listener,
         client_cert: conn.client_cert.as_deref(),
+        form: None,
     }
 }
 
@@ -398,32 +419,29 @@ fn refuse_body<'a>(
     let route = admitted(admission, record);
     record.decision = "deny";
     active.engine.refund(admission);
-    let answer = match why {
-        BodyRefused::TooLarge => {
-            record.reason = "signed request body larger than --max-signed-body-bytes";
-            Answer::SignedBodyTooLarge { route }
-        }
-        BodyRefused::Stalled => {
-            record.reason = "request body stalled";
-            Answer::BodyStalled { route }
-        }
-        BodyRefused::Unreadable => {
-            record.reason = "signed request body could not be read";
-            Answer::BadRequest
-        }
-        BodyRefused::Busy => {
-            record.reason = "request bodies held in memory are at their budget";
-            Answer::BodyBufferFull { route }
-        }
-        BodyRefused::Mismatch => {
-            record.reason = "body does not match its signed digest";
-            Answer::BodyDigestMismatch {
-                route,
-                challenges: admission.route.challenges(),
-            }
-        }
-    };
+    let (answer, reason) = body_refusal(why, route, admission.route.challenges());
+    record.reason = reason;
     (answer.response(), "deny")
+}
+
+/// The answer to a signed body refused for `why` on `route`, and the audit reason.
+fn body_refusal<'a>(why: BodyRefused, route: &'a str, challenges: &'a [String]) -> (Answer<'a>, &'static str) {
+    match why {
+        BodyRefused::TooLarge => (
+            Answer::SignedBodyTooLarge { route },
+            "signed request body larger than --max-signed-body-bytes",
+        ),
+        BodyRefused::Stalled => (Answer::BodyStalled { route }, "request body stalled"),
+        BodyRefused::Unreadable => (Answer::BadRequest, "signed request body could not be read"),
+        BodyRefused::Busy => (
+            Answer::BodyBufferFull { route },
+            "request bodies held in memory are at their budget",
+        ),
+        BodyRefused::Mismatch => (
+            Answer::BodyDigestMismatch { route, challenges },
+            "body does not match its signed digest",
+        ),
+    }
 }
 
 /// Step 6, admitted: the call goes to the app (inbound listeners) or to the route's origin.

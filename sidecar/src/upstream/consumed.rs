@@ -1,6 +1,7 @@
 //! The inbound credentials a route's profiles consume: the `Authorization` of Basic, OAuth2
 //! and draft-cavage signatures, an API key's header and query parameters (key and
-//! signature), an HTTP message signature's `Signature` and `Signature-Input`. They were
+//! signature), an HTTP message signature's `Signature` and `Signature-Input`, OAuth 1.0a's
+//! `Authorization` and protocol query parameters. They were
 //! meant for the sidecar, so they are removed before a call leaves for a third-party origin
 //! (gateway mode), unless the route passes them on (`backend.origin.passCredentials`).
 //! Those of every profile of the route go, not only the admitting one's: a wrong password
@@ -15,6 +16,17 @@ use super::credentials::without_query_params;
 
 const SIGNATURE: HeaderName = HeaderName::from_static("signature");
 const SIGNATURE_INPUT: HeaderName = HeaderName::from_static("signature-input");
+/// The OAuth 1.0a protocol parameters a query may carry (RFC 5849 section 3.5.3).
+const OAUTH1_PARAMS: [&str; 8] = [
+    "oauth_consumer_key",
+    "oauth_token",
+    "oauth_signature_method",
+    "oauth_signature",
+    "oauth_timestamp",
+    "oauth_nonce",
+    "oauth_version",
+    "oauth_verifier",
+];
 
 /// What one route's profiles read from a request.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -55,6 +67,13 @@ impl Consumed {
                     out.header(AUTHORIZATION);
                     out.header(SIGNATURE);
                     out.header(SIGNATURE_INPUT);
+                }
+                // A form body's protocol parameters stay (the body is passed as sent).
+                ProfileAuth::OAuth1 { .. } => {
+                    out.header(AUTHORIZATION);
+                    for name in OAUTH1_PARAMS {
+                        out.param(name);
+                    }
                 }
             }
         }

@@ -129,6 +129,7 @@ fn request(method: &'static str, path: &'static str, headers: &HeaderMap) -> Req
         tls: false,
         listener: Listener::Inbound,
         client_cert: None,
+        form: None,
     }
 }
 

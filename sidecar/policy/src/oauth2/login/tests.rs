@@ -128,6 +128,7 @@ fn view<'a>(path: &'a str, query: Option<&'a str>, headers: &'a HeaderMap, tls: 
         tls,
         listener: Listener::Inbound,
         client_cert: None,
+        form: None,
     }
 }
 
