@@ -1044,6 +1044,17 @@ pub fn profile_requirements(profile: &SecurityProfile) -> Vec<Requirement> {
             spec.http_signature.as_ref().map(|h| &h.secret_ref.name),
         ),
         (
+            "spec.oauth1.consumersSecretRef.name",
+            spec.oauth1.as_ref().map(|o| &o.consumers_secret_ref.name),
+        ),
+        (
+            "spec.oauth1.tokensSecretRef.name",
+            spec.oauth1
+                .as_ref()
+                .and_then(|o| o.tokens_secret_ref.as_ref())
+                .map(|t| &t.name),
+        ),
+        (
             "spec.clientCertificate.caSecretRef.name",
             spec.client_certificate.as_ref().map(|c| &c.ca_secret_ref.name),
         ),

@@ -31,6 +31,7 @@ use crate::common::{SecretRef, SignatureAlgorithm, SignatureHash, SignatureStand
     validation = Rule::new("has(self.apiKey) == (self.type == 'ApiKey')").message("spec.apiKey must be set exactly when type is ApiKey").field_path(".apiKey"),
     validation = Rule::new("has(self.oauth2) == (self.type == 'OAuth2')").message("spec.oauth2 must be set exactly when type is OAuth2").field_path(".oauth2"),
     validation = Rule::new("has(self.httpSignature) == (self.type == 'HttpSignature')").message("spec.httpSignature must be set exactly when type is HttpSignature").field_path(".httpSignature"),
+    validation = Rule::new("has(self.oauth1) == (self.type == 'OAuth1')").message("spec.oauth1 must be set exactly when type is OAuth1").field_path(".oauth1"),
     validation = Rule::new("has(self.clientCertificate) == (self.type == 'ClientCertificate')").message("spec.clientCertificate must be set exactly when type is ClientCertificate").field_path(".clientCertificate"),
 )]
 pub struct SecurityProfileSpec {
@@ -50,6 +51,9 @@ pub struct SecurityProfileSpec {
     /// Type HttpSignature: consumers sign their requests (RFC 9421 or draft-cavage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_signature: Option<HttpSignatureProfile>,
+    /// Type OAuth1: consumers sign their requests as OAuth 1.0a says (RFC 5849).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth1: Option<OAuth1Profile>,
     /// Type ClientCertificate: consumers present a certificate (mutual TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<ClientCertificateProfile>,
@@ -81,6 +85,8 @@ pub enum ProfileType {
     OAuth2,
     /// HTTP message signatures.
     HttpSignature,
+    /// OAuth 1.0a signed requests (RFC 5849).
+    OAuth1,
     /// TLS client certificates.
     ClientCertificate,
 }
@@ -94,6 +100,7 @@ impl ProfileType {
             Self::ApiKey => "ApiKey",
             Self::OAuth2 => "OAuth2",
             Self::HttpSignature => "HttpSignature",
+            Self::OAuth1 => "OAuth1",
             Self::ClientCertificate => "ClientCertificate",
         }
     }
@@ -354,7 +361,53 @@ pub struct HttpSignatureProfile {
     pub on_store_unavailable: Option<ReplayStoreFallback>,
 }
 
-/// Where an HttpSignature profile remembers signatures while the shared store is unavailable.
+/// OAuth 1.0a (RFC 5849) verification settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuth1Profile {
+    /// Secret whose data maps each consumer key to its consumer secret (HMAC-SHA1,
+    /// HMAC-SHA256, PLAINTEXT) or to a PEM RSA public key (RSA-SHA1).
+    pub consumers_secret_ref: SecretRef,
+    /// Secret whose data maps each access token to `<consumerKey>:<tokenSecret>`: the token
+    /// credentials consumers may sign with, each usable by its consumer only. Without it,
+    /// only calls without `oauth_token` (two-legged) are admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_secret_ref: Option<SecretRef>,
+    /// Every call must carry token credentials (`oauth_token`). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_token: bool,
+    /// Accepted `oauth_signature_method`s; empty: HMAC-SHA1, HMAC-SHA256 and RSA-SHA1.
+    /// PLAINTEXT is accepted only when listed, and only over HTTPS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4), extend("x-kubernetes-list-type" = "set"))]
+    pub signature_methods: Vec<OAuth1SignatureMethod>,
+    /// Most seconds `oauth_timestamp` may differ from the sidecar's clock; nonces are
+    /// remembered that long. Default 300.
+    #[serde(default = "default_max_age")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timestamp_window_seconds: u32,
+    /// With a shared limits store, nonces are remembered there (a captured call is admitted
+    /// once in the cluster). While the store is unavailable: `Deny` (default) refuses signed
+    /// calls with 503; `Local` has each sidecar remember them itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_store_unavailable: Option<ReplayStoreFallback>,
+}
+
+/// An OAuth 1.0a signature method (RFC 5849 section 3.4).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+pub enum OAuth1SignatureMethod {
+    #[serde(rename = "HMAC-SHA1")]
+    HmacSha1,
+    #[serde(rename = "HMAC-SHA256")]
+    HmacSha256,
+    #[serde(rename = "RSA-SHA1")]
+    RsaSha1,
+    #[serde(rename = "PLAINTEXT")]
+    Plaintext,
+}
+
+/// Where a signing profile (HttpSignature, OAuth1) remembers signatures while the shared
+/// store is unavailable.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 pub enum ReplayStoreFallback {
     /// Refuse signed calls (503): fail closed.

@@ -31,6 +31,7 @@ pub(crate) fn compile(
         api_key,
         oauth2,
         http_signature,
+        oauth1,
         client_certificate,
         trusted_ip_ranges,
         rate_limit,
@@ -175,6 +176,31 @@ pub(crate) fn compile(
                 },
             }
         }
+        api::ProfileType::OAuth1 => {
+            let o = oauth1.as_ref().expect("checked by check_blocks");
+            let field = "spec.oauth1.consumersSecretRef.name";
+            out.oauth1_consumers = secrets.get(field, &o.consumers_secret_ref.name, None)?.all()?;
+            if let Some(tokens) = &o.tokens_secret_ref {
+                let field = "spec.oauth1.tokensSecretRef.name";
+                let data = secrets.get(field, &tokens.name, None)?.all()?;
+                out.oauth1_tokens = oauth1_tokens(field, &tokens.name, data, &out.oauth1_consumers)?;
+            } else if o.require_token {
+                return Err(Problem::new(
+                    reason::INVALID_SPEC,
+                    "spec.oauth1.tokensSecretRef",
+                    "is required when requireToken is true",
+                ));
+            }
+            cfg::ProfileAuth::OAuth1 {
+                signature_methods: o.signature_methods.iter().map(|m| oauth1_method(*m)).collect(),
+                timestamp_window_seconds: o.timestamp_window_seconds,
+                require_token: o.require_token,
+                on_store_unavailable: match o.on_store_unavailable.unwrap_or_default() {
+                    api::ReplayStoreFallback::Deny => cfg::ReplayFallback::Deny,
+                    api::ReplayStoreFallback::Local => cfg::ReplayFallback::Local,
+                },
+            }
+        }
         api::ProfileType::ClientCertificate => {
             let c = client_certificate.as_ref().expect("checked by check_blocks");
             let data = secrets.get("spec.clientCertificate.caSecretRef.name", &c.ca_secret_ref.name, None)?;
@@ -274,6 +300,7 @@ fn check_blocks(spec: &api::SecurityProfileSpec) -> Result<(), Problem> {
             api::ProfileType::HttpSignature,
             spec.http_signature.is_some(),
         ),
+        ("oauth1", api::ProfileType::OAuth1, spec.oauth1.is_some()),
         (
             "clientCertificate",
             api::ProfileType::ClientCertificate,
@@ -297,6 +324,50 @@ fn check_blocks(spec: &api::SecurityProfileSpec) -> Result<(), Problem> {
         }
     }
     Ok(())
+}
+
+/// The token credentials of an OAuth1 profile: each entry of Secret `name` (at `field`) is
+/// `<consumerKey>:<tokenSecret>`, for one of `consumers`. Messages name the token and the
+/// consumer, never a secret.
+fn oauth1_tokens(
+    field: &str,
+    name: &str,
+    data: BTreeMap<String, cfg::Sensitive>,
+    consumers: &BTreeMap<String, cfg::Sensitive>,
+) -> Result<BTreeMap<String, cfg::OAuth1Token>, Problem> {
+    let bad = |detail: String| Problem::new(reason::INVALID_SECRET, field, format!("Secret {name:?}: {detail}"));
+    data.into_iter()
+        .map(|(token, value)| {
+            let Some((consumer, secret)) = value.expose().split_once(':') else {
+                return Err(bad(format!(
+                    "the value of {token:?} must be <consumerKey>:<tokenSecret>"
+                )));
+            };
+            if !consumers.contains_key(consumer) {
+                return Err(bad(format!(
+                    "token {token:?} names consumer {consumer:?}, which is not in spec.oauth1.consumersSecretRef"
+                )));
+            }
+            if secret.is_empty() {
+                return Err(bad(format!("token {token:?} has an empty token secret")));
+            }
+            let entry = cfg::OAuth1Token {
+                consumer_key: consumer.to_owned(),
+                secret: cfg::Sensitive::new(secret),
+            };
+            Ok((token, entry))
+        })
+        .collect()
+}
+
+/// The signature method a CRD one names.
+fn oauth1_method(m: api::OAuth1SignatureMethod) -> cfg::OAuth1Method {
+    match m {
+        api::OAuth1SignatureMethod::HmacSha1 => cfg::OAuth1Method::HmacSha1,
+        api::OAuth1SignatureMethod::HmacSha256 => cfg::OAuth1Method::HmacSha256,
+        api::OAuth1SignatureMethod::RsaSha1 => cfg::OAuth1Method::RsaSha1,
+        api::OAuth1SignatureMethod::Plaintext => cfg::OAuth1Method::Plaintext,
+    }
 }
 
 /// Parses, normalizes (CIDR to from/to), sorts and merges the trusted ranges.

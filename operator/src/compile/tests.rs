@@ -48,6 +48,7 @@ fn spec(profile_type: ProfileType) -> SecurityProfileSpec {
         api_key: None,
         oauth2: None,
         http_signature: None,
+        oauth1: None,
         client_certificate: None,
         trusted_ip_ranges: vec![],
         rate_limit: None,
@@ -718,4 +719,100 @@ fn builtin_clients_carry_their_scopes_from_the_secret() {
     assert!(rejected(&out, "idp").2.contains("not a valid OAuth 2.0 scope"));
     let out = world(&[("app-1.scopes", "read")]);
     assert_eq!(rejected(&out, "idp").0, reason::INVALID_SECRET);
+}
+
+fn oauth1(name: &str, tokens: Option<&str>, require_token: bool) -> SecurityProfile {
+    let mut s = spec(ProfileType::OAuth1);
+    s.oauth1 = Some(OAuth1Profile {
+        consumers_secret_ref: SecretRef::new("oauth1-consumers"),
+        tokens_secret_ref: tokens.map(SecretRef::new),
+        require_token,
+        signature_methods: vec![OAuth1SignatureMethod::HmacSha1, OAuth1SignatureMethod::Plaintext],
+        timestamp_window_seconds: 120,
+        on_store_unavailable: None,
+    });
+    profile(name, s)
+}
+
+#[test]
+fn oauth1_profiles_compile_consumers_and_tokens() {
+    let mut w = World::new();
+    w.secrets.push(secret(
+        "oauth1-consumers",
+        "Opaque",
+        &[("partner-a", "consumer-secret-a"), ("partner-b", "consumer-secret-b")],
+    ));
+    w.secrets.push(secret(
+        "oauth1-tokens",
+        "Opaque",
+        &[("tok-1", "partner-a:token-secret-1")],
+    ));
+    w.profiles.push(oauth1("signed", Some("oauth1-tokens"), true));
+    w.routes.push(route("api", &["signed"]));
+    let out = w.compile();
+    assert_eq!(out.errors(NS), Vec::<String>::new());
+    out.loaded.config.check(&out.loaded.secrets).unwrap();
+    let auth = &out.loaded.config.profile("signed").unwrap().auth;
+    assert_eq!(
+        *auth,
+        portcullis_config::ProfileAuth::OAuth1 {
+            signature_methods: vec![
+                portcullis_config::OAuth1Method::HmacSha1,
+                portcullis_config::OAuth1Method::Plaintext
+            ],
+            timestamp_window_seconds: 120,
+            require_token: true,
+            on_store_unavailable: portcullis_config::ReplayFallback::Deny,
+        }
+    );
+    let secrets = &out.loaded.secrets.profiles["signed"];
+    assert_eq!(secrets.oauth1_consumers["partner-b"].expose(), "consumer-secret-b");
+    let token = &secrets.oauth1_tokens["tok-1"];
+    assert_eq!(
+        (token.consumer_key.as_str(), token.secret.expose()),
+        ("partner-a", "token-secret-1")
+    );
+    // Nothing secret in the configuration file.
+    let config = String::from_utf8(out.loaded.config_json()).unwrap();
+    assert!(
+        !config.contains("consumer-secret") && !config.contains("token-secret"),
+        "{config}"
+    );
+}
+
+#[test]
+fn oauth1_tokens_must_name_a_consumer_and_a_secret() {
+    let verdict = |token_value: &str, tokens: Option<&str>, require_token: bool| {
+        let mut w = World::new();
+        w.secrets.push(secret(
+            "oauth1-consumers",
+            "Opaque",
+            &[("partner-a", "consumer-secret-a")],
+        ));
+        w.secrets
+            .push(secret("oauth1-tokens", "Opaque", &[("tok-1", token_value)]));
+        w.profiles.push(oauth1("signed", tokens, require_token));
+        rejected(&w.compile(), "signed")
+    };
+    let (reason, field, message) = verdict("partner-z:token-secret-1", Some("oauth1-tokens"), false);
+    assert_eq!(
+        (reason, field.as_str()),
+        (reason::INVALID_SECRET, "spec.oauth1.tokensSecretRef.name")
+    );
+    assert!(
+        message.contains("token \"tok-1\" names consumer \"partner-z\""),
+        "{message}"
+    );
+    assert!(!message.contains("token-secret-1"), "{message}");
+    let (_, _, message) = verdict("no-separator-secret", Some("oauth1-tokens"), false);
+    assert!(message.contains("must be <consumerKey>:<tokenSecret>"), "{message}");
+    assert!(!message.contains("no-separator-secret"), "{message}");
+    let (_, _, message) = verdict("partner-a:", Some("oauth1-tokens"), false);
+    assert!(message.contains("empty token secret"), "{message}");
+    let (reason, field, message) = verdict("partner-a:s", None, true);
+    assert_eq!(
+        (reason, field.as_str()),
+        (reason::INVALID_SPEC, "spec.oauth1.tokensSecretRef")
+    );
+    assert!(message.contains("requireToken"), "{message}");
 }

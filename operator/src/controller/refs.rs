@@ -26,6 +26,11 @@ pub fn profile_secrets(profile: &SecurityProfile, out: &mut BTreeSet<String>) {
             .and_then(|o| o.login.as_ref())
             .map(|l| &l.client_secret_ref.name),
         spec.http_signature.as_ref().map(|h| &h.secret_ref.name),
+        spec.oauth1.as_ref().map(|o| &o.consumers_secret_ref.name),
+        spec.oauth1
+            .as_ref()
+            .and_then(|o| o.tokens_secret_ref.as_ref())
+            .map(|t| &t.name),
         spec.client_certificate.as_ref().map(|c| &c.ca_secret_ref.name),
     ];
     out.extend(names.into_iter().flatten().cloned());
