@@ -330,17 +330,20 @@ async fn gateway(origin_port: u16) -> (Sidecar, tempfile::TempDir) {
                 {"name": "staff", "auth": {"type": "Basic"}},
                 {"name": "partners", "auth": {"type": "ApiKey", "keyParam": "apikey", "keyHeader": "X-Api-Key"}},
                 {"name": "open", "auth": {"type": "Anonymous"}},
+                {"name": "signers", "auth": {"type": "OAuth1", "timestampWindowSeconds": 300}},
             ],
             "routes": [
                 origin("by-password", "/p", &["staff"]),
                 origin("by-key", "/k", &["partners"]),
                 origin("password-or-open", "/o", &["staff", "open"]),
+                origin("by-oauth1", "/s", &["signers"]),
                 passing,
             ],
         }),
         json!({"profiles": {
             "staff": {"basic": {"username": "alice", "password": "s3cret"}},
             "partners": {"apiKeys": {"key-1": "unused"}},
+            "signers": {"oauth1Consumers": {"consumer-1": OAUTH1_SECRET}},
         }}),
     )
     .await
@@ -386,6 +389,66 @@ async fn credentials_meant_for_the_sidecar_never_reach_an_origin() {
     let (status, _, body) = get_with(&sidecar.url("/pass/x"), &[("authorization", &auth)]).await;
     assert_eq!(status, 200);
     assert_eq!(json_of(&body)["headers"]["authorization"], json!([auth]));
+
+    // An OAuth 1.0a signature, in the header or in the query: neither reaches the origin.
+    let authority = format!("127.0.0.1:{}", sidecar.inbound.port());
+    let header = oauth1_header(&authority, "/s/x", "a=1", "n-header");
+    let (status, _, body) = get_with(&sidecar.url("/s/x?a=1"), &[("authorization", &header)]).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let echo = json_of(&body);
+    assert_eq!(echo["headers"]["x-portcullis-identity"], json!(["consumer-1"]));
+    assert!(echo["headers"].get("authorization").is_none(), "{echo}");
+    assert_eq!(echo["query"], "a=1");
+    // The same protocol parameters carried in the query instead sign the same base string.
+    let header = oauth1_header(&authority, "/s/x", "a=1", "n-query");
+    let params = header
+        .strip_prefix("OAuth ")
+        .unwrap()
+        .replace(", ", "&")
+        .replace('"', "");
+    let (status, _, body) = get_with(&sidecar.url(&format!("/s/x?a=1&{params}")), &[]).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        json_of(&body)["query"],
+        "a=1",
+        "the oauth_* parameters reached the origin"
+    );
+}
+
+const OAUTH1_SECRET: &str = "oauth1 consumer secret";
+
+/// An `Authorization: OAuth` value signing `GET http://<authority><path>?<query>` for
+/// consumer-1 now (HMAC-SHA1, no token).
+fn oauth1_header(authority: &str, path: &str, query: &str, nonce: &str) -> String {
+    use portcullis_signatures::oauth1::{Credentials, Request, SignatureMethod, authorization_header};
+    let req = Request {
+        method: "GET",
+        scheme: "http",
+        authority,
+        path,
+        query: Some(query),
+        authorization: None,
+        form: None,
+    };
+    let secrets = Credentials {
+        consumer_secret: OAUTH1_SECRET,
+        token_secret: "",
+        rsa: None,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    authorization_header(
+        &req,
+        "consumer-1",
+        None,
+        SignatureMethod::HmacSha1,
+        now,
+        nonce,
+        &secrets,
+    )
+    .unwrap()
 }
 
 /// An anonymous route `/` and a Basic route `/admin` on one app.
