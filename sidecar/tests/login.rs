@@ -47,6 +47,8 @@ struct OpState {
     /// Lifetime of the ID tokens it issues, seconds.
     id_ttl: u64,
     refreshes: usize,
+    /// Refresh tokens are refused (`invalid_grant`: revoked).
+    refuse_refresh: bool,
 }
 
 /// A small OpenID provider on 127.0.0.1.
@@ -208,6 +210,9 @@ async fn serve(
                 }
                 Some("refresh_token") => {
                     st.refreshes += 1;
+                    if st.refuse_refresh {
+                        return answer(StatusCode::BAD_REQUEST, json!({"error": "invalid_grant"}));
+                    }
                     answer(
                         StatusCode::OK,
                         json!({"access_token": "at", "token_type": "Bearer",
@@ -305,7 +310,7 @@ async fn a_browser_signs_in_reaches_the_app_as_itself_and_signs_out() {
         location.starts_with(&format!("{}/auth?response_type=code&client_id={CLIENT}&", op.issuer)),
         "{location}"
     );
-    let pending = cookie(&h, "portcullis-login-people=");
+    let pending = cookie(&h, "__Host-portcullis-login-people-");
     let (code, q) = op.authorize(&location);
     assert_eq!(q["code_challenge_method"], "S256");
     assert_eq!(q["redirect_uri"], format!("http://{}/oauth2/callback", sidecar.inbound));
@@ -323,7 +328,7 @@ async fn a_browser_signs_in_reaches_the_app_as_itself_and_signs_out() {
     let (s, h, body) = get_with(&cb(format!("code={code}&state={state}")), &[("cookie", &pending)]).await;
     assert_eq!(s, StatusCode::FOUND, "{}", String::from_utf8_lossy(&body));
     assert_eq!(h["location"], "/app/reports?q=1");
-    let session = cookie(&h, "portcullis-session-people=");
+    let session = cookie(&h, "__Host-portcullis-session-people=");
 
     // Replayed: refused (the state is used once; the provider would refuse the code too).
     let (s, _, _) = get_with(&cb(format!("code={code}&state={state}")), &[("cookie", &pending)]).await;
@@ -376,7 +381,7 @@ async fn a_browser_signs_in_reaches_the_app_as_itself_and_signs_out() {
     assert!(
         cleared
             .iter()
-            .any(|c| c.starts_with("portcullis-session-people=; Path=/; Max-Age=0")),
+            .any(|c| c.starts_with("__Host-portcullis-session-people=; Path=/; Max-Age=0")),
         "{cleared:?}"
     );
 }
@@ -391,17 +396,61 @@ async fn a_session_close_to_its_expiry_is_refreshed() {
     write_config(dir.path(), &op.issuer, backend.port());
     let sidecar = Sidecar::start(dir.path()).await;
     let h = sent_to_sign_in(&sidecar, "/app/").await;
-    let pending = cookie(&h, "portcullis-login-people=");
+    let pending = cookie(&h, "__Host-portcullis-login-people-");
     let (code, q) = op.authorize(h["location"].to_str().unwrap());
     let url = sidecar.url(&format!("/oauth2/callback?code={code}&state={}", q["state"]));
     let (s, h, _) = get_with(&url, &[("cookie", &pending)]).await;
     assert_eq!(s, StatusCode::FOUND);
-    let session = cookie(&h, "portcullis-session-people=");
+    let session = cookie(&h, "__Host-portcullis-session-people=");
     let (s, h, _) = get_with(&sidecar.url("/app/x"), &[HTML, ("cookie", &session)]).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(op.state.lock().unwrap().refreshes, 1);
-    let renewed = cookie(&h, "portcullis-session-people=");
+    let renewed = cookie(&h, "__Host-portcullis-session-people=");
     assert_ne!(renewed, session);
+
+    // The old cookie again, by 20 requests at once (tabs, a script): one refresh at a time
+    // per session, so the provider is not asked again; the session still holds.
+    let url = sidecar.url("/app/x");
+    let headers = [HTML, ("cookie", session.as_str())];
+    let calls = (0..20).map(|_| get_with(&url, &headers));
+    for (s, _, _) in futures::future::join_all(calls).await {
+        assert_eq!(s, StatusCode::OK);
+    }
+    assert_eq!(op.state.lock().unwrap().refreshes, 1, "the provider was flooded");
+}
+
+#[tokio::test]
+async fn a_refused_refresh_ends_the_session() {
+    let backend = Backend::start().await;
+    let op = Op::start(Arc::new(Signer::new("op1"))).await;
+    op.state.lock().unwrap().id_ttl = 30;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &op.issuer, backend.port());
+    let sidecar = Sidecar::start(dir.path()).await;
+    let h = sent_to_sign_in(&sidecar, "/app/").await;
+    let pending = cookie(&h, "__Host-portcullis-login-people-");
+    let (code, q) = op.authorize(h["location"].to_str().unwrap());
+    let url = sidecar.url(&format!("/oauth2/callback?code={code}&state={}", q["state"]));
+    let (s, h, _) = get_with(&url, &[("cookie", &pending)]).await;
+    assert_eq!(s, StatusCode::FOUND);
+    let session = cookie(&h, "__Host-portcullis-session-people=");
+    // The provider revoked the refresh token: the session ends at once (not at the ID
+    // token's expiry), the browser is told to drop it, and later requests do not ask again.
+    op.state.lock().unwrap().refuse_refresh = true;
+    let (s, h, _) = get_with(&sidecar.url("/app/x"), &[("cookie", &session)]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let cleared = h.get_all("set-cookie").iter().any(|c| {
+        c.to_str()
+            .unwrap()
+            .starts_with("__Host-portcullis-session-people=; Path=/; Max-Age=0")
+    });
+    assert!(cleared, "{h:?}");
+    let (s, h, _) = get_with(&sidecar.url("/app/x"), &[HTML, ("cookie", &session)]).await;
+    assert_eq!(s, StatusCode::FOUND, "sent to sign in again");
+    assert!(h["location"].to_str().unwrap().starts_with(&op.issuer));
+    assert_eq!(op.state.lock().unwrap().refreshes, 1);
+    let audit = sidecar.wait_audit(3).await;
+    assert!(audit.iter().any(|l| l["reason"] == "no bearer token"), "{audit:?}");
 }
 
 #[tokio::test]

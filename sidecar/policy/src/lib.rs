@@ -932,6 +932,8 @@ impl<L: Limiter> Engine<L> {
         let path = path::normalize(req.path).ok()?;
         let host = req.host.map(routes::normal_host);
         let https = req.tls || self.https_at_trusted_proxy(req);
+        // Over plain HTTP, only a loopback host keeps the `Secure` sign-in cookies.
+        let secure_enough = https || host.as_deref().is_some_and(is_loopback_host);
         let client_ip = ip::client_ip(req.peer, req.headers, &self.trusted_proxies);
         let mut fallback = None;
         for route in &self.routes {
@@ -955,13 +957,11 @@ impl<L: Limiter> Engine<L> {
                     login,
                     step,
                     https,
-                    https_required: route.ssl_only && !https,
+                    https_required: !https && (route.ssl_only || !secure_enough),
                     client_ip,
                     trusted: profile.trusted.is_empty() || profile.trusted.contains(client_ip),
                 };
-                if step == LoginStep::Callback
-                    && oauth2::login::cookie_value(req.headers, login.state_cookie_name()).is_none()
-                {
+                if step == LoginStep::Callback && !login.holds_pending(req.headers, req.query) {
                     fallback.get_or_insert(endpoint);
                     continue;
                 }
@@ -1007,15 +1007,16 @@ impl<L: Limiter> Engine<L> {
                 https,
             })
         })?;
-        if https || req.host.is_some_and(is_loopback_host) {
+        let host = req.host.map(routes::normal_host);
+        if https || host.as_deref().is_some_and(is_loopback_host) {
             return Some(LoginRedirect::SignIn(start));
         }
         let (route_name, profile) = (start.route, start.profile);
-        match (route.tls, req.host, path::normalize(req.path)) {
+        match (route.tls, host, path::normalize(req.path)) {
             (true, Some(host), Ok(path)) => Some(LoginRedirect::Https {
                 route: route_name,
                 profile,
-                location: https_location(host, &path, req.query),
+                location: https_location(&host, &path, req.query),
             }),
             _ => Some(LoginRedirect::HttpsUnavailable {
                 route: route_name,
@@ -1828,7 +1829,8 @@ pub struct LoginEndpoint<'e> {
     pub step: LoginStep,
     /// The client used HTTPS (to the sidecar, or to a trusted proxy in front).
     pub https: bool,
-    /// The route is `sslOnly` and the request came over plain HTTP: refused.
+    /// The request came over plain HTTP and the route is `sslOnly` or the host is not a
+    /// loopback one (whose browsers keep `Secure` cookies over plain HTTP): refused.
     pub https_required: bool,
     pub client_ip: IpAddr,
     /// The client's address is in the profile's trusted ranges (or it has none).

@@ -10,13 +10,16 @@
 //!   the same-host path the browser first asked for) and the sign-out path (cookies cleared,
 //!   RP-initiated logout where the provider offers it).
 //! - [`refresh`]: a session close to its expiry is refreshed with its refresh token before
-//!   the decision.
+//!   the decision: one refresh per session at a time and a budget per second in all
+//!   ([`RefreshGate`]); a refresh the provider or the account rules refuse ends the session.
 
 use std::sync::OnceLock;
 
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
 use http::{HeaderValue, Response, StatusCode};
-use portcullis_policy::oauth2::login::{LoginError, Random, STATE_TTL_SECS, Session, UsedOnce};
+use portcullis_policy::oauth2::login::{
+    LoginError, Random, RefreshGate, RefreshTurn, STATE_TTL_SECS, Session, UsedOnce, is_sign_in_cookie,
+};
 use portcullis_policy::{LoginEndpoint, LoginRedirect, LoginStart, LoginStep, RefreshRequest};
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -33,6 +36,22 @@ const USED_CAPACITY: usize = 100_000;
 fn used() -> &'static UsedOnce {
     static USED: OnceLock<UsedOnce> = OnceLock::new();
     USED.get_or_init(|| UsedOnce::new(USED_CAPACITY))
+}
+
+/// Sessions whose refresh is remembered at most on this replica.
+const REFRESH_CAPACITY: usize = 100_000;
+/// Most refresh calls to the providers a second from this replica.
+const REFRESHES_PER_SECOND: u32 = 50;
+
+fn refresh_gate() -> &'static RefreshGate {
+    static GATE: OnceLock<RefreshGate> = OnceLock::new();
+    GATE.get_or_init(|| RefreshGate::new(REFRESH_CAPACITY, REFRESHES_PER_SECOND))
+}
+
+/// A provider's 4xx that says the client itself is refused (`invalid_client`, or 401): a
+/// misconfiguration (the client secret), not the person's doing.
+fn client_refused(status: u16, code: Option<&str>) -> bool {
+    status == 401 || code == Some("invalid_client") || code == Some("unauthorized_client")
 }
 
 fn random<const N: usize>() -> Option<[u8; N]> {
@@ -169,11 +188,7 @@ pub(super) async fn endpoint(trip: &Trip<'_>, ep: LoginEndpoint<'_>, view: &Requ
         trip.early(resp, "deny", route, profile, ip, reason)
     };
     if ep.https_required {
-        return forbidden(
-            "HTTPS required",
-            "Sign in over HTTPS.",
-            "sign-in over plain HTTP on an sslOnly route",
-        );
+        return forbidden("HTTPS required", "Sign in over HTTPS.", "sign-in step over plain HTTP");
     }
     if !ep.trusted {
         return forbidden(
@@ -190,10 +205,10 @@ pub(super) async fn endpoint(trip: &Trip<'_>, ep: LoginEndpoint<'_>, view: &Requ
         let location = login.logout_location(login.discovered().as_deref(), &post_logout);
         // Signing out ends every sign-in of this browser with the sidecar (profiles may share
         // the sign-out path): this profile's cookies and any other sign-in cookie it sent.
-        let mut clear: Vec<String> = login.clear_cookies().to_vec();
+        let mut clear: Vec<String> = vec![login.clear_session()];
         for pair in cookie_pairs(view.headers) {
             let name = pair.split('=').next().unwrap_or("");
-            if is_ours(name) && !clear.iter().any(|c| c.split('=').next() == Some(name)) {
+            if is_sign_in_cookie(name) && !clear.iter().any(|c| c.split('=').next() == Some(name)) {
                 clear.push(format!("{name}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax"));
             }
         }
@@ -208,10 +223,12 @@ pub(super) async fn endpoint(trip: &Trip<'_>, ep: LoginEndpoint<'_>, view: &Requ
             _ => StatusCode::BAD_REQUEST,
         };
         let mut resp = page(status, "Sign-in failed", &e.to_string());
-        for c in login.clear_cookies().iter().skip(1) {
-            if let Ok(v) = HeaderValue::from_str(c) {
-                resp.headers_mut().append(SET_COOKIE, v);
-            }
+        // This sign-in's pending cookie only: another tab's sign-in goes on.
+        if let Some(v) = login
+            .clear_pending(view.query)
+            .and_then(|c| HeaderValue::from_str(&c).ok())
+        {
+            resp.headers_mut().append(SET_COOKIE, v);
         }
         trip.early(resp, "deny", route, profile, ip, e.reason())
     };
@@ -235,13 +252,19 @@ pub(super) async fn endpoint(trip: &Trip<'_>, ep: LoginEndpoint<'_>, view: &Requ
     let answer = match token_call(&doc.token_endpoint, client_id, secret.expose(), form).await {
         Ok(body) => body,
         Err(crate::identity::client::IdpError::Refused { status, code, .. }) if (400..500).contains(&status) => {
-            tracing::info!(
-                route,
-                profile,
-                status,
-                code = code.as_deref().unwrap_or("-"),
-                "sign-in code refused by the provider"
-            );
+            let code = code.as_deref().unwrap_or("-");
+            if client_refused(status, Some(code)) {
+                trip.shared.metrics.backend_error(BackendErrorKind::Login);
+                tracing::warn!(
+                    route,
+                    profile,
+                    status,
+                    code,
+                    "the provider refuses this client: check clientId and the client secret"
+                );
+            } else {
+                tracing::info!(route, profile, status, code, "sign-in code refused by the provider");
+            }
             return refused(LoginError::ProviderRefused);
         }
         Err(error) => {
@@ -260,8 +283,9 @@ pub(super) async fn endpoint(trip: &Trip<'_>, ep: LoginEndpoint<'_>, view: &Requ
         Ok(c) => c,
         Err(e) => return refused(e),
     };
-    let [_, clear_state] = login.clear_cookies();
-    let resp = redirect(&cb.pending.return_to, &[cookie, clear_state]);
+    let mut set = vec![cookie];
+    set.extend(login.clear_pending(view.query));
+    let resp = redirect(&cb.pending.return_to, &set);
     let record = crate::telemetry::audit::Record {
         route,
         profile,
@@ -274,41 +298,79 @@ pub(super) async fn endpoint(trip: &Trip<'_>, ep: LoginEndpoint<'_>, view: &Requ
     trip.finish(record, "redirect", resp, None)
 }
 
-/// Refreshes the session of `r` with its refresh token: the new session's sealed cookie
-/// value and its `Set-Cookie` line; `None` when it could not be refreshed (the old session is
-/// then judged as it is).
-pub(super) async fn refresh(
-    r: &RefreshRequest<'_>,
-    metrics: &crate::telemetry::metrics::Metrics,
-) -> Option<(String, String)> {
+/// What became of a session's refresh ([`refresh`]).
+pub(super) enum Refreshed {
+    /// The new session: its sealed cookie value and its `Set-Cookie` line.
+    New { value: String, line: String },
+    /// Not refreshed now (another request is at it, the budget is spent, the provider is
+    /// unreachable): the session is judged as it is.
+    Kept,
+    /// The provider refused the refresh token, or the account rules refuse the person now:
+    /// the session ends (the request has none, the browser is told to drop it).
+    Ended,
+}
+
+/// Refreshes the session of `r` with its refresh token.
+pub(super) async fn refresh(r: &RefreshRequest<'_>, metrics: &crate::telemetry::metrics::Metrics) -> Refreshed {
     let login = r.login;
-    let doc = login.discovered()?;
-    let rt = r.session.refresh_token.as_deref()?;
-    let (client_id, secret) = login.client();
+    let (Some(doc), Some(rt)) = (login.discovered(), r.session.refresh_token.as_deref()) else {
+        return Refreshed::Kept;
+    };
     let now = unix_secs();
+    match refresh_gate().turn(&r.session, now) {
+        RefreshTurn::Go => {}
+        RefreshTurn::Wait => return Refreshed::Kept,
+        RefreshTurn::Ended => return Refreshed::Ended,
+    }
+    let (client_id, secret) = login.client();
+    let ended = |reason: &str| {
+        tracing::info!(
+            route = r.route,
+            profile = r.profile,
+            reason,
+            "session refresh refused: session ended"
+        );
+        refresh_gate().ended(&r.session);
+        Refreshed::Ended
+    };
     let body = match token_call(&doc.token_endpoint, client_id, secret.expose(), login.refresh_form(rt)).await {
         Ok(body) => body,
+        Err(crate::identity::client::IdpError::Refused { status, code, .. })
+            if (400..500).contains(&status) && !client_refused(status, code.as_deref()) =>
+        {
+            return ended(code.as_deref().unwrap_or("refresh token refused"));
+        }
         Err(error) => {
             metrics.backend_error(BackendErrorKind::Login);
-            tracing::info!(route = r.route, profile = r.profile, %error, "session refresh failed");
-            return None;
+            tracing::warn!(route = r.route, profile = r.profile, %error, "session refresh failed");
+            return Refreshed::Kept;
         }
     };
     let session: Session = match login.accept_tokens(&body, None, Some(&r.session), now) {
         Ok(s) => s,
-        Err(e) => {
-            tracing::info!(
-                route = r.route,
-                profile = r.profile,
-                reason = e.reason(),
-                "session refresh refused"
-            );
-            return None;
-        }
+        Err(e) => return ended(e.reason()),
     };
-    let line = login.session_cookie(&session, random()?, now).ok()?;
-    let value = line.split(';').next()?.split_once('=')?.1.to_owned();
-    Some((value, line))
+    let Some(line) = random().and_then(|seal| login.session_cookie(&session, seal, now).ok()) else {
+        return Refreshed::Kept;
+    };
+    match line.split(';').next().and_then(|p| p.split_once('=')) {
+        Some((_, value)) => Refreshed::New {
+            value: value.to_owned(),
+            line,
+        },
+        None => Refreshed::Kept,
+    }
+}
+
+/// Removes cookie `name` from the request's `Cookie` headers (one line left).
+pub(super) fn remove_cookie(headers: &mut http::HeaderMap, name: &str) {
+    let kept: Vec<String> = cookie_pairs(headers)
+        .filter(|p| p.split('=').next() != Some(name))
+        .collect();
+    headers.remove(http::header::COOKIE);
+    if let (false, Ok(v)) = (kept.is_empty(), HeaderValue::from_str(&kept.join("; "))) {
+        headers.insert(http::header::COOKIE, v);
+    }
 }
 
 /// Puts `name=value` in the request's `Cookie` header in place of the browser's (one line).
@@ -322,10 +384,11 @@ pub(super) fn replace_cookie(headers: &mut http::HeaderMap, name: &str, value: &
     }
 }
 
-/// Removes the sidecar's sign-in cookies (`portcullis-session-*`, `portcullis-login-*`) from
-/// the request's `Cookie` headers.
+/// Removes the sidecar's sign-in cookies (`__Host-portcullis-session-*`,
+/// `__Host-portcullis-login-*`, and the same names without the prefix) from the request's
+/// `Cookie` headers.
 pub(super) fn strip_cookies(headers: &mut http::HeaderMap) {
-    let ours = |p: &String| is_ours(p);
+    let ours = |p: &String| is_sign_in_cookie(p);
     if !cookie_pairs(headers).any(|p| ours(&p)) {
         return;
     }
@@ -334,11 +397,6 @@ pub(super) fn strip_cookies(headers: &mut http::HeaderMap) {
     if let (false, Ok(v)) = (kept.is_empty(), HeaderValue::from_str(&kept.join("; "))) {
         headers.insert(http::header::COOKIE, v);
     }
-}
-
-/// A sign-in cookie of the sidecar (by its name, or a `name=value` pair).
-fn is_ours(name: &str) -> bool {
-    name.starts_with("portcullis-session-") || name.starts_with("portcullis-login-")
 }
 
 fn cookie_pairs(headers: &http::HeaderMap) -> impl Iterator<Item = String> + '_ {
@@ -358,18 +416,33 @@ mod tests {
     #[test]
     fn sign_in_cookies_never_reach_the_app_and_a_refreshed_one_replaces_the_old() {
         let mut h = http::HeaderMap::new();
-        h.append(http::header::COOKIE, "a=1; portcullis-session-p=old".parse().unwrap());
-        h.append(http::header::COOKIE, "portcullis-login-p=x; b=2".parse().unwrap());
-        replace_cookie(&mut h, "portcullis-session-p", "new");
+        h.append(
+            http::header::COOKIE,
+            "a=1; __Host-portcullis-session-p=old".parse().unwrap(),
+        );
+        h.append(
+            http::header::COOKIE,
+            "__Host-portcullis-login-p-tag=x; b=2".parse().unwrap(),
+        );
+        h.append(http::header::COOKIE, "portcullis-session-p=spoofed".parse().unwrap());
+        replace_cookie(&mut h, "__Host-portcullis-session-p", "new");
         assert_eq!(
             h[http::header::COOKIE],
-            "a=1; portcullis-login-p=x; b=2; portcullis-session-p=new"
+            "a=1; __Host-portcullis-login-p-tag=x; b=2; portcullis-session-p=spoofed; __Host-portcullis-session-p=new"
         );
         strip_cookies(&mut h);
         assert_eq!(h[http::header::COOKIE], "a=1; b=2");
         let mut only = http::HeaderMap::new();
-        only.insert(http::header::COOKIE, "portcullis-session-p=v".parse().unwrap());
+        only.insert(http::header::COOKIE, "__Host-portcullis-session-p=v".parse().unwrap());
         strip_cookies(&mut only);
         assert!(!only.contains_key(http::header::COOKIE));
+        // An ended session's cookie is taken out of the request.
+        let mut ended = http::HeaderMap::new();
+        ended.insert(
+            http::header::COOKIE,
+            "a=1; __Host-portcullis-session-p=v; b=2".parse().unwrap(),
+        );
+        remove_cookie(&mut ended, "__Host-portcullis-session-p");
+        assert_eq!(ended[http::header::COOKIE], "a=1; b=2");
     }
 }

@@ -82,21 +82,30 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         active.engine.refresh_wanted(&view, crate::base::clock::unix_secs())
     };
     let refreshed = match wanted {
-        Some(r) => login::refresh(&r, &shared.metrics)
-            .await
-            .map(|(value, line)| (r.login.session_cookie_name().to_owned(), value, line)),
+        Some(r) => {
+            let name = r.login.session_cookie_name().to_owned();
+            Some((login::refresh(&r, &shared.metrics).await, name, r.login.clear_session()))
+        }
         None => None,
     };
     let mut req = req;
     let mut set_cookie = None;
-    if let Some((name, value, line)) = refreshed {
-        login::replace_cookie(req.headers_mut(), &name, &value);
-        set_cookie = Some(line);
+    match refreshed {
+        Some((login::Refreshed::New { value, line }, name, _)) => {
+            login::replace_cookie(req.headers_mut(), &name, &value);
+            set_cookie = Some(line);
+        }
+        Some((login::Refreshed::Ended, name, clear)) => {
+            login::remove_cookie(req.headers_mut(), &name);
+            set_cookie = Some(clear);
+        }
+        Some((login::Refreshed::Kept, ..)) | None => {}
     }
     // 2c. A form body an OAuth 1.0a signature covers is read (bounded) before deciding.
-    let wanted = match active.engine.reads_forms() {
-        true => active.engine.form_wanted(&request_view(&req, &conn)),
-        false => None,
+    let wanted = if active.engine.reads_forms() {
+        active.engine.form_wanted(&request_view(&req, &conn))
+    } else {
+        None
     };
     let form = match wanted {
         Some(route) => match body_check::read_form(req, shared.max_signed_body_bytes).await {

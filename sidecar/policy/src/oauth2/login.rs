@@ -38,6 +38,10 @@ use subtle::ConstantTimeEq;
 use super::{B64, KeySlot, OAuth2};
 use crate::auth::Rejection;
 
+/// The sign-in cookies' names start with this: `__Host-` makes browsers keep them only when
+/// set over HTTPS (or from a loopback host) for this very host, with `Path=/` and no
+/// `Domain`, so a sibling subdomain cannot toss a cookie of that name (RFC 6265bis 4.1.3.2).
+pub const COOKIE_PREFIX: &str = "__Host-portcullis-";
 /// How long a pending sign-in may take, seconds.
 pub const STATE_TTL_SECS: u64 = 600;
 /// A session is refreshed this long before it ends, seconds.
@@ -405,8 +409,8 @@ impl Login {
             keys,
             discovery,
             id_tokens,
-            session_cookie: format!("portcullis-session-{name}"),
-            state_cookie: format!("portcullis-login-{name}"),
+            session_cookie: format!("{COOKIE_PREFIX}session-{name}"),
+            state_cookie: format!("{COOKIE_PREFIX}login-{name}-"),
             session_purpose: format!("portcullis session v1 {owner}").into_bytes(),
             state_purpose: format!("portcullis login state v1 {owner}").into_bytes(),
         })
@@ -427,9 +431,17 @@ impl Login {
         &self.session_cookie
     }
 
-    /// The name of the pending sign-in cookie.
-    pub fn state_cookie_name(&self) -> &str {
-        &self.state_cookie
+    /// The name of the pending sign-in cookie of `state`: one per sign-in under way, so
+    /// that sign-ins started in several tabs each complete.
+    pub fn pending_cookie_name(&self, state: &str) -> String {
+        let tag = B64.encode(&Sha256::digest(state.as_bytes())[..9]);
+        format!("{}{tag}", self.state_cookie)
+    }
+
+    /// Whether the browser holds the pending sign-in the callback's `query` names.
+    pub fn holds_pending(&self, headers: &HeaderMap, query: Option<&str>) -> bool {
+        let state = crate::query::query_param(query.unwrap_or(""), "state");
+        state.is_some_and(|s| cookie_value(headers, &self.pending_cookie_name(&s)).is_some())
     }
 
     /// The callback URL for a request to `authority` (`host[:port]`) over `https` or not:
@@ -478,7 +490,10 @@ impl Login {
                            "r": pending.return_to, "t": pending.created})
         .to_string();
         let sealed = self.keys.seal(&self.state_purpose, plain.as_bytes(), random.seal);
-        (location, cookie(&self.state_cookie, &sealed, STATE_TTL_SECS))
+        (
+            location,
+            cookie(&self.pending_cookie_name(&pending.state), &sealed, STATE_TTL_SECS),
+        )
     }
 
     /// Checks a callback: its query's `state` against the sealed pending sign-in of the
@@ -493,7 +508,8 @@ impl Login {
             return Err(LoginError::BadState);
         }
         let get = |name: &str| crate::query::query_param(query, name);
-        let sealed = cookie_value(headers, &self.state_cookie).ok_or(LoginError::BadState)?;
+        let state = get("state").ok_or(LoginError::BadState)?;
+        let sealed = cookie_value(headers, &self.pending_cookie_name(&state)).ok_or(LoginError::BadState)?;
         let plain = self
             .keys
             .open(&self.state_purpose, sealed)
@@ -507,7 +523,6 @@ impl Login {
             return_to: s("r").ok_or(LoginError::BadState)?,
             created: v.get("t").and_then(Value::as_u64).ok_or(LoginError::BadState)?,
         };
-        let state = get("state").ok_or(LoginError::BadState)?;
         if !bool::from(state.as_bytes().ct_eq(pending.state.as_bytes())) {
             return Err(LoginError::BadState);
         }
@@ -578,6 +593,9 @@ impl Login {
             .get("sub")
             .and_then(Value::as_str)
             .ok_or(LoginError::BadIdToken)?;
+        if !self.authorized_party(&claims) {
+            return Err(LoginError::BadIdToken);
+        }
         if let Some(p) = previous
             && p.subject != subject
         {
@@ -600,6 +618,16 @@ impl Login {
             ends,
             refresh_token,
         })
+    }
+
+    /// OIDC Core 3.1.3.7 (4, 5): an ID token for several audiences names this client as its
+    /// authorized party (`azp`), and an `azp` is always this client.
+    fn authorized_party(&self, claims: &Value) -> bool {
+        let several = claims.get("aud").and_then(Value::as_array).is_some_and(|a| a.len() > 1);
+        match claims.get("azp") {
+            Some(azp) => azp.as_str() == Some(self.config.client_id.as_str()),
+            None => !several,
+        }
     }
 
     /// Whether the person these verified claims (an ID token's, or a bearer token's) name may
@@ -659,9 +687,16 @@ impl Login {
         Ok(session)
     }
 
-    /// The `Set-Cookie` values that clear both cookies.
-    pub fn clear_cookies(&self) -> [String; 2] {
-        [cookie(&self.session_cookie, "", 0), cookie(&self.state_cookie, "", 0)]
+    /// The `Set-Cookie` value that clears the session cookie.
+    pub fn clear_session(&self) -> String {
+        cookie(&self.session_cookie, "", 0)
+    }
+
+    /// The `Set-Cookie` value that clears the pending sign-in cookie the callback's `query`
+    /// names, if it names one.
+    pub fn clear_pending(&self, query: Option<&str>) -> Option<String> {
+        let state = crate::query::query_param(query.unwrap_or(""), "state")?;
+        Some(cookie(&self.pending_cookie_name(&state), "", 0))
     }
 
     /// Where signing out sends the browser: the provider's end-session endpoint when it has
@@ -682,13 +717,18 @@ impl Login {
     }
 }
 
-/// The claims' `email` in lower case when `email_verified` says it is verified.
+/// The claims' `email` in lower case when `email_verified` says it is verified and it looks
+/// like one address (`local@domain`, visible characters only: no space, control or second
+/// `@` that a comparison or a header could read another way).
 fn verified_email(claims: &Value) -> Option<String> {
     let verified = claims
         .get("email_verified")
         .is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true"));
     let email = claims.get("email").and_then(Value::as_str)?;
-    verified.then(|| email.to_ascii_lowercase())
+    let shaped = email.chars().all(|c| !c.is_whitespace() && !c.is_control())
+        && email.split('@').count() == 2
+        && email.split('@').all(|part| !part.is_empty());
+    (verified && shaped).then(|| email.to_ascii_lowercase())
 }
 
 /// Whether a request is a browser navigating (sent to sign in when refused): `GET` or
@@ -712,17 +752,27 @@ fn cookie(name: &str, value: &str, max_age: u64) -> String {
     format!("{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax")
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers (the first one).
+/// The value of cookie `name` in the request's `Cookie` headers; `None` when it is absent
+/// or sent more than once (two values, as another site's tossed cookie would make, could be
+/// read two ways: neither is used).
 pub fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
+    let mut found = headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
+        .filter_map(|pair| {
             let (k, v) = pair.trim().split_once('=')?;
             (k == name).then_some(v.trim())
-        })
+        });
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
+/// Whether cookie `name` is one of the sidecar's sign-in cookies (the app never sees them).
+pub fn is_sign_in_cookie(name: &str) -> bool {
+    let name = name.strip_prefix("__Host-").unwrap_or(name);
+    name.starts_with("portcullis-session-") || name.starts_with("portcullis-login-")
 }
 
 /// The `Cookie` header without the cookies whose names start with `prefix`; `None` when
@@ -802,6 +852,91 @@ impl UsedOnce {
     /// Holds nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Whether a session's refresh may go to the provider now ([`RefreshGate::turn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshTurn {
+    /// Yes: this request refreshes it (the others of the same session wait).
+    Go,
+    /// Not now: one is under way or was made a moment ago, or the budget is spent; the session
+    /// is judged as it is.
+    Wait,
+    /// An earlier refresh found the session ended (the account no longer allowed, the
+    /// refresh token revoked): the request has no session.
+    Ended,
+}
+
+/// Keeps sessions' refreshes from flooding the provider: one refresh per session cookie (its
+/// refresh token and expiry, kept as a digest) every [`REFRESH_HOLD_SECS`] (the requests of
+/// one cookie share one refresh; the refreshed cookie is another), at most `per_second` in all,
+/// and a session a refresh ended stays ended. Bounded: at capacity with nothing expired, a
+/// refresh waits (the session is judged as it is until it expires).
+#[derive(Debug)]
+pub struct RefreshGate {
+    sessions: Mutex<HashMap<[u8; 32], (u64, bool)>>,
+    capacity: usize,
+    per_second: u32,
+    second: Mutex<(u64, u32)>,
+}
+
+/// How long one refresh holds off the next of the same session, seconds.
+pub const REFRESH_HOLD_SECS: u64 = 10;
+
+impl RefreshGate {
+    /// A gate for at most `capacity` sessions and `per_second` refreshes a second.
+    pub fn new(capacity: usize, per_second: u32) -> Self {
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            per_second,
+            second: Mutex::new((0, 0)),
+        }
+    }
+
+    fn digest(session: &Session) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(session.refresh_token.as_deref().unwrap_or("").as_bytes());
+        h.update([0]);
+        h.update(session.expires.to_be_bytes());
+        h.finalize().into()
+    }
+
+    /// Whether `session` may be refreshed at `now` (Unix seconds); a `Go` holds off the next
+    /// refresh of the same cookie for [`REFRESH_HOLD_SECS`].
+    pub fn turn(&self, session: &Session, now: u64) -> RefreshTurn {
+        let key = Self::digest(session);
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        match sessions.get(&key) {
+            Some(&(until, true)) if until > now => return RefreshTurn::Ended,
+            Some(&(until, false)) if until > now => return RefreshTurn::Wait,
+            _ => {}
+        }
+        {
+            let mut second = self.second.lock().unwrap_or_else(|p| p.into_inner());
+            if second.0 != now {
+                *second = (now, 0);
+            }
+            if second.1 >= self.per_second {
+                return RefreshTurn::Wait;
+            }
+            second.1 += 1;
+        }
+        if sessions.len() >= self.capacity {
+            sessions.retain(|_, &mut (until, _)| until > now);
+            if sessions.len() >= self.capacity {
+                return RefreshTurn::Wait;
+            }
+        }
+        sessions.insert(key, (now + REFRESH_HOLD_SECS, false));
+        RefreshTurn::Go
+    }
+
+    /// Records that refreshing `session` found it ended: it stays ended until its own end.
+    pub fn ended(&self, session: &Session) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.insert(Self::digest(session), (session.ends, true));
     }
 }
 

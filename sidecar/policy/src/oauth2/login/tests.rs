@@ -106,6 +106,11 @@ fn value(set_cookie: &str) -> &str {
     set_cookie.split(';').next().unwrap().split_once('=').unwrap().1
 }
 
+/// The cookie name of a `Set-Cookie` line.
+fn name_of(set_cookie: &str) -> &str {
+    set_cookie.split_once('=').unwrap().0
+}
+
 fn query_of(location: &str, name: &str) -> String {
     let q = location.split_once('?').unwrap().1;
     crate::query::query_param(q, name).unwrap().into_owned()
@@ -176,7 +181,10 @@ fn start_sends_the_browser_to_the_provider_with_state_nonce_and_pkce() {
         !location.contains(&verifier),
         "the verifier never leaves the browser's sealed cookie"
     );
-    assert!(set_cookie.starts_with("portcullis-login-people="));
+    // One cookie per sign-in under way, named after its state, `__Host-` so that no sibling
+    // subdomain can set one.
+    assert_eq!(name_of(&set_cookie), l.pending_cookie_name(&B64.encode([1u8; 16])));
+    assert!(set_cookie.starts_with("__Host-portcullis-login-people-"));
     assert!(set_cookie.ends_with("; Path=/; Max-Age=600; HttpOnly; Secure; SameSite=Lax"));
     assert!(!set_cookie.contains(&verifier));
 }
@@ -194,7 +202,7 @@ fn callbacks_are_checked_against_the_sealed_state() {
         NOW,
     );
     let state = query_of(&location, "state");
-    let jar = cookies(&[("portcullis-login-people", value(&set_cookie))]);
+    let jar = cookies(&[(name_of(&set_cookie), value(&set_cookie))]);
     let ok = l
         .callback(Some(&format!("code=abc&state={state}")), &jar, NOW + 5)
         .unwrap();
@@ -209,9 +217,30 @@ fn callbacks_are_checked_against_the_sealed_state() {
         LoginError::BadState
     );
     let (other_loc, other_cookie) = l.start(&discovered(), "x", "/", &random(40), NOW);
-    let other = cookies(&[("portcullis-login-people", value(&other_cookie))]);
+    let other = cookies(&[(name_of(&other_cookie), value(&other_cookie))]);
     assert_eq!(
         err(&format!("code=abc&state={state}"), &other, NOW),
+        LoginError::BadState
+    );
+    // ... even under this sign-in's cookie name: it seals another state.
+    let renamed = cookies(&[(name_of(&set_cookie), value(&other_cookie))]);
+    assert_eq!(
+        err(&format!("code=abc&state={state}"), &renamed, NOW),
+        LoginError::BadState
+    );
+    // Two sign-ins under way in one browser (two tabs): each completes with its own cookie.
+    let both = cookies(&[
+        (name_of(&set_cookie), value(&set_cookie)),
+        (name_of(&other_cookie), value(&other_cookie)),
+    ]);
+    assert!(l.callback(Some(&format!("code=abc&state={state}")), &both, NOW).is_ok());
+    // The same name twice (a tossed cookie beside the real one): neither is used.
+    let twice = cookies(&[
+        (name_of(&set_cookie), value(&set_cookie)),
+        (name_of(&set_cookie), value(&set_cookie)),
+    ]);
+    assert_eq!(
+        err(&format!("code=abc&state={state}"), &twice, NOW),
         LoginError::BadState
     );
     assert!(
@@ -229,7 +258,7 @@ fn callbacks_are_checked_against_the_sealed_state() {
     // Tampered cookie, repeated parameters, the provider's error, no code.
     let mut raw = B64.decode(value(&set_cookie)).unwrap();
     raw[30] ^= 4;
-    let tampered = cookies(&[("portcullis-login-people", &B64.encode(&raw))]);
+    let tampered = cookies(&[(name_of(&set_cookie), &B64.encode(&raw))]);
     assert_eq!(
         err(&format!("code=abc&state={state}"), &tampered, NOW),
         LoginError::BadState
@@ -395,13 +424,13 @@ fn sessions_admit_browsers_through_the_engine_and_bearer_tokens_still_work() {
         refresh_token: Some("rt".into()),
     };
     let set_cookie = l.session_cookie(&session, [5; 12], NOW).unwrap();
-    assert!(set_cookie.starts_with("portcullis-session-people="));
+    assert!(set_cookie.starts_with("__Host-portcullis-session-people="));
     assert!(set_cookie.ends_with("; Path=/; Max-Age=3600; HttpOnly; Secure; SameSite=Lax"));
     assert!(
         !set_cookie.contains("rt") || !set_cookie.contains("jane"),
         "sealed, not readable"
     );
-    let jar = cookies(&[("other", "1"), ("portcullis-session-people", value(&set_cookie))]);
+    let jar = cookies(&[("other", "1"), ("__Host-portcullis-session-people", value(&set_cookie))]);
     let decide = |h: &HeaderMap, at: u64| match e.decide(&view("/x", None, h, true), at * 1000) {
         Outcome::Allow(a) => Ok((a.identity.into_owned(), a.email.map(|e| e.into_owned()))),
         Outcome::Deny(d) => match d.kind {
@@ -423,17 +452,23 @@ fn sessions_admit_browsers_through_the_engine_and_bearer_tokens_still_work() {
     let mut raw = B64.decode(value(&set_cookie)).unwrap();
     raw[40] ^= 1;
     assert_eq!(
-        decide(&cookies(&[("portcullis-session-people", &B64.encode(&raw))]), NOW)
-            .unwrap_err()
-            .0,
+        decide(
+            &cookies(&[("__Host-portcullis-session-people", &B64.encode(&raw))]),
+            NOW
+        )
+        .unwrap_err()
+        .0,
         "no valid session"
     );
     let foreign = engine_with(&[KEY_B], json!({}), &signer);
     let foreign_cookie = login(&foreign).session_cookie(&session, [5; 12], NOW).unwrap();
     assert_eq!(
-        decide(&cookies(&[("portcullis-session-people", value(&foreign_cookie))]), NOW)
-            .unwrap_err()
-            .0,
+        decide(
+            &cookies(&[("__Host-portcullis-session-people", value(&foreign_cookie))]),
+            NOW
+        )
+        .unwrap_err()
+        .0,
         "no valid session"
     );
     // After a rotation (new key in front, old kept), the old session still opens.
@@ -487,12 +522,14 @@ fn login_endpoints_are_found_on_the_route_host() {
         "https://op.example.com/session/end?client_id=portcullis&post_logout_redirect_uri=https%3A%2F%2Fapp.example.com%2F"
     );
     assert_eq!(l.logout_location(None, "/"), "/");
-    for c in l.clear_cookies() {
-        assert!(
-            c.contains("=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax"),
-            "{c}"
-        );
-    }
+    assert_eq!(
+        l.clear_session(),
+        "__Host-portcullis-session-people=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax"
+    );
+    let pending = l.clear_pending(Some("code=c&state=abc")).unwrap();
+    assert_eq!(name_of(&pending), l.pending_cookie_name("abc"));
+    assert!(pending.ends_with("=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax"));
+    assert_eq!(l.clear_pending(Some("code=c")), None);
 }
 
 #[test]
@@ -603,7 +640,9 @@ fn browsers_are_sent_to_sign_in_and_api_clients_keep_the_401() {
     let mut h = browser.clone();
     h.insert(
         "cookie",
-        format!("portcullis-session-people={}", value(&old)).parse().unwrap(),
+        format!("__Host-portcullis-session-people={}", value(&old))
+            .parse()
+            .unwrap(),
     );
     assert_eq!(redirect(&h, "GET", true), Some(("people", true)));
     // API clients: no text/html, a POST, or an Authorization header (even a wrong one).
@@ -677,4 +716,96 @@ fn plain_http_browsers_go_to_https_first_or_are_told_sign_in_needs_it() {
     for host in ["localhost.example.com", "127.0.0.1.nip.io", "10.0.0.1"] {
         assert!(!to(&plain, host).starts_with("SignIn("), "{host}");
     }
+}
+
+#[test]
+fn refreshes_go_one_at_a_time_within_a_budget_and_an_ended_session_stays_ended() {
+    let session = |rt: &str, expires: u64| Session {
+        subject: "s".into(),
+        email: None,
+        expires,
+        ends: NOW + 100,
+        refresh_token: Some(rt.into()),
+    };
+    let gate = RefreshGate::new(3, 4);
+    let a = session("rt-a", NOW + 30);
+    assert_eq!(gate.turn(&a, NOW), RefreshTurn::Go);
+    // The same cookie again (another request, another tab): it waits for the first.
+    assert_eq!(gate.turn(&a, NOW), RefreshTurn::Wait);
+    assert_eq!(gate.turn(&a, NOW + REFRESH_HOLD_SECS - 1), RefreshTurn::Wait);
+    assert_eq!(gate.turn(&a, NOW + REFRESH_HOLD_SECS), RefreshTurn::Go);
+    // The refreshed cookie (a new expiry) is refreshed on its own turn.
+    assert_eq!(gate.turn(&session("rt-a", NOW + 60), NOW + 1), RefreshTurn::Go);
+    // A refresh that ended the session: every later request of that cookie has none.
+    gate.ended(&a);
+    assert_eq!(gate.turn(&a, NOW + 50), RefreshTurn::Ended);
+    assert_eq!(gate.turn(&session("rt-b", NOW + 30), NOW + 2), RefreshTurn::Go);
+    assert_eq!(
+        gate.turn(&session("rt-c", NOW + 30), NOW + 2),
+        RefreshTurn::Wait,
+        "capacity 3"
+    );
+    // The budget: at most 4 refresh calls a second, whatever the sessions.
+    let busy = RefreshGate::new(100, 4);
+    let turns: Vec<RefreshTurn> = (0..6)
+        .map(|i| busy.turn(&session(&format!("s-{i}"), NOW), NOW))
+        .collect();
+    assert_eq!(turns.iter().filter(|t| **t == RefreshTurn::Go).count(), 4, "{turns:?}");
+    assert_eq!(
+        busy.turn(&session("s-5", NOW), NOW + 1),
+        RefreshTurn::Go,
+        "a new second, a new budget"
+    );
+}
+
+#[test]
+fn id_tokens_name_this_client_as_their_authorized_party() {
+    let signer = Signer::es256("op1");
+    let e = engine_with(&[KEY_A], json!({}), &signer);
+    let l = login(&e);
+    let answer = |claims: &Value| {
+        json!({"id_token": signer.token_with(json!({"alg": "ES256", "kid": "op1"}), claims)}).to_string()
+    };
+    let with = |aud: Value, azp: Option<&str>| {
+        let mut c = id_claims("n");
+        c["aud"] = aud;
+        if let Some(azp) = azp {
+            c["azp"] = json!(azp);
+        }
+        l.accept_tokens(answer(&c).as_bytes(), Some("n"), None, NOW)
+    };
+    assert!(with(json!("portcullis"), None).is_ok());
+    assert!(with(json!("portcullis"), Some("portcullis")).is_ok());
+    assert!(with(json!(["portcullis", "other"]), Some("portcullis")).is_ok());
+    assert_eq!(
+        with(json!(["other", "portcullis"]), Some("other")).unwrap_err(),
+        LoginError::BadIdToken
+    );
+    assert_eq!(
+        with(json!(["other", "portcullis"]), None).unwrap_err(),
+        LoginError::BadIdToken
+    );
+    assert_eq!(
+        with(json!("portcullis"), Some("other")).unwrap_err(),
+        LoginError::BadIdToken
+    );
+}
+
+#[test]
+fn only_one_plain_address_is_an_email() {
+    let signer = Signer::es256("op1");
+    let e = engine_with(&[KEY_A], json!({"allowedDomains": ["example.com"]}), &signer);
+    let l = login(&e);
+    for bad in [
+        " alice@example.com",
+        "alice@example.com ",
+        "al ice@example.com",
+        "a@b@example.com",
+        "@example.com",
+        "alice\n@example.com",
+    ] {
+        let claims = json!({"email": bad, "email_verified": true});
+        assert!(!l.admits(&claims), "{bad:?}");
+    }
+    assert!(l.admits(&json!({"email": "Alice@Example.com", "email_verified": true})));
 }
