@@ -304,6 +304,9 @@ fn run_render(args: RenderArgs) -> Result<(), render::RenderError> {
         generation_key_file: args.generation_key_file,
     };
     let done = render::render(&req)?;
+    for warning in &done.warnings {
+        eprintln!("warning: {warning}");
+    }
     println!(
         "rendered namespace {} generation {} into {}: {} route(s) [{}], {} profile(s) [{}]",
         done.namespace,

@@ -92,6 +92,9 @@ pub struct Rendered {
     pub generation: String,
     pub routes: Vec<String>,
     pub profiles: Vec<String>,
+    /// What admission would warn of (a sign-in profile on a route without HTTPS, when no
+    /// trusted proxy terminates TLS in front).
+    pub warnings: Vec<String>,
 }
 
 /// Parses `k=v,k2=v2`.
@@ -149,8 +152,20 @@ pub fn render(req: &Request) -> Result<Rendered, RenderError> {
         path: req.out.display().to_string(),
         source,
     })?;
+    let warnings = if req.trusted_proxies.is_empty() {
+        let rendered: Vec<&str> = output.loaded.config.routes.iter().map(|r| r.name.as_str()).collect();
+        objects
+            .routes
+            .iter()
+            .filter(|r| r.metadata.name.as_deref().is_some_and(|n| rendered.contains(&n)))
+            .flat_map(|r| crate::webhook::sign_in_warnings(r, &objects.profiles))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(Rendered {
         namespace,
+        warnings,
         generation: output.loaded.config.generation.clone(),
         routes: output.loaded.config.routes.iter().map(|r| r.name.clone()).collect(),
         profiles: output.loaded.config.profiles.iter().map(|p| p.name.clone()).collect(),

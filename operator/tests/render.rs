@@ -34,6 +34,14 @@ fn examples_render_into_config_and_secrets() {
         "10",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // The sign-in example's route has neither sslOnly nor tls: said, as admission says it.
+    assert!(
+        stderr(&out).contains(
+            "warning: ApiRoute \"staff-reports\": SecurityProfile \"staff\" signs people in, but the route has neither"
+        ),
+        "{}",
+        stderr(&out)
+    );
     let loaded = portcullis_config::load_dir(out_dir.path()).expect("a valid sidecar configuration");
     assert_eq!(loaded.config.namespace, "demo");
     assert_eq!(loaded.config.org_allowance, Some(10));
@@ -79,6 +87,22 @@ fn each_example_file_renders_alone() {
         checked += 1;
     }
     assert!(checked >= 6, "expected an example per profile type, checked {checked}");
+}
+
+#[test]
+fn no_sign_in_warning_behind_a_trusted_proxy() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let ex = examples();
+    let out = render(&[
+        "-f",
+        ex.to_str().unwrap(),
+        "--out",
+        out_dir.path().to_str().unwrap(),
+        "--trusted-proxies",
+        "10.0.0.0/8",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning:"), "{}", stderr(&out));
 }
 
 #[test]
