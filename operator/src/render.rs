@@ -172,18 +172,37 @@ pub fn render(req: &Request) -> Result<Rendered, RenderError> {
     })
 }
 
-/// For each profile with sign-in whose session-key Secret the input lacks, one made here
-/// with a new random key (what the operator makes in a cluster): sessions then last until
-/// the next render. Supply the Secret (`<profile>-portcullis-session`, data
-/// `key-<unix seconds>`: base64 of 32 random bytes) to keep them across renders.
+/// For each profile with sign-in whose session-key Secret the input lacks, and each Builtin
+/// provider whose token-key Secret it lacks, one made here with a new random key (what the
+/// operator makes in a cluster): sessions and tokens then last until the next render. Supply
+/// the Secrets (`<profile>-portcullis-session`, data `key-<unix seconds>`: base64 of 32
+/// random bytes; `<profile>-portcullis-token-keys`, data `key-<unix seconds>`: an EC P-256
+/// private key, PKCS#8 PEM) to keep them across renders.
 fn add_session_keys(namespace: &str, objects: &mut Objects) -> Result<(), RenderError> {
     use base64::Engine as _;
     use ring::rand::SecureRandom as _;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut made = Vec::new();
     for p in &objects.profiles {
-        if p.spec.oauth2.as_ref().and_then(|o| o.login.as_ref()).is_none() {
-            continue;
+        let Some(oauth2) = p.spec.oauth2.as_ref() else { continue };
+        let profile = p.metadata.name.clone().unwrap_or_default();
+        if oauth2.login.is_some() {
+            let mut key = [0u8; 32];
+            ring::rand::SystemRandom::new()
+                .fill(&mut key)
+                .map_err(|_| RenderError::Random)?;
+            let value = base64::engine::general_purpose::STANDARD.encode(key);
+            made.push((compile::login::session_secret_name(&profile), value));
         }
-        let name = compile::login::session_secret_name(&p.metadata.name.clone().unwrap_or_default());
+        if oauth2.provider == portcullis_api::OAuth2Provider::Builtin {
+            let pem = compile::token_keys::new_key_pem().ok_or(RenderError::Random)?;
+            made.push((compile::token_keys::token_keys_secret_name(&profile), pem));
+        }
+    }
+    for (name, value) in made {
         if objects
             .secrets
             .iter()
@@ -191,18 +210,10 @@ fn add_session_keys(namespace: &str, objects: &mut Objects) -> Result<(), Render
         {
             continue;
         }
-        let mut key = [0u8; 32];
-        ring::rand::SystemRandom::new()
-            .fill(&mut key)
-            .map_err(|_| RenderError::Random)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         let mut data = BTreeMap::new();
         data.insert(
             format!("{}{now}", compile::login::SESSION_KEY_PREFIX),
-            k8s_openapi::ByteString(base64::engine::general_purpose::STANDARD.encode(key).into_bytes()),
+            k8s_openapi::ByteString(value.into_bytes()),
         );
         objects.secrets.push(Secret {
             metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {

@@ -764,3 +764,54 @@ async fn a_sign_in_profile_gets_a_session_key_secret_made_by_the_operator() {
     assert!(!cm.contains(&key_text) && !cm.contains("GOCSPX-test"));
     assert!(cm.contains("https://accounts.google.com/.well-known/openid-configuration"));
 }
+
+/// A Builtin provider: the operator makes its token-key Secret (labelled, one EC P-256 key in
+/// PKCS#8 PEM), the sidecar's Secret carries it, the ConfigMap does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builtin_provider_gets_a_token_key_secret_made_by_the_operator() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir).await;
+    let clients = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "oauth-clients", "namespace": NS},
+        "data": {"app-1": b64("client-secret-1")},
+    });
+    let profile = json!({
+        "apiVersion": "portcullis.dev/v1alpha1", "kind": "SecurityProfile",
+        "metadata": {"name": "idp", "namespace": NS},
+        "spec": {"type": "OAuth2", "oauth2": {"provider": "Builtin",
+            "builtin": {"clientsSecretRef": {"name": "oauth-clients"}, "tokenTtlSeconds": 600}}},
+    });
+    for obj in [clients, profile, route("ra", "a", &["idp"]), pod("a-1", "a")] {
+        server.create(&obj).unwrap();
+    }
+    let op = Operator::start(&dir, "op", &[]);
+    let keys = wait_until(WAIT, "the token-key Secret", &op, || {
+        get(&server, "secrets", "idp-portcullis-token-keys")
+    })
+    .await;
+    assert_eq!(keys["metadata"]["labels"]["portcullis.dev/token-keys-for"], "idp");
+    let data = keys["data"].as_object().unwrap();
+    assert_eq!(data.len(), 1);
+    let (name, value) = data.iter().next().unwrap();
+    assert!(name.starts_with("key-"), "{name}");
+    let pem = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(value.as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{pem}");
+    let ga = group_of("a");
+    wait_until(WAIT, "ra served by the Builtin provider", &op, || {
+        let cm = get(&server, "configmaps", &ga)?;
+        (route_names(&config_of(&cm)) == ["ra"]).then_some(())
+    })
+    .await;
+    let body = pem.lines().nth(1).unwrap().to_owned();
+    let secrets = secrets_of(&get(&server, "secrets", &ga).unwrap());
+    assert!(secrets.contains(&body), "the sidecar's Secret carries the key");
+    let cm = get(&server, "configmaps", &ga).unwrap().to_string();
+    assert!(!cm.contains(&body) && !cm.contains("PRIVATE KEY"));
+}

@@ -24,6 +24,9 @@ use portcullis_signatures::{Algorithm, Key};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+/// The Builtin provider's token signing key in these tests (EC P-256).
+const SIGNING_PEM: &str = include_str!("../signatures/tests/keys/test-key-ecc-p256.key");
+
 fn claims(sub: &str, scope: &str, exp: u64) -> Value {
     json!({"iss": ISSUER, "sub": sub, "aud": "finance-api", "iat": now(), "exp": exp, "scope": scope})
 }
@@ -204,7 +207,7 @@ async fn the_builtin_provider_issues_tokens_for_its_clients() {
             "routes": [{"name": "api", "pathPrefix": "/api", "profiles": ["accelerator"],
                 "backend": {"type": "Local", "port": backend.port()}}],
         }),
-        json!({"profiles": {"accelerator": {"oauth2Clients": {"app-1": "s3cret", "app-2": "other secret"},
+        json!({"profiles": {"accelerator": {"oauth2SigningKeys": [{"name": "key-1", "pem": SIGNING_PEM}], "oauth2Clients": {"app-1": "s3cret", "app-2": "other secret"},
             "oauth2ClientScopes": {"app-1": ["read"], "app-2": ["read", "write"]}}}}),
     )
     .write_dir(dir.path())
@@ -310,7 +313,7 @@ async fn the_builtin_token_endpoint_refuses_clients_outside_the_trusted_ranges()
             "routes": [{"name": "api", "pathPrefix": "/api", "profiles": ["accelerator"],
                 "backend": {"type": "Local", "port": backend.port()}}],
         }),
-        json!({"profiles": {"accelerator": {"oauth2Clients": {"app-1": "s3cret"}}}}),
+        json!({"profiles": {"accelerator": {"oauth2SigningKeys": [{"name": "key-1", "pem": SIGNING_PEM}], "oauth2Clients": {"app-1": "s3cret"}}}}),
     )
     .write_dir(dir.path())
     .unwrap();

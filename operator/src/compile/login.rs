@@ -222,13 +222,32 @@ pub fn plan_session_keys(
     session_max_secs: u64,
     fresh: impl FnOnce() -> String,
 ) -> Option<BTreeMap<String, String>> {
+    plan_rotating_keys(
+        current,
+        now,
+        ROTATE_EVERY_SECS.max(session_max_secs),
+        session_max_secs + LOGIN_STATE_SECS,
+        fresh,
+    )
+}
+
+/// What a Secret of rotating keys (`key-<unix seconds>`, newest first) should hold at `now`:
+/// a new key when there is none or the newest is `rotate_every` old; an older key kept until
+/// the key after it has been in use for `overlap` (what the older one made cannot outlive
+/// that); at most [`MAX_SESSION_KEYS`]. `None` when it is right as it is. Session keys and
+/// Builtin token signing keys follow it.
+pub fn plan_rotating_keys(
+    current: &BTreeMap<String, String>,
+    now: u64,
+    rotate_every: u64,
+    overlap: u64,
+    fresh: impl FnOnce() -> String,
+) -> Option<BTreeMap<String, String>> {
     let mut keys: Vec<(u64, &String, &String)> = current
         .iter()
         .filter_map(|(name, value)| Some((key_created(name)?, name, value)))
         .collect();
     keys.sort_by_key(|k| std::cmp::Reverse(k.0));
-    let rotate_every = ROTATE_EVERY_SECS.max(session_max_secs);
-    let overlap = session_max_secs + LOGIN_STATE_SECS;
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     let newest = keys.first().map(|k| k.0);
     let mut successor_created = match newest {
@@ -242,7 +261,7 @@ pub fn plan_session_keys(
         if out.len() >= MAX_SESSION_KEYS {
             break;
         }
-        // Kept while the key that replaced it has not outlived every session it sealed.
+        // Kept while the key that replaced it has not outlived everything it made.
         let keep = successor_created.is_none_or(|next| now.saturating_sub(next) <= overlap);
         if keep {
             out.insert(name.clone(), value.clone());

@@ -26,6 +26,7 @@ mod profile;
 mod route;
 mod secrets;
 mod selector;
+pub mod token_keys;
 
 pub use generation::GenerationKey;
 pub use overlap::{ALLOW_OVERLAP_ANNOTATION, OWNER_LABEL, shared_owner_routes, taken_over};

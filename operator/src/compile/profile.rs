@@ -100,6 +100,7 @@ pub(crate) fn compile(
                 )?;
                 (out.oauth2_clients, out.oauth2_client_scopes) =
                     builtin_clients("spec.oauth2.builtin.clientsSecretRef.name", data.all()?)?;
+                out.oauth2_signing_keys = super::token_keys::compile(name, secrets)?;
             } else if o.jwks_uri.is_none() && o.introspection.is_none() && o.login.is_none() {
                 return Err(Problem::new(
                     reason::INVALID_SPEC,

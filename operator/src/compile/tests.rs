@@ -691,9 +691,12 @@ fn builtin(name: &str, clients: &str) -> SecurityProfile {
 /// may be granted; a scope list for no client, or a malformed scope, refuses the profile.
 #[test]
 fn builtin_clients_carry_their_scopes_from_the_secret() {
+    let pem = crate::compile::token_keys::new_key_pem().unwrap();
     let world = |data: &[(&str, &str)]| {
         let mut w = World::new();
         w.secrets.push(secret("clients", "Opaque", data));
+        w.secrets
+            .push(secret("idp-portcullis-token-keys", "Opaque", &[("key-1000", &pem)]));
         w.profiles.push(builtin("idp", "clients"));
         w.routes.push(route("api", &["idp"]));
         w.compile()
@@ -706,7 +709,15 @@ fn builtin_clients_carry_their_scopes_from_the_secret() {
         s.oauth2_client_scopes,
         BTreeMap::from([("app-1".to_string(), vec!["read".to_string(), "write".to_string()])])
     );
+    assert_eq!(s.oauth2_signing_keys.len(), 1);
+    assert_eq!(s.oauth2_signing_keys[0].name, "key-1000");
     out.loaded.config.check(&out.loaded.secrets).unwrap();
+    // The signing keys are secrets: never in the configuration file.
+    assert!(
+        !String::from_utf8(out.loaded.config_json())
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
 
     let out = world(&[("app-1", "s1"), ("app-9.scopes", "read")]);
     let (reason, field, message) = rejected(&out, "idp");
@@ -815,4 +826,33 @@ fn oauth1_tokens_must_name_a_consumer_and_a_secret() {
         (reason::INVALID_SPEC, "spec.oauth1.tokensSecretRef")
     );
     assert!(message.contains("requireToken"), "{message}");
+}
+
+/// A Builtin provider waits for its token-key Secret (the operator makes it), and refuses
+/// one whose entries are not named keys holding PKCS#8 PEM, without showing the material.
+#[test]
+fn builtin_token_keys_come_from_the_operators_secret() {
+    let mut w = World::new();
+    w.secrets.push(secret("clients", "Opaque", &[("app-1", "s1")]));
+    w.profiles.push(builtin("idp", "clients"));
+    let (reason, field, message) = rejected(&w.compile(), "idp");
+    assert_eq!(
+        (reason, field.as_str()),
+        (reason::SECRET_NOT_FOUND, "spec.oauth2.builtin")
+    );
+    assert!(
+        message.contains("\"idp-portcullis-token-keys\" not found yet"),
+        "{message}"
+    );
+    w.secrets.push(secret(
+        "idp-portcullis-token-keys",
+        "Opaque",
+        &[("key-1000", "not-a-key-material-xyz")],
+    ));
+    let (reason, _, message) = rejected(&w.compile(), "idp");
+    assert_eq!(reason, reason::INVALID_SECRET);
+    assert!(
+        message.contains("is not a PKCS#8 PEM private key") && !message.contains("xyz"),
+        "{message}"
+    );
 }

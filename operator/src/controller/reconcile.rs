@@ -23,6 +23,7 @@ use super::rollout;
 use super::status;
 use super::write::{object_writes, run_writes, status_writes};
 use crate::compile::login::{SESSION_SECRET_LABEL, plan_session_keys, session_secret_name};
+use crate::compile::token_keys::{TOKEN_KEYS_LABEL, new_key_pem, plan_token_keys, token_keys_secret_name};
 
 /// How many referenced Secrets one reconcile reads at once.
 const SECRET_READS: usize = 16;
@@ -38,7 +39,7 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
-    #[error("writing session-key Secret {namespace}/{name}: {source}")]
+    #[error("writing key Secret {namespace}/{name}: {source}")]
     WriteSessionKeys {
         namespace: String,
         name: String,
@@ -163,10 +164,13 @@ pub async fn reconcile(ctx: &Context, namespace: &str) -> Result<Summary, Reconc
     }
 }
 
-/// Makes, and rotates with an overlap, the session-key Secret of each profile with sign-in
-/// (`<profile>-portcullis-session`, labelled [`SESSION_SECRET_LABEL`]; the rules are
-/// [`plan_session_keys`]), so the compile of this pass sees it. A Secret of that name the
-/// operator did not make (no label) is used as it is, never written.
+/// Makes, and rotates with an overlap, the key Secrets the operator keeps for profiles, so
+/// the compile of this pass sees them: the session keys of each profile with sign-in
+/// (`<profile>-portcullis-session`, labelled [`SESSION_SECRET_LABEL`], rules
+/// [`plan_session_keys`]) and the token signing keys of each Builtin provider
+/// (`<profile>-portcullis-token-keys`, labelled [`TOKEN_KEYS_LABEL`], rules
+/// [`plan_token_keys`]). A Secret of such a name the operator did not make (no label) is used
+/// as it is, never written.
 async fn ensure_session_keys(
     ctx: &Context,
     namespace: &str,
@@ -185,78 +189,103 @@ async fn ensure_session_keys(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     for p in profiles {
-        let Some(login) = p.spec.oauth2.as_ref().and_then(|o| o.login.as_ref()) else {
-            continue;
-        };
+        let Some(oauth2) = p.spec.oauth2.as_ref() else { continue };
         let profile = p.metadata.name.as_deref().unwrap_or_default();
-        let name = session_secret_name(profile);
-        let existing = secrets
-            .iter()
-            .position(|s| s.metadata.name.as_deref() == Some(name.as_str()));
-        let ours = |s: &Secret| {
-            s.metadata
-                .labels
-                .as_ref()
-                .is_some_and(|l| l.contains_key(SESSION_SECRET_LABEL))
-        };
-        if existing.is_some_and(|i| !ours(&secrets[i])) {
-            continue;
+        let mut wanted: Vec<(String, &'static str, KeyPlan)> = Vec::new();
+        if let Some(login) = &oauth2.login {
+            wanted.push((
+                session_secret_name(profile),
+                SESSION_SECRET_LABEL,
+                KeyPlan::Session(u64::from(login.session_max_seconds)),
+            ));
         }
-        let current: BTreeMap<String, String> = existing
-            .and_then(|i| secrets[i].data.as_ref())
-            .map(|d| {
-                d.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut failed = false;
-        let fresh = || {
-            let mut key = [0u8; 32];
-            failed = ring::rand::SystemRandom::new().fill(&mut key).is_err();
-            base64::engine::general_purpose::STANDARD.encode(key)
-        };
-        let Some(keys) = plan_session_keys(&current, now, u64::from(login.session_max_seconds), fresh) else {
-            continue;
-        };
-        if failed {
-            tracing::warn!(namespace, name, "no random bytes for a session key; not written");
-            continue;
+        if oauth2.provider == portcullis_api::OAuth2Provider::Builtin
+            && let Some(b) = &oauth2.builtin
+        {
+            wanted.push((
+                token_keys_secret_name(profile),
+                TOKEN_KEYS_LABEL,
+                KeyPlan::Token(u64::from(b.token_ttl_seconds)),
+            ));
         }
-        let secret = Secret {
-            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(namespace.to_owned()),
-                labels: Some(BTreeMap::from([(SESSION_SECRET_LABEL.to_owned(), profile.to_owned())])),
+        for (name, label, plan) in wanted {
+            let existing = secrets
+                .iter()
+                .position(|s| s.metadata.name.as_deref() == Some(name.as_str()));
+            let ours = |s: &Secret| s.metadata.labels.as_ref().is_some_and(|l| l.contains_key(label));
+            if existing.is_some_and(|i| !ours(&secrets[i])) {
+                continue;
+            }
+            let current: BTreeMap<String, String> = existing
+                .and_then(|i| secrets[i].data.as_ref())
+                .map(|d| {
+                    d.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut failed = false;
+            let keys = match plan {
+                KeyPlan::Session(max) => plan_session_keys(&current, now, max, || {
+                    let mut key = [0u8; 32];
+                    failed = ring::rand::SystemRandom::new().fill(&mut key).is_err();
+                    base64::engine::general_purpose::STANDARD.encode(key)
+                }),
+                KeyPlan::Token(ttl) => plan_token_keys(&current, now, ttl, || {
+                    new_key_pem().unwrap_or_else(|| {
+                        failed = true;
+                        String::new()
+                    })
+                }),
+            };
+            let Some(keys) = keys else { continue };
+            if failed {
+                tracing::warn!(namespace, name, "no random bytes for a key; not written");
+                continue;
+            }
+            let secret = Secret {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(namespace.to_owned()),
+                    labels: Some(BTreeMap::from([(label.to_owned(), profile.to_owned())])),
+                    ..Default::default()
+                },
+                type_: Some("Opaque".to_owned()),
+                data: Some(keys.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()),
                 ..Default::default()
-            },
-            type_: Some("Opaque".to_owned()),
-            data: Some(keys.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()),
-            ..Default::default()
-        };
-        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-        let written = api
-            .patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&secret),
-            )
-            .await
-            .map_err(|source| ReconcileError::WriteSessionKeys {
-                namespace: namespace.to_owned(),
-                name: name.clone(),
-                source,
-            })?;
-        tracing::info!(
-            namespace,
-            name,
-            keys = written.data.as_ref().map_or(0, |d| d.len()),
-            "wrote a session-key Secret"
-        );
-        match existing {
-            Some(i) => secrets[i] = written,
-            None => secrets.push(written),
+            };
+            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+            let written = api
+                .patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&secret),
+                )
+                .await
+                .map_err(|source| ReconcileError::WriteSessionKeys {
+                    namespace: namespace.to_owned(),
+                    name: name.clone(),
+                    source,
+                })?;
+            tracing::info!(
+                namespace,
+                name,
+                keys = written.data.as_ref().map_or(0, |d| d.len()),
+                "wrote a key Secret"
+            );
+            match existing {
+                Some(i) => secrets[i] = written,
+                None => secrets.push(written),
+            }
         }
     }
     Ok(())
+}
+
+/// Which rotation a key Secret follows, with its lifetime (seconds): a session's longest, or
+/// a token's.
+#[derive(Clone, Copy)]
+enum KeyPlan {
+    Session(u64),
+    Token(u64),
 }

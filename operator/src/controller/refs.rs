@@ -36,13 +36,19 @@ pub fn profile_secrets(profile: &SecurityProfile, out: &mut BTreeSet<String>) {
     out.extend(names.into_iter().flatten().cloned());
 }
 
-/// The session-key Secret of a profile with sign-in (made by the operator, so not one its
-/// author names: watched, never checked against the author's access).
-pub fn profile_session_secret(profile: &SecurityProfile) -> Option<String> {
-    profile.spec.oauth2.as_ref().and_then(|o| o.login.as_ref())?;
-    Some(crate::compile::login::session_secret_name(
-        profile.metadata.name.as_deref().unwrap_or_default(),
-    ))
+/// The key Secrets the operator makes for a profile (so not ones its author names: watched,
+/// never checked against the author's access): the session keys of a profile with sign-in,
+/// the token signing keys of a Builtin provider.
+pub fn profile_operator_secrets(profile: &SecurityProfile) -> impl Iterator<Item = String> {
+    let name = profile.metadata.name.as_deref().unwrap_or_default();
+    let oauth2 = profile.spec.oauth2.as_ref();
+    let session = oauth2
+        .and_then(|o| o.login.as_ref())
+        .map(|_| crate::compile::login::session_secret_name(name));
+    let tokens = oauth2
+        .filter(|o| o.provider == portcullis_api::OAuth2Provider::Builtin)
+        .map(|_| crate::compile::token_keys::token_keys_secret_name(name));
+    session.into_iter().chain(tokens)
 }
 
 /// Names of the Secrets a route reads, including those the operator's CA issues for it.
@@ -90,7 +96,7 @@ pub fn referenced_secrets<'a>(
     let mut out = BTreeSet::new();
     profiles.into_iter().for_each(|p| {
         profile_secrets(p, &mut out);
-        out.extend(profile_session_secret(p));
+        out.extend(profile_operator_secrets(p));
     });
     routes.into_iter().for_each(|r| route_secrets(r, &mut out));
     out

@@ -352,6 +352,16 @@ pub struct LoginSecrets {
     pub session_keys: Vec<SessionKey>,
 }
 
+/// One token signing key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SigningKey {
+    /// The name of the key in its Secret (`key-<unix seconds created>`): the tokens' `kid`.
+    pub name: String,
+    /// An EC P-256 private key, PKCS#8 PEM.
+    pub pem: Sensitive,
+}
+
 /// One session key.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -497,6 +507,10 @@ pub struct ProfileSecrets {
     /// OAuth2 Builtin: client id to the scopes its tokens may carry (none when absent).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub oauth2_client_scopes: BTreeMap<String, Vec<String>>,
+    /// OAuth2 Builtin: the keys that sign its access tokens (ES256), newest first: the first
+    /// signs, every one verifies (a rotation leaves tokens valid until they expire).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oauth2_signing_keys: Vec<SigningKey>,
     /// OAuth2 sign-in: the client secret and the session keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub login: Option<LoginSecrets>,
@@ -671,7 +685,7 @@ impl SidecarConfig {
                 ProfileAuth::OAuth2 {
                     builtin_token_ttl_seconds: Some(_),
                     ..
-                } => s.is_none_or(|s| s.oauth2_clients.is_empty()),
+                } => s.is_none_or(|s| s.oauth2_clients.is_empty() || s.oauth2_signing_keys.is_empty()),
                 ProfileAuth::OAuth2 {
                     introspection_url: Some(_),
                     ..

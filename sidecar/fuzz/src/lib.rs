@@ -9,6 +9,9 @@ use portcullis_config::{Loaded, SecretMaterial, SidecarConfig};
 use portcullis_policy::{Engine, InMemoryLimiter};
 use serde_json::json;
 
+/// The Builtin provider's token signing key in these tests (EC P-256).
+const SIGNING_PEM: &str = include_str!("../../signatures/tests/keys/test-key-ecc-p256.key");
+
 /// A request as the engine sees it, read from fuzzer bytes: the first line is
 /// `METHOD TARGET`, each further line a header `name: value` (lines the `http` crate refuses
 /// are skipped, as hyper would refuse them); a first byte with its low bit set means TLS.
@@ -120,7 +123,7 @@ pub fn engine() -> &'static Engine<InMemoryLimiter> {
             "keys": {"apiKeys": {"key-1": "secret-1"}},
             "rfc": {"signatureKeys": {"gw-1": "hmac secret"}},
             "cavage": {"signatureKeys": {"gw-1": "hmac secret"}},
-            "oauth": {"oauth2Clients": {"app-1": "s3cret"}, "oauth2ClientScopes": {"app-1": ["read"]}},
+            "oauth": {"oauth2SigningKeys": [{"name": "key-1", "pem": SIGNING_PEM}], "oauth2Clients": {"app-1": "s3cret"}, "oauth2ClientScopes": {"app-1": ["read"]}},
         }});
         let loaded = Loaded {
             config: serde_json::from_value::<SidecarConfig>(config).expect("fuzz config"),

@@ -576,15 +576,18 @@ impl<L: Limiter> Engine<L> {
                             let clients = clients.ok_or_else(|| missing("oauth2Clients"))?;
                             let none = std::collections::BTreeMap::new();
                             let scopes = secrets.map_or(&none, |s| &s.oauth2_client_scopes);
+                            let keys = secrets.map_or(&[][..], |s| &s.oauth2_signing_keys[..]);
                             // The key is the profile's, namespace included: a same-named
                             // profile elsewhere with the same clients accepts none of its tokens.
                             let owner = format!("{}/{}", config.namespace, p.name);
-                            Some(oauth2::Builtin::new(&owner, *ttl, clients, scopes).map_err(|message| {
-                                CompileError::Invalid {
-                                    profile: p.name.clone(),
-                                    message,
-                                }
-                            })?)
+                            Some(
+                                oauth2::Builtin::new(&owner, *ttl, clients, scopes, keys).map_err(|message| {
+                                    CompileError::Invalid {
+                                        profile: p.name.clone(),
+                                        message,
+                                    }
+                                })?,
+                            )
                         }
                         None if provider == "Builtin" => {
                             return Err(CompileError::Invalid {

@@ -3,8 +3,8 @@
 //!
 //! - A token is verified with the keys of its profile: the key set published at `jwksUri`
 //!   ([`KeySlot`], fed by the sidecar, read here with one atomic load), and for `Builtin`
-//!   profiles the profile's own HMAC key. Algorithms: `RS256`, `PS512`, `ES256`, `EdDSA` with
-//!   JWKS keys; `HS256` only with the Builtin key; `none` and anything else are refused.
+//!   profiles the profile's own ES256 keys (by `kid`). Algorithms: `RS256`, `PS512`, `ES256`,
+//!   `EdDSA` with JWKS keys; `HS256`, `none` and anything else are refused.
 //! - `kid` picks the key; a token without `kid` is tried against every key that fits its
 //!   algorithm. A `kid` not in the set asks the sidecar to fetch the set again
 //!   ([`KeySlot::unknown_kid`]) and is refused meanwhile. No keys at all: refused (fails
@@ -15,10 +15,12 @@
 //!   (a list or a string) must hold every required scope, else the call is forbidden (403,
 //!   `insufficient_scope`) rather than unauthorized.
 //! - The caller is `sub`, else `client_id`, else `azp`.
-//! - Builtin tokens are HS256 JWTs signed with a key derived from the profile's name and its
-//!   clients (HMAC-SHA256 over the sorted client ids and secrets): every replica of a workload
-//!   derives the same key, tokens survive restarts and reloads, and changing any client's
-//!   secret (or removing a client) invalidates the tokens issued so far.
+//! - Builtin tokens are ES256 JWTs signed with the newest of the profile's keys (EC P-256, in
+//!   a Secret the operator makes and rotates; every key verifies, so a rotation leaves tokens
+//!   valid until they expire), published as a JWK Set ([`Builtin::jwks`]). Every replica has
+//!   the same keys: tokens survive restarts and reloads. Each token carries its client's
+//!   version (`pcv`: a digest of the profile, the client's secret and scopes): changing a
+//!   client's secret or scopes, or removing it, invalidates the tokens issued so far.
 //! - Opaque tokens are introspected (RFC 7662, [`introspection`]): the sidecar asks the
 //!   profile's endpoint and fills an [`introspection::IntrospectionCache`]; the engine judges
 //!   the cached answer with the same rules as a JWT's claims (`exp` optional there).
@@ -33,7 +35,8 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use portcullis_config::Sensitive;
 use portcullis_signatures::{Algorithm, Key};
-use serde_json::Value;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::auth::Rejection;
@@ -257,35 +260,45 @@ pub enum TokenCheck {
     InsufficientScope,
 }
 
-/// The Builtin provider of one profile: its clients and signing key.
+/// The Builtin provider of one profile: its clients and signing keys.
 pub struct Builtin {
-    key: Key,
+    /// ES256 keys, newest first: the first signs, every one verifies (by `kid`).
+    keys: Box<[(Box<str>, Key)]>,
     ttl_seconds: u32,
     clients: BTreeMap<Box<str>, Box<[u8]>>,
     /// The scopes each client's tokens may carry; a client without an entry gets none.
     scopes: BTreeMap<Box<str>, Box<[Box<str>]>>,
+    /// Each client's version (`pcv` in its tokens): a digest of the profile, the client's
+    /// secret and scopes, so that changing a client (or taking a scope away) ends its tokens.
+    versions: BTreeMap<Box<str>, Box<str>>,
 }
 
 impl std::fmt::Debug for Builtin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Builtin")
             .field("clients", &self.clients.len())
+            .field("keys", &self.keys.len())
             .field("ttl_seconds", &self.ttl_seconds)
             .finish_non_exhaustive()
     }
 }
 
 impl Builtin {
-    /// The provider of profile `profile` with `clients` (id to secret) and the `scopes` each
-    /// client may be granted (id to scopes; a client without an entry is granted none).
+    /// The provider of profile `profile` with `clients` (id to secret), the `scopes` each
+    /// client may be granted (id to scopes; a client without an entry is granted none) and
+    /// the signing `keys` (EC P-256 private keys, newest first).
     pub fn new(
         profile: &str,
         ttl_seconds: u32,
         clients: &BTreeMap<String, Sensitive>,
         scopes: &BTreeMap<String, Vec<String>>,
+        keys: &[portcullis_config::SigningKey],
     ) -> Result<Self, String> {
         if clients.is_empty() {
             return Err("a Builtin provider needs at least one client".into());
+        }
+        if keys.is_empty() {
+            return Err("a Builtin provider needs a token signing key".into());
         }
         for (id, list) in scopes {
             if !clients.contains_key(id) {
@@ -295,27 +308,37 @@ impl Builtin {
                 return Err(format!("client {id:?}: {bad:?} is not a valid scope"));
             }
         }
-        // The key: HMAC-SHA256 over the profile name and the sorted clients (BTreeMap order),
-        // each field length-prefixed so that no two client lists give the same input.
-        let mut input = Vec::new();
-        let mut field = |b: &[u8]| {
-            input.extend_from_slice(&(b.len() as u64).to_be_bytes());
-            input.extend_from_slice(b);
-        };
-        field(profile.as_bytes());
-        for (id, secret) in clients {
-            field(id.as_bytes());
-            field(secret.expose().as_bytes());
-            // Taking a scope away from a client invalidates the tokens that carry it.
-            for scope in scopes.get(id).into_iter().flatten() {
-                field(b"scope");
-                field(scope.as_bytes());
-            }
-        }
-        let derive = Key::hmac(b"portcullis oauth2 builtin token key v1").map_err(|e| e.to_string())?;
-        let seed = derive.sign(Algorithm::HmacSha256, &input).map_err(|e| e.to_string())?;
+        let keys = keys
+            .iter()
+            .map(|k| {
+                let key = Key::from_pem(k.pem.expose())
+                    .ok()
+                    .filter(|key| key.can_sign() && key.fits(Algorithm::EcdsaP256Sha256))
+                    .ok_or_else(|| format!("token signing key {:?} is not an EC P-256 private key", k.name))?;
+                Ok((k.name.as_str().into(), key))
+            })
+            .collect::<Result<Box<[_]>, String>>()?;
+        let versions = clients
+            .iter()
+            .map(|(id, secret)| {
+                // Each field length-prefixed, so that no two clients give the same input.
+                let mut h = Sha256::new();
+                let mut field = |b: &[u8]| {
+                    h.update((b.len() as u64).to_be_bytes());
+                    h.update(b);
+                };
+                field(b"portcullis builtin client v1");
+                field(profile.as_bytes());
+                field(id.as_bytes());
+                field(secret.expose().as_bytes());
+                for scope in scopes.get(id).into_iter().flatten() {
+                    field(scope.as_bytes());
+                }
+                (id.as_str().into(), B64.encode(&h.finalize()[..16]).into())
+            })
+            .collect();
         Ok(Self {
-            key: Key::hmac(&seed).map_err(|e| e.to_string())?,
+            keys,
             ttl_seconds: ttl_seconds.max(1),
             clients: clients
                 .iter()
@@ -325,7 +348,34 @@ impl Builtin {
                 .iter()
                 .map(|(id, list)| (id.as_str().into(), list.iter().map(|s| s.as_str().into()).collect()))
                 .collect(),
+            versions,
         })
+    }
+
+    /// The public keys, as a JWK Set (RFC 7517): what `jwks_uri` serves.
+    pub fn jwks(&self) -> Value {
+        let keys: Vec<Value> = self
+            .keys
+            .iter()
+            .filter_map(|(kid, key)| {
+                let point = key.ec_public_point()?;
+                Some(
+                    json!({"kty": "EC", "crv": "P-256", "kid": &**kid, "alg": "ES256", "use": "sig",
+                            "x": B64.encode(&point[1..33]), "y": B64.encode(&point[33..65])}),
+                )
+            })
+            .collect();
+        json!({ "keys": keys })
+    }
+
+    /// Whether verified Builtin claims belong to a client as it is now (its `pcv`).
+    fn current(&self, claims: &Value) -> bool {
+        let client = claims.get("client_id").and_then(Value::as_str);
+        let version = claims.get("pcv").and_then(Value::as_str);
+        match (client.and_then(|c| self.versions.get(c)), version) {
+            (Some(want), Some(got)) => bool::from(want.as_bytes().ct_eq(got.as_bytes())),
+            _ => false,
+        }
     }
 
     /// The scope to grant `client` when it asks for `requested` (space-separated, well formed;
@@ -500,13 +550,30 @@ impl OAuth2 {
         let alg_name = header.get("alg").and_then(Value::as_str).unwrap_or("none");
         let alg = jose_algorithm(alg_name).ok_or(Rejection::Wrong("token algorithm not accepted"))?;
         let signed = &token[..h.len() + 1 + p.len()];
-        let ok = if alg == Algorithm::HmacSha256 {
-            // HS256 only with the profile's own key: never with a JWKS public key.
-            let builtin = self
-                .builtin
-                .as_ref()
-                .ok_or(Rejection::Wrong("token algorithm not accepted"))?;
-            builtin.key.verify(alg, signed.as_bytes(), &signature).is_ok()
+        let kid = header.get("kid").and_then(Value::as_str);
+        // The Builtin provider's own keys (ES256, by kid) come first.
+        let own = self.builtin.as_ref().and_then(|b| {
+            let (_, key) = b.keys.iter().find(|(k, _)| Some(&**k) == kid)?;
+            Some((b, key))
+        });
+        let ok = if let Some((builtin, key)) = own {
+            let verified = alg == Algorithm::EcdsaP256Sha256 && key.verify(alg, signed.as_bytes(), &signature).is_ok();
+            if !verified {
+                return Err(Rejection::Wrong("bad token signature"));
+            }
+            let claims = B64
+                .decode(p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .filter(Value::is_object)
+                .ok_or(malformed)?;
+            if !builtin.current(&claims) {
+                return Err(Rejection::Wrong("token's client changed or removed"));
+            }
+            return Ok(claims);
+        } else if alg == Algorithm::HmacSha256 {
+            // HS256 never: no shared key verifies tokens, and never a JWKS public key.
+            return Err(Rejection::Wrong("token algorithm not accepted"));
         } else {
             let slot = self
                 .jwks
@@ -610,12 +677,14 @@ impl OAuth2 {
     /// Builtin.
     pub fn issue(&self, client_id: &str, scope: Option<&str>, now: u64) -> Option<(String, u32)> {
         let builtin = self.builtin.as_ref()?;
+        let (kid, key) = builtin.keys.first()?;
         let mut claims = serde_json::Map::new();
         if let Some(iss) = &self.issuer {
             claims.insert("iss".into(), Value::from(&**iss));
         }
         claims.insert("sub".into(), Value::from(client_id));
         claims.insert("client_id".into(), Value::from(client_id));
+        claims.insert("pcv".into(), Value::from(&**builtin.versions.get(client_id)?));
         match self.audiences.len() {
             0 => {}
             1 => {
@@ -631,10 +700,10 @@ impl OAuth2 {
         if let Some(scope) = scope.filter(|s| !s.is_empty()) {
             claims.insert("scope".into(), Value::from(scope));
         }
-        let header = B64.encode(br#"{"alg":"HS256","typ":"at+jwt"}"#);
+        let header = B64.encode(serde_json::to_vec(&json!({"alg": "ES256", "typ": "at+jwt", "kid": &**kid})).ok()?);
         let payload = B64.encode(serde_json::to_vec(&Value::Object(claims)).ok()?);
         let signed = format!("{header}.{payload}");
-        let sig = builtin.key.sign(Algorithm::HmacSha256, signed.as_bytes()).ok()?;
+        let sig = key.sign(Algorithm::EcdsaP256Sha256, signed.as_bytes()).ok()?;
         Some((format!("{signed}.{}", B64.encode(sig)), builtin.ttl_seconds))
     }
 }

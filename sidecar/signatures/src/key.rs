@@ -176,6 +176,16 @@ impl Key {
         }
     }
 
+    /// The uncompressed public point (`04 || x || y`, 65 bytes) of an EC P-256 key, public
+    /// or private: what a JWK publishes (`x`, `y`).
+    pub fn ec_public_point(&self) -> Option<&[u8]> {
+        match &self.inner {
+            Inner::EcPublic(point) => Some(point),
+            Inner::EcPrivate { fixed, .. } => Some(fixed.public_key().as_ref()),
+            _ => None,
+        }
+    }
+
     /// True for HMAC secrets and private keys.
     pub fn can_sign(&self) -> bool {
         matches!(

@@ -12,6 +12,9 @@ use serde_json::{Value, json};
 use super::B64;
 use crate::{Denial, DenialKind, Engine, InMemoryLimiter, Listener, Outcome, RequestView};
 
+/// The Builtin provider's token signing key in these tests (EC P-256).
+const SIGNING_PEM: &str = include_str!("../../../signatures/tests/keys/test-key-ecc-p256.key");
+
 const NOW: u64 = 1_764_000_000;
 const JWKS: &str = "https://idp.example.com/jwks";
 
@@ -562,7 +565,7 @@ fn introspection_without_client_credentials_does_not_compile() {
 fn builtin() -> Engine {
     engine(
         json!({"provider": "Builtin", "builtinTokenTtlSeconds": 600, "requiredScopes": ["read"]}),
-        json!({"oauth2Clients": {"app-1": "s3cret", "app-2": "other"},
+        json!({"oauth2SigningKeys": [{"name": "key-1", "pem": SIGNING_PEM}], "oauth2Clients": {"app-1": "s3cret", "app-2": "other"},
                "oauth2ClientScopes": {"app-1": ["read", "write"], "app-2": ["write"]}}),
     )
 }
@@ -602,24 +605,110 @@ fn builtin_issues_tokens_the_engine_accepts() {
     // With a scope taken from the client, it does not.
     let narrowed = engine(
         json!({"provider": "Builtin", "builtinTokenTtlSeconds": 600, "requiredScopes": ["read"]}),
-        json!({"oauth2Clients": {"app-1": "s3cret", "app-2": "other"},
+        json!({"oauth2SigningKeys": [{"name": "key-1", "pem": SIGNING_PEM}], "oauth2Clients": {"app-1": "s3cret", "app-2": "other"},
                "oauth2ClientScopes": {"app-1": ["read", "write"]}}),
     );
-    assert_eq!(decide(&narrowed, &issued.access_token, NOW).1, "bad token signature");
+    assert_eq!(
+        decide(&narrowed, &issued.access_token, NOW).1,
+        "token's client changed or removed"
+    );
     // Nor does the same-named profile of another namespace with the same clients.
     let elsewhere = engine_in(
         "other-team",
         json!({"provider": "Builtin", "builtinTokenTtlSeconds": 600, "requiredScopes": ["read"]}),
-        json!({"oauth2Clients": {"app-1": "s3cret", "app-2": "other"},
+        json!({"oauth2SigningKeys": [{"name": "key-1", "pem": SIGNING_PEM}], "oauth2Clients": {"app-1": "s3cret", "app-2": "other"},
                "oauth2ClientScopes": {"app-1": ["read", "write"], "app-2": ["write"]}}),
     );
-    assert_eq!(decide(&elsewhere, &issued.access_token, NOW).1, "bad token signature");
+    assert_eq!(
+        decide(&elsewhere, &issued.access_token, NOW).1,
+        "token's client changed or removed"
+    );
     // With other secrets, it does not.
     let other = engine(
         json!({"provider": "Builtin", "builtinTokenTtlSeconds": 600}),
-        json!({"oauth2Clients": {"app-1": "changed", "app-2": "other"}}),
+        json!({"oauth2SigningKeys": [{"name": "key-1", "pem": SIGNING_PEM}], "oauth2Clients": {"app-1": "changed", "app-2": "other"}}),
     );
-    assert_eq!(decide(&other, &issued.access_token, NOW).1, "bad token signature");
+    assert_eq!(
+        decide(&other, &issued.access_token, NOW).1,
+        "token's client changed or removed"
+    );
+}
+
+const OTHER_PEM: &str = include_str!("../../../signatures/tests/keys/ec-other.key");
+
+fn builtin_with_keys(keys: &[(&str, &str)]) -> Engine {
+    let keys: Vec<Value> = keys.iter().map(|(n, pem)| json!({"name": n, "pem": pem})).collect();
+    engine(
+        json!({"provider": "Builtin", "builtinTokenTtlSeconds": 600}),
+        json!({"oauth2SigningKeys": keys, "oauth2Clients": {"app-1": "s3cret"}, "oauth2ClientScopes": {"app-1": ["read"]}}),
+    )
+}
+
+fn client_token(e: &Engine) -> String {
+    let body = "grant_type=client_credentials&client_id=app-1&client_secret=s3cret";
+    token_request(e, &HeaderMap::new(), body).unwrap().access_token
+}
+
+/// Builtin tokens are ES256 under the newest key (its `kid`); after a rotation the old key
+/// still verifies its tokens; the JWK Set publishes every key and verifies the tokens.
+#[test]
+fn builtin_tokens_are_es256_under_rotating_keys() {
+    let old = builtin_with_keys(&[("key-100", SIGNING_PEM)]);
+    let token = client_token(&old);
+    let header: Value = serde_json::from_slice(&B64.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
+    assert_eq!(header, json!({"alg": "ES256", "typ": "at+jwt", "kid": "key-100"}));
+    // Rotated: the new key signs, the old one still verifies.
+    let rotated = builtin_with_keys(&[("key-200", OTHER_PEM), ("key-100", SIGNING_PEM)]);
+    assert_eq!(decide(&rotated, &token, NOW).0, 200);
+    let fresh = client_token(&rotated);
+    let h: Value = serde_json::from_slice(&B64.decode(fresh.split('.').next().unwrap()).unwrap()).unwrap();
+    assert_eq!(h["kid"], "key-200");
+    // Once the old key is dropped, its tokens are no more.
+    let dropped = builtin_with_keys(&[("key-200", OTHER_PEM)]);
+    assert_eq!(decide(&dropped, &token, NOW).1, "token algorithm not accepted");
+    assert_eq!(decide(&dropped, &fresh, NOW).0, 200);
+    // The same kid on another key: a bad signature.
+    let swapped = builtin_with_keys(&[("key-100", OTHER_PEM)]);
+    assert_eq!(decide(&swapped, &token, NOW).1, "bad token signature");
+    // The JWK Set: both keys, public only, and each verifies what it signed.
+    let e = rotated;
+    let jwks = match &e.profiles[0].auth {
+        crate::Auth::OAuth2(o) => o.builtin().unwrap().jwks(),
+        _ => unreachable!(),
+    };
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(
+        keys.iter()
+            .all(|k| k["kty"] == "EC" && k["alg"] == "ES256" && k.get("d").is_none())
+    );
+    let set = super::JwkSet::from_json(jwks.to_string().as_bytes()).unwrap();
+    for t in [&token, &fresh] {
+        let (signed, sig) = t.rsplit_once('.').unwrap();
+        let h: Value = serde_json::from_slice(&B64.decode(t.split('.').next().unwrap()).unwrap()).unwrap();
+        let k = set.keys.iter().find(|k| k.kid.as_deref() == h["kid"].as_str()).unwrap();
+        k.key
+            .verify(
+                portcullis_signatures::Algorithm::EcdsaP256Sha256,
+                signed.as_bytes(),
+                &B64.decode(sig).unwrap(),
+            )
+            .unwrap();
+    }
+    // A key that cannot sign ES256 does not compile.
+    let loaded = Loaded {
+        config: serde_json::from_value(json!({"schemaVersion": 1, "generation": "g", "namespace": "demo",
+            "profiles": [{"name": "idp", "auth": {"type": "OAuth2", "provider": "Builtin", "builtinTokenTtlSeconds": 600}}],
+            "routes": []}))
+        .unwrap(),
+        secrets: serde_json::from_value(json!({"schemaVersion": 1, "generation": "g",
+            "profiles": {"idp": {"oauth2SigningKeys": [{"name": "key-1", "pem": "not a key"}], "oauth2Clients": {"a": "b"}}}}))
+        .unwrap(),
+    };
+    let err = Engine::compile(&loaded, Arc::new(InMemoryLimiter::new()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"key-1\" is not an EC P-256 private key"), "{err}");
 }
 
 /// A client gets only the scopes its Secret allows: asking for more is `invalid_scope`, never a
@@ -644,7 +733,7 @@ fn builtin_grants_only_the_scopes_a_client_may_have() {
     // required scope then refuses.
     let bare = engine(
         json!({"provider": "Builtin", "builtinTokenTtlSeconds": 600, "requiredScopes": ["read"]}),
-        json!({"oauth2Clients": {"app-1": "s3cret"}}),
+        json!({"oauth2SigningKeys": [{"name": "key-1", "pem": SIGNING_PEM}], "oauth2Clients": {"app-1": "s3cret"}}),
     );
     let issued = token_request(
         &bare,
@@ -675,11 +764,11 @@ fn builtin_scopes_must_name_clients_and_be_scope_tokens() {
             .map(|_| ())
             .map_err(|e| e.to_string())
     };
-    let err = compile(json!({"oauth2Clients": {"app-1": "s"}, "oauth2ClientScopes": {"app-9": ["read"]}})).unwrap_err();
+    let err = compile(json!({"oauth2SigningKeys": [{"name": "key-1", "pem": SIGNING_PEM}], "oauth2Clients": {"app-1": "s"}, "oauth2ClientScopes": {"app-9": ["read"]}})).unwrap_err();
     assert!(err.contains("\"app-9\", which is not a client"), "{err}");
-    let err = compile(json!({"oauth2Clients": {"app-1": "s"}, "oauth2ClientScopes": {"app-1": ["a\"b"]}})).unwrap_err();
+    let err = compile(json!({"oauth2SigningKeys": [{"name": "key-1", "pem": SIGNING_PEM}], "oauth2Clients": {"app-1": "s"}, "oauth2ClientScopes": {"app-1": ["a\"b"]}})).unwrap_err();
     assert!(err.contains("not a valid scope"), "{err}");
-    compile(json!({"oauth2Clients": {"app-1": "s"}, "oauth2ClientScopes": {"app-1": ["read"]}})).unwrap();
+    compile(json!({"oauth2SigningKeys": [{"name": "key-1", "pem": SIGNING_PEM}], "oauth2Clients": {"app-1": "s"}, "oauth2ClientScopes": {"app-1": ["read"]}})).unwrap();
 }
 
 /// Client secrets cannot be guessed at line rate: wrong ones count like wrong passwords
@@ -744,7 +833,7 @@ fn builtin_refuses_wrong_clients_and_grants() {
     );
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"s3cret");
     let t = format!("{signed}.{}", B64.encode(ring::hmac::sign(&key, signed.as_bytes())));
-    assert_eq!(decide(&e, &t, NOW).1, "bad token signature");
+    assert_eq!(decide(&e, &t, NOW).1, "token algorithm not accepted");
 }
 
 #[test]
@@ -756,7 +845,7 @@ fn the_token_endpoint_judges_the_client_address_like_the_api() {
         "routes": [{"name": "finance", "pathPrefix": "/api", "profiles": ["idp"],
                     "backend": {"type": "Local", "port": 8080}}]});
     let secrets = json!({"schemaVersion": 1, "generation": "g",
-        "profiles": {"idp": {"oauth2Clients": {"app-1": "s3cret"}}}});
+        "profiles": {"idp": {"oauth2SigningKeys": [{"name": "key-1", "pem": SIGNING_PEM}], "oauth2Clients": {"app-1": "s3cret"}}}});
     let loaded = Loaded {
         config: serde_json::from_value::<SidecarConfig>(config).unwrap(),
         secrets: serde_json::from_value::<SecretMaterial>(secrets).unwrap(),

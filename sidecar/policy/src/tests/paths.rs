@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// The Builtin provider's token signing key in these tests (EC P-256).
+const SIGNING_PEM: &str = include_str!("../../../signatures/tests/keys/test-key-ecc-p256.key");
+
 /// `/` anonymous, `/admin` behind Basic.
 fn public_and_admin(admin_case_insensitive: bool) -> Engine {
     let mut admin = route("admin", "/admin", &["office"]);
@@ -159,7 +162,7 @@ fn the_token_endpoint_is_found_on_the_normal_path_only() {
                           "builtinTokenTtlSeconds": 600}}],
             "routes": [route("api", "/api", &["idp"])],
         }),
-        json!({"profiles": {"idp": {"oauth2Clients": {"app-1": "s3cret"}}}}),
+        json!({"profiles": {"idp": {"oauth2SigningKeys": [{"name": "key-1", "pem": SIGNING_PEM}], "oauth2Clients": {"app-1": "s3cret"}}}}),
     );
     let post = |path: &str| {
         let mut r = get(path);
