@@ -181,6 +181,7 @@ pub(crate) fn compile(
             let o = oauth1.as_ref().expect("checked by check_blocks");
             let field = "spec.oauth1.consumersSecretRef.name";
             out.oauth1_consumers = secrets.get(field, &o.consumers_secret_ref.name, None)?.all()?;
+            oauth1_consumers(field, &o.consumers_secret_ref.name, &out.oauth1_consumers)?;
             if let Some(tokens) = &o.tokens_secret_ref {
                 let field = "spec.oauth1.tokensSecretRef.name";
                 let data = secrets.get(field, &tokens.name, None)?.all()?;
@@ -344,9 +345,12 @@ fn oauth1_tokens(
                     "the value of {token:?} must be <consumerKey>:<tokenSecret>"
                 )));
             };
+            // The consumer is not echoed: a value written the wrong way round would show the
+            // token secret.
             if !consumers.contains_key(consumer) {
                 return Err(bad(format!(
-                    "token {token:?} names consumer {consumer:?}, which is not in spec.oauth1.consumersSecretRef"
+                    "token {token:?} names a consumer that is not in spec.oauth1.consumersSecretRef (the value \
+                     must be <consumerKey>:<tokenSecret>)"
                 )));
             }
             if secret.is_empty() {
@@ -359,6 +363,35 @@ fn oauth1_tokens(
             Ok((token, entry))
         })
         .collect()
+}
+
+/// Each consumer of an OAuth1 profile (Secret `name` at `field`) must hold a consumer secret
+/// or an RSA public key of 2048 bits or more, as the sidecar will read it: one bad consumer
+/// would otherwise make the sidecar refuse the whole configuration. Messages name the
+/// consumer, never its value.
+fn oauth1_consumers(field: &str, name: &str, consumers: &BTreeMap<String, cfg::Sensitive>) -> Result<(), Problem> {
+    for (consumer, value) in consumers {
+        let text = value.expose();
+        let why = if text.trim().is_empty() {
+            Some("an empty consumer secret".to_owned())
+        } else if text.trim_start().starts_with("-----BEGIN") {
+            match portcullis_signatures::Key::from_pem(text.trim()) {
+                Ok(k) if k.kind() == portcullis_signatures::KeyKind::Rsa => None,
+                Ok(_) => Some("a PEM key that is not an RSA key (RSA-SHA1 needs one)".to_owned()),
+                Err(e) => Some(format!("a PEM key that cannot be used: {e}")),
+            }
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Problem::new(
+                reason::INVALID_SECRET,
+                field,
+                format!("Secret {name:?}: consumer {consumer:?} has {why}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The signature method a CRD one names.

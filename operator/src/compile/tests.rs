@@ -811,10 +811,14 @@ fn oauth1_tokens_must_name_a_consumer_and_a_secret() {
         (reason::INVALID_SECRET, "spec.oauth1.tokensSecretRef.name")
     );
     assert!(
-        message.contains("token \"tok-1\" names consumer \"partner-z\""),
+        message.contains("token \"tok-1\" names a consumer that is not in"),
         "{message}"
     );
-    assert!(!message.contains("token-secret-1"), "{message}");
+    // Neither part of the value is echoed (written the wrong way round, the first is a secret).
+    assert!(
+        !message.contains("token-secret-1") && !message.contains("partner-z"),
+        "{message}"
+    );
     let (_, _, message) = verdict("no-separator-secret", Some("oauth1-tokens"), false);
     assert!(message.contains("must be <consumerKey>:<tokenSecret>"), "{message}");
     assert!(!message.contains("no-separator-secret"), "{message}");
@@ -855,4 +859,44 @@ fn builtin_token_keys_come_from_the_operators_secret() {
         message.contains("is not a PKCS#8 PEM private key") && !message.contains("xyz"),
         "{message}"
     );
+}
+
+/// Every consumer must be usable as the sidecar reads it: one bad consumer would make the
+/// sidecar refuse the whole configuration, so the profile is refused here, naming it.
+#[test]
+fn oauth1_consumers_must_hold_a_secret_or_an_rsa_key() {
+    let verdict = |value: &str| {
+        let mut w = World::new();
+        w.secrets.push(secret(
+            "oauth1-consumers",
+            "Opaque",
+            &[("partner-a", "consumer-secret-a"), ("partner-b", value)],
+        ));
+        w.profiles.push(oauth1("signed", None, false));
+        w.compile()
+    };
+    let ec = include_str!("../../../sidecar/signatures/tests/keys/test-key-ecc-p256.pem");
+    let short = include_str!("../../../sidecar/signatures/tests/keys/rsa1024.key");
+    for (value, why) in [
+        ("   ", "an empty consumer secret"),
+        (ec, "not an RSA key"),
+        (short, "cannot be used"),
+        (
+            "-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n",
+            "cannot be used",
+        ),
+    ] {
+        let (reason, field, message) = rejected(&verdict(value), "signed");
+        assert_eq!(
+            (reason, field.as_str()),
+            (reason::INVALID_SECRET, "spec.oauth1.consumersSecretRef.name")
+        );
+        assert!(
+            message.contains("consumer \"partner-b\" has") && message.contains(why),
+            "{message}"
+        );
+        assert!(!message.contains("BEGIN"), "{message}");
+    }
+    let rsa = include_str!("../../../sidecar/signatures/tests/keys/rsa2048.pub");
+    assert_eq!(verdict(rsa).profiles["signed"], Verdict::Accepted);
 }

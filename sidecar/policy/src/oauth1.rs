@@ -152,6 +152,13 @@ impl OAuth1 {
         if authorization.next().is_some() {
             return Err(Rejection::Wrong("more than one Authorization header"));
         }
+        // Another scheme's credentials beside an OAuth signature would reach the app unchecked.
+        if header.is_some_and(|h| !is_oauth_scheme(h)) {
+            return Err(Rejection::Wrong("Authorization header of another scheme"));
+        }
+        if form_body(req.headers) == FormBody::Ambiguous {
+            return Err(Rejection::Wrong("ambiguous Content-Type for a form body"));
+        }
         let request = Request {
             method: req.method,
             scheme: if https { "https" } else { "http" },
@@ -204,38 +211,98 @@ impl OAuth1 {
         let replay = (!unbound).then(|| Signed {
             key_id: signed.consumer_key.clone(),
             replay_key: Sha256::digest(signed.replay_key().as_bytes()).into(),
-            valid_until: signed.timestamp.saturating_add(self.window),
+            // Remembered past the last second it is admitted in (`timestamp + window`).
+            valid_until: signed.timestamp.saturating_add(self.window).saturating_add(1),
             digest: None,
         });
         Ok((signed.consumer_key, replay))
     }
 }
 
-/// Whether `headers` say the body is single-part `application/x-www-form-urlencoded` (RFC
-/// 5849 section 3.4.1.3.1): the only body whose parameters are signed.
+/// How the request's `Content-Type` speaks of a form body (RFC 5849 section 3.4.1.3.1: only
+/// a single-part `application/x-www-form-urlencoded` body's parameters are signed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FormBody {
+    /// No form.
+    None,
+    /// One `Content-Type` naming one media type, the form's: its parameters are signed.
+    Form,
+    /// The form's media type among others (two headers, a list): an app could read the body
+    /// as a form whose parameters the signature would not cover. Refused.
+    Ambiguous,
+}
+
+/// How `headers` speak of a form body.
+pub(crate) fn form_body(headers: &http::HeaderMap) -> FormBody {
+    let mut lines = 0;
+    let mut types = 0;
+    let mut form = false;
+    for value in headers.get_all(http::header::CONTENT_TYPE) {
+        lines += 1;
+        // Bytes that are no text could hide anything: treated as a mention.
+        let Ok(text) = value.to_str() else {
+            form = true;
+            types += 2;
+            continue;
+        };
+        for media in text.split(',') {
+            types += 1;
+            let name = media.split(';').next().unwrap_or("").trim();
+            form |= name.eq_ignore_ascii_case("application/x-www-form-urlencoded");
+        }
+    }
+    match (form, lines == 1 && types == 1) {
+        (false, _) => FormBody::None,
+        (true, true) => FormBody::Form,
+        (true, false) => FormBody::Ambiguous,
+    }
+}
+
+/// Whether `headers` say the body is a signed form ([`FormBody::Form`]).
 pub(crate) fn is_form(headers: &http::HeaderMap) -> bool {
-    let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
-    let (Some(value), None) = (types.next(), types.next()) else {
-        return false;
-    };
-    value.to_str().ok().is_some_and(|v| {
-        v.split(';')
-            .next()
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
-    })
+    form_body(headers) == FormBody::Form
 }
 
 /// Whether the request carries OAuth protocol parameters at all (else it has no
 /// credentials of this kind, rather than wrong ones).
 fn carries_oauth(req: &Request<'_>) -> bool {
-    let in_header = req
-        .authorization
-        .is_some_and(|h| h.len() >= 6 && h[..6].eq_ignore_ascii_case("oauth "));
+    let in_header = req.authorization.is_some_and(is_oauth_scheme);
     let has_param = |text: &[u8]| {
-        text.split(|&b| b == b'&')
-            .any(|pair| pair.starts_with(b"oauth_consumer_key="))
+        text.split(|&b| b == b'&').any(|pair| {
+            let name = pair.split(|&b| b == b'=').next().unwrap_or(b"");
+            percent_decoded(name).as_slice() == b"oauth_consumer_key"
+        })
     };
     in_header || req.query.is_some_and(|q| has_param(q.as_bytes())) || req.form.is_some_and(has_param)
+}
+
+/// Whether an `Authorization` value is of the `OAuth` scheme.
+fn is_oauth_scheme(value: &str) -> bool {
+    value.len() >= 6 && value.as_bytes()[..6].eq_ignore_ascii_case(b"oauth ")
+}
+
+/// `%XX` sequences decoded (a malformed one kept as it is).
+fn percent_decoded(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            text[i],
+            text.get(i + 1).copied().and_then(hex),
+            text.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// The signature method a configured one names.

@@ -146,6 +146,12 @@ p = prepared("POST", f"{HTTP}/api/orders", auth(token="tok-1", transport=SIGNATU
 p.body = p.body + b"&extra=1"
 p.headers["Content-Length"] = str(len(p.body))
 refused("a form body parameter added", p)
+# A form body beside another media type: the app could read parameters nobody signed.
+p = prepared("POST", f"{HTTP}/api/orders", auth(), None)
+p.body = b"amount=10"
+p.headers["Content-Type"] = "application/json, application/x-www-form-urlencoded"
+p.headers["Content-Length"] = str(len(p.body))
+refused("a form body under an ambiguous Content-Type", p)
 refused("an old timestamp", prepared("GET", f"{HTTP}/api/items", auth(timestamp=str(int(time.time()) - 1000))))
 refused("a timestamp from the future", prepared("GET", f"{HTTP}/api/items", auth(timestamp=str(int(time.time()) + 1000))))
 nonce = "fixed-nonce-0001"

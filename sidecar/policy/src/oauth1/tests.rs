@@ -389,3 +389,75 @@ fn bad_consumer_material_is_refused_at_compile_time() {
     assert!(pem.contains("\"a\"") && !pem.contains("not a key"), "{pem}");
     assert!(compile(json!({"oauth1Consumers": {"a": "s"}})).is_none());
 }
+
+#[test]
+fn a_nonce_is_remembered_through_the_last_second_its_timestamp_is_admitted() {
+    let e = engine(json!({}), consumers());
+    let call = Call::get("/x").signed("partner-a", None, SignatureMethod::HmacSha1, NOW, "edge");
+    assert_eq!(decide(&e, &call, NOW), Ok("partner-a".into()));
+    // `NOW + 300` is still within the window: the nonce must still be known.
+    assert_eq!(decide(&e, &call, NOW + 300), Err((401, "signature replayed".into())));
+    assert_eq!(
+        decide(&e, &call, NOW + 301),
+        Err((401, "oauth_timestamp outside the allowed window".into()))
+    );
+}
+
+#[test]
+fn a_form_among_other_content_types_is_refused_and_other_schemes_do_not_ride_along() {
+    let e = engine(json!({}), consumers());
+    let signed = |ct: &[&str]| {
+        let mut call = Call::get("/orders");
+        call.method = "POST";
+        for t in ct {
+            call.headers.append("content-type", t.parse().unwrap());
+        }
+        call.signed(
+            "partner-a",
+            None,
+            SignatureMethod::HmacSha1,
+            NOW,
+            &format!("ct{}", ct.len()),
+        )
+    };
+    for types in [
+        &["application/x-www-form-urlencoded", "application/json"][..],
+        &["application/json", "application/x-www-form-urlencoded"][..],
+        &["application/json, application/x-www-form-urlencoded"][..],
+        &["application/x-www-form-urlencoded, text/plain"][..],
+    ] {
+        let call = signed(types);
+        assert_eq!(e.form_wanted(&call.view()), None, "{types:?}");
+        assert_eq!(
+            decide(&e, &call, NOW),
+            Err((401, "ambiguous Content-Type for a form body".into())),
+            "{types:?}"
+        );
+    }
+    // A Basic header beside a signature in the query: refused, not passed on unchecked.
+    let mut call = Call::get("/x");
+    let header = {
+        let c = Call::get("/x").signed("partner-a", None, SignatureMethod::HmacSha1, NOW, "q");
+        c.headers["authorization"].to_str().unwrap().to_owned()
+    };
+    let params = header
+        .strip_prefix("OAuth ")
+        .unwrap()
+        .replace(", ", "&")
+        .replace('"', "");
+    call.query = Some(params.clone());
+    assert_eq!(decide(&e, &call, NOW), Ok("partner-a".into()));
+    let mut with_basic = Call::get("/x");
+    with_basic.query = Some(params.replace("oauth_nonce=q", "oauth_nonce=q2"));
+    with_basic
+        .headers
+        .insert("authorization", "Basic YTpi".parse().unwrap());
+    assert_eq!(
+        decide(&e, &with_basic, NOW),
+        Err((401, "Authorization header of another scheme".into()))
+    );
+    // A percent-encoded name of the consumer key still counts as an OAuth request.
+    let mut encoded = Call::get("/x");
+    encoded.query = Some(params.replace("oauth_consumer_key", "oauth%5Fconsumer_key"));
+    assert_ne!(decide(&e, &encoded, NOW), Err((401, "no OAuth 1.0a signature".into())));
+}
