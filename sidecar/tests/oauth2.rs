@@ -298,6 +298,54 @@ async fn the_builtin_provider_issues_tokens_for_its_clients() {
     assert_eq!(lines[5]["reason"], "invalid_scope");
     let audit = std::fs::read_to_string(&sidecar.audit).unwrap();
     assert!(!audit.contains(&access) && !audit.contains("s3cret"), "{audit}");
+
+    // The provider's metadata (RFC 8414), at the standard place for an issuer with a path and
+    // under the route, naming what it serves; its keys verify the tokens it issued.
+    let base = format!("http://127.0.0.1:{}/api", sidecar.inbound.port());
+    for path in [
+        "/.well-known/oauth-authorization-server/api",
+        "/api/.well-known/oauth-authorization-server",
+    ] {
+        let (s, _, body) = get_with(&sidecar.url(path), &[]).await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+        let meta = json_of(&body);
+        for required in ["issuer", "response_types_supported"] {
+            assert!(meta.get(required).is_some(), "RFC 8414 requires {required}: {meta}");
+        }
+        assert_eq!(meta["issuer"], base.as_str());
+        assert_eq!(meta["token_endpoint"], format!("{base}/oauth2/token"));
+        assert_eq!(meta["jwks_uri"], format!("{base}/oauth2/jwks"));
+        assert_eq!(meta["grant_types_supported"], json!(["client_credentials"]));
+        assert_eq!(meta["scopes_supported"], json!(["read", "write"]));
+    }
+    let (s, _, body) = get_with(&sidecar.url("/api/oauth2/jwks"), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    let jwks = json_of(&body);
+    let jwk = &jwks["keys"][0];
+    assert_eq!(
+        (jwk["kty"].as_str(), jwk["alg"].as_str(), jwk["kid"].as_str()),
+        (Some("EC"), Some("ES256"), Some("key-1"))
+    );
+    assert!(jwk.get("d").is_none(), "no private part");
+    let (signed, sig) = access.rsplit_once('.').unwrap();
+    let point = [
+        &[4u8][..],
+        &B64.decode(jwk["x"].as_str().unwrap()).unwrap(),
+        &B64.decode(jwk["y"].as_str().unwrap()).unwrap(),
+    ]
+    .concat();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, &point)
+        .verify(signed.as_bytes(), &B64.decode(sig).unwrap())
+        .expect("the published key verifies the issued token");
+    let claims: Value = serde_json::from_slice(&B64.decode(access.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    assert_eq!(claims["iss"], base.as_str(), "RFC 9068: the token names its issuer");
+    // Only for routes of a Builtin provider.
+    assert_eq!(
+        get_with(&sidecar.url("/.well-known/oauth-authorization-server/other"), &[])
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]

@@ -500,6 +500,8 @@ pub struct Engine<L: Limiter = InMemoryLimiter> {
     logins: Vec<LoginProvider>,
     /// Some profile is OAuth1 (a signed form body is read before deciding).
     oauth1: bool,
+    /// Some profile is a Builtin OAuth2 provider (its documents are served).
+    builtins: bool,
 }
 
 /// An OpenID provider some profile signs people in with: its discovery URL and the slot its
@@ -843,6 +845,9 @@ impl<L: Limiter> Engine<L> {
                 .iter()
                 .any(|p| matches!(&p.auth, Auth::OAuth2(o) if o.has_introspection())),
             oauth1: profiles.iter().any(|p| matches!(&p.auth, Auth::OAuth1(_))),
+            builtins: profiles
+                .iter()
+                .any(|p| matches!(&p.auth, Auth::OAuth2(o) if o.builtin().is_some())),
             routes,
             profiles,
             limiter,
@@ -863,6 +868,7 @@ impl<L: Limiter> Engine<L> {
             logins: Vec::new(),
             introspects: false,
             oauth1: false,
+            builtins: false,
         }
     }
 
@@ -904,6 +910,7 @@ impl<L: Limiter> Engine<L> {
                 Auth::OAuth2(o) if o.builtin().is_some() => Some(TokenEndpoint {
                     route,
                     profile: &profile.name,
+                    issuer: o.issuer().map_or_else(|| self.provider_url(req, prefix), str::to_owned),
                     oauth2: o,
                     client_ip,
                     trusted: profile.trusted.is_empty() || profile.trusted.contains(client_ip),
@@ -912,6 +919,77 @@ impl<L: Limiter> Engine<L> {
                 _ => None,
             }
         })
+    }
+
+    /// The document of a Builtin provider `req` asks for, if any (`GET`/`HEAD` on an inbound
+    /// listener, on a route whose profiles include a Builtin provider):
+    /// `<pathPrefix>/oauth2/jwks` (its public keys, a JWK Set), and its authorization server
+    /// metadata (RFC 8414) at `/.well-known/oauth-authorization-server<pathPrefix>` (section
+    /// 3.1) and `<pathPrefix>/.well-known/oauth-authorization-server`. Public documents:
+    /// served whatever the client's address.
+    pub fn provider_document(&self, req: &RequestView<'_>) -> Option<ProviderDocument<'_>> {
+        const WELL_KNOWN: &str = "/.well-known/oauth-authorization-server";
+        if !self.builtins || req.listener != Listener::Inbound || !matches!(req.method, "GET" | "HEAD") {
+            return None;
+        }
+        let path = path::normalize(req.path).ok()?;
+        let host = req.host.map(routes::normal_host);
+        let (base, jwks) = if let Some(base) = path.strip_suffix("/oauth2/jwks") {
+            (base, true)
+        } else if let Some(base) = path.strip_suffix(WELL_KNOWN) {
+            (base, false)
+        } else if let Some(base) = path.strip_prefix(WELL_KNOWN) {
+            (base, false)
+        } else {
+            return None;
+        };
+        let route = self.routes.iter().find(|r| {
+            !r.matcher.egress()
+                && r.matcher.host_matches(host.as_deref())
+                && r.matcher.prefix().trim_end_matches('/') == base
+                && r.profiles
+                    .iter()
+                    .any(|&i| matches!(&self.profiles[i].auth, Auth::OAuth2(o) if o.builtin().is_some()))
+        })?;
+        let (profile, oauth2) = route.profiles.iter().find_map(|&i| match &self.profiles[i].auth {
+            Auth::OAuth2(o) if o.builtin().is_some() => Some((&*self.profiles[i].name, &**o)),
+            _ => None,
+        })?;
+        let builtin = oauth2.builtin()?;
+        let base_url = self.provider_url(req, base);
+        let body = if jwks {
+            builtin.jwks()
+        } else {
+            let mut scopes: Vec<&str> = builtin.all_scopes();
+            scopes.sort_unstable();
+            scopes.dedup();
+            serde_json::json!({
+                "issuer": oauth2.issuer().map_or_else(|| base_url.clone(), str::to_owned),
+                "token_endpoint": format!("{base_url}/oauth2/token"),
+                "jwks_uri": format!("{base_url}/oauth2/jwks"),
+                "grant_types_supported": ["client_credentials"],
+                "response_types_supported": [],
+                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+                "scopes_supported": scopes,
+            })
+        };
+        Some(ProviderDocument {
+            route: &route.name,
+            profile,
+            body,
+        })
+    }
+
+    /// The URL of the Builtin provider at path `base` (a route's prefix) as the client
+    /// reached it: its issuer when the profile names none.
+    fn provider_url(&self, req: &RequestView<'_>, base: &str) -> String {
+        let scheme = if req.tls || self.https_at_trusted_proxy(req) {
+            "https"
+        } else {
+            "http"
+        };
+        let authority = req.authority.or(req.host).unwrap_or("");
+        format!("{scheme}://{authority}{base}")
     }
 
     /// The OpenID providers of the profiles with sign-in: the sidecar fetches each discovery
@@ -1877,16 +1955,27 @@ pub struct RefreshRequest<'e> {
 }
 
 /// The Builtin token endpoint of a route ([`Engine::token_endpoint`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TokenEndpoint<'e> {
     pub route: &'e CompiledRoute,
     pub profile: &'e str,
+    /// The `iss` of the tokens it issues: the profile's issuer, else the provider's URL.
+    issuer: String,
     /// The client, after trusted proxies.
     pub client_ip: IpAddr,
     oauth2: &'e OAuth2,
     trusted: bool,
     /// The failed-authentication counts: wrong client secrets count like wrong passwords.
     throttle: Option<&'e throttle::Throttle>,
+}
+
+/// A Builtin provider's public document ([`Engine::provider_document`]).
+#[derive(Debug)]
+pub struct ProviderDocument<'e> {
+    pub route: &'e str,
+    pub profile: &'e str,
+    /// The JSON to answer with.
+    pub body: serde_json::Value,
 }
 
 /// A token request refused: the OAuth error code (RFC 6749 section 5.2).
@@ -1983,7 +2072,7 @@ impl TokenEndpoint<'_> {
         let scope = Some(scope).filter(|s| !s.is_empty());
         let (access_token, expires_in) = self
             .oauth2
-            .issue(&id, scope.as_deref(), now_secs)
+            .issue(&id, scope.as_deref(), &self.issuer, now_secs)
             .ok_or(TokenError::InvalidClient)?;
         Ok(Issued {
             access_token,

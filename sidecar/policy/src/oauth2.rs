@@ -368,6 +368,14 @@ impl Builtin {
         json!({ "keys": keys })
     }
 
+    /// Every scope some client may be granted.
+    pub fn all_scopes(&self) -> Vec<&str> {
+        self.scopes
+            .values()
+            .flat_map(|list| list.iter().map(|s| &**s))
+            .collect()
+    }
+
     /// Whether verified Builtin claims belong to a client as it is now (its `pcv`).
     fn current(&self, claims: &Value) -> bool {
         let client = claims.get("client_id").and_then(Value::as_str);
@@ -487,6 +495,11 @@ impl OAuth2 {
     /// Whether the profile introspects any token.
     pub(crate) fn has_introspection(&self) -> bool {
         self.introspection.is_some()
+    }
+
+    /// The issuer tokens must name, when the profile sets one.
+    pub fn issuer(&self) -> Option<&str> {
+        self.issuer.as_deref()
     }
 
     /// The Builtin provider, when the sidecar issues this profile's tokens.
@@ -673,15 +686,13 @@ impl OAuth2 {
     }
 
     /// Issues a Builtin access token for `client_id` at `now` (Unix seconds), with `scope`
-    /// (space-separated) when given: `(token, expires_in)`. `None` when the profile is not
-    /// Builtin.
-    pub fn issue(&self, client_id: &str, scope: Option<&str>, now: u64) -> Option<(String, u32)> {
+    /// (space-separated) when given, naming `issuer` (RFC 9068: every access token names its
+    /// issuer): `(token, expires_in)`. `None` when the profile is not Builtin.
+    pub fn issue(&self, client_id: &str, scope: Option<&str>, issuer: &str, now: u64) -> Option<(String, u32)> {
         let builtin = self.builtin.as_ref()?;
         let (kid, key) = builtin.keys.first()?;
         let mut claims = serde_json::Map::new();
-        if let Some(iss) = &self.issuer {
-            claims.insert("iss".into(), Value::from(&**iss));
-        }
+        claims.insert("iss".into(), Value::from(issuer));
         claims.insert("sub".into(), Value::from(client_id));
         claims.insert("client_id".into(), Value::from(client_id));
         claims.insert("pcv".into(), Value::from(&**builtin.versions.get(client_id)?));

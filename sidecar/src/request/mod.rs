@@ -3,7 +3,8 @@
 //!
 //! 1. early refusals: a head over `--max-header-bytes` (431), more than one authority (400,
 //!    [`authority_conflict`]) ([`Trip::early`]);
-//! 2. the Builtin token endpoint, answered here and never counted ([`token_endpoint`]);
+//! 2. the Builtin token endpoint, answered here and never counted ([`token_endpoint`]), and
+//!    the Builtin provider's keys and metadata (RFC 8414);
 //! 3. introspection of an opaque bearer token, before deciding ([`introspect`]); a form body
 //!    an OAuth 1.0a signature covers is read first ([`body_check::read_form`]);
 //! 4. the decision, by the pure policy engine ([`crate::base::engine`]);
@@ -69,6 +70,15 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     // 2. The Builtin OAuth2 token endpoint.
     if let Some(endpoint) = active.engine.token_endpoint(&view) {
         return token_endpoint::serve(&shared, endpoint, req, trip.start).await;
+    }
+    // 2a. A Builtin provider's public documents: its keys and its metadata (RFC 8414).
+    if let Some(doc) = active.engine.provider_document(&view) {
+        let mut resp = crate::base::body::json(StatusCode::OK, &doc.body);
+        resp.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("public, max-age=300"),
+        );
+        return trip.early(resp, "allow", doc.route, doc.profile, trip.peer, "provider document");
     }
     // 2b. Sign-in for people: the callback and the sign-out path; a session close to its
     // expiry is refreshed (the app and the decision see the new one, the browser is told).
