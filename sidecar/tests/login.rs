@@ -508,3 +508,72 @@ async fn a_plain_http_browser_of_another_host_goes_to_https_first_or_is_told_it_
         "{reasons:?}"
     );
 }
+
+/// Signs a browser in on `sidecar` through `op`: the session cookie (`name=value`).
+async fn signed_in(sidecar: &Sidecar, op: &Op) -> String {
+    let h = sent_to_sign_in(sidecar, "/app/").await;
+    let pending = cookie(&h, "__Host-portcullis-login-people-");
+    let (code, q) = op.authorize(h["location"].to_str().unwrap());
+    let url = sidecar.url(&format!("/oauth2/callback?code={code}&state={}", q["state"]));
+    let (s, h, _) = get_with(&url, &[("cookie", &pending)]).await;
+    assert_eq!(s, StatusCode::FOUND);
+    cookie(&h, "__Host-portcullis-session-people=")
+}
+
+#[tokio::test]
+async fn other_sites_and_other_cookies_cannot_spoil_a_session() {
+    let backend = Backend::start().await;
+    let op = Op::start(Arc::new(Signer::new("op1"))).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &op.issuer, backend.port());
+    let sidecar = Sidecar::start(dir.path()).await;
+    let session = signed_in(&sidecar, &op).await;
+    // A cookie of the app's (or a sibling's) that is not ASCII hides nothing, and reaches the
+    // app as it was sent.
+    let req = Request::get(sidecar.url("/app/x"))
+        .header(
+            "cookie",
+            http::HeaderValue::from_bytes(format!("pref=\u{e9}; {session}").as_bytes()).unwrap(),
+        )
+        .body(Full::default())
+        .unwrap();
+    let (s, _, body) = send(&client(), req).await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        json_of(&body)["headers"]["x-portcullis-identity"],
+        json!(["248289761001"])
+    );
+    // Another scheme's credentials beside the session: refused, never passed on unchecked.
+    let (s, _, _) = get_with(
+        &sidecar.url("/app/x"),
+        &[("cookie", &session), ("authorization", "Basic Zm9vOmJhcg==")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Another site's fetch (Fetch Metadata says so) is not sent to sign in: no cookie minted.
+    let (s, h, _) = get_with(
+        &sidecar.url("/app/x"),
+        &[HTML, ("sec-fetch-mode", "no-cors"), ("sec-fetch-dest", "empty")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(h.get("set-cookie").is_none(), "{h:?}");
+    // A browser holding many sign-ins under way: the older are cleared with the new one.
+    let mut jar = Vec::new();
+    for _ in 0..4 {
+        let (_, h, _) = get_with(&sidecar.url("/app/x"), &[HTML]).await;
+        jar.push(cookie(&h, "__Host-portcullis-login-people-"));
+    }
+    let (s, h, _) = get_with(&sidecar.url("/app/x"), &[HTML, ("cookie", &jar.join("; "))]).await;
+    assert_eq!(s, StatusCode::FOUND);
+    let set: Vec<&str> = h.get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(set.len(), 5, "{set:?}");
+    for old in &jar {
+        let name = old.split('=').next().unwrap();
+        assert!(
+            set.iter()
+                .any(|c| c.starts_with(&format!("{name}=; Path=/; Max-Age=0"))),
+            "{set:?}"
+        );
+    }
+}

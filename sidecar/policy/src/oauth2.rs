@@ -518,6 +518,10 @@ impl OAuth2 {
             // Without a bearer token, a browser's sign-in session (bearer tokens win: an API
             // client is judged by what it sends).
             let login = self.login.as_ref().ok_or(Rejection::Missing("no bearer token"))?;
+            // Another scheme's credentials beside a session would reach the app unchecked.
+            if headers.contains_key(AUTHORIZATION) {
+                return Err(Rejection::Wrong("Authorization header of another scheme"));
+            }
             let session = login.check(headers, now_ms / 1000)?;
             return Ok(TokenCheck::Session {
                 subject: session.subject,

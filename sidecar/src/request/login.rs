@@ -38,6 +38,9 @@ fn used() -> &'static UsedOnce {
     USED.get_or_init(|| UsedOnce::new(USED_CAPACITY))
 }
 
+/// Sign-ins under way one browser may hold for a profile before the older are cleared.
+const MAX_PENDING_SIGN_INS: usize = 4;
+
 /// Sessions whose refresh is remembered at most on this replica.
 const REFRESH_CAPACITY: usize = 100_000;
 /// Most refresh calls to the providers a second from this replica.
@@ -170,8 +173,22 @@ fn sign_in(trip: &Trip<'_>, s: LoginStart<'_>, view: &RequestView<'_>, denial: &
         seal,
     };
     let (location, cookie) = s.login.start(&doc, &redirect_uri, &return_to, &random, unix_secs());
+    // A bound on sign-ins under way per browser: past it, the others' cookies are cleared
+    // (those tabs sign in again) rather than fill the browser's cookie jar.
+    let mut cookies = vec![cookie];
+    let pending: Vec<String> = cookie_pairs(view.headers)
+        .filter_map(|p| String::from_utf8(pair_name(&p).to_vec()).ok())
+        .filter(|name| s.login.is_pending_cookie(name))
+        .collect();
+    if pending.len() >= MAX_PENDING_SIGN_INS {
+        cookies.extend(
+            pending
+                .iter()
+                .map(|name| format!("{name}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax")),
+        );
+    }
     trip.early(
-        redirect(&location, &[cookie]),
+        redirect(&location, &cookies),
         "redirect",
         s.route,
         s.profile,
@@ -201,13 +218,22 @@ pub(super) async fn endpoint(trip: &Trip<'_>, ep: LoginEndpoint<'_>, view: &Requ
     let authority = view.authority.or(view.host).unwrap_or("");
     let scheme = if ep.https { "https" } else { "http" };
     if ep.step == LoginStep::Logout {
+        // The host as a redirect URI registered with the provider is written: lower case,
+        // without a trailing dot.
+        let authority = authority.to_ascii_lowercase();
+        let authority = match authority.split_once(':') {
+            Some((host, port)) if !authority.starts_with('[') => format!("{}:{port}", host.trim_end_matches('.')),
+            _ => authority.trim_end_matches('.').to_owned(),
+        };
         let post_logout = format!("{scheme}://{authority}/");
         let location = login.logout_location(login.discovered().as_deref(), &post_logout);
         // Signing out ends every sign-in of this browser with the sidecar (profiles may share
         // the sign-out path): this profile's cookies and any other sign-in cookie it sent.
         let mut clear: Vec<String> = vec![login.clear_session()];
         for pair in cookie_pairs(view.headers) {
-            let name = pair.split('=').next().unwrap_or("");
+            let Ok(name) = std::str::from_utf8(pair_name(&pair)) else {
+                continue;
+            };
             if is_sign_in_cookie(name) && !clear.iter().any(|c| c.split('=').next() == Some(name)) {
                 clear.push(format!("{name}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax"));
             }
@@ -364,48 +390,59 @@ pub(super) async fn refresh(r: &RefreshRequest<'_>, metrics: &crate::telemetry::
 
 /// Removes cookie `name` from the request's `Cookie` headers (one line left).
 pub(super) fn remove_cookie(headers: &mut http::HeaderMap, name: &str) {
-    let kept: Vec<String> = cookie_pairs(headers)
-        .filter(|p| p.split('=').next() != Some(name))
+    let kept: Vec<Vec<u8>> = cookie_pairs(headers)
+        .filter(|p| pair_name(p) != name.as_bytes())
         .collect();
-    headers.remove(http::header::COOKIE);
-    if let (false, Ok(v)) = (kept.is_empty(), HeaderValue::from_str(&kept.join("; "))) {
-        headers.insert(http::header::COOKIE, v);
-    }
+    set_cookie_line(headers, kept);
 }
 
 /// Puts `name=value` in the request's `Cookie` header in place of the browser's (one line).
 pub(super) fn replace_cookie(headers: &mut http::HeaderMap, name: &str, value: &str) {
-    let mut pairs: Vec<String> = cookie_pairs(headers)
-        .filter(|p| p.split('=').next() != Some(name))
+    let mut pairs: Vec<Vec<u8>> = cookie_pairs(headers)
+        .filter(|p| pair_name(p) != name.as_bytes())
         .collect();
-    pairs.push(format!("{name}={value}"));
-    if let Ok(v) = HeaderValue::from_str(&pairs.join("; ")) {
-        headers.insert(http::header::COOKIE, v);
-    }
+    pairs.push(format!("{name}={value}").into_bytes());
+    set_cookie_line(headers, pairs);
 }
 
 /// Removes the sidecar's sign-in cookies (`__Host-portcullis-session-*`,
 /// `__Host-portcullis-login-*`, and the same names without the prefix) from the request's
 /// `Cookie` headers.
 pub(super) fn strip_cookies(headers: &mut http::HeaderMap) {
-    let ours = |p: &String| is_sign_in_cookie(p);
+    let ours = |p: &[u8]| std::str::from_utf8(pair_name(p)).is_ok_and(is_sign_in_cookie);
     if !cookie_pairs(headers).any(|p| ours(&p)) {
         return;
     }
-    let kept: Vec<String> = cookie_pairs(headers).filter(|p| !ours(p)).collect();
+    let kept: Vec<Vec<u8>> = cookie_pairs(headers).filter(|p| !ours(p)).collect();
+    set_cookie_line(headers, kept);
+}
+
+/// Replaces the request's `Cookie` headers with one line of `pairs` (none when empty). The
+/// bytes are kept as they came: a cookie the browser sent in UTF-8 (or any byte a header may
+/// carry) passes to the app unchanged.
+fn set_cookie_line(headers: &mut http::HeaderMap, pairs: Vec<Vec<u8>>) {
     headers.remove(http::header::COOKIE);
-    if let (false, Ok(v)) = (kept.is_empty(), HeaderValue::from_str(&kept.join("; "))) {
+    if pairs.is_empty() {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&pairs.join(&b"; "[..])) {
         headers.insert(http::header::COOKIE, v);
     }
 }
 
-fn cookie_pairs(headers: &http::HeaderMap) -> impl Iterator<Item = String> + '_ {
+/// The name of a `name=value` pair.
+fn pair_name(pair: &[u8]) -> &[u8] {
+    pair.split(|&b| b == b'=').next().unwrap_or(b"")
+}
+
+/// Every `name=value` pair of the request's `Cookie` headers, as bytes (a cookie that is not
+/// ASCII spoils none of the others).
+fn cookie_pairs(headers: &http::HeaderMap) -> impl Iterator<Item = Vec<u8>> + '_ {
     headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(|p| p.trim().to_owned())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .map(|p| p.trim_ascii().to_vec())
         .filter(|p| !p.is_empty())
 }
 

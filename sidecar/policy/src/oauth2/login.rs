@@ -438,6 +438,13 @@ impl Login {
         format!("{}{tag}", self.state_cookie)
     }
 
+    /// Whether cookie `name` is a pending sign-in of this profile.
+    pub fn is_pending_cookie(&self, name: &str) -> bool {
+        // The tag is 12 characters (9 bytes in base64): another profile whose name extends
+        // this one's (`a` and `a-b`) leaves more after the prefix.
+        name.strip_prefix(&self.state_cookie).is_some_and(|tag| tag.len() == 12)
+    }
+
     /// Whether the browser holds the pending sign-in the callback's `query` names.
     pub fn holds_pending(&self, headers: &HeaderMap, query: Option<&str>) -> bool {
         let state = crate::query::query_param(query.unwrap_or(""), "state");
@@ -732,9 +739,22 @@ fn verified_email(claims: &Value) -> Option<String> {
 }
 
 /// Whether a request is a browser navigating (sent to sign in when refused): `GET` or
-/// `HEAD`, an `Accept` that names `text/html`, and no `Authorization` header.
+/// `HEAD`, an `Accept` that names `text/html`, no `Authorization` header, and, when the
+/// browser sends them, `Sec-Fetch-Mode: navigate` and `Sec-Fetch-Dest: document`.
 pub fn is_browser_navigation(method: &str, headers: &HeaderMap) -> bool {
+    // A browser says what a request is for (Fetch Metadata): only a top-level navigation
+    // starts a sign-in, never a fetch, an image or a frame another site makes.
+    let says = |name: &str, want: &str| {
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (None, _) => true,
+            (Some(v), None) => v.as_bytes().eq_ignore_ascii_case(want.as_bytes()),
+            _ => false,
+        }
+    };
     matches!(method, "GET" | "HEAD")
+        && says("sec-fetch-mode", "navigate")
+        && says("sec-fetch-dest", "document")
         && !headers.contains_key(http::header::AUTHORIZATION)
         && headers
             .get_all(http::header::ACCEPT)
@@ -756,16 +776,17 @@ fn cookie(name: &str, value: &str, max_age: u64) -> String {
 /// or sent more than once (two values, as another site's tossed cookie would make, could be
 /// read two ways: neither is used).
 pub fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    // As bytes: a cookie of the app's that is not ASCII must not hide the sidecar's.
     let mut found = headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
         .filter_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v.trim())
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (&pair[..eq] == name.as_bytes()).then_some(pair[eq + 1..].trim_ascii())
         });
-    let first = found.next()?;
+    let first = std::str::from_utf8(found.next()?).ok()?;
     found.next().is_none().then_some(first)
 }
 

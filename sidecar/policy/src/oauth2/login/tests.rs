@@ -809,3 +809,46 @@ fn only_one_plain_address_is_an_email() {
     }
     assert!(l.admits(&json!({"email": "Alice@Example.com", "email_verified": true})));
 }
+
+#[test]
+fn only_top_level_navigations_start_a_sign_in_and_foreign_cookies_hide_nothing() {
+    let nav = |pairs: &[(&str, &[u8])]| {
+        let mut h = HeaderMap::new();
+        h.insert("accept", "text/html".parse().unwrap());
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        is_browser_navigation("GET", &h)
+    };
+    assert!(nav(&[]), "a browser without Fetch Metadata");
+    assert!(nav(&[("sec-fetch-mode", b"navigate"), ("sec-fetch-dest", b"document")]));
+    // Another site's fetch, image or frame: never a sign-in (no cookie minted for it).
+    assert!(!nav(&[("sec-fetch-mode", b"no-cors"), ("sec-fetch-dest", b"empty")]));
+    assert!(!nav(&[("sec-fetch-mode", b"navigate"), ("sec-fetch-dest", b"iframe")]));
+    assert!(!nav(&[
+        ("sec-fetch-mode", b"navigate"),
+        ("sec-fetch-mode", b"navigate")
+    ]));
+    // A cookie that is not ASCII (an app's, or a sibling's) hides neither the session nor the
+    // pending sign-in.
+    let mut h = HeaderMap::new();
+    h.insert(
+        "cookie",
+        http::HeaderValue::from_bytes(b"pref=\xc3\xa9; __Host-portcullis-session-people=abc; x=\xe9").unwrap(),
+    );
+    assert_eq!(cookie_value(&h, "__Host-portcullis-session-people"), Some("abc"));
+    // Pending sign-ins are told apart from another profile's whose name extends this one's.
+    let signer = Signer::es256("op1");
+    let e = engine_with(&[KEY_A], json!({}), &signer);
+    let l = login(&e);
+    let mine = l.pending_cookie_name("some-state");
+    assert!(l.is_pending_cookie(&mine));
+    assert!(!l.is_pending_cookie(&format!(
+        "__Host-portcullis-login-people-x-{}",
+        &mine[mine.len() - 12..]
+    )));
+    assert!(!l.is_pending_cookie("__Host-portcullis-session-people"));
+}
