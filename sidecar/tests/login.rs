@@ -395,13 +395,7 @@ async fn a_session_close_to_its_expiry_is_refreshed() {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &op.issuer, backend.port());
     let sidecar = Sidecar::start(dir.path()).await;
-    let h = sent_to_sign_in(&sidecar, "/app/").await;
-    let pending = cookie(&h, "__Host-portcullis-login-people-");
-    let (code, q) = op.authorize(h["location"].to_str().unwrap());
-    let url = sidecar.url(&format!("/oauth2/callback?code={code}&state={}", q["state"]));
-    let (s, h, _) = get_with(&url, &[("cookie", &pending)]).await;
-    assert_eq!(s, StatusCode::FOUND);
-    let session = cookie(&h, "__Host-portcullis-session-people=");
+    let session = signed_in(&sidecar, &op).await;
     let (s, h, _) = get_with(&sidecar.url("/app/x"), &[HTML, ("cookie", &session)]).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(op.state.lock().unwrap().refreshes, 1);
@@ -427,13 +421,7 @@ async fn a_refused_refresh_ends_the_session() {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &op.issuer, backend.port());
     let sidecar = Sidecar::start(dir.path()).await;
-    let h = sent_to_sign_in(&sidecar, "/app/").await;
-    let pending = cookie(&h, "__Host-portcullis-login-people-");
-    let (code, q) = op.authorize(h["location"].to_str().unwrap());
-    let url = sidecar.url(&format!("/oauth2/callback?code={code}&state={}", q["state"]));
-    let (s, h, _) = get_with(&url, &[("cookie", &pending)]).await;
-    assert_eq!(s, StatusCode::FOUND);
-    let session = cookie(&h, "__Host-portcullis-session-people=");
+    let session = signed_in(&sidecar, &op).await;
     // The provider revoked the refresh token: the session ends at once (not at the ID
     // token's expiry), the browser is told to drop it, and later requests do not ask again.
     op.state.lock().unwrap().refuse_refresh = true;

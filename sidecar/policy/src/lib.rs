@@ -538,6 +538,10 @@ impl<L: Limiter> Engine<L> {
                 profile: p.name.clone(),
                 what,
             };
+            let bad_key = |e: signature::BadKey| CompileError::Invalid {
+                profile: p.name.clone(),
+                message: e.to_string(),
+            };
             let auth = match &p.auth {
                 ProfileAuth::Anonymous => Auth::Anonymous,
                 ProfileAuth::Basic => {
@@ -665,21 +669,18 @@ impl<L: Limiter> Engine<L> {
                     on_store_unavailable,
                 } => {
                     let secrets = secrets.ok_or_else(|| missing("signatureKeys"))?;
-                    let replays = limiter.replay_cache(&p.name);
-                    let verifier = HttpSignature::new(
-                        *standard,
-                        algorithms,
-                        required_components,
-                        *max_age_seconds,
-                        secrets,
-                        replays,
+                    Auth::HttpSignature(
+                        HttpSignature::new(
+                            *standard,
+                            algorithms,
+                            required_components,
+                            *max_age_seconds,
+                            secrets,
+                            limiter.replay_cache(&p.name),
+                            *on_store_unavailable,
+                        )
+                        .map_err(bad_key)?,
                     )
-                    .map_err(|e| CompileError::Invalid {
-                        profile: p.name.clone(),
-                        message: e.to_string(),
-                    })?
-                    .with_store_fallback(*on_store_unavailable);
-                    Auth::HttpSignature(verifier)
                 }
                 ProfileAuth::OAuth1 {
                     signature_methods,
@@ -688,20 +689,17 @@ impl<L: Limiter> Engine<L> {
                     on_store_unavailable,
                 } => {
                     let secrets = secrets.ok_or_else(|| missing("oauth1Consumers"))?;
-                    let replays = limiter.replay_cache(&p.name);
-                    let verifier = OAuth1::new(
-                        signature_methods,
-                        *timestamp_window_seconds,
-                        *require_token,
-                        secrets,
-                        replays,
+                    Auth::OAuth1(
+                        OAuth1::new(
+                            signature_methods,
+                            *timestamp_window_seconds,
+                            *require_token,
+                            secrets,
+                            limiter.replay_cache(&p.name),
+                            *on_store_unavailable,
+                        )
+                        .map_err(bad_key)?,
                     )
-                    .map_err(|e| CompileError::Invalid {
-                        profile: p.name.clone(),
-                        message: e.to_string(),
-                    })?
-                    .with_store_fallback(*on_store_unavailable);
-                    Auth::OAuth1(verifier)
                 }
             };
             let identity_header = p

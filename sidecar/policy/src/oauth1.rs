@@ -65,14 +65,16 @@ impl std::fmt::Debug for OAuth1 {
 
 impl OAuth1 {
     /// The profile with the consumers and tokens of `secrets`, parsed now (a value that
-    /// starts with `-----BEGIN` is an RSA public key). Every token must belong to one of the
-    /// consumers.
+    /// starts with `-----BEGIN` is an RSA public key), its nonces remembered in `replays`
+    /// (`fallback`: where, while a shared store is unavailable). Every token must belong to
+    /// one of the consumers.
     pub fn new(
         methods: &[OAuth1Method],
         timestamp_window_seconds: u32,
         require_token: bool,
         secrets: &ProfileSecrets,
         replays: Arc<ReplayCache>,
+        fallback: ReplayFallback,
     ) -> Result<Self, BadKey> {
         let methods: Box<[SignatureMethod]> = if methods.is_empty() {
             DEFAULT_METHODS.into()
@@ -112,7 +114,7 @@ impl OAuth1 {
         }
         let window = u64::from(timestamp_window_seconds);
         // A timestamp may be up to `window` ahead and is valid until `window` after it.
-        let guard = ReplayGuard::new(replays, consumers.len(), 2 * window);
+        let guard = ReplayGuard::new(replays, consumers.len(), 2 * window, fallback);
         Ok(Self {
             methods,
             window,
@@ -125,12 +127,6 @@ impl OAuth1 {
                 .collect(),
             guard,
         })
-    }
-
-    /// This profile, with `fallback` for when a shared replay store is unavailable.
-    pub fn with_store_fallback(mut self, fallback: ReplayFallback) -> Self {
-        self.guard = self.guard.with_store_fallback(fallback);
-        self
     }
 
     /// Its replay protection.

@@ -131,21 +131,16 @@ pub(crate) struct ReplayGuard {
 
 impl ReplayGuard {
     /// A guard over `replays` for `signers` signers (keys, consumers) whose signatures are
-    /// valid `max_age` seconds.
-    pub(crate) fn new(replays: Arc<ReplayCache>, signers: usize, max_age: u64) -> Self {
+    /// valid `max_age` seconds, remembering them as `store_fallback` says while a shared store
+    /// is unavailable.
+    pub(crate) fn new(replays: Arc<ReplayCache>, signers: usize, max_age: u64, store_fallback: ReplayFallback) -> Self {
         let share = (replays.capacity() / signers.max(1)).max(MIN_REPLAY_SHARE);
         Self {
             replays,
             share,
             max_age,
-            store_fallback: ReplayFallback::default(),
+            store_fallback,
         }
-    }
-
-    /// This guard, with `fallback` for when a shared replay store is unavailable.
-    pub(crate) fn with_store_fallback(mut self, fallback: ReplayFallback) -> Self {
-        self.store_fallback = fallback;
-        self
     }
 
     /// Where signatures are remembered while a shared store is unavailable.
@@ -212,7 +207,8 @@ pub(crate) struct Signed {
 
 impl HttpSignature {
     /// The profile with keys (keyId → HMAC secret or PEM public key) from `secrets`, parsed
-    /// now. An empty `algorithms` allows every algorithm.
+    /// now, its signatures remembered in `replays` (`fallback`: where, while a shared store is
+    /// unavailable). An empty `algorithms` allows every algorithm.
     pub fn new(
         standard: SignatureStandard,
         algorithms: &[SignatureAlgorithm],
@@ -220,6 +216,7 @@ impl HttpSignature {
         max_age_seconds: u32,
         secrets: &ProfileSecrets,
         replays: Arc<ReplayCache>,
+        fallback: ReplayFallback,
     ) -> Result<Self, BadKey> {
         let algorithms: Box<[Algorithm]> = if algorithms.is_empty() {
             Algorithm::ALL.into()
@@ -240,7 +237,7 @@ impl HttpSignature {
             })
             .collect::<Result<HashMap<_, _>, _>>()?;
         let max_age = u64::from(max_age_seconds);
-        let guard = ReplayGuard::new(replays, keys.len(), max_age);
+        let guard = ReplayGuard::new(replays, keys.len(), max_age, fallback);
         Ok(Self {
             standard,
             algorithms,
@@ -249,12 +246,6 @@ impl HttpSignature {
             keys,
             guard,
         })
-    }
-
-    /// This profile, with `fallback` for when a shared replay store is unavailable.
-    pub fn with_store_fallback(mut self, fallback: ReplayFallback) -> Self {
-        self.guard = self.guard.with_store_fallback(fallback);
-        self
     }
 
     /// Its replay protection.
