@@ -220,12 +220,7 @@ pub(super) async fn endpoint(trip: &Trip<'_>, ep: LoginEndpoint<'_>, view: &Requ
     if ep.step == LoginStep::Logout {
         // The host as a redirect URI registered with the provider is written: lower case,
         // without a trailing dot.
-        let authority = authority.to_ascii_lowercase();
-        let authority = match authority.split_once(':') {
-            Some((host, port)) if !authority.starts_with('[') => format!("{}:{port}", host.trim_end_matches('.')),
-            _ => authority.trim_end_matches('.').to_owned(),
-        };
-        let post_logout = format!("{scheme}://{authority}/");
+        let post_logout = format!("{scheme}://{}/", return_authority(authority, ep.https));
         let location = login.logout_location(login.discovered().as_deref(), &post_logout);
         // Signing out ends every sign-in of this browser with the sidecar (profiles may share
         // the sign-out path): this profile's cookies and any other sign-in cookie it sent.
@@ -388,6 +383,22 @@ pub(super) async fn refresh(r: &RefreshRequest<'_>, metrics: &crate::telemetry::
     }
 }
 
+/// `authority` as a return URL registered with a provider is written: lower case, the host
+/// without a trailing dot, the scheme's default port left out.
+fn return_authority(authority: &str, https: bool) -> String {
+    let authority = authority.to_ascii_lowercase();
+    let (host, port) = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => (&authority[..i], Some(&authority[i + 1..])),
+        _ => (authority.as_str(), None),
+    };
+    let host = host.trim_end_matches('.');
+    let default = if https { "443" } else { "80" };
+    match port.map(|p| p.trim_start_matches('0')) {
+        Some(p) if !p.is_empty() && p != default => format!("{host}:{p}"),
+        _ => host.to_owned(),
+    }
+}
+
 /// Removes cookie `name` from the request's `Cookie` headers (one line left).
 pub(super) fn remove_cookie(headers: &mut http::HeaderMap, name: &str) {
     let kept: Vec<Vec<u8>> = cookie_pairs(headers)
@@ -449,6 +460,23 @@ fn cookie_pairs(headers: &http::HeaderMap) -> impl Iterator<Item = Vec<u8>> + '_
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn return_urls_are_written_as_registered() {
+        for (sent, https, want) in [
+            ("LOCALHOST", false, "localhost"),
+            ("localhost.", false, "localhost"),
+            ("Fake.Example.COM.:443", true, "fake.example.com"),
+            ("fake.localhost:80", false, "fake.localhost"),
+            ("localhost:0080", false, "localhost"),
+            ("app.example.com:8443", true, "app.example.com:8443"),
+            ("app.example.com:80", true, "app.example.com:80"),
+            ("[::1]:8080", false, "[::1]:8080"),
+            ("[::1]", false, "[::1]"),
+        ] {
+            assert_eq!(return_authority(sent, https), want, "{sent}");
+        }
+    }
 
     #[test]
     fn sign_in_cookies_never_reach_the_app_and_a_refreshed_one_replaces_the_old() {
