@@ -11,6 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# One clean build, never edited in place: incremental caches would only cost disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 export PORTCULLIS_TOOLS="${PORTCULLIS_TOOLS:-$PWD/target/tools}"
 mkdir -p "$PORTCULLIS_TOOLS/bin"
 export PATH="$PORTCULLIS_TOOLS/bin:$PATH"
