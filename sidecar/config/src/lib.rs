@@ -258,6 +258,11 @@ pub enum ProfileAuth {
         /// Set when the sidecar issues tokens itself (provider Builtin).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         builtin_token_ttl_seconds: Option<u32>,
+        /// Builtin: access users grant to clients (the authorization-code grant), through the
+        /// owner's consent page; the clients' redirect URIs and the owner's credential are in
+        /// [`ProfileSecrets::oauth2_redirect_uris`] and [`ProfileSecrets::oauth2_owner_token`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        builtin_delegation: Option<Delegation>,
         /// Sign-in for people (OpenID Connect); the client secret and the session keys are in
         /// [`ProfileSecrets::login`].
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -312,6 +317,18 @@ impl ProfileAuth {
             Self::ClientCertificate { .. } => "ClientCertificate",
         }
     }
+}
+
+/// A Builtin provider's user-delegated access.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Delegation {
+    /// The owner's consent page: the user is sent there with the authorization request.
+    pub consent_url: String,
+    /// How long a refresh token may go unused (each refresh starts it again).
+    pub refresh_token_ttl_seconds: u32,
+    /// The longest grant (and the default when the owner names no lifetime).
+    pub max_grant_seconds: u32,
 }
 
 /// An OAuth2 profile's sign-in for people: the OpenID Connect authorization code flow with
@@ -511,6 +528,13 @@ pub struct ProfileSecrets {
     /// signs, every one verifies (a rotation leaves tokens valid until they expire).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub oauth2_signing_keys: Vec<SigningKey>,
+    /// OAuth2 Builtin with delegation: client id to its registered redirect URIs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub oauth2_redirect_uris: BTreeMap<String, Vec<String>>,
+    /// OAuth2 Builtin with delegation: the owner's credential for the grant API and
+    /// introspection (`Authorization: Bearer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2_owner_token: Option<Sensitive>,
     /// OAuth2 sign-in: the client secret and the session keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub login: Option<LoginSecrets>,
@@ -684,8 +708,13 @@ impl SidecarConfig {
                 }
                 ProfileAuth::OAuth2 {
                     builtin_token_ttl_seconds: Some(_),
+                    builtin_delegation,
                     ..
-                } => s.is_none_or(|s| s.oauth2_clients.is_empty() || s.oauth2_signing_keys.is_empty()),
+                } => s.is_none_or(|s| {
+                    s.oauth2_clients.is_empty()
+                        || s.oauth2_signing_keys.is_empty()
+                        || (builtin_delegation.is_some() && s.oauth2_owner_token.is_none())
+                }),
                 ProfileAuth::OAuth2 {
                     introspection_url: Some(_),
                     ..

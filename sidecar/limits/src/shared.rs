@@ -842,6 +842,10 @@ impl Limiter for SharedLimiter {
         self.local.jwks(uri)
     }
 
+    fn grants(&self, owner: &str) -> Arc<portcullis_policy::oauth2::grants::GrantBook> {
+        self.local.grants(owner)
+    }
+
     fn discovery(&self, url: &str) -> Arc<portcullis_policy::oauth2::login::DiscoverySlot> {
         self.local.discovery(url)
     }

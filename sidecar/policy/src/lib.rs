@@ -47,6 +47,7 @@ pub mod limit;
 pub mod oauth1;
 pub mod oauth2;
 pub mod path;
+pub mod provider;
 mod query;
 pub mod routes;
 pub mod signature;
@@ -58,6 +59,7 @@ pub use limit::{
     Counted, CounterId, Fallback, Grant, InMemoryLimiter, Limiter, MAX_HITS, RateInfo, Refusal, Refused, Scope, Span,
 };
 pub use path::{NormalPath, PathError};
+pub use provider::{CallInput, ProviderCall, ProviderEndpoint, ProviderRandom, Reply};
 pub use portcullis_config::QuotaPeriod;
 pub use signature::{BodyDigest, ReplayRegistry};
 
@@ -211,6 +213,8 @@ pub struct Admission<'e> {
     /// The signed-in person's email (a sign-in session whose ID token had one): the app is
     /// told it too.
     pub email: Option<Cow<'e, str>>,
+    /// The client the Builtin provider issued the admitting token to: the app is told it too.
+    pub client: Option<Cow<'e, str>>,
     grant: Option<(usize, Grant)>,
     /// The limits or the replay check still to be done on the shared store
     /// ([`Engine::settle`]).
@@ -573,6 +577,7 @@ impl<L: Limiter> Engine<L> {
                     audiences,
                     required_scopes,
                     builtin_token_ttl_seconds,
+                    builtin_delegation,
                     introspection_url,
                     login,
                 } => {
@@ -586,14 +591,21 @@ impl<L: Limiter> Engine<L> {
                             // The key is the profile's, namespace included: a same-named
                             // profile elsewhere with the same clients accepts none of its tokens.
                             let owner = format!("{}/{}", config.namespace, p.name);
-                            Some(
-                                oauth2::Builtin::new(&owner, *ttl, clients, scopes, keys).map_err(|message| {
-                                    CompileError::Invalid {
-                                        profile: p.name.clone(),
-                                        message,
-                                    }
-                                })?,
-                            )
+                            let mut builtin = oauth2::Builtin::new(&owner, *ttl, clients, scopes, keys)
+                                .map_err(|message| CompileError::Invalid {
+                                    profile: p.name.clone(),
+                                    message,
+                                })?
+                                .with_book(limiter.grants(&owner));
+                            if let Some(d) = builtin_delegation {
+                                let owner_token = secrets
+                                    .and_then(|s| s.oauth2_owner_token.as_ref())
+                                    .ok_or_else(|| missing("oauth2OwnerToken"))?;
+                                let none = std::collections::BTreeMap::new();
+                                let uris = secrets.map_or(&none, |s| &s.oauth2_redirect_uris);
+                                builtin = builtin.with_delegation(oauth2::Delegation::new(d, owner_token, uris));
+                            }
+                            Some(builtin)
                         }
                         None if provider == "Builtin" => {
                             return Err(CompileError::Invalid {
@@ -876,17 +888,17 @@ impl<L: Limiter> Engine<L> {
         self.jwks.iter().map(|(u, s)| (&**u, s))
     }
 
-    /// The Builtin token endpoint `req` is addressed to, if any: `POST <pathPrefix>/oauth2/token`
-    /// on the inbound listeners, for the route `req` would otherwise match when one of its
-    /// profiles is an OAuth2 profile with provider Builtin. The client address is judged as
-    /// for the API itself ([`TokenEndpoint::from_trusted_address`]).
-    pub fn token_endpoint(&self, req: &RequestView<'_>) -> Option<TokenEndpoint<'_>> {
-        if req.listener != Listener::Inbound || req.method != "POST" {
+    /// The Builtin provider endpoint `req` is addressed to, if any (`<pathPrefix>/oauth2/...`,
+    /// [`provider`]) on the inbound listeners, for the route `req` would otherwise match when
+    /// one of its profiles is an OAuth2 profile with provider Builtin. The client address is
+    /// judged as for the API itself ([`ProviderEndpoint::from_trusted_address`]).
+    pub fn provider_endpoint(&self, req: &RequestView<'_>) -> Option<ProviderEndpoint<'_>> {
+        if !self.builtins || req.listener != Listener::Inbound {
             return None;
         }
         // Refused paths are left to [`Engine::decide`] (400).
         let path = path::normalize(req.path).ok()?;
-        let base = path.strip_suffix("/oauth2/token")?;
+        let (base, tail) = path.rsplit_once("/oauth2/")?;
         let host = req.host.map(routes::normal_host);
         let route = self.route_for(false, host.as_deref(), &path, req.method).ok()??;
         let prefix = route.matcher.prefix().trim_end_matches('/');
@@ -904,18 +916,21 @@ impl<L: Limiter> Engine<L> {
         let client_ip = ip::client_ip(req.peer, req.headers, &self.trusted_proxies);
         route.profiles.iter().find_map(|&i| {
             let profile = &self.profiles[i];
-            match &profile.auth {
-                Auth::OAuth2(o) if o.builtin().is_some() => Some(TokenEndpoint {
-                    route,
-                    profile: &profile.name,
-                    issuer: o.issuer().map_or_else(|| self.provider_url(req, prefix), str::to_owned),
-                    oauth2: o,
-                    client_ip,
-                    trusted: profile.trusted.is_empty() || profile.trusted.contains(client_ip),
-                    throttle: self.limiter.throttle(),
-                }),
-                _ => None,
-            }
+            let Auth::OAuth2(o) = &profile.auth else {
+                return None;
+            };
+            let builtin = o.builtin()?;
+            let call = ProviderCall::parse(tail, req.method, builtin.delegation().is_some())?;
+            Some(ProviderEndpoint {
+                route,
+                profile: &profile.name,
+                call,
+                issuer: o.issuer().map_or_else(|| self.provider_url(req, prefix), str::to_owned),
+                oauth2: o,
+                client_ip,
+                trusted: profile.trusted.is_empty() || profile.trusted.contains(client_ip),
+                throttle: self.limiter.throttle(),
+            })
         })
     }
 
@@ -961,15 +976,30 @@ impl<L: Limiter> Engine<L> {
             let mut scopes: Vec<&str> = builtin.all_scopes();
             scopes.sort_unstable();
             scopes.dedup();
-            serde_json::json!({
+            let client_auth = ["client_secret_basic", "client_secret_post"];
+            let mut doc = serde_json::json!({
                 "issuer": oauth2.issuer().map_or_else(|| base_url.clone(), str::to_owned),
                 "token_endpoint": format!("{base_url}/oauth2/token"),
                 "jwks_uri": format!("{base_url}/oauth2/jwks"),
                 "grant_types_supported": ["client_credentials"],
                 "response_types_supported": [],
-                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+                "token_endpoint_auth_methods_supported": client_auth,
+                "revocation_endpoint": format!("{base_url}/oauth2/revoke"),
+                "revocation_endpoint_auth_methods_supported": client_auth,
                 "scopes_supported": scopes,
-            })
+            });
+            if builtin.delegation().is_some() {
+                doc["authorization_endpoint"] = format!("{base_url}/oauth2/authorize").into();
+                doc["grant_types_supported"] = serde_json::json!(["authorization_code", "refresh_token", "client_credentials"]);
+                doc["response_types_supported"] = serde_json::json!(["code"]);
+                doc["response_modes_supported"] = serde_json::json!(["query"]);
+                doc["code_challenge_methods_supported"] = serde_json::json!(["S256"]);
+                doc["authorization_response_iss_parameter_supported"] = true.into();
+                doc["introspection_endpoint"] = format!("{base_url}/oauth2/introspect").into();
+                // Authenticated with the owner's credential (`Authorization: Bearer`), which is
+                // no registered client authentication method: the field is left out (RFC 8414).
+            }
+            doc
         };
         Some(ProviderDocument {
             route: &route.name,
@@ -1351,6 +1381,7 @@ impl<L: Limiter> Engine<L> {
         let mut rejection: Option<(&str, Rejection)> = None;
         let mut bearer_refused = false;
         let mut email: Option<String> = None;
+        let mut client: Option<String> = None;
         for &i in route.profiles.iter() {
             let profile = &self.profiles[i];
             // Trusted ranges before credentials: a client outside them learns nothing about
@@ -1381,7 +1412,10 @@ impl<L: Limiter> Engine<L> {
                     })
                 }
                 Auth::OAuth2(o) => match o.check(req.headers, now_ms) {
-                    Ok(TokenCheck::Admitted(identity)) => Ok(Cow::Owned(identity)),
+                    Ok(TokenCheck::Admitted { identity, client: c }) => {
+                        client = c;
+                        Ok(Cow::Owned(identity))
+                    }
                     Ok(TokenCheck::Session { subject, email: e }) => {
                         email = e;
                         Ok(Cow::Owned(subject))
@@ -1414,6 +1448,7 @@ impl<L: Limiter> Engine<L> {
             return match self.admit(route, i, identity, signed, req, client_ip, now, path.into()) {
                 Outcome::Allow(mut admission) => {
                     admission.email = email.map(Cow::Owned);
+                    admission.client = client.map(Cow::Owned);
                     Outcome::Allow(admission)
                 }
                 other => other,
@@ -1825,6 +1860,7 @@ impl<L: Limiter> Engine<L> {
             path,
             https: req.tls || self.https_at_trusted_proxy(req),
             email: None,
+            client: None,
             grant: None,
             pending: None,
         }
@@ -1952,21 +1988,6 @@ pub struct RefreshRequest<'e> {
     pub session: oauth2::login::Session,
 }
 
-/// The Builtin token endpoint of a route ([`Engine::token_endpoint`]).
-#[derive(Debug, Clone)]
-pub struct TokenEndpoint<'e> {
-    pub route: &'e CompiledRoute,
-    pub profile: &'e str,
-    /// The `iss` of the tokens it issues: the profile's issuer, else the provider's URL.
-    issuer: String,
-    /// The client, after trusted proxies.
-    pub client_ip: IpAddr,
-    oauth2: &'e OAuth2,
-    trusted: bool,
-    /// The failed-authentication counts: wrong client secrets count like wrong passwords.
-    throttle: Option<&'e throttle::Throttle>,
-}
-
 /// A Builtin provider's public document ([`Engine::provider_document`]).
 #[derive(Debug)]
 pub struct ProviderDocument<'e> {
@@ -1976,112 +1997,6 @@ pub struct ProviderDocument<'e> {
     pub body: serde_json::Value,
 }
 
-/// A token request refused: the OAuth error code (RFC 6749 section 5.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenError {
-    /// Client unknown or secret wrong: 401.
-    InvalidClient,
-    /// Not a well-formed request: 400.
-    InvalidRequest,
-    /// Only `client_credentials` is served: 400.
-    UnsupportedGrantType,
-    /// The scope is malformed, or asks for more than the client may have: 400.
-    InvalidScope,
-    /// Too many wrong client secrets from this address or for this client
-    /// ([`throttle`]): 429, the secret not looked at.
-    Throttled { retry_after_secs: u64 },
-}
-
-impl TokenError {
-    /// The `error` code.
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::InvalidClient => "invalid_client",
-            Self::InvalidRequest => "invalid_request",
-            Self::UnsupportedGrantType => "unsupported_grant_type",
-            Self::InvalidScope => "invalid_scope",
-            Self::Throttled { .. } => "too_many_requests",
-        }
-    }
-}
-
-/// An issued token.
-#[derive(Debug)]
-pub struct Issued {
-    pub access_token: String,
-    pub expires_in: u32,
-    pub scope: Option<String>,
-    /// The client, for the audit log.
-    pub client_id: String,
-}
-
-impl TokenEndpoint<'_> {
-    /// Whether the client's address is within the profile's trusted IP ranges (or the profile
-    /// has none): outside them no token is issued (403), as the API itself would refuse it.
-    pub fn from_trusted_address(&self) -> bool {
-        self.trusted
-    }
-
-    /// Serves a client-credentials token request: `headers` (for `client_secret_basic`) and
-    /// the form `body`, at `now_secs`. A requested scope is granted only when the client may
-    /// have every scope in it (`invalid_scope` otherwise); without one, the token carries
-    /// every scope the client may have.
-    ///
-    /// A wrong client secret counts against the client address and the client id in the
-    /// failed-authentication throttle (`window_ms`: the monotonic clock of [`Now`]); beyond
-    /// its budget the request is refused before the secret is looked at.
-    pub fn issue(&self, headers: &HeaderMap, body: &str, now_secs: u64, window_ms: u64) -> Result<Issued, TokenError> {
-        let form = |name: &str| query::query_param(body, name);
-        let basic = auth::basic_pair(headers);
-        let (id, secret) = match (basic, form("client_id"), form("client_secret")) {
-            (Some(Ok((id, secret))), _, None) => (id, secret),
-            (Some(Err(())), _, _) => return Err(TokenError::InvalidClient),
-            (None, Some(id), Some(secret)) => (id.into_owned(), secret.into_owned()),
-            (None, _, _) => return Err(TokenError::InvalidClient),
-            // Two ways of authenticating at once.
-            (Some(_), _, Some(_)) => return Err(TokenError::InvalidRequest),
-        };
-        let builtin = self.oauth2.builtin().ok_or(TokenError::InvalidClient)?;
-        // Client ids and Basic users are counted apart.
-        let claimed = format!("oauth2 client {id}");
-        if let Some(t) = self.throttle.filter(|t| !t.is_empty())
-            && let Some(retry_after_secs) = t.blocked(self.client_ip, Some(&claimed), window_ms)
-        {
-            return Err(TokenError::Throttled { retry_after_secs });
-        }
-        if !builtin.client_matches(&id, &secret) {
-            if let Some(t) = self.throttle {
-                t.failed(self.client_ip, Some(&claimed), window_ms);
-            }
-            return Err(TokenError::InvalidClient);
-        }
-        match form("grant_type").as_deref() {
-            Some("client_credentials") => {}
-            Some(_) => return Err(TokenError::UnsupportedGrantType),
-            None => return Err(TokenError::InvalidRequest),
-        }
-        let requested = form("scope");
-        if requested.as_deref().is_some_and(|s| !oauth2::valid_scope(s)) {
-            return Err(TokenError::InvalidScope);
-        }
-        let scope = builtin
-            .grant(&id, requested.as_deref())
-            .ok_or(TokenError::InvalidScope)?;
-        let scope = Some(scope).filter(|s| !s.is_empty());
-        let (access_token, expires_in) = self
-            .oauth2
-            .issue(&id, scope.as_deref(), &self.issuer, now_secs)
-            .ok_or(TokenError::InvalidClient)?;
-        Ok(Issued {
-            access_token,
-            expires_in,
-            scope,
-            client_id: id,
-        })
-    }
-}
-
-/// `https://host/path?query`.
 /// Whether browsers treat `host` (lower case, without port) as a secure context over plain
 /// HTTP and keep `Secure` cookies from it: `localhost`, `*.localhost` and loopback addresses.
 fn is_loopback_host(host: &str) -> bool {
@@ -2089,6 +2004,7 @@ fn is_loopback_host(host: &str) -> bool {
     host == "localhost" || host.ends_with(".localhost") || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// `https://host/path?query`.
 fn https_location(host: &str, path: &str, query: Option<&str>) -> String {
     let mut l = String::with_capacity(8 + host.len() + path.len() + query.map_or(0, |q| q.len() + 1));
     l.push_str("https://");

@@ -316,6 +316,14 @@ pub trait Limiter: Send + Sync + 'static {
         Arc::default()
     }
 
+    /// The grant book of Builtin OAuth2 profile `owner` (`namespace/name`). Like counters, it
+    /// should be the same book every time it is asked for, so that a reload forgets no grant
+    /// and no revocation; this default gives a new, empty one each time.
+    fn grants(&self, owner: &str) -> Arc<crate::oauth2::grants::GrantBook> {
+        let _ = owner;
+        Arc::default()
+    }
+
     /// The failed-authentication counts ([`crate::throttle`]), kept across reloads; `None`
     /// (the default): no throttling.
     fn throttle(&self) -> Option<&crate::throttle::Throttle> {
@@ -424,6 +432,7 @@ pub struct InMemoryLimiter {
     jwks: crate::oauth2::JwksRegistry,
     discovery: crate::oauth2::login::DiscoveryRegistry,
     introspection: crate::oauth2::introspection::IntrospectionRegistry,
+    grants: crate::oauth2::grants::GrantRegistry,
     throttle: crate::throttle::Throttle,
 }
 
@@ -436,6 +445,7 @@ impl Default for InMemoryLimiter {
             jwks: Default::default(),
             discovery: Default::default(),
             introspection: Default::default(),
+            grants: Default::default(),
             throttle: Default::default(),
         }
     }
@@ -576,6 +586,10 @@ impl Limiter for InMemoryLimiter {
 
     fn introspection(&self, profile: &str, url: &str) -> Arc<crate::oauth2::introspection::IntrospectionCache> {
         self.introspection.cache(profile, url)
+    }
+
+    fn grants(&self, owner: &str) -> Arc<crate::oauth2::grants::GrantBook> {
+        self.grants.book(owner)
     }
 
     fn throttle(&self) -> Option<&crate::throttle::Throttle> {

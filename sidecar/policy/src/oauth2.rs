@@ -41,6 +41,7 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::Rejection;
 
+pub mod grants;
 pub mod introspection;
 pub mod login;
 
@@ -252,8 +253,9 @@ impl JwksRegistry {
 /// How an OAuth2 profile's token was judged.
 #[derive(Debug)]
 pub enum TokenCheck {
-    /// Valid, with every required scope: the caller.
-    Admitted(String),
+    /// Valid, with every required scope: the caller, and for the Builtin provider's tokens
+    /// the client they were issued to.
+    Admitted { identity: String, client: Option<String> },
     /// No bearer token, but a valid sign-in session: the person and their email.
     Session { subject: String, email: Option<String> },
     /// Valid, but a required scope is missing: 403.
@@ -271,6 +273,65 @@ pub struct Builtin {
     /// Each client's version (`pcv` in its tokens): a digest of the profile, the client's
     /// secret and scopes, so that changing a client (or taking a scope away) ends its tokens.
     versions: BTreeMap<Box<str>, Box<str>>,
+    /// Grants and revocations (kept across reloads).
+    book: Arc<grants::GrantBook>,
+    /// User-delegated access, when the profile has a consent page.
+    delegation: Option<Delegation>,
+}
+
+/// A Builtin provider's user-delegated access: the owner's consent page and credential, and
+/// the clients' redirect URIs.
+pub struct Delegation {
+    pub consent_url: Box<str>,
+    owner_token: Box<[u8]>,
+    redirect_uris: BTreeMap<Box<str>, Box<[Box<str>]>>,
+    pub refresh_ttl_secs: u64,
+    pub max_grant_secs: u64,
+}
+
+impl Delegation {
+    /// From the profile's settings and secrets.
+    pub fn new(
+        settings: &portcullis_config::Delegation,
+        owner_token: &Sensitive,
+        redirect_uris: &BTreeMap<String, Vec<String>>,
+    ) -> Self {
+        Self {
+            consent_url: settings.consent_url.as_str().into(),
+            owner_token: owner_token.expose().as_bytes().into(),
+            redirect_uris: redirect_uris
+                .iter()
+                .map(|(c, l)| (c.as_str().into(), l.iter().map(|u| u.as_str().into()).collect()))
+                .collect(),
+            refresh_ttl_secs: u64::from(settings.refresh_token_ttl_seconds.max(1)),
+            max_grant_secs: u64::from(settings.max_grant_seconds.max(1)),
+        }
+    }
+
+    /// Whether `token` is the owner's credential (constant time in the token).
+    pub fn owner_matches(&self, token: &str) -> bool {
+        bool::from(self.owner_token.as_ref().ct_eq(token.as_bytes()))
+    }
+
+    /// The redirect URI to send `client`'s answer to: `requested` when registered for it,
+    /// the only registered one when `requested` is `None`.
+    pub fn redirect_uri<'a>(&'a self, client: &str, requested: Option<&'a str>) -> Option<&'a str> {
+        let list = self.redirect_uris.get(client)?;
+        match requested {
+            Some(r) => list.iter().any(|u| **u == *r).then_some(r),
+            None if list.len() == 1 => Some(&list[0]),
+            None => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Delegation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delegation")
+            .field("consent_url", &self.consent_url)
+            .field("clients", &self.redirect_uris.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Builtin {
@@ -349,7 +410,75 @@ impl Builtin {
                 .map(|(id, list)| (id.as_str().into(), list.iter().map(|s| s.as_str().into()).collect()))
                 .collect(),
             versions,
+            book: Arc::default(),
+            delegation: None,
         })
+    }
+
+    /// The same provider keeping its grants and revocations in `book` (the same book across
+    /// reloads).
+    pub fn with_book(mut self, book: Arc<grants::GrantBook>) -> Self {
+        self.book = book;
+        self
+    }
+
+    /// The same provider, with user-delegated access.
+    pub fn with_delegation(mut self, delegation: Delegation) -> Self {
+        self.delegation = Some(delegation);
+        self
+    }
+
+    /// The grants and revocations.
+    pub fn book(&self) -> &grants::GrantBook {
+        &self.book
+    }
+
+    /// User-delegated access, when the profile has it.
+    pub fn delegation(&self) -> Option<&Delegation> {
+        self.delegation.as_ref()
+    }
+
+    /// `claims` as a JWS of type `typ`, signed with the newest key.
+    pub(crate) fn sign(&self, typ: &str, claims: &Value) -> Option<String> {
+        let (kid, key) = self.keys.first()?;
+        let header = B64.encode(serde_json::to_vec(&json!({"alg": "ES256", "typ": typ, "kid": &**kid})).ok()?);
+        let payload = B64.encode(serde_json::to_vec(claims).ok()?);
+        let signed = format!("{header}.{payload}");
+        let sig = key.sign(Algorithm::EcdsaP256Sha256, signed.as_bytes()).ok()?;
+        Some(format!("{signed}.{}", B64.encode(sig)))
+    }
+
+    /// The claims of a JWS of type `typ` one of this provider's keys signed, if it is one.
+    pub(crate) fn open(&self, typ: &str, jws: &str) -> Option<Value> {
+        if jws.len() > MAX_TOKEN_BYTES {
+            return None;
+        }
+        let mut parts = jws.splitn(3, '.');
+        let (h, p, s) = (parts.next()?, parts.next()?, parts.next()?);
+        let header: Value = serde_json::from_slice(&B64.decode(h).ok()?).ok()?;
+        if header.get("alg").and_then(Value::as_str) != Some("ES256")
+            || header.get("typ").and_then(Value::as_str) != Some(typ)
+        {
+            return None;
+        }
+        let kid = header.get("kid").and_then(Value::as_str)?;
+        let (_, key) = self.keys.iter().find(|(k, _)| **k == *kid)?;
+        let signature = B64.decode(s).ok()?;
+        key.verify(Algorithm::EcdsaP256Sha256, &jws.as_bytes()[..h.len() + 1 + p.len()], &signature)
+            .ok()?;
+        serde_json::from_slice::<Value>(&B64.decode(p).ok()?)
+            .ok()
+            .filter(Value::is_object)
+    }
+
+    /// Whether `client` is registered.
+    pub fn has_client(&self, client: &str) -> bool {
+        self.clients.contains_key(client)
+    }
+
+    /// The scopes `client` may be granted.
+    pub fn allowed_scopes(&self, client: &str) -> &[Box<str>] {
+        self.scopes.get(client).map_or(&[][..], |s| &s[..])
     }
 
     /// The public keys, as a JWK Set (RFC 7517): what `jwks_uri` serves.
@@ -472,7 +601,7 @@ impl OAuth2 {
     /// The verified claims of an ID token at `now_ms`: signature, `exp`, `nbf`, `iss` and
     /// `aud` as for bearer tokens (this verifier's issuer and audiences).
     pub(crate) fn id_token_claims(&self, token: &str, now_ms: u64) -> Result<Value, Rejection> {
-        let claims = self.verify(token)?;
+        let (claims, _) = self.verify(token)?;
         self.judge(&claims, now_ms / 1000, true)?;
         Ok(claims)
     }
@@ -540,12 +669,34 @@ impl OAuth2 {
                 None => Err(Rejection::Wrong("token not introspected")),
             };
         }
-        let claims = self.verify(token)?;
-        self.judge(&claims, now_ms / 1000, true)
+        let (claims, own) = self.verify(token)?;
+        let admitted = self.judge(&claims, now_ms / 1000, true)?;
+        Ok(match admitted {
+            // The Builtin provider's tokens name the client they were issued to.
+            TokenCheck::Admitted { identity, .. } if own => TokenCheck::Admitted {
+                identity,
+                client: claims.get("client_id").and_then(Value::as_str).map(str::to_owned),
+            },
+            other => other,
+        })
     }
 
-    /// The claims of `token` if its signature is right.
-    fn verify(&self, token: &str) -> Result<Value, Rejection> {
+    /// The claims of a Builtin access token that verifies, is current and not revoked, and
+    /// has not expired at `now` (Unix seconds): for introspection.
+    pub fn builtin_claims(&self, token: &str, now: u64) -> Option<Value> {
+        self.builtin.as_ref()?;
+        match self.verify(token) {
+            Ok((claims, true)) => {
+                let exp = claims.get("exp").and_then(Value::as_u64)?;
+                (exp > now).then_some(claims)
+            }
+            _ => None,
+        }
+    }
+
+    /// The claims of `token` if its signature is right, and whether the Builtin provider
+    /// issued it.
+    fn verify(&self, token: &str) -> Result<(Value, bool), Rejection> {
         let malformed = Rejection::Wrong("malformed bearer token");
         if token.len() > MAX_TOKEN_BYTES {
             return Err(malformed);
@@ -584,10 +735,20 @@ impl OAuth2 {
                 .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
                 .filter(Value::is_object)
                 .ok_or(malformed)?;
+            // Only access tokens: not another document signed with the same keys.
+            if header.get("typ").and_then(Value::as_str) != Some("at+jwt") {
+                return Err(Rejection::Wrong("not an access token"));
+            }
             if !builtin.current(&claims) {
                 return Err(Rejection::Wrong("token's client changed or removed"));
             }
-            return Ok(claims);
+            let grant = claims.get("gid").and_then(Value::as_str);
+            let client = claims.get("client_id").and_then(Value::as_str).unwrap_or_default();
+            let issued_ms = claims.get("pct").and_then(Value::as_u64).unwrap_or(0);
+            if builtin.book.revoked().refuses(grant, client, issued_ms) {
+                return Err(Rejection::Wrong("token revoked"));
+            }
+            return Ok((claims, true));
         } else if alg == Algorithm::HmacSha256 {
             // HS256 never: no shared key verifies tokens, and never a JWKS public key.
             return Err(Rejection::Wrong("token algorithm not accepted"));
@@ -620,11 +781,13 @@ impl OAuth2 {
         if !ok {
             return Err(Rejection::Wrong("bad token signature"));
         }
-        B64.decode(p)
+        let claims = B64
+            .decode(p)
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
             .filter(Value::is_object)
-            .ok_or(malformed)
+            .ok_or(malformed)?;
+        Ok((claims, false))
     }
 
     /// Judges verified claims at `now` (Unix seconds); `exp` is required when `require_exp`
@@ -686,20 +849,30 @@ impl OAuth2 {
                 return Ok(TokenCheck::InsufficientScope);
             }
         }
-        Ok(TokenCheck::Admitted(identity.to_owned()))
+        Ok(TokenCheck::Admitted {
+            identity: identity.to_owned(),
+            client: None,
+        })
     }
 
-    /// Issues a Builtin access token for `client_id` at `now` (Unix seconds), with `scope`
-    /// (space-separated) when given, naming `issuer` (RFC 9068: every access token names its
-    /// issuer): `(token, expires_in)`. `None` when the profile is not Builtin.
-    pub fn issue(&self, client_id: &str, scope: Option<&str>, issuer: &str, now: u64) -> Option<(String, u32)> {
+    /// Issues a Builtin access token (`None` when the profile is not Builtin or the client
+    /// is unknown): `(token, expires_in)`.
+    pub fn issue(&self, t: &TokenToIssue<'_>) -> Option<(String, u32)> {
         let builtin = self.builtin.as_ref()?;
         let (kid, key) = builtin.keys.first()?;
+        let now = t.now_ms / 1000;
+        let exp = (now + u64::from(builtin.ttl_seconds)).min(t.grant.map_or(u64::MAX, |g| g.expires_at));
+        if exp <= now {
+            return None;
+        }
         let mut claims = serde_json::Map::new();
-        claims.insert("iss".into(), Value::from(issuer));
-        claims.insert("sub".into(), Value::from(client_id));
-        claims.insert("client_id".into(), Value::from(client_id));
-        claims.insert("pcv".into(), Value::from(&**builtin.versions.get(client_id)?));
+        claims.insert("iss".into(), Value::from(t.issuer));
+        claims.insert("sub".into(), Value::from(t.grant.map_or(t.client_id, |g| g.user.as_str())));
+        claims.insert("client_id".into(), Value::from(t.client_id));
+        claims.insert("pcv".into(), Value::from(&**builtin.versions.get(t.client_id)?));
+        if let Some(g) = t.grant {
+            claims.insert("gid".into(), Value::from(g.id.as_str()));
+        }
         match self.audiences.len() {
             0 => {}
             1 => {
@@ -711,16 +884,34 @@ impl OAuth2 {
             }
         }
         claims.insert("iat".into(), Value::from(now));
-        claims.insert("exp".into(), Value::from(now + u64::from(builtin.ttl_seconds)));
-        if let Some(scope) = scope.filter(|s| !s.is_empty()) {
+        claims.insert("pct".into(), Value::from(t.now_ms));
+        claims.insert("exp".into(), Value::from(exp));
+        claims.insert("jti".into(), Value::from(B64.encode(t.jti)));
+        if let Some(scope) = t.scope.filter(|s| !s.is_empty()) {
             claims.insert("scope".into(), Value::from(scope));
         }
         let header = B64.encode(serde_json::to_vec(&json!({"alg": "ES256", "typ": "at+jwt", "kid": &**kid})).ok()?);
         let payload = B64.encode(serde_json::to_vec(&Value::Object(claims)).ok()?);
         let signed = format!("{header}.{payload}");
         let sig = key.sign(Algorithm::EcdsaP256Sha256, signed.as_bytes()).ok()?;
-        Some((format!("{signed}.{}", B64.encode(sig)), builtin.ttl_seconds))
+        Some((format!("{signed}.{}", B64.encode(sig)), (exp - now) as u32))
     }
+}
+
+/// An access token to issue ([`OAuth2::issue`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenToIssue<'a> {
+    pub client_id: &'a str,
+    /// The user's grant (its user is the subject), `None` for client credentials.
+    pub grant: Option<&'a grants::Grant>,
+    /// Space-separated.
+    pub scope: Option<&'a str>,
+    /// The `iss` claim (RFC 9068: every access token names its issuer).
+    pub issuer: &'a str,
+    /// Unix milliseconds.
+    pub now_ms: u64,
+    /// Random: the token's `jti`.
+    pub jti: [u8; 16],
 }
 
 /// Whether `token` has the shape of a JWT: three dot-separated parts.

@@ -25,6 +25,8 @@ pub const PROFILE: HeaderName = HeaderName::from_static("x-portcullis-profile");
 pub const ROUTE: HeaderName = HeaderName::from_static("x-portcullis-route");
 /// The signed-in person's email (a sign-in session whose ID token had a verified one).
 pub const EMAIL: HeaderName = HeaderName::from_static("x-portcullis-email");
+/// The client the Builtin provider issued the admitting token to.
+pub const CLIENT: HeaderName = HeaderName::from_static("x-portcullis-client");
 
 /// How the identity header is encoded when the identity is not a plain header value.
 pub const IDENTITY_ENCODING: HeaderName = HeaderName::from_static("x-portcullis-identity-encoding");
@@ -210,6 +212,8 @@ pub struct Verdict<'a> {
     pub identity: &'a str,
     /// The signed-in person's email (sign-in sessions), told in `X-Portcullis-Email`.
     pub email: Option<&'a str>,
+    /// The client the Builtin provider issued the token to, told in `X-Portcullis-Client`.
+    pub client: Option<&'a str>,
     /// The client address the engine decided on (after trusted proxies).
     pub client_ip: IpAddr,
     /// The route's and its profiles' names as header values, made when the configuration
@@ -265,6 +269,9 @@ pub fn set_verdict(headers: &mut HeaderMap, verdict: &Verdict<'_>) {
     }
     if let Some(email) = verdict.email {
         set_plain(headers, EMAIL, email);
+    }
+    if let Some(client) = verdict.client {
+        set_plain(headers, CLIENT, client);
     }
     if !set_plain(headers, IDENTITY, verdict.identity)
         && let Ok(encoded) = HeaderValue::from_str(&percent_encode_identity(verdict.identity))
@@ -480,6 +487,7 @@ mod tests {
             profile: "p",
             identity,
             email: None,
+            client: None,
             client_ip: "10.1.2.3".parse().unwrap(),
             names: None,
         };

@@ -3,7 +3,7 @@
 //!
 //! 1. early refusals: a head over `--max-header-bytes` (431), more than one authority (400,
 //!    [`authority_conflict`]) ([`Trip::early`]);
-//! 2. the Builtin token endpoint, answered here and never counted ([`token_endpoint`]), and
+//! 2. the Builtin provider's endpoints, answered here and never counted ([`provider`]), and
 //!    the Builtin provider's keys and metadata (RFC 8414);
 //! 3. introspection of an opaque bearer token, before deciding ([`introspect`]); a form body
 //!    an OAuth 1.0a signature covers is read first ([`body_check::read_form`]);
@@ -39,7 +39,7 @@ use respond::{Answer, rate_limit_headers};
 mod body_check;
 mod login;
 pub mod respond;
-pub mod token_endpoint;
+mod provider;
 
 pub use crate::base::engine::Listener;
 
@@ -67,9 +67,9 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     let req = req.map(|body| paced(body, shared.body_read_timeout));
     let active = shared.active.load_full();
     let view = request_view(&req, &conn);
-    // 2. The Builtin OAuth2 token endpoint.
-    if let Some(endpoint) = active.engine.token_endpoint(&view) {
-        return token_endpoint::serve(&shared, endpoint, req, trip.start).await;
+    // 2. The Builtin OAuth2 provider's endpoints (token, revocation, authorization, grants).
+    if let Some(endpoint) = active.engine.provider_endpoint(&view) {
+        return provider::serve(&trip, endpoint, req).await;
     }
     // 2a. A Builtin provider's public documents: its keys and its metadata (RFC 8414).
     if let Some(doc) = active.engine.provider_document(&view) {
@@ -496,6 +496,7 @@ async fn forward<'a>(
         profile: admission.profile,
         identity: &admission.identity,
         email: admission.email.as_deref(),
+        client: admission.client.as_deref(),
         client_ip: admission.client_ip,
         names: active.names.get(admission.route.index),
     };

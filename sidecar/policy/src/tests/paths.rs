@@ -169,9 +169,9 @@ fn the_token_endpoint_is_found_on_the_normal_path_only() {
         r.method = "POST";
         r
     };
-    assert!(e.token_endpoint(&post("/api/oauth2/token").view()).is_some());
-    assert!(e.token_endpoint(&post("//api/%6Fauth2/token").view()).is_some());
-    assert!(e.token_endpoint(&post("/api/oauth2;x/token").view()).is_none());
-    assert!(e.token_endpoint(&post("/API/oauth2/token").view()).is_none());
+    assert!(e.provider_endpoint(&post("/api/oauth2/token").view()).is_some());
+    assert!(e.provider_endpoint(&post("//api/%6Fauth2/token").view()).is_some());
+    assert!(e.provider_endpoint(&post("/api/oauth2;x/token").view()).is_none());
+    assert!(e.provider_endpoint(&post("/API/oauth2/token").view()).is_none());
     assert_eq!(status(&e, &post("/API/oauth2/token")), 404);
 }
