@@ -152,7 +152,7 @@ pub fn render(req: &Request) -> Result<Rendered, RenderError> {
         path: req.out.display().to_string(),
         source,
     })?;
-    let warnings = if req.trusted_proxies.is_empty() {
+    let mut warnings: Vec<String> = if req.trusted_proxies.is_empty() {
         let rendered: Vec<&str> = output.loaded.config.routes.iter().map(|r| r.name.as_str()).collect();
         objects
             .routes
@@ -163,6 +163,7 @@ pub fn render(req: &Request) -> Result<Rendered, RenderError> {
     } else {
         Vec::new()
     };
+    warnings.extend(objects.profiles.iter().flat_map(crate::webhook::delegation_warnings));
     Ok(Rendered {
         namespace,
         warnings,

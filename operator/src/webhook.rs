@@ -1040,6 +1040,13 @@ pub fn profile_requirements(profile: &SecurityProfile) -> Vec<Requirement> {
                 .map(|b| &b.clients_secret_ref.name),
         ),
         (
+            "spec.oauth2.builtin.delegation.ownerSecretRef.name",
+            oauth2
+                .and_then(|o| o.builtin.as_ref())
+                .and_then(|b| b.delegation.as_ref())
+                .map(|d| &d.owner_secret_ref.name),
+        ),
+        (
             "spec.httpSignature.secretRef.name",
             spec.http_signature.as_ref().map(|h| &h.secret_ref.name),
         ),
@@ -1186,6 +1193,27 @@ pub fn sign_in_warnings(route: &ApiRoute, profiles_in_ns: &[SecurityProfile]) ->
             )
         })
         .collect()
+}
+
+/// Warnings for a SecurityProfile whose Builtin provider serves user-delegated access: its
+/// grants, refresh tokens and revocations are kept by each sidecar, in memory.
+pub fn delegation_warnings(profile: &SecurityProfile) -> Vec<String> {
+    let delegating = profile
+        .spec
+        .oauth2
+        .as_ref()
+        .and_then(|o| o.builtin.as_ref())
+        .is_some_and(|b| b.delegation.is_some());
+    if !delegating {
+        return Vec::new();
+    }
+    vec![format!(
+        "SecurityProfile \"{}\": spec.oauth2.builtin.delegation keeps grants, refresh tokens and revocations \
+         in each sidecar's memory: they are lost when the sidecar restarts, a code or refresh token works \
+         only on the replica that issued it, and a revocation holds only on the replica that received it \
+         (run one replica of the pods this profile guards)",
+        profile.metadata.name.as_deref().unwrap_or_default()
+    )]
 }
 
 /// Warnings for a pod that gets the sidecar: each app container port that is also the
@@ -1375,7 +1403,14 @@ fn review(
             let checked = check_access(&profile_requirements(&profile), &req.user_info, cluster)
                 .and_then(|()| compile::check_profile_settings(&profile, settings.limits_store.is_configured()));
             match checked {
-                Ok(()) => allow,
+                Ok(()) => {
+                    let warnings = delegation_warnings(&profile);
+                    let mut allow = allow;
+                    if !warnings.is_empty() {
+                        allow.warnings = Some(warnings);
+                    }
+                    allow
+                }
                 Err(message) => allow.deny(message),
             }
         }
@@ -2820,6 +2855,33 @@ spec:
         for quiet in [ssl_only, with_tls, route(&["readers", "accounting"])] {
             assert_eq!(sign_in_warnings(&quiet, &profiles), Vec::<String>::new());
         }
+    }
+
+    #[test]
+    fn a_delegating_builtin_provider_is_told_its_grants_are_per_sidecar() {
+        let yaml = |delegation: &str| -> SecurityProfile {
+            serde_yaml::from_str(&format!(
+                r#"
+apiVersion: portcullis.dev/v1alpha1
+kind: SecurityProfile
+metadata: {{name: idp, namespace: prod}}
+spec:
+  type: OAuth2
+  oauth2:
+    provider: Builtin
+    builtin:
+      clientsSecretRef: {{name: clients}}
+{delegation}"#
+            ))
+            .unwrap()
+        };
+        let warnings = delegation_warnings(&yaml(
+            "      delegation: {consentUrl: 'https://owner.example/consent', ownerSecretRef: {name: owner}}",
+        ));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("SecurityProfile \"idp\": spec.oauth2.builtin.delegation keeps grants"));
+        assert!(warnings[0].contains("run one replica"), "{}", warnings[0]);
+        assert_eq!(delegation_warnings(&yaml("")), Vec::<String>::new());
     }
 
     #[test]

@@ -324,10 +324,47 @@ pub struct OAuth2Builtin {
     #[serde(default = "default_token_ttl")]
     #[schemars(range(min = 60, max = 86400))]
     pub token_ttl_seconds: u32,
+    /// Access users grant to clients (the authorization-code grant with PKCE), through the
+    /// API owner's consent page and the grant API. Each client's redirect URIs are in the
+    /// clients Secret under `<client id>.redirectUris` (space-separated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<OAuth2Delegation>,
 }
 
 fn default_token_ttl() -> u32 {
     3600
+}
+
+/// A Builtin provider's user-delegated access.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuth2Delegation {
+    /// The owner's consent page: the sidecar sends the user there with the checked
+    /// authorization request (`request`, `client_id` and `scope` added to its query).
+    /// `https://` unless `allowHttp` is set.
+    #[schemars(regex(pattern = r"^https?://"), length(max = 2048))]
+    pub consent_url: String,
+    /// Secret whose key `token` is the owner's credential for the grant API and introspection
+    /// (`Authorization: Bearer`), at least 16 characters.
+    pub owner_secret_ref: SecretRef,
+    /// How long a refresh token may go unused, seconds (each refresh rotates it and starts
+    /// again). Default 2592000 (30 days).
+    #[serde(default = "default_refresh_ttl")]
+    #[schemars(range(min = 300, max = 31536000))]
+    pub refresh_token_ttl_seconds: u32,
+    /// The longest grant, seconds, and the lifetime of a grant the owner gives none.
+    /// Default 7776000 (90 days).
+    #[serde(default = "default_max_grant")]
+    #[schemars(range(min = 3600, max = 31536000))]
+    pub max_grant_seconds: u32,
+}
+
+fn default_refresh_ttl() -> u32 {
+    2_592_000
+}
+
+fn default_max_grant() -> u32 {
+    7_776_000
 }
 
 /// HTTP message signature verification settings.

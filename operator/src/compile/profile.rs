@@ -98,8 +98,48 @@ pub(crate) fn compile(
                     &b.clients_secret_ref.name,
                     None,
                 )?;
-                (out.oauth2_clients, out.oauth2_client_scopes) =
-                    builtin_clients("spec.oauth2.builtin.clientsSecretRef.name", data.all()?)?;
+                let clients = builtin_clients("spec.oauth2.builtin.clientsSecretRef.name", data.all()?, o.allow_http)?;
+                out.oauth2_clients = clients.clients;
+                out.oauth2_client_scopes = clients.scopes;
+                match &b.delegation {
+                    Some(d) => {
+                        check_identity_url(
+                            "spec.oauth2.builtin.delegation.consentUrl",
+                            &d.consent_url,
+                            o.allow_http,
+                            "spec.oauth2.allowHttp",
+                        )?;
+                        if clients.redirect_uris.is_empty() {
+                            return Err(Problem::new(
+                                reason::INVALID_SECRET,
+                                "spec.oauth2.builtin.clientsSecretRef.name",
+                                "no client has redirect URIs (`<client id>.redirectUris`): delegation needs at least one",
+                            ));
+                        }
+                        out.oauth2_redirect_uris = clients.redirect_uris;
+                        let field = "spec.oauth2.builtin.delegation.ownerSecretRef.name";
+                        let token = secrets.get(field, &d.owner_secret_ref.name, None)?.required("token")?;
+                        if token.expose().len() < 16 || token.expose().chars().any(|c| c.is_whitespace() || c.is_control()) {
+                            return Err(Problem::new(
+                                reason::INVALID_SECRET,
+                                field,
+                                format!(
+                                    "Secret {:?}: key \"token\" must be at least 16 characters, no spaces",
+                                    d.owner_secret_ref.name
+                                ),
+                            ));
+                        }
+                        out.oauth2_owner_token = Some(token);
+                    }
+                    None if !clients.redirect_uris.is_empty() => {
+                        return Err(Problem::new(
+                            reason::INVALID_SPEC,
+                            "spec.oauth2.builtin.delegation",
+                            "the clients Secret lists redirect URIs: set delegation (consentUrl, ownerSecretRef) to serve the authorization-code grant",
+                        ));
+                    }
+                    None => {}
+                }
                 out.oauth2_signing_keys = super::token_keys::compile(name, secrets)?;
             } else if o.jwks_uri.is_none() && o.introspection.is_none() && o.login.is_none() {
                 return Err(Problem::new(
@@ -152,6 +192,16 @@ pub(crate) fn compile(
                 audiences: o.audiences.clone(),
                 required_scopes: o.required_scopes.clone(),
                 builtin_token_ttl_seconds: o.builtin.as_ref().filter(|_| builtin).map(|b| b.token_ttl_seconds),
+                builtin_delegation: o
+                    .builtin
+                    .as_ref()
+                    .filter(|_| builtin)
+                    .and_then(|b| b.delegation.as_ref())
+                    .map(|d| cfg::Delegation {
+                        consent_url: d.consent_url.clone(),
+                        refresh_token_ttl_seconds: d.refresh_token_ttl_seconds,
+                        max_grant_seconds: d.max_grant_seconds,
+                    }),
                 login,
             }
         }
@@ -561,34 +611,72 @@ pub(crate) fn is_own_pod(url: &str) -> bool {
 
 /// Suffix of the Secret keys that list a Builtin client's scopes: `<client id>.scopes`.
 const SCOPES_SUFFIX: &str = ".scopes";
+/// Suffix of the Secret keys that list a Builtin client's redirect URIs:
+/// `<client id>.redirectUris`.
+const REDIRECT_URIS_SUFFIX: &str = ".redirectUris";
+/// Most redirect URIs of one client.
+const MAX_REDIRECT_URIS: usize = 16;
 
-/// A Builtin provider's clients (id to secret) and the scopes each may be granted.
-type BuiltinClients = (BTreeMap<String, cfg::Sensitive>, BTreeMap<String, Vec<String>>);
+/// A Builtin provider's clients (id to secret), the scopes each may be granted and the
+/// redirect URIs registered for each.
+#[derive(Debug, Default)]
+struct BuiltinClients {
+    clients: BTreeMap<String, cfg::Sensitive>,
+    scopes: BTreeMap<String, Vec<String>>,
+    redirect_uris: BTreeMap<String, Vec<String>>,
+}
 
-/// Splits a Builtin provider's Secret into its clients (`<client id>: <secret>`) and the
-/// scopes each may be granted (`<client id>.scopes: "read write"`; none when absent).
-fn builtin_clients(field: &str, mut entries: BTreeMap<String, cfg::Sensitive>) -> Result<BuiltinClients, Problem> {
-    let scope_keys: Vec<String> = entries.keys().filter(|k| k.ends_with(SCOPES_SUFFIX)).cloned().collect();
-    let mut scopes = BTreeMap::new();
-    for key in scope_keys {
+/// Splits a Builtin provider's Secret into its clients (`<client id>: <secret>`), the scopes
+/// each may be granted (`<client id>.scopes: "read write"`; none when absent) and its
+/// redirect URIs (`<client id>.redirectUris: "https://app.example/cb ..."`, checked by
+/// [`check_redirect_uri`]; `allow_http`: `http://` to any host, not only loopback).
+fn builtin_clients(
+    field: &str,
+    mut entries: BTreeMap<String, cfg::Sensitive>,
+    allow_http: bool,
+) -> Result<BuiltinClients, Problem> {
+    let mut out = BuiltinClients::default();
+    let extras: Vec<String> = entries
+        .keys()
+        .filter(|k| k.ends_with(SCOPES_SUFFIX) || k.ends_with(REDIRECT_URIS_SUFFIX))
+        .cloned()
+        .collect();
+    for key in extras {
         let value = entries.remove(&key).expect("listed above");
-        let client = &key[..key.len() - SCOPES_SUFFIX.len()];
+        let (client, scopes) = match key.strip_suffix(SCOPES_SUFFIX) {
+            Some(client) => (client, true),
+            None => (&key[..key.len() - REDIRECT_URIS_SUFFIX.len()], false),
+        };
         if !entries.contains_key(client) {
             return Err(Problem::new(
                 reason::INVALID_SECRET,
                 field,
-                format!("key {key:?} lists scopes for client {client:?}, which the Secret does not hold"),
+                format!("key {key:?} is for client {client:?}, which the Secret does not hold"),
             ));
         }
         let list: Vec<String> = value.expose().split_ascii_whitespace().map(str::to_owned).collect();
-        if let Some(bad) = list.iter().find(|s| !cfg::is_scope_token(s)) {
-            return Err(Problem::new(
-                reason::INVALID_SECRET,
-                field,
-                format!("key {key:?}: {bad:?} is not a valid OAuth 2.0 scope"),
-            ));
+        if scopes {
+            if let Some(bad) = list.iter().find(|s| !cfg::is_scope_token(s)) {
+                return Err(Problem::new(
+                    reason::INVALID_SECRET,
+                    field,
+                    format!("key {key:?}: {bad:?} is not a valid OAuth 2.0 scope"),
+                ));
+            }
+            out.scopes.insert(client.to_owned(), list);
+        } else {
+            if list.is_empty() || list.len() > MAX_REDIRECT_URIS {
+                return Err(Problem::new(
+                    reason::INVALID_SECRET,
+                    field,
+                    format!("key {key:?} must list 1 to {MAX_REDIRECT_URIS} redirect URIs"),
+                ));
+            }
+            for uri in &list {
+                check_redirect_uri(field, &key, uri, allow_http)?;
+            }
+            out.redirect_uris.insert(client.to_owned(), list);
         }
-        scopes.insert(client.to_owned(), list);
     }
     if entries.is_empty() {
         return Err(Problem::new(
@@ -597,7 +685,31 @@ fn builtin_clients(field: &str, mut entries: BTreeMap<String, cfg::Sensitive>) -
             "the Secret holds no client",
         ));
     }
-    Ok((entries, scopes))
+    out.clients = entries;
+    Ok(out)
+}
+
+/// A registered redirect URI: absolute, no fragment (RFC 6749 section 3.1.2), `https://`, or
+/// `http://` to a loopback address (native apps, RFC 8252 section 7.3) unless `allow_http`.
+fn check_redirect_uri(field: &str, key: &str, uri: &str, allow_http: bool) -> Result<(), Problem> {
+    let bad = |why: &str| {
+        Problem::new(
+            reason::INVALID_SECRET,
+            field,
+            format!("key {key:?}: redirect URI {uri:?} {why}"),
+        )
+    };
+    if uri.len() > 2048 {
+        return Err(bad("is longer than 2048 characters"));
+    }
+    check_url(field, uri).map_err(|_| bad("is not an absolute http(s) URL"))?;
+    if uri.contains('#') {
+        return Err(bad("has a fragment"));
+    }
+    if uri.starts_with("http://") && !allow_http && !is_own_pod(uri) {
+        return Err(bad("is plain http:// to a host other than loopback (set spec.oauth2.allowHttp: true to allow it)"));
+    }
+    Ok(())
 }
 
 /// [`check_url`] for a URL the sidecar fetches keys, tokens or token answers from, or sends a

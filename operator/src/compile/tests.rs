@@ -683,6 +683,7 @@ fn builtin(name: &str, clients: &str) -> SecurityProfile {
     o.builtin = Some(OAuth2Builtin {
         clients_secret_ref: SecretRef::new(clients),
         token_ttl_seconds: 600,
+        delegation: None,
     });
     p
 }
@@ -730,6 +731,71 @@ fn builtin_clients_carry_their_scopes_from_the_secret() {
     assert!(rejected(&out, "idp").2.contains("not a valid OAuth 2.0 scope"));
     let out = world(&[("app-1.scopes", "read")]);
     assert_eq!(rejected(&out, "idp").0, reason::INVALID_SECRET);
+}
+
+/// Delegation: redirect URIs from `<client>.redirectUris`, the owner's credential from its
+/// Secret; each mistake refused with the field that holds it.
+#[test]
+fn builtin_delegation_compiles_redirect_uris_and_the_owner_credential() {
+    let pem = crate::compile::token_keys::new_key_pem().unwrap();
+    let world = |data: &[(&str, &str)], owner: Option<&str>, delegation: bool| {
+        let mut w = World::new();
+        w.secrets.push(secret("clients", "Opaque", data));
+        w.secrets
+            .push(secret("idp-portcullis-token-keys", "Opaque", &[("key-1000", &pem)]));
+        if let Some(token) = owner {
+            w.secrets.push(secret("owner", "Opaque", &[("token", token)]));
+        }
+        let mut p = builtin("idp", "clients");
+        if delegation {
+            p.spec.oauth2.as_mut().unwrap().builtin.as_mut().unwrap().delegation = Some(OAuth2Delegation {
+                consent_url: "https://owner.example.com/consent".into(),
+                owner_secret_ref: SecretRef::new("owner"),
+                refresh_token_ttl_seconds: 86400,
+                max_grant_seconds: 604800,
+            });
+        }
+        w.profiles.push(p);
+        w.routes.push(route("api", &["idp"]));
+        w.compile()
+    };
+    let good = [
+        ("app-1", "s1"),
+        ("app-1.redirectUris", "https://app.example.com/cb  http://127.0.0.1:8765/cb"),
+        ("app-2", "s2"),
+    ];
+    let out = world(&good, Some("owner-credential-0123"), true);
+    assert_eq!(out.profiles["idp"], Verdict::Accepted);
+    let s = &out.loaded.secrets.profiles["idp"];
+    assert_eq!(s.oauth2_clients.keys().collect::<Vec<_>>(), ["app-1", "app-2"]);
+    assert_eq!(
+        s.oauth2_redirect_uris["app-1"],
+        ["https://app.example.com/cb", "http://127.0.0.1:8765/cb"]
+    );
+    assert_eq!(s.oauth2_owner_token.as_ref().unwrap().expose(), "owner-credential-0123");
+    let json = String::from_utf8(out.loaded.config_json()).unwrap();
+    assert!(json.contains("\"consentUrl\": \"https://owner.example.com/consent\""), "{json}");
+    assert!(!json.contains("owner-credential"), "the owner's credential is a secret");
+    out.loaded.config.check(&out.loaded.secrets).unwrap();
+
+    let field = |out: &Output| rejected(out, "idp").1;
+    for (uri, why) in [
+        ("https://app.example.com/cb#frag", "has a fragment"),
+        ("http://app.example.com/cb", "plain http://"),
+        ("app.example.com/cb", "not an absolute"),
+    ] {
+        let out = world(&[("app-1", "s1"), ("app-1.redirectUris", uri)], Some("owner-credential-0123"), true);
+        let (_, f, message) = rejected(&out, "idp");
+        assert_eq!(f, "spec.oauth2.builtin.clientsSecretRef.name");
+        assert!(message.contains(why), "{uri}: {message}");
+    }
+    let out = world(&[("app-1", "s1"), ("app-9.redirectUris", "https://a.example/cb")], Some("owner-credential-0123"), true);
+    assert!(rejected(&out, "idp").2.contains("\"app-9.redirectUris\""));
+    assert_eq!(field(&world(&good, None, true)), "spec.oauth2.builtin.delegation.ownerSecretRef.name");
+    assert_eq!(field(&world(&good, Some("short"), true)), "spec.oauth2.builtin.delegation.ownerSecretRef.name");
+    assert_eq!(field(&world(&good, Some("owner-credential-0123"), false)), "spec.oauth2.builtin.delegation");
+    let out = world(&[("app-1", "s1")], Some("owner-credential-0123"), true);
+    assert!(rejected(&out, "idp").2.contains("no client has redirect URIs"));
 }
 
 fn oauth1(name: &str, tokens: Option<&str>, require_token: bool) -> SecurityProfile {

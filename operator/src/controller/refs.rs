@@ -23,6 +23,11 @@ pub fn profile_secrets(profile: &SecurityProfile, out: &mut BTreeSet<String>) {
             .map(|b| &b.clients_secret_ref.name),
         spec.oauth2
             .as_ref()
+            .and_then(|o| o.builtin.as_ref())
+            .and_then(|b| b.delegation.as_ref())
+            .map(|d| &d.owner_secret_ref.name),
+        spec.oauth2
+            .as_ref()
             .and_then(|o| o.login.as_ref())
             .map(|l| &l.client_secret_ref.name),
         spec.http_signature.as_ref().map(|h| &h.secret_ref.name),
