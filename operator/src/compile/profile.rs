@@ -119,7 +119,9 @@ pub(crate) fn compile(
                         out.oauth2_redirect_uris = clients.redirect_uris;
                         let field = "spec.oauth2.builtin.delegation.ownerSecretRef.name";
                         let token = secrets.get(field, &d.owner_secret_ref.name, None)?.required("token")?;
-                        if token.expose().len() < 16 || token.expose().chars().any(|c| c.is_whitespace() || c.is_control()) {
+                        if token.expose().len() < 16
+                            || token.expose().chars().any(|c| c.is_whitespace() || c.is_control())
+                        {
                             return Err(Problem::new(
                                 reason::INVALID_SECRET,
                                 field,
@@ -707,7 +709,9 @@ fn check_redirect_uri(field: &str, key: &str, uri: &str, allow_http: bool) -> Re
         return Err(bad("has a fragment"));
     }
     if uri.starts_with("http://") && !allow_http && !is_own_pod(uri) {
-        return Err(bad("is plain http:// to a host other than loopback (set spec.oauth2.allowHttp: true to allow it)"));
+        return Err(bad(
+            "is plain http:// to a host other than loopback (set spec.oauth2.allowHttp: true to allow it)",
+        ));
     }
     Ok(())
 }

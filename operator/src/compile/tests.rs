@@ -761,7 +761,10 @@ fn builtin_delegation_compiles_redirect_uris_and_the_owner_credential() {
     };
     let good = [
         ("app-1", "s1"),
-        ("app-1.redirectUris", "https://app.example.com/cb  http://127.0.0.1:8765/cb"),
+        (
+            "app-1.redirectUris",
+            "https://app.example.com/cb  http://127.0.0.1:8765/cb",
+        ),
         ("app-2", "s2"),
     ];
     let out = world(&good, Some("owner-credential-0123"), true);
@@ -774,7 +777,10 @@ fn builtin_delegation_compiles_redirect_uris_and_the_owner_credential() {
     );
     assert_eq!(s.oauth2_owner_token.as_ref().unwrap().expose(), "owner-credential-0123");
     let json = String::from_utf8(out.loaded.config_json()).unwrap();
-    assert!(json.contains("\"consentUrl\": \"https://owner.example.com/consent\""), "{json}");
+    assert!(
+        json.contains("\"consentUrl\": \"https://owner.example.com/consent\""),
+        "{json}"
+    );
     assert!(!json.contains("owner-credential"), "the owner's credential is a secret");
     out.loaded.config.check(&out.loaded.secrets).unwrap();
 
@@ -784,16 +790,33 @@ fn builtin_delegation_compiles_redirect_uris_and_the_owner_credential() {
         ("http://app.example.com/cb", "plain http://"),
         ("app.example.com/cb", "not an absolute"),
     ] {
-        let out = world(&[("app-1", "s1"), ("app-1.redirectUris", uri)], Some("owner-credential-0123"), true);
+        let out = world(
+            &[("app-1", "s1"), ("app-1.redirectUris", uri)],
+            Some("owner-credential-0123"),
+            true,
+        );
         let (_, f, message) = rejected(&out, "idp");
         assert_eq!(f, "spec.oauth2.builtin.clientsSecretRef.name");
         assert!(message.contains(why), "{uri}: {message}");
     }
-    let out = world(&[("app-1", "s1"), ("app-9.redirectUris", "https://a.example/cb")], Some("owner-credential-0123"), true);
+    let out = world(
+        &[("app-1", "s1"), ("app-9.redirectUris", "https://a.example/cb")],
+        Some("owner-credential-0123"),
+        true,
+    );
     assert!(rejected(&out, "idp").2.contains("\"app-9.redirectUris\""));
-    assert_eq!(field(&world(&good, None, true)), "spec.oauth2.builtin.delegation.ownerSecretRef.name");
-    assert_eq!(field(&world(&good, Some("short"), true)), "spec.oauth2.builtin.delegation.ownerSecretRef.name");
-    assert_eq!(field(&world(&good, Some("owner-credential-0123"), false)), "spec.oauth2.builtin.delegation");
+    assert_eq!(
+        field(&world(&good, None, true)),
+        "spec.oauth2.builtin.delegation.ownerSecretRef.name"
+    );
+    assert_eq!(
+        field(&world(&good, Some("short"), true)),
+        "spec.oauth2.builtin.delegation.ownerSecretRef.name"
+    );
+    assert_eq!(
+        field(&world(&good, Some("owner-credential-0123"), false)),
+        "spec.oauth2.builtin.delegation"
+    );
     let out = world(&[("app-1", "s1")], Some("owner-credential-0123"), true);
     assert!(rejected(&out, "idp").2.contains("no client has redirect URIs"));
 }

@@ -59,8 +59,8 @@ pub use limit::{
     Counted, CounterId, Fallback, Grant, InMemoryLimiter, Limiter, MAX_HITS, RateInfo, Refusal, Refused, Scope, Span,
 };
 pub use path::{NormalPath, PathError};
-pub use provider::{CallInput, ProviderCall, ProviderEndpoint, ProviderRandom, Reply};
 pub use portcullis_config::QuotaPeriod;
+pub use provider::{CallInput, ProviderCall, ProviderEndpoint, ProviderRandom, Reply};
 pub use signature::{BodyDigest, ReplayRegistry};
 
 use auth::{ApiKey, Basic, ClientCertificate};
@@ -210,15 +210,22 @@ pub struct Admission<'e> {
     /// The client used HTTPS: to the sidecar itself, or to a trusted proxy in front that
     /// says so (`X-Forwarded-Proto: https`). The app is told this scheme.
     pub https: bool,
-    /// The signed-in person's email (a sign-in session whose ID token had one): the app is
-    /// told it too.
-    pub email: Option<Cow<'e, str>>,
-    /// The client the Builtin provider issued the admitting token to: the app is told it too.
-    pub client: Option<Cow<'e, str>>,
+    /// What the credential says beyond the identity (a signed-in person's email, the client
+    /// a Builtin token was issued to): the app is told it too. Boxed: most calls have none.
+    pub told: Option<Box<Told>>,
     grant: Option<(usize, Grant)>,
     /// The limits or the replay check still to be done on the shared store
     /// ([`Engine::settle`]).
     pending: Option<Pending>,
+}
+
+/// What a credential says beyond the identity ([`Admission::told`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Told {
+    /// The signed-in person's email (a sign-in session whose ID token had a verified one).
+    pub email: Option<String>,
+    /// The client the Builtin provider issued the admitting token to.
+    pub client: Option<String>,
 }
 
 /// The limits one call takes, all or none: the org allowance first, then the profile's (or
@@ -990,7 +997,8 @@ impl<L: Limiter> Engine<L> {
             });
             if builtin.delegation().is_some() {
                 doc["authorization_endpoint"] = format!("{base_url}/oauth2/authorize").into();
-                doc["grant_types_supported"] = serde_json::json!(["authorization_code", "refresh_token", "client_credentials"]);
+                doc["grant_types_supported"] =
+                    serde_json::json!(["authorization_code", "refresh_token", "client_credentials"]);
                 doc["response_types_supported"] = serde_json::json!(["code"]);
                 doc["response_modes_supported"] = serde_json::json!(["query"]);
                 doc["code_challenge_methods_supported"] = serde_json::json!(["S256"]);
@@ -1447,8 +1455,9 @@ impl<L: Limiter> Engine<L> {
             };
             return match self.admit(route, i, identity, signed, req, client_ip, now, path.into()) {
                 Outcome::Allow(mut admission) => {
-                    admission.email = email.map(Cow::Owned);
-                    admission.client = client.map(Cow::Owned);
+                    if email.is_some() || client.is_some() {
+                        admission.told = Some(Box::new(Told { email, client }));
+                    }
                     Outcome::Allow(admission)
                 }
                 other => other,
@@ -1859,8 +1868,7 @@ impl<L: Limiter> Engine<L> {
             body_digest,
             path,
             https: req.tls || self.https_at_trusted_proxy(req),
-            email: None,
-            client: None,
+            told: None,
             grant: None,
             pending: None,
         }

@@ -464,8 +464,12 @@ impl Builtin {
         let kid = header.get("kid").and_then(Value::as_str)?;
         let (_, key) = self.keys.iter().find(|(k, _)| **k == *kid)?;
         let signature = B64.decode(s).ok()?;
-        key.verify(Algorithm::EcdsaP256Sha256, &jws.as_bytes()[..h.len() + 1 + p.len()], &signature)
-            .ok()?;
+        key.verify(
+            Algorithm::EcdsaP256Sha256,
+            &jws.as_bytes()[..h.len() + 1 + p.len()],
+            &signature,
+        )
+        .ok()?;
         serde_json::from_slice::<Value>(&B64.decode(p).ok()?)
             .ok()
             .filter(Value::is_object)
@@ -867,7 +871,10 @@ impl OAuth2 {
         }
         let mut claims = serde_json::Map::new();
         claims.insert("iss".into(), Value::from(t.issuer));
-        claims.insert("sub".into(), Value::from(t.grant.map_or(t.client_id, |g| g.user.as_str())));
+        claims.insert(
+            "sub".into(),
+            Value::from(t.grant.map_or(t.client_id, |g| g.user.as_str())),
+        );
         claims.insert("client_id".into(), Value::from(t.client_id));
         claims.insert("pcv".into(), Value::from(&**builtin.versions.get(t.client_id)?));
         if let Some(g) = t.grant {

@@ -41,7 +41,9 @@ pub enum ProviderCall {
     Introspect,
     Authorize,
     /// The grant API: `rest` is what follows `grants` (``, `/deny`, `/<id>`).
-    Grants { rest: String },
+    Grants {
+        rest: String,
+    },
 }
 
 impl ProviderCall {
@@ -194,7 +196,9 @@ impl ProviderEndpoint<'_> {
     }
 
     fn builtin(&self) -> &Builtin {
-        self.oauth2.builtin().expect("a provider endpoint has a Builtin provider")
+        self.oauth2
+            .builtin()
+            .expect("a provider endpoint has a Builtin provider")
     }
 
     /// Answers the call at `now_ms` (Unix milliseconds; `window_ms`: the monotonic clock of
@@ -206,18 +210,18 @@ impl ProviderEndpoint<'_> {
             ProviderCall::Authorize => self.authorize(input, now_ms),
             ProviderCall::Introspect => match self.owner(input.headers, window_ms) {
                 Ok(()) => self.introspect(input.body, now_ms / 1000),
-                Err(r) => r,
+                Err(r) => *r,
             },
             ProviderCall::Grants { rest } => match self.owner(input.headers, window_ms) {
                 Ok(()) => self.grants(rest, input, random, now_ms / 1000),
-                Err(r) => r,
+                Err(r) => *r,
             },
         }
     }
 
     /// The client a token or revocation request authenticates as (`client_secret_basic` or
     /// `client_secret_post`), wrong secrets counted in the throttle.
-    fn client(&self, headers: &HeaderMap, body: &str, window_ms: u64) -> Result<String, Reply> {
+    fn client(&self, headers: &HeaderMap, body: &str, window_ms: u64) -> Result<String, Box<Reply>> {
         let form = |name: &str| query::query_param(body, name);
         let invalid = || {
             let mut r = Reply::error(401, "invalid_client", None);
@@ -226,36 +230,36 @@ impl ProviderEndpoint<'_> {
         };
         let (id, secret) = match (auth::basic_pair(headers), form("client_id"), form("client_secret")) {
             (Some(Ok(pair)), _, None) => pair,
-            (Some(Err(())), _, _) => return Err(invalid()),
+            (Some(Err(())), _, _) => return Err(Box::new(invalid())),
             (None, Some(id), Some(secret)) => (id.into_owned(), secret.into_owned()),
-            (None, _, _) => return Err(invalid()),
+            (None, _, _) => return Err(Box::new(invalid())),
             // Two ways of authenticating at once.
-            (Some(_), _, Some(_)) => return Err(Reply::error(400, "invalid_request", None)),
+            (Some(_), _, Some(_)) => return Err(Box::new(Reply::error(400, "invalid_request", None))),
         };
         // Client ids and Basic users are counted apart.
         let claimed = format!("oauth2 client {id}");
         if let Some(t) = self.throttle.filter(|t| !t.is_empty())
             && let Some(retry) = t.blocked(self.client_ip, Some(&claimed), window_ms)
         {
-            return Err(Reply::throttled(retry));
+            return Err(Box::new(Reply::throttled(retry)));
         }
         if !self.builtin().client_matches(&id, &secret) {
             if let Some(t) = self.throttle {
                 t.failed(self.client_ip, Some(&claimed), window_ms);
             }
-            return Err(invalid());
+            return Err(Box::new(invalid()));
         }
         Ok(id)
     }
 
     /// The owner's credential (`Authorization: Bearer`), wrong ones counted in the throttle.
-    fn owner(&self, headers: &HeaderMap, window_ms: u64) -> Result<(), Reply> {
+    fn owner(&self, headers: &HeaderMap, window_ms: u64) -> Result<(), Box<Reply>> {
         const CLAIMED: &str = "oauth2 owner";
         let delegation = self.builtin().delegation().expect("grant API calls need delegation");
         if let Some(t) = self.throttle.filter(|t| !t.is_empty())
             && let Some(retry) = t.blocked(self.client_ip, Some(CLAIMED), window_ms)
         {
-            return Err(Reply::throttled(retry));
+            return Err(Box::new(Reply::throttled(retry)));
         }
         let presented = oauth2::bearer_token(headers);
         if presented.is_some_and(|t| delegation.owner_matches(t)) {
@@ -268,13 +272,13 @@ impl ProviderEndpoint<'_> {
         }
         let mut r = Reply::error(401, "invalid_token", None);
         r.challenge = Some(format!("Bearer realm=\"{}\"", self.route.name));
-        Err(r)
+        Err(Box::new(r))
     }
 
     fn token(&self, input: &CallInput<'_>, random: &ProviderRandom, now_ms: u64, window_ms: u64) -> Reply {
         let client = match self.client(input.headers, input.body, window_ms) {
             Ok(c) => c,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let body = input.body;
         let now = now_ms / 1000;
@@ -302,7 +306,11 @@ impl ProviderEndpoint<'_> {
                     single(body, "redirect_uri"),
                     single(body, "code_verifier"),
                 ) else {
-                    return Reply::error(400, "invalid_request", Some("code and code_verifier are required, once"));
+                    return Reply::error(
+                        400,
+                        "invalid_request",
+                        Some("code and code_verifier are required, once"),
+                    );
                 };
                 let ttl = u64::from(builtin.ttl_seconds());
                 match builtin.book().redeem(
@@ -330,7 +338,9 @@ impl ProviderEndpoint<'_> {
                 // A narrower scope is checked before the token rotates.
                 let known = builtin.book().refresh_token(&token, now);
                 if let (Some(asked), Some((grant, _))) = (requested.as_deref(), known.as_ref())
-                    && !asked.split_ascii_whitespace().all(|s| grant.scope.split(' ').any(|g| g == s))
+                    && !asked
+                        .split_ascii_whitespace()
+                        .all(|s| grant.scope.split(' ').any(|g| g == s))
                 {
                     return Reply::error(400, "invalid_scope", None);
                 }
@@ -375,7 +385,9 @@ impl ProviderEndpoint<'_> {
             None => "oauth2 token issued",
             Some(_) => "oauth2 token issued for a grant",
         };
-        let identity = grant.as_ref().map_or(client.clone(), |g| format!("{} for {}", client, g.user));
+        let identity = grant
+            .as_ref()
+            .map_or(client.clone(), |g| format!("{} for {}", client, g.user));
         Reply::json(200, body, &identity, reason)
     }
 
@@ -385,7 +397,7 @@ impl ProviderEndpoint<'_> {
     fn revoke(&self, input: &CallInput<'_>, now_ms: u64, window_ms: u64) -> Reply {
         let client = match self.client(input.headers, input.body, window_ms) {
             Ok(c) => c,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let Ok(Some(token)) = single(input.body, "token") else {
             return Reply::error(400, "invalid_request", Some("token is required, once"));
@@ -399,14 +411,22 @@ impl ProviderEndpoint<'_> {
         };
         if let Some((grant, _)) = builtin.book().refresh_token(&token, now) {
             if grant.client_id != client {
-                return Reply::error(400, "unauthorized_client", Some("the token was issued to another client"));
+                return Reply::error(
+                    400,
+                    "unauthorized_client",
+                    Some("the token was issued to another client"),
+                );
             }
             builtin.book().revoke(&grant.id, ttl, now);
             return ok("oauth2 grant revoked");
         }
         if let Some(claims) = self.oauth2.builtin_claims(&token, now) {
             if claims.get("client_id").and_then(Value::as_str) != Some(client.as_str()) {
-                return Reply::error(400, "unauthorized_client", Some("the token was issued to another client"));
+                return Reply::error(
+                    400,
+                    "unauthorized_client",
+                    Some("the token was issued to another client"),
+                );
             }
             return match claims.get("gid").and_then(Value::as_str) {
                 Some(gid) => {
@@ -491,7 +511,13 @@ impl ProviderEndpoint<'_> {
             r.allowed = false;
             r
         };
-        let params = ["response_type", "scope", "state", "code_challenge", "code_challenge_method"];
+        let params = [
+            "response_type",
+            "scope",
+            "state",
+            "code_challenge",
+            "code_challenge_method",
+        ];
         if params.iter().any(|p| query::repeated(q, p)) {
             return back("invalid_request", "a parameter is given twice");
         }
@@ -500,7 +526,9 @@ impl ProviderEndpoint<'_> {
             return back("unsupported_response_type", "only response_type=code is served");
         }
         let challenge = param("code_challenge");
-        let challenge_ok = challenge.as_deref().is_some_and(|c| c.len() == 43 && grants::valid_verifier(c));
+        let challenge_ok = challenge
+            .as_deref()
+            .is_some_and(|c| c.len() == 43 && grants::valid_verifier(c));
         if !challenge_ok || param("code_challenge_method").as_deref() != Some("S256") {
             return back("invalid_request", "PKCE with code_challenge_method=S256 is required");
         }
@@ -566,13 +594,19 @@ impl ProviderEndpoint<'_> {
                 }
                 let user = body.get("user").and_then(Value::as_str).unwrap_or_default();
                 if user.is_empty() || user.len() > grants::MAX_NAME_BYTES || user.chars().any(char::is_control) {
-                    return Reply::error(400, "invalid_request", Some("user must be 1 to 256 characters, none a control"));
+                    return Reply::error(
+                        400,
+                        "invalid_request",
+                        Some("user must be 1 to 256 characters, none a control"),
+                    );
                 }
                 let scope = match body.get("scope") {
                     None | Some(Value::Null) => s("scp").to_owned(),
                     Some(Value::String(asked))
                         if oauth2::valid_scope(asked)
-                            && asked.split_ascii_whitespace().all(|a| s("scp").split(' ').any(|g| g == a)) =>
+                            && asked
+                                .split_ascii_whitespace()
+                                .all(|a| s("scp").split(' ').any(|g| g == a)) =>
                     {
                         normal_scope(asked)
                     }

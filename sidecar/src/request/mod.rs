@@ -38,8 +38,8 @@ use respond::{Answer, rate_limit_headers};
 
 mod body_check;
 mod login;
-pub mod respond;
 mod provider;
+pub mod respond;
 
 pub use crate::base::engine::Listener;
 
@@ -495,8 +495,8 @@ async fn forward<'a>(
         route,
         profile: admission.profile,
         identity: &admission.identity,
-        email: admission.email.as_deref(),
-        client: admission.client.as_deref(),
+        email: admission.told.as_ref().and_then(|t| t.email.as_deref()),
+        client: admission.told.as_ref().and_then(|t| t.client.as_deref()),
         client_ip: admission.client_ip,
         names: active.names.get(admission.route.index),
     };

@@ -40,7 +40,11 @@ fn random() -> Option<ProviderRandom> {
 }
 
 /// Answers a call to a Builtin provider endpoint, and audits it.
-pub(super) async fn serve(trip: &Trip<'_>, endpoint: ProviderEndpoint<'_>, req: Request<ProxyBody>) -> Response<ProxyBody> {
+pub(super) async fn serve(
+    trip: &Trip<'_>,
+    endpoint: ProviderEndpoint<'_>,
+    req: Request<ProxyBody>,
+) -> Response<ProxyBody> {
     let route = &*endpoint.route.name;
     let client_ip = endpoint.client_ip;
     let reply = if !endpoint.from_trusted_address() {
@@ -78,7 +82,12 @@ pub(super) async fn serve(trip: &Trip<'_>, endpoint: ProviderEndpoint<'_>, req: 
             "deny",
             "client address outside the profile's trusted IP ranges",
         ),
-        Some(r) => (response(r), r.identity.as_str(), if r.allowed { "allow" } else { "deny" }, r.reason),
+        Some(r) => (
+            response(r),
+            r.identity.as_str(),
+            if r.allowed { "allow" } else { "deny" },
+            r.reason,
+        ),
     };
     if reply.as_ref().is_some_and(|r| r.retry_after_secs.is_some()) {
         trip.shared.metrics.rate_limited("auth_failures");

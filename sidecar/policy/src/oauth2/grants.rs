@@ -304,7 +304,10 @@ impl GrantBook {
 
     /// Grant `id`, if live.
     pub fn get(&self, id: &str, now: u64) -> Option<Grant> {
-        self.lock().get(id).filter(|e| e.grant.expires_at > now).map(|e| e.grant.clone())
+        self.lock()
+            .get(id)
+            .filter(|e| e.grant.expires_at > now)
+            .map(|e| e.grant.clone())
     }
 
     /// The live grants `keep` selects, oldest first.
@@ -361,8 +364,7 @@ impl GrantBook {
 /// A PKCE code verifier: 43 to 128 unreserved characters (RFC 7636 section 4.1).
 pub fn valid_verifier(v: &str) -> bool {
     (43..=128).contains(&v.len())
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }
 

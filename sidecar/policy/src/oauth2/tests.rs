@@ -794,7 +794,9 @@ fn builtin_grants_only_the_scopes_a_client_may_have() {
     let none = HeaderMap::new();
     let grant = |client: &str, secret: &str, scope: &str| {
         let body = format!("grant_type=client_credentials&client_id={client}&client_secret={secret}{scope}");
-        token_request(&e, &none, &body).map(|i| i.scope).map_err(|e| e.code.leak() as &str)
+        token_request(&e, &none, &body)
+            .map(|i| i.scope)
+            .map_err(|e| e.code.leak() as &str)
     };
     assert_eq!(grant("app-1", "s3cret", "&scope=write"), Ok(Some("write".into())));
     assert_eq!(
@@ -874,7 +876,11 @@ fn builtin_client_secrets_are_throttled() {
 fn builtin_refuses_wrong_clients_and_grants() {
     let e = builtin();
     let none = HeaderMap::new();
-    let r = |body| token_request(&e, &none, body).map(|_| ()).map_err(|e| e.code.leak() as &str);
+    let r = |body| {
+        token_request(&e, &none, body)
+            .map(|_| ())
+            .map_err(|e| e.code.leak() as &str)
+    };
     assert_eq!(
         r("grant_type=client_credentials&client_id=app-1&client_secret=wrong"),
         Err("invalid_client")
@@ -893,7 +899,10 @@ fn builtin_refuses_wrong_clients_and_grants() {
         Err("invalid_scope")
     );
     // Not the endpoint: GET, another path, a route without a Builtin profile.
-    assert!(e.provider_endpoint(&request("GET", "/api/oauth2/token", &none)).is_none());
+    assert!(
+        e.provider_endpoint(&request("GET", "/api/oauth2/token", &none))
+            .is_none()
+    );
     assert!(
         e.provider_endpoint(&request("POST", "/api/x/oauth2/token", &none))
             .is_none()

@@ -432,7 +432,7 @@ fn sessions_admit_browsers_through_the_engine_and_bearer_tokens_still_work() {
     );
     let jar = cookies(&[("other", "1"), ("__Host-portcullis-session-people", value(&set_cookie))]);
     let decide = |h: &HeaderMap, at: u64| match e.decide(&view("/x", None, h, true), at * 1000) {
-        Outcome::Allow(a) => Ok((a.identity.into_owned(), a.email.map(|e| e.into_owned()))),
+        Outcome::Allow(a) => Ok((a.identity.into_owned(), a.told.and_then(|t| t.email))),
         Outcome::Deny(d) => match d.kind {
             DenialKind::Unauthorized { challenges } => Err((d.reason, challenges.to_vec())),
             other => panic!("{other:?}"),

@@ -40,7 +40,15 @@ fn param(url: &str, name: &str) -> Option<String> {
 }
 
 fn authorize(e: &Engine, query: String) -> crate::Reply {
-    provider_call(e, "GET", "/api/oauth2/authorize", Some(leak(query)), &HeaderMap::new(), "", NOW)
+    provider_call(
+        e,
+        "GET",
+        "/api/oauth2/authorize",
+        Some(leak(query)),
+        &HeaderMap::new(),
+        "",
+        NOW,
+    )
 }
 
 fn good_query(client: &str, extra: &str) -> String {
@@ -56,7 +64,10 @@ fn consent_request(e: &Engine) -> String {
     let r = authorize(e, good_query("app-1", ""));
     assert_eq!(r.status, 302, "{r:?}");
     let to = r.location.unwrap();
-    assert!(to.starts_with("https://owner.example.com/consent?lang=en&request="), "{to}");
+    assert!(
+        to.starts_with("https://owner.example.com/consent?lang=en&request="),
+        "{to}"
+    );
     assert_eq!(param(&to, "client_id").as_deref(), Some("app-1"));
     assert_eq!(param(&to, "scope").as_deref(), Some("read"));
     param(&to, "request").unwrap()
@@ -99,7 +110,7 @@ fn refresh(e: &Engine, token: &str, now: u64) -> Result<super::Issued, super::To
 fn admitted(e: &Engine, token: &str, now: u64) -> Option<(String, Option<String>)> {
     let req = super::request("GET", "/api/x", &bearer(token));
     match e.decide(&req, now * 1000) {
-        crate::Outcome::Allow(a) => Some((a.identity.into_owned(), a.client.map(|c| c.into_owned()))),
+        crate::Outcome::Allow(a) => Some((a.identity.into_owned(), a.told.and_then(|t| t.client))),
         _ => None,
     }
 }
@@ -122,8 +133,14 @@ fn a_user_grants_access_and_the_client_calls_as_the_user() {
     assert_ne!(next_refresh, refresh_token);
     assert_eq!(admitted(&e, &next.access_token, NOW + 101).unwrap().0, "alice");
     // The old refresh token again: reuse, the grant is revoked with all its tokens.
-    assert_eq!(refresh(&e, &refresh_token, NOW + 102).unwrap_err().code(), "invalid_grant");
-    assert_eq!(refresh(&e, &next_refresh, NOW + 103).unwrap_err().code(), "invalid_grant");
+    assert_eq!(
+        refresh(&e, &refresh_token, NOW + 102).unwrap_err().code(),
+        "invalid_grant"
+    );
+    assert_eq!(
+        refresh(&e, &next_refresh, NOW + 103).unwrap_err().code(),
+        "invalid_grant"
+    );
     assert_eq!(admitted(&e, &next.access_token, NOW + 104), None);
     assert_eq!(decide(&e, &issued.access_token, NOW + 104).1, "token revoked");
 }
@@ -133,7 +150,10 @@ fn codes_are_single_use_bound_to_client_redirect_and_verifier() {
     let e = delegating();
     // A wrong verifier spends the code.
     let code = code_for(&e, "bob");
-    assert_eq!(redeem(&e, &code, &"x".repeat(43), NOW).unwrap_err().code(), "invalid_grant");
+    assert_eq!(
+        redeem(&e, &code, &"x".repeat(43), NOW).unwrap_err().code(),
+        "invalid_grant"
+    );
     assert_eq!(redeem(&e, &code, VERIFIER, NOW).unwrap_err().code(), "invalid_grant");
     // Used twice: the grant and the tokens of the first use are revoked.
     let code = code_for(&e, "bob");
@@ -147,14 +167,23 @@ fn codes_are_single_use_bound_to_client_redirect_and_verifier() {
         "grant_type=authorization_code&code={code}&redirect_uri={}&code_verifier={VERIFIER}&client_id=app-2&client_secret=other",
         portcullis_signatures::percent_encode(CALLBACK)
     );
-    assert_eq!(token_request_at(&e, &HeaderMap::new(), &other, NOW).unwrap_err().code(), "invalid_grant");
+    assert_eq!(
+        token_request_at(&e, &HeaderMap::new(), &other, NOW).unwrap_err().code(),
+        "invalid_grant"
+    );
     let code = code_for(&e, "bob");
     let moved = format!(
         "grant_type=authorization_code&code={code}&redirect_uri=https%3A%2F%2Fevil.example%2Fcb&code_verifier={VERIFIER}&client_id=app-1&client_secret=s3cret"
     );
-    assert_eq!(token_request_at(&e, &HeaderMap::new(), &moved, NOW).unwrap_err().code(), "invalid_grant");
+    assert_eq!(
+        token_request_at(&e, &HeaderMap::new(), &moved, NOW).unwrap_err().code(),
+        "invalid_grant"
+    );
     let code = code_for(&e, "bob");
-    assert_eq!(redeem(&e, &code, VERIFIER, NOW + 61).unwrap_err().code(), "invalid_grant");
+    assert_eq!(
+        redeem(&e, &code, VERIFIER, NOW + 61).unwrap_err().code(),
+        "invalid_grant"
+    );
     let (id, _) = code.split_once('.').unwrap();
     let forged = format!("{id}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
     assert_eq!(redeem(&e, &forged, VERIFIER, NOW).unwrap_err().code(), "invalid_grant");
@@ -165,10 +194,13 @@ fn codes_are_single_use_bound_to_client_redirect_and_verifier() {
     assert!(redeem(&e, &code, VERIFIER, NOW).is_ok());
     // The client secret is still required.
     let code = code_for(&e, "carol");
-    let anonymous = format!(
-        "grant_type=authorization_code&code={code}&code_verifier={VERIFIER}&client_id=app-1"
+    let anonymous = format!("grant_type=authorization_code&code={code}&code_verifier={VERIFIER}&client_id=app-1");
+    assert_eq!(
+        token_request_at(&e, &HeaderMap::new(), &anonymous, NOW)
+            .unwrap_err()
+            .code(),
+        "invalid_client"
     );
-    assert_eq!(token_request_at(&e, &HeaderMap::new(), &anonymous, NOW).unwrap_err().code(), "invalid_client");
 }
 
 #[test]
@@ -193,10 +225,22 @@ fn authorization_requests_are_checked_before_anyone_is_redirected() {
         assert_eq!(param(&to, "state").as_deref(), Some("st-1"));
         param(&to, "error").unwrap()
     };
-    assert_eq!(back(good_query("app-1", "").replace("response_type=code", "response_type=token")), "unsupported_response_type");
-    assert_eq!(back(good_query("app-1", "").replace("S256", "plain")), "invalid_request");
-    assert_eq!(back(good_query("app-1", "").replace("&code_challenge=", "&x=")), "invalid_request");
-    assert_eq!(back(good_query("app-1", "").replace("scope=read", "scope=admin")), "invalid_scope");
+    assert_eq!(
+        back(good_query("app-1", "").replace("response_type=code", "response_type=token")),
+        "unsupported_response_type"
+    );
+    assert_eq!(
+        back(good_query("app-1", "").replace("S256", "plain")),
+        "invalid_request"
+    );
+    assert_eq!(
+        back(good_query("app-1", "").replace("&code_challenge=", "&x=")),
+        "invalid_request"
+    );
+    assert_eq!(
+        back(good_query("app-1", "").replace("scope=read", "scope=admin")),
+        "invalid_scope"
+    );
     assert_eq!(back(good_query("app-1", "&scope=write")), "invalid_request");
 }
 
@@ -210,10 +254,16 @@ fn the_grant_api_needs_the_owner_and_a_live_request() {
     let r = provider_call(&e, "POST", "/api/oauth2/grants", None, &bearer("s3cret"), &body, NOW);
     assert_eq!(r.status, 401);
     // Expired, tampered, or an access token in its place.
-    assert_eq!(grant(&e, json!({"request": request, "user": "alice"}), NOW + 601).status, 400);
+    assert_eq!(
+        grant(&e, json!({"request": request, "user": "alice"}), NOW + 601).status,
+        400
+    );
     let mut tampered = request.clone();
     tampered.insert(tampered.len() - 3, 'x');
-    assert_eq!(grant(&e, json!({"request": tampered, "user": "alice"}), NOW).status, 400);
+    assert_eq!(
+        grant(&e, json!({"request": tampered, "user": "alice"}), NOW).status,
+        400
+    );
     let token = token_request_at(
         &e,
         &HeaderMap::new(),
@@ -226,11 +276,26 @@ fn the_grant_api_needs_the_owner_and_a_live_request() {
     // Nor may a consent request be used as an access token.
     assert_eq!(admitted(&e, &request, NOW), None);
     // Scope within the request's; lifetime within maxGrantSeconds; a user named.
-    assert_eq!(grant(&e, json!({"request": request, "user": "alice", "scope": "write"}), NOW).status, 400);
-    assert_eq!(grant(&e, json!({"request": request, "user": "alice", "lifetime_seconds": 604801}), NOW).status, 400);
+    assert_eq!(
+        grant(&e, json!({"request": request, "user": "alice", "scope": "write"}), NOW).status,
+        400
+    );
+    assert_eq!(
+        grant(
+            &e,
+            json!({"request": request, "user": "alice", "lifetime_seconds": 604801}),
+            NOW
+        )
+        .status,
+        400
+    );
     assert_eq!(grant(&e, json!({"request": request, "user": ""}), NOW).status, 400);
     assert_eq!(grant(&e, json!({"request": request, "user": "a\nb"}), NOW).status, 400);
-    let r = grant(&e, json!({"request": request, "user": "alice", "lifetime_seconds": 3600}), NOW);
+    let r = grant(
+        &e,
+        json!({"request": request, "user": "alice", "lifetime_seconds": 3600}),
+        NOW,
+    );
     assert_eq!(r.body.unwrap()["grant"]["expires_at"], NOW + 3600);
     // A refusal goes back to the client as access_denied.
     let r = provider_call(
@@ -263,20 +328,47 @@ fn owners_list_and_revoke_grants_and_the_tokens_stop_at_once() {
     assert_eq!(provider_call(&e, "GET", path, None, &owner(), "", NOW).status, 200);
     assert_eq!(provider_call(&e, "DELETE", path, None, &owner(), "", NOW).status, 204);
     assert_eq!(provider_call(&e, "DELETE", path, None, &owner(), "", NOW).status, 404);
-    let live: Vec<bool> = [&alice, &alice2].iter().map(|t| admitted(&e, &t.access_token, NOW).is_some()).collect();
+    let live: Vec<bool> = [&alice, &alice2]
+        .iter()
+        .map(|t| admitted(&e, &t.access_token, NOW).is_some())
+        .collect();
     assert_eq!(live.iter().filter(|l| **l).count(), 1, "one of alice's grants is left");
     // Every grant of a user.
-    let r = provider_call(&e, "DELETE", "/api/oauth2/grants", Some("user=alice"), &owner(), "", NOW);
+    let r = provider_call(
+        &e,
+        "DELETE",
+        "/api/oauth2/grants",
+        Some("user=alice"),
+        &owner(),
+        "",
+        NOW,
+    );
     assert_eq!(r.body.unwrap()["revoked"], 1);
     assert_eq!(admitted(&e, &alice.access_token, NOW), None);
     assert_eq!(admitted(&e, &alice2.access_token, NOW), None);
-    assert_eq!(refresh(&e, alice2.refresh_token.as_deref().unwrap(), NOW).unwrap_err().code(), "invalid_grant");
+    assert_eq!(
+        refresh(&e, alice2.refresh_token.as_deref().unwrap(), NOW)
+            .unwrap_err()
+            .code(),
+        "invalid_grant"
+    );
     assert!(admitted(&e, &bob.access_token, NOW).is_some());
     // Every grant of a client; a listing needs a user or a client.
-    let r = provider_call(&e, "DELETE", "/api/oauth2/grants", Some("client_id=app-1"), &owner(), "", NOW);
+    let r = provider_call(
+        &e,
+        "DELETE",
+        "/api/oauth2/grants",
+        Some("client_id=app-1"),
+        &owner(),
+        "",
+        NOW,
+    );
     assert_eq!(r.body.unwrap()["revoked"], 1);
     assert_eq!(admitted(&e, &bob.access_token, NOW), None);
-    assert_eq!(provider_call(&e, "GET", "/api/oauth2/grants", None, &owner(), "", NOW).status, 400);
+    assert_eq!(
+        provider_call(&e, "GET", "/api/oauth2/grants", None, &owner(), "", NOW).status,
+        400
+    );
 }
 
 #[test]
@@ -284,18 +376,40 @@ fn clients_revoke_their_tokens_and_owners_introspect_them() {
     let e = delegating();
     let issued = redeem(&e, &code_for(&e, "alice"), VERIFIER, NOW).unwrap();
     let introspect = |token: &str| {
-        let r = provider_call(&e, "POST", "/api/oauth2/introspect", None, &owner(), leak(format!("token={token}")), NOW);
+        let r = provider_call(
+            &e,
+            "POST",
+            "/api/oauth2/introspect",
+            None,
+            &owner(),
+            leak(format!("token={token}")),
+            NOW,
+        );
         assert_eq!(r.status, 200);
         r.body.unwrap()
     };
     let a = introspect(&issued.access_token);
-    assert_eq!((a["active"].clone(), a["sub"].clone(), a["client_id"].clone()), (json!(true), json!("alice"), json!("app-1")));
+    assert_eq!(
+        (a["active"].clone(), a["sub"].clone(), a["client_id"].clone()),
+        (json!(true), json!("alice"), json!("app-1"))
+    );
     let refresh_token = issued.refresh_token.clone().unwrap();
     let r = introspect(&refresh_token);
-    assert_eq!((r["active"].clone(), r["token_type"].clone()), (json!(true), json!("refresh_token")));
+    assert_eq!(
+        (r["active"].clone(), r["token_type"].clone()),
+        (json!(true), json!("refresh_token"))
+    );
     assert_eq!(introspect("nonsense")["active"], false);
     // Introspection is the owner's: a client's secret does not open it.
-    let r = provider_call(&e, "POST", "/api/oauth2/introspect", None, &bearer("s3cret"), "token=x", NOW);
+    let r = provider_call(
+        &e,
+        "POST",
+        "/api/oauth2/introspect",
+        None,
+        &bearer("s3cret"),
+        "token=x",
+        NOW,
+    );
     assert_eq!(r.status, 401);
     // Another client cannot revoke it; its own client can (RFC 7009), with the refresh token.
     let revoke = |client: &str, secret: &str, token: &str| {
@@ -333,11 +447,23 @@ fn metadata_names_every_endpoint_rfc_8414_requires() {
     let e = delegating();
     let req = super::request("GET", "/.well-known/oauth-authorization-server/api", &HeaderMap::new());
     let doc = e.provider_document(&req).unwrap().body;
-    for field in ["issuer", "authorization_endpoint", "token_endpoint", "jwks_uri", "response_types_supported"] {
+    for field in [
+        "issuer",
+        "authorization_endpoint",
+        "token_endpoint",
+        "jwks_uri",
+        "response_types_supported",
+    ] {
         assert!(doc.get(field).is_some(), "{field} missing: {doc}");
     }
-    assert_eq!(doc["authorization_endpoint"], "http://api.example.com/api/oauth2/authorize");
+    assert_eq!(
+        doc["authorization_endpoint"],
+        "http://api.example.com/api/oauth2/authorize"
+    );
     assert_eq!(doc["code_challenge_methods_supported"], json!(["S256"]));
-    assert_eq!(doc["introspection_endpoint"], "http://api.example.com/api/oauth2/introspect");
+    assert_eq!(
+        doc["introspection_endpoint"],
+        "http://api.example.com/api/oauth2/introspect"
+    );
     assert_eq!(doc["revocation_endpoint"], "http://api.example.com/api/oauth2/revoke");
 }

@@ -1,0 +1,313 @@
+//! Black-box test of the Builtin provider's user-delegated access through the real binary:
+//! the authorization endpoint sends the user to the owner's consent page, the owner's backend
+//! makes the grant through the grant API, the client redeems the code, calls the API as the
+//! user (the app is told user and client), refreshes, and is refused at once once the owner
+//! revokes the grant.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use serde_json::{Value, json};
+
+const SIGNING_PEM: &str = include_str!("../signatures/tests/keys/test-key-ecc-p256.key");
+const OWNER: &str = "owner-credential-0123456789";
+const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+const CALLBACK: &str = "https://app.example.com/cb";
+
+async fn call(
+    sidecar: &Sidecar,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, http::HeaderMap, Bytes) {
+    let mut req = Request::builder().method(method).uri(sidecar.url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    send(&client(), req).await.expect("sidecar answers")
+}
+
+const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
+
+fn query_param(url: &str, name: &str) -> Option<String> {
+    let q = url.split_once('?')?.1;
+    q.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&v[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test]
+async fn a_user_grants_a_client_access_and_the_owner_revokes_it() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    loaded(
+        "g1",
+        json!({
+            "profiles": [{"name": "accelerator",
+                "auth": {"type": "OAuth2", "provider": "Builtin", "builtinTokenTtlSeconds": 600,
+                         "requiredScopes": ["read"],
+                         "builtinDelegation": {"consentUrl": "https://owner.example.com/consent",
+                                               "refreshTokenTtlSeconds": 86400, "maxGrantSeconds": 604800}}}],
+            "routes": [{"name": "api", "pathPrefix": "/api", "profiles": ["accelerator"],
+                "backend": {"type": "Local", "port": backend.port()}}],
+        }),
+        json!({"profiles": {"accelerator": {"oauth2SigningKeys": [{"name": "key-1", "pem": SIGNING_PEM}],
+            "oauth2Clients": {"app-1": "s3cret"}, "oauth2ClientScopes": {"app-1": ["read"]},
+            "oauth2RedirectUris": {"app-1": [CALLBACK]}, "oauth2OwnerToken": OWNER}}}),
+    )
+    .write_dir(dir.path())
+    .unwrap();
+    let sidecar = Sidecar::start(dir.path()).await;
+    let owner = format!("Bearer {OWNER}");
+
+    // 1. The client sends the user to the authorization endpoint; the sidecar sends them on to
+    // the owner's consent page with the checked request.
+    let authorize = format!(
+        "/api/oauth2/authorize?response_type=code&client_id=app-1&redirect_uri=https%3A%2F%2Fapp.example.com%2Fcb\
+         &scope=read&state=xyz&code_challenge={CHALLENGE}&code_challenge_method=S256"
+    );
+    let (s, h, _) = call(&sidecar, "GET", &authorize, &[], "").await;
+    assert_eq!(s, StatusCode::FOUND);
+    let consent = h["location"].to_str().unwrap().to_owned();
+    assert!(
+        consent.starts_with("https://owner.example.com/consent?request="),
+        "{consent}"
+    );
+    let request = query_param(&consent, "request").unwrap();
+
+    // 2. The owner's backend makes the grant and gets the code to hand back.
+    let grant = json!({"request": request, "user": "alice"}).to_string();
+    let (s, _, body) = call(
+        &sidecar,
+        "POST",
+        "/api/oauth2/grants",
+        &[("authorization", "Bearer wrong-credential-000")],
+        &grant,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, body2) = call(
+        &sidecar,
+        "POST",
+        "/api/oauth2/grants",
+        &[("authorization", &owner)],
+        &grant,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body2));
+    let made = json_of(&body2);
+    let redirect_to = made["redirect_to"].as_str().unwrap();
+    assert!(
+        redirect_to.starts_with("https://app.example.com/cb?code="),
+        "{redirect_to}"
+    );
+    assert_eq!(query_param(redirect_to, "state").as_deref(), Some("xyz"));
+    let code = query_param(redirect_to, "code").unwrap();
+    drop(body);
+
+    // 3. The client redeems the code.
+    let form = format!(
+        "grant_type=authorization_code&code={code}&redirect_uri=https%3A%2F%2Fapp.example.com%2Fcb&code_verifier={VERIFIER}"
+    );
+    let basic = "Basic YXBwLTE6czNjcmV0"; // app-1:s3cret
+    let (s, h, body) = call(
+        &sidecar,
+        "POST",
+        "/api/oauth2/token",
+        &[FORM, ("authorization", basic)],
+        &form,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(h["cache-control"], "no-store");
+    let tokens = json_of(&body);
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    // The same code again: refused, and the grant is revoked.
+    let (s, _, _) = call(
+        &sidecar,
+        "POST",
+        "/api/oauth2/token",
+        &[FORM, ("authorization", basic)],
+        &form,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _, _) = call(
+        &sidecar,
+        "GET",
+        "/api/x",
+        &[("authorization", &format!("Bearer {access}"))],
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "a code used twice revokes its grant");
+
+    // Again, properly this time.
+    let (_, h, _) = call(&sidecar, "GET", &authorize, &[], "").await;
+    let request = query_param(h["location"].to_str().unwrap(), "request").unwrap();
+    let grant = json!({"request": request, "user": "alice"}).to_string();
+    let (_, _, body) = call(
+        &sidecar,
+        "POST",
+        "/api/oauth2/grants",
+        &[("authorization", &owner)],
+        &grant,
+    )
+    .await;
+    let code = query_param(json_of(&body)["redirect_to"].as_str().unwrap(), "code").unwrap();
+    let form = format!(
+        "grant_type=authorization_code&code={code}&redirect_uri=https%3A%2F%2Fapp.example.com%2Fcb&code_verifier={VERIFIER}"
+    );
+    let (_, _, body) = call(
+        &sidecar,
+        "POST",
+        "/api/oauth2/token",
+        &[FORM, ("authorization", basic)],
+        &form,
+    )
+    .await;
+    let tokens = json_of(&body);
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(refresh_token, refresh);
+
+    // 4. The API, as alice through app-1: the app is told both, and nothing the client wrote.
+    let bearer = format!("Bearer {access}");
+    let (s, _, body) = call(
+        &sidecar,
+        "GET",
+        "/api/x",
+        &[("authorization", &bearer), ("x-portcullis-client", "forged")],
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let seen = json_of(&body);
+    assert_eq!(seen["headers"]["x-portcullis-identity"], json!(["alice"]));
+    assert_eq!(seen["headers"]["x-portcullis-client"], json!(["app-1"]));
+
+    // 5. Refresh: a new pair; the owner's introspection sees the new access token.
+    let (s, _, body) = call(
+        &sidecar,
+        "POST",
+        "/api/oauth2/token",
+        &[FORM, ("authorization", basic)],
+        &format!("grant_type=refresh_token&refresh_token={refresh_token}"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let next = json_of(&body);
+    let access2 = next["access_token"].as_str().unwrap().to_owned();
+    let (_, _, body) = call(
+        &sidecar,
+        "POST",
+        "/api/oauth2/introspect",
+        &[FORM, ("authorization", &owner)],
+        &format!("token={access2}"),
+    )
+    .await;
+    let i = json_of(&body);
+    assert_eq!(
+        (i["active"].clone(), i["sub"].clone(), i["client_id"].clone()),
+        (json!(true), json!("alice"), json!("app-1"))
+    );
+
+    // 6. The owner lists alice's grants and revokes them: refused on the next call.
+    let (_, _, body) = call(
+        &sidecar,
+        "GET",
+        "/api/oauth2/grants?user=alice",
+        &[("authorization", &owner)],
+        "",
+    )
+    .await;
+    let listed: Value = json_of(&body);
+    assert_eq!(listed["grants"].as_array().unwrap().len(), 1, "{listed}");
+    let (s, _, _) = call(
+        &sidecar,
+        "GET",
+        "/api/x",
+        &[("authorization", &format!("Bearer {access2}"))],
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, body) = call(
+        &sidecar,
+        "DELETE",
+        "/api/oauth2/grants?user=alice",
+        &[("authorization", &owner)],
+        "",
+    )
+    .await;
+    assert_eq!((s, json_of(&body)["revoked"].clone()), (StatusCode::OK, json!(1)));
+    let (s, _, _) = call(
+        &sidecar,
+        "GET",
+        "/api/x",
+        &[("authorization", &format!("Bearer {access2}"))],
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = call(
+        &sidecar,
+        "POST",
+        "/api/oauth2/token",
+        &[FORM, ("authorization", basic)],
+        &format!(
+            "grant_type=refresh_token&refresh_token={}",
+            next["refresh_token"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // 7. The metadata names every endpoint; the audit log holds no code, token or credential.
+    let (_, _, body) = call(&sidecar, "GET", "/.well-known/oauth-authorization-server/api", &[], "").await;
+    let meta = json_of(&body);
+    assert_eq!(
+        meta["authorization_endpoint"],
+        format!("{}", sidecar.url("/api/oauth2/authorize"))
+    );
+    assert_eq!(
+        meta["grant_types_supported"],
+        json!(["authorization_code", "refresh_token", "client_credentials"])
+    );
+    // Every call above is audited: 18 of them.
+    let audit = sidecar.wait_audit(18).await;
+    let text = audit.iter().map(Value::to_string).collect::<String>();
+    for secret in [&code[..], &access, &refresh_token, OWNER, "s3cret"] {
+        assert!(!text.contains(secret), "the audit log holds a secret");
+    }
+    assert!(
+        audit
+            .iter()
+            .any(|l| l["reason"] == "oauth2 grant made" && l["identity"] == "owner"),
+        "{text}"
+    );
+}
