@@ -1,4 +1,4 @@
-# Shared by the interop suites (tests/suite.d/40-, 45-, 46- and 47-*.sh); sourced, never run.
+# Shared by the interop suites (tests/suite.d/40- to 49-*.sh); sourced, never run.
 #
 # After `source tests/lib/interop.sh` the suite runs from the repository root with:
 #   tools, PY, NODE_PATH, KEYS, INTEROP, target_dir   the third-party tools (installed by
@@ -10,6 +10,10 @@
 #   free_port, wait_file FILE, edit IN OUT PYTHON     small helpers
 #   authlib_venv                                      prints the venv holding Authlib (an
 #                                                     authorization server), installing it
+#   oauthlib_venv                                     prints the venv holding requests-oauthlib
+#                                                     (an OAuth 1.0a and 2.0 client), installing it
+#   loopback_certificate                              a CA ($work/ca.pem) and a leaf for
+#                                                     127.0.0.1 ($work/leaf.pem, leaf.key)
 #   start_sidecar DIR [FLAGS...]                      runs $SIDECAR on DIR (audit log and log
 #                                                     in $work) and waits until it is ready;
 #                                                     sets inbound, admin, tls, egress (ports)
@@ -63,6 +67,31 @@ authlib_venv() {
     "$venv/bin/pip" install -q --disable-pip-version-check "Authlib==1.9.6" "Flask==3.1.2" >&2
   fi
   echo "$venv"
+}
+
+# oauthlib_venv: installs requests-oauthlib (on oauthlib) in its own venv under $tools, once,
+# and prints the venv's path.
+oauthlib_venv() {
+  local venv="$tools/venv-oauth1"
+  if [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("requests-oauthlib"), m.version("oauthlib"))' 2>/dev/null)" != "2.0.0 3.3.1" ]; then
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check "requests-oauthlib==2.0.0" "oauthlib==3.3.1" \
+      "requests==2.32.5" "cryptography>=42" "PyJWT==2.10.1" >&2
+  fi
+  echo "$venv"
+}
+
+# loopback_certificate: a throwaway CA ($work/ca.pem, ca.key) and a leaf it signed for
+# 127.0.0.1 ($work/leaf.pem, leaf.key), for a route served over TLS.
+loopback_certificate() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=interop test CA" \
+    -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$work/leaf.key" -out "$work/leaf.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$work/leaf.ext"
+  openssl x509 -req -in "$work/leaf.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial \
+    -days 2 -extfile "$work/leaf.ext" -out "$work/leaf.pem" 2>/dev/null
 }
 
 # start_sidecar DIR [FLAGS...]: starts "$SIDECAR" serving the configuration in DIR on free

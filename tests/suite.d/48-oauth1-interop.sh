@@ -11,23 +11,10 @@ source "$(dirname "$0")/../lib/interop.sh"
 cargo build -q -p portcullis-sidecar
 SIDECAR="$target_dir/debug/portcullis-sidecar"
 
-# requests-oauthlib in its own venv, once.
-venv="$tools/venv-oauth1"
-if [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("requests-oauthlib"), m.version("oauthlib"))' 2>/dev/null)" != "2.0.0 3.3.1" ]; then
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "requests-oauthlib==2.0.0" "oauthlib==3.3.1" \
-    "requests==2.32.5" "cryptography>=42" "PyJWT==2.10.1"
-fi
+venv=$(oauthlib_venv)
 
-# A certificate for the HTTPS route (PLAINTEXT needs TLS): a CA and a leaf for 127.0.0.1.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=oauth1 test CA" \
-  -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
-  -keyout "$work/leaf.key" -out "$work/leaf.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$work/leaf.ext"
-openssl x509 -req -in "$work/leaf.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial \
-  -days 2 -extfile "$work/leaf.ext" -out "$work/leaf.pem" 2>/dev/null
+# A certificate for the HTTPS route (PLAINTEXT needs TLS).
+loopback_certificate
 
 app=$(free_port)
 mkdir -p "$work/config"
