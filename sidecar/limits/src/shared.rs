@@ -470,6 +470,11 @@ impl SharedLimiter {
         })
     }
 
+    /// The shared store, when there is one.
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
     /// Remembers a signature on the store: whether it was seen before. `Unavailable` at once
     /// (no round trip) while the store is known to be down, or without a store.
     pub async fn remember(&self, entry: &ReplayEntry<'_>) -> SharedReplay {
@@ -843,7 +848,7 @@ impl Limiter for SharedLimiter {
     }
 
     fn grants(&self, owner: &str) -> Arc<portcullis_policy::oauth2::grants::GrantBook> {
-        self.local.grants(owner)
+        self.local.grant_book(owner, self.store.is_some())
     }
 
     fn discovery(&self, url: &str) -> Arc<portcullis_policy::oauth2::login::DiscoverySlot> {

@@ -18,6 +18,8 @@ use redis::{
 };
 use tokio::sync::Mutex;
 
+pub mod grants;
+
 /// Why the store could not be used. Never carries the password.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -460,6 +460,12 @@ impl InMemoryLimiter {
         Self::default()
     }
 
+    /// The grant book of Builtin profile `owner`, journaling its changes for a shared store
+    /// when `shared` (the first ask decides).
+    pub fn grant_book(&self, owner: &str, shared: bool) -> Arc<crate::oauth2::grants::GrantBook> {
+        self.grants.book(owner, shared)
+    }
+
     /// A limiter whose replay caches hold about `capacity` live signatures per profile.
     pub fn with_replay_capacity(capacity: usize) -> Self {
         Self {
@@ -589,7 +595,7 @@ impl Limiter for InMemoryLimiter {
     }
 
     fn grants(&self, owner: &str) -> Arc<crate::oauth2::grants::GrantBook> {
-        self.grants.book(owner)
+        self.grants.book(owner, false)
     }
 
     fn throttle(&self) -> Option<&crate::throttle::Throttle> {

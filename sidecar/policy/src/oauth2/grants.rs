@@ -92,6 +92,8 @@ pub enum RedeemError {
 
 #[derive(Debug)]
 struct Entry {
+    /// Bumped by every change: what a shared store compares before it takes a change.
+    version: u64,
     grant: Grant,
     redirect_uri: Option<Box<str>>,
     code_challenge: Box<str>,
@@ -141,6 +143,37 @@ impl Revoked {
 pub struct GrantBook {
     entries: Mutex<HashMap<Box<str>, Entry>>,
     revoked: ArcSwap<Revoked>,
+    /// With a shared store: what changed here and is not there yet ([`GrantBook::take_changes`]).
+    journal: Option<Mutex<Changes>>,
+}
+
+/// What changed in a book since the last [`GrantBook::take_changes`]: for a shared store.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Grants made or changed here (their state: [`GrantBook::export`]).
+    pub changed: Vec<Box<str>>,
+    /// Grants revoked here: id, user, client.
+    pub revoked: Vec<(Box<str>, Box<str>, Box<str>)>,
+    /// Clients whose client-credentials tokens were revoked here.
+    pub clients: Vec<Box<str>>,
+}
+
+impl Changes {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.revoked.is_empty() && self.clients.is_empty()
+    }
+}
+
+/// A grant's state as a shared store keeps it: its version and a JSON document (digests of
+/// its code and refresh tokens, never the tokens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exported {
+    pub version: u64,
+    pub user: String,
+    pub client_id: String,
+    pub expires_at: u64,
+    pub document: String,
 }
 
 /// The random bytes one new grant needs (the sidecar draws them).
@@ -190,9 +223,11 @@ impl GrantBook {
             created_at: now,
             expires_at: now + new.lifetime_secs.max(1),
         };
+        self.note_changed(&id);
         entries.insert(
             id.into(),
             Entry {
+                version: 1,
                 grant: grant.clone(),
                 redirect_uri: new.redirect_uri.map(Into::into),
                 code_challenge: new.code_challenge.into(),
@@ -244,9 +279,13 @@ impl GrantBook {
         if !valid_verifier(verifier) || !bool::from(challenge.as_bytes().ct_eq(e.code_challenge.as_bytes())) {
             // A wrong verifier spends the code too: it is not tried again.
             e.code_used = true;
+            e.version += 1;
+            self.note_changed(id);
             return Err(RedeemError::Verifier);
         }
         e.code_used = true;
+        e.version += 1;
+        self.note_changed(id);
         let refresh = format!("{id}.{}", B64.encode(refresh_random));
         e.refresh = Some(Refresh {
             current: digest(&refresh),
@@ -289,6 +328,8 @@ impl GrantBook {
         r.previous = Some(r.current);
         r.current = digest(&next);
         r.expires_at = (now + refresh_ttl).min(e.grant.expires_at);
+        e.version += 1;
+        self.note_changed(id);
         Ok((e.grant.clone(), next))
     }
 
@@ -344,6 +385,9 @@ impl GrantBook {
         revoked.grants.retain(|_, &mut until| until > now);
         for id in &ids {
             let e = entries.remove(id).expect("listed above");
+            if let Some(j) = &self.journal {
+                lock(j).revoked.push((id.clone(), e.grant.user.as_str().into(), e.grant.client_id.as_str().into()));
+            }
             // No access token of the grant outlives the grant or `token_ttl` from now.
             let until = e.grant.expires_at.min(now + token_ttl) + super::CLOCK_SKEW_SECS;
             revoked.grants.insert(id.clone(), until);
@@ -358,7 +402,162 @@ impl GrantBook {
         let mut revoked = Revoked::clone(&self.revoked.load());
         revoked.clients.insert(client_id.into(), now_ms);
         self.revoked.store(Arc::new(revoked));
+        if let Some(j) = &self.journal {
+            lock(j).clients.push(client_id.into());
+        }
     }
+
+    /// A book that journals its changes for a shared store ([`GrantBook::take_changes`]).
+    pub fn shared() -> Self {
+        Self {
+            journal: Some(Mutex::default()),
+            ..Self::default()
+        }
+    }
+
+    /// Whether the book journals its changes for a shared store.
+    pub fn is_shared(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    fn note_changed(&self, id: &str) {
+        if let Some(j) = &self.journal {
+            let mut j = lock(j);
+            if !j.changed.iter().any(|c| **c == *id) {
+                j.changed.push(id.into());
+            }
+        }
+    }
+
+    /// What changed since the last call (empty without a shared store).
+    pub fn take_changes(&self) -> Changes {
+        self.journal.as_ref().map(|j| std::mem::take(&mut *lock(j))).unwrap_or_default()
+    }
+
+    /// Grant `id`'s state, to write to a shared store; `None` when the book does not hold it.
+    pub fn export(&self, id: &str) -> Option<Exported> {
+        let entries = self.lock();
+        let e = entries.get(id)?;
+        let hex = |d: &[u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let doc = serde_json::json!({
+            "user": e.grant.user, "client_id": e.grant.client_id, "scope": e.grant.scope,
+            "created_at": e.grant.created_at, "expires_at": e.grant.expires_at,
+            "redirect_uri": e.redirect_uri.as_deref(), "code_challenge": &*e.code_challenge,
+            "code": hex(&e.code), "code_used": e.code_used,
+            "refresh": e.refresh.as_ref().map(|r| serde_json::json!({
+                "current": hex(&r.current), "previous": r.previous.as_ref().map(hex), "expires_at": r.expires_at,
+            })),
+        });
+        Some(Exported {
+            version: e.version,
+            user: e.grant.user.clone(),
+            client_id: e.grant.client_id.clone(),
+            expires_at: e.grant.expires_at,
+            document: doc.to_string(),
+        })
+    }
+
+    /// Takes grant `id` as a shared store holds it (`None`: the store holds no such grant,
+    /// so neither does the book). A document that does not read is taken as no grant.
+    pub fn import(&self, id: &str, stored: Option<(u64, &str)>) {
+        let mut entries = self.lock();
+        let entry = stored.and_then(|(version, doc)| entry_of(id, version, doc));
+        match entry {
+            Some(e) => {
+                entries.insert(id.into(), e);
+            }
+            None => {
+                entries.remove(id);
+            }
+        }
+    }
+
+    /// The ids of the grants the book holds that `keep` selects.
+    pub fn ids(&self, keep: impl Fn(&Grant) -> bool) -> Vec<Box<str>> {
+        self.lock()
+            .iter()
+            .filter(|(_, e)| keep(&e.grant))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Takes revocations other replicas made, as a shared store lists them: grant ids
+    /// (revoked at Unix milliseconds `at_ms`) and clients' client-credentials tokens (issued
+    /// until `at_ms`). `token_ttl`: how long a revoked grant is remembered after `at_ms`.
+    pub fn learn_revocations(&self, grants: &[(&str, u64)], clients: &[(&str, u64)], token_ttl: u64, now: u64) {
+        if grants.is_empty() && clients.is_empty() {
+            return;
+        }
+        let mut entries = self.lock();
+        let current = self.revoked.load();
+        let news = grants.iter().any(|(id, _)| !current.grants.contains_key(*id))
+            || clients
+                .iter()
+                .any(|(c, at)| current.clients.get(*c).is_none_or(|had| had < at));
+        for (id, _) in grants {
+            entries.remove(*id);
+        }
+        if !news {
+            return;
+        }
+        let mut revoked = Revoked::clone(&current);
+        revoked.grants.retain(|_, &mut until| until > now);
+        for (id, at_ms) in grants {
+            let until = at_ms / 1000 + token_ttl + super::CLOCK_SKEW_SECS;
+            revoked.grants.entry((*id).into()).or_insert(until);
+        }
+        for (client, at_ms) in clients {
+            let had = revoked.clients.entry((*client).into()).or_insert(0);
+            *had = (*had).max(*at_ms);
+        }
+        self.revoked.store(Arc::new(revoked));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An entry from a shared store's document, if it reads.
+fn entry_of(id: &str, version: u64, doc: &str) -> Option<Entry> {
+    let v: serde_json::Value = serde_json::from_str(doc).ok()?;
+    let s = |name: &str| v.get(name).and_then(serde_json::Value::as_str);
+    let n = |name: &str| v.get(name).and_then(serde_json::Value::as_u64);
+    let digest = |x: Option<&serde_json::Value>| -> Option<[u8; 32]> {
+        let h = x?.as_str()?;
+        let bytes: Vec<u8> = (0..h.len())
+            .step_by(2)
+            .map(|i| h.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+            .collect::<Option<_>>()?;
+        bytes.try_into().ok()
+    };
+    let refresh = match v.get("refresh") {
+        Some(serde_json::Value::Object(r)) => Some(Refresh {
+            current: digest(r.get("current"))?,
+            previous: match r.get("previous") {
+                None | Some(serde_json::Value::Null) => None,
+                p => Some(digest(p)?),
+            },
+            expires_at: r.get("expires_at")?.as_u64()?,
+        }),
+        _ => None,
+    };
+    Some(Entry {
+        version,
+        grant: Grant {
+            id: id.to_owned(),
+            user: s("user")?.to_owned(),
+            client_id: s("client_id")?.to_owned(),
+            scope: s("scope")?.to_owned(),
+            created_at: n("created_at")?,
+            expires_at: n("expires_at")?,
+        },
+        redirect_uri: s("redirect_uri").map(Into::into),
+        code_challenge: s("code_challenge")?.into(),
+        code: digest(v.get("code"))?,
+        code_used: v.get("code_used")?.as_bool()?,
+        refresh,
+    })
 }
 
 /// A PKCE code verifier: 43 to 128 unreserved characters (RFC 7636 section 4.1).
@@ -375,9 +574,13 @@ pub struct GrantRegistry {
 }
 
 impl GrantRegistry {
-    /// The book of profile `owner` (`namespace/name`), the same every time.
-    pub fn book(&self, owner: &str) -> Arc<GrantBook> {
-        let mut books = self.books.lock().unwrap_or_else(|p| p.into_inner());
-        books.entry(owner.to_owned()).or_default().clone()
+    /// The book of profile `owner` (`namespace/name`), the same every time; `shared`: a new
+    /// one journals its changes for a shared store.
+    pub fn book(&self, owner: &str, shared: bool) -> Arc<GrantBook> {
+        let mut books = lock(&self.books);
+        books
+            .entry(owner.to_owned())
+            .or_insert_with(|| Arc::new(if shared { GrantBook::shared() } else { GrantBook::default() }))
+            .clone()
     }
 }
