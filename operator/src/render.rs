@@ -163,7 +163,12 @@ pub fn render(req: &Request) -> Result<Rendered, RenderError> {
     } else {
         Vec::new()
     };
-    warnings.extend(objects.profiles.iter().flat_map(crate::webhook::delegation_warnings));
+    warnings.extend(
+        objects
+            .profiles
+            .iter()
+            .flat_map(|p| crate::webhook::delegation_warnings(p, req.limits_store_configured)),
+    );
     Ok(Rendered {
         namespace,
         warnings,

@@ -1195,23 +1195,24 @@ pub fn sign_in_warnings(route: &ApiRoute, profiles_in_ns: &[SecurityProfile]) ->
         .collect()
 }
 
-/// Warnings for a SecurityProfile whose Builtin provider serves user-delegated access: its
-/// grants, refresh tokens and revocations are kept by each sidecar, in memory.
-pub fn delegation_warnings(profile: &SecurityProfile) -> Vec<String> {
+/// Warnings for a SecurityProfile whose Builtin provider serves user-delegated access when
+/// the sidecars share no limits store (`store`): its grants, refresh tokens and revocations
+/// are then kept by each sidecar, in memory.
+pub fn delegation_warnings(profile: &SecurityProfile, store: bool) -> Vec<String> {
     let delegating = profile
         .spec
         .oauth2
         .as_ref()
         .and_then(|o| o.builtin.as_ref())
         .is_some_and(|b| b.delegation.is_some());
-    if !delegating {
+    if !delegating || store {
         return Vec::new();
     }
     vec![format!(
-        "SecurityProfile \"{}\": spec.oauth2.builtin.delegation keeps grants, refresh tokens and revocations \
-         in each sidecar's memory: they are lost when the sidecar restarts, a code or refresh token works \
-         only on the replica that issued it, and a revocation holds only on the replica that received it \
-         (run one replica of the pods this profile guards)",
+        "SecurityProfile \"{}\": spec.oauth2.builtin.delegation without a shared limits store keeps grants, \
+         refresh tokens and revocations in each sidecar's memory: they are lost when the sidecar restarts, a \
+         code or refresh token works only on the replica that issued it, and a revocation holds only on the \
+         replica that received it (configure sidecar.limitsStore, or run one replica)",
         profile.metadata.name.as_deref().unwrap_or_default()
     )]
 }
@@ -1404,7 +1405,7 @@ fn review(
                 .and_then(|()| compile::check_profile_settings(&profile, settings.limits_store.is_configured()));
             match checked {
                 Ok(()) => {
-                    let warnings = delegation_warnings(&profile);
+                    let warnings = delegation_warnings(&profile, settings.limits_store.is_configured());
                     let mut allow = allow;
                     if !warnings.is_empty() {
                         allow.warnings = Some(warnings);
@@ -2875,13 +2876,17 @@ spec:
             ))
             .unwrap()
         };
-        let warnings = delegation_warnings(&yaml(
-            "      delegation: {consentUrl: 'https://owner.example/consent', ownerSecretRef: {name: owner}}",
-        ));
+        let delegating =
+            yaml("      delegation: {consentUrl: 'https://owner.example/consent', ownerSecretRef: {name: owner}}");
+        let warnings = delegation_warnings(&delegating, false);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].starts_with("SecurityProfile \"idp\": spec.oauth2.builtin.delegation keeps grants"));
-        assert!(warnings[0].contains("run one replica"), "{}", warnings[0]);
-        assert_eq!(delegation_warnings(&yaml("")), Vec::<String>::new());
+        assert!(warnings[0].starts_with(
+            "SecurityProfile \"idp\": spec.oauth2.builtin.delegation without a shared limits store keeps grants"
+        ));
+        assert!(warnings[0].contains("configure sidecar.limitsStore"), "{}", warnings[0]);
+        // With a shared store, or without delegation: nothing to say.
+        assert_eq!(delegation_warnings(&delegating, true), Vec::<String>::new());
+        assert_eq!(delegation_warnings(&yaml(""), false), Vec::<String>::new());
     }
 
     #[test]

@@ -44,7 +44,9 @@ fn examples_render_into_config_and_secrets() {
     );
     // The grants example keeps its grants per sidecar: said too.
     assert!(
-        stderr(&out).contains("warning: SecurityProfile \"grants\": spec.oauth2.builtin.delegation keeps grants"),
+        stderr(&out).contains(
+            "warning: SecurityProfile \"grants\": spec.oauth2.builtin.delegation without a shared limits store"
+        ),
         "{}",
         stderr(&out)
     );

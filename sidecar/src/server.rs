@@ -326,6 +326,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             min_interval: args.jwks_min_refresh_interval,
         },
     ));
+    tokio::spawn(crate::ops::grants::follow_revocations(shared.clone()));
     let watcher = tokio::spawn(reload::watch(shared, sources, args.reload_interval, snapshot));
 
     shutdown_signal().await;

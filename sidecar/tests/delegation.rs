@@ -6,10 +6,13 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::Full;
+use portcullis_limits::testing::Redis;
 use serde_json::{Value, json};
 
 const SIGNING_PEM: &str = include_str!("../signatures/tests/keys/test-key-ecc-p256.key");
@@ -59,10 +62,7 @@ fn percent_decode(v: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
-#[tokio::test]
-async fn a_user_grants_a_client_access_and_the_owner_revokes_it() {
-    let backend = Backend::start().await;
-    let dir = tempfile::tempdir().unwrap();
+fn write_config(dir: &std::path::Path, backend: u16) {
     loaded(
         "g1",
         json!({
@@ -72,23 +72,196 @@ async fn a_user_grants_a_client_access_and_the_owner_revokes_it() {
                          "builtinDelegation": {"consentUrl": "https://owner.example.com/consent",
                                                "refreshTokenTtlSeconds": 86400, "maxGrantSeconds": 604800}}}],
             "routes": [{"name": "api", "pathPrefix": "/api", "profiles": ["accelerator"],
-                "backend": {"type": "Local", "port": backend.port()}}],
+                "backend": {"type": "Local", "port": backend}}],
         }),
         json!({"profiles": {"accelerator": {"oauth2SigningKeys": [{"name": "key-1", "pem": SIGNING_PEM}],
             "oauth2Clients": {"app-1": "s3cret"}, "oauth2ClientScopes": {"app-1": ["read"]},
             "oauth2RedirectUris": {"app-1": [CALLBACK]}, "oauth2OwnerToken": OWNER}}}),
     )
-    .write_dir(dir.path())
+    .write_dir(dir)
     .unwrap();
+}
+
+const BASIC: &str = "Basic YXBwLTE6czNjcmV0"; // app-1:s3cret
+
+fn authorize_path() -> String {
+    format!(
+        "/api/oauth2/authorize?response_type=code&client_id=app-1&redirect_uri=https%3A%2F%2Fapp.example.com%2Fcb\
+         &scope=read&state=xyz&code_challenge={CHALLENGE}&code_challenge_method=S256"
+    )
+}
+
+/// A grant for `user`: authorized on `at`, made through `owner_at`'s grant API: its code.
+async fn code_for(at: &Sidecar, owner_at: &Sidecar, user: &str) -> String {
+    let (s, h, _) = call(at, "GET", &authorize_path(), &[], "").await;
+    assert_eq!(s, StatusCode::FOUND);
+    let request = query_param(h["location"].to_str().unwrap(), "request").unwrap();
+    let grant = json!({"request": request, "user": user}).to_string();
+    let owner = format!("Bearer {OWNER}");
+    let (s, _, body) = call(
+        owner_at,
+        "POST",
+        "/api/oauth2/grants",
+        &[("authorization", &owner)],
+        &grant,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
+    query_param(json_of(&body)["redirect_to"].as_str().unwrap(), "code").unwrap()
+}
+
+/// Redeems `code` at `at`: (status, answer).
+async fn redeem(at: &Sidecar, code: &str) -> (StatusCode, Value) {
+    let form = format!(
+        "grant_type=authorization_code&code={code}&redirect_uri=https%3A%2F%2Fapp.example.com%2Fcb&code_verifier={VERIFIER}"
+    );
+    let (s, _, body) = call(
+        at,
+        "POST",
+        "/api/oauth2/token",
+        &[FORM, ("authorization", BASIC)],
+        &form,
+    )
+    .await;
+    (s, json_of(&body))
+}
+
+async fn refresh(at: &Sidecar, token: &str) -> (StatusCode, Value) {
+    let form = format!("grant_type=refresh_token&refresh_token={token}");
+    let (s, _, body) = call(
+        at,
+        "POST",
+        "/api/oauth2/token",
+        &[FORM, ("authorization", BASIC)],
+        &form,
+    )
+    .await;
+    (s, json_of(&body))
+}
+
+async fn api(at: &Sidecar, access: &str) -> StatusCode {
+    call(
+        at,
+        "GET",
+        "/api/x",
+        &[("authorization", &format!("Bearer {access}"))],
+        "",
+    )
+    .await
+    .0
+}
+
+/// How long until `access` is refused at `at` (bounded by `within`).
+async fn refused_within(at: &Sidecar, access: &str, within: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if api(at, access).await == StatusCode::UNAUTHORIZED {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Two sidecars sharing a Redis: a grant made on one is redeemed on the other, refreshed
+/// anywhere, and a revocation on one is enforced by the other within a second.
+#[tokio::test]
+async fn replicas_sharing_a_store_share_grants_and_revocations() {
+    let redis = Redis::start();
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), backend.port());
+    let store = ["--limits-store", &redis.url(), "--limits-store-timeout", "500ms"];
+    let a = Sidecar::start_with(dir.path(), &store).await;
+    let b = Sidecar::start_with(dir.path(), &store).await;
+    let owner = format!("Bearer {OWNER}");
+
+    // Authorized on a, made on b, redeemed on a, used on b; refreshed on b; the grant listed on a.
+    let code = code_for(&a, &b, "alice").await;
+    let (s, tokens) = redeem(&a, &code).await;
+    assert_eq!(s, StatusCode::OK, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(api(&b, &access).await, StatusCode::OK);
+    let first_refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let (s, next) = refresh(&b, &first_refresh).await;
+    assert_eq!(s, StatusCode::OK, "{next}");
+    let (_, _, body) = call(
+        &a,
+        "GET",
+        "/api/oauth2/grants?user=alice",
+        &[("authorization", &owner)],
+        "",
+    )
+    .await;
+    assert_eq!(json_of(&body)["grants"].as_array().unwrap().len(), 1);
+
+    // The rotated-out refresh token, presented on a: a reuse, the grant revoked for both.
+    let (s, _) = refresh(&a, &first_refresh).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = refresh(&b, next["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "the grant is revoked on the other replica too"
+    );
+    let access2 = next["access_token"].as_str().unwrap();
+    assert!(refused_within(&b, access2, Duration::from_secs(3)).await.is_some());
+
+    // The same code redeemed again on the other replica: refused.
+    let (s, _) = redeem(&b, &code).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // The owner revokes on a: b refuses within a second.
+    let code = code_for(&b, &b, "bob").await;
+    let (_, tokens) = redeem(&b, &code).await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(api(&b, &access).await, StatusCode::OK);
+    let (s, _, body) = call(
+        &a,
+        "DELETE",
+        "/api/oauth2/grants?user=bob",
+        &[("authorization", &owner)],
+        "",
+    )
+    .await;
+    assert_eq!((s, json_of(&body)["revoked"].clone()), (StatusCode::OK, json!(1)));
+    assert_eq!(
+        api(&a, &access).await,
+        StatusCode::UNAUTHORIZED,
+        "at once where it was revoked"
+    );
+    let took = refused_within(&b, &access, Duration::from_secs(3)).await;
+    assert!(
+        took.is_some_and(|t| t < Duration::from_millis(1500)),
+        "refused on the other replica after {took:?}"
+    );
+
+    // A replica started after the revocation knows it.
+    let c = Sidecar::start_with(dir.path(), &store).await;
+    assert!(refused_within(&c, &access, Duration::from_secs(2)).await.is_some());
+
+    // One code redeemed on both at once: never two token sets that both work.
+    let code = code_for(&a, &a, "carol").await;
+    let (ra, rb) = tokio::join!(redeem(&a, &code), redeem(&b, &code));
+    let won: Vec<&Value> = [&ra, &rb]
+        .into_iter()
+        .filter(|(s, _)| *s == StatusCode::OK)
+        .map(|(_, v)| v)
+        .collect();
+    assert!(won.len() <= 1, "both redeemed one code: {ra:?} {rb:?}");
+}
+
+#[tokio::test]
+async fn a_user_grants_a_client_access_and_the_owner_revokes_it() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), backend.port());
     let sidecar = Sidecar::start(dir.path()).await;
     let owner = format!("Bearer {OWNER}");
 
     // 1. The client sends the user to the authorization endpoint; the sidecar sends them on to
     // the owner's consent page with the checked request.
-    let authorize = format!(
-        "/api/oauth2/authorize?response_type=code&client_id=app-1&redirect_uri=https%3A%2F%2Fapp.example.com%2Fcb\
-         &scope=read&state=xyz&code_challenge={CHALLENGE}&code_challenge_method=S256"
-    );
+    let authorize = authorize_path();
     let (s, h, _) = call(&sidecar, "GET", &authorize, &[], "").await;
     assert_eq!(s, StatusCode::FOUND);
     let consent = h["location"].to_str().unwrap().to_owned();
@@ -132,7 +305,7 @@ async fn a_user_grants_a_client_access_and_the_owner_revokes_it() {
     let form = format!(
         "grant_type=authorization_code&code={code}&redirect_uri=https%3A%2F%2Fapp.example.com%2Fcb&code_verifier={VERIFIER}"
     );
-    let basic = "Basic YXBwLTE6czNjcmV0"; // app-1:s3cret
+    let basic = BASIC;
     let (s, h, body) = call(
         &sidecar,
         "POST",

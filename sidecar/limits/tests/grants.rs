@@ -39,10 +39,19 @@ async fn grants_hold_for_every_replica(url: &str) {
     // Two replicas change version 1: one wins.
     assert!(b.grant_save(owner, &state(1, 2, "{\"d\":2}"), 60_000).await.unwrap());
     assert!(!a.grant_save(owner, &state(1, 2, "{\"d\":3}"), 60_000).await.unwrap());
-    assert_eq!(a.grants_load(owner, &["grant-1"]).await.unwrap()[0], Some((2, "{\"d\":2}".into())));
+    assert_eq!(
+        a.grants_load(owner, &["grant-1"]).await.unwrap()[0],
+        Some((2, "{\"d\":2}".into()))
+    );
     // Indexed by user and by client; another profile sees nothing.
-    assert_eq!(a.grant_index(owner, Some("alice"), None).await.unwrap(), vec!["grant-1"]);
-    assert_eq!(a.grant_index(owner, None, Some("app-1")).await.unwrap(), vec!["grant-1"]);
+    assert_eq!(
+        a.grant_index(owner, Some("alice"), None).await.unwrap(),
+        vec!["grant-1"]
+    );
+    assert_eq!(
+        a.grant_index(owner, None, Some("app-1")).await.unwrap(),
+        vec!["grant-1"]
+    );
     assert!(a.grants_load("prod/other", &["grant-1"]).await.unwrap()[0].is_none());
     // Revoked on b: gone for a, listed as revoked, never saved again.
     let before = a.revocations_since(owner, 0).await.unwrap();

@@ -60,7 +60,7 @@ pub use limit::{
 };
 pub use path::{NormalPath, PathError};
 pub use portcullis_config::QuotaPeriod;
-pub use provider::{CallInput, ProviderCall, ProviderEndpoint, ProviderRandom, Reply};
+pub use provider::{CallInput, Needs, ProviderCall, ProviderEndpoint, ProviderRandom, Reply};
 pub use signature::{BodyDigest, ReplayRegistry};
 
 use auth::{ApiKey, Basic, ClientCertificate};
@@ -938,6 +938,15 @@ impl<L: Limiter> Engine<L> {
                 trusted: profile.trusted.is_empty() || profile.trusted.contains(client_ip),
                 throttle: self.limiter.throttle(),
             })
+        })
+    }
+
+    /// The Builtin providers of the configuration (with a shared store, the sidecar follows
+    /// their revocations there).
+    pub fn builtin_providers(&self) -> impl Iterator<Item = &oauth2::Builtin> {
+        self.profiles.iter().filter_map(|p| match &p.auth {
+            Auth::OAuth2(o) => o.builtin(),
+            _ => None,
         })
     }
 

@@ -273,6 +273,8 @@ pub struct Builtin {
     /// Each client's version (`pcv` in its tokens): a digest of the profile, the client's
     /// secret and scopes, so that changing a client (or taking a scope away) ends its tokens.
     versions: BTreeMap<Box<str>, Box<str>>,
+    /// `namespace/name` of the profile: its grants' place in a shared store.
+    owner: Box<str>,
     /// Grants and revocations (kept across reloads).
     book: Arc<grants::GrantBook>,
     /// User-delegated access, when the profile has a consent page.
@@ -410,6 +412,7 @@ impl Builtin {
                 .map(|(id, list)| (id.as_str().into(), list.iter().map(|s| s.as_str().into()).collect()))
                 .collect(),
             versions,
+            owner: profile.into(),
             book: Arc::default(),
             delegation: None,
         })
@@ -431,6 +434,11 @@ impl Builtin {
     /// The grants and revocations.
     pub fn book(&self) -> &grants::GrantBook {
         &self.book
+    }
+
+    /// `namespace/name` of the profile.
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     /// User-delegated access, when the profile has it.
@@ -919,6 +927,17 @@ pub struct TokenToIssue<'a> {
     pub now_ms: u64,
     /// Random: the token's `jti`.
     pub jti: [u8; 16],
+}
+
+/// Claim `name` of JWT `token`, read without verifying anything (to find what to load
+/// before the token is judged).
+pub(crate) fn unverified_claim(token: &str, name: &str) -> Option<String> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return None;
+    }
+    let payload = token.split('.').nth(1)?;
+    let claims: Value = serde_json::from_slice(&B64.decode(payload).ok()?).ok()?;
+    claims.get(name)?.as_str().map(str::to_owned)
 }
 
 /// Whether `token` has the shape of a JWT: three dot-separated parts.

@@ -187,6 +187,60 @@ fn with_query(base: &str, pairs: &[(&str, &str)]) -> String {
     format!("{base}{sep}{}", oauth2::form_pairs(pairs))
 }
 
+/// The grants a call reads, for a shared store to load first ([`ProviderEndpoint::needs`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Grants by id.
+    pub ids: Vec<String>,
+    /// Every grant of this user and/or client (the grant API's listings and revocations).
+    pub user: Option<String>,
+    pub client_id: Option<String>,
+}
+
+impl<'e> ProviderEndpoint<'e> {
+    /// The Builtin provider.
+    pub fn provider(&self) -> &'e Builtin {
+        self.oauth2
+            .builtin()
+            .expect("a provider endpoint has a Builtin provider")
+    }
+
+    /// The grants the call reads (pure: from its parameters, nothing verified yet), so that
+    /// a shared store's copies are in the book before [`Self::serve`].
+    pub fn needs(&self, input: &CallInput<'_>) -> Needs {
+        let mut needs = Needs::default();
+        let form = |name: &str| single(input.body, name).ok().flatten();
+        let id_of_token = |token: &str| {
+            grants::grant_id_of(token)
+                .map(str::to_owned)
+                .or_else(|| oauth2::unverified_claim(token, "gid"))
+        };
+        match &self.call {
+            ProviderCall::Token => {
+                let token = match form("grant_type").as_deref() {
+                    Some("authorization_code") => form("code"),
+                    Some("refresh_token") => form("refresh_token"),
+                    _ => None,
+                };
+                needs
+                    .ids
+                    .extend(token.as_deref().and_then(grants::grant_id_of).map(str::to_owned));
+            }
+            ProviderCall::Revoke | ProviderCall::Introspect => {
+                needs.ids.extend(form("token").as_deref().and_then(id_of_token));
+            }
+            ProviderCall::Grants { rest } if rest.len() > 6 => needs.ids.push(rest[1..].to_owned()),
+            ProviderCall::Grants { rest } if rest.is_empty() && input.method != "POST" => {
+                let q = input.query.unwrap_or("");
+                needs.user = single(q, "user").ok().flatten().map(|u| u.into_owned());
+                needs.client_id = single(q, "client_id").ok().flatten().map(|c| c.into_owned());
+            }
+            _ => {}
+        }
+        needs
+    }
+}
+
 impl ProviderEndpoint<'_> {
     /// Whether the client's address is within the profile's trusted IP ranges (or the profile
     /// has none). The authorization endpoint, where people's browsers come, is served from

@@ -1,6 +1,7 @@
 //! Running the sidecar: the configuration in force and what every listener shares
-//! ([`state`]), loading and hot-reloading `--config-dir` into it ([`reload`]), and the admin
-//! listener (`/metrics`, `/healthz`, `/readyz`, `/config`, [`admin`]).
+//! ([`state`]), loading and hot-reloading `--config-dir` into it ([`reload`]), the admin
+//! listener (`/metrics`, `/healthz`, `/readyz`, `/config`, [`admin`]), and following the
+//! grants' revocations in a shared store ([`grants`]).
 //!
 //! The request path reads [`state::Shared`], so this layer sits below it. Uses
 //! [`crate::base`], [`crate::telemetry`], [`crate::identity`], [`crate::listen`] (the
@@ -8,5 +9,6 @@
 //! reload builds); never [`crate::request`].
 
 pub mod admin;
+pub mod grants;
 pub mod reload;
 pub mod state;

@@ -138,7 +138,12 @@ impl Store {
 
     /// The ids of the grants of `user` (else of `client`) the store indexes (some may have
     /// ended since).
-    pub async fn grant_index(&self, owner: &str, user: Option<&str>, client: Option<&str>) -> Result<Vec<String>, StoreError> {
+    pub async fn grant_index(
+        &self,
+        owner: &str,
+        user: Option<&str>,
+        client: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
         let key = match (user, client) {
             (Some(u), _) => user_key(owner, u),
             (None, Some(c)) => client_key(owner, c),

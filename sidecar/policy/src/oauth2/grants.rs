@@ -386,7 +386,11 @@ impl GrantBook {
         for id in &ids {
             let e = entries.remove(id).expect("listed above");
             if let Some(j) = &self.journal {
-                lock(j).revoked.push((id.clone(), e.grant.user.as_str().into(), e.grant.client_id.as_str().into()));
+                lock(j).revoked.push((
+                    id.clone(),
+                    e.grant.user.as_str().into(),
+                    e.grant.client_id.as_str().into(),
+                ));
             }
             // No access token of the grant outlives the grant or `token_ttl` from now.
             let until = e.grant.expires_at.min(now + token_ttl) + super::CLOCK_SKEW_SECS;
@@ -431,7 +435,10 @@ impl GrantBook {
 
     /// What changed since the last call (empty without a shared store).
     pub fn take_changes(&self) -> Changes {
-        self.journal.as_ref().map(|j| std::mem::take(&mut *lock(j))).unwrap_or_default()
+        self.journal
+            .as_ref()
+            .map(|j| std::mem::take(&mut *lock(j)))
+            .unwrap_or_default()
     }
 
     /// Grant `id`'s state, to write to a shared store; `None` when the book does not hold it.
@@ -580,7 +587,13 @@ impl GrantRegistry {
         let mut books = lock(&self.books);
         books
             .entry(owner.to_owned())
-            .or_insert_with(|| Arc::new(if shared { GrantBook::shared() } else { GrantBook::default() }))
+            .or_insert_with(|| {
+                Arc::new(if shared {
+                    GrantBook::shared()
+                } else {
+                    GrantBook::default()
+                })
+            })
             .clone()
     }
 }
