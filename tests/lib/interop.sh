@@ -96,13 +96,14 @@ loopback_certificate() {
 
 # start_sidecar DIR [FLAGS...]: starts "$SIDECAR" serving the configuration in DIR on free
 # ports (inbound, admin, tls, egress), its audit log in $work/audit.log and its log in
-# $work/sidecar.log, and waits (bounded) until /readyz answers 200.
+# $work/sidecar.log ($SIDECAR_NAME, when set, prefixes both file names: a second sidecar),
+# and waits (bounded) until /readyz answers 200.
 start_sidecar() {
   local dir="$1"; shift
   inbound=$(free_port); admin=$(free_port); tls=$(free_port); egress=$(free_port)
   "$SIDECAR" --config-dir "$dir" --inbound "127.0.0.1:$inbound" --admin "127.0.0.1:$admin" \
-    --inbound-tls "127.0.0.1:$tls" --egress "127.0.0.1:$egress" --audit-log "$work/audit.log" \
-    --allow-loopback-origins "$@" >"$work/sidecar.log" 2>&1 & pids+=($!)
+    --inbound-tls "127.0.0.1:$tls" --egress "127.0.0.1:$egress" --audit-log "$work/${SIDECAR_NAME:-}audit.log" \
+    --allow-loopback-origins "$@" >"$work/${SIDECAR_NAME:-}sidecar.log" 2>&1 & pids+=($!)
   for _ in $(seq 200); do
     curl -fsS "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && return 0
     sleep 0.1

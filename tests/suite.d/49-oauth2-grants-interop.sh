@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The Builtin provider's user-delegated access (Mashery's OAuth accelerator) against a
-# third-party OAuth 2.0 client, through the real sidecar over TLS: requests-oauthlib's
+# third-party OAuth 2.0 client, through two real sidecars sharing a Redis, over TLS: requests-oauthlib's
 # OAuth2Session (PyPI, on oauthlib) runs the authorization-code flow with PKCE S256 while a
 # small owner backend (in sidecar/signatures/interop/oauth2_grant_flow.py) approves on its
 # consent page through the sidecar's grant API; the client calls the API as the user (the app
 # is told user and client), refreshes (the refresh token rotates), and is refused at once after
-# the owner revokes the grant; a reused code, a wrong verifier and an unregistered redirect
+# the owner revokes the grant, on the other sidecar too within a second; a reused code, a
+# wrong verifier and an unregistered redirect
 # URI are refused. The provider's metadata passes Authlib's RFC 8414 validation. No code,
 # token or credential in the sidecar's log or audit.
 source "$(dirname "$0")/../lib/interop.sh"
@@ -42,11 +43,20 @@ secrets = {"schemaVersion": 1, "generation": "grants-1",
 json.dump(config, open(f"{work}/config/config.json", "w"), indent=1)
 json.dump(secrets, open(f"{work}/config/secrets.json", "w"), indent=1)
 PY
-start_sidecar "$work/config" --log-format text
+# Two sidecars sharing a Redis (the limits store): grants, refresh tokens and revocations
+# hold for both.
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >"$work/redis.log" 2>&1 & pids+=($!)
+for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+store=(--limits-store "redis://127.0.0.1:$redis_port" --limits-store-timeout 500ms)
+start_sidecar "$work/config" --log-format text "${store[@]}"
+first_tls=$tls
+SIDECAR_NAME=second- start_sidecar "$work/config" --log-format text "${store[@]}"
+second_tls=$tls
 
-echo "== authorization-code flow: requests-oauthlib, the owner's consent page, the sidecar"
-if "$client_venv/bin/python" "$INTEROP/oauth2_grant_flow.py" "https://127.0.0.1:$tls/api" "$work/ca.pem" \
-  "$app" "$owner" "$OWNER_TOKEN" "$work/metadata.json" >"$work/client.out" 2>&1; then
+echo "== authorization-code flow: requests-oauthlib, the owner's consent page, two sidecars"
+if "$client_venv/bin/python" "$INTEROP/oauth2_grant_flow.py" "https://127.0.0.1:$first_tls/api" "$work/ca.pem" \
+  "$app" "$owner" "$OWNER_TOKEN" "$work/metadata.json" "https://127.0.0.1:$second_tls/api" >"$work/client.out" 2>&1; then
   pass "requests-oauthlib: the whole flow, refresh, revocation and refusals as expected"
 else
   fail "requests-oauthlib" "see below"
@@ -74,7 +84,8 @@ fi
 cat "$work/metadata.out"
 
 # Nothing secret in the sidecar's log or audit: no credential, code or token.
-if grep -qE "$OWNER_TOKEN|s3cret|code=|eyJ" "$work/sidecar.log" "$work/audit.log"; then
+if grep -qE "$OWNER_TOKEN|s3cret|code=|eyJ" "$work/sidecar.log" "$work/audit.log" "$work/second-sidecar.log" \
+  "$work/second-audit.log"; then
   fail "no credential, code or token in the log or the audit" "found one"
 else
   pass "no credential, code or token in the log or the audit"

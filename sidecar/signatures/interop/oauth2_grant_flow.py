@@ -3,7 +3,7 @@
 requests-oauthlib's OAuth2Session (PyPI `requests-oauthlib`, on `oauthlib`), with PKCE S256.
 Run by tests/suite.d/49-oauth2-grants-interop.sh:
 
-    oauth2_grant_flow.py BASE CA_FILE APP_PORT OWNER_PORT OWNER_TOKEN METADATA_OUT
+    oauth2_grant_flow.py BASE CA_FILE APP_PORT OWNER_PORT OWNER_TOKEN METADATA_OUT SECOND_BASE
 
 The sidecar serves the Builtin profile `accelerator` on BASE (`https://127.0.0.1:PORT/api`,
 TLS with CA_FILE's certificate) toward the app this script runs on 127.0.0.1:APP_PORT (it
@@ -11,6 +11,8 @@ echoes the identity headers it received). This script is also the API owner's ba
 127.0.0.1:OWNER_PORT: its consent page (`/consent`) approves for user `alice` by calling the
 sidecar's grant API with OWNER_TOKEN, and sends the browser back where the sidecar says.
 Client `app-1` (secret `s3cret`, redirect URI `https://app.example.com/cb`, scope `read`).
+SECOND_BASE is a second sidecar sharing the first's store (Redis): the client calls and
+refreshes there too, and the owner's revocation on the first is enforced there within a second.
 
 Checked: the whole flow as the library runs it (authorization URL, consent, callback, token
 with client_secret_basic and the PKCE verifier); the API called with the token, the app told
@@ -24,6 +26,7 @@ Prints `ok NAME` / `FAIL NAME: ...` lines; exits 1 when anything failed.
 import json
 import sys
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -31,7 +34,7 @@ import requests
 from oauthlib.oauth2.rfc6749.errors import InvalidGrantError
 from requests_oauthlib import OAuth2Session
 
-BASE, CA, APP_PORT, OWNER_PORT, OWNER_TOKEN, METADATA_OUT = sys.argv[1:7]
+BASE, CA, APP_PORT, OWNER_PORT, OWNER_TOKEN, METADATA_OUT, SECOND = sys.argv[1:8]
 CLIENT, SECRET, CALLBACK = "app-1", "s3cret", "https://app.example.com/cb"
 TOKEN_URL = BASE + "/oauth2/token"
 TIMEOUT = 10
@@ -129,6 +132,15 @@ check("a refresh gives a new access token and a new refresh token",
 seen = client.get(BASE + "/data", verify=CA, timeout=TIMEOUT)
 check("the refreshed token is admitted", seen.status_code == 200, f"{seen.status_code} {seen.text}")
 
+# 2a. The second sidecar (same store): the token is admitted there, and a refresh there
+# rotates the refresh token the first issued.
+seen = client.get(SECOND + "/data", verify=CA, timeout=TIMEOUT)
+check("the second sidecar admits the token", seen.status_code == 200 and seen.json()["identity"] == "alice",
+      f"{seen.status_code} {seen.text}")
+rotated = client.refresh_token(SECOND + "/oauth2/token", auth=(CLIENT, SECRET), verify=CA, timeout=TIMEOUT)
+check("the second sidecar rotates the refresh token the first issued",
+      rotated["refresh_token"] != fresh["refresh_token"], rotated)
+
 # 3. A code used twice, a wrong verifier, an unregistered redirect URI.
 # (The library keeps the verifier of its last authorization URL: set as a second client
 # holding the same code and verifier would.)
@@ -164,6 +176,16 @@ check("the owner revokes alice's grants", revoked.status_code == 200 and revoked
 seen = client.get(BASE + "/data", verify=CA, timeout=TIMEOUT)
 check("the next call after the revocation is refused (401)", seen.status_code == 401,
       f"{seen.status_code} {seen.text}")
+start = time.monotonic()
+status = None
+while time.monotonic() - start < 3:
+    status = client.get(SECOND + "/data", verify=CA, timeout=TIMEOUT).status_code
+    if status == 401:
+        break
+    time.sleep(0.02)
+took = time.monotonic() - start
+check(f"the second sidecar refuses it within a second ({took:.2f} s)", status == 401 and took < 1.0,
+      f"{status} after {took:.2f} s")
 try:
     client.refresh_token(TOKEN_URL, auth=(CLIENT, SECRET), verify=CA, timeout=TIMEOUT)
     check("a refresh after the revocation is refused", False, "a token was issued")
