@@ -582,13 +582,13 @@ pub(super) struct Issued {
 /// A token endpoint's refusal: its `error` and `Retry-After`.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct TokenRefused {
-    pub code: String,
+    pub code: &'static str,
     pub retry_after: Option<u64>,
 }
 
 impl TokenRefused {
-    pub fn code(&self) -> &str {
-        &self.code
+    pub fn code(&self) -> &'static str {
+        self.code
     }
 }
 
@@ -641,8 +641,23 @@ pub(super) fn token_request_at(e: &Engine, headers: &HeaderMap, body: &str, now:
             refresh_token: s("refresh_token"),
         })
     } else {
+        // The RFC 6749 codes the provider answers with.
+        const CODES: [&str; 8] = [
+            "invalid_client",
+            "invalid_request",
+            "invalid_grant",
+            "invalid_scope",
+            "unsupported_grant_type",
+            "unauthorized_client",
+            "too_many_requests",
+            "temporarily_unavailable",
+        ];
+        let code = s("error").unwrap();
         Err(TokenRefused {
-            code: s("error").unwrap(),
+            code: CODES
+                .iter()
+                .find(|c| **c == code)
+                .unwrap_or_else(|| panic!("unknown error {code}")),
             retry_after: reply.retry_after_secs,
         })
     }
@@ -794,9 +809,7 @@ fn builtin_grants_only_the_scopes_a_client_may_have() {
     let none = HeaderMap::new();
     let grant = |client: &str, secret: &str, scope: &str| {
         let body = format!("grant_type=client_credentials&client_id={client}&client_secret={secret}{scope}");
-        token_request(&e, &none, &body)
-            .map(|i| i.scope)
-            .map_err(|e| e.code.leak() as &str)
+        token_request(&e, &none, &body).map(|i| i.scope).map_err(|e| e.code)
     };
     assert_eq!(grant("app-1", "s3cret", "&scope=write"), Ok(Some("write".into())));
     assert_eq!(
@@ -876,11 +889,7 @@ fn builtin_client_secrets_are_throttled() {
 fn builtin_refuses_wrong_clients_and_grants() {
     let e = builtin();
     let none = HeaderMap::new();
-    let r = |body| {
-        token_request(&e, &none, body)
-            .map(|_| ())
-            .map_err(|e| e.code.leak() as &str)
-    };
+    let r = |body| token_request(&e, &none, body).map(|_| ()).map_err(|e| e.code);
     assert_eq!(
         r("grant_type=client_credentials&client_id=app-1&client_secret=wrong"),
         Err("invalid_client")
