@@ -306,12 +306,13 @@ impl ProviderEndpoint<'_> {
         Ok(id)
     }
 
-    /// The owner's credential (`Authorization: Bearer`), wrong ones counted in the throttle.
+    /// The owner's credential (`Authorization: Bearer`), wrong ones counted in the throttle
+    /// per address only: counted against the owner too, anyone could lock the owner's
+    /// backend out (and a credential of 16 characters or more is not guessed).
     fn owner(&self, headers: &HeaderMap, window_ms: u64) -> Result<(), Box<Reply>> {
-        const CLAIMED: &str = "oauth2 owner";
         let delegation = self.builtin().delegation().expect("grant API calls need delegation");
         if let Some(t) = self.throttle.filter(|t| !t.is_empty())
-            && let Some(retry) = t.blocked(self.client_ip, Some(CLAIMED), window_ms)
+            && let Some(retry) = t.blocked(self.client_ip, None, window_ms)
         {
             return Err(Box::new(Reply::throttled(retry)));
         }
@@ -322,7 +323,7 @@ impl ProviderEndpoint<'_> {
         if presented.is_some()
             && let Some(t) = self.throttle
         {
-            t.failed(self.client_ip, Some(CLAIMED), window_ms);
+            t.failed(self.client_ip, None, window_ms);
         }
         let mut r = Reply::error(401, "invalid_token", None);
         r.challenge = Some(format!("Bearer realm=\"{}\"", self.route.name));
@@ -378,7 +379,7 @@ impl ProviderEndpoint<'_> {
                     now,
                 ) {
                     Ok((grant, refresh)) => {
-                        let scope = grant.scope.clone();
+                        let scope = still_allowed(builtin, &client, &grant.scope);
                         (Some(grant), Some(refresh), scope)
                     }
                     Err(e) => return invalid_grant(e),
@@ -404,6 +405,7 @@ impl ProviderEndpoint<'_> {
                 {
                     Ok((grant, refresh)) => {
                         let scope = requested.as_deref().map_or_else(|| grant.scope.clone(), normal_scope);
+                        let scope = still_allowed(builtin, &client, &scope);
                         (Some(grant), Some(refresh), scope)
                     }
                     Err(e) => return invalid_grant(e),
@@ -750,6 +752,17 @@ fn invalid_grant(e: RedeemError) -> Reply {
         _ => "invalid_grant",
     };
     r
+}
+
+/// The scopes of `scope` client `client` may still be granted (its Secret may have taken
+/// some away since the grant was made).
+fn still_allowed(builtin: &Builtin, client: &str, scope: &str) -> String {
+    let allowed = builtin.allowed_scopes(client);
+    scope
+        .split_ascii_whitespace()
+        .filter(|s| allowed.iter().any(|a| &**a == *s))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Scopes space-separated once each, in the order asked.

@@ -88,6 +88,11 @@ fn engine(oauth2: Value, secrets: Value) -> Engine {
 }
 
 fn engine_in(namespace: &str, oauth2: Value, secrets: Value) -> Engine {
+    engine_on(namespace, oauth2, secrets, Arc::new(InMemoryLimiter::new()))
+}
+
+/// An engine counting with `limiter` (two engines on one limiter: a reload).
+fn engine_on(namespace: &str, oauth2: Value, secrets: Value, limiter: Arc<InMemoryLimiter>) -> Engine {
     let mut auth = oauth2;
     auth["type"] = json!("OAuth2");
     let config = json!({"schemaVersion": 1, "generation": "g", "namespace": namespace,
@@ -99,7 +104,7 @@ fn engine_in(namespace: &str, oauth2: Value, secrets: Value) -> Engine {
         config: serde_json::from_value::<SidecarConfig>(config).unwrap(),
         secrets: serde_json::from_value::<SecretMaterial>(secrets).unwrap(),
     };
-    Engine::compile(&loaded, Arc::new(InMemoryLimiter::new())).unwrap()
+    Engine::compile(&loaded, limiter).unwrap()
 }
 
 fn jwt_engine(keys: &[&Signer]) -> Engine {

@@ -4,7 +4,7 @@
 use http::HeaderMap;
 use serde_json::{Value, json};
 
-use super::{NOW, SIGNING_PEM, bearer, decide, engine, provider_call, token_request_at};
+use super::{NOW, SIGNING_PEM, bearer, decide, provider_call, token_request_at};
 use crate::Engine;
 use crate::oauth2::login::pkce_challenge;
 
@@ -13,15 +13,22 @@ const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const CALLBACK: &str = "https://app.example.com/cb";
 
 fn delegating() -> Engine {
-    engine(
+    delegating_on(std::sync::Arc::default(), &["read", "write"])
+}
+
+/// The delegating engine on `limiter` (its grant book), app-1 allowed `app1_scopes`.
+fn delegating_on(limiter: std::sync::Arc<crate::InMemoryLimiter>, app1_scopes: &[&str]) -> Engine {
+    super::engine_on(
+        "demo",
         json!({"provider": "Builtin", "builtinTokenTtlSeconds": 600, "requiredScopes": ["read"],
                "builtinDelegation": {"consentUrl": "https://owner.example.com/consent?lang=en",
                                      "refreshTokenTtlSeconds": 86400, "maxGrantSeconds": 604800}}),
         json!({"oauth2SigningKeys": [{"name": "key-1", "pem": SIGNING_PEM}],
                "oauth2Clients": {"app-1": "s3cret", "app-2": "other"},
-               "oauth2ClientScopes": {"app-1": ["read", "write"], "app-2": ["read"]},
+               "oauth2ClientScopes": {"app-1": app1_scopes, "app-2": ["read"]},
                "oauth2RedirectUris": {"app-1": [CALLBACK], "app-2": ["https://two.example.com/cb", "http://127.0.0.1:9/cb"]},
                "oauth2OwnerToken": OWNER}),
+        limiter,
     )
 }
 
@@ -466,4 +473,65 @@ fn metadata_names_every_endpoint_rfc_8414_requires() {
         "http://api.example.com/api/oauth2/introspect"
     );
     assert_eq!(doc["revocation_endpoint"], "http://api.example.com/api/oauth2/revoke");
+}
+
+/// A grant outlives a reload; a scope the client's Secret no longer allows is not in the
+/// tokens its refresh gives.
+#[test]
+fn grants_survive_reloads_and_refreshes_follow_the_clients_scopes() {
+    let limiter: std::sync::Arc<crate::InMemoryLimiter> = std::sync::Arc::default();
+    let e = delegating_on(limiter.clone(), &["read", "write"]);
+    let request = consent_request(&e);
+    let r = grant(&e, json!({"request": request, "user": "alice"}), NOW);
+    let code = r.body.unwrap()["code"].as_str().unwrap().to_owned();
+    let issued = redeem(&e, &code, VERIFIER, NOW).unwrap();
+    assert_eq!(issued.scope.as_deref(), Some("read"));
+    // Reloaded with app-1 allowed only "write": the grant holds, its refresh carries no "read".
+    let reloaded = delegating_on(limiter, &["write"]);
+    let next = refresh(&reloaded, issued.refresh_token.as_deref().unwrap(), NOW + 10).unwrap();
+    assert_eq!(next.scope, None);
+    assert_eq!(
+        decide(&reloaded, &next.access_token, NOW + 10).0,
+        403,
+        "without read: insufficient scope"
+    );
+}
+
+/// Wrong owner credentials are counted per address only: the owner's backend, elsewhere,
+/// is not locked out by them.
+#[test]
+fn wrong_owner_credentials_lock_out_their_address_only() {
+    let e = delegating();
+    let budget = crate::throttle::Budget::default().per_address;
+    for n in 0..budget + 5 {
+        let r = provider_call(
+            &e,
+            "GET",
+            "/api/oauth2/grants",
+            Some("user=x"),
+            &bearer(&format!("guess-{n}-0000000000")),
+            "",
+            NOW,
+        );
+        assert!(matches!(r.status, 401 | 429), "{r:?}");
+    }
+    let r = provider_call(&e, "GET", "/api/oauth2/grants", Some("user=x"), &owner(), "", NOW);
+    assert_eq!(
+        r.status, 429,
+        "the guessing address is throttled, right credential or not"
+    );
+    let mut elsewhere = super::request("GET", "/api/oauth2/grants", &owner());
+    elsewhere.peer = "10.9.9.9".parse().unwrap();
+    elsewhere.query = Some("user=x");
+    let input = crate::CallInput {
+        method: "GET",
+        headers: &owner(),
+        query: Some("user=x"),
+        body: "",
+    };
+    let r = e
+        .provider_endpoint(&elsewhere)
+        .unwrap()
+        .serve(&input, &super::random(), NOW * 1000, NOW * 1000);
+    assert_eq!(r.status, 200, "{r:?}");
 }
