@@ -873,7 +873,11 @@ impl OAuth2 {
         let builtin = self.builtin.as_ref()?;
         let (kid, key) = builtin.keys.first()?;
         let now = t.now_ms / 1000;
-        let exp = (now + u64::from(builtin.ttl_seconds)).min(t.grant.map_or(u64::MAX, |g| g.expires_at));
+        // A grant's tokens end with it, clock skew allowance included.
+        let grant_end = t
+            .grant
+            .map_or(u64::MAX, |g| g.expires_at.saturating_sub(CLOCK_SKEW_SECS));
+        let exp = (now + u64::from(builtin.ttl_seconds)).min(grant_end);
         if exp <= now {
             return None;
         }

@@ -56,6 +56,9 @@ impl ProviderCall {
             ("authorize", "GET" | "HEAD") if delegation => Self::Authorize,
             ("grants", "GET" | "POST" | "DELETE") if delegation => Self::Grants { rest: String::new() },
             ("grants/deny", "POST") if delegation => Self::Grants { rest: "/deny".into() },
+            ("grants/describe", "POST") if delegation => Self::Grants {
+                rest: "/describe".into(),
+            },
             (t, "GET" | "DELETE") if delegation => {
                 let id = t.strip_prefix("grants/")?;
                 (id.len() == 22 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
@@ -68,7 +71,7 @@ impl ProviderCall {
 
     /// Whether the call reads a body.
     pub fn reads_body(&self) -> bool {
-        !matches!(self, Self::Authorize) && !matches!(self, Self::Grants { rest } if rest.len() > 6)
+        !matches!(self, Self::Authorize) && !matches!(self, Self::Grants { rest } if rest.len() == 23)
     }
 }
 
@@ -229,7 +232,7 @@ impl<'e> ProviderEndpoint<'e> {
             ProviderCall::Revoke | ProviderCall::Introspect => {
                 needs.ids.extend(form("token").as_deref().and_then(id_of_token));
             }
-            ProviderCall::Grants { rest } if rest.len() > 6 => needs.ids.push(rest[1..].to_owned()),
+            ProviderCall::Grants { rest } if rest.len() == 23 => needs.ids.push(rest[1..].to_owned()),
             ProviderCall::Grants { rest } if rest.is_empty() && input.method != "POST" => {
                 let q = input.query.unwrap_or("");
                 needs.user = single(q, "user").ok().flatten().map(|u| u.into_owned());
@@ -258,6 +261,27 @@ impl ProviderEndpoint<'_> {
     /// Answers the call at `now_ms` (Unix milliseconds; `window_ms`: the monotonic clock of
     /// the failed-authentication throttle).
     pub fn serve(&self, input: &CallInput<'_>, random: &ProviderRandom, now_ms: u64, window_ms: u64) -> Reply {
+        // One credential: the sidecar would check one field, something else might read another.
+        if input
+            .headers
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return Reply::error(400, "invalid_request", Some("more than one Authorization header"));
+        }
+        if matches!(
+            self.call,
+            ProviderCall::Token | ProviderCall::Revoke | ProviderCall::Introspect
+        ) && !is_form(input.headers)
+        {
+            return Reply::error(
+                400,
+                "invalid_request",
+                Some("the body must be application/x-www-form-urlencoded"),
+            );
+        }
         match &self.call {
             ProviderCall::Token => self.token(input, random, now_ms, window_ms),
             ProviderCall::Revoke => self.revoke(input, now_ms, window_ms),
@@ -282,7 +306,22 @@ impl ProviderEndpoint<'_> {
             r.challenge = Some(format!("Basic realm=\"{}\", charset=\"UTF-8\"", self.route.name));
             r
         };
+        if query::repeated(body, "client_id") || query::repeated(body, "client_secret") {
+            return Err(Box::new(Reply::error(
+                400,
+                "invalid_request",
+                Some("client_id or client_secret given twice"),
+            )));
+        }
         let (id, secret) = match (auth::basic_pair(headers), form("client_id"), form("client_secret")) {
+            // A client_id beside Basic credentials must name the same client.
+            (Some(Ok((id, _))), Some(other), None) if *other != *id => {
+                return Err(Box::new(Reply::error(
+                    400,
+                    "invalid_request",
+                    Some("client_id differs from the Basic credentials"),
+                )));
+            }
             (Some(Ok(pair)), _, None) => pair,
             (Some(Err(())), _, _) => return Err(Box::new(invalid())),
             (None, Some(id), Some(secret)) => (id.into_owned(), secret.into_owned()),
@@ -625,7 +664,7 @@ impl ProviderEndpoint<'_> {
         let ttl = u64::from(builtin.ttl_seconds());
         let q = input.query.unwrap_or("");
         match (input.method, rest) {
-            ("POST", "") | ("POST", "/deny") => {
+            ("POST", "") | ("POST", "/deny") | ("POST", "/describe") => {
                 let Ok(body) = serde_json::from_str::<Value>(input.body) else {
                     return Reply::error(400, "invalid_request", Some("the body is not JSON"));
                 };
@@ -643,6 +682,25 @@ impl ProviderEndpoint<'_> {
                     back.push(("state", state));
                 }
                 back.push(("iss", &self.issuer));
+                if rest == "/describe" {
+                    let body = json!({
+                        "client_id": s("cid"),
+                        "scope": still_allowed(builtin, s("cid"), s("scp")),
+                        "redirect_uri": s("rdr"),
+                        "expires_at": request.get("exp"),
+                    });
+                    return Reply::json(200, body, "owner", "oauth2 consent request described");
+                }
+                // What the consent page showed, when it says: the handle must agree.
+                if body.get("client_id").is_some_and(|c| c.as_str() != Some(s("cid"))) {
+                    return Reply::error(400, "invalid_request", Some("client_id is not the consent request's"));
+                }
+                // The client's redirect URI and scopes as they are now, not as when the user
+                // was sent to the consent page.
+                let delegation = builtin.delegation().expect("grant API needs delegation");
+                if delegation.redirect_uri(s("cid"), Some(s("rdr"))).is_none() {
+                    return Reply::error(400, "invalid_request", Some("the redirect URI is no longer registered"));
+                }
                 if rest == "/deny" {
                     back.insert(0, ("error", "access_denied"));
                     let to = with_query(s("rdr"), &back);
@@ -670,7 +728,10 @@ impl ProviderEndpoint<'_> {
                         return Reply::error(400, "invalid_scope", Some("scope must be within the request's"));
                     }
                 };
-                let delegation = builtin.delegation().expect("grant API needs delegation");
+                let scope = still_allowed(builtin, s("cid"), &scope);
+                if scope.is_empty() {
+                    return Reply::error(400, "invalid_scope", Some("the grant would carry no scope"));
+                }
                 let lifetime = match body.get("lifetime_seconds") {
                     None | Some(Value::Null) => delegation.max_grant_secs,
                     Some(v) => match v.as_u64().filter(|&l| (60..=delegation.max_grant_secs).contains(&l)) {
@@ -692,7 +753,8 @@ impl ProviderEndpoint<'_> {
                     client_id: s("cid"),
                     scope: &scope,
                     lifetime_secs: lifetime,
-                    redirect_uri: request.get("ru").and_then(Value::as_str),
+                    redirect_uri: s("rdr"),
+                    redirect_given: request.get("ru").is_some(),
                     code_challenge: s("pkc"),
                 };
                 match book.create(&new, &random.grant, now) {
@@ -752,6 +814,18 @@ fn invalid_grant(e: RedeemError) -> Reply {
         _ => "invalid_grant",
     };
     r
+}
+
+/// Whether the body is a form (`application/x-www-form-urlencoded`, RFC 6749 section 3.2).
+fn is_form(headers: &HeaderMap) -> bool {
+    let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let first = types.next().and_then(|v| v.to_str().ok());
+    types.next().is_none()
+        && first.is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+        })
 }
 
 /// The scopes of `scope` client `client` may still be granted (its Secret may have taken

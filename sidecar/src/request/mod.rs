@@ -78,6 +78,9 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
             http::header::CACHE_CONTROL,
             http::HeaderValue::from_static("public, max-age=300"),
         );
+        // Without a configured issuer, the document names the host it was asked on.
+        resp.headers_mut()
+            .insert(http::header::VARY, http::HeaderValue::from_static("Host"));
         return trip.early(resp, "allow", doc.route, doc.profile, trip.peer, "provider document");
     }
     // 2b. Sign-in for people: the callback and the sign-out path; a session close to its

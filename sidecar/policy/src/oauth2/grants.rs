@@ -60,8 +60,11 @@ pub struct NewGrant<'a> {
     pub client_id: &'a str,
     pub scope: &'a str,
     pub lifetime_secs: u64,
-    /// The authorization request's `redirect_uri`, `None` when it named none.
-    pub redirect_uri: Option<&'a str>,
+    /// Where the code goes (the authorization request's `redirect_uri`, else the client's
+    /// only one).
+    pub redirect_uri: &'a str,
+    /// The authorization request named it (the token request must then name it too).
+    pub redirect_given: bool,
     /// The PKCE S256 challenge.
     pub code_challenge: &'a str,
 }
@@ -95,11 +98,28 @@ struct Entry {
     /// Bumped by every change: what a shared store compares before it takes a change.
     version: u64,
     grant: Grant,
-    redirect_uri: Option<Box<str>>,
+    redirect_uri: Box<str>,
+    redirect_given: bool,
     code_challenge: Box<str>,
     code: [u8; 32],
     code_used: bool,
     refresh: Option<Refresh>,
+}
+
+impl Entry {
+    /// Until its end; a grant whose code was never redeemed ends with its code.
+    fn live(&self, now: u64) -> bool {
+        self.grant.expires_at > now && (self.code_used || self.grant.created_at + CODE_TTL_SECS > now)
+    }
+
+    /// Until when a shared store keeps it (Unix seconds).
+    fn kept_until(&self) -> u64 {
+        if self.code_used {
+            self.grant.expires_at
+        } else {
+            self.grant.expires_at.min(self.grant.created_at + CODE_TTL_SECS)
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -172,6 +192,8 @@ pub struct Exported {
     pub version: u64,
     pub user: String,
     pub client_id: String,
+    /// Until when the store keeps it (Unix seconds): the grant's end, or its code's while
+    /// the code was not redeemed.
     pub expires_at: u64,
     pub document: String,
 }
@@ -206,7 +228,7 @@ impl GrantBook {
     /// Makes a grant at `now` (Unix seconds): the grant and its code.
     pub fn create(&self, new: &NewGrant<'_>, random: &GrantRandom, now: u64) -> Result<(Grant, String), CreateError> {
         let mut entries = self.lock();
-        entries.retain(|_, e| e.grant.expires_at > now);
+        entries.retain(|_, e| e.live(now));
         if entries.len() >= MAX_GRANTS || self.revoked.load().grants.len() >= MAX_REVOKED {
             return Err(CreateError::Full);
         }
@@ -229,7 +251,8 @@ impl GrantBook {
             Entry {
                 version: 1,
                 grant: grant.clone(),
-                redirect_uri: new.redirect_uri.map(Into::into),
+                redirect_uri: new.redirect_uri.into(),
+                redirect_given: new.redirect_given,
                 code_challenge: new.code_challenge.into(),
                 code: digest(&code),
                 code_used: false,
@@ -272,7 +295,13 @@ impl GrantBook {
         if e.grant.client_id != client_id {
             return Err(RedeemError::OtherClient);
         }
-        if e.redirect_uri.as_deref() != redirect_uri && e.redirect_uri.is_some() {
+        // Named in the authorization request: the same again; not named: if given, the one
+        // the code went to.
+        let redirect_ok = match redirect_uri {
+            Some(r) => *r == *e.redirect_uri,
+            None => !e.redirect_given,
+        };
+        if !redirect_ok {
             return Err(RedeemError::RedirectUri);
         }
         let challenge = super::login::pkce_challenge(verifier);
@@ -356,8 +385,9 @@ impl GrantBook {
         let mut out: Vec<Grant> = self
             .lock()
             .values()
+            .filter(|e| e.live(now))
             .map(|e| &e.grant)
-            .filter(|g| g.expires_at > now && keep(g))
+            .filter(|g| keep(g))
             .cloned()
             .collect();
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
@@ -449,7 +479,8 @@ impl GrantBook {
         let doc = serde_json::json!({
             "user": e.grant.user, "client_id": e.grant.client_id, "scope": e.grant.scope,
             "created_at": e.grant.created_at, "expires_at": e.grant.expires_at,
-            "redirect_uri": e.redirect_uri.as_deref(), "code_challenge": &*e.code_challenge,
+            "redirect_uri": &*e.redirect_uri, "redirect_given": e.redirect_given,
+            "code_challenge": &*e.code_challenge,
             "code": hex(&e.code), "code_used": e.code_used,
             "refresh": e.refresh.as_ref().map(|r| serde_json::json!({
                 "current": hex(&r.current), "previous": r.previous.as_ref().map(hex), "expires_at": r.expires_at,
@@ -459,7 +490,7 @@ impl GrantBook {
             version: e.version,
             user: e.grant.user.clone(),
             client_id: e.grant.client_id.clone(),
-            expires_at: e.grant.expires_at,
+            expires_at: e.kept_until(),
             document: doc.to_string(),
         })
     }
@@ -559,7 +590,8 @@ fn entry_of(id: &str, version: u64, doc: &str) -> Option<Entry> {
             created_at: n("created_at")?,
             expires_at: n("expires_at")?,
         },
-        redirect_uri: s("redirect_uri").map(Into::into),
+        redirect_uri: s("redirect_uri")?.into(),
+        redirect_given: v.get("redirect_given")?.as_bool()?,
         code_challenge: s("code_challenge")?.into(),
         code: digest(v.get("code"))?,
         code_used: v.get("code_used")?.as_bool()?,

@@ -621,6 +621,13 @@ pub(super) fn provider_call(
     body: &str,
     now: u64,
 ) -> crate::Reply {
+    // Token, revocation and introspection requests are forms (as clients send them).
+    let mut headers = headers.clone();
+    let form_call = ["/token", "/revoke", "/introspect"].iter().any(|p| path.ends_with(p));
+    if form_call && !headers.contains_key("content-type") {
+        headers.insert("content-type", "application/x-www-form-urlencoded".parse().unwrap());
+    }
+    let headers = &headers;
     let mut req = request(method, path, headers);
     req.query = query;
     let input = crate::CallInput {

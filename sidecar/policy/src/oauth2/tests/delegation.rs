@@ -535,3 +535,117 @@ fn wrong_owner_credentials_lock_out_their_address_only() {
         .serve(&input, &super::random(), NOW * 1000, NOW * 1000);
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+/// From the review: the consent page can learn what a request really asks for, and pin it;
+/// a code never redeemed does not keep its grant alive; a grant's tokens end with it.
+#[test]
+fn consent_requests_describe_themselves_and_unredeemed_grants_end_with_their_code() {
+    let e = delegating();
+    let request = consent_request(&e);
+    let described = provider_call(
+        &e,
+        "POST",
+        "/api/oauth2/grants/describe",
+        None,
+        &owner(),
+        &json!({"request": request}).to_string(),
+        NOW,
+    );
+    let d = described.body.unwrap();
+    assert_eq!(
+        (d["client_id"].clone(), d["scope"].clone()),
+        (json!("app-1"), json!("read"))
+    );
+    assert_eq!(d["redirect_uri"], CALLBACK);
+    // A page that pins the client it showed is refused another's request.
+    let pinned = grant(
+        &e,
+        json!({"request": request, "user": "alice", "client_id": "app-2"}),
+        NOW,
+    );
+    assert_eq!(pinned.status, 400, "{pinned:?}");
+    // 300 grants whose codes nobody redeems: after the codes' minute they are gone.
+    for n in 0..super::super::grants::MAX_GRANTS_PER_USER {
+        assert_eq!(
+            grant(&e, json!({"request": request, "user": "dave"}), NOW).status,
+            201,
+            "grant {n}"
+        );
+    }
+    assert_eq!(grant(&e, json!({"request": request, "user": "dave"}), NOW).status, 409);
+    let later = provider_call(
+        &e,
+        "GET",
+        "/api/oauth2/grants",
+        Some("user=dave"),
+        &owner(),
+        "",
+        NOW + 61,
+    );
+    assert_eq!(later.body.unwrap()["grants"], json!([]));
+    let consent = consent_request(&e);
+    assert_eq!(
+        grant(&e, json!({"request": consent, "user": "dave"}), NOW + 61).status,
+        201
+    );
+    // A one-hour grant: its last token ends a skew allowance before the grant does.
+    let r = grant(
+        &e,
+        json!({"request": consent, "user": "erin", "lifetime_seconds": 3600}),
+        NOW + 61,
+    );
+    let code = r.body.unwrap()["code"].as_str().unwrap().to_owned();
+    let first = redeem(&e, &code, VERIFIER, NOW + 61).unwrap();
+    let issued = refresh(&e, first.refresh_token.as_deref().unwrap(), NOW + 3600 + 61 - 100).unwrap();
+    assert_eq!(issued.expires_in, 40);
+    assert_eq!(decide(&e, &issued.access_token, NOW + 3600 + 61).1, "token expired");
+}
+
+/// From the review: one credential, a form, each client parameter once, the redirect URI the
+/// code went to.
+#[test]
+fn token_requests_are_read_one_way_only() {
+    let e = delegating();
+    let form = "grant_type=client_credentials&client_id=app-1&client_secret=s3cret";
+    let call = |headers: &HeaderMap, body: &str| {
+        provider_call(
+            &e,
+            "POST",
+            "/api/oauth2/token",
+            None,
+            headers,
+            leak(body.to_owned()),
+            NOW,
+        )
+        .status
+    };
+    assert_eq!(call(&HeaderMap::new(), form), 200);
+    let mut json_body = HeaderMap::new();
+    json_body.insert("content-type", "application/json".parse().unwrap());
+    assert_eq!(call(&json_body, form), 400);
+    assert_eq!(call(&HeaderMap::new(), &format!("{form}&client_id=app-2")), 400);
+    let mut two = bearer("x");
+    two.append("authorization", "Basic YXBwLTE6czNjcmV0".parse().unwrap());
+    assert_eq!(call(&two, "grant_type=client_credentials"), 400);
+    let mut basic = HeaderMap::new();
+    basic.insert("authorization", "Basic YXBwLTE6czNjcmV0".parse().unwrap());
+    assert_eq!(call(&basic, "grant_type=client_credentials&client_id=app-1"), 200);
+    assert_eq!(call(&basic, "grant_type=client_credentials&client_id=app-2"), 400);
+    // An authorization request without redirect_uri: a token request naming another is refused.
+    let q = good_query("app-1", "").replace(
+        &format!("&redirect_uri={}", portcullis_signatures::percent_encode(CALLBACK)),
+        "",
+    );
+    let to = authorize(&e, q).location.unwrap();
+    let request = param(&to, "request").unwrap();
+    let code = grant(&e, json!({"request": request, "user": "alice"}), NOW)
+        .body
+        .unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = format!(
+        "grant_type=authorization_code&code={code}&redirect_uri=https%3A%2F%2Fevil.example%2Fcb&code_verifier={VERIFIER}&client_id=app-1&client_secret=s3cret"
+    );
+    assert_eq!(call(&HeaderMap::new(), &body), 400);
+}
