@@ -107,7 +107,9 @@ pub fn engine() -> &'static Engine<InMemoryLimiter> {
                 {"name": "cavage", "auth": {"type": "HttpSignature", "standard": "Cavage",
                  "requiredComponents": ["(request-target)"], "maxAgeSeconds": 300}},
                 {"name": "oauth", "auth": {"type": "OAuth2", "provider": "Builtin",
-                 "builtinTokenTtlSeconds": 600, "requiredScopes": ["read"]}},
+                 "builtinTokenTtlSeconds": 600, "requiredScopes": ["read"],
+                 "builtinDelegation": {"consentUrl": "https://owner.example/consent",
+                                       "refreshTokenTtlSeconds": 86400, "maxGrantSeconds": 604800}}},
             ],
             "routes": [
                 route("open", None, "/", "open"),
@@ -123,7 +125,8 @@ pub fn engine() -> &'static Engine<InMemoryLimiter> {
             "keys": {"apiKeys": {"key-1": "secret-1"}},
             "rfc": {"signatureKeys": {"gw-1": "hmac secret"}},
             "cavage": {"signatureKeys": {"gw-1": "hmac secret"}},
-            "oauth": {"oauth2SigningKeys": [{"name": "key-1", "pem": SIGNING_PEM}], "oauth2Clients": {"app-1": "s3cret"}, "oauth2ClientScopes": {"app-1": ["read"]}},
+            "oauth": {"oauth2SigningKeys": [{"name": "key-1", "pem": SIGNING_PEM}], "oauth2Clients": {"app-1": "s3cret"}, "oauth2ClientScopes": {"app-1": ["read"]},
+                      "oauth2RedirectUris": {"app-1": ["https://app.example/cb"]}, "oauth2OwnerToken": "owner-credential-0123"},
         }});
         let loaded = Loaded {
             config: serde_json::from_value::<SidecarConfig>(config).expect("fuzz config"),
