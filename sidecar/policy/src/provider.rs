@@ -27,6 +27,8 @@ use crate::oauth2::grants::{self, GrantRandom, NewGrant, RedeemError};
 use crate::oauth2::{self, Builtin, OAuth2, TokenToIssue};
 use crate::{CompiledRoute, auth, query, throttle};
 
+/// The shortest grant: long enough for a token after the clock-skew allowance.
+const MIN_GRANT_SECS: u64 = 300;
 /// Seconds a consent request handle stays valid.
 pub const REQUEST_TTL_SECS: u64 = 600;
 /// Longest `state` carried through.
@@ -419,6 +421,10 @@ impl ProviderEndpoint<'_> {
                 ) {
                     Ok((grant, refresh)) => {
                         let scope = still_allowed(builtin, &client, &grant.scope);
+                        if scope.is_empty() {
+                            // The client's Secret allows none of the grant's scopes any more.
+                            return Reply::error(400, "invalid_scope", None);
+                        }
                         (Some(grant), Some(refresh), scope)
                     }
                     Err(e) => return invalid_grant(e),
@@ -430,13 +436,18 @@ impl ProviderEndpoint<'_> {
                 };
                 let ttl = u64::from(builtin.ttl_seconds());
                 // A narrower scope is checked before the token rotates.
-                let known = builtin.book().refresh_token(&token, now);
-                if let (Some(asked), Some((grant, _))) = (requested.as_deref(), known.as_ref())
-                    && !asked
+                // The scope asked (else the grant's) must be within the grant's and what the
+                // client's Secret allows now, and not empty: checked before the token rotates.
+                if let Some((grant, _)) = builtin.book().refresh_token(&token, now) {
+                    let asked = requested.as_deref().unwrap_or(&grant.scope);
+                    let within = asked
                         .split_ascii_whitespace()
-                        .all(|s| grant.scope.split(' ').any(|g| g == s))
-                {
-                    return Reply::error(400, "invalid_scope", None);
+                        .all(|s| grant.scope.split(' ').any(|g| g == s));
+                    let now_allowed = still_allowed(builtin, &client, asked);
+                    if !within || now_allowed.is_empty() || (requested.is_some() && now_allowed != normal_scope(asked))
+                    {
+                        return Reply::error(400, "invalid_scope", None);
+                    }
                 }
                 match builtin
                     .book()
@@ -695,6 +706,11 @@ impl ProviderEndpoint<'_> {
                 if body.get("client_id").is_some_and(|c| c.as_str() != Some(s("cid"))) {
                     return Reply::error(400, "invalid_request", Some("client_id is not the consent request's"));
                 }
+                // A page that pins the client it showed pins the scope it showed too: else it
+                // would grant the request's, which the URL it read need not have named.
+                if rest.is_empty() && body.get("client_id").is_some() && body.get("scope").is_none_or(Value::is_null) {
+                    return Reply::error(400, "invalid_request", Some("with client_id, name the scope shown too"));
+                }
                 // The client's redirect URI and scopes as they are now, not as when the user
                 // was sent to the consent page.
                 let delegation = builtin.delegation().expect("grant API needs delegation");
@@ -734,14 +750,17 @@ impl ProviderEndpoint<'_> {
                 }
                 let lifetime = match body.get("lifetime_seconds") {
                     None | Some(Value::Null) => delegation.max_grant_secs,
-                    Some(v) => match v.as_u64().filter(|&l| (60..=delegation.max_grant_secs).contains(&l)) {
+                    Some(v) => match v
+                        .as_u64()
+                        .filter(|&l| (MIN_GRANT_SECS..=delegation.max_grant_secs).contains(&l))
+                    {
                         Some(l) => l,
                         None => {
                             return Reply::error(
                                 400,
                                 "invalid_request",
                                 Some(&format!(
-                                    "lifetime_seconds must be 60 to {} (maxGrantSeconds)",
+                                    "lifetime_seconds must be {MIN_GRANT_SECS} to {} (maxGrantSeconds)",
                                     delegation.max_grant_secs
                                 )),
                             );

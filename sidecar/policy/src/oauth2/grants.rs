@@ -374,10 +374,7 @@ impl GrantBook {
 
     /// Grant `id`, if live.
     pub fn get(&self, id: &str, now: u64) -> Option<Grant> {
-        self.lock()
-            .get(id)
-            .filter(|e| e.grant.expires_at > now)
-            .map(|e| e.grant.clone())
+        self.lock().get(id).filter(|e| e.live(now)).map(|e| e.grant.clone())
     }
 
     /// The live grants `keep` selects, oldest first.
@@ -405,7 +402,7 @@ impl GrantBook {
         let mut entries = self.lock();
         let ids: Vec<Box<str>> = entries
             .iter()
-            .filter(|(_, e)| e.grant.expires_at > now && which(&e.grant))
+            .filter(|(_, e)| e.live(now) && which(&e.grant))
             .map(|(id, _)| id.clone())
             .collect();
         if ids.is_empty() {

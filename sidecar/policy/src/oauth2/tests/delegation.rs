@@ -486,15 +486,27 @@ fn grants_survive_reloads_and_refreshes_follow_the_clients_scopes() {
     let code = r.body.unwrap()["code"].as_str().unwrap().to_owned();
     let issued = redeem(&e, &code, VERIFIER, NOW).unwrap();
     assert_eq!(issued.scope.as_deref(), Some("read"));
-    // Reloaded with app-1 allowed only "write": the grant holds, its refresh carries no "read".
-    let reloaded = delegating_on(limiter, &["write"]);
-    let next = refresh(&reloaded, issued.refresh_token.as_deref().unwrap(), NOW + 10).unwrap();
-    assert_eq!(next.scope, None);
+    let refresh_token = issued.refresh_token.clone().unwrap();
+    // Reloaded with app-1 allowed only "write": the grant holds, but "read" is no longer
+    // given: refused (before the refresh token rotates), asked for or not.
+    let reloaded = delegating_on(limiter.clone(), &["write"]);
     assert_eq!(
-        decide(&reloaded, &next.access_token, NOW + 10).0,
-        403,
-        "without read: insufficient scope"
+        refresh(&reloaded, &refresh_token, NOW + 10).unwrap_err().code(),
+        "invalid_scope"
     );
+    let asked = format!(
+        "grant_type=refresh_token&refresh_token={refresh_token}&scope=read&client_id=app-1&client_secret=s3cret"
+    );
+    assert_eq!(
+        token_request_at(&reloaded, &HeaderMap::new(), &asked, NOW + 10)
+            .unwrap_err()
+            .code(),
+        "invalid_scope"
+    );
+    // Allowed again: the same refresh token still works (it did not rotate).
+    let again = delegating_on(limiter, &["read", "write"]);
+    let next = refresh(&again, &refresh_token, NOW + 20).unwrap();
+    assert_eq!(next.scope.as_deref(), Some("read"));
 }
 
 /// Wrong owner credentials are counted per address only: the owner's backend, elsewhere,
@@ -560,10 +572,24 @@ fn consent_requests_describe_themselves_and_unredeemed_grants_end_with_their_cod
     // A page that pins the client it showed is refused another's request.
     let pinned = grant(
         &e,
-        json!({"request": request, "user": "alice", "client_id": "app-2"}),
+        json!({"request": request, "user": "alice", "client_id": "app-2", "scope": "read"}),
         NOW,
     );
     assert_eq!(pinned.status, 400, "{pinned:?}");
+    // Pinning the client pins the scope shown too.
+    let unscoped = grant(
+        &e,
+        json!({"request": request, "user": "alice", "client_id": "app-1"}),
+        NOW,
+    );
+    assert_eq!(unscoped.status, 400, "{unscoped:?}");
+    let both = grant(
+        &e,
+        json!({"request": request, "user": "alice", "client_id": "app-1", "scope": "read"}),
+        NOW,
+    );
+    assert_eq!(both.status, 201, "{both:?}");
+    let unredeemed = both.body.unwrap()["grant"]["id"].as_str().unwrap().to_owned();
     // 300 grants whose codes nobody redeems: after the codes' minute they are gone.
     for n in 0..super::super::grants::MAX_GRANTS_PER_USER {
         assert_eq!(
@@ -583,6 +609,15 @@ fn consent_requests_describe_themselves_and_unredeemed_grants_end_with_their_cod
         NOW + 61,
     );
     assert_eq!(later.body.unwrap()["grants"], json!([]));
+    let by_id = leak(format!("/api/oauth2/grants/{unredeemed}"));
+    assert_eq!(
+        provider_call(&e, "GET", by_id, None, &owner(), "", NOW + 61).status,
+        404
+    );
+    assert_eq!(
+        provider_call(&e, "DELETE", by_id, None, &owner(), "", NOW + 61).status,
+        404
+    );
     let consent = consent_request(&e);
     assert_eq!(
         grant(&e, json!({"request": consent, "user": "dave"}), NOW + 61).status,
