@@ -318,55 +318,21 @@ async fn a_user_grants_a_client_access_and_the_owner_revokes_it() {
     assert_eq!(h["cache-control"], "no-store");
     let tokens = json_of(&body);
     let access = tokens["access_token"].as_str().unwrap().to_owned();
-    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let first_refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
     // The same code again: refused, and the grant is revoked.
-    let (s, _, _) = call(
-        &sidecar,
-        "POST",
-        "/api/oauth2/token",
-        &[FORM, ("authorization", basic)],
-        &form,
-    )
-    .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, _, _) = call(
-        &sidecar,
-        "GET",
-        "/api/x",
-        &[("authorization", &format!("Bearer {access}"))],
-        "",
-    )
-    .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED, "a code used twice revokes its grant");
+    assert_eq!(redeem(&sidecar, &code).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        api(&sidecar, &access).await,
+        StatusCode::UNAUTHORIZED,
+        "a code used twice revokes its grant"
+    );
 
     // Again, properly this time.
-    let (_, h, _) = call(&sidecar, "GET", &authorize, &[], "").await;
-    let request = query_param(h["location"].to_str().unwrap(), "request").unwrap();
-    let grant = json!({"request": request, "user": "alice"}).to_string();
-    let (_, _, body) = call(
-        &sidecar,
-        "POST",
-        "/api/oauth2/grants",
-        &[("authorization", &owner)],
-        &grant,
-    )
-    .await;
-    let code = query_param(json_of(&body)["redirect_to"].as_str().unwrap(), "code").unwrap();
-    let form = format!(
-        "grant_type=authorization_code&code={code}&redirect_uri=https%3A%2F%2Fapp.example.com%2Fcb&code_verifier={VERIFIER}"
-    );
-    let (_, _, body) = call(
-        &sidecar,
-        "POST",
-        "/api/oauth2/token",
-        &[FORM, ("authorization", basic)],
-        &form,
-    )
-    .await;
-    let tokens = json_of(&body);
+    let code = code_for(&sidecar, &sidecar, "alice").await;
+    let (_, tokens) = redeem(&sidecar, &code).await;
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     let refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
-    assert_ne!(refresh_token, refresh);
+    assert_ne!(refresh_token, first_refresh);
 
     // 4. The API, as alice through app-1: the app is told both, and nothing the client wrote.
     let bearer = format!("Bearer {access}");
@@ -384,16 +350,8 @@ async fn a_user_grants_a_client_access_and_the_owner_revokes_it() {
     assert_eq!(seen["headers"]["x-portcullis-client"], json!(["app-1"]));
 
     // 5. Refresh: a new pair; the owner's introspection sees the new access token.
-    let (s, _, body) = call(
-        &sidecar,
-        "POST",
-        "/api/oauth2/token",
-        &[FORM, ("authorization", basic)],
-        &format!("grant_type=refresh_token&refresh_token={refresh_token}"),
-    )
-    .await;
+    let (s, next) = refresh(&sidecar, &refresh_token).await;
     assert_eq!(s, StatusCode::OK);
-    let next = json_of(&body);
     let access2 = next["access_token"].as_str().unwrap().to_owned();
     let (_, _, body) = call(
         &sidecar,
@@ -420,15 +378,7 @@ async fn a_user_grants_a_client_access_and_the_owner_revokes_it() {
     .await;
     let listed: Value = json_of(&body);
     assert_eq!(listed["grants"].as_array().unwrap().len(), 1, "{listed}");
-    let (s, _, _) = call(
-        &sidecar,
-        "GET",
-        "/api/x",
-        &[("authorization", &format!("Bearer {access2}"))],
-        "",
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
+    assert_eq!(api(&sidecar, &access2).await, StatusCode::OK);
     let (s, _, body) = call(
         &sidecar,
         "DELETE",
@@ -438,27 +388,9 @@ async fn a_user_grants_a_client_access_and_the_owner_revokes_it() {
     )
     .await;
     assert_eq!((s, json_of(&body)["revoked"].clone()), (StatusCode::OK, json!(1)));
-    let (s, _, _) = call(
-        &sidecar,
-        "GET",
-        "/api/x",
-        &[("authorization", &format!("Bearer {access2}"))],
-        "",
-    )
-    .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, _, _) = call(
-        &sidecar,
-        "POST",
-        "/api/oauth2/token",
-        &[FORM, ("authorization", basic)],
-        &format!(
-            "grant_type=refresh_token&refresh_token={}",
-            next["refresh_token"].as_str().unwrap()
-        ),
-    )
-    .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(api(&sidecar, &access2).await, StatusCode::UNAUTHORIZED);
+    let spent = next["refresh_token"].as_str().unwrap();
+    assert_eq!(refresh(&sidecar, spent).await.0, StatusCode::BAD_REQUEST);
 
     // 7. The metadata names every endpoint; the audit log holds no code, token or credential.
     let (_, _, body) = call(&sidecar, "GET", "/.well-known/oauth-authorization-server/api", &[], "").await;
