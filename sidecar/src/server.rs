@@ -238,11 +238,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
                 tls: false,
                 client_cert: None,
             };
-            service_fn(move |req| {
-                let shared = shared.clone();
-                let conn = conn.clone();
-                async move { Ok::<_, Infallible>(request::handle(shared, conn, req).await) }
-            })
+            inbound_service(shared, conn)
         };
         serving.push(tokio::spawn(accept_loop(listener, serving_as(name, limits), make)));
     }
@@ -281,14 +277,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     };
     let make = {
         let shared = shared.clone();
-        move |conn: Connection| {
-            let shared = shared.clone();
-            service_fn(move |req| {
-                let shared = shared.clone();
-                let conn = conn.clone();
-                async move { Ok::<_, Infallible>(request::handle(shared, conn, req).await) }
-            })
-        }
+        move |conn: Connection| inbound_service(shared.clone(), conn)
     };
     serving.push(tokio::spawn(tls_accept_loop(
         inbound_tls,
@@ -342,6 +331,27 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     audit.flush();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The service of the inbound and egress listeners: each request goes down the request path
+/// ([`request::handle`]). Its future holds the whole request's state (several KiB: the
+/// decision, the audit record, the call to the app) and is boxed once here, so that hyper and
+/// the connection's wrappers move a pointer, not the state, each time they take it over.
+fn inbound_service(
+    shared: Arc<Shared>,
+    conn: Connection,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<crate::base::body::ProxyBody>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |req| {
+        let handling = Box::pin(request::handle(shared.clone(), conn.clone(), req));
+        async move { Ok::<_, Infallible>(handling.await) }
+    })
 }
 
 /// `--watch-dir`, or its default, when `--watch-configmap` is set.

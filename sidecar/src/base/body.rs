@@ -22,6 +22,9 @@ pub enum BodyError {
     /// The client stopped sending its request body.
     #[error("{0}")]
     Stalled(BodyStalled),
+    /// The app's answer failed, or broke HTTP/1.1, while its body was read.
+    #[error("the app's answer failed: {0}")]
+    App(#[source] std::io::Error),
 }
 
 /// A streamed body: a request's body on its way to the app, the backend's body passed

@@ -44,7 +44,8 @@ pub(super) async fn check_signed_body(
         return (req, None);
     };
     let (parts, body) = req.into_parts();
-    let (bytes, lease) = match read_bounded(&parts.headers, body, limit).await {
+    // Boxed: only signed digests wait here, and this future is part of every request's.
+    let (bytes, lease) = match Box::pin(read_bounded(&parts.headers, body, limit)).await {
         Ok(read) => read,
         Err(why) => return (Request::from_parts(parts, empty()), Some(why)),
     };

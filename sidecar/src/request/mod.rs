@@ -47,6 +47,11 @@ pub use crate::base::engine::Listener;
 const MAX_INTROSPECTIONS: usize = 4;
 
 /// Handles one request end to end. Never fails: every failure is an answer.
+///
+/// The branches only some requests take (the provider's and sign-in endpoints, a session
+/// refresh, a form read, introspection, the shared store, a remote origin) are boxed where
+/// they are awaited: the future of the common path stays small, since it is moved into its
+/// box once per request ([`crate::server`]).
 pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming>) -> Response<ProxyBody> {
     let trip = Trip {
         shared: &shared,
@@ -69,7 +74,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     let view = request_view(&req, &conn);
     // 2. The Builtin OAuth2 provider's endpoints (token, revocation, authorization, grants).
     if let Some(endpoint) = active.engine.provider_endpoint(&view) {
-        return provider::serve(&trip, endpoint, req).await;
+        return Box::pin(provider::serve(&trip, endpoint, req)).await;
     }
     // 2a. A Builtin provider's public documents: its keys and its metadata (RFC 8414).
     if let Some(doc) = active.engine.provider_document(&view) {
@@ -86,7 +91,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     // 2b. Sign-in for people: the callback and the sign-out path; a session close to its
     // expiry is refreshed (the app and the decision see the new one, the browser is told).
     if let Some(endpoint) = active.engine.login_endpoint(&view) {
-        return login::endpoint(&trip, endpoint, &view).await;
+        return Box::pin(login::endpoint(&trip, endpoint, &view)).await;
     }
     // (No sign-in profile, the common case: no clock read for it.)
     let wanted = if active.engine.login_providers().is_empty() {
@@ -97,7 +102,11 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     let refreshed = match wanted {
         Some(r) => {
             let name = r.login.session_cookie_name().to_owned();
-            Some((login::refresh(&r, &shared.metrics).await, name, r.login.clear_session()))
+            Some((
+                Box::pin(login::refresh(&r, &shared.metrics)).await,
+                name,
+                r.login.clear_session(),
+            ))
         }
         None => None,
     };
@@ -121,7 +130,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         None
     };
     let form = match wanted {
-        Some(route) => match body_check::read_form(req, shared.max_signed_body_bytes).await {
+        Some(route) => match Box::pin(body_check::read_form(req, shared.max_signed_body_bytes)).await {
             (read, Ok(body)) => {
                 req = read;
                 Some(body)
@@ -147,11 +156,13 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         // replay check.
         Outcome::Allow(mut admission) if admission.limits_pending() => {
             let taken = match active.engine.pending_hits(&admission, clock) {
-                Some(hits) => Some(shared.limiter.take(&hits.list(), hits.fallback(), clock).await),
+                Some(hits) => Some(Box::pin(shared.limiter.take(&hits.list(), hits.fallback(), clock)).await),
                 None => None,
             };
             let replay = match active.engine.pending_replay(&admission, clock) {
-                Some(entry) if taken.as_ref().is_none_or(Result::is_ok) => Some(shared.limiter.remember(&entry).await),
+                Some(entry) if taken.as_ref().is_none_or(Result::is_ok) => {
+                    Some(Box::pin(shared.limiter.remember(&entry)).await)
+                }
                 _ => None,
             };
             match active.engine.settle(&mut admission, taken, replay, clock) {
@@ -323,7 +334,7 @@ async fn introspect(trip: &Trip<'_>, active: &Active, view: &RequestView<'_>) ->
         let Some(wanted) = active.engine.introspection_wanted(view, now) else {
             break;
         };
-        if let Err(error) = trip.shared.introspector.ensure(wanted).await {
+        if let Err(error) = Box::pin(trip.shared.introspector.ensure(wanted)).await {
             let metrics = &trip.shared.metrics;
             let route = wanted.route;
             let (answer, decision, reason) = match error {
@@ -509,7 +520,7 @@ async fn forward<'a>(
             Some(shared.forwarder.local(req, port, conn.peer.ip(), proto, verdict).await)
         }
         (None, _) => match active.origins.get(admission.route.index) {
-            Some(origin) => Some(origin.forward(req, conn.peer.ip(), proto, verdict).await),
+            Some(origin) => Some(Box::pin(origin.forward(req, conn.peer.ip(), proto, verdict)).await),
             None => None,
         },
         _ => None,

@@ -396,6 +396,8 @@ impl OriginCredentials {
                 let frame = frame.map_err(|e| match e {
                     BodyError::Stalled(stalled) => CredentialError::Stalled(stalled),
                     BodyError::Peer(e) => CredentialError::RequestBody(e.to_string()),
+                    // (A request body is never the app's answer.)
+                    BodyError::App(e) => CredentialError::RequestBody(e.to_string()),
                 })?;
                 if let Ok(data) = frame.into_data() {
                     if (buf.len() + data.len()) as u64 > limit {

@@ -11,7 +11,7 @@ use http::{HeaderValue, Request, Response, Uri, Version};
 
 use super::ForwardError;
 use super::pool::{LocalPool, PoolError};
-use crate::base::body::{ProxyBody, streamed};
+use crate::base::body::ProxyBody;
 use crate::base::headers::{Verdict, remove_hop_by_hop, remove_portcullis, set_forwarded, set_verdict};
 
 /// The pooled client toward local backends.
@@ -100,6 +100,6 @@ impl Forwarder {
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         parts.version = client_version;
-        Ok(Response::from_parts(parts, streamed(body)))
+        Ok(Response::from_parts(parts, body))
     }
 }

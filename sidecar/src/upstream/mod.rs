@@ -13,6 +13,7 @@ use crate::telemetry::metrics::BackendErrorKind;
 
 pub mod consumed;
 pub mod credentials;
+pub mod h1;
 pub mod local;
 pub mod origin;
 pub mod outside;

@@ -1,20 +1,25 @@
 //! Keep-alive HTTP/1.1 connections to the local app, by port.
 //!
 //! The app sits on 127.0.0.1 in the same pod, so this is the hottest path of the sidecar and
-//! the simplest possible pool: `hyper::client::conn::http1` connections kept idle in a
-//! last-in first-out list per port, each driven by one task for its whole life. A call checks
-//! a connection out, sends on it, and hands it back when the response body has been read to
-//! its end ([`PooledBody`]); a body dropped half-read closes its connection instead. Unlike a
-//! general-purpose client, nothing is spawned and no channel is crossed per call beyond the
-//! connection's own.
+//! the simplest possible pool: idle connections kept in a last-in first-out list per port.
+//! A call checks a connection out, sends on it, and hands it back when the response body has
+//! been read to its end; a body dropped half-read closes its connection instead.
 //!
-//! A connection goes back to the pool only once it is ready for a new request: an answer can
-//! end before its request body has been sent (an app that answers without reading a slow
-//! upload), and such a connection joins the pool when the upload is over, not before.
+//! Two kinds of connection, each in its own list:
+//! - a call without a request body (most calls: GET, HEAD, DELETE, ...) is made by the
+//!   proxying task itself on an [`AppConn`]: the head written in one buffer, the answer's head
+//!   parsed and its body decoded as it is read ([`super::h1`]). No task, channel or second
+//!   dispatcher per call: this is what the benchmark measures;
+//! - a call with a body goes through a `hyper::client::conn::http1` connection driven by its
+//!   own task, which streams the upload while it reads the answer (an app may answer before it
+//!   has read the whole body). Such a connection returns to the pool only once it is ready for
+//!   a new request: after the upload, not before.
 //!
 //! A pooled connection the app has meanwhile closed is noticed at checkout (or when the
 //! request cannot be written on it) and the call moves to a fresh connection: a request is
-//! sent on a reused connection at most once and retried only if it was never written.
+//! sent on a reused connection at most once and retried only if it was never written, or, for
+//! an idempotent method without a body, if the app closed the connection before any byte of
+//! an answer.
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -23,15 +28,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::base::body::ProxyBody;
+use super::h1::{self, BodyDecoder, Decoded, H1Error, ResponseHead};
+use crate::base::body::{BodyError, ProxyBody, streamed};
 
 /// How long a connection may sit idle in the pool and still be reused. Staler ones are closed
 /// when the pool next touches them (at a checkout or a checkin for their port); with no
@@ -58,6 +67,14 @@ pub enum PoolError {
         #[source]
         source: hyper::Error,
     },
+    /// The app's answer (to a call without a body) could not be read: the connection failed,
+    /// or the answer broke HTTP/1.1 ([`H1Error`]).
+    #[error("answer from 127.0.0.1:{port} unreadable: {source}")]
+    Answer {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Keep-alive connections to local ports. Cheap to clone (shared).
@@ -74,11 +91,12 @@ struct Inner {
 /// The idle connections to one port, most recently used last.
 struct PortIdle {
     port: u16,
-    conns: VecDeque<Idle>,
+    conns: VecDeque<Idle<SendRequest<ProxyBody>>>,
+    direct: VecDeque<Idle<AppConn>>,
 }
 
-struct Idle {
-    sender: SendRequest<ProxyBody>,
+struct Idle<C> {
+    conn: C,
     since: Instant,
 }
 
@@ -95,7 +113,17 @@ impl LocalPool {
 
     /// Sends `req` (origin-form URI, `Host` set) to `127.0.0.1:port` and returns the response,
     /// its body still streaming; the connection returns to the pool once that body is read.
-    pub async fn send(&self, port: u16, mut req: Request<ProxyBody>) -> Result<Response<PooledBody>, PoolError> {
+    pub async fn send(&self, port: u16, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, PoolError> {
+        if req.body().is_end_stream() && req.method() != Method::CONNECT {
+            let (parts, _) = req.into_parts();
+            return self.send_direct(port, &parts).await;
+        }
+        let response = self.send_hyper(port, req).await?;
+        Ok(response.map(streamed))
+    }
+
+    /// A call with a body, on a hyper connection.
+    async fn send_hyper(&self, port: u16, mut req: Request<ProxyBody>) -> Result<Response<PooledBody>, PoolError> {
         let now = Instant::now();
         while let Some(mut sender) = self.checkout(port, now) {
             if sender.ready().await.is_err() {
@@ -122,22 +150,88 @@ impl LocalPool {
         }
     }
 
+    /// A call without a body, made here on an [`AppConn`].
+    async fn send_direct(&self, port: u16, req: &Parts) -> Result<Response<ProxyBody>, PoolError> {
+        let answer_error = |source| PoolError::Answer { port, source };
+        let retry_unanswered = req.method.is_idempotent();
+        while let Some(mut conn) = self.checkout_direct(port, Instant::now()) {
+            match conn.call(req).await {
+                Ok(head) => return Ok(self.direct_response(port, conn, head)),
+                // The app had closed it: the request was not read (unwritten), or, idempotent,
+                // may be sent again.
+                Err(CallError::Unwritten(_)) => continue,
+                Err(CallError::Unanswered(_)) if retry_unanswered => continue,
+                Err(CallError::Unanswered(e) | CallError::Failed(e)) => return Err(answer_error(e)),
+            }
+        }
+        let mut conn = self.connect_direct(port).await?;
+        match conn.call(req).await {
+            Ok(head) => Ok(self.direct_response(port, conn, head)),
+            Err(CallError::Unwritten(e) | CallError::Unanswered(e) | CallError::Failed(e)) => Err(answer_error(e)),
+        }
+    }
+
+    /// The response of a direct call, its body read from the connection; a body already
+    /// complete (none, or all of it read with the head) hands the connection back at once.
+    fn direct_response(&self, port: u16, conn: AppConn, head: ResponseHead) -> Response<ProxyBody> {
+        let ResponseHead {
+            status,
+            version,
+            headers,
+            framing,
+            reusable,
+        } = head;
+        let mut body = AppBody {
+            decoder: BodyDecoder::new(framing),
+            lease: Some(DirectLease {
+                pool: self.clone(),
+                port,
+                conn,
+                reusable,
+            }),
+        };
+        body.release_if_done();
+        let mut response = Response::new(body.boxed_unsync());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        response
+    }
+
     /// Idle connections, per port.
     pub fn idle(&self, port: u16) -> usize {
-        self.lock().iter().find(|p| p.port == port).map_or(0, |p| p.conns.len())
+        self.lock()
+            .iter()
+            .find(|p| p.port == port)
+            .map_or(0, |p| p.conns.len() + p.direct.len())
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<PortIdle>> {
         self.inner.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The idle connections to `port`, made on first use.
+    fn port_idle(idle: &mut Vec<PortIdle>, port: u16) -> &mut PortIdle {
+        match idle.iter().position(|p| p.port == port) {
+            Some(i) => &mut idle[i],
+            None => {
+                idle.push(PortIdle {
+                    port,
+                    conns: VecDeque::new(),
+                    direct: VecDeque::new(),
+                });
+                idle.last_mut().expect("just pushed")
+            }
+        }
+    }
+
     /// The most recently used idle connection to `port` that is still open and not stale.
     fn checkout(&self, port: u16, now: Instant) -> Option<SendRequest<ProxyBody>> {
         let mut idle = self.lock();
         let conns = &mut idle.iter_mut().find(|p| p.port == port)?.conns;
-        while let Some(conn) = conns.pop_back() {
-            if !conn.sender.is_closed() && now.duration_since(conn.since) < IDLE_TIMEOUT {
-                return Some(conn.sender);
+        while let Some(idle) = conns.pop_back() {
+            if !idle.conn.is_closed() && now.duration_since(idle.since) < IDLE_TIMEOUT {
+                return Some(idle.conn);
             }
         }
         None
@@ -150,28 +244,52 @@ impl LocalPool {
         }
         let now = Instant::now();
         let mut idle = self.lock();
-        let conns = match idle.iter().position(|p| p.port == port) {
-            Some(i) => &mut idle[i].conns,
-            None => {
-                idle.push(PortIdle {
-                    port,
-                    conns: VecDeque::new(),
-                });
-                &mut idle.last_mut().expect("just pushed").conns
-            }
-        };
+        let conns = &mut Self::port_idle(&mut idle, port).conns;
         while conns
             .front()
-            .is_some_and(|c| now.duration_since(c.since) >= IDLE_TIMEOUT || c.sender.is_closed())
+            .is_some_and(|c| now.duration_since(c.since) >= IDLE_TIMEOUT || c.conn.is_closed())
         {
             conns.pop_front();
         }
         if conns.len() < MAX_IDLE_PER_PORT {
-            conns.push_back(Idle { sender, since: now });
+            conns.push_back(Idle {
+                conn: sender,
+                since: now,
+            });
         }
     }
 
-    async fn connect(&self, port: u16) -> Result<SendRequest<ProxyBody>, PoolError> {
+    /// The most recently used idle direct connection to `port` that is not stale and, as far
+    /// as the socket has told, still open.
+    fn checkout_direct(&self, port: u16, now: Instant) -> Option<AppConn> {
+        let mut idle = self.lock();
+        let direct = &mut idle.iter_mut().find(|p| p.port == port)?.direct;
+        while let Some(idle) = direct.pop_back() {
+            if now.duration_since(idle.since) < IDLE_TIMEOUT && idle.conn.is_open() {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    /// Hands a direct connection back, closing the stale ones on the way.
+    fn checkin_direct(&self, port: u16, conn: AppConn) {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        let direct = &mut Self::port_idle(&mut idle, port).direct;
+        while direct
+            .front()
+            .is_some_and(|c| now.duration_since(c.since) >= IDLE_TIMEOUT)
+        {
+            direct.pop_front();
+        }
+        if direct.len() < MAX_IDLE_PER_PORT {
+            direct.push_back(Idle { conn, since: now });
+        }
+    }
+
+    /// A new connection to the app, within the connect timeout, with `TCP_NODELAY`.
+    async fn open(&self, port: u16) -> Result<TcpStream, PoolError> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let connect_error = |source| PoolError::Connect { port, source };
         let stream = match tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect(addr)).await {
@@ -179,6 +297,15 @@ impl LocalPool {
             Err(_) => return Err(connect_error(std::io::ErrorKind::TimedOut.into())),
         };
         stream.set_nodelay(true).map_err(connect_error)?;
+        Ok(stream)
+    }
+
+    async fn connect_direct(&self, port: u16) -> Result<AppConn, PoolError> {
+        Ok(AppConn::new(self.open(port).await?))
+    }
+
+    async fn connect(&self, port: u16) -> Result<SendRequest<ProxyBody>, PoolError> {
+        let stream = self.open(port).await?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|source| PoolError::Protocol { port, source })?;
@@ -269,5 +396,202 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// Bytes the first read of a direct connection asks for; each read that fills its space
+/// doubles the next, up to [`MOST_READ`] (a large body is read in large pieces).
+const FIRST_READ: usize = 8 * 1024;
+const MOST_READ: usize = 128 * 1024;
+
+/// A connection to the app on which calls without a body are made directly.
+struct AppConn {
+    stream: TcpStream,
+    /// What the app sent that is not consumed yet.
+    buf: BytesMut,
+    /// The request head being written (kept: no allocation per call).
+    out: Vec<u8>,
+    /// Bytes the next read makes room for.
+    read_size: usize,
+}
+
+/// Why a direct call failed, and whether it may be sent again elsewhere.
+enum CallError {
+    /// The request could not be written: the app had closed the connection.
+    Unwritten(std::io::Error),
+    /// Written, but the connection ended before any byte of an answer (a reused connection
+    /// the app closed as the request went out, or an app that dropped it).
+    Unanswered(std::io::Error),
+    /// The answer failed or broke HTTP/1.1.
+    Failed(std::io::Error),
+}
+
+impl AppConn {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            read_size: FIRST_READ,
+        }
+    }
+
+    /// Whether the app has not closed the connection, as far as the socket has told: a read
+    /// attempt that is told "would block" (without a system call when the runtime knows the
+    /// socket has nothing to read, the usual case). Bytes the app sent unasked also make the
+    /// connection unusable.
+    fn is_open(&self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Writes the request head and reads the final response head.
+    async fn call(&mut self, req: &Parts) -> Result<ResponseHead, CallError> {
+        self.out.clear();
+        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        h1::encode_request_head(&req.method, target, &req.headers, &mut self.out);
+        if let Err(error) = self.stream.write_all(&self.out).await {
+            return Err(CallError::Unwritten(error));
+        }
+        let mut interim = 0;
+        loop {
+            match h1::parse_response_head(&mut self.buf, &req.method, &mut interim) {
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => {}
+                Err(error) => return Err(CallError::Failed(unreadable(error))),
+            }
+            let answered = interim > 0 || !self.buf.is_empty();
+            let failed = match self.read().await {
+                Ok(0) => std::io::ErrorKind::UnexpectedEof.into(),
+                Ok(_) => continue,
+                Err(error) => error,
+            };
+            return Err(if answered {
+                CallError::Failed(failed)
+            } else {
+                CallError::Unanswered(failed)
+            });
+        }
+    }
+
+    fn make_room(&mut self) {
+        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
+            self.buf.reserve(self.read_size);
+        }
+    }
+
+    fn grew(&mut self) {
+        if self.buf.capacity() == self.buf.len() {
+            self.read_size = (self.read_size * 2).min(MOST_READ);
+        }
+    }
+
+    async fn read(&mut self) -> std::io::Result<usize> {
+        self.make_room();
+        let n = self.stream.read_buf(&mut self.buf).await?;
+        self.grew();
+        Ok(n)
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        self.make_room();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.stream),
+            cx,
+            &mut self.buf
+        ))?;
+        self.grew();
+        Poll::Ready(Ok(n))
+    }
+}
+
+fn unreadable(error: H1Error) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, error)
+}
+
+/// A checked-out direct connection, handed back once the body is read (dropped: closed).
+struct DirectLease {
+    pool: LocalPool,
+    port: u16,
+    conn: AppConn,
+    /// Whether the answer allows another call on the connection (HTTP/1.1, no `close`, its
+    /// end known from its framing).
+    reusable: bool,
+}
+
+/// The body of an answer to a direct call, read from its connection as it is polled.
+struct AppBody {
+    decoder: BodyDecoder,
+    /// `None` once the body has ended or failed.
+    lease: Option<DirectLease>,
+}
+
+impl AppBody {
+    /// At the body's end: the connection goes back to the pool if it may carry another call
+    /// and holds nothing beyond this answer.
+    fn release_if_done(&mut self) {
+        if !self.decoder.is_done() {
+            return;
+        }
+        if let Some(lease) = self.lease.take()
+            && lease.reusable
+            && lease.conn.buf.is_empty()
+        {
+            lease.pool.checkin_direct(lease.port, lease.conn);
+        }
+    }
+
+    fn fail(&mut self, error: std::io::Error) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.lease = None;
+        Poll::Ready(Some(Err(BodyError::App(error))))
+    }
+}
+
+impl Body for AppBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(lease) = this.lease.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.decoder.decode(&mut lease.conn.buf) {
+                Ok(Decoded::Data(data)) => {
+                    this.release_if_done();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::End) => {
+                    this.release_if_done();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(error) => return this.fail(unreadable(error)),
+            }
+            match ready!(lease.conn.poll_read(cx)) {
+                Ok(0) => match this.decoder.eof() {
+                    // Delimited by the close: the end, and the connection goes.
+                    Ok(()) => {
+                        this.lease = None;
+                        return Poll::Ready(None);
+                    }
+                    Err(error) => return this.fail(unreadable(error)),
+                },
+                Ok(_) => {}
+                Err(error) => return this.fail(error),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }
