@@ -395,9 +395,39 @@ where
     let mut timer = pin!(timer);
     let mut stale_check = tokio::time::interval(STALE_CHECK);
     stale_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = stopped.changed();
+    let mut stop = pin!(stop);
+    // The shutdown signal and the timers are looked at only when one of them woke the task,
+    // not on each of the connection's own wake-ups (every read and write).
+    let control = Arc::new(ControlWake::default());
+    control.set_due();
+    let control_waker = std::task::Waker::from(control.clone());
+    let checks_stale = stale.is_some();
     loop {
-        tokio::select! {
-            _ = stale_check.tick(), if !closing && stale.is_some() => {
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Event::Ended(result));
+            }
+            if !control.take_due(cx.waker()) {
+                return Poll::Pending;
+            }
+            let mut cx = Context::from_waker(&control_waker);
+            if !closing && checks_stale && stale_check.poll_tick(&mut cx).is_ready() {
+                return Poll::Ready(Event::StaleCheck);
+            }
+            if !closing && stop.as_mut().poll(&mut cx).is_ready() {
+                return Poll::Ready(Event::Stop);
+            }
+            if timer.as_mut().poll(&mut cx).is_ready() {
+                return Poll::Ready(Event::Timer);
+            }
+            Poll::Pending
+        })
+        .await;
+        // Whatever happened, the control branches are looked at again on the next poll.
+        control.set_due();
+        match event {
+            Event::StaleCheck => {
                 if stale.as_ref().is_some_and(|stale| stale()) {
                     tracing::debug!(%peer, "client certificate verified under a replaced configuration: closing");
                     closing = true;
@@ -405,18 +435,18 @@ where
                     timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
                 }
             }
-            result = conn.as_mut() => {
+            Event::Ended(result) => {
                 if let Err(error) = result {
                     tracing::debug!(%peer, %error, "connection ended with an error");
                 }
                 return;
             }
-            _ = stopped.changed(), if !closing => {
+            Event::Stop => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
                 timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
             }
-            () = timer.as_mut() => {
+            Event::Timer => {
                 let now = Instant::now();
                 if activity.busy() {
                     // Look again once what is in progress may have ended.
@@ -437,6 +467,58 @@ where
                     }
                 }
             }
+        }
+    }
+}
+
+/// What woke a connection's serving loop.
+enum Event<E> {
+    /// The connection ended (closed, or failed).
+    Ended(Result<(), E>),
+    /// Time to check that a client certificate's CAs are still in force.
+    StaleCheck,
+    /// The sidecar is shutting down.
+    Stop,
+    /// The idle (or close-grace) timer fired.
+    Timer,
+}
+
+/// The waker of a connection's control branches (shutdown, timers): it notes that they are
+/// due a look, then wakes the connection's task.
+#[derive(Default)]
+struct ControlWake {
+    due: std::sync::atomic::AtomicBool,
+    task: Mutex<Option<std::task::Waker>>,
+}
+
+impl ControlWake {
+    /// Whether the control branches are due a look (then no longer), keeping `task` as the
+    /// waker to wake when they are due again.
+    fn take_due(&self, task: &std::task::Waker) -> bool {
+        if !self.due.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        let mut stored = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        if !stored.as_ref().is_some_and(|w| w.will_wake(task)) {
+            *stored = Some(task.clone());
+        }
+        true
+    }
+
+    fn set_due(&self) {
+        self.due.store(true, Ordering::Release);
+    }
+}
+
+impl std::task::Wake for ControlWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.set_due();
+        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            task.wake_by_ref();
         }
     }
 }

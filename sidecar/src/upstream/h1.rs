@@ -11,6 +11,8 @@
 //! [`MAX_RESPONSE_HEAD`] or with more than [`MAX_RESPONSE_HEADERS`] fields, chunk lines and
 //! trailers over [`MAX_CHUNK_LINE`] and [`MAX_TRAILERS`].
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::{Method, StatusCode, Version};
@@ -96,27 +98,52 @@ pub struct ResponseHead {
     pub reusable: bool,
 }
 
+/// Progress through the heads of one answer, kept between reads.
+#[derive(Debug, Default)]
+pub struct HeadProgress {
+    /// Interim (1xx) answers skipped so far.
+    interim: usize,
+    /// Bytes of the buffer already searched for the end of the head.
+    scanned: usize,
+}
+
+impl HeadProgress {
+    /// Whether an interim answer came already.
+    pub fn answered(&self) -> bool {
+        self.interim > 0
+    }
+}
+
 /// Parses the final response head at the start of `buf`, skipping interim (1xx) answers:
 /// `Ok(None)` while more bytes are needed; else the head, its bytes and those of the interim
-/// answers removed from `buf` (what remains is the start of the body). `interim` counts the
-/// interim answers seen so far, across calls.
+/// answers removed from `buf` (what remains is the start of the body).
+///
+/// The head's end (its empty line) is found first, the head split off the buffer, and then
+/// parsed once: the header values share its bytes (no allocation, no copy per value).
 pub fn parse_response_head(
     buf: &mut BytesMut,
     method: &Method,
-    interim: &mut usize,
+    progress: &mut HeadProgress,
 ) -> Result<Option<ResponseHead>, H1Error> {
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        let mut response = httparse::Response::new(&mut fields);
-        let len = match response.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => return Err(H1Error::HeadTooLarge),
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(H1Error::Head("too many header fields")),
-            Err(_) => return Err(H1Error::Head("not an HTTP/1.x response")),
+        let Some(end) = head_end(buf, progress.scanned) else {
+            if buf.len() > MAX_RESPONSE_HEAD {
+                return Err(H1Error::HeadTooLarge);
+            }
+            progress.scanned = buf.len();
+            return Ok(None);
         };
-        if len > MAX_RESPONSE_HEAD {
+        progress.scanned = 0;
+        if end > MAX_RESPONSE_HEAD {
             return Err(H1Error::HeadTooLarge);
+        }
+        let head = buf.split_to(end).freeze();
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, &head, &mut fields) {
+            Ok(httparse::Status::Complete(len)) if len == end => {}
+            Err(httparse::Error::TooManyHeaders) => return Err(H1Error::Head("too many header fields")),
+            _ => return Err(H1Error::Head("not an HTTP/1.x response")),
         }
         let code = response.code.ok_or(H1Error::Head("no status"))?;
         let status = StatusCode::from_u16(code).map_err(|_| H1Error::Head("invalid status"))?;
@@ -129,39 +156,38 @@ pub fn parse_response_head(
             return Err(H1Error::UnaskedUpgrade);
         }
         if status.is_informational() {
-            *interim += 1;
-            if *interim > MAX_INTERIM {
+            progress.interim += 1;
+            if progress.interim > MAX_INTERIM {
                 return Err(H1Error::TooManyInterim);
             }
-            buf.advance(len);
             continue;
         }
-        // Where each field is in the head: the head is then split off the buffer and the values
-        // share its bytes (no allocation per value).
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_RESPONSE_HEADERS];
-        let count = response.headers.len();
-        let base = buf.as_ptr() as usize;
-        for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
-            let offset = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
-            *span = (
-                offset(field.name.as_bytes()),
-                field.name.len() as u32,
-                offset(field.value),
-                field.value.len() as u32,
-            );
-        }
-        let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
-        for &(name_at, name_len, value_at, value_len) in &spans[..count] {
-            let (name_at, value_at) = (name_at as usize, value_at as usize);
-            let name = HeaderName::from_bytes(&head[name_at..name_at + name_len as usize])
-                .map_err(|_| H1Error::Head("invalid field name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len as usize))
+        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        for field in response.headers.iter() {
+            let name =
+                HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| H1Error::Head("invalid field name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
                 .map_err(|_| H1Error::Head("invalid field value"))?;
             headers.append(name, value);
         }
         return finish_head(status, version, headers, method).map(Some);
     }
+}
+
+/// Where the head at the start of `buf` ends: just after the first empty line (CRLF CRLF, or
+/// bare LFs, which `httparse` then judges), searching from about `from` (what an earlier call
+/// searched, less what the end could straddle).
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut at = from.saturating_sub(2);
+    while let Some(i) = buf.get(at..)?.iter().position(|b| *b == b'\n') {
+        let lf = at + i;
+        match (buf.get(lf + 1), buf.get(lf + 2)) {
+            (Some(b'\n'), _) => return Some(lf + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(lf + 3),
+            _ => at = lf + 1,
+        }
+    }
+    None
 }
 
 /// The framing and reuse of a final response (RFC 9112 sections 6.3 and 9.3).
@@ -418,8 +444,8 @@ mod tests {
 
     fn head(bytes: &str, method: Method) -> Result<Option<(ResponseHead, BytesMut)>, H1Error> {
         let mut buf = BytesMut::from(bytes);
-        let mut interim = 0;
-        Ok(parse_response_head(&mut buf, &method, &mut interim)?.map(|h| (h, buf)))
+        let mut progress = HeadProgress::default();
+        Ok(parse_response_head(&mut buf, &method, &mut progress)?.map(|h| (h, buf)))
     }
 
     fn get(bytes: &str) -> Result<ResponseHead, H1Error> {

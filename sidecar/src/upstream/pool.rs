@@ -453,14 +453,14 @@ impl AppConn {
         if let Err(error) = self.stream.write_all(&self.out).await {
             return Err(CallError::Unwritten(error));
         }
-        let mut interim = 0;
+        let mut progress = h1::HeadProgress::default();
         loop {
-            match h1::parse_response_head(&mut self.buf, &req.method, &mut interim) {
+            match h1::parse_response_head(&mut self.buf, &req.method, &mut progress) {
                 Ok(Some(head)) => return Ok(head),
                 Ok(None) => {}
                 Err(error) => return Err(CallError::Failed(unreadable(error))),
             }
-            let answered = interim > 0 || !self.buf.is_empty();
+            let answered = progress.answered() || !self.buf.is_empty();
             let failed = match self.read().await {
                 Ok(0) => std::io::ErrorKind::UnexpectedEof.into(),
                 Ok(_) => continue,
