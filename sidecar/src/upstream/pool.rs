@@ -100,6 +100,25 @@ struct Idle<C> {
     since: Instant,
 }
 
+fn hyper_list(p: &mut PortIdle) -> &mut VecDeque<Idle<SendRequest<ProxyBody>>> {
+    &mut p.conns
+}
+
+fn direct_list(p: &mut PortIdle) -> &mut VecDeque<Idle<AppConn>> {
+    &mut p.direct
+}
+
+/// A connection the pool keeps: whether, as far as it knows, the app has not closed it.
+trait Pooled {
+    fn is_open(&self) -> bool;
+}
+
+impl Pooled for SendRequest<ProxyBody> {
+    fn is_open(&self) -> bool {
+        !self.is_closed()
+    }
+}
+
 impl LocalPool {
     /// A pool whose new connections must be established within `connect_timeout`.
     pub fn new(connect_timeout: Duration) -> Self {
@@ -125,7 +144,7 @@ impl LocalPool {
     /// A call with a body, on a hyper connection.
     async fn send_hyper(&self, port: u16, mut req: Request<ProxyBody>) -> Result<Response<PooledBody>, PoolError> {
         let now = Instant::now();
-        while let Some(mut sender) = self.checkout(port, now) {
+        while let Some(mut sender) = self.checkout(port, now, hyper_list) {
             if sender.ready().await.is_err() {
                 continue; // closed by the app while idle
             }
@@ -154,7 +173,7 @@ impl LocalPool {
     async fn send_direct(&self, port: u16, req: &Parts) -> Result<Response<ProxyBody>, PoolError> {
         let answer_error = |source| PoolError::Answer { port, source };
         let retry_unanswered = req.method.is_idempotent();
-        while let Some(mut conn) = self.checkout_direct(port, Instant::now()) {
+        while let Some(mut conn) = self.checkout(port, Instant::now(), direct_list) {
             match conn.call(req).await {
                 Ok(head) => return Ok(self.direct_response(port, conn, head)),
                 // The app had closed it: the request was not read (unwritten), or, idempotent,
@@ -225,46 +244,17 @@ impl LocalPool {
         }
     }
 
-    /// The most recently used idle connection to `port` that is still open and not stale.
-    fn checkout(&self, port: u16, now: Instant) -> Option<SendRequest<ProxyBody>> {
+    /// The most recently used idle connection to `port` in the list `kind` picks that is not
+    /// stale and still open.
+    fn checkout<C: Pooled>(
+        &self,
+        port: u16,
+        now: Instant,
+        kind: fn(&mut PortIdle) -> &mut VecDeque<Idle<C>>,
+    ) -> Option<C> {
         let mut idle = self.lock();
-        let conns = &mut idle.iter_mut().find(|p| p.port == port)?.conns;
-        while let Some(idle) = conns.pop_back() {
-            if !idle.conn.is_closed() && now.duration_since(idle.since) < IDLE_TIMEOUT {
-                return Some(idle.conn);
-            }
-        }
-        None
-    }
-
-    /// Hands a connection back, closing the stale ones on the way.
-    fn checkin(&self, port: u16, sender: SendRequest<ProxyBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        let now = Instant::now();
-        let mut idle = self.lock();
-        let conns = &mut Self::port_idle(&mut idle, port).conns;
-        while conns
-            .front()
-            .is_some_and(|c| now.duration_since(c.since) >= IDLE_TIMEOUT || c.conn.is_closed())
-        {
-            conns.pop_front();
-        }
-        if conns.len() < MAX_IDLE_PER_PORT {
-            conns.push_back(Idle {
-                conn: sender,
-                since: now,
-            });
-        }
-    }
-
-    /// The most recently used idle direct connection to `port` that is not stale and, as far
-    /// as the socket has told, still open.
-    fn checkout_direct(&self, port: u16, now: Instant) -> Option<AppConn> {
-        let mut idle = self.lock();
-        let direct = &mut idle.iter_mut().find(|p| p.port == port)?.direct;
-        while let Some(idle) = direct.pop_back() {
+        let list = kind(idle.iter_mut().find(|p| p.port == port)?);
+        while let Some(idle) = list.pop_back() {
             if now.duration_since(idle.since) < IDLE_TIMEOUT && idle.conn.is_open() {
                 return Some(idle.conn);
             }
@@ -272,19 +262,20 @@ impl LocalPool {
         None
     }
 
-    /// Hands a direct connection back, closing the stale ones on the way.
-    fn checkin_direct(&self, port: u16, conn: AppConn) {
+    /// Hands a connection back to the list `kind` picks, dropping the stale ones on the way
+    /// (by age only: checkout looks at the socket).
+    fn checkin<C: Pooled>(&self, port: u16, conn: C, kind: fn(&mut PortIdle) -> &mut VecDeque<Idle<C>>) {
         let now = Instant::now();
         let mut idle = self.lock();
-        let direct = &mut Self::port_idle(&mut idle, port).direct;
-        while direct
+        let list = kind(Self::port_idle(&mut idle, port));
+        while list
             .front()
             .is_some_and(|c| now.duration_since(c.since) >= IDLE_TIMEOUT)
         {
-            direct.pop_front();
+            list.pop_front();
         }
-        if direct.len() < MAX_IDLE_PER_PORT {
-            direct.push_back(Idle { conn, since: now });
+        if list.len() < MAX_IDLE_PER_PORT {
+            list.push_back(Idle { conn, since: now });
         }
     }
 
@@ -349,7 +340,7 @@ impl Lease {
     /// the pool only once it is ready; the usual case, ready at once, costs nothing more.
     fn release(self) {
         if self.sender.is_ready() {
-            self.pool.checkin(self.port, self.sender);
+            self.pool.checkin(self.port, self.sender, hyper_list);
             return;
         }
         if self.sender.is_closed() {
@@ -358,7 +349,7 @@ impl Lease {
         let Self { pool, port, mut sender } = self;
         tokio::spawn(async move {
             if let Ok(Ok(())) = tokio::time::timeout(IDLE_TIMEOUT, sender.ready()).await {
-                pool.checkin(port, sender);
+                pool.checkin(port, sender, hyper_list);
             }
         });
     }
@@ -440,7 +431,7 @@ impl AppConn {
     /// attempt that is told "would block" (without a system call when the runtime knows the
     /// socket has nothing to read, the usual case). Bytes the app sent unasked also make the
     /// connection unusable.
-    fn is_open(&self) -> bool {
+    fn probe_open(&self) -> bool {
         let mut byte = [0u8; 1];
         matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
@@ -505,6 +496,12 @@ impl AppConn {
     }
 }
 
+impl Pooled for AppConn {
+    fn is_open(&self) -> bool {
+        self.probe_open()
+    }
+}
+
 fn unreadable(error: H1Error) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, error)
 }
@@ -537,7 +534,7 @@ impl AppBody {
             && lease.reusable
             && lease.conn.buf.is_empty()
         {
-            lease.pool.checkin_direct(lease.port, lease.conn);
+            lease.pool.checkin(lease.port, lease.conn, direct_list);
         }
     }
 
