@@ -204,15 +204,12 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         ),
     );
 
-    let builder = connection_builder(
-        args.header_read_timeout,
-        args.max_header_bytes,
-        args.max_concurrent_streams,
-    );
+    let builder = connection_builder(args.max_header_bytes, args.max_concurrent_streams);
     let (stop, stopped) = watch::channel(false);
     let limits = ConnectionLimits {
         handshake_timeout: args.handshake_timeout,
         idle_timeout: args.idle_timeout,
+        header_read_timeout: args.header_read_timeout,
         max_connections: args.max_connections as usize,
         max_per_client: None,
     };

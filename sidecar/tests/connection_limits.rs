@@ -54,3 +54,84 @@ async fn slow_headers_are_cut() {
     assert!(elapsed >= Duration::from_millis(400), "cut too early: {elapsed:?}");
     assert!(elapsed < Duration::from_secs(3), "cut too late: {elapsed:?}");
 }
+
+/// Reads one answer with a `content-length` from `stream`.
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length: usize = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse().ok())
+                .expect("a content-length");
+            if buf.len() >= head_end + 4 + length {
+                return text;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline.into(), stream.read(&mut chunk))
+            .await
+            .expect("answered in time")
+            .unwrap();
+        assert!(n > 0, "closed before the answer: {text}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The header read timeout holds for every head on a kept-alive HTTP/1.1 connection (from the
+/// end of the previous answer), however long the idle timeout; HTTP/2 connections, whose
+/// requests come in frames, are bound by the idle timeout only. Either way it is counted.
+#[tokio::test]
+async fn the_header_read_timeout_bounds_every_http1_head_not_http2() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--header-read-timeout", "500ms", "--idle-timeout", "30s"];
+    let sidecar = Sidecar::start_with(dir.path(), &flags).await;
+
+    let mut s = TcpStream::connect(sidecar.inbound).await.unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let first = read_answer(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 404"), "{first}");
+    let start = Instant::now();
+    s.write_all(b"GET /second HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let rest = read_all(&mut s, Duration::from_secs(5))
+        .await
+        .expect("connection not cut");
+    let elapsed = start.elapsed();
+    assert_eq!(rest, "", "the unfinished head was answered");
+    assert!(elapsed >= Duration::from_millis(400), "cut too early: {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "cut too late: {elapsed:?}");
+
+    // HTTP/2 (prior knowledge): quiet for three header read timeouts, still serving.
+    let stream = TcpStream::connect(sidecar.inbound).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    for path in ["/one", "/two"] {
+        let req = http::Request::get(format!("http://{}{path}", sidecar.inbound))
+            .body(http_body_util::Full::<bytes::Bytes>::default())
+            .unwrap();
+        let resp = sender.send_request(req).await.expect("HTTP/2 connection kept");
+        assert_eq!(resp.status(), 404);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!conn.is_finished(), "HTTP/2 connection cut by the header read timeout");
+    }
+
+    let metrics = sidecar.metrics().await;
+    let line = "portcullis_connections_timed_out_total{listener=\"inbound\",phase=\"idle\"} ";
+    let counted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(counted, Some(1.0), "{metrics}");
+}

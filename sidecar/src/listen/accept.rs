@@ -32,20 +32,17 @@ use super::server_tls::ServerTls;
 use crate::base::body::ProxyBody;
 use crate::base::engine::Listener;
 
-/// The HTTP/1.1 and HTTP/2 settings every listener serves connections with: heads read
-/// within `header_read_timeout`, head buffers bounded by twice `max_header_bytes`, at most
-/// `max_concurrent_streams` requests at once on one HTTP/2 connection.
-pub fn connection_builder(
-    header_read_timeout: Duration,
-    max_header_bytes: u32,
-    max_concurrent_streams: u32,
-) -> auto::Builder<TokioExecutor> {
+/// The HTTP/1.1 and HTTP/2 settings every listener serves connections with: head buffers
+/// bounded by twice `max_header_bytes`, at most `max_concurrent_streams` requests at once on
+/// one HTTP/2 connection. The time allowed for an HTTP/1.1 head is kept by the connection's
+/// own timer ([`ConnectionLimits::header_read_timeout`]), not by one hyper would arm anew for
+/// every request.
+pub fn connection_builder(max_header_bytes: u32, max_concurrent_streams: u32) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(header_read_timeout)
+        .header_read_timeout(None)
         // Heads up to the limit are answered by the request path (431 with a JSON body); the
         // connection's buffer stops anything far beyond it (431 from hyper itself).
         .max_buf_size(2 * max_header_bytes as usize);
@@ -68,6 +65,10 @@ pub struct ConnectionLimits {
     /// A connection with no request in progress for this long is closed (gracefully: HTTP/2
     /// gets a GOAWAY first).
     pub idle_timeout: Duration,
+    /// An HTTP/1.1 connection waiting for a request (from its start, or from the end of the
+    /// previous answer) has this long to send the whole head; else it is closed. The idle
+    /// timeout still applies when it is shorter.
+    pub header_read_timeout: Duration,
     /// Most connections open at once; beyond, a new connection is closed as soon as it is
     /// accepted.
     pub max_connections: usize,
@@ -356,19 +357,21 @@ async fn first_bytes<S: AsyncRead + Unpin>(
     }
 }
 
-/// Serves HTTP on `io` until the connection ends: closes it once it has had no request in
-/// progress for the idle timeout, and gracefully on shutdown.
 /// Whether a connection's verification no longer holds (polled every [`STALE_CHECK`]).
 type Stale = Box<dyn Fn() -> bool + Send>;
 
 /// How often a connection with a client certificate checks that its CAs are still in force.
 const STALE_CHECK: Duration = Duration::from_secs(1);
 
-async fn serve<I, S>(io: I, service: S, peer: SocketAddr, serving: &Serving, stale: Option<Stale>)
+/// Serves HTTP on `io` until the connection ends: closes it once it has had no request in
+/// progress for the idle timeout (an HTTP/1.1 connection: nor a whole head within the header
+/// read timeout), and gracefully on shutdown.
+async fn serve<I, S>(io: Prefixed<I>, service: S, peer: SocketAddr, serving: &Serving, stale: Option<Stale>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService,
 {
+    let http2 = io.prefix.is_h2();
     let activity = Arc::new(Activity::new());
     let service = {
         let activity = activity.clone();
@@ -388,7 +391,13 @@ where
     if closing {
         conn.as_mut().graceful_shutdown();
     }
-    let idle = serving.limits.idle_timeout;
+    // How long the connection may wait for a request: HTTP/1.1 heads are bound by the header
+    // read timeout too (HTTP/2 has its own flow: its streams' heads come in frames).
+    let idle = if http2 {
+        serving.limits.idle_timeout
+    } else {
+        serving.limits.idle_timeout.min(serving.limits.header_read_timeout)
+    };
     // Asleep until the connection may have become idle; after a graceful close, until it may
     // be dropped.
     let timer = tokio::time::sleep(idle);
@@ -599,6 +608,13 @@ struct Prefix {
     bytes: [u8; 24],
     len: usize,
     pos: usize,
+}
+
+impl Prefix {
+    /// Whether the connection speaks HTTP/2 (it began with the whole preface).
+    fn is_h2(&self) -> bool {
+        self.bytes[..self.len] == H2_PREFACE[..]
+    }
 }
 
 /// A stream whose first bytes were read already: reads give them back first.
