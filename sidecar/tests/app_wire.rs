@@ -26,6 +26,8 @@ enum Reply {
     ThenClose(&'static [u8]),
     /// Closes the connection without answering.
     Close,
+    /// Never answers (the connection stays open).
+    Silent,
 }
 
 /// A raw HTTP/1.1 app: `reply(connection, request)` picks the answer (both numbered from 0);
@@ -100,6 +102,7 @@ async fn serve(
                 return;
             }
             Reply::Close => return,
+            Reply::Silent => std::future::pending().await,
         }
     }
 }
@@ -117,13 +120,16 @@ fn request(method: &str, path: &str) -> Request<ProxyBody> {
 /// Status and whole body of a call, or the pool's error.
 async fn call(pool: &LocalPool, port: u16, method: &str, path: &str) -> Result<(u16, Bytes), String> {
     let resp = pool
-        .send(port, request(method, path))
+        .send(port, request(method, path), TIMEOUT)
         .await
         .map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.map_err(|e| e.to_string())?;
     Ok((status, body.to_bytes()))
 }
+
+/// The time allowed for an answer's head.
+const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn pool() -> LocalPool {
     LocalPool::new(Duration::from_secs(2))
@@ -172,7 +178,7 @@ async fn answers_dribbled_a_byte_at_a_time_are_whole() {
     })
     .await;
     let pool = pool();
-    let resp = pool.send(app.port(), request("GET", "/")).await.unwrap();
+    let resp = pool.send(app.port(), request("GET", "/"), TIMEOUT).await.unwrap();
     assert_eq!(resp.status(), 201, "the interim answer is skipped");
     assert_eq!(resp.headers()["x-b"], "2");
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -220,7 +226,7 @@ async fn head_and_304_answers_have_no_body_whatever_their_length_says() {
     })
     .await;
     let pool = pool();
-    let resp = pool.send(app.port(), request("HEAD", "/")).await.unwrap();
+    let resp = pool.send(app.port(), request("HEAD", "/"), TIMEOUT).await.unwrap();
     assert_eq!(
         resp.headers()["content-length"],
         "9",
@@ -244,7 +250,7 @@ async fn broken_answers_are_errors_and_the_connection_is_dropped() {
     for reply in broken {
         let app = RawApp::start(*reply).await;
         let pool = pool();
-        match pool.send(app.port(), request("GET", "/")).await {
+        match pool.send(app.port(), request("GET", "/"), TIMEOUT).await {
             Err(PoolError::Answer { port, .. }) => assert_eq!(port, app.port()),
             other => panic!("expected an unreadable answer, got {:?}", other.map(|r| r.status())),
         }
@@ -257,7 +263,7 @@ async fn broken_answers_are_errors_and_the_connection_is_dropped() {
     ] {
         let app = RawApp::start(reply).await;
         let pool = pool();
-        let resp = pool.send(app.port(), request("GET", "/")).await.unwrap();
+        let resp = pool.send(app.port(), request("GET", "/"), TIMEOUT).await.unwrap();
         assert!(resp.into_body().collect().await.is_err());
         assert_eq!(pool.idle(app.port()), 0);
     }
@@ -316,9 +322,38 @@ async fn calls_with_a_body_still_stream_it() {
         .map_err(|never| match never {})
         .boxed_unsync();
     let req = Request::post("/upload").header("host", "app").body(body).unwrap();
-    let resp = pool().send(port, req).await.unwrap();
+    let resp = pool().send(port, req, TIMEOUT).await.unwrap();
     let echoed = resp.into_body().collect().await.unwrap().to_bytes();
     let echoed = String::from_utf8_lossy(&echoed);
     assert!(echoed.starts_with("POST /upload HTTP/1.1\r\n"), "{echoed}");
     assert!(echoed.ends_with("payload"), "{echoed}");
+}
+
+#[tokio::test]
+async fn each_call_on_a_reused_connection_has_the_whole_time_and_no_more() {
+    // The first connection answers at once, then never again; the next ones answer.
+    let app = RawApp::start(|conn, request| match (conn, request) {
+        (0, 0) => Reply::Dribble(OK_HI),
+        (0, _) => Reply::Silent,
+        _ => Reply::Bytes(OK_HI),
+    })
+    .await;
+    let pool = pool();
+    let send = |path: &'static str, timeout| pool.send(app.port(), request("GET", path), timeout);
+    let resp = send("/first", Duration::from_millis(600)).await.unwrap();
+    resp.into_body().collect().await.unwrap();
+    // The connection's deadline was for the first call: the second one has its own.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let start = tokio::time::Instant::now();
+    let error = send("/unanswered", Duration::from_millis(600)).await.unwrap_err();
+    let waited = start.elapsed();
+    assert!(matches!(error, PoolError::TimedOut { .. }), "{error}");
+    assert!(waited >= Duration::from_millis(550), "cut after {waited:?}");
+    assert!(waited < Duration::from_secs(3), "cut after {waited:?}");
+    // The connection that timed out is not reused: its late answer cannot reach another call.
+    let resp = send("/third", Duration::from_millis(600)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let heads = app.heads();
+    let third = heads.iter().find(|(_, h)| h.starts_with("GET /third")).unwrap();
+    assert_eq!(third.0, 1, "{heads:?}");
 }

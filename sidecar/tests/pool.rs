@@ -18,6 +18,9 @@ use portcullis_sidecar::upstream::pool::{LocalPool, PoolError};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+/// The time allowed for an answer's head.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A test app: answers `/big` with 1 MiB, `/close` with `Connection: close`, anything else
 /// with its path; counts accepted connections; `drop_idle` closes every open connection.
 struct App {
@@ -78,7 +81,7 @@ fn get(path: &str) -> Request<ProxyBody> {
 }
 
 async fn call(pool: &LocalPool, port: u16, path: &str) -> Bytes {
-    let resp = pool.send(port, get(path)).await.expect("answered");
+    let resp = pool.send(port, get(path), TIMEOUT).await.expect("answered");
     assert_eq!(resp.status(), 200);
     resp.into_body().collect().await.unwrap().to_bytes()
 }
@@ -123,7 +126,7 @@ async fn a_body_dropped_half_read_does_not_return_its_connection() {
     let app = App::start().await;
     let pool = LocalPool::new(Duration::from_secs(1));
     let port = app.addr.port();
-    let resp = pool.send(port, get("/big")).await.unwrap();
+    let resp = pool.send(port, get("/big"), TIMEOUT).await.unwrap();
     let mut body = resp.into_body();
     let first = body.frame().await.unwrap().unwrap();
     assert!(first.is_data());
@@ -166,7 +169,7 @@ async fn nothing_listening_is_a_connect_error() {
         l.local_addr().unwrap().port()
     };
     let pool = LocalPool::new(Duration::from_secs(1));
-    match pool.send(port, get("/")).await {
+    match pool.send(port, get("/"), TIMEOUT).await {
         Err(PoolError::Connect { port: p, .. }) => assert_eq!(p, port),
         other => panic!("expected a connect error, got {:?}", other.map(|r| r.status())),
     }

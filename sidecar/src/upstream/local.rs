@@ -91,11 +91,11 @@ impl Forwarder {
         set_verdict(&mut parts.headers, &verdict);
 
         let upstream = Request::from_parts(parts, body);
-        let response = match tokio::time::timeout(self.timeout, self.pool.send(port, upstream)).await {
-            Err(_) => return Err(ForwardError::Timeout(self.timeout)),
-            Ok(Err(e @ PoolError::Connect { .. })) => return Err(ForwardError::Connect(e.into())),
-            Ok(Err(e)) => return Err(ForwardError::Protocol(e.into())),
-            Ok(Ok(r)) => r,
+        let response = match self.pool.send(port, upstream, self.timeout).await {
+            Err(PoolError::TimedOut { .. }) => return Err(ForwardError::Timeout(self.timeout)),
+            Err(e @ PoolError::Connect { .. }) => return Err(ForwardError::Connect(e.into())),
+            Err(e) => return Err(ForwardError::Protocol(e.into())),
+            Ok(r) => r,
         };
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);

@@ -23,10 +23,10 @@
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
@@ -38,6 +38,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::h1::{self, BodyDecoder, Decoded, H1Error, ResponseHead};
 use crate::base::body::{BodyError, ProxyBody, streamed};
@@ -75,6 +76,10 @@ pub enum PoolError {
         #[source]
         source: std::io::Error,
     },
+    /// The app did not answer within the time allowed (the response head; the body is not
+    /// timed here).
+    #[error("127.0.0.1:{port} did not answer in time")]
+    TimedOut { port: u16 },
 }
 
 /// Keep-alive connections to local ports. Cheap to clone (shared).
@@ -132,13 +137,23 @@ impl LocalPool {
 
     /// Sends `req` (origin-form URI, `Host` set) to `127.0.0.1:port` and returns the response,
     /// its body still streaming; the connection returns to the pool once that body is read.
-    pub async fn send(&self, port: u16, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, PoolError> {
+    /// The response head must come within `timeout` (connecting included).
+    pub async fn send(
+        &self,
+        port: u16,
+        req: Request<ProxyBody>,
+        timeout: Duration,
+    ) -> Result<Response<ProxyBody>, PoolError> {
+        let now = Instant::now();
+        let deadline = now + timeout;
         if req.body().is_end_stream() && req.method() != Method::CONNECT {
             let (parts, _) = req.into_parts();
-            return self.send_direct(port, &parts).await;
+            return self.send_direct(port, &parts, now, deadline).await;
         }
-        let response = self.send_hyper(port, req).await?;
-        Ok(response.map(streamed))
+        match tokio::time::timeout_at(deadline, self.send_hyper(port, req)).await {
+            Ok(response) => Ok(response?.map(streamed)),
+            Err(_) => Err(PoolError::TimedOut { port }),
+        }
     }
 
     /// A call with a body, on a hyper connection.
@@ -169,24 +184,35 @@ impl LocalPool {
         }
     }
 
-    /// A call without a body, made here on an [`AppConn`].
-    async fn send_direct(&self, port: u16, req: &Parts) -> Result<Response<ProxyBody>, PoolError> {
+    /// A call without a body, made here on an [`AppConn`], answered before `deadline`.
+    async fn send_direct(
+        &self,
+        port: u16,
+        req: &Parts,
+        now: Instant,
+        deadline: Instant,
+    ) -> Result<Response<ProxyBody>, PoolError> {
         let answer_error = |source| PoolError::Answer { port, source };
         let retry_unanswered = req.method.is_idempotent();
-        while let Some(mut conn) = self.checkout(port, Instant::now(), direct_list) {
-            match conn.call(req).await {
+        while let Some(mut conn) = self.checkout(port, now, direct_list) {
+            match conn.call(req, deadline).await {
                 Ok(head) => return Ok(self.direct_response(port, conn, head)),
                 // The app had closed it: the request was not read (unwritten), or, idempotent,
                 // may be sent again.
                 Err(CallError::Unwritten(_)) => continue,
                 Err(CallError::Unanswered(_)) if retry_unanswered => continue,
                 Err(CallError::Unanswered(e) | CallError::Failed(e)) => return Err(answer_error(e)),
+                Err(CallError::TimedOut) => return Err(PoolError::TimedOut { port }),
             }
         }
-        let mut conn = self.connect_direct(port).await?;
-        match conn.call(req).await {
+        let mut conn = match tokio::time::timeout_at(deadline, self.connect_direct(port)).await {
+            Ok(conn) => conn?,
+            Err(_) => return Err(PoolError::TimedOut { port }),
+        };
+        match conn.call(req, deadline).await {
             Ok(head) => Ok(self.direct_response(port, conn, head)),
             Err(CallError::Unwritten(e) | CallError::Unanswered(e) | CallError::Failed(e)) => Err(answer_error(e)),
+            Err(CallError::TimedOut) => Err(PoolError::TimedOut { port }),
         }
     }
 
@@ -397,6 +423,14 @@ const MOST_READ: usize = 128 * 1024;
 
 /// A connection to the app on which calls without a body are made directly.
 struct AppConn {
+    /// Each call's deadline: one timer for the connection's life, moved on at every call
+    /// (later deadlines cost no timer-wheel work; a timer per call did).
+    deadline: Pin<Box<Sleep>>,
+    io: AppIo,
+}
+
+/// The connection's socket and buffers.
+struct AppIo {
     stream: TcpStream,
     /// What the app sent that is not consumed yet.
     buf: BytesMut,
@@ -415,18 +449,40 @@ enum CallError {
     Unanswered(std::io::Error),
     /// The answer failed or broke HTTP/1.1.
     Failed(std::io::Error),
+    /// No answer before the deadline.
+    TimedOut,
 }
 
 impl AppConn {
     fn new(stream: TcpStream) -> Self {
         Self {
-            stream,
-            buf: BytesMut::new(),
-            out: Vec::new(),
-            read_size: FIRST_READ,
+            deadline: Box::pin(tokio::time::sleep_until(Instant::now())),
+            io: AppIo {
+                stream,
+                buf: BytesMut::new(),
+                out: Vec::new(),
+                read_size: FIRST_READ,
+            },
         }
     }
 
+    /// Writes the request head and reads the final response head, before `deadline`.
+    async fn call(&mut self, req: &Parts, deadline: Instant) -> Result<ResponseHead, CallError> {
+        self.deadline.as_mut().reset(deadline);
+        let mut call = pin!(self.io.call(req));
+        let timer = &mut self.deadline;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = call.as_mut().poll(cx) {
+                return Poll::Ready(result);
+            }
+            ready!(timer.as_mut().poll(cx));
+            Poll::Ready(Err(CallError::TimedOut))
+        })
+        .await
+    }
+}
+
+impl AppIo {
     /// Whether the app has not closed the connection, as far as the socket has told: a read
     /// attempt that is told "would block" (without a system call when the runtime knows the
     /// socket has nothing to read, the usual case). Bytes the app sent unasked also make the
@@ -498,7 +554,7 @@ impl AppConn {
 
 impl Pooled for AppConn {
     fn is_open(&self) -> bool {
-        self.probe_open()
+        self.io.probe_open()
     }
 }
 
@@ -532,7 +588,7 @@ impl AppBody {
         }
         if let Some(lease) = self.lease.take()
             && lease.reusable
-            && lease.conn.buf.is_empty()
+            && lease.conn.io.buf.is_empty()
         {
             lease.pool.checkin(lease.port, lease.conn, direct_list);
         }
@@ -554,7 +610,7 @@ impl Body for AppBody {
             let Some(lease) = this.lease.as_mut() else {
                 return Poll::Ready(None);
             };
-            match this.decoder.decode(&mut lease.conn.buf) {
+            match this.decoder.decode(&mut lease.conn.io.buf) {
                 Ok(Decoded::Data(data)) => {
                     this.release_if_done();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -566,7 +622,7 @@ impl Body for AppBody {
                 Ok(Decoded::NeedMore) => {}
                 Err(error) => return this.fail(unreadable(error)),
             }
-            match ready!(lease.conn.poll_read(cx)) {
+            match ready!(lease.conn.io.poll_read(cx)) {
                 Ok(0) => match this.decoder.eof() {
                     // Delimited by the close: the end, and the connection goes.
                     Ok(()) => {
