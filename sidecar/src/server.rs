@@ -57,6 +57,7 @@ impl ConnectionEvents for Observed {
         match why {
             Timeout::Handshake => self.0.handshake_timeouts.inc(),
             Timeout::Idle => self.0.idle_timeouts.inc(),
+            Timeout::Send => self.0.send_timeouts.inc(),
         }
     }
 }

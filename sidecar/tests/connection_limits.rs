@@ -52,7 +52,7 @@ async fn slow_headers_are_cut() {
     assert!(answer.is_some(), "connection not cut");
     let elapsed = start.elapsed();
     assert!(elapsed >= Duration::from_millis(400), "cut too early: {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(3), "cut too late: {elapsed:?}");
+    assert!(elapsed < Duration::from_millis(1400), "cut too late: {elapsed:?}");
 }
 
 /// Reads one answer with a `content-length` from `stream`.
@@ -106,7 +106,7 @@ async fn the_header_read_timeout_bounds_every_http1_head_not_http2() {
     let elapsed = start.elapsed();
     assert_eq!(rest, "", "the unfinished head was answered");
     assert!(elapsed >= Duration::from_millis(400), "cut too early: {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(3), "cut too late: {elapsed:?}");
+    assert!(elapsed < Duration::from_millis(1400), "cut too late: {elapsed:?}");
 
     // HTTP/2 (prior knowledge): quiet for three header read timeouts, still serving.
     let stream = TcpStream::connect(sidecar.inbound).await.unwrap();

@@ -295,6 +295,78 @@ async fn idle_connections_are_closed_busy_ones_are_not() {
     assert!(idle_closed >= Some(2.0), "{metrics}");
 }
 
+/// A client that takes nothing of its answers cannot hold its connection: an HTTP/2 client
+/// that never opens its window (not even for a small refusal), an HTTP/1.1 client that never
+/// reads a download. Both are cut once nothing was taken for `--idle-timeout`, and counted;
+/// an app slow in the middle of its answer is not the client's fault and is waited for.
+#[tokio::test]
+async fn clients_that_take_nothing_of_their_answers_are_cut() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = anonymous_sidecar(backend.port(), &["--idle-timeout", "1s"]).await;
+
+    // HTTP/2 with a window of 0: the answer's head comes, its body never can.
+    let stream = TcpStream::connect(sidecar.inbound).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get(format!("http://{}/held", sidecar.inbound))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let start = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(6), conn).await;
+    assert!(
+        ended.is_ok(),
+        "an HTTP/2 connection that never opens its window is kept"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "cut after {:?}",
+        start.elapsed()
+    );
+    drop(resp);
+
+    // HTTP/1.1: a long download never read.
+    let mut h1 = TcpStream::connect(sidecar.inbound).await.unwrap();
+    h1.write_all(b"GET /stream/400 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The sidecar has given up: what it had written is readable, then the end.
+    let mut sink = vec![0u8; 1 << 20];
+    let mut read = 0usize;
+    let gone = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match h1.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read += n,
+            }
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "an unread download holds its connection");
+    assert!(read < 400 * 64 * 1024, "the whole download was sent: {read} bytes");
+
+    // An app that pauses mid-answer longer than the idle timeout: waited for.
+    let client = client();
+    let slow = Request::get(sidecar.url("/trickle/1500"))
+        .body(Full::default())
+        .unwrap();
+    let (status, _, body) = send(&client, slow).await.expect("slow answer not cut");
+    assert_eq!((status, &body[..]), (http::StatusCode::OK, &b"abc"[..]));
+
+    let metrics = sidecar.metrics().await;
+    let cut = metric(
+        &metrics,
+        "portcullis_connections_timed_out_total{listener=\"inbound\",phase=\"send\"}",
+    );
+    assert_eq!(cut, Some(2.0), "{metrics}");
+}
+
 /// Item 1: at most `--max-connections` open on a listener: beyond, a connection is closed as
 /// accepted and counted; the admin listener answers all the while; room made is reused.
 #[tokio::test]

@@ -88,6 +88,8 @@ pub enum Timeout {
     Handshake,
     /// No request in progress for the idle timeout.
     Idle,
+    /// Answers in progress, and the client took nothing of them for the idle timeout.
+    Send,
 }
 
 impl Timeout {
@@ -96,6 +98,7 @@ impl Timeout {
         match self {
             Self::Handshake => "handshake",
             Self::Idle => "idle",
+            Self::Send => "send",
         }
     }
 }
@@ -384,7 +387,7 @@ where
             let response = service.call(req);
             async move {
                 let response = response.await?;
-                Ok::<_, Infallible>(response.map(|body| Tracked { body, _busy: busy }))
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy)))
             }
         })
     };
@@ -402,6 +405,10 @@ where
     } else {
         serving.limits.idle_timeout.min(serving.limits.header_read_timeout)
     };
+    // While answers are in progress, how often the connection looks whether the client still
+    // takes them.
+    let stall = serving.limits.idle_timeout;
+    let mut seen_progress = None;
     // Asleep until the connection may have become idle; after a graceful close, until it may
     // be dropped.
     let timer = tokio::time::sleep(idle);
@@ -462,8 +469,18 @@ where
             Event::Timer => {
                 let now = Instant::now();
                 if activity.busy() {
+                    // Every answer in progress waiting for the client to take it, and none
+                    // taken since the last look: a client that does not read (or an HTTP/2
+                    // window it never opens) would hold the connection forever.
+                    let progress = activity.progress();
+                    if !closing && activity.all_wait_for_client() && seen_progress == Some(progress) {
+                        serving.events.timed_out(Timeout::Send);
+                        tracing::debug!(%peer, ?stall, "client took nothing of its answers: closing");
+                        return;
+                    }
+                    seen_progress = Some(progress);
                     // Look again once what is in progress may have ended.
-                    timer.as_mut().reset(now + if closing { CLOSE_GRACE } else { idle });
+                    timer.as_mut().reset(now + if closing { CLOSE_GRACE } else { stall });
                 } else if closing {
                     // Told to close, nothing in progress, and still not gone: drop it.
                     return;
@@ -474,6 +491,11 @@ where
                     } else {
                         serving.events.timed_out(Timeout::Idle);
                         tracing::debug!(%peer, ?idle, "idle connection: closing");
+                        if !http2 {
+                            // Nothing in progress: nothing to finish, and a head begun is
+                            // not waited for.
+                            return;
+                        }
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                         timer.as_mut().reset(now + CLOSE_GRACE);
@@ -544,6 +566,11 @@ struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds from `start` to the end of the last request.
     last_end: AtomicU64,
+    /// Answers in progress that wait for the client to take them (their head, or their last
+    /// part, not yet taken): see [`Tracked`].
+    for_client: AtomicUsize,
+    /// Moves whenever an answer makes progress (a part taken, or a wait for the app).
+    progress: AtomicU64,
 }
 
 impl Activity {
@@ -552,11 +579,23 @@ impl Activity {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_end: AtomicU64::new(0),
+            for_client: AtomicUsize::new(0),
+            progress: AtomicU64::new(0),
         }
     }
 
     fn busy(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// Whether every request in progress is an answer waiting for the client (none is being
+    /// handled, none waits for the app).
+    fn all_wait_for_client(&self) -> bool {
+        self.for_client.load(Ordering::Acquire) == self.in_flight.load(Ordering::Acquire)
+    }
+
+    fn progress(&self) -> u64 {
+        self.progress.load(Ordering::Acquire)
     }
 
     /// When the last request ended (the connection's start if none did).
@@ -584,10 +623,45 @@ impl Drop for Busy {
 }
 
 /// A response body that keeps its request counted as in progress until it is sent (or
-/// dropped).
+/// dropped), and tells whether it waits for the client: from the head until the connection
+/// asks for a part, and after each part until it asks for the next; not while the app is
+/// awaited (a slow answer is never the client's fault).
 struct Tracked<B> {
     body: B,
-    _busy: Busy,
+    busy: Busy,
+    for_client: bool,
+}
+
+impl<B> Tracked<B> {
+    fn new(body: B, busy: Busy) -> Self {
+        busy.0.for_client.fetch_add(1, Ordering::AcqRel);
+        Self {
+            body,
+            busy,
+            for_client: true,
+        }
+    }
+
+    fn set_for_client(&mut self, for_client: bool) {
+        let activity = &self.busy.0;
+        activity.progress.fetch_add(1, Ordering::Release);
+        if self.for_client != for_client {
+            self.for_client = for_client;
+            if for_client {
+                activity.for_client.fetch_add(1, Ordering::AcqRel);
+            } else {
+                activity.for_client.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        if self.for_client {
+            self.busy.0.for_client.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl<B: Body + Unpin> Body for Tracked<B> {
@@ -595,7 +669,9 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     type Error = B::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        self.set_for_client(polled.is_ready());
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

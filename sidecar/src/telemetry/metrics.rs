@@ -85,6 +85,8 @@ pub struct ListenerMetrics {
     pub handshake_timeouts: IntCounter,
     /// `portcullis_connections_timed_out_total{listener, phase="idle"}`.
     pub idle_timeouts: IntCounter,
+    /// `portcullis_connections_timed_out_total{listener, phase="send"}`.
+    pub send_timeouts: IntCounter,
 }
 
 /// Outcome of a configuration reload attempt.
@@ -259,6 +261,7 @@ impl Metrics {
             refused: self.connections_refused.with_label_values(&[listener]),
             handshake_timeouts: self.connections_timed_out.with_label_values(&[listener, "handshake"]),
             idle_timeouts: self.connections_timed_out.with_label_values(&[listener, "idle"]),
+            send_timeouts: self.connections_timed_out.with_label_values(&[listener, "send"]),
         }
     }
 

@@ -310,6 +310,7 @@ pub fn json_of(body: &[u8]) -> Value {
 /// - `/status/NNN`: answers NNN;
 /// - `/sleep/MS`: waits MS milliseconds, then answers 200;
 /// - `/stream/N`: streams N chunks of 64 KiB, 10 ms apart;
+/// - `/trickle/MS`: streams `a`, `b`, `c`, MS milliseconds apart (an app slow mid-answer);
 /// - `/duplex`: streams the request body back as it arrives;
 /// - `/count`: answers with the number of request body bytes, read as a stream;
 /// - anything else: 200 with a JSON echo of method, path, query, version and headers.
@@ -380,6 +381,19 @@ async fn respond(req: Request<Incoming>) -> Result<Response<TestBody>, Infallibl
         });
         let mut rx = rx;
         let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))));
+    }
+    if let Some(ms) = path.strip_prefix("/trickle/") {
+        let gap = Duration::from_millis(ms.parse().unwrap_or(0));
+        let stream = futures::stream::unfold(0u8, move |i| async move {
+            if i == 3 {
+                return None;
+            }
+            if i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            Some((Ok(Frame::data(Bytes::from(vec![b'a' + i]))), i + 1))
+        });
         return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))));
     }
     if path == "/duplex" {
