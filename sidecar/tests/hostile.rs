@@ -368,6 +368,30 @@ async fn clients_that_take_nothing_of_their_answers_are_cut() {
     assert_eq!(metric(&metrics, send_cuts), Some(2.0), "{metrics}");
 }
 
+/// After a request that lasted longer than `--header-read-timeout`, the next HTTP/1.1 head
+/// still has only that long from the end of the answer (not the idle timeout).
+#[tokio::test]
+async fn the_head_after_a_slow_answer_has_the_header_read_timeout() {
+    let backend = Backend::start().await;
+    let flags = ["--header-read-timeout", "500ms", "--idle-timeout", "30s"];
+    let (sidecar, _dir) = anonymous_sidecar(backend.port(), &flags).await;
+    let mut h1 = TcpStream::connect(sidecar.inbound).await.unwrap();
+    h1.write_all(b"GET /sleep/1200 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until(&mut h1, "slept", Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let start = Instant::now();
+    h1.write_all(b"GET /next HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    assert!(
+        closed_within(&mut h1, Duration::from_secs(5)).await,
+        "unfinished head kept"
+    );
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(300), "cut after {waited:?}");
+    assert!(waited < Duration::from_millis(1500), "cut after {waited:?}");
+}
+
 /// Item 1: at most `--max-connections` open on a listener: beyond, a connection is closed as
 /// accepted and counted; the admin listener answers all the while; room made is reused.
 #[tokio::test]

@@ -405,10 +405,10 @@ where
     } else {
         serving.limits.idle_timeout.min(serving.limits.header_read_timeout)
     };
-    // While answers are in progress, how often the connection looks whether the client still
-    // takes them.
+    // How long answers in progress may all wait for the client without any being taken.
     let stall = serving.limits.idle_timeout;
-    let mut seen_progress = None;
+    // The answers' progress at the last look, and since when it has been that.
+    let mut seen_progress: Option<(u64, Instant)> = None;
     // Asleep until the connection may have become idle; after a graceful close, until it may
     // be dropped.
     let timer = tokio::time::sleep(idle);
@@ -473,14 +473,19 @@ where
                     // taken since the last look: a client that does not read (or an HTTP/2
                     // window it never opens) would hold the connection forever.
                     let progress = activity.progress();
-                    if !closing && activity.all_wait_for_client() && seen_progress == Some(progress) {
-                        serving.events.timed_out(Timeout::Send);
-                        tracing::debug!(%peer, ?stall, "client took nothing of its answers: closing");
-                        return;
+                    match seen_progress {
+                        Some((seen, since)) if seen == progress => {
+                            if !closing && activity.all_wait_for_client() && now - since >= stall {
+                                serving.events.timed_out(Timeout::Send);
+                                tracing::debug!(%peer, ?stall, "client took nothing of its answers: closing");
+                                return;
+                            }
+                        }
+                        _ => seen_progress = Some((progress, now)),
                     }
-                    seen_progress = Some(progress);
-                    // Look again once what is in progress may have ended.
-                    timer.as_mut().reset(now + if closing { CLOSE_GRACE } else { stall });
+                    // Look again once what is in progress may have ended (at the idle pace:
+                    // for HTTP/1.1 the header read timeout runs from the end of the answer).
+                    timer.as_mut().reset(now + if closing { CLOSE_GRACE } else { idle });
                 } else if closing {
                     // Told to close, nothing in progress, and still not gone: drop it.
                     return;
@@ -634,6 +639,7 @@ struct Tracked<B> {
 
 impl<B> Tracked<B> {
     fn new(body: B, busy: Busy) -> Self {
+        busy.0.progress.fetch_add(1, Ordering::Release);
         busy.0.for_client.fetch_add(1, Ordering::AcqRel);
         Self {
             body,
