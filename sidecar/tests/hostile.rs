@@ -368,6 +368,72 @@ async fn clients_that_take_nothing_of_their_answers_are_cut() {
     assert_eq!(metric(&metrics, send_cuts), Some(2.0), "{metrics}");
 }
 
+/// An HTTP/2 answer the client stops taking is reset on its own, although the client keeps
+/// the connection busy with other requests that complete: they go on, on the same connection.
+#[tokio::test]
+async fn a_stalled_http2_stream_is_reset_while_others_complete() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = anonymous_sidecar(backend.port(), &["--idle-timeout", "1s"]).await;
+    let stream = TcpStream::connect(sidecar.inbound).await.unwrap();
+    // A stream window of 64 KiB and a body never read: the download stalls after it.
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let get = |path: &str| {
+        Request::get(format!("http://{}{path}", sidecar.inbound))
+            .body(Full::<Bytes>::default())
+            .unwrap()
+    };
+    let stalled = sender.send_request(get("/stream/1000")).await.unwrap();
+    assert_eq!(stalled.status(), 200);
+
+    // Something completes on the connection every 200 ms, for 4 idle timeouts.
+    let busy_until = Instant::now() + Duration::from_secs(4);
+    let mut completed = 0;
+    while Instant::now() < busy_until {
+        let resp = sender.send_request(get("/other")).await.expect("the connection serves");
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.expect("a whole answer");
+        completed += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(completed >= 10, "{completed} requests completed");
+
+    // What had come before the stall is there, then the reset (not the rest of 64 MB).
+    let mut body = stalled.into_body();
+    let mut read = 0usize;
+    let ended = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => read += frame.data_ref().map_or(0, |d| d.len()),
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    let error = match ended {
+        Ok(Err(error)) => error,
+        Ok(Ok(())) => panic!("the stalled download was sent whole ({read} bytes)"),
+        Err(_) => panic!("the stalled stream was kept: {read} bytes read in 3 s after the stall"),
+    };
+    assert!(read <= 1 << 20, "{read} bytes came before the reset ({error})");
+
+    // The connection still serves, and the reset is counted.
+    let resp = sender
+        .send_request(get("/after"))
+        .await
+        .expect("the connection serves after the reset");
+    assert_eq!(resp.status(), 200);
+    let send_cuts = "portcullis_connections_timed_out_total{listener=\"inbound\",phase=\"send\"}";
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metric(&metrics, send_cuts), Some(1.0), "{metrics}");
+    assert!(!conn.is_finished(), "the connection was closed");
+}
+
 /// After a request that lasted longer than `--header-read-timeout`, the next HTTP/1.1 head
 /// still has only that long from the end of the answer (not the idle timeout).
 #[tokio::test]

@@ -11,16 +11,15 @@ use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::HeaderValue;
 use http::header::STRICT_TRANSPORT_SECURITY;
-use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,6 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 use super::Connection;
+use super::answers::{Activity, Busy, StreamExec, Tracked};
 use super::server_tls::ServerTls;
 use crate::base::body::ProxyBody;
 use crate::base::engine::Listener;
@@ -37,8 +37,8 @@ use crate::base::engine::Listener;
 /// one HTTP/2 connection. The time allowed for an HTTP/1.1 head is kept by the connection's
 /// own timer ([`ConnectionLimits::header_read_timeout`]), not by one hyper would arm anew for
 /// every request.
-pub fn connection_builder(max_header_bytes: u32, max_concurrent_streams: u32) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+pub fn connection_builder(max_header_bytes: u32, max_concurrent_streams: u32) -> auto::Builder<StreamExec> {
+    let mut builder = auto::Builder::new(StreamExec);
     builder
         .http1()
         .keep_alive(true)
@@ -88,7 +88,8 @@ pub enum Timeout {
     Handshake,
     /// No request in progress for the idle timeout.
     Idle,
-    /// Answers in progress, and the client took nothing of them for the idle timeout.
+    /// An answer in progress the client took nothing of for the idle timeout (HTTP/1.1: its
+    /// connection is closed; HTTP/2: its stream is reset, the connection goes on).
     Send,
 }
 
@@ -119,7 +120,7 @@ pub trait ConnectionEvents: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Serving {
     /// The HTTP/1.1 and HTTP/2 settings ([`connection_builder`]).
-    pub builder: auto::Builder<TokioExecutor>,
+    pub builder: auto::Builder<StreamExec>,
     pub limits: ConnectionLimits,
     pub events: Arc<dyn ConnectionEvents>,
     /// Turns true on shutdown: stop accepting, close connections once idle.
@@ -387,7 +388,7 @@ where
             let response = service.call(req);
             async move {
                 let response = response.await?;
-                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy)))
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy, http2)))
             }
         })
     };
@@ -469,19 +470,30 @@ where
             Event::Timer => {
                 let now = Instant::now();
                 if activity.busy() {
-                    // Every answer in progress waiting for the client to take it, and none
-                    // taken since the last look: a client that does not read (or an HTTP/2
-                    // window it never opens) would hold the connection forever.
-                    let progress = activity.progress();
-                    match seen_progress {
-                        Some((seen, since)) if seen == progress => {
-                            if !closing && activity.all_wait_for_client() && now - since >= stall {
+                    if http2 {
+                        // Each stream on its own: others completing (or waiting for the app)
+                        // do not keep a stalled one.
+                        if !closing {
+                            for _ in 0..activity.reset_stalled_streams(now, stall) {
                                 serving.events.timed_out(Timeout::Send);
-                                tracing::debug!(%peer, ?stall, "client took nothing of its answers: closing");
-                                return;
+                                tracing::debug!(%peer, ?stall, "client took nothing of an answer: stream reset");
                             }
                         }
-                        _ => seen_progress = Some((progress, now)),
+                    } else {
+                        // The answer in progress waiting for the client to take it, and
+                        // nothing taken since the last look: a client that does not read
+                        // would hold the connection forever.
+                        let progress = activity.progress();
+                        match seen_progress {
+                            Some((seen, since)) if seen == progress => {
+                                if !closing && activity.all_wait_for_client() && now - since >= stall {
+                                    serving.events.timed_out(Timeout::Send);
+                                    tracing::debug!(%peer, ?stall, "client took nothing of its answer: closing");
+                                    return;
+                                }
+                            }
+                            _ => seen_progress = Some((progress, now)),
+                        }
                     }
                     // Look again once what is in progress may have ended (at the idle pace:
                     // for HTTP/1.1 the header read timeout runs from the end of the answer).
@@ -560,132 +572,6 @@ impl std::task::Wake for ControlWake {
         if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             task.wake_by_ref();
         }
-    }
-}
-
-/// What a connection is doing: requests in progress (from the call to the end of the
-/// response body) and when the last one ended.
-struct Activity {
-    /// The connection's start: the origin of `last_end`.
-    start: Instant,
-    in_flight: AtomicUsize,
-    /// Milliseconds from `start` to the end of the last request.
-    last_end: AtomicU64,
-    /// Answers in progress that wait for the client to take them (their head, or their last
-    /// part, not yet taken): see [`Tracked`].
-    for_client: AtomicUsize,
-    /// Moves whenever an answer makes progress (a part taken, or a wait for the app).
-    progress: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            last_end: AtomicU64::new(0),
-            for_client: AtomicUsize::new(0),
-            progress: AtomicU64::new(0),
-        }
-    }
-
-    fn busy(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) > 0
-    }
-
-    /// Whether every request in progress is an answer waiting for the client (none is being
-    /// handled, none waits for the app).
-    fn all_wait_for_client(&self) -> bool {
-        self.for_client.load(Ordering::Acquire) == self.in_flight.load(Ordering::Acquire)
-    }
-
-    fn progress(&self) -> u64 {
-        self.progress.load(Ordering::Acquire)
-    }
-
-    /// When the last request ended (the connection's start if none did).
-    fn last_end(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_end.load(Ordering::Acquire))
-    }
-}
-
-/// One request in progress on a connection: from its call to the end of its response body.
-struct Busy(Arc<Activity>);
-
-impl Busy {
-    fn start(activity: &Arc<Activity>) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        Self(activity.clone())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        let since_start = self.0.start.elapsed().as_millis() as u64;
-        self.0.last_end.fetch_max(since_start, Ordering::AcqRel);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A response body that keeps its request counted as in progress until it is sent (or
-/// dropped), and tells whether it waits for the client: from the head until the connection
-/// asks for a part, and after each part until it asks for the next; not while the app is
-/// awaited (a slow answer is never the client's fault).
-struct Tracked<B> {
-    body: B,
-    busy: Busy,
-    for_client: bool,
-}
-
-impl<B> Tracked<B> {
-    fn new(body: B, busy: Busy) -> Self {
-        busy.0.progress.fetch_add(1, Ordering::Release);
-        busy.0.for_client.fetch_add(1, Ordering::AcqRel);
-        Self {
-            body,
-            busy,
-            for_client: true,
-        }
-    }
-
-    fn set_for_client(&mut self, for_client: bool) {
-        let activity = &self.busy.0;
-        activity.progress.fetch_add(1, Ordering::Release);
-        if self.for_client != for_client {
-            self.for_client = for_client;
-            if for_client {
-                activity.for_client.fetch_add(1, Ordering::AcqRel);
-            } else {
-                activity.for_client.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-    }
-}
-
-impl<B> Drop for Tracked<B> {
-    fn drop(&mut self) {
-        if self.for_client {
-            self.busy.0.for_client.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-impl<B: Body + Unpin> Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        self.set_for_client(polled.is_ready());
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::base::engine::{Listener, PeerCertificate};
 
 pub mod accept;
+mod answers;
 pub mod server_tls;
 
 pub use server_tls::ServerTls;

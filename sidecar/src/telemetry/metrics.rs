@@ -205,7 +205,7 @@ impl Metrics {
         let connections_timed_out = IntCounterVec::new(
             Opts::new(
                 "portcullis_connections_timed_out_total",
-                "Connections closed by a timeout, by listener and phase (handshake: no HTTP within --handshake-timeout; idle: no request for --idle-timeout, or no whole HTTP/1.1 head within --header-read-timeout; send: answers the client took nothing of for --idle-timeout).",
+                "Connections closed by a timeout, by listener and phase (handshake: no HTTP within --handshake-timeout; idle: no request for --idle-timeout, or no whole HTTP/1.1 head within --header-read-timeout; send: an answer the client took nothing of for --idle-timeout, its HTTP/1.1 connection closed or its HTTP/2 stream reset).",
             ),
             &["listener", "phase"],
         )
