@@ -55,9 +55,16 @@ pub fn connection_builder(max_header_bytes: u32, max_concurrent_streams: u32) ->
         .timer(TokioTimer::new())
         .max_header_list_size(2 * max_header_bytes)
         .max_concurrent_streams(max_concurrent_streams)
+        // What a stream's answer may have queued toward the client beyond what the socket
+        // took (h2's default is 400 KiB per stream: 40 MiB for one connection that opens
+        // its windows wide and never reads).
+        .max_send_buf_size(H2_SEND_BUFFER)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     builder
 }
+
+/// Bytes one HTTP/2 stream's answer may queue toward a client that does not take them.
+pub const H2_SEND_BUFFER: usize = 64 * 1024;
 
 /// The bounds of one listener's connections.
 #[derive(Debug, Clone, Copy)]
