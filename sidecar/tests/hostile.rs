@@ -434,6 +434,71 @@ async fn a_stalled_http2_stream_is_reset_while_others_complete() {
     assert!(!conn.is_finished(), "the connection was closed");
 }
 
+/// One HTTP/2 frame: length, type, flags, stream, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend([kind, flags]);
+    frame.extend(stream.to_be_bytes());
+    frame.extend(payload);
+    frame
+}
+
+/// A client that opens every flow-control window wide, asks 100 large answers at once and
+/// never reads its socket: what each stream may queue toward it is bounded (64 KiB, not h2's
+/// 400 KiB), so the sidecar holds tens of MiB less.
+#[tokio::test]
+async fn answers_queued_toward_a_client_that_never_reads_are_bounded() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = anonymous_sidecar(backend.port(), &["--idle-timeout", "30s"]).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(sidecar.inbound).await.unwrap();
+    let wide = (1u32 << 31) - 1;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE, and the connection's window opened as wide.
+    let mut settings = 4u16.to_be_bytes().to_vec();
+    settings.extend(wide.to_be_bytes());
+    out.extend(h2_frame(0x4, 0, 0, &settings));
+    out.extend(h2_frame(0x8, 0, 0, &(wide - 65_535).to_be_bytes()));
+    // Headers as HPACK literals without indexing (no Huffman).
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "x"),
+        (":path", "/stream/40"),
+    ] {
+        block.push(0);
+        block.push(name.len() as u8);
+        block.extend(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend(value.as_bytes());
+    }
+    for i in 0..100u32 {
+        out.extend(h2_frame(0x1, 0x5, 2 * i + 1, &block));
+    }
+    let baseline_kib = sidecar.proc_status_kib("VmRSS");
+    stream.write_all(&out).await.unwrap();
+    // The answers (2.5 MiB each) take 0.4 s to come from the app; let them pile up.
+    let mut peak_kib = baseline_kib;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak_kib = peak_kib.max(sidecar.proc_status_kib("VmRSS"));
+    }
+    let grown_mib = (peak_kib - baseline_kib) / 1024;
+    // 100 streams x (64 KiB queued + the app's part in hand) is about 17 MiB; h2's default
+    // queue let it reach about 60 MiB.
+    assert!(
+        grown_mib < 32,
+        "the sidecar grew by {grown_mib} MiB for one client that never reads"
+    );
+    assert!(
+        grown_mib >= 4,
+        "the answers did not pile up ({grown_mib} MiB): the test proves nothing"
+    );
+    drop(stream);
+}
+
 /// After a request that lasted longer than `--header-read-timeout`, the next HTTP/1.1 head
 /// still has only that long from the end of the answer (not the idle timeout).
 #[tokio::test]
