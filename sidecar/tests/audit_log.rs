@@ -1,5 +1,5 @@
 //! Black-box tests of the audit log's bounds and rotation through the real binary: a client's
-//! huge path is logged cut, and SIGHUP makes the sidecar write to a fresh `--audit-log` after
+//! huge path is logged cut, a hit whose client left before the answer is recorded, and SIGHUP makes the sidecar write to a fresh `--audit-log` after
 //! a log rotation moved the old one away.
 
 mod common;
@@ -59,4 +59,62 @@ async fn sighup_reopens_the_audit_log_after_rotation() {
     assert!(old.contains("/before") && !old.contains("/after"), "{old}");
     // The process is alive and serving (SIGHUP did not stop it).
     assert_eq!(get_with(&sidecar.url("/again"), &[]).await.0, 200);
+}
+
+/// A client that leaves while the app works on its request (HTTP/1.1: closes the connection;
+/// HTTP/2: resets the stream) still leaves its hit in the audit log, with status 499, and in
+/// the request metrics: the app may carry the request out.
+#[tokio::test]
+async fn a_hit_whose_client_left_before_the_answer_is_audited() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = open_sidecar(backend.port()).await;
+
+    let mut h1 = tokio::net::TcpStream::connect(sidecar.inbound).await.unwrap();
+    h1.write_all(b"GET /sleep/1500?h1 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(h1);
+
+    let stream = tokio::net::TcpStream::connect(sidecar.inbound).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/sleep/1600", sidecar.inbound))
+        .body(http_body_util::Full::<bytes::Bytes>::default())
+        .unwrap();
+    // Given up after 300 ms: the stream is reset.
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), sender.send_request(req)).await;
+    assert!(gave_up.is_err(), "answered before the app slept");
+
+    let lines = sidecar.wait_audit(2).await;
+    let mut paths: Vec<_> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["path"].as_str().unwrap().to_owned(),
+                l["status"].clone(),
+                l["decision"].clone(),
+            )
+        })
+        .collect();
+    paths.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        paths,
+        [
+            ("/sleep/1500".to_owned(), json!(499), json!("allow")),
+            ("/sleep/1600".to_owned(), json!(499), json!("allow")),
+        ],
+        "{lines:?}"
+    );
+    assert_eq!(lines[0]["reason"], "client left before the answer");
+    let metrics = sidecar.metrics().await;
+    let counted = "portcullis_requests_total{decision=\"allow\",profile=\"open\",route=\"api\",status_class=\"4xx\"} 2";
+    assert!(
+        metrics.contains(counted),
+        "the hits are not in the request metrics: {metrics}"
+    );
 }

@@ -184,7 +184,17 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     let mut record = trip.record();
     let (response, label) = match &outcome {
         Outcome::Allow(admission) => match body_refused {
-            None => forward(&shared, &active, &conn, req, admission, &mut record).await,
+            None => {
+                // A client that leaves while the app works (a reset HTTP/2 stream, a closed
+                // connection) drops this future: the hit it made is recorded all the same.
+                let mut unanswered = Unanswered {
+                    trip: &trip,
+                    record: Some(&mut record),
+                };
+                let answered = forward(&shared, &active, &conn, req, admission, unanswered.record()).await;
+                unanswered.record = None;
+                answered
+            }
             Some(why) => refuse_body(&active, admission, why, &mut record),
         },
         Outcome::Deny(denial) => deny(&shared, denial, &mut record),
@@ -217,6 +227,43 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     };
     trip.finish(record, label, response, resolved)
 }
+
+/// The record of a request forwarded and not yet answered: if the client leaves first (its
+/// request's future is dropped), the hit is audited with status 499 (nginx's "client closed
+/// request") and counted, since the app may carry it out.
+struct Unanswered<'t, 'r, 'a> {
+    trip: &'t Trip<'t>,
+    record: Option<&'r mut Record<'a>>,
+}
+
+impl<'a> Unanswered<'_, '_, 'a> {
+    fn record(&mut self) -> &mut Record<'a> {
+        self.record.as_deref_mut().expect("armed")
+    }
+}
+
+impl Drop for Unanswered<'_, '_, '_> {
+    fn drop(&mut self) {
+        let Some(record) = self.record.take() else {
+            return;
+        };
+        record.status = CLIENT_CLOSED_REQUEST;
+        record.latency = self.trip.start.elapsed();
+        record.reason = "client left before the answer";
+        let metrics = &self.trip.shared.metrics;
+        metrics.request(
+            record.route,
+            record.profile,
+            record.decision,
+            record.status,
+            record.latency,
+        );
+        self.trip.shared.audit.record(record);
+    }
+}
+
+/// The status audited for a request whose client left before it was answered.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// One request's journey: what its audit line and metrics need from start to end.
 struct Trip<'s> {
