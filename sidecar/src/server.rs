@@ -60,6 +60,10 @@ impl ConnectionEvents for Observed {
             Timeout::Send => self.0.send_timeouts.inc(),
         }
     }
+
+    fn abandoned_too_often(&self) {
+        self.0.reset_abuse.inc();
+    }
 }
 
 /// Why the sidecar cannot serve.

@@ -434,6 +434,49 @@ async fn a_stalled_http2_stream_is_reset_while_others_complete() {
     assert!(!conn.is_finished(), "the connection was closed");
 }
 
+/// An HTTP/2 client that resets its requests once they are forwarded (each reset frees a
+/// stream while the app may still work on it) is told to go away once it has abandoned 100
+/// of them, more than half of its requests; its answered requests did not count.
+#[tokio::test]
+async fn a_client_that_resets_most_of_its_forwarded_requests_is_closed() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = anonymous_sidecar(backend.port(), &[]).await;
+    let stream = TcpStream::connect(sidecar.inbound).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let get = |path: &str| {
+        Request::get(format!("http://{}{path}", sidecar.inbound))
+            .body(Full::<Bytes>::default())
+            .unwrap()
+    };
+    // 60 answered, then 99 abandoned: kept (99 < 100).
+    for _ in 0..60 {
+        let resp = sender.send_request(get("/fast")).await.expect("served");
+        resp.into_body().collect().await.unwrap();
+    }
+    let abandon = |sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>| {
+        let call = sender.send_request(get("/sleep/3000"));
+        async move {
+            let _ = tokio::time::timeout(Duration::from_millis(30), call).await;
+        }
+    };
+    for _ in 0..99 {
+        abandon(&mut sender).await;
+    }
+    let resets = "portcullis_connections_closed_for_resets_total{listener=\"inbound\"}";
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(metric(&sidecar.metrics().await, resets), Some(0.0));
+    assert!(!conn.is_finished(), "closed before 100 requests were abandoned");
+    // The 100th, more than half of the 160: the connection is told to go away.
+    abandon(&mut sender).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(closed.is_ok(), "the connection stayed open");
+    assert_eq!(metric(&sidecar.metrics().await, resets), Some(1.0));
+}
+
 /// One HTTP/2 frame: length, type, flags, stream, payload.
 fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();

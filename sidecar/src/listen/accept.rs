@@ -27,7 +27,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 use super::Connection;
-use super::answers::{Activity, Busy, StreamExec, Tracked};
+pub use super::answers::ABANDONED_FLOOR;
+use super::answers::{Abandoned, Activity, Busy, StreamExec, Tracked};
 use super::server_tls::ServerTls;
 use crate::base::body::ProxyBody;
 use crate::base::engine::Listener;
@@ -121,6 +122,9 @@ pub trait ConnectionEvents: Send + Sync + 'static {
     fn refused(&self);
     /// A connection was closed by a timeout.
     fn timed_out(&self, why: Timeout);
+    /// An HTTP/2 connection was closed because its client reset most of its requests after
+    /// they were forwarded ([`ABANDONED_FLOOR`]).
+    fn abandoned_too_often(&self);
 }
 
 /// Everything an accept loop serves its connections with.
@@ -388,13 +392,22 @@ where
 {
     let http2 = io.prefix.is_h2();
     let activity = Arc::new(Activity::new());
+    // The shutdown signal and the timers are looked at only when one of them woke the task,
+    // not on each of the connection's own wake-ups (every read and write).
+    let control = Arc::new(ControlWake::default());
     let service = {
         let activity = activity.clone();
+        let control = control.clone();
         service_fn(move |req| {
             let busy = Busy::start(&activity);
             let response = service.call(req);
+            // HTTP/2: a stream the client resets before its answer (the app may be at work).
+            let abandoned = http2.then(|| Abandoned::new(&activity, &control));
             async move {
                 let response = response.await?;
+                if let Some(mut abandoned) = abandoned {
+                    abandoned.answered();
+                }
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy, http2)))
             }
         })
@@ -425,9 +438,6 @@ where
     stale_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = stopped.changed();
     let mut stop = pin!(stop);
-    // The shutdown signal and the timers are looked at only when one of them woke the task,
-    // not on each of the connection's own wake-ups (every read and write).
-    let control = Arc::new(ControlWake::default());
     control.set_due();
     let control_waker = std::task::Waker::from(control.clone());
     let checks_stale = stale.is_some();
@@ -445,6 +455,9 @@ where
             }
             if !closing && stop.as_mut().poll(&mut cx).is_ready() {
                 return Poll::Ready(Event::Stop);
+            }
+            if !closing && activity.abandons_too_many() {
+                return Poll::Ready(Event::Abandoned);
             }
             if timer.as_mut().poll(&mut cx).is_ready() {
                 return Poll::Ready(Event::Timer);
@@ -468,6 +481,13 @@ where
                     tracing::debug!(%peer, %error, "connection ended with an error");
                 }
                 return;
+            }
+            Event::Abandoned => {
+                serving.events.abandoned_too_often();
+                tracing::debug!(%peer, "client reset most of its requests after they were forwarded: closing");
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+                timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
             }
             Event::Stop => {
                 closing = true;
@@ -536,6 +556,8 @@ enum Event<E> {
     Ended(Result<(), E>),
     /// Time to check that a client certificate's CAs are still in force.
     StaleCheck,
+    /// The client reset most of its HTTP/2 requests after they were forwarded.
+    Abandoned,
     /// The sidecar is shutting down.
     Stop,
     /// The idle (or close-grace) timer fired.
@@ -545,7 +567,7 @@ enum Event<E> {
 /// The waker of a connection's control branches (shutdown, timers): it notes that they are
 /// due a look, then wakes the connection's task.
 #[derive(Default)]
-struct ControlWake {
+pub(super) struct ControlWake {
     due: std::sync::atomic::AtomicBool,
     task: Mutex<Option<std::task::Waker>>,
 }
@@ -564,7 +586,7 @@ impl ControlWake {
         true
     }
 
-    fn set_due(&self) {
+    pub(super) fn set_due(&self) {
         self.due.store(true, Ordering::Release);
     }
 }

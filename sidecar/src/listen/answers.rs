@@ -17,6 +17,8 @@ use atomic_waker::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
+use super::accept::ControlWake;
+
 /// What a connection is doing: requests in progress (from the call to the end of the
 /// response body) and when the last one ended.
 pub(super) struct Activity {
@@ -32,6 +34,10 @@ pub(super) struct Activity {
     progress: AtomicU64,
     /// HTTP/2: the streams answering, each with what the serving loop saw of it last.
     streams: Mutex<Vec<Watched>>,
+    /// Requests begun on the connection.
+    started: AtomicU64,
+    /// HTTP/2: requests the client reset before their answer.
+    abandoned: AtomicU64,
 }
 
 impl Activity {
@@ -43,6 +49,8 @@ impl Activity {
             for_client: AtomicUsize::new(0),
             progress: AtomicU64::new(0),
             streams: Mutex::new(Vec::new()),
+            started: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
         }
     }
 
@@ -59,6 +67,15 @@ impl Activity {
     /// HTTP/1.1 only.
     pub(super) fn progress(&self) -> u64 {
         self.progress.load(Ordering::Acquire)
+    }
+
+    /// Whether the client reset at least [`ABANDONED_FLOOR`] requests before their answer,
+    /// and more than half of all it made: each reset frees a stream for another request while
+    /// the app may still be at work on the last (`--max-concurrent-streams` would bound
+    /// nothing).
+    pub(super) fn abandons_too_many(&self) -> bool {
+        let abandoned = self.abandoned.load(Ordering::Acquire);
+        abandoned >= ABANDONED_FLOOR && abandoned * 2 > self.started.load(Ordering::Acquire)
     }
 
     /// When the last request ended (the connection's start if none did).
@@ -121,6 +138,7 @@ pub(super) struct Busy(Arc<Activity>);
 impl Busy {
     pub(super) fn start(activity: &Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.started.fetch_add(1, Ordering::Relaxed);
         Self(activity.clone())
     }
 }
@@ -130,6 +148,44 @@ impl Drop for Busy {
         let since_start = self.0.start.elapsed().as_millis() as u64;
         self.0.last_end.fetch_max(since_start, Ordering::AcqRel);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Requests an HTTP/2 client may reset before their answer, when they are more than half of
+/// its requests, before its connection is closed (like Envoy's premature-reset check).
+pub const ABANDONED_FLOOR: u64 = 100;
+
+/// An HTTP/2 request until its answer: counted as abandoned if dropped before (its client
+/// reset the stream), and the connection's loop woken when that makes too many.
+pub(super) struct Abandoned {
+    activity: Arc<Activity>,
+    control: Arc<ControlWake>,
+    armed: bool,
+}
+
+impl Abandoned {
+    pub(super) fn new(activity: &Arc<Activity>, control: &Arc<ControlWake>) -> Self {
+        Self {
+            activity: activity.clone(),
+            control: control.clone(),
+            armed: true,
+        }
+    }
+
+    /// The answer came: nothing to count.
+    pub(super) fn answered(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if self.armed {
+            self.activity.abandoned.fetch_add(1, Ordering::AcqRel);
+            if self.activity.abandons_too_many() {
+                std::task::Wake::wake_by_ref(&self.control);
+            }
+        }
     }
 }
 

@@ -25,6 +25,7 @@ pub struct Metrics {
     connections_open: IntGaugeVec,
     connections_refused: IntCounterVec,
     connections_timed_out: IntCounterVec,
+    connections_reset_abuse: IntCounterVec,
     introspections_pending: IntGauge,
 }
 
@@ -87,6 +88,8 @@ pub struct ListenerMetrics {
     pub idle_timeouts: IntCounter,
     /// `portcullis_connections_timed_out_total{listener, phase="send"}`.
     pub send_timeouts: IntCounter,
+    /// `portcullis_connections_closed_for_resets_total{listener}`.
+    pub reset_abuse: IntCounter,
 }
 
 /// Outcome of a configuration reload attempt.
@@ -210,6 +213,14 @@ impl Metrics {
             &["listener", "phase"],
         )
         .expect("valid metric");
+        let connections_reset_abuse = IntCounterVec::new(
+            Opts::new(
+                "portcullis_connections_closed_for_resets_total",
+                "HTTP/2 connections closed because the client reset most of its requests after they were forwarded (at least 100, and more than half), by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
         let introspections_pending = IntGauge::new(
             "portcullis_introspections_pending",
             "Opaque tokens being introspected now (at the last scrape).",
@@ -221,6 +232,7 @@ impl Metrics {
             Box::new(connections_open.clone()),
             Box::new(connections_refused.clone()),
             Box::new(connections_timed_out.clone()),
+            Box::new(connections_reset_abuse.clone()),
             Box::new(latency.clone()),
             Box::new(rate_limited.clone()),
             Box::new(reloads.clone()),
@@ -244,6 +256,7 @@ impl Metrics {
             connections_open,
             connections_refused,
             connections_timed_out,
+            connections_reset_abuse,
             introspections_pending,
         }
     }
@@ -262,6 +275,7 @@ impl Metrics {
             handshake_timeouts: self.connections_timed_out.with_label_values(&[listener, "handshake"]),
             idle_timeouts: self.connections_timed_out.with_label_values(&[listener, "idle"]),
             send_timeouts: self.connections_timed_out.with_label_values(&[listener, "send"]),
+            reset_abuse: self.connections_reset_abuse.with_label_values(&[listener]),
         }
     }
 
