@@ -216,7 +216,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         idle_timeout: args.idle_timeout,
         header_read_timeout: args.header_read_timeout,
         max_connections: args.max_connections as usize,
-        max_per_client: None,
+        max_per_client: args.max_connections_per_client.map(|n| n as usize),
     };
     let serving_as = |name: &'static str, limits: ConnectionLimits| Serving {
         builder: builder.clone(),

@@ -1,4 +1,5 @@
-//! Black-box tests of the connection-level limits: oversized headers and slow headers.
+//! Black-box tests of the connection-level limits: oversized headers, slow headers, and one
+//! client address's share of a listener.
 
 mod common;
 
@@ -134,4 +135,39 @@ async fn the_header_read_timeout_bounds_every_http1_head_not_http2() {
         .find_map(|l| l.strip_prefix(line))
         .and_then(|v| v.parse::<f64>().ok());
     assert_eq!(counted, Some(1.0), "{metrics}");
+}
+
+/// `--max-connections-per-client`: one client address holds at most its share of a listener
+/// (beyond, closed as accepted and counted as refused); another address is still served.
+#[tokio::test]
+async fn one_client_address_holds_at_most_its_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::start_with(dir.path(), &["--max-connections-per-client", "2"]).await;
+    let from = |ip: [u8; 4]| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((std::net::Ipv4Addr::from(ip), 0).into()).unwrap();
+        socket.connect(sidecar.inbound)
+    };
+    let open = "portcullis_connections_open{listener=\"inbound\"}";
+    let _held = [from([127, 0, 0, 1]).await.unwrap(), from([127, 0, 0, 1]).await.unwrap()];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&sidecar.metrics().await, open) != Some(2.0) {
+        assert!(Instant::now() < deadline, "the two connections were not accepted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A third from the same address: closed at once, without an answer.
+    let mut third = from([127, 0, 0, 1]).await.unwrap();
+    let _ = third.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let answer = read_all(&mut third, Duration::from_secs(3)).await;
+    assert_eq!(answer.as_deref(), Some(""), "the third connection was served");
+    let refused = "portcullis_connections_refused_total{listener=\"inbound\"}";
+    assert_eq!(metric(&sidecar.metrics().await, refused), Some(1.0));
+    // Another address is served.
+    let mut other = from([127, 0, 0, 2]).await.unwrap();
+    other
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_all(&mut other, Duration::from_secs(3)).await.expect("answered");
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
 }

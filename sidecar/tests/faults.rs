@@ -267,11 +267,6 @@ async fn assert_alive(sidecar: &mut Sidecar) {
     assert_eq!(status, StatusCode::OK);
 }
 
-/// The value of the metric line starting with `name` (labels included), if exported.
-fn metric(metrics: &str, name: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-}
-
 // ---------------------------------------------------------------------------------------
 // Configuration directories published the way the kubelet does (both files swapped at once).
 

@@ -184,11 +184,6 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
-/// The value of the metric line starting with `name` (labels included), if exported.
-fn metric(metrics: &str, name: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-}
-
 /// Item 1 of issue 15: a connection that never shows which HTTP it speaks (silent, or 23 of
 /// the 24 bytes of the HTTP/2 preface, or no TLS ClientHello) is closed after
 /// `--handshake-timeout`.

@@ -321,11 +321,6 @@ async fn an_endpoint_refusing_the_client_gives_503() {
     assert!(!log.contains("tok-erin") && !log.contains("intro s3cret"));
 }
 
-/// The value of the metric line starting with `name`, if exported.
-fn metric(metrics: &str, name: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-}
-
 /// Waits (bounded) until `portcullis_introspections_pending` is `n`.
 async fn wait_pending(sidecar: &Sidecar, n: f64, within: Duration) -> Option<f64> {
     let deadline = Instant::now() + within;

@@ -445,3 +445,8 @@ async fn respond(req: Request<Incoming>) -> Result<Response<TestBody>, Infallibl
     });
     Ok(Response::new(full(echo.to_string())))
 }
+
+/// The value of the metric line `name` (with its labels, as exported) in a `/metrics` text.
+pub fn metric(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
