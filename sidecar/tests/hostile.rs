@@ -430,7 +430,7 @@ async fn a_stalled_http2_stream_is_reset_while_others_complete() {
 }
 
 /// An HTTP/2 client that resets its requests once they are forwarded (each reset frees a
-/// stream while the app may still work on it) is told to go away once it has abandoned 100
+/// stream while the app may still work on it) is closed once it has abandoned 100
 /// of them, more than half of its requests; its answered requests did not count.
 #[tokio::test]
 async fn a_client_that_resets_most_of_its_forwarded_requests_is_closed() {
@@ -465,7 +465,7 @@ async fn a_client_that_resets_most_of_its_forwarded_requests_is_closed() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(metric(&sidecar.metrics().await, resets), Some(0.0));
     assert!(!conn.is_finished(), "closed before 100 requests were abandoned");
-    // The 100th, more than half of the 160: the connection is told to go away.
+    // The 100th, more than half of the 160: the connection is closed.
     abandon(&mut sender).await;
     let closed = tokio::time::timeout(Duration::from_secs(5), conn).await;
     assert!(closed.is_ok(), "the connection stayed open");
@@ -479,6 +479,79 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     frame.extend(stream.to_be_bytes());
     frame.extend(payload);
     frame
+}
+
+/// The same client over raw frames, which never acknowledges a PING (a graceful GOAWAY would
+/// wait for it, taking new streams meanwhile): its connection is closed all the same.
+#[tokio::test]
+async fn a_resetting_client_that_never_acknowledges_is_closed() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = anonymous_sidecar(backend.port(), &[]).await;
+    let mut stream = TcpStream::connect(sidecar.inbound).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(0x4, 0, 0, &[]));
+    stream.write_all(&hello).await.unwrap();
+    let block = hpack_literals(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "x"),
+        (":path", "/sleep/3000"),
+    ]);
+    // Five requests kept in progress (a graceful close would wait for them too).
+    let held = hpack_literals(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "x"),
+        (":path", "/sleep/20000"),
+    ]);
+    for id in [1u32, 3, 5, 7, 9] {
+        stream.write_all(&h2_frame(0x1, 0x5, id, &held)).await.unwrap();
+    }
+    let mut closed_after = None;
+    for i in 5..135u32 {
+        let id = 2 * i + 1;
+        if stream.write_all(&h2_frame(0x1, 0x5, id, &block)).await.is_err() {
+            closed_after = Some(i);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // RST_STREAM(CANCEL), once the request went to the app.
+        if stream
+            .write_all(&h2_frame(0x3, 0, id, &8u32.to_be_bytes()))
+            .await
+            .is_err()
+        {
+            closed_after = Some(i);
+            break;
+        }
+    }
+    // Whatever the sidecar wrote (never acknowledged), then the end.
+    let mut sink = vec![0u8; 64 * 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok() || closed_after.is_some(), "the connection stayed open");
+    let resets = "portcullis_connections_closed_for_resets_total{listener=\"inbound\"}";
+    assert_eq!(metric(&sidecar.metrics().await, resets), Some(1.0));
+}
+
+/// HPACK literal header fields without indexing, no Huffman (names and values < 127 bytes).
+fn hpack_literals(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        block.push(0);
+        block.push(name.len() as u8);
+        block.extend(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend(value.as_bytes());
+    }
+    block
 }
 
 /// A client that opens every flow-control window wide, asks 100 large answers at once and
@@ -498,20 +571,12 @@ async fn answers_queued_toward_a_client_that_never_reads_are_bounded() {
     settings.extend(wide.to_be_bytes());
     out.extend(h2_frame(0x4, 0, 0, &settings));
     out.extend(h2_frame(0x8, 0, 0, &(wide - 65_535).to_be_bytes()));
-    // Headers as HPACK literals without indexing (no Huffman).
-    let mut block = Vec::new();
-    for (name, value) in [
+    let block = hpack_literals(&[
         (":method", "GET"),
         (":scheme", "http"),
         (":authority", "x"),
         (":path", "/stream/40"),
-    ] {
-        block.push(0);
-        block.push(name.len() as u8);
-        block.extend(name.as_bytes());
-        block.push(value.len() as u8);
-        block.extend(value.as_bytes());
-    }
+    ]);
     for i in 0..100u32 {
         out.extend(h2_frame(0x1, 0x5, 2 * i + 1, &block));
     }

@@ -483,11 +483,11 @@ where
                 return;
             }
             Event::Abandoned => {
+                // Closed at once: a graceful close would wait for the client to acknowledge
+                // its GOAWAY, and take new streams until then.
                 serving.events.abandoned_too_often();
                 tracing::debug!(%peer, "client reset most of its requests after they were forwarded: closing");
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-                timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
+                return;
             }
             Event::Stop => {
                 closing = true;
