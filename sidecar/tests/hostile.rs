@@ -472,6 +472,62 @@ async fn a_client_that_resets_most_of_its_forwarded_requests_is_closed() {
     assert_eq!(metric(&sidecar.metrics().await, resets), Some(1.0));
 }
 
+/// An app that writes many tiny chunks at once: they reach the client joined into a few
+/// parts (a part each would be a write, or an HTTP/2 frame queued, per byte of the answer).
+#[tokio::test]
+async fn tiny_chunks_of_an_answer_are_joined() {
+    // The app: one write of the head and 20,000 one-byte chunks.
+    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = app.local_addr().unwrap().port();
+    let app_task = tokio::spawn(async move {
+        let (mut conn, _) = app.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).await.unwrap() == 1 {
+            head.push(byte[0]);
+        }
+        let mut answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..20_000 {
+            answer.extend_from_slice(b"1\r\nx\r\n");
+        }
+        answer.extend_from_slice(b"0\r\n\r\n");
+        conn.write_all(&answer).await.unwrap();
+        let _ = conn.read(&mut byte).await;
+    });
+    let (sidecar, _dir) = anonymous_sidecar(port, &[]).await;
+    let mut h1 = TcpStream::connect(sidecar.inbound).await.unwrap();
+    h1.write_all(b"GET /chunks HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut wire = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), h1.read_to_end(&mut wire))
+        .await
+        .expect("answered")
+        .unwrap();
+    let head_end = wire.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    let head = String::from_utf8_lossy(&wire[..head_end]).to_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200") && head.contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    // Undo the chunked framing, counting the chunks.
+    let (mut rest, mut body, mut chunks) = (&wire[head_end..], Vec::new(), 0);
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n").expect("a chunk-size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            break;
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+        chunks += 1;
+    }
+    assert_eq!(body, vec![b'x'; 20_000]);
+    assert!(chunks <= 50, "20,000 bytes came in {chunks} chunks");
+    app_task.abort();
+}
+
 /// One HTTP/2 frame: length, type, flags, stream, payload.
 fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();

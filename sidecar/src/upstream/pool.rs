@@ -234,6 +234,7 @@ impl LocalPool {
                 conn,
                 reusable,
             }),
+            deferred: None,
         };
         body.release_if_done();
         let mut response = Response::new(body.boxed_unsync());
@@ -419,6 +420,8 @@ impl Body for PooledBody {
 /// Bytes the first read of a direct connection asks for; each read that fills its space
 /// doubles the next, up to [`MOST_READ`] (a large body is read in large pieces).
 const FIRST_READ: usize = 8 * 1024;
+/// Small chunks of an answer already read are joined into parts of up to this many bytes.
+const JOINED_PART: usize = 16 * 1024;
 const MOST_READ: usize = 128 * 1024;
 
 /// A connection to the app on which calls without a body are made directly.
@@ -577,9 +580,52 @@ struct AppBody {
     decoder: BodyDecoder,
     /// `None` once the body has ended or failed.
     lease: Option<DirectLease>,
+    /// A read error met while joining small chunks, reported on the next poll.
+    deferred: Option<std::io::Error>,
 }
 
 impl AppBody {
+    /// A small chunk joined with the chunks after it that can be read without waiting, up to
+    /// [`JOINED_PART`] bytes (copied): an app writing many small chunks at once would
+    /// otherwise make a part of each, written to the client one by one, and queued one by one
+    /// toward an HTTP/2 client that does not read (h2 bounds the bytes queued, not the frames
+    /// holding them). A read error met meanwhile is kept for the next poll.
+    fn join_small(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
+        let Some(lease) = self.lease.as_mut() else {
+            return first;
+        };
+        if first.len() >= JOINED_PART {
+            return first;
+        }
+        let mut joined: Option<BytesMut> = None;
+        while joined.as_ref().map_or(first.len(), BytesMut::len) < JOINED_PART {
+            match self.decoder.decode(&mut lease.conn.io.buf) {
+                Ok(Decoded::Data(more)) => {
+                    joined
+                        .get_or_insert_with(|| {
+                            let mut j = BytesMut::with_capacity(JOINED_PART.max(first.len() + more.len()));
+                            j.extend_from_slice(&first);
+                            j
+                        })
+                        .extend_from_slice(&more);
+                }
+                // Whatever is already there, without waiting (an end of stream is met again
+                // on the next read).
+                Ok(Decoded::NeedMore) => match lease.conn.io.poll_read(cx) {
+                    Poll::Ready(Ok(n)) if n > 0 => {}
+                    Poll::Ready(Err(error)) => {
+                        self.deferred = Some(error);
+                        break;
+                    }
+                    _ => break,
+                },
+                // The end, or an error: met again on the next poll.
+                Ok(Decoded::End) | Err(_) => break,
+            }
+        }
+        joined.map_or(first, BytesMut::freeze)
+    }
+
     /// At the body's end: the connection goes back to the pool if it may carry another call
     /// and holds nothing beyond this answer.
     fn release_if_done(&mut self) {
@@ -606,12 +652,16 @@ impl Body for AppBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        if let Some(error) = this.deferred.take() {
+            return this.fail(error);
+        }
         loop {
             let Some(lease) = this.lease.as_mut() else {
                 return Poll::Ready(None);
             };
             match this.decoder.decode(&mut lease.conn.io.buf) {
                 Ok(Decoded::Data(data)) => {
+                    let data = this.join_small(data, cx);
                     this.release_if_done();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
