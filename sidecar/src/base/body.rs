@@ -62,6 +62,37 @@ pub fn is_stalled(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Whether `error`, or an error it was caused by, is the client's connection ending before
+/// the request body did (the client left).
+pub fn is_client_gone(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(BodyError::Peer(peer)) = e.downcast_ref::<BodyError>() {
+            return peer.is_incomplete_message() || peer.is_canceled() || peer.is_closed() || connection_ended(peer);
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Whether a read error from the client was its connection ending (closed or reset).
+fn connection_ended(error: &hyper::Error) -> bool {
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// A request body that must keep coming: when `timeout` passes without a frame from the
 /// client, it fails with [`BodyStalled`]. The timer exists only once the client made the
 /// body wait (a body that arrives with its head costs nothing).

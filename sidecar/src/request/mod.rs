@@ -247,7 +247,7 @@ impl Drop for Unanswered<'_, '_, '_> {
         let Some(record) = self.record.take() else {
             return;
         };
-        record.status = CLIENT_CLOSED_REQUEST;
+        record.status = respond::CLIENT_CLOSED_REQUEST;
         record.latency = self.trip.start.elapsed();
         record.reason = "client left before the answer";
         let metrics = &self.trip.shared.metrics;
@@ -261,9 +261,6 @@ impl Drop for Unanswered<'_, '_, '_> {
         self.trip.shared.audit.record(record);
     }
 }
-
-/// The status audited for a request whose client left before it was answered.
-const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// One request's journey: what its audit line and metrics need from start to end.
 struct Trip<'s> {
@@ -582,6 +579,11 @@ async fn forward<'a>(
                 rate_limit_headers(resp.headers_mut(), rate);
             }
             (resp, "allow")
+        }
+        Some(Err(error)) if error.is_client_gone() => {
+            // The app had the request (its body cut short): the hit stays counted.
+            record.reason = "client left before the answer";
+            (Answer::ClientGone { route }.response(), "allow")
         }
         Some(Err(error)) => {
             if error.is_backend() {

@@ -66,6 +66,9 @@ pub enum Answer<'a> {
     IntrospectionThrottled { route: &'a str, retry_after_secs: u64 },
     /// The client stopped sending its request body for `--body-read-timeout`.
     BodyStalled { route: &'a str },
+    /// The client left while its request body was on its way to the backend (the answer is
+    /// for the record: no one reads it).
+    ClientGone { route: &'a str },
     /// The shared limits store could not be asked and the profile refuses calls then
     /// (`onStoreUnavailable: Deny`, or a signed call whose replay check needs the store): 503
     /// with `Retry-After`.
@@ -81,6 +84,10 @@ pub enum Answer<'a> {
     /// egress listener; the compiler refuses such routes, so this only guards the invariant).
     NotServed { route: &'a str },
 }
+
+/// The status recorded for a request whose client left before it was answered (nginx's
+/// "client closed request").
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 impl Answer<'_> {
     /// The response for this answer.
@@ -149,6 +156,11 @@ impl Answer<'_> {
             Self::IntrospectionThrottled { route, .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many token introspections for this client",
+                Some(*route),
+            ),
+            Self::ClientGone { route } => (
+                StatusCode::from_u16(CLIENT_CLOSED_REQUEST).expect("a valid status"),
+                "client left before the answer",
                 Some(*route),
             ),
             Self::BodyStalled { route } => (

@@ -72,9 +72,18 @@ impl ForwardError {
         }
     }
 
+    /// Whether the client's connection ended while its request body was on its way.
+    pub fn is_client_gone(&self) -> bool {
+        match self {
+            Self::Protocol(e) | Self::Connect(e) => crate::base::body::is_client_gone(&**e),
+            _ => false,
+        }
+    }
+
     /// Whether the backend (or the token endpoint) failed, rather than the request.
     pub fn is_backend(&self) -> bool {
         !self.is_body_stalled()
+            && !self.is_client_gone()
             && !matches!(
                 self,
                 Self::Credentials(
