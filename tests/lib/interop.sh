@@ -97,16 +97,26 @@ loopback_certificate() {
 # start_sidecar DIR [FLAGS...]: starts "$SIDECAR" serving the configuration in DIR on free
 # ports (inbound, admin, tls, egress), its audit log in $work/audit.log and its log in
 # $work/sidecar.log ($SIDECAR_NAME, when set, prefixes both file names: a second sidecar),
-# and waits (bounded) until /readyz answers 200.
+# and waits (bounded) until /readyz answers 200. A port found free may be taken by another
+# process before the sidecar binds it: then it starts again on other ports (3 tries).
 start_sidecar() {
   local dir="$1"; shift
-  inbound=$(free_port); admin=$(free_port); tls=$(free_port); egress=$(free_port)
-  "$SIDECAR" --config-dir "$dir" --inbound "127.0.0.1:$inbound" --admin "127.0.0.1:$admin" \
-    --inbound-tls "127.0.0.1:$tls" --egress "127.0.0.1:$egress" --audit-log "$work/${SIDECAR_NAME:-}audit.log" \
-    --allow-loopback-origins "$@" >"$work/${SIDECAR_NAME:-}sidecar.log" 2>&1 & pids+=($!)
-  for _ in $(seq 200); do
-    curl -fsS "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && return 0
-    sleep 0.1
+  local log="$work/${SIDECAR_NAME:-}sidecar.log" pid attempt
+  for attempt in 1 2 3; do
+    inbound=$(free_port); admin=$(free_port); tls=$(free_port); egress=$(free_port)
+    "$SIDECAR" --config-dir "$dir" --inbound "127.0.0.1:$inbound" --admin "127.0.0.1:$admin" \
+      --inbound-tls "127.0.0.1:$tls" --egress "127.0.0.1:$egress" --audit-log "$work/${SIDECAR_NAME:-}audit.log" \
+      --allow-loopback-origins "$@" >"$log" 2>&1 & pid=$!
+    pids+=("$pid")
+    for _ in $(seq 200); do
+      curl -fsS "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && return 0
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null || ! grep -q "Address already in use" "$log"; then
+      break
+    fi
+    echo "a port was taken before the sidecar bound it (try $attempt): starting again on others"
   done
-  echo "sidecar not ready:"; cat "$work/sidecar.log"; exit 1
+  echo "sidecar not ready:"; cat "$log"; exit 1
 }
