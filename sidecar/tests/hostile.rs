@@ -300,17 +300,8 @@ async fn clients_that_take_nothing_of_their_answers_are_cut() {
     let (sidecar, _dir) = anonymous_sidecar(backend.port(), &["--idle-timeout", "1s"]).await;
 
     // HTTP/2 with a window of 0: the answer's head comes, its body never can.
-    let stream = TcpStream::connect(sidecar.inbound).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .initial_stream_window_size(0)
-        .handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
-    let req = Request::get(format!("http://{}/held", sidecar.inbound))
-        .body(Full::<Bytes>::default())
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
+    let (mut sender, conn) = h2_client(&sidecar, Some(0)).await;
+    let resp = sender.send_request(h2_get(&sidecar, "/held")).await.unwrap();
     assert_eq!(resp.status(), 200);
     let start = Instant::now();
     let ended = tokio::time::timeout(Duration::from_secs(6), conn).await;
@@ -363,25 +354,40 @@ async fn clients_that_take_nothing_of_their_answers_are_cut() {
     assert_eq!(metric(&metrics, send_cuts), Some(2.0), "{metrics}");
 }
 
+/// An HTTP/2 client connection to the sidecar's inbound listener (its stream window as given,
+/// hyper's default without), driven by its own task.
+async fn h2_client(
+    sidecar: &Sidecar,
+    stream_window: Option<u32>,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let stream = TcpStream::connect(sidecar.inbound).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .initial_stream_window_size(stream_window)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    (sender, tokio::spawn(conn))
+}
+
+/// A GET of `path` on the sidecar's inbound listener, without a body.
+fn h2_get(sidecar: &Sidecar, path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("http://{}{path}", sidecar.inbound))
+        .body(Full::default())
+        .unwrap()
+}
+
 /// An HTTP/2 answer the client stops taking is reset on its own, although the client keeps
 /// the connection busy with other requests that complete: they go on, on the same connection.
 #[tokio::test]
 async fn a_stalled_http2_stream_is_reset_while_others_complete() {
     let backend = Backend::start().await;
     let (sidecar, _dir) = anonymous_sidecar(backend.port(), &["--idle-timeout", "1s"]).await;
-    let stream = TcpStream::connect(sidecar.inbound).await.unwrap();
     // A stream window of 64 KiB and a body never read: the download stalls after it.
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .initial_stream_window_size(65_535)
-        .handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
-    let get = |path: &str| {
-        Request::get(format!("http://{}{path}", sidecar.inbound))
-            .body(Full::<Bytes>::default())
-            .unwrap()
-    };
+    let (mut sender, conn) = h2_client(&sidecar, Some(65_535)).await;
+    let get = |path: &str| h2_get(&sidecar, path);
     let stalled = sender.send_request(get("/stream/1000")).await.unwrap();
     assert_eq!(stalled.status(), 200);
 
@@ -436,17 +442,8 @@ async fn a_stalled_http2_stream_is_reset_while_others_complete() {
 async fn a_client_that_resets_most_of_its_forwarded_requests_is_closed() {
     let backend = Backend::start().await;
     let (sidecar, _dir) = anonymous_sidecar(backend.port(), &[]).await;
-    let stream = TcpStream::connect(sidecar.inbound).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
-    let get = |path: &str| {
-        Request::get(format!("http://{}{path}", sidecar.inbound))
-            .body(Full::<Bytes>::default())
-            .unwrap()
-    };
+    let (mut sender, conn) = h2_client(&sidecar, None).await;
+    let get = |path: &str| h2_get(&sidecar, path);
     // 60 answered, then 99 abandoned: kept (99 < 100).
     for _ in 0..60 {
         let resp = sender.send_request(get("/fast")).await.expect("served");

@@ -52,9 +52,19 @@ pub struct BodyStalled(pub Duration);
 
 /// Whether `error`, or an error it was caused by, is a stalled request body.
 pub fn is_stalled(error: &(dyn std::error::Error + 'static)) -> bool {
+    any_cause(error, |e| {
+        e.is::<BodyStalled>() || matches!(e.downcast_ref::<BodyError>(), Some(BodyError::Stalled(_)))
+    })
+}
+
+/// Whether `error`, or an error it was caused by, is one `is` holds for.
+fn any_cause(
+    error: &(dyn std::error::Error + 'static),
+    is: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
     let mut cause = Some(error);
     while let Some(e) = cause {
-        if e.is::<BodyStalled>() || matches!(e.downcast_ref::<BodyError>(), Some(BodyError::Stalled(_))) {
+        if is(e) {
             return true;
         }
         cause = e.source();
@@ -65,32 +75,25 @@ pub fn is_stalled(error: &(dyn std::error::Error + 'static)) -> bool {
 /// Whether `error`, or an error it was caused by, is the client's connection ending before
 /// the request body did (the client left).
 pub fn is_client_gone(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if let Some(BodyError::Peer(peer)) = e.downcast_ref::<BodyError>() {
-            return peer.is_incomplete_message() || peer.is_canceled() || peer.is_closed() || connection_ended(peer);
+    any_cause(error, |e| match e.downcast_ref::<BodyError>() {
+        Some(BodyError::Peer(peer)) => {
+            peer.is_incomplete_message() || peer.is_canceled() || peer.is_closed() || any_cause(peer, connection_ended)
         }
-        cause = e.source();
-    }
-    false
+        _ => false,
+    })
 }
 
-/// Whether a read error from the client was its connection ending (closed or reset).
-fn connection_ended(error: &hyper::Error) -> bool {
-    let mut cause = std::error::Error::source(error);
-    while let Some(e) = cause {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::UnexpectedEof
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-            );
-        }
-        cause = e.source();
-    }
-    false
+/// Whether an error is the client's connection ending (closed or reset).
+fn connection_ended(error: &(dyn std::error::Error + 'static)) -> bool {
+    error.downcast_ref::<std::io::Error>().is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+        )
+    })
 }
 
 /// A request body that must keep coming: when `timeout` passes without a frame from the

@@ -34,7 +34,7 @@ pub(super) struct Activity {
     progress: AtomicU64,
     /// HTTP/2: the streams answering, each with what the serving loop saw of it last.
     streams: Mutex<Vec<Watched>>,
-    /// Requests begun on the connection.
+    /// HTTP/2: requests begun (counted by [`Abandoned`]: HTTP/1.1 needs no count).
     started: AtomicU64,
     /// HTTP/2: requests the client reset before their answer.
     abandoned: AtomicU64,
@@ -138,7 +138,6 @@ pub(super) struct Busy(Arc<Activity>);
 impl Busy {
     pub(super) fn start(activity: &Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        activity.started.fetch_add(1, Ordering::Relaxed);
         Self(activity.clone())
     }
 }
@@ -165,6 +164,7 @@ pub(super) struct Abandoned {
 
 impl Abandoned {
     pub(super) fn new(activity: &Arc<Activity>, control: &Arc<ControlWake>) -> Self {
+        activity.started.fetch_add(1, Ordering::Relaxed);
         Self {
             activity: activity.clone(),
             control: control.clone(),
