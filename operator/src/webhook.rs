@@ -166,6 +166,9 @@ pub struct SidecarSettings {
     /// `--workers`: the most runtime workers (Helm `sidecar.workers`); `None`: the sidecar
     /// follows its CPU limit (2 without one).
     pub workers: Option<u32>,
+    /// `--max-connections-per-client`: the most connections one client address may hold on
+    /// each listener (Helm `sidecar.maxConnectionsPerClient`); `None`: no share per address.
+    pub max_connections_per_client: Option<u32>,
 }
 
 /// `sidecar.limitsStore`: where every sidecar counts rate limits, so that they hold across
@@ -359,17 +362,28 @@ impl SidecarSettings {
                 why: "between 1 and 1024, or null to follow the CPU limit".into(),
             });
         }
-        if self.workers.is_some()
-            && let Some(flag) = self
-                .extra_args
-                .iter()
-                .find(|a| a.split('=').next() == Some("--workers"))
-        {
+        if self.max_connections_per_client == Some(0) {
             return Err(SettingsError::Invalid {
-                field: "sidecar.extraArgs",
-                value: flag.clone(),
-                why: "sidecar.workers sets --workers".into(),
+                field: "sidecar.maxConnectionsPerClient",
+                value: "0".into(),
+                why: "at least 1, or null for no share per client address".into(),
             });
+        }
+        for (set, flag, value) in [
+            (self.workers.is_some(), "--workers", "sidecar.workers"),
+            (
+                self.max_connections_per_client.is_some(),
+                "--max-connections-per-client",
+                "sidecar.maxConnectionsPerClient",
+            ),
+        ] {
+            if set && let Some(given) = self.extra_args.iter().find(|a| a.split('=').next() == Some(flag)) {
+                return Err(SettingsError::Invalid {
+                    field: "sidecar.extraArgs",
+                    value: given.clone(),
+                    why: format!("{value} sets {flag}"),
+                });
+            }
         }
         self.limits_store.validate(&self.extra_args)
     }
@@ -390,6 +404,7 @@ impl Default for SidecarSettings {
             extra_args: Vec::new(),
             limits_store: LimitsStore::default(),
             workers: None,
+            max_connections_per_client: None,
         }
     }
 }
@@ -781,6 +796,12 @@ pub fn sidecar_container(settings: &SidecarSettings) -> Container {
                     .workers
                     .into_iter()
                     .flat_map(|n| ["--workers".to_owned(), n.to_string()]),
+            )
+            .chain(
+                settings
+                    .max_connections_per_client
+                    .into_iter()
+                    .flat_map(|n| ["--max-connections-per-client".to_owned(), n.to_string()]),
             )
             .chain(settings.extra_args.iter().cloned())
             .collect(),
@@ -1510,6 +1531,34 @@ spec:
         let err = file(json!({"workers": 0})).unwrap_err().to_string();
         assert!(err.starts_with("sidecar.workers = \"0\""), "{err}");
         let err = file(json!({"workers": 2, "extraArgs": ["--workers=3"]}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("sidecar.extraArgs"), "{err}");
+    }
+
+    /// `sidecar.maxConnectionsPerClient` gives each client address a share of the injected
+    /// sidecar's connections; without it there is none. 0, or the flag again in `extraArgs`:
+    /// refused at start.
+    #[test]
+    fn a_per_client_connection_share_is_passed_to_the_sidecar() {
+        let settings = SidecarSettings {
+            max_connections_per_client: Some(8),
+            ..Default::default()
+        };
+        let args = sidecar_container(&settings).args.unwrap();
+        let at = args
+            .iter()
+            .position(|a| a == "--max-connections-per-client")
+            .expect("--max-connections-per-client");
+        assert_eq!(args[at + 1], "8");
+        let none = sidecar_container(&SidecarSettings::default()).args.unwrap();
+        assert!(!none.iter().any(|a| a == "--max-connections-per-client"));
+        let file = |sidecar: Value| OperatorSettings::from_json(json!({"sidecar": sidecar}).to_string().as_bytes());
+        let given = file(json!({"maxConnectionsPerClient": 16})).unwrap();
+        assert_eq!(given.sidecar.max_connections_per_client, Some(16));
+        let err = file(json!({"maxConnectionsPerClient": 0})).unwrap_err().to_string();
+        assert!(err.starts_with("sidecar.maxConnectionsPerClient = \"0\""), "{err}");
+        let err = file(json!({"maxConnectionsPerClient": 4, "extraArgs": ["--max-connections-per-client", "9"]}))
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("sidecar.extraArgs"), "{err}");

@@ -7,7 +7,10 @@
 # keep-alive connections) on core 0, the sidecar alone on core 1, started without
 # TOKIO_WORKER_THREADS (one CPU, one worker). The order alternates every round (OLD NEW, NEW
 # OLD, ...). Prints, per run, requests/s and the sidecar's user and system CPU per request
-# (/proc/PID/stat around the run, over the requests wrk counted), then the medians.
+# (/proc/PID/stat around the run, over the requests wrk counted), and how busy each core was
+# (/proc/stat), then the medians. The ratios compare binaries only while the sidecar is the
+# one saturated: a run whose load core was busier than 95%, or whose sidecar core was less
+# busy than 90%, is flagged, and the medians say how many were.
 # Builds the release portcullis-operator (to render the policy) as run.sh does; needs wrk and
 # nginx (run.sh installs them).
 set -euo pipefail
@@ -39,8 +42,12 @@ for round in $(seq "$ROUNDS"); do
       --admin "127.0.0.1:$ADMIN_PORT" --audit-log "$RUN/audit.log" >"$RUN/sidecar.log" 2>&1 & SIDECAR=$!
     code=$(bench_wait_200 "$URL") || { echo "$bin does not answer 200 (got $code)" >&2; cat "$RUN/sidecar.log" >&2; exit 1; }
     before=$(bench_ticks "$SIDECAR")
+    cores_before=$(bench_core_ticks)
     bench_wrk "$RUN/wrk.json" "$URL" "$DUR" 64
     after=$(bench_ticks "$SIDECAR")
+    read -r load_busy proxy_busy < <(bench_cores_busy "$cores_before" "$(bench_core_ticks)")
+    saturated=yes
+    if [ "$load_busy" -gt 95 ] || [ "$proxy_busy" -lt 90 ]; then saturated=no; fi
     # requests/s, user and system µs per request, problems (errors, error statuses)
     read -r rps user sys problems < <(python3 - "$RUN/wrk.json" "$before" "$after" "$CLK_TCK" <<'PY'
 import json, sys
@@ -52,8 +59,8 @@ print(f"{n / (w['duration_us'] / 1e6):.0f} {(u1 - u0) / tck * 1e6 / n:.2f} {(s1 
 PY
 )
     workers=$(grep -m1 -o '"workers":[0-9]*' "$RUN/sidecar.log" || echo '"workers":?')
-    echo "round $round $which requests/s=$rps user_cpu/req=${user}us sys_cpu/req=${sys}us ${workers//\"/} errors=$problems peak_rss=$(awk '/VmHWM/ {print $2}' "/proc/$SIDECAR/status") kB"
-    printf '%s\t%s\t%s\t%s\n' "$which" "$rps" "$user" "$sys" >> "$RUN/results.tsv"
+    echo "round $round $which requests/s=$rps user_cpu/req=${user}us sys_cpu/req=${sys}us ${workers//\"/} errors=$problems peak_rss=$(awk '/VmHWM/ {print $2}' "/proc/$SIDECAR/status") kB load_core=${load_busy}% sidecar_core=${proxy_busy}%$([ $saturated = yes ] || echo ' NOT-PROXY-BOUND')"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$which" "$rps" "$user" "$sys" "$saturated" >> "$RUN/results.tsv"
     kill "$SIDECAR"; wait "$SIDECAR" 2>/dev/null || true
     SIDECAR=
     rm -f "$RUN/audit.log"
@@ -70,4 +77,8 @@ for name, path in zip(["OLD", "NEW"], sys.argv[2:]):
     print(f"median {name} requests/s={rps:.0f} user_cpu/req={user:.2f}us sys_cpu/req={sys_:.2f}us ({path})")
 a, b = med["OLD"], med["NEW"]
 print(f"NEW/OLD: requests/s {b[0] / a[0]:.3f}x, CPU per request {(b[1] + b[2]) / (a[1] + a[2]):.3f}x")
+unbound = sum(1 for r in rows if r[4] != "yes")
+if unbound:
+    print(f"WARNING: {unbound} of {len(rows)} runs were not proxy-bound (load core over 95% busy, or the "
+          "sidecar's core under 90%): their requests/s measure the load side as much as the sidecar")
 PY

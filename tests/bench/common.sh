@@ -101,6 +101,22 @@ bench_ticks() {
   echo "${12} ${13}"
 }
 
+# bench_core_ticks: the /proc/stat lines of the load core and the proxy core, in that order.
+bench_core_ticks() {
+  grep -E "^cpu$BENCH_LOAD_CPU " /proc/stat
+  grep -E "^cpu$BENCH_PROXY_CPU " /proc/stat
+}
+
+# bench_cores_busy BEFORE AFTER: how busy the load core and the proxy core were between two
+# bench_core_ticks, in whole percent ("LOAD PROXY"): everything but idle and iowait.
+bench_cores_busy() {
+  paste <(echo "$1") <(echo "$2") | awk '{
+    n = (NF - 2) / 2; total = 0; idle = 0
+    for (i = 2; i <= n + 1; i++) { d = $(i + n + 1) - $i; total += d; if (i == 5 || i == 6) idle += d }
+    printf "%s%d", (NR > 1 ? " " : ""), (total > 0 ? 100 * (total - idle) / total : 0)
+  } END { print "" }'
+}
+
 # bench_wrk OUT_JSON URL DURATION_S CONNS: wrk on the load core, keep-alive, as fast as it can;
 # its done() (wrk-report.lua) writes requests, duration, errors and latency to OUT_JSON. wrk's
 # own text summary goes to OUT_JSON with .txt for .json.

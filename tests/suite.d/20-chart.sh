@@ -90,6 +90,7 @@ sidecar:
   native: false
   extraArgs: ["--auth-failures-per-address", "60"]
   workers: 2
+  maxConnectionsPerClient: 32
 webhook:
   failurePolicy: Ignore
   timeoutSeconds: 5
@@ -168,6 +169,7 @@ refused "webhook.failurePolicy=Sometimes" "failurePolicy" --set webhook.failureP
 refused "sidecar.image.pullPolicy=Maybe" "pullPolicy" --set sidecar.image.pullPolicy=Maybe
 refused "networkPolicy.enabled=maybe" "enabled" --set-string networkPolicy.enabled=maybe
 refused "sidecar.workers=0" "workers" --set sidecar.workers=0
+refused "sidecar.maxConnectionsPerClient=0" "maxConnectionsPerClient" --set sidecar.maxConnectionsPerClient=0
 refused "sidecar.limitsStore.url=memcached://m:11211" "limitsStore/url" --set sidecar.limitsStore.url=memcached://m:11211
 refused "sidecar.limitsStore.url without a scheme" "limitsStore/url" --set sidecar.limitsStore.url=redis.cache:6379
 refused "sidecar.limitsStore.url with a password" "limitsStore/url" --set 'sidecar.limitsStore.url=redis://:hunter2@redis.cache:6379'
@@ -339,6 +341,8 @@ check(settings["webhook"]["service"] == "pc-webhook", "webhook service in settin
 check(settings["sidecar"]["native"] is False and settings["sidecar"]["runAsUser"] == 10002, "sidecar settings")
 check(settings["sidecar"]["extraArgs"] == ["--auth-failures-per-address", "60"], f"sidecar extraArgs {settings['sidecar'].get('extraArgs')}")
 check(settings["sidecar"]["workers"] == 2, f"sidecar workers {settings['sidecar'].get('workers')}")
+check(settings["sidecar"]["maxConnectionsPerClient"] == 32,
+      f"sidecar maxConnectionsPerClient {settings['sidecar'].get('maxConnectionsPerClient')}")
 dsettings = json.loads(one(default, "ConfigMap", "portcullis-settings")["data"]["settings.json"])
 check(dsettings["orgAllowance"]["requestsPerMinute"] is None, "default org allowance is unlimited")
 # The limits store: none by default (in-memory limits); as given, the Secret by name only.

@@ -74,7 +74,8 @@ The operator's settings file (/etc/portcullis/settings.json): what `portcullis-o
       "native" .Values.sidecar.native
       "extraArgs" (default (list) .Values.sidecar.extraArgs)
       "limitsStore" (default (dict) .Values.sidecar.limitsStore)
-      "workers" .Values.sidecar.workers -}}
+      "workers" .Values.sidecar.workers
+      "maxConnectionsPerClient" .Values.sidecar.maxConnectionsPerClient -}}
 {{- $webhook := dict
       "service" (include "portcullis.webhookService" .)
       "namespace" .Release.Namespace

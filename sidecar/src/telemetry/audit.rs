@@ -20,6 +20,7 @@
 //!  "target":"portcullis::audit"}
 //! ```
 
+use std::cell::Cell;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::IpAddr;
@@ -170,26 +171,47 @@ fn padded(out: &mut Vec<u8>, n: u64, width: u32) {
     }
 }
 
-/// `now` in RFC 3339, UTC, with microseconds: `2026-11-25T20:13:41.123456Z`.
+/// `now` in RFC 3339, UTC, with microseconds: `2026-11-25T20:13:41.123456Z`. The date and
+/// time of day are worked out once per second (per thread), not for every line.
 fn timestamp(now: SystemTime, out: &mut Vec<u8>) {
+    thread_local! {
+        static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+    }
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (year, month, day) = portcullis_policy::limit::civil_from_days((secs / 86_400) as i64);
-    let of_day = secs % 86_400;
-    padded(out, year.clamp(0, 9999) as u64, 4);
-    out.push(b'-');
-    padded(out, u64::from(month), 2);
-    out.push(b'-');
-    padded(out, u64::from(day), 2);
-    out.push(b'T');
-    padded(out, of_day / 3600, 2);
-    out.push(b':');
-    padded(out, of_day / 60 % 60, 2);
-    out.push(b':');
-    padded(out, of_day % 60, 2);
+    let text = match SECOND.get() {
+        (cached, text) if cached == secs => text,
+        _ => {
+            let text = calendar_second(secs);
+            SECOND.set((secs, text));
+            text
+        }
+    };
+    out.extend_from_slice(&text);
     out.push(b'.');
     padded(out, u64::from(since.subsec_micros()), 6);
     out.push(b'Z');
+}
+
+/// `secs` since the Unix epoch as `2026-11-25T20:13:41`.
+fn calendar_second(secs: u64) -> [u8; 19] {
+    let (year, month, day) = portcullis_policy::limit::civil_from_days((secs / 86_400) as i64);
+    let of_day = secs % 86_400;
+    let mut text = Vec::with_capacity(19);
+    padded(&mut text, year.clamp(0, 9999) as u64, 4);
+    text.push(b'-');
+    padded(&mut text, u64::from(month), 2);
+    text.push(b'-');
+    padded(&mut text, u64::from(day), 2);
+    text.push(b'T');
+    padded(&mut text, of_day / 3600, 2);
+    text.push(b':');
+    padded(&mut text, of_day / 60 % 60, 2);
+    text.push(b':');
+    padded(&mut text, of_day % 60, 2);
+    let mut fixed = [b'0'; 19];
+    fixed.copy_from_slice(&text[..19]);
+    fixed
 }
 
 /// Where the audit lines go, buffered (see the module documentation).
@@ -384,6 +406,20 @@ mod tests {
         ] {
             let mut out = Vec::new();
             timestamp(UNIX_EPOCH + Duration::from_secs(secs), &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
+        // The same second again (its date remembered), the next one, and back.
+        for (secs, micros, want) in [
+            (1_798_761_599, 7, "2026-12-31T23:59:59.000007Z"),
+            (1_798_761_599, 999_999, "2026-12-31T23:59:59.999999Z"),
+            (1_798_761_600, 1, "2027-01-01T00:00:00.000001Z"),
+            (1_798_761_599, 2, "2026-12-31T23:59:59.000002Z"),
+        ] {
+            let mut out = Vec::new();
+            timestamp(
+                UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros),
+                &mut out,
+            );
             assert_eq!(String::from_utf8(out).unwrap(), want);
         }
     }

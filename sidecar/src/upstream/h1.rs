@@ -179,7 +179,7 @@ pub fn parse_response_head(
 /// searched, less what the end could straddle).
 fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut at = from.saturating_sub(2);
-    while let Some(i) = buf.get(at..)?.iter().position(|b| *b == b'\n') {
+    while let Some(i) = memchr::memchr(b'\n', buf.get(at..)?) {
         let lf = at + i;
         match (buf.get(lf + 1), buf.get(lf + 2)) {
             (Some(b'\n'), _) => return Some(lf + 2),
@@ -516,6 +516,29 @@ mod tests {
         assert!(h.reusable);
         assert_eq!(h.headers["x-a"], "b");
         assert_eq!(&rest[..], b"hi");
+    }
+
+    #[test]
+    fn a_head_arriving_in_any_two_pieces_ends_where_its_empty_line_does() {
+        for wire in [
+            "HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\n\r\nbody\n\n",
+            "HTTP/1.1 200 OK\nA: 1\n\nbody\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\n\r\n",
+        ] {
+            let whole = wire.as_bytes();
+            let end = whole.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+            let end = match whole.windows(2).position(|w| w == b"\n\n").map(|i| i + 2) {
+                Some(lf) if end.is_none_or(|crlf| lf < crlf) => lf,
+                _ => end.unwrap(),
+            };
+            for split in 0..whole.len() {
+                // What the first piece showed, searched again from where the search stopped.
+                let first = head_end(&whole[..split], 0);
+                let found = first.or_else(|| head_end(whole, split));
+                assert_eq!(found, Some(end), "{wire:?} split at {split}");
+            }
+            assert_eq!(head_end(&whole[..end - 1], 0), None, "{wire:?}");
+        }
     }
 
     #[test]
