@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::base::engine::{Budget, InMemoryLimiter, Limits, Listener};
+use crate::base::headers::PeerAddr;
 use crate::cli::ServeArgs;
 use crate::identity::introspection::{self, Introspector};
 use crate::identity::jwks::{self, RefreshPolicy};
@@ -236,6 +237,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             let shared = shared.clone();
             let conn = Connection {
                 peer,
+                peer_addr: PeerAddr::new(peer.ip()),
                 listener: kind,
                 tls: false,
                 client_cert: None,

@@ -7,11 +7,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use portcullis_policy::Now;
 
-/// The engine's clock at Unix time `unix_ms`: with the monotonic reading of this moment.
-pub fn decision_clock(unix_ms: u64) -> Now {
+/// The engine's clock at Unix time `unix_ms`, read at `at` (a monotonic reading of the same
+/// moment, give or take the microseconds between the two reads).
+pub fn decision_clock(unix_ms: u64, at: Instant) -> Now {
     Now {
         unix_ms,
-        mono_ms: mono_millis(),
+        mono_ms: mono_millis_at(at),
     }
 }
 
@@ -19,9 +20,14 @@ pub fn decision_clock(unix_ms: u64) -> Now {
 /// reading plus the time elapsed since (so windows start near wall time, and a step of the
 /// wall clock later moves nothing).
 pub fn mono_millis() -> u64 {
+    mono_millis_at(Instant::now())
+}
+
+/// [`mono_millis`] at the moment `at` (no earlier than the process's first reading).
+pub fn mono_millis_at(at: Instant) -> u64 {
     static START: OnceLock<(Instant, u64)> = OnceLock::new();
-    let (instant, unix) = START.get_or_init(|| (Instant::now(), unix_millis()));
-    unix.saturating_add(instant.elapsed().as_millis() as u64)
+    let (start, unix) = START.get_or_init(|| (Instant::now(), unix_millis()));
+    unix.saturating_add(at.saturating_duration_since(*start).as_millis() as u64)
 }
 
 /// Milliseconds since the Unix epoch, the engine's clock.

@@ -216,6 +216,8 @@ pub struct Verdict<'a> {
     pub client: Option<&'a str>,
     /// The client address the engine decided on (after trusted proxies).
     pub client_ip: IpAddr,
+    /// The connection's peer (told in `X-Forwarded-For`).
+    pub peer: &'a PeerAddr,
     /// The route's and its profiles' names as header values, made when the configuration
     /// was loaded ([`RouteNames`]); `None`: made from `route` and `profile` here.
     pub names: Option<&'a RouteNames>,
@@ -279,7 +281,38 @@ pub fn set_verdict(headers: &mut HeaderMap, verdict: &Verdict<'_>) {
         headers.insert(IDENTITY, encoded);
         headers.insert(IDENTITY_ENCODING, HeaderValue::from_static("percent"));
     }
-    headers.insert(X_REAL_IP, ip_value(verdict.client_ip));
+    headers.insert(X_REAL_IP, verdict.peer.value_for(verdict.client_ip));
+}
+
+/// A connection's peer address, and its text as a header value made once per connection: the
+/// `X-Forwarded-For` and `X-Real-IP` of each of its requests share it (a clone) rather than
+/// format and copy the address again.
+#[derive(Debug, Clone)]
+pub struct PeerAddr {
+    ip: IpAddr,
+    value: HeaderValue,
+}
+
+impl PeerAddr {
+    pub fn new(ip: IpAddr) -> Self {
+        Self {
+            ip,
+            value: ip_value(ip),
+        }
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// `ip` as a header value: the peer's own, shared, when it is the peer.
+    pub fn value_for(&self, ip: IpAddr) -> HeaderValue {
+        if ip == self.ip {
+            self.value.clone()
+        } else {
+            ip_value(ip)
+        }
+    }
 }
 
 /// `value` as a header value when it is plain: visible ASCII (spaces inside allowed), no `%`.
@@ -326,7 +359,7 @@ fn percent_encode_identity(value: &str) -> String {
 
 /// Appends `peer` to `X-Forwarded-For` (joining earlier values into one line) and sets
 /// `X-Forwarded-Proto`.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str) {
+pub fn set_forwarded(headers: &mut HeaderMap, peer: &PeerAddr, proto: &'static str) {
     let mut earlier = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
@@ -334,19 +367,19 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str)
         .filter(|v| !v.is_empty())
         .peekable();
     let value = if earlier.peek().is_none() {
-        // The usual case: the peer alone, one copy.
-        ip_value(peer)
+        // The usual case: the peer alone, shared.
+        peer.value.clone()
     } else {
         let mut chain = Vec::with_capacity(64);
         for value in earlier {
             chain.extend_from_slice(value);
             chain.extend_from_slice(b", ");
         }
-        push_ip(&mut chain, peer);
+        chain.extend_from_slice(peer.value.as_bytes());
         // Earlier values (valid header values) and an address: cannot fail.
         match HeaderValue::from_maybe_shared(Bytes::from(chain)) {
             Ok(value) => value,
-            Err(_) => ip_value(peer),
+            Err(_) => peer.value.clone(),
         }
     };
     headers.insert(X_FORWARDED_FOR, value);
@@ -482,6 +515,7 @@ mod tests {
 
     #[test]
     fn identities_that_are_not_header_values_are_encoded() {
+        let peer = PeerAddr::new("10.9.9.9".parse().unwrap());
         let verdict = |identity| Verdict {
             route: "r",
             profile: "p",
@@ -489,6 +523,7 @@ mod tests {
             email: None,
             client: None,
             client_ip: "10.1.2.3".parse().unwrap(),
+            peer: &peer,
             names: None,
         };
         let mut h = HeaderMap::new();
@@ -506,15 +541,24 @@ mod tests {
     #[test]
     fn forwarded_for_is_appended() {
         let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
-        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), "http");
+        set_forwarded(&mut h, &PeerAddr::new("10.0.0.1".parse().unwrap()), "http");
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, "::1".parse().unwrap(), "https");
+        set_forwarded(&mut h, &PeerAddr::new("::1".parse().unwrap()), "https");
         assert_eq!(h["x-forwarded-for"], "::1");
         let mut h = map(&[("x-forwarded-for", " "), ("x-forwarded-for", "9.9.9.9 ")]);
-        set_forwarded(&mut h, "192.168.0.1".parse().unwrap(), "http");
+        set_forwarded(&mut h, &PeerAddr::new("192.168.0.1".parse().unwrap()), "http");
         assert_eq!(h["x-forwarded-for"], "9.9.9.9, 192.168.0.1");
+    }
+
+    /// `X-Real-IP` is the decided client's address: the peer's shared text when it is the
+    /// peer, its own otherwise (a client behind a trusted proxy).
+    #[test]
+    fn the_real_ip_is_the_client_decided_on() {
+        let peer = PeerAddr::new("2001:db8::7".parse().unwrap());
+        assert_eq!(peer.value_for(peer.ip()), "2001:db8::7");
+        assert_eq!(peer.value_for("203.0.113.5".parse().unwrap()), "203.0.113.5");
     }
 
     #[test]

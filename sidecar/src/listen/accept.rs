@@ -32,6 +32,7 @@ use super::answers::{Abandoned, Activity, Busy, StreamExec, Tracked};
 use super::server_tls::ServerTls;
 use crate::base::body::ProxyBody;
 use crate::base::engine::Listener;
+use crate::base::headers::PeerAddr;
 
 /// The HTTP/1.1 and HTTP/2 settings every listener serves connections with: head buffers
 /// bounded by twice `max_header_bytes`, at most `max_concurrent_streams` requests at once on
@@ -777,6 +778,7 @@ async fn tls_handshake(
         .map(Arc::new);
     let conn = Connection {
         peer,
+        peer_addr: PeerAddr::new(peer.ip()),
         listener: Listener::Inbound,
         tls: true,
         client_cert,

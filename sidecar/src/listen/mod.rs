@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::base::engine::{Listener, PeerCertificate};
+use crate::base::headers::PeerAddr;
 
 pub mod accept;
 mod answers;
@@ -18,6 +19,8 @@ pub use server_tls::ServerTls;
 #[derive(Debug, Clone)]
 pub struct Connection {
     pub peer: SocketAddr,
+    /// The peer's address as a header value, made once for the connection's requests.
+    pub peer_addr: PeerAddr,
     pub listener: Listener,
     /// The connection is TLS (`--inbound-tls`).
     pub tls: bool,

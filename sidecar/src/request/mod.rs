@@ -110,6 +110,8 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         }
         None => None,
     };
+    // Whether the request waited for anything before its decision.
+    let mut waited = refreshed.is_some();
     let mut req = req;
     let mut set_cookie = None;
     match refreshed {
@@ -132,6 +134,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     let form = match wanted {
         Some(route) => match Box::pin(body_check::read_form(req, shared.max_signed_body_bytes)).await {
             (read, Ok(body)) => {
+                waited = true;
                 req = read;
                 Some(body)
             }
@@ -144,12 +147,15 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     };
     let mut view = request_view(&req, &conn);
     view.form = form.as_deref();
-    // 3. Introspection, then 4. the decision, taken after the answers came.
-    let now = match introspect(&trip, &active, &view).await {
-        Ok(now) => now,
+    // 3. Introspection, then 4. the decision, taken after the answers came. Without a wait
+    // so far (a session refreshed, a form read), the request's start is the decision's
+    // monotonic reading: one clock read fewer.
+    let since = if waited { Instant::now() } else { trip.start };
+    let (now, at) = match introspect(&trip, &active, &view, since).await {
+        Ok(read) => read,
         Err(answer) => return answer,
     };
-    let clock = decision_clock(now);
+    let clock = decision_clock(now, at);
     let outcome = match active.engine.decide(&view, clock) {
         // 4b. What the shared store must decide: the limits (one round trip near a limit, or
         // before this sidecar holds a block of hits), then, once they admit, a signature's
@@ -370,10 +376,17 @@ fn request_view<'r>(req: &'r Request<ProxyBody>, conn: &'r Connection) -> Reques
 
 /// Step 3: an opaque bearer token of a profile with introspection is asked about first (the
 /// engine does no I/O); a route with several such profiles may need a few. Returns the clock
-/// to decide with, read after the last answer came; or the 503 a failed introspection gets
-/// (fail closed).
-async fn introspect(trip: &Trip<'_>, active: &Active, view: &RequestView<'_>) -> Result<u64, Response<ProxyBody>> {
+/// to decide with (Unix milliseconds and the monotonic moment of that reading: `since`, a
+/// moment just before this call, unless an answer was waited for), read after the last
+/// answer came; or the 503 a failed introspection gets (fail closed).
+async fn introspect(
+    trip: &Trip<'_>,
+    active: &Active,
+    view: &RequestView<'_>,
+    since: Instant,
+) -> Result<(u64, Instant), Response<ProxyBody>> {
     let mut now = unix_millis();
+    let mut at = since;
     for _ in 0..MAX_INTROSPECTIONS {
         let Some(wanted) = active.engine.introspection_wanted(view, now) else {
             break;
@@ -413,8 +426,9 @@ async fn introspect(trip: &Trip<'_>, active: &Active, view: &RequestView<'_>) ->
             ));
         }
         now = unix_millis();
+        at = Instant::now();
     }
-    Ok(now)
+    Ok((now, at))
 }
 
 /// Step 6, refused: the engine's denial as an answer.
@@ -556,15 +570,14 @@ async fn forward<'a>(
         email: admission.told.as_ref().and_then(|t| t.email.as_deref()),
         client: admission.told.as_ref().and_then(|t| t.client.as_deref()),
         client_ip: admission.client_ip,
+        peer: &conn.peer_addr,
         names: active.names.get(admission.route.index),
     };
     let proto = if admission.https { "https" } else { "http" };
     let result = match (admission.route.local_port(), conn.listener) {
-        (Some(port), Listener::Inbound) => {
-            Some(shared.forwarder.local(req, port, conn.peer.ip(), proto, verdict).await)
-        }
+        (Some(port), Listener::Inbound) => Some(shared.forwarder.local(req, port, proto, verdict).await),
         (None, _) => match active.origins.get(admission.route.index) {
-            Some(origin) => Some(Box::pin(origin.forward(req, conn.peer.ip(), proto, verdict)).await),
+            Some(origin) => Some(Box::pin(origin.forward(req, proto, verdict)).await),
             None => None,
         },
         _ => None,

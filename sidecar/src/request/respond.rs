@@ -1,6 +1,8 @@
 //! The one place where decisions and failures become HTTP answers: status, headers and a
 //! small JSON body `{"error": "...", "route": ...}`. Nothing here ever names a secret.
 
+use std::cell::RefCell;
+
 use http::header::{HeaderName, HeaderValue, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, Response, StatusCode};
 use serde::Serialize;
@@ -253,9 +255,25 @@ struct ErrorBody<'a> {
 
 /// Adds `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
 pub fn rate_limit_headers(headers: &mut HeaderMap, info: RateInfo) {
-    headers.insert(RATELIMIT_LIMIT, number_value(info.limit.into()));
+    headers.insert(RATELIMIT_LIMIT, limit_value(info.limit.into()));
     headers.insert(RATELIMIT_REMAINING, number_value(info.remaining.into()));
     headers.insert(RATELIMIT_RESET, number_value(info.reset_secs));
+}
+
+/// A limit as a header value. A profile's limit is the same from one answer to the next: the
+/// last one made (per thread) is shared rather than formatted and copied again.
+fn limit_value(n: u64) -> HeaderValue {
+    thread_local! {
+        static LAST: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((limit, value)) if *limit == n => value.clone(),
+        _ => {
+            let value = number_value(n);
+            *last = Some((n, value.clone()));
+            value
+        }
+    })
 }
 
 /// `n` as a header value: below 100 (a reset in seconds, mostly) a static string, nothing
@@ -318,6 +336,10 @@ mod tests {
             u64::MAX,
         ] {
             assert_eq!(number_value(n).to_str().unwrap(), n.to_string(), "{n}");
+        }
+        // The last limit is remembered: the same again, then another, then the first again.
+        for n in [100_000_000, 100_000_000, 60, 5_000, 100_000_000] {
+            assert_eq!(limit_value(n).to_str().unwrap(), n.to_string(), "{n}");
         }
     }
 

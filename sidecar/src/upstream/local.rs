@@ -2,7 +2,7 @@
 //! origin-form request target, HTTP/1.1, `Host` the authority the call was routed on,
 //! headers cleaned and the verdict added.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use http::header::HOST;
@@ -54,7 +54,6 @@ impl Forwarder {
         &self,
         req: Request<ProxyBody>,
         port: u16,
-        peer: IpAddr,
         proto: &'static str,
         verdict: Verdict<'_>,
     ) -> Result<Response<ProxyBody>, ForwardError> {
@@ -87,7 +86,7 @@ impl Forwarder {
 
         remove_hop_by_hop(&mut parts.headers);
         remove_portcullis(&mut parts.headers);
-        set_forwarded(&mut parts.headers, peer, proto);
+        set_forwarded(&mut parts.headers, verdict.peer, proto);
         set_verdict(&mut parts.headers, &verdict);
 
         let upstream = Request::from_parts(parts, body);

@@ -260,7 +260,6 @@ impl Origin {
     pub async fn forward<B>(
         &self,
         req: Request<B>,
-        peer: IpAddr,
         proto: &'static str,
         verdict: Verdict<'_>,
     ) -> Result<Response<ProxyBody>, ForwardError>
@@ -292,7 +291,7 @@ impl Origin {
         remove_portcullis(&mut parts.headers);
         self.consumed.strip(&mut parts)?;
         parts.headers.insert(HOST, self.host.clone());
-        set_forwarded(&mut parts.headers, peer, proto);
+        set_forwarded(&mut parts.headers, verdict.peer, proto);
         set_verdict(&mut parts.headers, &verdict);
         let outgoing = self.credentials.apply(&mut parts, body, self.scheme.as_str()).await?;
 
