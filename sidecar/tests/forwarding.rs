@@ -153,7 +153,8 @@ async fn request_body_is_streamed() {
 
 #[tokio::test]
 async fn backend_down_is_502_and_slow_backend_504() {
-    let down = free_addr().port();
+    let (_held, down) = closed_addr();
+    let down = down.port();
     let (sidecar, _dir) = start(down, &["--backend-timeout", "300ms"]).await;
     let (status, _, body) = get_with(&sidecar.url("/x"), &[]).await;
     assert_eq!(status, 502);

@@ -445,7 +445,8 @@ async fn a_refused_refresh_ends_the_session() {
 async fn a_provider_that_cannot_be_discovered_gets_an_error_page_never_a_loop() {
     let backend = Backend::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let closed = format!("http://{}", free_addr());
+    let (_held, closed) = closed_addr();
+    let closed = format!("http://{closed}");
     write_config(dir.path(), &closed, backend.port());
     let sidecar = Sidecar::start(dir.path()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -419,7 +419,8 @@ async fn readiness_waits_for_the_first_key_set_fetch() {
     assert_eq!(call(&sidecar, &token).await.0, StatusCode::OK);
 
     // A key set that cannot be fetched does not hold readiness back (its tokens fail closed).
-    let closed = format!("http://{}/jwks", free_addr());
+    let (_held, closed) = closed_addr();
+    let closed = format!("http://{closed}/jwks");
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &closed, backend.port());
     let sidecar = Sidecar::start(dir.path()).await;

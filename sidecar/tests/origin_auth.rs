@@ -544,7 +544,7 @@ async fn oauth2_client_credentials() {
     }))
     .await;
     // A port nothing listens on, and an endpoint that accepts and never answers.
-    let down = free_addr();
+    let (_held, down) = closed_addr();
     let hang = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hang_addr = hang.local_addr().unwrap();
     let hang_task = tokio::spawn(async move {

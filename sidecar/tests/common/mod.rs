@@ -29,6 +29,16 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().expect("local addr")
 }
 
+/// An address nothing listens on, for as long as the returned socket lives: it is bound and
+/// never listens, so connections to it are refused and no other test (nor the kernel, for a
+/// port-0 bind) can take its port meanwhile, as it could a port [`free_addr`] let go.
+pub fn closed_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().expect("address")).expect("bind :0");
+    let addr = socket.local_addr().expect("local addr");
+    (socket, addr)
+}
+
 /// Builds a configuration from JSON (config) and JSON (secrets) with a given generation.
 pub fn loaded(generation: &str, config: Value, secrets: Value) -> Loaded {
     let mut c = json!({"schemaVersion": 1, "generation": generation, "namespace": "test"});
