@@ -321,7 +321,11 @@ async fn forwarded_for_is_believed_from_a_trusted_proxy() {
     ];
     let (status, _, body) = get_with(&sidecar.url("/x"), &via_proxy).await;
     assert_eq!(status, 200);
-    assert_eq!(json_of(&body)["headers"]["x-portcullis-identity"], json!(["alice"]));
+    let told = &json_of(&body)["headers"];
+    assert_eq!(told["x-portcullis-identity"], json!(["alice"]));
+    // The app is told the client decided on, and the chain with the sidecar's peer added.
+    assert_eq!(told["x-real-ip"], json!(["10.20.0.5"]));
+    assert_eq!(told["x-forwarded-for"], json!(["203.0.113.9, 10.20.0.5, 127.0.0.1"]));
     let outside = [
         ("authorization", auth.as_str()),
         ("x-forwarded-for", "10.20.0.5, 203.0.113.9"),
