@@ -427,6 +427,10 @@ for name in ("default", "custom"):
           + (open(os.path.join(pods, f"chart-{name}.error")).read() if os.path.exists(os.path.join(pods, f"chart-{name}.error")) else ""))
 _, c = sidecar("default")
 check(not any(a.startswith("--limits-store") for a in c["args"]), f"store flags without a store: {c['args']}")
+check("--max-connections-per-client" not in c["args"], f"a per-client share by default: {c['args']}")
+_, c = sidecar("custom")
+at = c["args"].index("--max-connections-per-client") if "--max-connections-per-client" in c["args"] else -1
+check(at >= 0 and c["args"][at + 1] == "32", f"sidecar.maxConnectionsPerClient=32 not passed: {c['args']}")
 spec, c = sidecar("store")
 args = c["args"]
 tail = args[args.index("--limits-store"):]
