@@ -385,6 +385,15 @@ mod tests {
         let v = line(&record(nasty, nasty), SystemTime::now());
         assert_eq!(v["path"], nasty);
         assert_eq!(v["identity"], nasty);
+        // Each character that must be escaped, alone in an otherwise plain value.
+        for one in ["\"", "\\", "\u{0}", "\u{1f}", "\u{7f}", "\n"] {
+            let value = format!("/plain{one}plain");
+            let mut out = Vec::new();
+            escaped(&mut out, &value);
+            assert_ne!(out, value.as_bytes(), "{value:?} copied unescaped");
+            let v = line(&record(&value, "-"), SystemTime::now());
+            assert_eq!(v["path"], value.as_str());
+        }
     }
 
     #[test]
