@@ -12,6 +12,7 @@ use portcullis_config::{Loaded, SidecarConfig};
 
 use crate::base::engine::{CompileError, Engine, Limits};
 use crate::base::headers::RouteNames;
+use crate::base::values::LimitValues;
 use crate::identity::introspection::Introspector;
 use crate::listen::ServerTls;
 use crate::telemetry::audit::AuditLog;
@@ -35,6 +36,8 @@ pub struct Active {
     pub names: Box<[RouteNames]>,
     /// The routes' request metrics, resolved, by route index.
     pub route_metrics: Box<[RouteMetrics]>,
+    /// The profiles' limits as `RateLimit-Limit` values.
+    pub limit_values: LimitValues,
 }
 
 impl Active {
@@ -48,6 +51,7 @@ impl Active {
             ready: false,
             names: Box::default(),
             route_metrics: Box::default(),
+            limit_values: LimitValues::default(),
         }
     }
 
@@ -78,6 +82,14 @@ impl Active {
                 .iter()
                 .map(|route| metrics.route(&route.name, &route.profiles))
                 .collect(),
+            limit_values: LimitValues::new(
+                loaded
+                    .config
+                    .profiles
+                    .iter()
+                    .flat_map(|p| [p.rate_limit_per_minute, p.quota.map(|q| q.requests)])
+                    .flatten(),
+            ),
         })
     }
 

@@ -589,7 +589,7 @@ async fn forward<'a>(
                 active.engine.refund(admission);
             }
             if let Some(rate) = admission.rate {
-                rate_limit_headers(resp.headers_mut(), rate);
+                rate_limit_headers(resp.headers_mut(), rate, &active.limit_values);
             }
             (resp, "allow")
         }

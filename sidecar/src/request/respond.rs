@@ -1,13 +1,12 @@
 //! The one place where decisions and failures become HTTP answers: status, headers and a
 //! small JSON body `{"error": "...", "route": ...}`. Nothing here ever names a secret.
 
-use std::cell::RefCell;
-
 use http::header::{HeaderName, HeaderValue, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, Response, StatusCode};
 use serde::Serialize;
 
 use crate::base::body::{ProxyBody, json};
+use crate::base::values::{LimitValues, number_value};
 
 const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
@@ -217,7 +216,7 @@ impl Answer<'_> {
                 }
             }
             Self::RateLimited { info, .. } => {
-                rate_limit_headers(headers, *info);
+                rate_limit_headers(headers, *info, &LimitValues::default());
                 headers.insert(RETRY_AFTER, HeaderValue::from(info.reset_secs.max(1)));
             }
             Self::MethodNotAllowed { allow, .. } => {
@@ -253,48 +252,12 @@ struct ErrorBody<'a> {
     limit_bytes: Option<u64>,
 }
 
-/// Adds `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
-pub fn rate_limit_headers(headers: &mut HeaderMap, info: RateInfo) {
-    headers.insert(RATELIMIT_LIMIT, limit_value(info.limit.into()));
+/// Adds `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`; the limit from
+/// `limits` when the configuration has it made already.
+pub fn rate_limit_headers(headers: &mut HeaderMap, info: RateInfo, limits: &LimitValues) {
+    headers.insert(RATELIMIT_LIMIT, limits.value(info.limit));
     headers.insert(RATELIMIT_REMAINING, number_value(info.remaining.into()));
     headers.insert(RATELIMIT_RESET, number_value(info.reset_secs));
-}
-
-/// A limit as a header value. A profile's limit is the same from one answer to the next: the
-/// last one made (per thread) is shared rather than formatted and copied again.
-fn limit_value(n: u64) -> HeaderValue {
-    thread_local! {
-        static LAST: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
-    }
-    LAST.with_borrow_mut(|last| match last {
-        Some((limit, value)) if *limit == n => value.clone(),
-        _ => {
-            let value = number_value(n);
-            *last = Some((n, value.clone()));
-            value
-        }
-    })
-}
-
-/// `n` as a header value: below 100 (a reset in seconds, mostly) a static string, nothing
-/// allocated; else formatted on the stack and copied once (`From<u64>` allocates twice).
-fn number_value(n: u64) -> HeaderValue {
-    const PAIRS: &str = "00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
-    match n {
-        0..10 => HeaderValue::from_static(&PAIRS[2 * n as usize + 1..2 * n as usize + 2]),
-        10..100 => HeaderValue::from_static(&PAIRS[2 * n as usize..2 * n as usize + 2]),
-        _ => {
-            let mut text = [0u8; 20];
-            let mut at = text.len();
-            let mut left = n;
-            while left > 0 {
-                at -= 1;
-                text[at] = b'0' + (left % 10) as u8;
-                left /= 10;
-            }
-            HeaderValue::from_bytes(&text[at..]).unwrap_or(HeaderValue::from_static("0"))
-        }
-    }
 }
 
 #[cfg(test)]
@@ -319,28 +282,6 @@ mod tests {
         assert_eq!(r.headers()["ratelimit-limit"], "5");
         assert_eq!(r.headers()["ratelimit-remaining"], "0");
         assert_eq!(r.headers()["ratelimit-reset"], "42");
-    }
-
-    #[test]
-    fn numbers_as_header_values() {
-        for n in [
-            0,
-            7,
-            10,
-            42,
-            99,
-            100,
-            59_999,
-            100_000_000,
-            u64::from(u32::MAX),
-            u64::MAX,
-        ] {
-            assert_eq!(number_value(n).to_str().unwrap(), n.to_string(), "{n}");
-        }
-        // The last limit is remembered: the same again, then another, then the first again.
-        for n in [100_000_000, 100_000_000, 60, 5_000, 100_000_000] {
-            assert_eq!(limit_value(n).to_str().unwrap(), n.to_string(), "{n}");
-        }
     }
 
     #[test]
