@@ -92,10 +92,10 @@ pub struct ServeArgs {
     /// `portcullis_connections_refused_total`). The admin listener has its own 64.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
-    /// Most connections one client address may hold open at once on each of `--inbound`,
-    /// `--inbound-tls` and `--egress` (beyond, counted as refused), so that one address cannot
-    /// take a listener's whole `--max-connections`. Off by default: behind a load balancer or
-    /// an ingress gateway every client comes from its few addresses.
+    /// Most connections one client address (IPv6: one /64) may hold open at once on each of
+    /// `--inbound`, `--inbound-tls` and `--egress` (beyond, counted as refused), so that one
+    /// network cannot take a listener's whole `--max-connections`. Off by default: behind a
+    /// load balancer or an ingress gateway every client comes from its few addresses.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections_per_client: Option<u32>,
     /// Most requests in progress at once on one HTTP/2 connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).

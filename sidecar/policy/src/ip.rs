@@ -70,6 +70,17 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The address a client is counted by in its budgets (failed sign-ins, introspection calls,
+/// open connections): an IPv4 address as itself (IPv4-mapped IPv6 too), an IPv6 address by
+/// its /64, which one host usually owns whole: a client cannot get a fresh budget by moving
+/// to another address of its own network.
+pub fn client_network(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
+}
+
 fn merge<T: Ord + Copy + Successor>(mut ranges: Vec<(T, T)>) -> Vec<(T, T)> {
     ranges.sort_unstable();
     let mut out: Vec<(T, T)> = Vec::with_capacity(ranges.len());
@@ -148,6 +159,17 @@ fn parse_hop(entry: &[u8]) -> Option<IpAddr> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn clients_are_counted_by_address_ipv6_by_its_64() {
+        let net = |s: &str| client_network(s.parse().unwrap());
+        assert_eq!(net("2001:db8:1:2:aaaa::1"), net("2001:db8:1:2:bbbb::9"));
+        assert_eq!(net("2001:db8:1:2:aaaa::1").to_string(), "2001:db8:1:2::");
+        assert_ne!(net("2001:db8:1:2::1"), net("2001:db8:1:3::1"));
+        assert_eq!(net("::ffff:10.0.0.1").to_string(), "10.0.0.1");
+        assert_eq!(net("10.0.0.1").to_string(), "10.0.0.1");
+        assert_ne!(net("10.0.0.1"), net("10.0.0.2"));
+    }
+
     use super::*;
 
     fn range(from: &str, to: &str) -> IpRange {

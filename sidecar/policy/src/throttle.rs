@@ -23,6 +23,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::ip::client_network;
+
 /// Most entries kept (addresses and users together).
 pub const MAX_ENTRIES: usize = 64 * 1024;
 const SHARDS: usize = 16;
@@ -182,14 +184,12 @@ impl Throttle {
     }
 }
 
-/// IPv4 addresses as themselves (mapped into IPv6), IPv6 addresses by their /64.
+/// The client's network ([`client_network`]: IPv6 by its /64) as one number, IPv4 mapped
+/// into IPv6.
 fn address_key(address: IpAddr) -> u128 {
-    match address {
+    match client_network(address) {
         IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => u128::from(v4.to_ipv6_mapped()),
-            None => u128::from(v6) & !u128::from(u64::MAX),
-        },
+        IpAddr::V6(v6) => u128::from(v6),
     }
 }
 

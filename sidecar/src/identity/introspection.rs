@@ -26,7 +26,7 @@
 //! [`Engine::introspection_wanted`]: portcullis_policy::Engine::introspection_wanted
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,6 +36,7 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use portcullis_policy::IntrospectionRequest;
+use portcullis_policy::ip::client_network;
 use portcullis_policy::oauth2::introspection::TokenDigest;
 
 use super::client::{Endpoint, IdpClient, IdpError, client_secret_basic};
@@ -215,7 +216,7 @@ impl Introspector {
 
     /// A call for `client`, within its budget.
     fn client_permit(&self, client: IpAddr) -> Result<ClientPermit<'_>, IntrospectError> {
-        let key = client_key(client);
+        let key = client_network(client);
         let now = Instant::now();
         let rate = f64::from(self.budget.client_per_second);
         let mut clients = self.clients();
@@ -327,17 +328,6 @@ impl Drop for ClientPermit<'_> {
     }
 }
 
-/// The key of a client's budget: its address, IPv6 by /64 (what one host usually holds).
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(Ipv6Addr::from(bits))
-        }
-        v4 => v4,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,18 +341,6 @@ mod tests {
         };
         assert_eq!(refused.to_string(), "introspection endpoint answered 401");
         assert!(format!("{:?}", Introspector::default()).contains("calls"));
-    }
-
-    #[test]
-    fn clients_are_keyed_by_address_ipv6_by_64() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(client_key(a), client_key(b));
-        assert_ne!(client_key(a), client_key(c));
-        let v4: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(client_key("::ffff:10.0.0.1".parse().unwrap()), v4);
-        assert_eq!(client_key(v4), v4);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use http::header::STRICT_TRANSPORT_SECURITY;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use portcullis_policy::ip::client_network;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -232,9 +233,8 @@ async fn next_connection(
 struct Gate {
     permits: Arc<Semaphore>,
     max: u32,
-    /// Open connections by client address, when clients have a share (entries only while
-    /// they hold one: bounded by the listener's budget).
-    clients: Option<(usize, ClientCounts)>,
+    /// Open connections by client network, when clients have a share.
+    clients: Option<ClientShares>,
 }
 
 impl Gate {
@@ -246,7 +246,7 @@ impl Gate {
         Self {
             permits: Arc::new(Semaphore::new(max)),
             max: max as u32,
-            clients: serving.limits.max_per_client.map(|n| (n.max(1), Arc::default())),
+            clients: serving.limits.max_per_client.map(ClientShares::new),
         }
     }
 
@@ -255,21 +255,14 @@ impl Gate {
     fn admit(&self, serving: &Serving, peer: IpAddr) -> Option<Slot> {
         let client = match &self.clients {
             None => None,
-            Some((share, clients)) => {
-                let mut open = clients.lock().unwrap_or_else(|p| p.into_inner());
-                let held = open.entry(peer).or_insert(0);
-                if *held >= *share {
-                    drop(open);
+            Some(shares) => match shares.take(peer) {
+                Ok(share) => Some(share),
+                Err(share) => {
                     serving.events.refused();
                     tracing::debug!(share, %peer, "connection refused: the client holds its share");
                     return None;
                 }
-                *held += 1;
-                Some(ClientShare {
-                    peer,
-                    clients: Arc::clone(clients),
-                })
-            }
+            },
         };
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) => {
@@ -307,22 +300,53 @@ struct Slot {
     events: Arc<dyn ConnectionEvents>,
 }
 
-/// Open connections by client address.
+/// What each client network ([`client_network`]: an address, IPv6 a /64) holds open, against
+/// the share each may hold. Entries live only while they hold a connection: bounded by the
+/// listener's budget.
+struct ClientShares {
+    share: usize,
+    open: ClientCounts,
+}
+
 type ClientCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+impl ClientShares {
+    fn new(share: usize) -> Self {
+        Self {
+            share: share.max(1),
+            open: Arc::default(),
+        }
+    }
+
+    /// One more connection for `peer`'s network, or `Err(share)` when it holds its share.
+    fn take(&self, peer: IpAddr) -> Result<ClientShare, usize> {
+        let network = client_network(peer);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let held = open.entry(network).or_insert(0);
+        if *held >= self.share {
+            return Err(self.share);
+        }
+        *held += 1;
+        Ok(ClientShare {
+            network,
+            clients: Arc::clone(&self.open),
+        })
+    }
+}
 
 /// One connection of a client's share; given back when dropped.
 struct ClientShare {
-    peer: IpAddr,
+    network: IpAddr,
     clients: ClientCounts,
 }
 
 impl Drop for ClientShare {
     fn drop(&mut self) {
         let mut open = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(held) = open.get_mut(&self.peer) {
+        if let Some(held) = open.get_mut(&self.network) {
             *held -= 1;
             if *held == 0 {
-                open.remove(&self.peer);
+                open.remove(&self.network);
             }
         }
     }
@@ -803,4 +827,33 @@ fn local(listener: &TcpListener) -> String {
 /// Logs where a listener listens.
 pub fn log_listening(listener: &TcpListener, name: &'static str) {
     tracing::info!(addr = %local(listener), listener = name, "listening");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_client_network_holds_at_most_its_share_and_gets_it_back() {
+        let shares = ClientShares::new(2);
+        let held: Vec<ClientShare> = ["2001:db8:0:7::1", "2001:db8:0:7:ffff::2"]
+            .into_iter()
+            .map(|a| shares.take(ip(a)).unwrap())
+            .collect();
+        // A third address of the same /64 is the same client; another /64 and IPv4 are not.
+        assert_eq!(shares.take(ip("2001:db8:0:7::3")).err(), Some(2));
+        let other = shares.take(ip("2001:db8:0:8::1")).unwrap();
+        let v4 = [ip("10.0.0.1"), ip("::ffff:10.0.0.1")].map(|a| shares.take(a).unwrap());
+        assert_eq!(shares.take(ip("10.0.0.1")).err(), Some(2));
+        assert!(shares.take(ip("10.0.0.2")).is_ok());
+        // Given back when dropped, and forgotten once a network holds nothing.
+        drop(held);
+        assert!(shares.take(ip("2001:db8:0:7::9")).is_ok());
+        drop((other, v4));
+        assert!(shares.open.lock().unwrap().is_empty());
+    }
 }
