@@ -440,6 +440,23 @@ async fn a_stalled_http2_stream_is_reset_while_others_complete() {
 /// of them, more than half of its requests; its answered requests did not count.
 #[tokio::test]
 async fn a_client_that_resets_most_of_its_forwarded_requests_is_closed() {
+    resets_close_the_connection(Reset::BeforeTheHead).await;
+}
+
+/// The same when the client waits for each answer's head and resets during its body: the app
+/// may still be at work on it all the same.
+#[tokio::test]
+async fn a_client_that_resets_most_answers_after_their_head_is_closed() {
+    resets_close_the_connection(Reset::AfterTheHead).await;
+}
+
+#[derive(Clone, Copy)]
+enum Reset {
+    BeforeTheHead,
+    AfterTheHead,
+}
+
+async fn resets_close_the_connection(when: Reset) {
     let backend = Backend::start().await;
     let (sidecar, _dir) = anonymous_sidecar(backend.port(), &[]).await;
     let (mut sender, conn) = h2_client(&sidecar, None).await;
@@ -450,9 +467,27 @@ async fn a_client_that_resets_most_of_its_forwarded_requests_is_closed() {
         resp.into_body().collect().await.unwrap();
     }
     let abandon = |sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>| {
-        let call = sender.send_request(get("/sleep/3000"));
+        let call = match when {
+            // The app answers in 3 s: reset while it works.
+            Reset::BeforeTheHead => sender.send_request(get("/sleep/3000")),
+            // The app answers its head at once, then a byte every 3 s: reset after the head.
+            Reset::AfterTheHead => sender.send_request(get("/trickle/3000")),
+        };
         async move {
-            let _ = tokio::time::timeout(Duration::from_millis(30), call).await;
+            match when {
+                Reset::BeforeTheHead => {
+                    let _ = tokio::time::timeout(Duration::from_millis(30), call).await;
+                }
+                Reset::AfterTheHead => {
+                    let resp = tokio::time::timeout(Duration::from_secs(5), call)
+                        .await
+                        .expect("the head in time")
+                        .expect("a head");
+                    assert_eq!(resp.status(), 200);
+                    // Dropping the body resets the stream.
+                    drop(resp);
+                }
+            }
         }
     };
     for _ in 0..99 {

@@ -426,14 +426,12 @@ where
         service_fn(move |req| {
             let busy = Busy::start(&activity);
             let response = service.call(req);
-            // HTTP/2: a stream the client resets before its answer (the app may be at work).
+            // HTTP/2: a stream the client resets before the end of its answer (the app may be
+            // at work on it still).
             let abandoned = http2.then(|| Abandoned::new(&activity, &control));
             async move {
                 let response = response.await?;
-                if let Some(mut abandoned) = abandoned {
-                    abandoned.answered();
-                }
-                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy, http2)))
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy, abandoned)))
             }
         })
     };

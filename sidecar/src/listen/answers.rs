@@ -36,7 +36,7 @@ pub(super) struct Activity {
     streams: Mutex<Vec<Watched>>,
     /// HTTP/2: requests begun (counted by [`Abandoned`]: HTTP/1.1 needs no count).
     started: AtomicU64,
-    /// HTTP/2: requests the client reset before their answer.
+    /// HTTP/2: requests the client reset before the end of their answer.
     abandoned: AtomicU64,
 }
 
@@ -69,10 +69,10 @@ impl Activity {
         self.progress.load(Ordering::Acquire)
     }
 
-    /// Whether the client reset at least [`ABANDONED_FLOOR`] requests before their answer,
-    /// and more than half of all it made: each reset frees a stream for another request while
-    /// the app may still be at work on the last (`--max-concurrent-streams` would bound
-    /// nothing).
+    /// Whether the client reset at least [`ABANDONED_FLOOR`] requests before the end of their
+    /// answer, and more than half of all it made: each reset frees a stream for another
+    /// request while the app may still be at work on the last (`--max-concurrent-streams`
+    /// would bound nothing).
     pub(super) fn abandons_too_many(&self) -> bool {
         let abandoned = self.abandoned.load(Ordering::Acquire);
         abandoned >= ABANDONED_FLOOR && abandoned * 2 > self.started.load(Ordering::Acquire)
@@ -150,12 +150,15 @@ impl Drop for Busy {
     }
 }
 
-/// Requests an HTTP/2 client may reset before their answer, when they are more than half of
-/// its requests, before its connection is closed (like Envoy's premature-reset check).
+/// Requests an HTTP/2 client may reset before the end of their answer, when they are more
+/// than half of its requests, before its connection is closed (like Envoy's premature-reset
+/// check).
 pub const ABANDONED_FLOOR: u64 = 100;
 
-/// An HTTP/2 request until its answer: counted as abandoned if dropped before (its client
-/// reset the stream), and the connection's loop woken when that makes too many.
+/// An HTTP/2 request until the end of its answer: counted as abandoned if dropped before (its
+/// client reset the stream, before the head or during the body), and the connection's loop
+/// woken when that makes too many. An answer whose body failed (the app's connection broke)
+/// is not the client's doing: not counted.
 pub(super) struct Abandoned {
     activity: Arc<Activity>,
     control: Arc<ControlWake>,
@@ -172,8 +175,8 @@ impl Abandoned {
         }
     }
 
-    /// The answer came: nothing to count.
-    pub(super) fn answered(&mut self) {
+    /// The answer ended (or failed on the app's side): nothing to count.
+    fn answered(&mut self) {
         self.armed = false;
     }
 }
@@ -267,17 +270,19 @@ impl<F: Future<Output = ()>> Future for Cancellable<F> {
 /// asks for a part, and after each part until it asks for the next; not while the app is
 /// awaited (a slow answer is never the client's fault). An HTTP/2 answer reports to its
 /// stream's watch, an HTTP/1.1 one to the connection's counters.
-pub(super) struct Tracked<B> {
+pub(super) struct Tracked<B: Body> {
     body: B,
     busy: Busy,
     for_client: bool,
     stream: Option<Arc<StreamWatch>>,
+    /// HTTP/2: the request, counted as abandoned unless its body ends.
+    abandoned: Option<Abandoned>,
 }
 
-impl<B> Tracked<B> {
-    /// `http2`: the answer is an HTTP/2 stream's, made within its task.
-    pub(super) fn new(body: B, busy: Busy, http2: bool) -> Self {
-        let stream = if http2 {
+impl<B: Body> Tracked<B> {
+    /// `abandoned`: the answer is an HTTP/2 stream's, made within its task.
+    pub(super) fn new(body: B, busy: Busy, abandoned: Option<Abandoned>) -> Self {
+        let stream = if abandoned.is_some() {
             CURRENT_STREAM.with(|current| current.borrow().clone())
         } else {
             None
@@ -298,6 +303,7 @@ impl<B> Tracked<B> {
             busy,
             for_client: true,
             stream,
+            abandoned,
         }
     }
 
@@ -323,8 +329,13 @@ impl<B> Tracked<B> {
     }
 }
 
-impl<B> Drop for Tracked<B> {
+impl<B: Body> Drop for Tracked<B> {
     fn drop(&mut self) {
+        if let Some(abandoned) = &mut self.abandoned
+            && self.body.is_end_stream()
+        {
+            abandoned.answered();
+        }
         match &self.stream {
             Some(watch) => self.busy.0.unwatch_stream(watch),
             None if self.for_client => {
@@ -342,6 +353,11 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         self.set_for_client(polled.is_ready());
+        if let Poll::Ready(None | Some(Err(_))) = &polled
+            && let Some(abandoned) = &mut self.abandoned
+        {
+            abandoned.answered();
+        }
         polled
     }
 
