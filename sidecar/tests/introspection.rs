@@ -365,6 +365,16 @@ async fn clients_that_leave_mid_introspection_leave_nothing_behind() {
         Some(0.0),
         "single-flight entries left behind by clients that left"
     );
+    // Each is audited all the same: 499, its route and profile, the wait it left.
+    let lines = sidecar.wait_audit(20).await;
+    assert_eq!(lines.len(), 20, "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["status"], 499, "{line}");
+        assert_eq!(line["decision"], "abandoned", "{line}");
+        assert_eq!(line["route"], "api", "{line}");
+        assert_eq!(line["profile"], "idp", "{line}");
+        assert_eq!(line["reason"], "client left during its token's introspection", "{line}");
+    }
 }
 
 /// Issue 15, item 2: introspection calls are budgeted per client address (in flight and per

@@ -4,7 +4,8 @@
 //! admitted by one sidecar is a replay for the others; a stopped store has each profile do
 //! what its `onStoreUnavailable` says until the store is back. The limits hold the same
 //! through Redis Sentinel, with the data nodes' password in a file. Per-consumer limits and a
-//! daily quota hold exactly too, on one Redis and on a Redis Cluster.
+//! daily quota hold exactly too, on one Redis and on a Redis Cluster. A client that leaves
+//! while a silent store is asked is audited all the same.
 
 mod common;
 
@@ -449,4 +450,43 @@ async fn per_consumer_and_quota(url: &str) {
         "{}",
         alone.log()
     );
+}
+
+/// A client that leaves while the shared store is asked about its limits (a store that
+/// never answers, up to the store timeout) is audited all the same: its hit may count.
+#[tokio::test]
+async fn a_client_that_leaves_while_the_store_is_asked_is_audited() {
+    use tokio::io::AsyncWriteExt;
+    // A "store" that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("redis://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            conns.push(conn);
+        }
+    });
+    let backend = Backend::start().await;
+    let args = ["--limits-store", url.as_str(), "--limits-store-timeout", "5s"];
+    let (sidecars, _dir) = three_sidecars_on(&args, backend.port(), 30, 1_000_000).await;
+    let sidecar = &sidecars[0];
+    let mut client = tokio::net::TcpStream::connect(sidecar.inbound).await.unwrap();
+    client
+        .write_all(b"GET /status/200 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(client);
+    let reason = "client left while its limits were checked";
+    assert!(audited(sidecar, reason).await, "{:?}", sidecar.audit_lines());
+    let line = sidecar
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["reason"] == reason)
+        .unwrap();
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["decision"], "abandoned", "{line}");
+    assert_eq!(line["route"], "p", "{line}");
+    assert_eq!(line["profile"], "limited", "{line}");
+    held.abort();
 }

@@ -102,11 +102,10 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     let refreshed = match wanted {
         Some(r) => {
             let name = r.login.session_cookie_name().to_owned();
-            Some((
-                Box::pin(login::refresh(&r, &shared.metrics)).await,
-                name,
-                r.login.clear_session(),
-            ))
+            let waiting = Waiting::new(&trip, trip.record(), "client left while its session was refreshed");
+            let refreshed = Box::pin(login::refresh(&r, &shared.metrics)).await;
+            waiting.over();
+            Some((refreshed, name, r.login.clear_session()))
         }
         None => None,
     };
@@ -132,17 +131,23 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         None
     };
     let form = match wanted {
-        Some(route) => match Box::pin(body_check::read_form(req, shared.max_signed_body_bytes)).await {
-            (read, Ok(body)) => {
-                waited = true;
-                req = read;
-                Some(body)
+        Some(route) => {
+            let record = Record { route, ..trip.record() };
+            let waiting = Waiting::new(&trip, record, "client left while its form was read");
+            let read = Box::pin(body_check::read_form(req, shared.max_signed_body_bytes)).await;
+            waiting.over();
+            match read {
+                (read, Ok(body)) => {
+                    waited = true;
+                    req = read;
+                    Some(body)
+                }
+                (_, Err(why)) => {
+                    let (answer, reason) = body_refusal(why, route, &[]);
+                    return trip.early(answer.response(), "deny", route, "-", trip.peer, reason);
+                }
             }
-            (_, Err(why)) => {
-                let (answer, reason) = body_refusal(why, route, &[]);
-                return trip.early(answer.response(), "deny", route, "-", trip.peer, reason);
-            }
-        },
+        }
         None => None,
     };
     let mut view = request_view(&req, &conn);
@@ -161,6 +166,9 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         // before this sidecar holds a block of hits), then, once they admit, a signature's
         // replay check.
         Outcome::Allow(mut admission) if admission.limits_pending() => {
+            let mut record = trip.record();
+            admitted(&admission, &mut record);
+            let waiting = Waiting::new(&trip, record, "client left while its limits were checked");
             let taken = match active.engine.pending_hits(&admission, clock) {
                 Some(hits) => Some(Box::pin(shared.limiter.take(&hits.list(), hits.fallback(), clock)).await),
                 None => None,
@@ -171,6 +179,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
                 }
                 _ => None,
             };
+            waiting.over();
             match active.engine.settle(&mut admission, taken, replay, clock) {
                 Ok(()) => Outcome::Allow(admission),
                 Err(denial) => Outcome::Deny(denial),
@@ -185,7 +194,22 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         return login::start(&trip, start, &view, denial);
     }
     // 5. The body check of a signed digest.
+    let waiting = match &outcome {
+        Outcome::Allow(admission) if admission.body_digest.is_some() => {
+            let mut record = trip.record();
+            admitted(admission, &mut record);
+            Some(Waiting::new(
+                &trip,
+                record,
+                "client left while its signed body was read",
+            ))
+        }
+        _ => None,
+    };
     let (req, body_refused) = check_signed_body(req, &outcome, shared.max_signed_body_bytes).await;
+    if let Some(waiting) = waiting {
+        waiting.over();
+    }
     // 6. The answer.
     let mut record = trip.record();
     let (response, label) = match &outcome {
@@ -250,21 +274,45 @@ impl<'a> Unanswered<'_, '_, 'a> {
 
 impl Drop for Unanswered<'_, '_, '_> {
     fn drop(&mut self) {
-        let Some(record) = self.record.take() else {
-            return;
-        };
-        record.status = respond::CLIENT_CLOSED_REQUEST;
-        record.latency = self.trip.start.elapsed();
-        record.reason = "client left before the answer";
-        let metrics = &self.trip.shared.metrics;
-        metrics.request(
-            record.route,
-            record.profile,
-            record.decision,
-            record.status,
-            record.latency,
-        );
-        self.trip.shared.audit.record(record);
+        if let Some(record) = self.record.take() {
+            self.trip.left(record, "client left before the answer");
+        }
+    }
+}
+
+/// A wait on the client's behalf before its request is decided or forwarded (its session's
+/// refresh, its token's introspection, the shared store, its form or signed body read): if
+/// the client leaves meanwhile (its request's future is dropped), the request is audited
+/// with status 499 and decision `abandoned` all the same. [`Waiting::over`] when the wait is.
+struct Waiting<'t, 'a> {
+    trip: &'t Trip<'t>,
+    record: Record<'a>,
+    reason: &'static str,
+    armed: bool,
+}
+
+impl<'t, 'a> Waiting<'t, 'a> {
+    fn new(trip: &'t Trip<'t>, record: Record<'a>, reason: &'static str) -> Self {
+        Self {
+            trip,
+            record,
+            reason,
+            armed: true,
+        }
+    }
+
+    /// The wait ended with the client still there: nothing to record here.
+    fn over(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Waiting<'_, '_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.record.decision = "abandoned";
+            self.trip.left(&mut self.record, self.reason);
+        }
     }
 }
 
@@ -317,6 +365,22 @@ impl Trip<'_> {
             ..self.record()
         };
         self.finish(record, decision, response, None)
+    }
+
+    /// Records a request whose client left before its answer (its future was dropped).
+    fn left(&self, record: &mut Record<'_>, reason: &'static str) {
+        record.status = respond::CLIENT_CLOSED_REQUEST;
+        record.latency = self.start.elapsed();
+        record.reason = reason;
+        let metrics = &self.shared.metrics;
+        metrics.request(
+            record.route,
+            record.profile,
+            record.decision,
+            record.status,
+            record.latency,
+        );
+        self.shared.audit.record(record);
     }
 
     /// Writes the audit line and the request metrics (`label` is the metrics' decision; the
@@ -391,7 +455,16 @@ async fn introspect(
         let Some(wanted) = active.engine.introspection_wanted(view, now) else {
             break;
         };
-        if let Err(error) = Box::pin(trip.shared.introspector.ensure(wanted)).await {
+        let record = Record {
+            route: wanted.route,
+            profile: wanted.profile,
+            client_ip: wanted.client_ip,
+            ..trip.record()
+        };
+        let waiting = Waiting::new(trip, record, "client left during its token's introspection");
+        let ensured = Box::pin(trip.shared.introspector.ensure(wanted)).await;
+        waiting.over();
+        if let Err(error) = ensured {
             let metrics = &trip.shared.metrics;
             let route = wanted.route;
             let (answer, decision, reason) = match error {

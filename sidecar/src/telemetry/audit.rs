@@ -58,7 +58,8 @@ pub struct Record<'a> {
     pub path: &'a str,
     pub status: u16,
     pub latency: Duration,
-    /// `allow`, `deny`, `no_route`, `redirect` or `error`.
+    /// `allow`, `deny`, `no_route`, `redirect`, `error` or `abandoned` (the client left while
+    /// the sidecar waited on its behalf).
     pub decision: &'a str,
     /// Why the call was refused or failed, `-` when it was not.
     pub reason: &'a str,
