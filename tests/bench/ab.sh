@@ -10,7 +10,9 @@
 # (/proc/PID/stat around the run, over the requests wrk counted), and how busy each core was
 # (/proc/stat), then the medians. The ratios compare binaries only while the sidecar is the
 # one saturated: a run whose load core was busier than 95%, or whose sidecar core was less
-# busy than 90%, is flagged, and the medians say how many were.
+# busy than 90%, is flagged, and the medians say how many were. Last, the median of the
+# rounds' own NEW/OLD ratios ("paired"): a round's two runs are next to each other in time, so
+# the machine's drift moves it less than the medians over all rounds.
 # Builds the release portcullis-operator (to render the policy) as run.sh does; needs wrk and
 # nginx (run.sh installs them).
 set -euo pipefail
@@ -77,6 +79,12 @@ for name, path in zip(["OLD", "NEW"], sys.argv[2:]):
     print(f"median {name} requests/s={rps:.0f} user_cpu/req={user:.2f}us sys_cpu/req={sys_:.2f}us ({path})")
 a, b = med["OLD"], med["NEW"]
 print(f"NEW/OLD: requests/s {b[0] / a[0]:.3f}x, CPU per request {(b[1] + b[2]) / (a[1] + a[2]):.3f}x")
+olds, news = ([r for r in rows if r[0] == n] for n in ("OLD", "NEW"))
+pairs = [(float(n[1]) / float(o[1]), (float(n[2]) + float(n[3])) / (float(o[2]) + float(o[3])))
+         for o, n in zip(olds, news)]
+wins = sum(1 for rps, _ in pairs if rps > 1)
+print(f"paired (median of the rounds' NEW/OLD): requests/s {statistics.median(p[0] for p in pairs):.3f}x, "
+      f"CPU per request {statistics.median(p[1] for p in pairs):.3f}x; NEW faster in {wins} of {len(pairs)} rounds")
 unbound = sum(1 for r in rows if r[4] != "yes")
 if unbound:
     print(f"WARNING: {unbound} of {len(rows)} runs were not proxy-bound (load core over 95% busy, or the "
