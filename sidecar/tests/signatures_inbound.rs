@@ -393,3 +393,73 @@ async fn huge_signature_headers_are_refused_as_malformed() {
     }
     assert_eq!(get_with(&sidecar.url("/nowhere"), &[]).await.0, StatusCode::NOT_FOUND);
 }
+
+/// A client that leaves while its signed body is read (its connection closes in the middle of
+/// the body, or it resets its HTTP/2 stream) is audited 499 `abandoned`: nobody refused its
+/// body, and no answer reaches it. The app sees nothing of it.
+#[tokio::test]
+async fn a_client_that_leaves_while_its_signed_body_is_read_is_abandoned() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use tokio::io::AsyncWriteExt;
+
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = sidecar_with(backend.port(), &[]).await;
+    let covered = ["@method", "@path", "content-digest"];
+    let body = vec![b'x'; 1000];
+    let digest = content_digest(DigestAlgorithm::Sha256, &body);
+    let t = now();
+
+    // HTTP/1.1: half the body, then the connection closes.
+    let signed = Signed::new(&sidecar, "POST", "/count", &body)
+        .header("content-digest", &digest)
+        .sign_9421(SECRET, t, &covered);
+    let mut head = "POST /count HTTP/1.1\r\ncontent-length: 1000\r\n".to_owned();
+    for (name, value) in &signed.headers {
+        head += &format!("{name}: {}\r\n", value.to_str().unwrap());
+    }
+    head += "\r\n";
+    let mut tcp = tokio::net::TcpStream::connect(sidecar.inbound).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&body[..500]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    drop(tcp);
+
+    // HTTP/2: half the body, then the body fails, which resets the stream.
+    let signed = Signed::new(&sidecar, "POST", "/count", &body)
+        .header("content-digest", &digest)
+        .sign_9421(SECRET, t - 1, &covered);
+    let tcp = tokio::net::TcpStream::connect(sidecar.inbound).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
+    let upload = StreamBody::new(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let mut req = Request::post(&signed.url).header("content-length", body.len());
+    for (name, value) in &signed.headers {
+        if name != "host" {
+            req = req.header(name, value);
+        }
+    }
+    let call = tokio::spawn(sender.send_request(req.body(upload).unwrap()));
+    tx.send(Ok(Frame::data(Bytes::copy_from_slice(&body[..500]))))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    tx.send(Err(std::io::Error::other("the client gives up")))
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), call).await;
+
+    let lines = sidecar.wait_audit(2).await;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["status"], 499, "{line}");
+        assert_eq!(line["decision"], "abandoned", "{line}");
+        assert_eq!(line["reason"], "client left while its body was read", "{line}");
+        assert_eq!(line["route"], "counted", "{line}");
+        assert_eq!(line["identity"], "gw-1", "{line}");
+    }
+}

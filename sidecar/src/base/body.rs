@@ -73,7 +73,7 @@ fn any_cause(
 }
 
 /// Whether `error`, or an error it was caused by, is the client's connection ending before
-/// the request body did (the client left).
+/// the request body did, or its HTTP/2 stream reset by the client (the client left).
 pub fn is_client_gone(error: &(dyn std::error::Error + 'static)) -> bool {
     any_cause(error, |e| match e.downcast_ref::<BodyError>() {
         Some(BodyError::Peer(peer)) => {
@@ -83,8 +83,12 @@ pub fn is_client_gone(error: &(dyn std::error::Error + 'static)) -> bool {
     })
 }
 
-/// Whether an error is the client's connection ending (closed or reset).
+/// Whether an error is the client's connection ending (closed or reset), or its HTTP/2
+/// stream reset by the client.
 fn connection_ended(error: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(h2) = error.downcast_ref::<h2::Error>() {
+        return h2.is_reset() && h2.is_remote();
+    }
     error.downcast_ref::<std::io::Error>().is_some_and(|io| {
         matches!(
             io.kind(),

@@ -10,7 +10,7 @@ use http::{HeaderMap, Request};
 use http_body_util::BodyExt;
 use portcullis_policy::BodyDigest;
 
-use crate::base::body::{BodyError, BufferLease, ProxyBody, empty, leased};
+use crate::base::body::{BodyError, BufferLease, ProxyBody, empty, is_client_gone, leased};
 use crate::base::engine::Outcome;
 
 /// Why the body of a signed request was refused.
@@ -24,6 +24,9 @@ pub(super) enum BodyRefused {
     Unreadable,
     /// The client stopped sending it for `--body-read-timeout`: 408.
     Stalled,
+    /// The client left before sending it all (its connection ended, or it reset its HTTP/2
+    /// stream): audited 499, decision `abandoned`; no answer reaches it.
+    ClientLeft,
     /// The bodies held in memory are at their budget: 503, retry later.
     Busy,
 }
@@ -88,6 +91,7 @@ async fn read_bounded(
         let frame = match frame {
             Ok(frame) => frame,
             Err(BodyError::Stalled(_)) => return Err(BodyRefused::Stalled),
+            Err(error) if is_client_gone(&error) => return Err(BodyRefused::ClientLeft),
             Err(_) => return Err(BodyRefused::Unreadable),
         };
         let Ok(data) = frame.into_data() else { continue };

@@ -133,7 +133,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     let form = match wanted {
         Some(route) => {
             let record = Record { route, ..trip.record() };
-            let waiting = Waiting::new(&trip, record, "client left while its form was read");
+            let waiting = Waiting::new(&trip, record, BODY_LEFT);
             let read = Box::pin(body_check::read_form(req, shared.max_signed_body_bytes)).await;
             waiting.over();
             match read {
@@ -144,7 +144,8 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
                 }
                 (_, Err(why)) => {
                     let (answer, reason) = body_refusal(why, route, &[]);
-                    return trip.early(answer.response(), "deny", route, "-", trip.peer, reason);
+                    let decision = refusal_decision(why);
+                    return trip.early(answer.response(), decision, route, "-", trip.peer, reason);
                 }
             }
         }
@@ -198,11 +199,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
         Outcome::Allow(admission) if admission.body_digest.is_some() => {
             let mut record = trip.record();
             admitted(admission, &mut record);
-            Some(Waiting::new(
-                &trip,
-                record,
-                "client left while its signed body was read",
-            ))
+            Some(Waiting::new(&trip, record, BODY_LEFT))
         }
         _ => None,
     };
@@ -279,6 +276,10 @@ impl Drop for Unanswered<'_, '_, '_> {
         }
     }
 }
+
+/// The audit reason of a client that left while the body a signature covers was read (an
+/// OAuth 1.0a form, a signed digest's body), whether its request ended then or its body did.
+const BODY_LEFT: &str = "client left while its body was read";
 
 /// A wait on the client's behalf before its request is decided or forwarded (its session's
 /// refresh, its token's introspection, the shared store, its form or signed body read): if
@@ -581,11 +582,21 @@ fn refuse_body<'a>(
     record: &mut Record<'a>,
 ) -> (Response<ProxyBody>, &'static str) {
     let route = admitted(admission, record);
-    record.decision = "deny";
+    let decision = refusal_decision(why);
+    record.decision = decision;
     active.engine.refund(admission);
     let (answer, reason) = body_refusal(why, route, admission.route.challenges());
     record.reason = reason;
-    (answer.response(), "deny")
+    (answer.response(), decision)
+}
+
+/// The audit's decision for a body refused for `why`: `abandoned` when the client left while
+/// it was read (nobody refused it), else `deny`.
+fn refusal_decision(why: BodyRefused) -> &'static str {
+    match why {
+        BodyRefused::ClientLeft => "abandoned",
+        _ => "deny",
+    }
 }
 
 /// The answer to a signed body refused for `why` on `route`, and the audit reason.
@@ -596,6 +607,7 @@ fn body_refusal<'a>(why: BodyRefused, route: &'a str, challenges: &'a [String]) 
             "signed request body larger than --max-signed-body-bytes",
         ),
         BodyRefused::Stalled => (Answer::BodyStalled { route }, "request body stalled"),
+        BodyRefused::ClientLeft => (Answer::ClientGone { route }, BODY_LEFT),
         BodyRefused::Unreadable => (Answer::BadRequest, "signed request body could not be read"),
         BodyRefused::Busy => (
             Answer::BodyBufferFull { route },
