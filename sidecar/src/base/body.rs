@@ -275,6 +275,54 @@ impl hyper::body::Body for Leased {
 mod tests {
     use super::*;
 
+    /// The error a request body gives when its HTTP/2 client resets the stream (here: the
+    /// client's upload fails, which makes hyper's client reset it) is the client gone; one
+    /// the client did not cause is not.
+    #[tokio::test]
+    async fn a_stream_the_client_resets_is_the_client_gone() {
+        use http_body_util::StreamBody;
+        use hyper::body::Frame;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<bool>();
+        let seen_tx = std::sync::Mutex::new(Some(seen_tx));
+        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let seen_tx = seen_tx.lock().unwrap().take();
+            async move {
+                let error = req.into_body().collect().await.expect_err("the upload was reset");
+                if let Some(tx) = seen_tx {
+                    let _ = tx.send(is_client_gone(&BodyError::Peer(error)));
+                }
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Empty::<Bytes>::new()))
+            }
+        });
+        tokio::spawn(
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(server_io), service),
+        );
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client_io))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
+        let upload = StreamBody::new(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        let call = tokio::spawn(sender.send_request(hyper::Request::post("http://x/").body(upload).unwrap()));
+        tx.send(Ok(Frame::data(Bytes::from_static(b"half")))).await.unwrap();
+        tx.send(Err(std::io::Error::other("the client gives up")))
+            .await
+            .unwrap();
+        let gone = tokio::time::timeout(Duration::from_secs(5), seen_rx).await;
+        assert_eq!(gone.map(Result::ok), Ok(Some(true)));
+        call.abort();
+
+        // Not the client's doing: a body that stalled, an app's failure.
+        assert!(!is_client_gone(&BodyError::Stalled(BodyStalled(Duration::from_secs(
+            1
+        )))));
+        assert!(!is_client_gone(&BodyError::App(std::io::Error::other("app"))));
+    }
+
     #[test]
     fn leases_stay_within_the_budget_and_give_back_on_drop() {
         // One test owns the process-wide budget.
