@@ -198,21 +198,22 @@ fn timestamp(now: SystemTime, out: &mut Vec<u8>) {
 fn calendar_second(secs: u64) -> [u8; 19] {
     let (year, month, day) = portcullis_policy::limit::civil_from_days((secs / 86_400) as i64);
     let of_day = secs % 86_400;
-    let mut text = Vec::with_capacity(19);
-    padded(&mut text, year.clamp(0, 9999) as u64, 4);
-    text.push(b'-');
-    padded(&mut text, u64::from(month), 2);
-    text.push(b'-');
-    padded(&mut text, u64::from(day), 2);
-    text.push(b'T');
-    padded(&mut text, of_day / 3600, 2);
-    text.push(b':');
-    padded(&mut text, of_day / 60 % 60, 2);
-    text.push(b':');
-    padded(&mut text, of_day % 60, 2);
-    let mut fixed = [b'0'; 19];
-    fixed.copy_from_slice(&text[..19]);
-    fixed
+    let mut text = *b"0000-00-00T00:00:00";
+    let fields = [
+        (0..4, year.clamp(0, 9999) as u64),
+        (5..7, u64::from(month)),
+        (8..10, u64::from(day)),
+        (11..13, of_day / 3600),
+        (14..16, of_day / 60 % 60),
+        (17..19, of_day % 60),
+    ];
+    for (at, mut n) in fields {
+        for digit in text[at].iter_mut().rev() {
+            *digit = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    }
+    text
 }
 
 /// Where the audit lines go, buffered (see the module documentation).
