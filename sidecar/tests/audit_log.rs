@@ -91,13 +91,8 @@ async fn a_hit_whose_client_left_before_the_answer_is_audited() {
     assert!(gave_up.is_err(), "answered before the app slept");
 
     // HTTP/1.1, leaving in the middle of an upload: the client's doing, not the app's.
-    let mut upload = tokio::net::TcpStream::connect(sidecar.inbound).await.unwrap();
-    upload
-        .write_all(b"POST /count HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n0123456789")
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    drop(upload);
+    let upload = b"POST /count HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n0123456789";
+    send_then_leave(sidecar.inbound, upload, Duration::from_millis(300)).await;
 
     let lines = sidecar.wait_audit(3).await;
     let mut paths: Vec<_> = lines

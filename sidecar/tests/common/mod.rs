@@ -460,3 +460,23 @@ async fn respond(req: Request<Incoming>) -> Result<Response<TestBody>, Infallibl
 pub fn metric(metrics: &str, name: &str) -> Option<f64> {
     metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
 }
+
+/// Sends `bytes` on a new connection to `addr`, waits `wait`, then closes it: a client that
+/// leaves before its answer.
+pub async fn send_then_leave(addr: SocketAddr, bytes: &[u8], wait: Duration) {
+    use tokio::io::AsyncWriteExt;
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(bytes).await.expect("send");
+    tokio::time::sleep(wait).await;
+}
+
+/// Asserts that an audit line records a client that left while the sidecar waited on its
+/// behalf: status 499, decision `abandoned`, `reason`, and each of `fields` (name, value).
+pub fn assert_abandoned(line: &Value, reason: &str, fields: &[(&str, &str)]) {
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["decision"], "abandoned", "{line}");
+    assert_eq!(line["reason"], reason, "{line}");
+    for (name, value) in fields {
+        assert_eq!(line[*name], *value, "{name}: {line}");
+    }
+}
