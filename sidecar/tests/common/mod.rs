@@ -98,7 +98,9 @@ impl Sidecar {
             let mut sidecar = Self::spawn(dir, extra);
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                if get(&sidecar.admin_url("/healthz")).await.map(|r| r.0) == Some(StatusCode::OK) {
+                if get(&sidecar.admin_url("/healthz")).await.map(|r| r.0) == Some(StatusCode::OK)
+                    && sidecar.owns_its_listeners()
+                {
                     return sidecar;
                 }
                 if let Ok(Some(status)) = sidecar.child.try_wait() {
@@ -115,6 +117,39 @@ impl Sidecar {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+
+    /// Whether the four listening sockets on the sidecar's ports are the child's own.
+    ///
+    /// A port [`free_addr`] let go may be taken by another test (an echo backend answers
+    /// `/healthz` too) before the sidecar binds it: the sidecar then fails to bind and exits,
+    /// and a `/healthz` answer alone would pass for it. Linux only: the listening sockets'
+    /// inodes in `/proc/net/tcp` against the child's `/proc/<pid>/fd`.
+    fn owns_its_listeners(&self) -> bool {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", self.pid())) else {
+            return false;
+        };
+        let sockets: std::collections::HashSet<String> = fds
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter_map(|target| {
+                let target = target.to_string_lossy();
+                Some(target.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+            })
+            .collect();
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        let listening_inode = |port: u16| {
+            let local = format!("0100007F:{port:04X}");
+            table.lines().skip(1).find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+                (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A"))
+                    .then(|| fields.get(9).map(|inode| (*inode).to_owned()))
+                    .flatten()
+            })
+        };
+        [self.inbound, self.inbound_tls, self.egress, self.admin]
+            .iter()
+            .all(|addr| listening_inode(addr.port()).is_some_and(|inode| sockets.contains(&inode)))
     }
 
     fn spawn(dir: &Path, extra: &[&str]) -> Self {
