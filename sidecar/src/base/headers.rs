@@ -122,17 +122,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if present[0] {
-        // The names `Connection` lists, but for the ones removed below anyway and `Host`
-        // (`Connection: close, host` must not take away the authority the call was routed on).
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|token| !token.is_empty() && !is_never_named(token))
-            .filter_map(|token| HeaderName::from_bytes(token).ok())
-            .collect();
-        for name in named {
+        for name in connection_named(headers) {
             headers.remove(name);
         }
     }
@@ -149,6 +139,25 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+}
+
+/// The names `Connection` lists, but for the hop-by-hop ones (removed anyway) and `Host`
+/// (`Connection: close, host` must not take away the authority the call was routed on).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty() && !is_never_named(token))
+        .filter_map(|token| HeaderName::from_bytes(token).ok())
+        .collect()
+}
+
+/// Whether `name` describes one connection: a hop-by-hop header or a `Proxy-*` one (the
+/// names `Connection` lists aside).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
 }
 
 /// The hop-by-hop headers by name, `Connection` first.
@@ -253,35 +262,42 @@ impl RouteNames {
 /// included) and flagged with `X-Portcullis-Identity-Encoding: percent`, so it is never
 /// left out and never ambiguous.
 pub fn set_verdict(headers: &mut HeaderMap, verdict: &Verdict<'_>) {
-    match verdict.names.and_then(|n| n.route.as_ref()) {
-        Some(route) => {
-            headers.insert(ROUTE, route.clone());
+    verdict_fields(verdict, |name, value| {
+        headers.insert(name, value);
+    });
+}
+
+/// The verdict's fields ([`set_verdict`]), each given to `field` once, in that order.
+fn verdict_fields(verdict: &Verdict<'_>, mut field: impl FnMut(HeaderName, HeaderValue)) {
+    let mut plain = |name: HeaderName, shared: Option<&HeaderValue>, value: &str| match shared
+        .cloned()
+        .or_else(|| plain_value(value))
+    {
+        Some(value) => {
+            field(name, value);
+            true
         }
-        None => {
-            set_plain(headers, ROUTE, verdict.route);
-        }
-    }
-    match verdict.names.and_then(|n| n.profile(verdict.profile)) {
-        Some(profile) => {
-            headers.insert(PROFILE, profile.clone());
-        }
-        None => {
-            set_plain(headers, PROFILE, verdict.profile);
-        }
-    }
+        None => false,
+    };
+    plain(ROUTE, verdict.names.and_then(|n| n.route.as_ref()), verdict.route);
+    plain(
+        PROFILE,
+        verdict.names.and_then(|n| n.profile(verdict.profile)),
+        verdict.profile,
+    );
     if let Some(email) = verdict.email {
-        set_plain(headers, EMAIL, email);
+        plain(EMAIL, None, email);
     }
     if let Some(client) = verdict.client {
-        set_plain(headers, CLIENT, client);
+        plain(CLIENT, None, client);
     }
-    if !set_plain(headers, IDENTITY, verdict.identity)
+    if !plain(IDENTITY, None, verdict.identity)
         && let Ok(encoded) = HeaderValue::from_str(&percent_encode_identity(verdict.identity))
     {
-        headers.insert(IDENTITY, encoded);
-        headers.insert(IDENTITY_ENCODING, HeaderValue::from_static("percent"));
+        field(IDENTITY, encoded);
+        field(IDENTITY_ENCODING, HeaderValue::from_static("percent"));
     }
-    headers.insert(X_REAL_IP, verdict.peer.value_for(verdict.client_ip));
+    field(X_REAL_IP, verdict.peer.value_for(verdict.client_ip));
 }
 
 /// A connection's peer address, and its text as a header value made once per connection: the
@@ -323,17 +339,6 @@ fn plain_value(value: &str) -> Option<HeaderValue> {
     if plain { HeaderValue::from_str(value).ok() } else { None }
 }
 
-/// Sets `name` to `value` when it is plain ([`plain_value`]).
-fn set_plain(headers: &mut HeaderMap, name: HeaderName, value: &str) -> bool {
-    match plain_value(value) {
-        Some(v) => {
-            headers.insert(name, v);
-            true
-        }
-        None => false,
-    }
-}
-
 /// `%XX` for every byte that is not visible ASCII, for `%` and for spaces.
 fn percent_encode_identity(value: &str) -> String {
     let mut out = String::with_capacity(value.len() * 3);
@@ -360,30 +365,80 @@ fn percent_encode_identity(value: &str) -> String {
 /// Appends `peer` to `X-Forwarded-For` (joining earlier values into one line) and sets
 /// `X-Forwarded-Proto`.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: &PeerAddr, proto: &'static str) {
+    let value = forwarded_for(headers, peer);
+    headers.insert(X_FORWARDED_FOR, value);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+}
+
+/// `X-Forwarded-For` with `peer` appended: the earlier values that are not blank, then the
+/// peer, on one line.
+fn forwarded_for(headers: &HeaderMap, peer: &PeerAddr) -> HeaderValue {
     let mut earlier = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .map(|v| v.as_bytes().trim_ascii())
         .filter(|v| !v.is_empty())
         .peekable();
-    let value = if earlier.peek().is_none() {
+    if earlier.peek().is_none() {
         // The usual case: the peer alone, shared.
-        peer.value.clone()
-    } else {
-        let mut chain = Vec::with_capacity(64);
-        for value in earlier {
-            chain.extend_from_slice(value);
-            chain.extend_from_slice(b", ");
+        return peer.value.clone();
+    }
+    let mut chain = Vec::with_capacity(64);
+    for value in earlier {
+        chain.extend_from_slice(value);
+        chain.extend_from_slice(b", ");
+    }
+    chain.extend_from_slice(peer.value.as_bytes());
+    // Earlier values (valid header values) and an address: cannot fail.
+    HeaderValue::from_maybe_shared(Bytes::from(chain)).unwrap_or_else(|_| peer.value.clone())
+}
+
+/// What the sidecar does to a request's fields on its way to the app: the connection's
+/// fields and every one only the sidecar may say go ([`remove_hop_by_hop`],
+/// [`remove_portcullis`]), `X-Forwarded-For` and `-Proto` are set ([`set_forwarded`]) and
+/// the verdict added ([`set_verdict`]). Applied to a header map ([`Self::apply`]) or, for a
+/// request written by hand, to the fields as they are written ([`Self::fields`]), which
+/// spares the map its removals and insertions.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub verdict: Verdict<'a>,
+    /// The scheme told in `X-Forwarded-Proto`.
+    pub proto: &'static str,
+}
+
+impl Outgoing<'_> {
+    /// Makes `headers` what the app gets.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        remove_hop_by_hop(headers);
+        remove_portcullis(headers);
+        set_forwarded(headers, self.verdict.peer, self.proto);
+        set_verdict(headers, &self.verdict);
+    }
+
+    /// Gives `field` each field the app gets from `headers`, which are left as they are: the
+    /// same fields [`Self::apply`] leaves, the client's first in their order, then
+    /// `X-Forwarded-For`, `X-Forwarded-Proto` and the verdict.
+    pub fn fields(&self, headers: &HeaderMap, mut field: impl FnMut(&HeaderName, &[u8])) {
+        let named = if headers.contains_key(CONNECTION) {
+            connection_named(headers)
+        } else {
+            Vec::new()
+        };
+        let gone = |name: &HeaderName| is_hop_by_hop(name) || named.contains(name) || is_sidecar_only(name);
+        for (name, value) in headers {
+            if !gone(name) && name != X_FORWARDED_FOR && name != X_FORWARDED_PROTO {
+                field(name, value.as_bytes());
+            }
         }
-        chain.extend_from_slice(peer.value.as_bytes());
-        // Earlier values (valid header values) and an address: cannot fail.
-        match HeaderValue::from_maybe_shared(Bytes::from(chain)) {
-            Ok(value) => value,
-            Err(_) => peer.value.clone(),
-        }
-    };
-    headers.insert(X_FORWARDED_FOR, value);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        let forwarded = if named.contains(&X_FORWARDED_FOR) {
+            self.verdict.peer.value.clone()
+        } else {
+            forwarded_for(headers, self.verdict.peer)
+        };
+        field(&X_FORWARDED_FOR, forwarded.as_bytes());
+        field(&X_FORWARDED_PROTO, self.proto.as_bytes());
+        verdict_fields(&self.verdict, |name, value| field(&name, value.as_bytes()));
+    }
 }
 
 /// `ip` in its usual text form as a header value: formatted on the stack, copied once.
@@ -575,6 +630,85 @@ mod tests {
             let mut out = Vec::new();
             push_ip(&mut out, ip);
             assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
+    }
+
+    /// The fields written by hand are the ones the map path leaves, value for value, for
+    /// every mix of hostile fields: hop-by-hop ones, ones `Connection` names (the sidecar's
+    /// own among them), spoofed verdicts in other spellings, forwarding chains.
+    #[test]
+    fn fields_written_are_what_apply_leaves() {
+        let pool: [(&str, &str); 18] = [
+            ("connection", "keep-alive, X-Forwarded-For"),
+            ("connection", "close, x-named, host, x-forwarded-proto"),
+            ("x-named", "1"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", " "),
+            ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
+            ("x-forwarded-proto", "https"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x-portcullis-identity", "admin"),
+            ("X_Portcullis_Route", "other"),
+            ("x-real-ip", "9.9.9.9"),
+            ("proxy-authorization", "Basic x"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("host", "public.example"),
+            ("accept", "*/*"),
+            ("accept", "text/plain"),
+            ("content-length", "0"),
+        ];
+        let peer = PeerAddr::new("10.9.9.9".parse().unwrap());
+        let names = RouteNames::new("orders", ["partners"]);
+        let verdicts = [
+            ("alice", None, None, "10.9.9.9", Some(&names)),
+            ("Zoë 100%", Some("z@example.com"), Some("app-1"), "203.0.113.5", None),
+        ];
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        for round in 0..2_000 {
+            // A pseudo-random subset of the pool, in a pseudo-random order (xorshift).
+            let mut pairs = Vec::new();
+            for _ in 0..(round % 9) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                pairs.push(pool[(rng % pool.len() as u64) as usize]);
+            }
+            let headers = map(&pairs);
+            let (identity, email, client, client_ip, names) = verdicts[round % 2];
+            let outgoing = Outgoing {
+                verdict: Verdict {
+                    route: "orders",
+                    profile: "partners",
+                    identity,
+                    email,
+                    client,
+                    client_ip: client_ip.parse().unwrap(),
+                    peer: &peer,
+                    names,
+                },
+                proto: if round % 3 == 0 { "https" } else { "http" },
+            };
+            let mut applied = headers.clone();
+            outgoing.apply(&mut applied);
+            let mut written = HeaderMap::new();
+            outgoing.fields(&headers, |name, value| {
+                written.append(name.clone(), HeaderValue::from_bytes(value).unwrap());
+            });
+            let by_name = |h: &HeaderMap| {
+                let mut all: Vec<(String, Vec<Vec<u8>>)> = h
+                    .keys()
+                    .map(|k| {
+                        (
+                            k.to_string(),
+                            h.get_all(k).iter().map(|v| v.as_bytes().to_vec()).collect(),
+                        )
+                    })
+                    .collect();
+                all.sort();
+                all
+            };
+            assert_eq!(by_name(&written), by_name(&applied), "{pairs:?}");
         }
     }
 

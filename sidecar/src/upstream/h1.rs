@@ -17,6 +17,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::{Method, StatusCode, Version};
 
+use crate::base::headers::Outgoing;
+
 /// Most bytes of a response head (its status line and fields), as hyper's default buffer.
 pub const MAX_RESPONSE_HEAD: usize = 400 * 1024;
 /// Most fields in a response head (hyper's default).
@@ -50,23 +52,34 @@ pub enum H1Error {
 }
 
 /// Writes the request head of a call without a body: request line, the fields of `headers`
-/// (with `Content-Length` and `Transfer-Encoding` left out), `content-length: 0` where the
-/// method defines a body or the client sent a length, and the empty line.
-pub fn encode_request_head(method: &Method, target: &str, headers: &HeaderMap, out: &mut Vec<u8>) {
+/// (as `outgoing` makes them for the app, when given), with `Content-Length` and
+/// `Transfer-Encoding` left out, `content-length: 0` where the method defines a body or the
+/// client sent a length, and the empty line.
+pub fn encode_request_head(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    outgoing: Option<&Outgoing<'_>>,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut length_sent = false;
-    for (name, value) in headers {
+    let mut field = |name: &HeaderName, value: &[u8]| {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             length_sent |= name == CONTENT_LENGTH;
-            continue;
+            return;
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
+    };
+    match outgoing {
+        Some(outgoing) => outgoing.fields(headers, field),
+        None => headers.iter().for_each(|(name, value)| field(name, value.as_bytes())),
     }
     if length_sent || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
         out.extend_from_slice(b"content-length: 0\r\n");
@@ -483,17 +496,17 @@ mod tests {
         headers.append("x-a", HeaderValue::from_static("2"));
         headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         let mut out = Vec::new();
-        encode_request_head(&Method::GET, "/p?q=1", &headers, &mut out);
+        encode_request_head(&Method::GET, "/p?q=1", &headers, None, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /p?q=1 HTTP/1.1\r\nhost: app.example\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
         );
         let mut out = Vec::new();
-        encode_request_head(&Method::POST, "/", &HeaderMap::new(), &mut out);
+        encode_request_head(&Method::POST, "/", &HeaderMap::new(), None, &mut out);
         assert_eq!(out, b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
         headers.insert("content-length", HeaderValue::from_static("0"));
         let mut out = Vec::new();
-        encode_request_head(&Method::DELETE, "/", &headers, &mut out);
+        encode_request_head(&Method::DELETE, "/", &headers, None, &mut out);
         assert!(
             String::from_utf8(out)
                 .unwrap()

@@ -1,6 +1,6 @@
 //! Forwarding to the app on `127.0.0.1:<port>` over the keep-alive pool ([`super::pool`]):
 //! origin-form request target, HTTP/1.1, `Host` the authority the call was routed on,
-//! headers cleaned and the verdict added.
+//! headers cleaned and the verdict added ([`Outgoing`]).
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use http::{HeaderValue, Request, Response, Uri, Version};
 use super::ForwardError;
 use super::pool::{LocalPool, PoolError};
 use crate::base::body::ProxyBody;
-use crate::base::headers::{Verdict, remove_hop_by_hop, remove_portcullis, set_forwarded, set_verdict};
+use crate::base::headers::{Outgoing, Verdict, remove_hop_by_hop};
 
 /// The pooled client toward local backends.
 #[derive(Clone)]
@@ -84,13 +84,9 @@ impl Forwarder {
         }
         parts.version = Version::HTTP_11;
 
-        remove_hop_by_hop(&mut parts.headers);
-        remove_portcullis(&mut parts.headers);
-        set_forwarded(&mut parts.headers, verdict.peer, proto);
-        set_verdict(&mut parts.headers, &verdict);
-
         let upstream = Request::from_parts(parts, body);
-        let response = match self.pool.send(port, upstream, self.timeout).await {
+        let outgoing = Outgoing { verdict, proto };
+        let response = match self.pool.send_as(port, upstream, Some(&outgoing), self.timeout).await {
             Err(PoolError::TimedOut { .. }) => return Err(ForwardError::Timeout(self.timeout)),
             Err(e @ PoolError::Connect { .. }) => return Err(ForwardError::Connect(e.into())),
             Err(e) => return Err(ForwardError::Protocol(e.into())),

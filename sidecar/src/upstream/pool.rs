@@ -42,6 +42,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::h1::{self, BodyDecoder, Decoded, H1Error, ResponseHead};
 use crate::base::body::{BodyError, ProxyBody, streamed};
+use crate::base::headers::Outgoing;
 
 /// How long a connection may sit idle in the pool and still be reused. Staler ones are closed
 /// when the pool next touches them (at a checkout or a checkin for their port); with no
@@ -144,11 +145,26 @@ impl LocalPool {
         req: Request<ProxyBody>,
         timeout: Duration,
     ) -> Result<Response<ProxyBody>, PoolError> {
+        self.send_as(port, req, None, timeout).await
+    }
+
+    /// [`Self::send`], with the request's fields made what the app gets by `outgoing`: as
+    /// they are written for a call without a body, in the map otherwise.
+    pub async fn send_as(
+        &self,
+        port: u16,
+        mut req: Request<ProxyBody>,
+        outgoing: Option<&Outgoing<'_>>,
+        timeout: Duration,
+    ) -> Result<Response<ProxyBody>, PoolError> {
         let now = Instant::now();
         let deadline = now + timeout;
         if req.body().is_end_stream() && req.method() != Method::CONNECT {
             let (parts, _) = req.into_parts();
-            return self.send_direct(port, &parts, now, deadline).await;
+            return self.send_direct(port, &parts, outgoing, now, deadline).await;
+        }
+        if let Some(outgoing) = outgoing {
+            outgoing.apply(req.headers_mut());
         }
         match tokio::time::timeout_at(deadline, self.send_hyper(port, req)).await {
             Ok(response) => Ok(response?.map(streamed)),
@@ -189,13 +205,14 @@ impl LocalPool {
         &self,
         port: u16,
         req: &Parts,
+        outgoing: Option<&Outgoing<'_>>,
         now: Instant,
         deadline: Instant,
     ) -> Result<Response<ProxyBody>, PoolError> {
         let answer_error = |source| PoolError::Answer { port, source };
         let retry_unanswered = req.method.is_idempotent();
         while let Some(mut conn) = self.checkout(port, now, direct_list) {
-            match conn.call(req, deadline).await {
+            match conn.call(req, outgoing, deadline).await {
                 Ok(head) => return Ok(self.direct_response(port, conn, head)),
                 // The app had closed it: the request was not read (unwritten), or, idempotent,
                 // may be sent again.
@@ -209,7 +226,7 @@ impl LocalPool {
             Ok(conn) => conn?,
             Err(_) => return Err(PoolError::TimedOut { port }),
         };
-        match conn.call(req, deadline).await {
+        match conn.call(req, outgoing, deadline).await {
             Ok(head) => Ok(self.direct_response(port, conn, head)),
             Err(CallError::Unwritten(e) | CallError::Unanswered(e) | CallError::Failed(e)) => Err(answer_error(e)),
             Err(CallError::TimedOut) => Err(PoolError::TimedOut { port }),
@@ -470,9 +487,14 @@ impl AppConn {
     }
 
     /// Writes the request head and reads the final response head, before `deadline`.
-    async fn call(&mut self, req: &Parts, deadline: Instant) -> Result<ResponseHead, CallError> {
+    async fn call(
+        &mut self,
+        req: &Parts,
+        outgoing: Option<&Outgoing<'_>>,
+        deadline: Instant,
+    ) -> Result<ResponseHead, CallError> {
         self.deadline.as_mut().reset(deadline);
-        let mut call = pin!(self.io.call(req));
+        let mut call = pin!(self.io.call(req, outgoing));
         let timer = &mut self.deadline;
         std::future::poll_fn(|cx| {
             if let Poll::Ready(result) = call.as_mut().poll(cx) {
@@ -496,10 +518,10 @@ impl AppIo {
     }
 
     /// Writes the request head and reads the final response head.
-    async fn call(&mut self, req: &Parts) -> Result<ResponseHead, CallError> {
+    async fn call(&mut self, req: &Parts, outgoing: Option<&Outgoing<'_>>) -> Result<ResponseHead, CallError> {
         self.out.clear();
         let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
-        h1::encode_request_head(&req.method, target, &req.headers, &mut self.out);
+        h1::encode_request_head(&req.method, target, &req.headers, outgoing, &mut self.out);
         if let Err(error) = self.stream.write_all(&self.out).await {
             return Err(CallError::Unwritten(error));
         }
