@@ -31,8 +31,10 @@ pub const CLIENT: HeaderName = HeaderName::from_static("x-portcullis-client");
 /// How the identity header is encoded when the identity is not a plain header value.
 pub const IDENTITY_ENCODING: HeaderName = HeaderName::from_static("x-portcullis-identity-encoding");
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_FOR_NAME: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO_NAME: &str = "x-forwarded-proto";
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static(X_FORWARDED_FOR_NAME);
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(X_FORWARDED_PROTO_NAME);
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Client-supplied forwarding headers the sidecar does not pass on.
 /// Headers a client may send that some framework or library takes as the word of a proxy in
@@ -189,13 +191,42 @@ pub fn remove_portcullis(headers: &mut HeaderMap) {
 
 fn is_sidecar_only(name: &HeaderName) -> bool {
     let name = name.as_str();
+    // Most fields (`host`, `accept`, `authorization`, ...) start with a letter none of these
+    // names starts with, and are told apart there.
+    if !name.as_bytes().first().is_some_and(|b| SIDECAR_ONLY_FIRST[usize::from(*b)]) {
+        return false;
+    }
     folds_to(name, PORTCULLIS_PREFIX, true)
         || CLIENT_FORWARDING.iter().any(|f| folds_to(name, f, false))
         // The sidecar's own, in another spelling that would read as them.
-        || [X_FORWARDED_FOR.as_str(), X_FORWARDED_PROTO.as_str()]
+        || [X_FORWARDED_FOR_NAME, X_FORWARDED_PROTO_NAME]
             .iter()
             .any(|own| name != *own && folds_to(name, own, false))
 }
+
+/// The first bytes a name [`is_sidecar_only`] may start with: those of the names it checks,
+/// and every byte that folds to `-` (none of them starts with `-`, but a table made from the
+/// lists stays right if one ever does).
+static SIDECAR_ONLY_FIRST: [bool; 256] = {
+    let mut first = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        first[b] = !(b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let own = [PORTCULLIS_PREFIX, X_FORWARDED_FOR_NAME, X_FORWARDED_PROTO_NAME];
+    let mut i = 0;
+    while i < own.len() {
+        first[own[i].as_bytes()[0] as usize] = true;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < CLIENT_FORWARDING.len() {
+        first[CLIENT_FORWARDING[i].as_bytes()[0] as usize] = true;
+        i += 1;
+    }
+    first
+};
 
 /// Whether `name` (lower case, as `HeaderName` keeps it) reads as `target` (or, with
 /// `prefix`, as something starting with it) once every character other than a letter or a
@@ -709,6 +740,22 @@ mod tests {
                 all
             };
             assert_eq!(by_name(&written), by_name(&applied), "{pairs:?}");
+        }
+    }
+
+    /// The first-byte table lets through every name the lists hold, in every spelling that
+    /// folds to it, and stops the usual fields at once.
+    #[test]
+    fn sidecar_only_names_pass_the_first_byte_table() {
+        let own = [PORTCULLIS_PREFIX.to_owned() + "identity", "x_forwarded_for".into(), "x.forwarded.proto".into()];
+        for name in CLIENT_FORWARDING.iter().map(|n| (*n).to_owned()).chain(own) {
+            for spelling in [name.clone(), name.replace('-', "_"), name.replace('-', ".")] {
+                let header = HeaderName::from_bytes(spelling.as_bytes()).unwrap();
+                assert!(is_sidecar_only(&header), "{spelling}");
+            }
+        }
+        for usual in ["host", "accept", "authorization", "user-agent", "content-type", "x-request-id"] {
+            assert!(!is_sidecar_only(&HeaderName::from_static(usual)), "{usual}");
         }
     }
 
