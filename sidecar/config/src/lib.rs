@@ -881,15 +881,28 @@ pub fn valid_host(host: &str) -> bool {
             .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
     }
     let name = host.strip_suffix('.').unwrap_or(host);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+    if name.is_empty() || name.len() > 253 {
+        return false;
+    }
+    // One pass over the bytes (it runs on every request's `Host`): labels of 1 to 63 letters,
+    // digits, `-` and `_`, between dots.
+    let mut label = 0;
+    for &b in name.as_bytes() {
+        if b == b'.' {
+            if label == 0 {
+                return false;
+            }
+            label = 0;
+        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            label += 1;
+            if label > 63 {
+                return false;
+            }
+        } else {
+            return false;
+        }
+    }
+    label > 0
 }
 
 #[cfg(test)]

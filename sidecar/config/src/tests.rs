@@ -130,3 +130,43 @@ fn case_insensitive_defaults_to_false_and_is_left_out_when_false() {
     assert!(json.contains(r#""caseInsensitive":true"#), "{json}");
     assert_eq!(serde_json::from_str::<Route>(&json).unwrap(), route);
 }
+
+#[test]
+fn host_names_are_dns_labels_or_bracketed_ipv6() {
+    let label63 = "a".repeat(63);
+    let long_ok = [label63.as_str(); 4].join(".")[..253].to_owned();
+    let long_ok = long_ok.trim_end_matches('.').to_owned();
+    for host in [
+        "a",
+        "a.",
+        "api.example.com",
+        "a-b_c.example",
+        "127.0.0.1",
+        "[::1]",
+        "[2001:db8::7]",
+        label63.as_str(),
+        long_ok.as_str(),
+    ] {
+        assert!(valid_host(host), "{host} is valid");
+    }
+    let label64 = "a".repeat(64);
+    let too_long = format!("{}.{}", "a.".repeat(126), "ab");
+    for host in [
+        "",
+        ".",
+        "..",
+        ".a",
+        "a..b",
+        "a.b..",
+        "ex ample",
+        "é.example",
+        "a/b",
+        "a:80",
+        "[::1",
+        "[not-an-ip]",
+        label64.as_str(),
+        too_long.as_str(),
+    ] {
+        assert!(!valid_host(host), "{host:?} is not valid");
+    }
+}

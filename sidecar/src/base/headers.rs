@@ -193,7 +193,11 @@ fn is_sidecar_only(name: &HeaderName) -> bool {
     let name = name.as_str();
     // Most fields (`host`, `accept`, `authorization`, ...) start with a letter none of these
     // names starts with, and are told apart there.
-    if !name.as_bytes().first().is_some_and(|b| SIDECAR_ONLY_FIRST[usize::from(*b)]) {
+    if !name
+        .as_bytes()
+        .first()
+        .is_some_and(|b| SIDECAR_ONLY_FIRST[usize::from(*b)])
+    {
         return false;
     }
     folds_to(name, PORTCULLIS_PREFIX, true)
@@ -747,14 +751,25 @@ mod tests {
     /// folds to it, and stops the usual fields at once.
     #[test]
     fn sidecar_only_names_pass_the_first_byte_table() {
-        let own = [PORTCULLIS_PREFIX.to_owned() + "identity", "x_forwarded_for".into(), "x.forwarded.proto".into()];
+        let own = [
+            PORTCULLIS_PREFIX.to_owned() + "identity",
+            "x_forwarded_for".into(),
+            "x.forwarded.proto".into(),
+        ];
         for name in CLIENT_FORWARDING.iter().map(|n| (*n).to_owned()).chain(own) {
             for spelling in [name.clone(), name.replace('-', "_"), name.replace('-', ".")] {
                 let header = HeaderName::from_bytes(spelling.as_bytes()).unwrap();
                 assert!(is_sidecar_only(&header), "{spelling}");
             }
         }
-        for usual in ["host", "accept", "authorization", "user-agent", "content-type", "x-request-id"] {
+        for usual in [
+            "host",
+            "accept",
+            "authorization",
+            "user-agent",
+            "content-type",
+            "x-request-id",
+        ] {
             assert!(!is_sidecar_only(&HeaderName::from_static(usual)), "{usual}");
         }
     }
