@@ -415,15 +415,15 @@ impl Trip<'_> {
 /// The facts of the request the engine decides on. Hosts as sent: the engine compares them
 /// case-insensitively (`routes::normal_host`).
 fn request_view<'r>(req: &'r Request<ProxyBody>, conn: &'r Connection) -> RequestView<'r> {
-    let host = req
-        .uri()
-        .host()
-        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(strip_port));
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()));
+    // The request target's authority (HTTP/2, absolute form), else the one `Host`, looked up
+    // once.
+    let (host, authority) = match req.uri().authority() {
+        Some(authority) => (Some(authority.host()), Some(authority.as_str())),
+        None => {
+            let header = req.headers().get(HOST).and_then(|h| h.to_str().ok());
+            (header.map(strip_port), header)
+        }
+    };
     RequestView {
         method: req.method().as_str(),
         host,
