@@ -176,14 +176,16 @@ pub fn parse_response_head(
             continue;
         }
         let mut headers = HeaderMap::with_capacity(response.headers.len());
+        let mut framed = Framed::default();
         for field in response.headers.iter() {
             let name =
                 HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| H1Error::Head("invalid field name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
                 .map_err(|_| H1Error::Head("invalid field value"))?;
+            framed.saw(&name);
             headers.append(name, value);
         }
-        return finish_head(status, version, headers, method).map(Some);
+        return finish_head(status, version, headers, framed, method).map(Some);
     }
 }
 
@@ -208,16 +210,18 @@ fn finish_head(
     status: StatusCode,
     version: Version,
     mut headers: HeaderMap,
+    framed: Framed,
     method: &Method,
 ) -> Result<ResponseHead, H1Error> {
-    let close = headers
-        .get_all(CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+    let close = framed.connection
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
     let mut reusable = version == Version::HTTP_11 && !close;
     let bodiless = *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let framing = if headers.contains_key(TRANSFER_ENCODING) {
+    let framing = if framed.transfer_encoding {
         if !is_lone_chunked(&headers) {
             return Err(H1Error::TransferEncoding);
         }
@@ -226,7 +230,7 @@ fn finish_head(
             reusable = false;
         }
         if bodiless { Framing::Empty } else { Framing::Chunked }
-    } else if headers.contains_key(CONTENT_LENGTH) {
+    } else if framed.content_length {
         let length = content_length(&headers)?;
         if bodiless || length == 0 {
             Framing::Empty
@@ -249,6 +253,23 @@ fn finish_head(
 }
 
 /// Whether the `Transfer-Encoding` fields, together, say exactly `chunked`.
+/// Which of the fields that frame an answer or end its connection its head has, noted as the
+/// fields are read (the map is not searched for those it lacks).
+#[derive(Debug, Default, Clone, Copy)]
+struct Framed {
+    connection: bool,
+    transfer_encoding: bool,
+    content_length: bool,
+}
+
+impl Framed {
+    fn saw(&mut self, name: &HeaderName) {
+        self.connection |= name == CONNECTION;
+        self.transfer_encoding |= name == TRANSFER_ENCODING;
+        self.content_length |= name == CONTENT_LENGTH;
+    }
+}
+
 fn is_lone_chunked(headers: &HeaderMap) -> bool {
     let mut codings = headers
         .get_all(TRANSFER_ENCODING)
