@@ -23,6 +23,10 @@ use crate::base::headers::Outgoing;
 pub const MAX_RESPONSE_HEAD: usize = 400 * 1024;
 /// Most fields in a response head (hyper's default).
 pub const MAX_RESPONSE_HEADERS: usize = 100;
+/// Room made in an answer's header map for the fields the sidecar adds to it before it goes
+/// to the client (`RateLimit-Limit`, `-Remaining`, `-Reset`, and hyper's `Date`), so that
+/// adding them does not grow and rehash the map.
+const ADDED_FIELDS: usize = 4;
 /// Most interim (1xx) answers before the final one.
 pub const MAX_INTERIM: usize = 8;
 /// Most bytes of one chunk-size line, extensions included.
@@ -175,7 +179,7 @@ pub fn parse_response_head(
             }
             continue;
         }
-        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        let mut headers = HeaderMap::with_capacity(response.headers.len() + ADDED_FIELDS);
         let mut framed = Framed::default();
         for field in response.headers.iter() {
             let name =
