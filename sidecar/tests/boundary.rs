@@ -256,7 +256,10 @@ async fn no_spelling_of_a_sidecar_only_header_reaches_the_app() {
          X-Portcullis.Identity-Encoding: percent\r\nRemote.User: root\r\n\
          X-Forwarded.Host: evil.example\r\nX!Real!IP: 6.6.6.6\r\nX-Forwarded+Proto: https\r\n\
          X-Forwarded.For: 6.6.6.6\r\nX-Webauth-User: admin\r\nX-Amzn-Oidc-Identity: admin\r\n\
-         X-Ms-Client-Principal-Name: admin\r\nX-Forwarded-Uri: /admin\r\nX-Envoy-Original-Path: /admin",
+         X-Ms-Client-Principal-Name: admin\r\nX-Forwarded-Uri: /admin\r\nX-Envoy-Original-Path: /admin\r\n\
+         Proxy: http://evil.example:8080\r\nProxy_Authorization: Basic eDp5\r\nContent_Length: 999\r\n\
+         X-Auth-Request-Access-Token: t\r\nX-Ms-Client-Principal-Idp: aad\r\nX-Forwarded-Method: DELETE\r\n\
+         X-Ssl-Client-S-Dn: CN=admin",
     )
     .await;
     assert_eq!(status, 200, "{echo}");
@@ -295,8 +298,40 @@ async fn no_spelling_of_a_sidecar_only_header_reaches_the_app() {
         "x-ms-client-principal-name",
         "x-forwarded-uri",
         "x-envoy-original-path",
+        "proxy",
+        "proxy-authorization",
+        "content-length",
+        "x-auth-request-access-token",
+        "x-ms-client-principal-idp",
+        "x-forwarded-method",
+        "x-ssl-client-s-dn",
     ] {
         assert_eq!(count(gone), 0, "{gone} reached the app: {echo}");
+    }
+}
+
+/// `Connection` may name the fields that describe one connection, not the forwarding chain
+/// the sidecar read and promises the app: the client's `X-Forwarded-For` arrives with the peer
+/// appended, on a call without a body and on one with a body alike.
+#[tokio::test]
+async fn connection_cannot_name_the_forwarding_chain_away() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = two_hosts(backend.port()).await;
+    for head in [
+        "GET /x HTTP/1.1\r\nHost: public.example",
+        "POST /x HTTP/1.1\r\nHost: public.example\r\nContent-Length: 0",
+    ] {
+        let (status, echo) = raw(
+            &sidecar,
+            &format!("{head}\r\nConnection: keep-alive, X-Forwarded-For\r\nX-Forwarded-For: 203.0.113.7"),
+        )
+        .await;
+        assert_eq!(status, 200, "{echo}");
+        assert_eq!(
+            echo["headers"]["x-forwarded-for"],
+            json!(["203.0.113.7, 127.0.0.1"]),
+            "{head}: {echo}"
+        );
     }
 }
 
@@ -678,4 +713,29 @@ async fn a_method_a_route_does_not_list_is_not_handed_to_a_broader_route() {
     assert_eq!(get(&sidecar.url("/basic/x")).await.unwrap().0, 401);
     let (status, _, body) = get(&sidecar.url("/elsewhere")).await.unwrap();
     assert_eq!((status.as_u16(), &json_of(&body)["path"]), (200, &json!("/elsewhere")));
+}
+
+/// A body with a transfer coding other than a lone `chunked` is refused with 501 before it
+/// reaches the app: hyper would decode the chunks and the app would get, say, gzip bytes
+/// without being told.
+#[tokio::test]
+async fn a_body_coded_other_than_chunked_is_not_implemented() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = two_hosts(backend.port()).await;
+    for coding in ["gzip, chunked", "identity, chunked", "chunked, chunked"] {
+        let (status, body) = raw(
+            &sidecar,
+            &format!("POST /x HTTP/1.1\r\nHost: public.example\r\nTransfer-Encoding: {coding}"),
+        )
+        .await;
+        assert_eq!(status, 501, "{coding}: {body}");
+        assert_eq!(body["error"], "transfer coding not implemented", "{coding}");
+    }
+    let lines = sidecar.wait_audit(3).await;
+    assert!(
+        lines.iter().all(|l| l["status"] == 501
+            && l["decision"] == "deny"
+            && l["reason"] == "transfer coding other than chunked"),
+        "{lines:?}"
+    );
 }

@@ -43,16 +43,10 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// them, so the app never gets them. Compared with any character other than a letter or a
 /// digit taken for `-`, as CGI, WSGI, Rack and lighttpd fold them (`X.Forwarded~Host` reads
 /// as `HTTP_X_FORWARDED_HOST`). (`X-Forwarded-For` and `X-Forwarded-Proto` are the sidecar's
-/// own and set, not removed; their other spellings are removed.)
-const CLIENT_FORWARDING: [&str; 59] = [
+/// own and set, not removed; their other spellings are removed.) `Proxy` is httpoxy's
+/// (CGI's `HTTP_PROXY`, which some HTTP clients take for their outbound proxy).
+const CLIENT_FORWARDING: [&str; 32] = [
     "forwarded",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-server",
-    "x-forwarded-ssl",
-    "x-forwarded-scheme",
-    "x-forwarded-protocol",
-    "x-forwarded-prefix",
     "x-url-scheme",
     "front-end-https",
     "x-real-ip",
@@ -72,38 +66,45 @@ const CLIENT_FORWARDING: [&str; 59] = [
     "x-method-override",
     "x-scheme",
     "wl-proxy-client-ip",
-    "x-forwarded-client-cert",
     "x-client-cert",
-    "x-ssl-client-cert",
-    "ssl-client-cert",
     "x-arr-clientcert",
-    "x-forwarded-user",
-    "x-forwarded-email",
-    "x-forwarded-preferred-username",
-    "x-forwarded-groups",
     "x-remote-user",
     "remote-user",
-    "x-auth-request-user",
-    "x-auth-request-email",
-    "x-auth-request-preferred-username",
-    "x-auth-request-groups",
-    "x-forwarded-uri",
-    "x-forwarded-path",
     "x-envoy-original-path",
     "x-webauth-user",
+    "proxy",
+    "x-original-method",
+    "x-remote-group",
+    "x-client-verify",
+    "x-client-dn",
+    "x-client-cert-chain",
+];
+/// Families of such headers, by the start of their names (compared the same way): every
+/// `X-Forwarded-*` but the sidecar's own two, oauth2-proxy's `X-Auth-Request-*`, Azure's
+/// `X-Ms-Client-Principal*`, IAP's `X-Goog-Authenticated-User-*`, ALB's `X-Amzn-Oidc-*`,
+/// client-certificate details (`X-Ssl-Client-*`, `Ssl-Client-*`), the Kubernetes
+/// authenticating proxy's `X-Remote-Extra-*`, and `Proxy-*` in spellings other than the
+/// hop-by-hop ones removed anyway.
+const CLIENT_FORWARDING_PREFIXES: [&str; 9] = [
+    "x-forwarded-",
+    "x-auth-request-",
     "x-ms-client-principal",
-    "x-ms-client-principal-name",
-    "x-ms-client-principal-id",
-    "x-goog-authenticated-user-email",
-    "x-goog-authenticated-user-id",
-    "x-amzn-oidc-identity",
-    "x-amzn-oidc-data",
-    "x-amzn-oidc-accesstoken",
-    "x-ssl-client-dn",
-    "ssl-client-verify",
-    "x-ssl-client-verify",
-    "x-forwarded-tls-client-cert",
-    "x-forwarded-tls-client-cert-info",
+    "x-goog-authenticated-user-",
+    "x-amzn-oidc-",
+    "x-ssl-client-",
+    "ssl-client-",
+    "x-remote-extra-",
+    "proxy-",
+];
+/// Names whose other spellings go (`Content_Length` would read as `HTTP_CONTENT_LENGTH`):
+/// the sidecar's own forwarding headers and the fields that frame a message or describe a
+/// connection. The names themselves are set by the sidecar or handled as what they are.
+const OTHER_SPELLINGS_GO: [&str; 5] = [
+    X_FORWARDED_FOR_NAME,
+    X_FORWARDED_PROTO_NAME,
+    "content-length",
+    "transfer-encoding",
+    "keep-alive",
 ];
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
@@ -143,6 +144,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether the `Transfer-Encoding` of a message is one `chunked` and nothing else (no other
+/// coding, which a peer would have to be told of, and not none).
+pub fn is_lone_chunked(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    codings.next().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) && codings.next().is_none()
+}
+
 /// The names `Connection` lists, but for the hop-by-hop ones (removed anyway) and `Host`
 /// (`Connection: close, host` must not take away the authority the call was routed on).
 fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
@@ -166,9 +179,13 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 static HOP_BY_HOP: [HeaderName; 6] = [CONNECTION, KEEP_ALIVE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE];
 
 /// A `Connection` token that needs no header removed for it: a hop-by-hop header removed
-/// anyway, or `Host`, which it may not take away.
+/// anyway, or one it may not take away: `Host`, and `X-Forwarded-For` and
+/// `X-Forwarded-Proto`, whose client values the sidecar has read (its decision may rest on
+/// them) and which it keeps or sets for the app.
 fn is_never_named(token: &[u8]) -> bool {
     token.eq_ignore_ascii_case(b"host")
+        || token.eq_ignore_ascii_case(X_FORWARDED_FOR_NAME.as_bytes())
+        || token.eq_ignore_ascii_case(X_FORWARDED_PROTO_NAME.as_bytes())
         || HOP_BY_HOP
             .iter()
             .any(|hop| token.eq_ignore_ascii_case(hop.as_str().as_bytes()))
@@ -200,12 +217,13 @@ fn is_sidecar_only(name: &HeaderName) -> bool {
     {
         return false;
     }
+    let own = name == X_FORWARDED_FOR_NAME || name == X_FORWARDED_PROTO_NAME;
     folds_to(name, PORTCULLIS_PREFIX, true)
         || CLIENT_FORWARDING.iter().any(|f| folds_to(name, f, false))
-        // The sidecar's own, in another spelling that would read as them.
-        || [X_FORWARDED_FOR_NAME, X_FORWARDED_PROTO_NAME]
+        || (!own && CLIENT_FORWARDING_PREFIXES.iter().any(|f| folds_to(name, f, true)))
+        || OTHER_SPELLINGS_GO
             .iter()
-            .any(|own| name != *own && folds_to(name, own, false))
+            .any(|real| name != *real && folds_to(name, real, false))
 }
 
 /// The first bytes a name [`is_sidecar_only`] may start with: those of the names it checks,
@@ -218,15 +236,20 @@ static SIDECAR_ONLY_FIRST: [bool; 256] = {
         first[b] = !(b as u8).is_ascii_alphanumeric();
         b += 1;
     }
-    let own = [PORTCULLIS_PREFIX, X_FORWARDED_FOR_NAME, X_FORWARDED_PROTO_NAME];
-    let mut i = 0;
-    while i < own.len() {
-        first[own[i].as_bytes()[0] as usize] = true;
-        i += 1;
-    }
+    first[PORTCULLIS_PREFIX.as_bytes()[0] as usize] = true;
     let mut i = 0;
     while i < CLIENT_FORWARDING.len() {
         first[CLIENT_FORWARDING[i].as_bytes()[0] as usize] = true;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < CLIENT_FORWARDING_PREFIXES.len() {
+        first[CLIENT_FORWARDING_PREFIXES[i].as_bytes()[0] as usize] = true;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < OTHER_SPELLINGS_GO.len() {
+        first[OTHER_SPELLINGS_GO[i].as_bytes()[0] as usize] = true;
         i += 1;
     }
     first
@@ -465,12 +488,8 @@ impl Outgoing<'_> {
                 field(name, value.as_bytes());
             }
         }
-        let forwarded = if named.contains(&X_FORWARDED_FOR) {
-            self.verdict.peer.value.clone()
-        } else {
-            forwarded_for(headers, self.verdict.peer)
-        };
-        field(&X_FORWARDED_FOR, forwarded.as_bytes());
+        // (`Connection` cannot name `X-Forwarded-For` away: [`is_never_named`].)
+        field(&X_FORWARDED_FOR, forwarded_for(headers, self.verdict.peer).as_bytes());
         field(&X_FORWARDED_PROTO, self.proto.as_bytes());
         verdict_fields(&self.verdict, |name, value| field(&name, value.as_bytes()));
     }
@@ -574,6 +593,65 @@ mod tests {
         remove_portcullis(&mut h);
         assert_eq!(h.len(), 2, "{h:?}");
         assert!(h.contains_key("x-kept") && h.contains_key("x-portcullisx"));
+    }
+
+    /// Whole families of a proxy's headers go (httpoxy's `Proxy` among them), and other
+    /// spellings of the fields that frame a message; the real ones, and names that only look
+    /// alike, stay.
+    #[test]
+    fn proxy_header_families_and_framing_spellings_go() {
+        let mut h = map(&[
+            ("x-auth-request-access-token", "t"),
+            ("x-auth-request-redirect", "https://evil/"),
+            ("x-ms-client-principal-idp", "aad"),
+            ("x-goog-authenticated-user-groups", "admins"),
+            ("x-amzn-oidc-accesstoken-x", "t"),
+            ("x-forwarded-access-token", "t"),
+            ("x-forwarded-method", "DELETE"),
+            ("x-forwarded-tlsclientcert", "c"),
+            ("x-ssl-client-s-dn", "CN=admin"),
+            ("ssl-client-verify", "SUCCESS"),
+            ("x-remote-extra-scopes", "all"),
+            ("x-remote-group", "system:masters"),
+            ("proxy", "http://evil.example:8080"),
+            ("proxy_authorization", "Basic eDp5"),
+            ("keep_alive", "1"),
+            ("transfer_encoding", "chunked"),
+            ("content_length", "999"),
+            ("content-length", "2"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-proxy-like", "kept"),
+            ("proxyx", "kept"),
+        ]);
+        remove_portcullis(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                "content-length",
+                "proxyx",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-proxy-like"
+            ]
+        );
+    }
+
+    /// `Connection` cannot take away the client's forwarding chain: the sidecar read it (a
+    /// trusted proxy's `X-Forwarded-For` is what the decision's client address rests on), and
+    /// the app is promised it with the peer appended.
+    #[test]
+    fn connection_cannot_name_the_forwarding_chain_away() {
+        let peer = PeerAddr::new("127.0.0.1".parse().unwrap());
+        let mut h = map(&[
+            ("connection", "X-Forwarded-For, x-forwarded-proto"),
+            ("x-forwarded-for", "203.0.113.7"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        set_forwarded(&mut h, &peer, "http");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
     }
 
     #[test]
@@ -756,7 +834,15 @@ mod tests {
             "x_forwarded_for".into(),
             "x.forwarded.proto".into(),
         ];
-        for name in CLIENT_FORWARDING.iter().map(|n| (*n).to_owned()).chain(own) {
+        let families = CLIENT_FORWARDING_PREFIXES.iter().map(|p| format!("{p}x"));
+        let spellings = OTHER_SPELLINGS_GO.iter().map(|n| n.replace('-', "_"));
+        for name in CLIENT_FORWARDING
+            .iter()
+            .map(|n| (*n).to_owned())
+            .chain(own)
+            .chain(families)
+            .chain(spellings)
+        {
             for spelling in [name.clone(), name.replace('-', "_"), name.replace('-', ".")] {
                 let header = HeaderName::from_bytes(spelling.as_bytes()).unwrap();
                 assert!(is_sidecar_only(&header), "{spelling}");

@@ -68,6 +68,17 @@ pub async fn handle(shared: Arc<Shared>, conn: Connection, req: Request<Incoming
     if let Some(reason) = authority_conflict(&req) {
         return trip.early(Answer::BadRequest.response(), "deny", "-", "-", trip.peer, reason);
     }
+    if !transfer_coding_is_chunked(&req) {
+        let reason = "transfer coding other than chunked";
+        return trip.early(
+            Answer::CodingNotImplemented.response(),
+            "deny",
+            "-",
+            "-",
+            trip.peer,
+            reason,
+        );
+    }
     // From here on the body must keep coming (`--body-read-timeout`), whoever reads it.
     let req = req.map(|body| paced(body, shared.body_read_timeout));
     let active = shared.active.load_full();
@@ -791,6 +802,14 @@ fn authority_conflict<B>(req: &Request<B>) -> Option<&'static str> {
         }
         _ => None,
     }
+}
+
+/// Whether the request's body has no transfer coding but, at most, one `chunked`. hyper reads
+/// `gzip, chunked` as chunked and hands on the decoded chunks: the app would get a body coded
+/// with gzip and not be told so.
+fn transfer_coding_is_chunked<B>(req: &Request<B>) -> bool {
+    let headers = req.headers();
+    !headers.contains_key(http::header::TRANSFER_ENCODING) || crate::base::headers::is_lone_chunked(headers)
 }
 
 /// Bytes of the request target and headers, as on an HTTP/1.1 wire.

@@ -21,6 +21,9 @@ pub enum Answer<'a> {
     NoRoute,
     /// The request cannot be served as sent (e.g. an ambiguous path).
     BadRequest,
+    /// The request's body has a transfer coding other than a lone `chunked` (RFC 9112
+    /// section 6.1): 501, as the app could not be told what the body is coded with.
+    CodingNotImplemented,
     /// The route is HTTPS-only: go to `location`.
     Redirect { route: &'a str, location: &'a str },
     /// Credentials missing or wrong; `challenges` are `WWW-Authenticate` values.
@@ -96,6 +99,7 @@ impl Answer<'_> {
         let (status, error, route) = match self {
             Self::NoRoute => (StatusCode::NOT_FOUND, "no route", None),
             Self::BadRequest => (StatusCode::BAD_REQUEST, "bad request", None),
+            Self::CodingNotImplemented => (StatusCode::NOT_IMPLEMENTED, "transfer coding not implemented", None),
             Self::HeadersTooLarge => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request headers too large",

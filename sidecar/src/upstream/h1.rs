@@ -17,7 +17,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::{Method, StatusCode, Version};
 
-use crate::base::headers::Outgoing;
+use crate::base::headers::{Outgoing, is_lone_chunked};
 
 /// Most bytes of a response head (its status line and fields), as hyper's default buffer.
 pub const MAX_RESPONSE_HEAD: usize = 400 * 1024;
@@ -272,16 +272,6 @@ impl Framed {
         self.transfer_encoding |= name == TRANSFER_ENCODING;
         self.content_length |= name == CONTENT_LENGTH;
     }
-}
-
-fn is_lone_chunked(headers: &HeaderMap) -> bool {
-    let mut codings = headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|c| !c.is_empty());
-    codings.next().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) && codings.next().is_none()
 }
 
 /// The one length every `Content-Length` value (fields and list members) states.
