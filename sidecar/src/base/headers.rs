@@ -45,7 +45,7 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// as `HTTP_X_FORWARDED_HOST`). (`X-Forwarded-For` and `X-Forwarded-Proto` are the sidecar's
 /// own and set, not removed; their other spellings are removed.) `Proxy` is httpoxy's
 /// (CGI's `HTTP_PROXY`, which some HTTP clients take for their outbound proxy).
-const CLIENT_FORWARDING: [&str; 32] = [
+const CLIENT_FORWARDING: [&str; 40] = [
     "forwarded",
     "x-url-scheme",
     "front-end-https",
@@ -78,6 +78,14 @@ const CLIENT_FORWARDING: [&str; 32] = [
     "x-client-verify",
     "x-client-dn",
     "x-client-cert-chain",
+    "client-ip",
+    "forwarded-for",
+    "x-forwarded",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-proxyuser-ip",
+    "x-appengine-user-email",
 ];
 /// Families of such headers, by the start of their names (compared the same way): every
 /// `X-Forwarded-*` but the sidecar's own two, oauth2-proxy's `X-Auth-Request-*`, Azure's
@@ -614,6 +622,8 @@ mod tests {
             ("x-remote-extra-scopes", "all"),
             ("x-remote-group", "system:masters"),
             ("proxy", "http://evil.example:8080"),
+            ("client-ip", "6.6.6.6"),
+            ("x_forwarded", "for=6.6.6.6"),
             ("proxy_authorization", "Basic eDp5"),
             ("keep_alive", "1"),
             ("transfer_encoding", "chunked"),
