@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use http::Request;
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -73,6 +73,27 @@ async fn h2c_prior_knowledge_is_served() {
     assert_eq!(echo["path"], "/h2");
     assert_eq!(echo["version"], "HTTP/1.1", "the app is spoken to in HTTP/1.1");
     assert_eq!(echo["headers"]["host"], json!([sidecar.inbound.to_string()]));
+}
+
+/// An HTTP/2 client sends each cookie as a field of its own (RFC 9113 section 8.2.3); the app,
+/// spoken to in HTTP/1.1, gets them as one `Cookie` field, with and without a body.
+#[tokio::test]
+async fn http2_cookies_reach_the_app_as_one_field() {
+    let backend = Backend::start().await;
+    let (sidecar, _dir) = start(backend.port(), &[]).await;
+    for (method, body) in [("GET", ""), ("POST", "hi")] {
+        let req = Request::builder()
+            .method(method)
+            .uri(sidecar.url("/h2"))
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let (status, _, answer) = send(&h2c_client(), req).await.expect("h2c answer");
+        assert_eq!(status, 200);
+        let echo = json_of(&answer);
+        assert_eq!(echo["headers"]["cookie"], json!(["a=1; b=2"]), "{method}: {echo}");
+    }
 }
 
 #[tokio::test]

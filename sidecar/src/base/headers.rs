@@ -13,7 +13,9 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, COOKIE, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 
 /// Prefix of the headers that carry the sidecar's verdict to the app.
 pub const PORTCULLIS_PREFIX: &str = "x-portcullis-";
@@ -477,6 +479,12 @@ impl Outgoing<'_> {
     pub fn apply(&self, headers: &mut HeaderMap) {
         remove_hop_by_hop(headers);
         remove_portcullis(headers);
+        if let Some(cookies) = joined_cookies(headers) {
+            headers.insert(COOKIE, cookies);
+        }
+        if let Some(length) = one_length(headers) {
+            headers.insert(CONTENT_LENGTH, length);
+        }
         set_forwarded(headers, self.verdict.peer, self.proto);
         set_verdict(headers, &self.verdict);
     }
@@ -491,9 +499,31 @@ impl Outgoing<'_> {
             Vec::new()
         };
         let gone = |name: &HeaderName| is_hop_by_hop(name) || named.contains(name) || is_sidecar_only(name);
+        // `Cookie` and `Content-Length` are written after the others, each as one field
+        // (`joined_cookies`, `one_length`).
+        let (mut cookies, mut lengths) = (false, false);
         for (name, value) in headers {
-            if !gone(name) && name != X_FORWARDED_FOR && name != X_FORWARDED_PROTO {
+            if name == COOKIE {
+                cookies = true;
+            } else if name == CONTENT_LENGTH {
+                lengths = true;
+            } else if !gone(name) && name != X_FORWARDED_FOR && name != X_FORWARDED_PROTO {
                 field(name, value.as_bytes());
+            }
+        }
+        for (there, name, one) in [
+            (
+                cookies,
+                &COOKIE,
+                joined_cookies as fn(&HeaderMap) -> Option<HeaderValue>,
+            ),
+            (lengths, &CONTENT_LENGTH, one_length),
+        ] {
+            if there && !gone(name) {
+                match one(headers) {
+                    Some(value) => field(name, value.as_bytes()),
+                    None => headers.get_all(name).iter().for_each(|v| field(name, v.as_bytes())),
+                }
             }
         }
         // (`Connection` cannot name `X-Forwarded-For` away: [`is_never_named`].)
@@ -501,6 +531,38 @@ impl Outgoing<'_> {
         field(&X_FORWARDED_PROTO, self.proto.as_bytes());
         verdict_fields(&self.verdict, |name, value| field(&name, value.as_bytes()));
     }
+}
+
+/// The request's `Cookie` fields as the one field HTTP/1.1 has (RFC 9113 section 8.2.3: an
+/// HTTP/2 client may send each cookie as a field of its own, and an app over HTTP/1.1 may
+/// read only the first), joined with `; `; `None` when there are fewer than two.
+fn joined_cookies(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut fields = headers.get_all(COOKIE).iter();
+    let first = fields.next()?;
+    let mut rest = fields.peekable();
+    rest.peek()?;
+    let mut joined = first.as_bytes().to_vec();
+    for value in rest {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(value.as_bytes());
+    }
+    // Header values joined with `; `: cannot fail.
+    HeaderValue::from_maybe_shared(Bytes::from(joined)).ok()
+}
+
+/// The request's `Content-Length` as one field when it came as several that state one
+/// length (HTTP/2 lets `5` and `05` through; an app over HTTP/1.1 may refuse two fields, or
+/// read another one than the sidecar did); `None` when there is at most one, or they differ
+/// (which neither hyper's HTTP/1.1 server nor its HTTP/2 one lets through).
+fn one_length(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut fields = headers.get_all(CONTENT_LENGTH).iter();
+    let first = fields.next()?;
+    let mut rest = fields.peekable();
+    rest.peek()?;
+    let parse = |v: &HeaderValue| v.to_str().ok()?.trim().parse::<u64>().ok();
+    let length = parse(first)?;
+    rest.all(|v| parse(v) == Some(length))
+        .then(|| crate::base::values::number_value(length))
 }
 
 /// `ip` in its usual text form as a header value: formatted on the stack, copied once.
@@ -664,6 +726,48 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
     }
 
+    /// Several `Cookie` fields (HTTP/2 sends one per cookie) reach the app as one, and
+    /// several `Content-Length` fields stating one length as one; each path does the same.
+    #[test]
+    fn cookies_and_lengths_arrive_as_one_field() {
+        let peer = PeerAddr::new("10.9.9.9".parse().unwrap());
+        let outgoing = Outgoing {
+            verdict: Verdict {
+                route: "r",
+                profile: "p",
+                identity: "alice",
+                email: None,
+                client: None,
+                client_ip: "10.9.9.9".parse().unwrap(),
+                peer: &peer,
+                names: None,
+            },
+            proto: "http",
+        };
+        let headers = map(&[
+            ("cookie", "a=1"),
+            ("content-length", "5"),
+            ("cookie", "b=2"),
+            ("content-length", "05"),
+        ]);
+        let mut applied = headers.clone();
+        outgoing.apply(&mut applied);
+        assert_eq!(applied.get_all(COOKIE).iter().collect::<Vec<_>>(), ["a=1; b=2"]);
+        assert_eq!(applied.get_all(CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["5"]);
+        let mut written = Vec::new();
+        outgoing.fields(&headers, |name, value| {
+            if name == COOKIE || name == CONTENT_LENGTH {
+                written.push(format!("{name}: {}", String::from_utf8_lossy(value)));
+            }
+        });
+        assert_eq!(written, ["cookie: a=1; b=2", "content-length: 5"]);
+        // One of each is left as it is; lengths that differ are not made one.
+        let mut one = map(&[("cookie", "a=1"), ("content-length", "7"), ("content-length", "8")]);
+        outgoing.apply(&mut one);
+        assert_eq!(one["cookie"], "a=1");
+        assert_eq!(one.get_all(CONTENT_LENGTH).iter().count(), 2);
+    }
+
     #[test]
     fn only_what_connection_names_goes() {
         let mut h = map(&[
@@ -761,7 +865,11 @@ mod tests {
     /// own among them), spoofed verdicts in other spellings, forwarding chains.
     #[test]
     fn fields_written_are_what_apply_leaves() {
-        let pool: [(&str, &str); 18] = [
+        let pool: [(&str, &str); 22] = [
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("content-length", "00"),
+            ("connection", "cookie"),
             ("connection", "keep-alive, X-Forwarded-For"),
             ("connection", "close, x-named, host, x-forwarded-proto"),
             ("x-named", "1"),
