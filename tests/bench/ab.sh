@@ -25,23 +25,15 @@ bench_need nginx:nginx-light wrk:wrk curl:curl pgrep:procps python3:python3
 release_build portcullis-sidecar portcullis-operator
 BIN=$(release_dir)
 CLK_TCK=$(getconf CLK_TCK)
-SIDECAR_PORT=$((BENCH_PORT_BASE + 1001)) ADMIN_PORT=$((BENCH_PORT_BASE + 1011))
-bench_ports_free "$BENCH_PORT_BASE" "$SIDECAR_PORT" "$ADMIN_PORT"
-RUN=$(mktemp -d)
-bench_render_config "$BIN/portcullis-operator" "$RUN/config"
-bench_start_backend "$RUN/backend"
-SIDECAR=
-trap 'kill $SIDECAR $BACKEND_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$RUN"' EXIT
-URL=http://127.0.0.1:$SIDECAR_PORT/bench
+bench_sidecar_setup "$BIN/portcullis-operator"
 
 : > "$RUN/results.tsv"
 for round in $(seq "$ROUNDS"); do
   if [ $((round % 2)) = 1 ]; then order=(OLD NEW); else order=(NEW OLD); fi
   for which in "${order[@]}"; do
     if [ "$which" = OLD ]; then bin=$A; else bin=$B; fi
-    env -u TOKIO_WORKER_THREADS taskset -c "$BENCH_PROXY_CPU" "$bin" --config-dir "$RUN/config" \
-      --inbound "127.0.0.1:$SIDECAR_PORT" --inbound-tls 127.0.0.1:0 --egress 127.0.0.1:0 \
-      --admin "127.0.0.1:$ADMIN_PORT" --audit-log "$RUN/audit.log" >"$RUN/sidecar.log" 2>&1 & SIDECAR=$!
+    env -u TOKIO_WORKER_THREADS taskset -c "$BENCH_PROXY_CPU" "$bin" "${SIDECAR_ARGS[@]}" \
+      >"$RUN/sidecar.log" 2>&1 & SIDECAR=$!
     code=$(bench_wait_200 "$URL") || { echo "$bin does not answer 200 (got $code)" >&2; cat "$RUN/sidecar.log" >&2; exit 1; }
     before=$(bench_ticks "$SIDECAR")
     cores_before=$(bench_core_ticks)

@@ -79,10 +79,11 @@ bench_worker_of() {
   return 1
 }
 
-# bench_wait_200 URL: waits up to 10 s for a 200 with the bench credentials; prints the last code.
+# bench_wait_200 URL [TRIES]: waits up to TRIES x 0.1 s (10 s by default) for a 200 with the
+# bench credentials; prints the last code.
 bench_wait_200() {
   local code=000 _
-  for _ in $(seq 100); do
+  for _ in $(seq "${2:-100}"); do
     code=$(curl -s -o /dev/null -w '%{http_code}' -H "$BENCH_AUTH" "$1" || true)
     [ "$code" = 200 ] && break
     sleep 0.1
@@ -124,4 +125,25 @@ bench_wrk() {
   local out=$1 url=$2 dur=$3 conns=$4
   WRK_JSON=$out taskset -c "$BENCH_LOAD_CPU" wrk -t "$BENCH_WRK_THREADS" -c "$conns" -d "${dur}s" --timeout 2s \
     -s tests/bench/wrk-report.lua -H "$BENCH_AUTH" "$url" > "${out%.json}.txt"
+}
+
+# bench_sidecar_setup OPERATOR_BINARY: the setup of the scripts that start sidecar binaries one
+# after another under the same load (ab.sh, instr.sh). Sets SIDECAR_PORT and ADMIN_PORT (checked
+# free), RUN (a directory, removed at exit) with the policy rendered into RUN/config, URL (the
+# bench route on the sidecar) and SIDECAR_ARGS (the sidecar's arguments after its binary: the
+# listeners and RUN/audit.log); starts the backend; kills the backend and SIDECAR (the pid the
+# caller sets for the sidecar it starts) at exit.
+bench_sidecar_setup() {
+  SIDECAR_PORT=$((BENCH_PORT_BASE + 1001)) ADMIN_PORT=$((BENCH_PORT_BASE + 1011))
+  bench_ports_free "$BENCH_PORT_BASE" "$SIDECAR_PORT" "$ADMIN_PORT"
+  RUN=$(mktemp -d)
+  bench_render_config "$1" "$RUN/config"
+  bench_start_backend "$RUN/backend"
+  SIDECAR=
+  trap 'kill $SIDECAR $BACKEND_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$RUN"' EXIT
+  # shellcheck disable=SC2034  # for the caller
+  URL=http://127.0.0.1:$SIDECAR_PORT/bench
+  # shellcheck disable=SC2034  # for the caller
+  SIDECAR_ARGS=(--config-dir "$RUN/config" --inbound "127.0.0.1:$SIDECAR_PORT" --inbound-tls 127.0.0.1:0
+    --egress 127.0.0.1:0 --admin "127.0.0.1:$ADMIN_PORT" --audit-log "$RUN/audit.log")
 }

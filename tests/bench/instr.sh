@@ -28,30 +28,15 @@ source tests/lib/release.sh
 bench_need nginx:nginx-light wrk:wrk curl:curl valgrind:valgrind python3:python3
 release_build portcullis-operator
 BIN=$(release_dir)
-SIDECAR_PORT=$((BENCH_PORT_BASE + 1001)) ADMIN_PORT=$((BENCH_PORT_BASE + 1011))
-bench_ports_free "$BENCH_PORT_BASE" "$SIDECAR_PORT" "$ADMIN_PORT"
-RUN=$(mktemp -d)
-bench_render_config "$BIN/portcullis-operator" "$RUN/config"
-bench_start_backend "$RUN/backend"
-SIDECAR=
-trap 'kill $SIDECAR $BACKEND_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$RUN"' EXIT
-URL=http://127.0.0.1:$SIDECAR_PORT/bench
+bench_sidecar_setup "$BIN/portcullis-operator"
 
 : > "$RUN/counts"
 for bin in "${BINS[@]}"; do
   rm -f "$RUN"/callgrind.out*
   env -u TOKIO_WORKER_THREADS taskset -c "$BENCH_PROXY_CPU" valgrind --tool=callgrind \
-    --callgrind-out-file="$RUN/callgrind.out" "$bin" --config-dir "$RUN/config" \
-    --inbound "127.0.0.1:$SIDECAR_PORT" --inbound-tls 127.0.0.1:0 --egress 127.0.0.1:0 \
-    --admin "127.0.0.1:$ADMIN_PORT" --audit-log "$RUN/audit.log" >"$RUN/sidecar.log" 2>&1 & SIDECAR=$!
+    --callgrind-out-file="$RUN/callgrind.out" "$bin" "${SIDECAR_ARGS[@]}" >"$RUN/sidecar.log" 2>&1 & SIDECAR=$!
   # Under callgrind the start takes seconds: up to a minute.
-  code=000
-  for _ in $(seq 600); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' -H "$BENCH_AUTH" "$URL" || true)
-    [ "$code" = 200 ] && break
-    sleep 0.1
-  done
-  [ "$code" = 200 ] || { echo "$bin does not answer 200 (got $code)" >&2; cat "$RUN/sidecar.log" >&2; exit 1; }
+  code=$(bench_wait_200 "$URL" 600) || { echo "$bin does not answer 200 (got $code)" >&2; cat "$RUN/sidecar.log" >&2; exit 1; }
   bench_wrk "$RUN/warm.json" "$URL" 3 16
   callgrind_control -z "$SIDECAR" >/dev/null 2>&1
   bench_wrk "$RUN/wrk.json" "$URL" "$SECONDS_OF_LOAD" 16
